@@ -1,0 +1,83 @@
+"""Build a word-level `CLIPTokenizer` offline, with no files to download."""
+
+from typing import Iterable, List, Tuple
+
+from transformers import CLIPTokenizer
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+
+# Words every generated tokenizer knows, so that test prompts and the toy model's prompts are single tokens.
+DEFAULT_WORDS = (
+    "a an the and or of on in at to with without is are this that it its "
+    "left right top bottom middle center background foreground next behind above below "
+    "red green blue yellow white black orange purple pink brown gray grey "
+    "circle square triangle star heart shape object thing "
+    "cute corgi dog cat bench tower eiffel fantasy landscape mountain sky tree house car "
+    "photo painting picture drawing small big large tiny bright dark "
+    "sitting standing flying trending artstation"
+).split()
+
+
+def _bytes_to_unicode() -> List[str]:
+    # The byte-to-printable-character table of CLIP's (and GPT-2's) byte-level BPE.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def _bpe(pieces: List[str], ranks: dict) -> List[str]:
+    # Plain byte-pair encoding: merge the adjacent pair of lowest rank until none applies.
+    pieces = list(pieces)
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == float("inf"):
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def build_vocab_and_merges(words: Iterable[str]) -> Tuple[dict, List[Tuple[str, str]]]:
+    r"""
+    Vocabulary and merges of a byte-level BPE in which every word of `words` is one token.
+
+    Any other text still tokenizes, as single characters or pieces. The end-of-text token gets the highest id, as in
+    CLIP (`CLIPTextModel` pools at that id).
+    """
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars]
+    merges: List[Tuple[str, str]] = []
+    ranks: dict = {}
+    for word in dict.fromkeys(w.lower() for w in words):
+        # Each new merge ranks after all earlier ones, so it never changes how an earlier word (already one token)
+        # is split: BPE always has an earlier-ranked merge to apply to that word until it is whole.
+        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            tokens.append(pair[0] + pair[1])
+            pieces = _bpe(pieces, ranks)
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}, merges
+
+
+def build_word_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
+    r"""
+    A `CLIPTokenizer` in which each of `words` is a single token, built in memory.
+
+    Args:
+        words (`Iterable[str]`, *optional*, defaults to `DEFAULT_WORDS`):
+            The words to make single tokens (lower case; CLIP lower-cases prompts).
+        model_max_length (`int`, *optional*, defaults to 77):
+            Prompt length in tokens, start and end tokens included; prompts are padded to it.
+    """
+    vocab, merges = build_vocab_and_merges(words)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

@@ -1,0 +1,27 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
+
+setup(
+    name="diffusers-interpret",
+    version="0.6.0.dev0",
+    description="Explain the images made by 🤗 diffusers pipelines: token and pixel attributions, attention maps",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "scripts")),
+    include_package_data=True,
+    package_data={"diffusers_interpret": ["toy/model/**/*", "toy/model/*"]},
+    install_requires=requirements,
+    extras_require={"test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5"]},
+    entry_points={"console_scripts": ["diffusers-interpret=diffusers_interpret.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
