@@ -21,7 +21,9 @@ DEFAULT_WORDS = (
 
 def _bytes_to_unicode() -> List[str]:
     # The byte-to-printable-character table of CLIP's (and GPT-2's) byte-level BPE.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(2**8):

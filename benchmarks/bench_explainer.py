@@ -1,0 +1,101 @@
+r"""
+Cost of an explanation vs a plain generation, on the tiny offline pipeline (64x64 images, 10 steps, CFG 7.5).
+
+Every case runs in a fresh subprocess (so peak RSS is its own): one warm-up, then the median of `--repeats` timed
+runs. Printed per case: median seconds, ratio to the plain `pipe()` call measured in the same subprocess, the
+"ideal" (plain + the backward pass alone, as measured inside the explainer) and our ratio to it, and peak RSS.
+
+    python benchmarks/bench_explainer.py                 # text-to-image, N = 0, 2, 5, 10, with/without checkpointing
+    python benchmarks/bench_explainer.py --repeats 5 --steps 10
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+CASE_SCRIPT = r"""
+import json, resource, statistics, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+torch.set_num_threads({threads})
+from diffusers_interpret import StableDiffusionPipelineExplainer
+from diffusers_interpret.testing import make_tiny_pipeline
+
+kind, n, ckpt, steps, repeats = {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
+pipe = make_tiny_pipeline(kind)
+prompt = "a red circle on the left and a blue square on the right"
+common = dict(num_inference_steps=steps, guidance_scale=7.5)
+
+def plain():
+    pipe(prompt, generator=torch.Generator().manual_seed(0), **common)
+
+explainer = StableDiffusionPipelineExplainer(pipe, verbose=False, gradient_checkpointing=ckpt)
+backward = []
+def explain():
+    out = explainer(prompt, generator=torch.Generator().manual_seed(0), get_images_for_all_inference_steps=False,
+                    n_last_diffusion_steps_to_consider_for_attributions=n, **common)
+    backward.append(out.extras["backward_seconds"])
+
+def timed(fn):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+if n == "plain":
+    result = dict(seconds=timed(plain), plain=None, backward=0.0)
+else:
+    t_plain = timed(plain)
+    backward.clear()
+    result = dict(seconds=timed(explain), plain=t_plain, backward=statistics.median(backward[1:] or backward))
+result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT " + json.dumps(result))
+"""
+
+
+def run_case(kind, n, ckpt, steps, repeats, threads):
+    code = CASE_SCRIPT.format(kind=kind, n=n, ckpt=ckpt, steps=steps, repeats=repeats, threads=threads)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {kind} N={n} ckpt={ckpt} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--traced", type=int, nargs="+", default=[0, 2, 5, 10])
+    args = parser.parse_args()
+
+    started = time.time()
+    plain = run_case("text2img", "plain", False, args.steps, args.repeats, args.threads)
+    print(
+        f"tiny text2img pipeline, 64x64, {args.steps} steps, CFG 7.5, {args.threads} threads, median of {args.repeats}"
+    )
+    print(f"plain pipe(): {plain['seconds']:.3f} s, peak RSS {plain['peak_rss_mb']:.0f} MB\n")
+    header = f"{'N':>3} {'ckpt':>5} {'explain s':>10} {'x plain':>8} {'ideal s':>8} {'x ideal':>8}"
+    header += f" {'peak RSS MB':>12} {'x plain RSS':>12}"
+    print(header)
+    print("-" * len(header))
+    for n in args.traced:
+        for ckpt in (False, True):
+            r = run_case("text2img", n, ckpt, args.steps, args.repeats, args.threads)
+            ideal = r["plain"] + r["backward"]
+            print(
+                f"{n:>3} {str(ckpt):>5} {r['seconds']:>10.3f} {r['seconds'] / r['plain']:>8.2f} {ideal:>8.3f} "
+                f"{r['seconds'] / ideal:>8.2f} {r['peak_rss_mb']:>12.0f}"
+                f" {r['peak_rss_mb'] / plain['peak_rss_mb']:>12.2f}"
+            )
+    print(
+        f"\n(total {time.time() - started:.0f} s; 'ideal' = plain + the explainer's own backward pass, same process)"
+    )
+
+
+if __name__ == "__main__":
+    main()

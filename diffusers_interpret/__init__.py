@@ -1,0 +1,29 @@
+r"""diffusers-interpret: explain the images made by 🤗 diffusers pipelines."""
+
+from .attribution import AttributionLevel, AttributionMethods
+from .box import BOX_CONVENTION
+from .explainer import BasePipelineExplainer, StableDiffusionPipelineExplainer
+from .outputs import (
+    BaseExplanationOutput,
+    ExplanationOutputList,
+    GeneratedImages,
+    PipelineExplainerOutput,
+    PixelAttributions,
+    TokenAttributions,
+)
+
+__version__ = "0.6.0.dev0"
+
+__all__ = [
+    "AttributionLevel",
+    "AttributionMethods",
+    "BOX_CONVENTION",
+    "BasePipelineExplainer",
+    "BaseExplanationOutput",
+    "ExplanationOutputList",
+    "GeneratedImages",
+    "PipelineExplainerOutput",
+    "PixelAttributions",
+    "StableDiffusionPipelineExplainer",
+    "TokenAttributions",
+]

@@ -1,0 +1,410 @@
+"""The explainers: run the pipeline's own loop with gradients for its last steps, then attribute."""
+
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from .attribution import (
+    AttributionLevel,
+    AttributionMethods,
+    aggregate,
+    parse_attribution_level,
+    parse_attribution_method,
+)
+from .box import BoxLike, box_mask, draw_box, normalize_box
+from .hooks import DenoiserTracer, checkpointed, leaf_input_embeddings, progress_bar_disabled
+from .outputs import ExplanationOutputList, GeneratedImages, PipelineExplainerOutput, TokenAttributions
+
+_N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"
+
+
+def _expand(values: Union[str, List[str], None], batch_size: int, per_prompt: int, name: str) -> Optional[List[str]]:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values] * batch_size
+    values = list(values)
+    if len(values) != batch_size:
+        raise ValueError(
+            f"`{name}` has {len(values)} entries but there are {batch_size} prompts: give one per prompt."
+        )
+    return [value for value in values for _ in range(per_prompt)]
+
+
+def clean_token(token: str) -> str:
+    """A BPE token as text: CLIP's end-of-word marker `</w>` removed (as a suffix, not as a set of characters)."""
+    return token[: -len("</w>")] if token.endswith("</w>") else token
+
+
+class BasePipelineExplainer:
+    r"""
+    Shared machinery of the explainers.
+
+    The pipeline's own `__call__` runs (unwrapped from its `@torch.no_grad()`), so every scheduler, guidance option
+    and pipeline feature behaves as in `pipe(...)` and the explained image is the image `pipe(...)` makes for the same
+    arguments and seed. Scoped hooks on the UNet turn gradients on for the last
+    `n_last_diffusion_steps_to_consider_for_attributions` denoiser calls; the (optionally boxed) decoded image's sum is
+    then back-propagated in one backward pass to the prompt's token embeddings (or text encoder output).
+
+    Args:
+        pipe (`DiffusionPipeline`): A loaded Stable Diffusion pipeline.
+        verbose (`bool`, *optional*, defaults to `True`): Show progress bars.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+            Keep no activations of the traced steps (and of the VAE decoder) during generation and recompute them, one
+            step at a time, in the backward pass: peak memory no longer grows with the number of traced steps, at the
+            cost of one more forward pass per traced step.
+    """
+
+    output_class = PipelineExplainerOutput
+
+    def __init__(self, pipe, verbose: bool = True, gradient_checkpointing: bool = False):
+        for name in ("unet", "vae", "tokenizer", "text_encoder", "encode_prompt"):
+            if not hasattr(pipe, name):
+                raise TypeError(f"{type(pipe).__name__} has no `{name}`: pass a Stable Diffusion pipeline.")
+        if not hasattr(type(pipe).__call__, "__wrapped__"):
+            raise TypeError(f"{type(pipe).__name__}.__call__ is not a decorated diffusers pipeline call.")
+        self.pipe = pipe
+        self.verbose = verbose
+        self.gradient_checkpointing = gradient_checkpointing
+
+    # -- hooks for subclasses -------------------------------------------------------------------------------------
+    def _prepare_pipeline_kwargs(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        return kwargs
+
+    def _input_tensors(self) -> Dict[str, torch.Tensor]:
+        return {}
+
+    def _finish_output(self, output, index: int, gradients: Dict[str, torch.Tensor], method) -> None:
+        pass
+
+    # -- the call -------------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompt: Union[str, List[str]],
+        num_inference_steps: int = 50,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        n_last_diffusion_steps_to_consider_for_attributions: Optional[int] = None,
+        explanation_2d_bounding_box: Optional[BoxLike] = None,
+        attribution_method: Union[str, AttributionMethods] = AttributionMethods.GRAD_X_INPUT,
+        attribution_level: Union[str, AttributionLevel] = AttributionLevel.TOKEN_EMBEDDINGS,
+        consider_special_tokens: bool = False,
+        clean_token_prefixes_and_suffixes: bool = True,
+        get_images_for_all_inference_steps: bool = True,
+        output_type: str = "pil",
+        **pipeline_kwargs,
+    ):
+        r"""
+        Generate with the pipeline and explain the result.
+
+        Args:
+            prompt (`str` or `List[str]`): The prompt(s), as for the pipeline.
+            num_inference_steps (`int`, *optional*, defaults to 50): Denoising steps, as for the pipeline.
+            height (`int`, *optional*): Image height; the pipeline's default otherwise.
+            width (`int`, *optional*): Image width; the pipeline's default otherwise.
+            n_last_diffusion_steps_to_consider_for_attributions (`int`, *optional*, defaults to `None`):
+                Number of last denoiser calls to back-propagate through (equal to the last steps for first-order
+                schedulers). `None` traces all of them, `0` computes no attributions and builds no graph.
+            explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*):
+                The region of the output image to explain, in pixels, PIL's convention: x the column and y the row,
+                `(x0, y0)` upper-left and inclusive, `(x1, y1)` lower-right and exclusive. `None` explains the whole
+                image. The box is drawn in red on `output.image`, on the box's own border pixels.
+            attribution_method (`str` or `AttributionMethods`, *optional*, defaults to `"grad_x_input"`):
+                How gradients become a score per token: `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`.
+            attribution_level (`str` or `AttributionLevel`, *optional*, defaults to `"token_embeddings"`):
+                `"token_embeddings"` (input token embeddings, through the text encoder) or `"text_encoder_output"`
+                (the original 0.5.0's level; confounded by position, as CLIP's encoder is causal).
+            consider_special_tokens (`bool`, *optional*, defaults to `False`):
+                Also score the start and end-of-text tokens.
+            clean_token_prefixes_and_suffixes (`bool`, *optional*, defaults to `True`):
+                Remove the tokenizer's `</w>` end-of-word marker from the token strings.
+            get_images_for_all_inference_steps (`bool`, *optional*, defaults to `True`):
+                Decode the latents after every step into `output.all_images_during_generation`.
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (box drawn), `"np"` or `"pt"`.
+            pipeline_kwargs:
+                Every other argument of the pipeline's `__call__` (`guidance_scale`, `negative_prompt`,
+                `generator`, `latents`, `eta`, `num_images_per_prompt`, `callback_on_step_end`, ...), passed
+                through unchanged.
+
+        Returns:
+            The output class of the explainer (e.g. [`PipelineExplainerOutput`]) for a single image, or an
+            [`ExplanationOutputList`] of them, one per image, when several images are made.
+        """
+        if "prompt_embeds" in pipeline_kwargs:
+            raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"`prompt` must be a non-empty string or list of non-empty strings, got {prompt!r}.")
+        n_traced = n_last_diffusion_steps_to_consider_for_attributions
+        if n_traced is not None and (not isinstance(n_traced, int) or n_traced < 0):
+            raise ValueError(f"`{_N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
+        method = parse_attribution_method(attribution_method)
+        level = parse_attribution_level(attribution_level)
+        pipe = self.pipe
+        height, width = self._image_size(height, width, pipeline_kwargs)
+        box = normalize_box(explanation_2d_bounding_box, height, width)
+        per_prompt = int(pipeline_kwargs.get("num_images_per_prompt") or 1)
+        expanded = _expand(prompts, len(prompts), per_prompt, "prompt")
+
+        user_callback = pipeline_kwargs.pop("callback_on_step_end", None)
+        user_inputs = list(pipeline_kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
+        if user_callback is not None and hasattr(user_callback, "tensor_inputs"):
+            user_inputs = list(user_callback.tensor_inputs)
+        step_latents: List[torch.Tensor] = []
+
+        def on_step_end(pipeline, step, timestep, callback_kwargs):
+            if get_images_for_all_inference_steps:
+                step_latents.append(callback_kwargs["latents"].detach())
+            if user_callback is None:
+                return {}
+            return user_callback(pipeline, step, timestep, {k: callback_kwargs[k] for k in user_inputs})
+
+        call_kwargs = dict(pipeline_kwargs)
+        call_kwargs.update(
+            prompt=prompt,
+            num_inference_steps=num_inference_steps,
+            height=height,
+            width=width,
+            output_type="latent",
+            return_dict=True,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=sorted(set(user_inputs) | {"latents"}),
+        )
+        call_kwargs = self._prepare_pipeline_kwargs(call_kwargs)
+        explain = n_traced != 0
+
+        leaves: List[torch.Tensor] = []
+
+        def positive_embeddings(pipeline_embeddings: torch.Tensor) -> torch.Tensor:
+            if level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+                leaf = pipeline_embeddings.detach().clone().requires_grad_(True)
+                leaves.append(leaf)
+                return leaf
+            return self._encode_with_graph(expanded, pipeline_embeddings, call_kwargs, leaves)
+
+        tracer = DenoiserTracer(pipe, n_traced, positive_embeddings, checkpoint=self.gradient_checkpointing)
+        with progress_bar_disabled(pipe, not self.verbose), torch.no_grad():
+            if explain:
+                with tracer:
+                    latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
+            else:
+                latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
+            generator = call_kwargs.get("generator")
+            with torch.set_grad_enabled(explain and latents.requires_grad):
+                decoded = self._decode(latents, generator)
+            images, nsfw = self._postprocess(decoded.detach(), output_type)
+            all_step_images = (
+                self._step_images(step_latents, generator) if get_images_for_all_inference_steps else None
+            )
+
+            gradients: Dict[str, torch.Tensor] = {}
+            backward_seconds = 0.0
+            if explain and decoded.requires_grad and leaves:
+                started = time.perf_counter()
+                with torch.enable_grad():
+                    gradients = self._backward(decoded, box, leaves[0])
+                backward_seconds = time.perf_counter() - started
+            elif explain:
+                warnings.warn(
+                    f"No gradient reached the prompt (the pipeline made {tracer.calls} denoiser calls): "
+                    "token attributions are None.",
+                    stacklevel=2,
+                )
+
+        ids, tokens = self._tokens(expanded, call_kwargs)
+        outputs = ExplanationOutputList()
+        for index in range(len(expanded)):
+            output = self._make_output(
+                index,
+                images,
+                nsfw,
+                all_step_images,
+                box,
+                expanded[index],
+                ids[index],
+                tokens[index],
+                gradients,
+                method,
+                level,
+                output_type,
+                consider_special_tokens,
+                clean_token_prefixes_and_suffixes,
+            )
+            self._finish_output(output, index, gradients, method)
+            output.extras.update(backward_seconds=backward_seconds, traced_denoiser_calls=tracer.traced_calls)
+            outputs.append(output)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+    def _image_size(self, height, width, pipeline_kwargs) -> Tuple[int, int]:
+        pipe = self.pipe
+        sample_size = pipe.unet.config.sample_size
+        if isinstance(sample_size, int):
+            sample_size = (sample_size, sample_size)
+        height = height or sample_size[0] * pipe.vae_scale_factor
+        width = width or sample_size[1] * pipe.vae_scale_factor
+        return int(height), int(width)
+
+    def _encode_with_graph(self, expanded, pipeline_embeddings, call_kwargs, leaves):
+        # The pipeline's own `encode_prompt`, with grad on and the token embedding layer's output made a leaf: the
+        # text encoder's graph from those leaves to the embeddings the UNet reads is kept.
+        pipe = self.pipe
+        cross_attention_kwargs = call_kwargs.get("cross_attention_kwargs") or {}
+        with torch.enable_grad(), leaf_input_embeddings(pipe.text_encoder, leaves):
+            embeddings, _ = pipe.encode_prompt(
+                prompt=expanded,
+                device=pipeline_embeddings.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+                lora_scale=cross_attention_kwargs.get("scale"),
+                clip_skip=call_kwargs.get("clip_skip"),
+            )
+        if len(leaves) != 1:
+            raise RuntimeError(f"Expected one text encoder call, saw {len(leaves)}.")
+        scale = pipeline_embeddings.abs().max().clamp_min(1e-6)
+        if (embeddings.shape != pipeline_embeddings.shape) or (
+            (embeddings.detach() - pipeline_embeddings).abs().max() > 1e-3 * scale
+        ):
+            raise RuntimeError(
+                "The prompt embeddings re-computed for attribution differ from the ones the pipeline used (was the "
+                "prompt changed by a callback?). Use attribution_level='text_encoder_output'."
+            )
+        return embeddings
+
+    def _decode(self, latents: torch.Tensor, generator) -> torch.Tensor:
+        # The same decode call as the pipelines' own (`vae.decode(latents / scaling_factor)`).
+        vae = self.pipe.vae
+
+        def run(z):
+            return vae.decode(z / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpointed(run, latents)
+        return run(latents)
+
+    def _postprocess(self, decoded: torch.Tensor, output_type: str):
+        pipe = self.pipe
+        dtype = getattr(pipe.text_encoder, "dtype", decoded.dtype)
+        image, nsfw = pipe.run_safety_checker(decoded, decoded.device, dtype)
+        denormalize = [True] * image.shape[0] if nsfw is None else [not flagged for flagged in nsfw]
+        images = pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=denormalize)
+        return images, nsfw
+
+    def _step_images(self, step_latents: List[torch.Tensor], generator) -> List[GeneratedImages]:
+        pipe = self.pipe
+        per_image: List[GeneratedImages] = []
+        for latents in tqdm(step_latents, desc="Decoding step images", disable=not self.verbose, leave=False):
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)
+            pil = pipe.image_processor.postprocess(decoded[0], output_type="pil")
+            if not per_image:
+                per_image = [GeneratedImages() for _ in pil]
+            for sequence, image in zip(per_image, pil):
+                sequence.append(image)
+        return per_image
+
+    def _backward(self, decoded: torch.Tensor, box, embeddings_leaf: torch.Tensor) -> Dict[str, torch.Tensor]:
+        # One backward pass of the sum of the explained region of every image (images are independent in the batch,
+        # so each image's gradient lands in its own rows). The image is the pipeline's [0, 1] output image
+        # (`postprocess(output_type="pt")`, clamp included), before quantization.
+        image = self.pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
+        mask = box_mask(box, image.shape[-2], image.shape[-1], device=image.device, dtype=torch.float32)
+        target = (image.float() * mask).sum()
+        inputs = {"token_embeddings": embeddings_leaf, **self._input_tensors()}
+        inputs = {k: v for k, v in inputs.items() if v is not None and v.requires_grad}
+        # Half precision: scale the target down before the backward so gradients do not overflow, and back after.
+        scale = 1.0
+        if decoded.dtype in (torch.float16, torch.bfloat16):
+            scale = 1.0 / max(1.0, float(mask.sum()) * image.shape[1])
+        grads = torch.autograd.grad(target * scale, list(inputs.values()), allow_unused=True)
+        result = {}
+        for (name, tensor), grad in zip(inputs.items(), grads):
+            grad = torch.zeros_like(tensor, dtype=torch.float32) if grad is None else grad.float() / scale
+            if not torch.isfinite(grad).all():
+                raise FloatingPointError(
+                    f"The gradient with respect to {name} is not finite ({decoded.dtype}). Load the pipeline in "
+                    "float32, or explain fewer steps."
+                )
+            result[name] = grad.detach().cpu()
+            result[name + "_input"] = tensor.detach().float().cpu()
+        return result
+
+    def _tokens(self, expanded: List[str], call_kwargs) -> Tuple[List[List[int]], List[List[str]]]:
+        pipe = self.pipe
+        texts = expanded
+        if hasattr(pipe, "maybe_convert_prompt"):
+            texts = pipe.maybe_convert_prompt(texts, pipe.tokenizer)
+        ids = pipe.tokenizer(
+            texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True
+        ).input_ids
+        return ids, [pipe.tokenizer.convert_ids_to_tokens(row) for row in ids]
+
+    def _token_positions(self, ids: List[int], consider_special_tokens: bool) -> List[int]:
+        tokenizer = self.pipe.tokenizer
+        eos = tokenizer.eos_token_id
+        end = ids.index(eos) if eos in ids else len(ids)
+        start = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
+        if consider_special_tokens:
+            return list(range(0, min(end + 1, len(ids))))
+        return list(range(start, end))
+
+    def _make_output(
+        self,
+        index,
+        images,
+        nsfw,
+        all_step_images,
+        box,
+        prompt,
+        ids,
+        tokens,
+        gradients,
+        method,
+        level,
+        output_type,
+        consider_special_tokens,
+        clean_tokens,
+    ):
+        image = images[index]
+        if output_type == "pil":
+            image = draw_box(image, box)
+        positions = self._token_positions(ids, consider_special_tokens)
+        shown = [clean_token(tokens[p]) if clean_tokens else tokens[p] for p in positions]
+        token_attributions = token_gradients = token_embeddings = None
+        if "token_embeddings" in gradients:
+            token_gradients = gradients["token_embeddings"][index, positions]
+            token_embeddings = gradients["token_embeddings_input"][index, positions]
+            scores = aggregate(token_gradients, token_embeddings, method, dim=-1)
+            token_attributions = TokenAttributions(list(zip(shown, scores.tolist())))
+        return self.output_class(
+            image=image,
+            nsfw_content_detected=None if nsfw is None else bool(nsfw[index]),
+            all_images_during_generation=None if all_step_images is None else all_step_images[index],
+            token_attributions=token_attributions,
+            explanation_2d_bounding_box=box,
+            prompt=prompt,
+            attribution_method=method.value,
+            attribution_level=level.value,
+            token_ids=[ids[p] for p in positions],
+            token_gradients=token_gradients,
+            token_embeddings=token_embeddings,
+        )
+
+
+class StableDiffusionPipelineExplainer(BasePipelineExplainer):
+    r"""
+    Explains images made by a `StableDiffusionPipeline` (and pipelines with the same call).
+
+    Example:
+        ```py
+        >>> explainer = StableDiffusionPipelineExplainer(pipe)
+        >>> output = explainer("a red circle on the left", num_inference_steps=15,
+        ...                    n_last_diffusion_steps_to_consider_for_attributions=5,
+        ...                    explanation_2d_bounding_box=((0, 0), (16, 32)))
+        >>> output.token_attributions.normalized
+        ```
+    """

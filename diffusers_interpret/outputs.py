@@ -1,0 +1,196 @@
+"""What an explanation returns: `@dataclass` outputs and the rich objects they hold."""
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .box import Box
+from .html import display_html, image_slider_html
+
+
+def _percentages(scores: np.ndarray) -> np.ndarray:
+    total = float(np.sum(scores))
+    if total == 0 or not np.isfinite(total):
+        warnings.warn(
+            "All attribution scores are zero (e.g. the explained region is saturated, where the image's clamp to "
+            "[0, 1] has no gradient): normalized scores are all zero.",
+            stacklevel=3,
+        )
+        return np.zeros_like(scores, dtype=np.float64)
+    return np.asarray(scores, dtype=np.float64) / total * 100.0
+
+
+class TokenAttributions(list):
+    r"""
+    A list of `(token, score)` pairs, one per prompt token, in prompt order.
+
+    `.normalized` gives the same pairs with scores in percent (summing to 100); `.plot()` draws them as bars.
+    """
+
+    def __init__(self, pairs: List[Tuple[str, float]]):
+        super().__init__((str(token), float(score)) for token, score in pairs)
+
+    @property
+    def tokens(self) -> List[str]:
+        return [token for token, _ in self]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([score for _, score in self], dtype=np.float64)
+
+    @property
+    def normalized(self) -> List[Tuple[str, float]]:
+        return [(token, float(pct)) for token, pct in zip(self.tokens, _percentages(self.scores))]
+
+    def plot(self, normalize: bool = True, ax=None, title: Optional[str] = None):
+        r"""
+        Bar chart of the scores.
+
+        Args:
+            normalize (`bool`, *optional*, defaults to `True`): Plot percentages instead of raw scores.
+            ax (`matplotlib.axes.Axes`, *optional*): Axes to draw into; a new figure otherwise.
+            title (`str`, *optional*): Title of the plot.
+
+        Returns:
+            The `matplotlib.figure.Figure` drawn into.
+        """
+        import matplotlib.pyplot as plt
+
+        values = [v for _, v in (self.normalized if normalize else self)]
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(self) + 1), 3))
+        else:
+            fig = ax.figure
+        ax.bar(range(len(values)), values, color="tab:red")
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(self.tokens, rotation=45, ha="right")
+        ax.set_ylabel("attribution (%)" if normalize else "attribution")
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        return fig
+
+
+class PixelAttributions(np.ndarray):
+    r"""An (H, W) float array of per-pixel scores; `.normalized` is the same in percent (summing to 100)."""
+
+    def __new__(cls, scores):
+        return np.asarray(scores, dtype=np.float32).view(cls)
+
+    @property
+    def normalized(self) -> np.ndarray:
+        return _percentages(np.asarray(self)).astype(np.float32)
+
+
+class GeneratedImages(list):
+    r"""
+    The images of every denoising step, as a list of PIL images.
+
+    `.show()` renders a self-contained slider inline in Jupyter, Colab and VS Code (the same HTML as `_repr_html_`),
+    and `.gif()` writes an animated GIF.
+    """
+
+    def to_html(self, width: Optional[int] = None) -> str:
+        return image_slider_html(self, width=width)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def show(self, width: Optional[int] = None):
+        r"""
+        Display the slider inline (under IPython) and return it as an `IPython.display.HTML` object.
+
+        Args:
+            width (`int`, *optional*): Display width in pixels (the images are scaled, pixelated).
+        """
+        return display_html(self.to_html(width=width))
+
+    def gif(self, file_name: Union[str, Path] = "diffusion_process.gif", duration: int = 400, loop: int = 0):
+        r"""
+        Write the images as an animated GIF and display it inline under IPython.
+
+        Args:
+            file_name (`str` or `Path`, *optional*, defaults to `"diffusion_process.gif"`): Where to write the GIF.
+            duration (`int`, *optional*, defaults to 400): Milliseconds per frame.
+            loop (`int`, *optional*, defaults to 0): Number of loops, 0 for forever.
+
+        Returns:
+            The path written.
+        """
+        if not self:
+            raise ValueError("No images to write: call the explainer with `get_images_for_all_inference_steps=True`.")
+        path = Path(file_name)
+        frames = [image.convert("RGB") for image in self]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration, loop=loop)
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image as IPyImage
+            from IPython.display import display
+
+            if get_ipython() is not None:
+                display(IPyImage(filename=str(path)))
+        except ImportError:  # pragma: no cover
+            pass
+        return path
+
+
+@dataclass
+class BaseExplanationOutput:
+    r"""
+    The explanation of one generated image.
+
+    Args:
+        image (`PIL.Image.Image` or `np.ndarray`):
+            The generated image (for `output_type="pil"`, with the explained box drawn in red on the box's own border
+            pixels).
+        nsfw_content_detected (`bool`, *optional*):
+            The pipeline's safety checker verdict, `None` without a checker.
+        all_images_during_generation (`GeneratedImages`, *optional*):
+            The decoded latents after every denoising step (`None` with `get_images_for_all_inference_steps=False`).
+        token_attributions (`TokenAttributions`, *optional*):
+            `(token, score)` pairs; `None` when no step was traced.
+        explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*):
+            The explained region (see `diffusers_interpret.box.BOX_CONVENTION`); `None` for the whole image.
+        prompt (`str`): The prompt of this image.
+        attribution_method (`str`): The aggregation used for the scores.
+        attribution_level (`str`): Where the tokens were attributed.
+        token_ids (`List[int]`): Ids of the attributed tokens, aligned with `token_attributions`.
+        token_gradients (`torch.Tensor`, *optional*):
+            Raw gradient of the explained region's sum with respect to the attributed embeddings, one row per
+            attributed token (float32, CPU).
+        token_embeddings (`torch.Tensor`, *optional*): The embeddings the gradient was taken at, same shape.
+    """
+
+    image: Any
+    nsfw_content_detected: Optional[bool] = None
+    all_images_during_generation: Optional[GeneratedImages] = None
+    token_attributions: Optional[TokenAttributions] = None
+    explanation_2d_bounding_box: Optional[Box] = None
+    prompt: Optional[str] = None
+    attribution_method: Optional[str] = None
+    attribution_level: Optional[str] = None
+    token_ids: List[int] = field(default_factory=list)
+    token_gradients: Optional[torch.Tensor] = field(default=None, repr=False)
+    token_embeddings: Optional[torch.Tensor] = field(default=None, repr=False)
+    extras: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, key: str):
+        # Compatibility with the original's dict-like outputs (`output["image"]`).
+        return getattr(self, key)
+
+
+@dataclass
+class PipelineExplainerOutput(BaseExplanationOutput):
+    r"""The explanation of an image made by a text-to-image pipeline. See [`BaseExplanationOutput`]."""
+
+
+class ExplanationOutputList(list):
+    r"""One explanation per generated image, in the pipeline's order (prompt by prompt, then image by image)."""
+
+    @property
+    def images(self) -> list:
+        return [output.image for output in self]

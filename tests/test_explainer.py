@@ -1,0 +1,321 @@
+"""StableDiffusionPipelineExplainer on a tiny offline pipeline: identity with pipe(), gradients, boxes, state."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT, seeded
+from PIL import Image
+
+from diffusers_interpret import StableDiffusionPipelineExplainer
+from diffusers_interpret.box import draw_box
+
+STEPS = 5
+
+
+def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("get_images_for_all_inference_steps", False)
+    return StableDiffusionPipelineExplainer(pipe, verbose=False)(prompt, generator=seeded(seed), **kwargs)
+
+
+@pytest.mark.parametrize("n_traced", [0, 1, 2, None])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_image_is_the_pipelines_image(tiny_pipe, n_traced, checkpointing):
+    expected = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=seeded(3), output_type="np").images[0]
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False, gradient_checkpointing=checkpointing)
+    out = explainer(
+        PROMPT,
+        num_inference_steps=STEPS,
+        generator=seeded(3),
+        output_type="np",
+        n_last_diffusion_steps_to_consider_for_attributions=n_traced,
+        get_images_for_all_inference_steps=False,
+    )
+    np.testing.assert_array_equal(out.image, expected)
+    assert (out.token_attributions is None) == (n_traced == 0)
+
+
+def test_pil_image_and_other_pipeline_arguments_pass_through(tiny_pipe):
+    kwargs = dict(guidance_scale=3.0, negative_prompt="green triangle", eta=0.5, num_inference_steps=4)
+    expected = tiny_pipe(PROMPT, generator=seeded(1), **kwargs).images[0]
+    out = explain(tiny_pipe, seed=1, n_last_diffusion_steps_to_consider_for_attributions=2, **kwargs)
+    assert np.array_equal(np.asarray(out.image), np.asarray(expected))
+    no_cfg = explain(tiny_pipe, guidance_scale=1.0, n_last_diffusion_steps_to_consider_for_attributions=2)
+    expected = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=seeded(0), guidance_scale=1.0).images[0]
+    assert np.array_equal(np.asarray(no_cfg.image), np.asarray(expected))
+    assert no_cfg.token_attributions is not None
+
+
+def _box_sum(images: torch.Tensor, box) -> torch.Tensor:
+    # Independent of the library: slice rows y0:y1 and columns x0:x1 of (B, C, H, W) images.
+    (x0, y0), (x1, y1) = box
+    return images[..., y0:y1, x0:x1].sum()
+
+
+@pytest.mark.parametrize("n_traced", [None, 2])
+def test_encoder_output_gradient_matches_finite_differences(tiny_pipe64, n_traced):
+    pipe, box, steps, eps = tiny_pipe64, ((3, 5), (20, 15)), 4, 1e-3
+    prompt = "a blue square on the left"
+    out = explain(
+        pipe,
+        prompt=prompt,
+        num_inference_steps=steps,
+        explanation_2d_bounding_box=box,
+        attribution_level="text_encoder_output",
+        n_last_diffusion_steps_to_consider_for_attributions=n_traced,
+    )
+    pos, neg = pipe.encode_prompt(prompt, "cpu", 1, True)
+    first_traced = 0 if n_traced is None else steps - n_traced
+    positions = list(range(1, 1 + len(out.token_attributions)))
+
+    def box_sum(direction: torch.Tensor) -> float:
+        perturbed = pos + direction
+
+        def swap(pipeline, step, timestep, kwargs):  # the pipeline's own callback swaps the conditioning
+            return {"prompt_embeds": torch.cat([neg, perturbed])} if step + 1 == first_traced else {}
+
+        kwargs = dict(callback_on_step_end=swap, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+        if first_traced == 0:
+            kwargs = dict(prompt_embeds=perturbed, negative_prompt_embeds=neg)
+        else:
+            kwargs.update(prompt_embeds=pos, negative_prompt_embeds=neg)
+        images = pipe(num_inference_steps=steps, generator=seeded(0), output_type="pt", **kwargs).images
+        return float(_box_sum(images, box))
+
+    for row, position in enumerate(positions):
+        direction = torch.zeros_like(pos)
+        direction[0, position] = pos[0, position] * eps
+        fd = (box_sum(direction) - box_sum(-direction)) / (2 * eps)
+        ours = float((out.token_gradients[row] * out.token_embeddings[row]).sum())
+        assert ours == pytest.approx(fd, rel=1e-3, abs=1e-6 * abs(fd) + 1e-9), (row, ours, fd)
+
+
+def test_token_embedding_gradient_matches_finite_differences(tiny_pipe64):
+    pipe, box, steps, eps = tiny_pipe64, ((16, 0), (32, 32)), 3, 1e-3
+    prompt = "a red circle on the right"
+    out = explain(pipe, prompt=prompt, num_inference_steps=steps, explanation_2d_bounding_box=box)
+    assert out.attribution_level == "token_embeddings"
+    prompt_ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    prompt_ids = prompt_ids.input_ids
+
+    def box_sum(position: int, scale: float) -> float:
+        def perturb(module, args, output):  # only the prompt's row, not the negative prompt's
+            if torch.equal(args[0], prompt_ids):
+                output = output.clone()
+                output[0, position] *= 1 + scale
+            return output
+
+        handle = pipe.text_encoder.get_input_embeddings().register_forward_hook(perturb)
+        try:
+            images = pipe(prompt, num_inference_steps=steps, generator=seeded(0), output_type="pt").images
+        finally:
+            handle.remove()
+        return float(_box_sum(images, box))
+
+    for row in range(len(out.token_attributions)):
+        fd = (box_sum(row + 1, eps) - box_sum(row + 1, -eps)) / (2 * eps)
+        ours = float((out.token_gradients[row] * out.token_embeddings[row]).sum())
+        assert ours == pytest.approx(fd, rel=1e-3), (row, ours, fd)
+
+
+def test_scores_are_the_documented_aggregations(tiny_pipe):
+    outs = {
+        m: explain(tiny_pipe, attribution_method=m, n_last_diffusion_steps_to_consider_for_attributions=2)
+        for m in ("grad_x_input", "max_grad", "mean_grad", "min_grad")
+    }
+    g, e = outs["grad_x_input"].token_gradients, outs["grad_x_input"].token_embeddings
+    expected = {
+        "grad_x_input": (g * e).norm(dim=-1),
+        "max_grad": g.abs().max(-1).values,
+        "mean_grad": g.abs().mean(-1),
+        "min_grad": g.abs().min(-1).values,
+    }
+    for method, out in outs.items():
+        np.testing.assert_allclose(out.token_attributions.scores, expected[method].numpy(), rtol=1e-5)
+        assert sum(v for _, v in out.token_attributions.normalized) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="attribution_method"):
+        explain(tiny_pipe, attribution_method="saliency")
+    with pytest.raises(ValueError, match="attribution_level"):
+        explain(tiny_pipe, attribution_level="pixels")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipe):
+    kwargs = dict(
+        n_last_diffusion_steps_to_consider_for_attributions=3, explanation_2d_bounding_box=((0, 0), (10, 25))
+    )
+    plain = explain(tiny_pipe, **kwargs)
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False, gradient_checkpointing=True)
+    ckpt = explainer(
+        PROMPT, num_inference_steps=STEPS, generator=seeded(0), get_images_for_all_inference_steps=False, **kwargs
+    )
+    torch.testing.assert_close(ckpt.token_gradients, plain.token_gradients, rtol=1e-5, atol=1e-9)
+
+
+def test_box_changes_attributions_and_is_drawn_exactly(tiny_pipe):
+    box = ((4, 2), (20, 15))
+    whole = explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=2, output_type="np")
+    boxed = explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=2, explanation_2d_bounding_box=box)
+    assert boxed.explanation_2d_bounding_box == box
+    assert whole.explanation_2d_bounding_box is None
+    assert not np.allclose(whole.token_attributions.scores, boxed.token_attributions.scores)
+    plain = (whole.image * 255).round().astype(np.uint8)
+    drawn = np.asarray(boxed.image)
+    changed = np.argwhere((drawn != plain).any(-1))
+    red = np.argwhere((drawn == [255, 0, 0]).all(-1))
+    # the outline covers the box's first and last rows and columns: its extent is exactly the explained region
+    assert red[:, 0].min() == 2 and red[:, 0].max() == 14 and red[:, 1].min() == 4 and red[:, 1].max() == 19
+    assert changed[:, 0].min() >= 2 and changed[:, 0].max() <= 14
+    # a flat (x0, y0, x1, y1) box means the same
+    flat = explain(
+        tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=2, explanation_2d_bounding_box=(4, 2, 20, 15)
+    )
+    np.testing.assert_allclose(flat.token_attributions.scores, boxed.token_attributions.scores)
+
+
+def test_draw_box_convention():
+    image = draw_box(Image.new("RGB", (10, 6), "white"), ((1, 2), (4, 6)))
+    red = np.argwhere((np.asarray(image) == [255, 0, 0]).all(-1))
+    assert (red[:, 0].min(), red[:, 0].max(), red[:, 1].min(), red[:, 1].max()) == (2, 5, 1, 3)
+
+
+@pytest.mark.parametrize(
+    "box, match",
+    [
+        (((10, 10), (5, 20)), "empty or inverted"),
+        (((10, 10), (10, 20)), "empty or inverted"),
+        (((0, 0), (33, 10)), "outside"),
+        (((-1, 0), (5, 10)), "outside"),
+        ((1, 2, 3), "must be"),
+        ("box", "must be"),
+    ],
+)
+def test_bad_boxes_are_rejected_before_generating(tiny_pipe, box, match):
+    with pytest.raises(ValueError, match=match):
+        explain(tiny_pipe, explanation_2d_bounding_box=box)
+
+
+def test_bad_arguments(tiny_pipe):
+    with pytest.raises(ValueError, match="n_last_diffusion_steps"):
+        explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=-1)
+    with pytest.raises(ValueError, match="prompt"):
+        explain(tiny_pipe, prompt="")
+    with pytest.raises(ValueError, match="prompt_embeds"):
+        explain(tiny_pipe, prompt_embeds=torch.zeros(1, 77, 32))
+    with pytest.raises(ValueError, match="output_type"):
+        explain(tiny_pipe, output_type="latent")
+    with pytest.raises(TypeError, match="Stable Diffusion pipeline"):
+        StableDiffusionPipelineExplainer(object())
+
+
+def test_more_traced_steps_than_steps_traces_all(tiny_pipe):
+    all_steps = explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=None)
+    too_many = explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=STEPS + 10)
+    np.testing.assert_allclose(too_many.token_attributions.scores, all_steps.token_attributions.scores, rtol=1e-6)
+    fewer = explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=1)
+    assert not np.allclose(fewer.token_attributions.scores, all_steps.token_attributions.scores)
+
+
+def test_tokens_clean_and_special_tokens(tiny_pipe):
+    out = explain(tiny_pipe, prompt="a yellow square", n_last_diffusion_steps_to_consider_for_attributions=1)
+    assert out.token_attributions.tokens == ["a", "yellow", "square"]
+    raw = explain(
+        tiny_pipe,
+        prompt="a yellow square",
+        n_last_diffusion_steps_to_consider_for_attributions=1,
+        consider_special_tokens=True,
+        clean_token_prefixes_and_suffixes=False,
+    )
+    assert raw.token_attributions.tokens == ["<|startoftext|>", "a</w>", "yellow</w>", "square</w>", "<|endoftext|>"]
+    np.testing.assert_allclose(raw.token_attributions.scores[1:4], out.token_attributions.scores, rtol=1e-6)
+
+
+def test_global_state_restored_after_success_and_failure(tiny_pipe):
+    config_before = dict(tiny_pipe._progress_bar_config)
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=True)
+    for grad_mode in (True, False):
+        torch.set_grad_enabled(grad_mode)
+        try:
+            explainer(PROMPT, num_inference_steps=3, get_images_for_all_inference_steps=False)
+            assert torch.is_grad_enabled() is grad_mode
+
+            def boom(pipe, step, timestep, kwargs):
+                if step == 2:  # a traced step, while grad mode is on
+                    assert torch.is_grad_enabled()
+                    raise KeyError("injected")
+                return {}
+
+            with pytest.raises(KeyError, match="injected"):
+                explainer(PROMPT, num_inference_steps=3, callback_on_step_end=boom)
+            assert torch.is_grad_enabled() is grad_mode
+        finally:
+            torch.set_grad_enabled(True)
+        assert not tiny_pipe.unet._forward_pre_hooks and not tiny_pipe.unet._forward_hooks
+        assert not tiny_pipe.text_encoder.get_input_embeddings()._forward_hooks
+        assert tiny_pipe._progress_bar_config == config_before
+    assert not any(p.requires_grad for p in tiny_pipe.unet.parameters())
+
+
+def test_calling_twice_gives_the_same_explanation(tiny_pipe):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2)
+    first = explainer(PROMPT, generator=seeded(5), **kwargs)
+    second = explainer(PROMPT, generator=seeded(5), **kwargs)
+    assert first.token_attributions == second.token_attributions
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+
+
+def test_user_callback_is_chained(tiny_pipe):
+    seen = []
+
+    def callback(pipe, step, timestep, kwargs):
+        seen.append((step, sorted(kwargs)))
+        return {}
+
+    explain(
+        tiny_pipe,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        n_last_diffusion_steps_to_consider_for_attributions=2,
+    )
+    assert seen == [(i, ["prompt_embeds"]) for i in range(STEPS)]
+
+
+def test_several_prompts_and_images_each_get_their_own_explanation(tiny_pipe):
+    prompts = ["a red circle on the left", "a blue square on the right"]
+    latents = torch.randn(4, 4, 16, 16, generator=seeded(7))
+    kwargs = dict(n_last_diffusion_steps_to_consider_for_attributions=2, num_images_per_prompt=2)
+    outs = explain(tiny_pipe, prompt=prompts, latents=latents, **kwargs)
+    expected = tiny_pipe(prompts, num_inference_steps=STEPS, latents=latents, num_images_per_prompt=2).images
+    assert len(outs) == 4 and [o.prompt for o in outs] == [p for p in prompts for _ in range(2)]
+    for out, image in zip(outs, expected):
+        assert np.array_equal(np.asarray(out.image), np.asarray(image))
+    kwargs["num_images_per_prompt"] = 1
+    for index, out in enumerate(outs):
+        single = explain(tiny_pipe, prompt=out.prompt, latents=latents[index : index + 1], **kwargs)
+        np.testing.assert_allclose(out.token_attributions.scores, single.token_attributions.scores, rtol=1e-4)
+    assert not np.allclose(outs[0].token_attributions.scores, outs[1].token_attributions.scores)
+
+
+def test_images_during_generation_slider_and_gif(tiny_pipe, tmp_path):
+    out = explain(
+        tiny_pipe, get_images_for_all_inference_steps=True, n_last_diffusion_steps_to_consider_for_attributions=1
+    )
+    frames = out.all_images_during_generation
+    assert len(frames) == STEPS and all(isinstance(f, Image.Image) for f in frames)
+    assert np.array_equal(
+        np.asarray(frames[-1]),
+        np.asarray(explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=0).image),
+    )
+    html = frames._repr_html_()
+    assert html.count("data:image/png;base64,") == STEPS + 1 and 'type="range"' in html
+    assert frames.show() is not None
+    path = frames.gif(tmp_path / "steps.gif", duration=100)
+    with Image.open(path) as gif:
+        assert gif.n_frames == STEPS
+
+
+def test_token_attribution_plot(tiny_pipe):
+    out = explain(tiny_pipe, n_last_diffusion_steps_to_consider_for_attributions=1)
+    fig = out.token_attributions.plot()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == out.token_attributions.tokens
