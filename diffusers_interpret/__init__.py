@@ -3,6 +3,12 @@ r"""diffusers-interpret: explain the images made by 🤗 diffusers pipelines."""
 from .attribution import AttributionLevel, AttributionMethods
 from .box import BOX_CONVENTION
 from .explainer import BasePipelineExplainer, StableDiffusionPipelineExplainer
+from .image_explainers import (
+    PipelineImg2ImgExplainerOutput,
+    PipelineInpaintExplainerOutput,
+    StableDiffusionImg2ImgPipelineExplainer,
+    StableDiffusionInpaintPipelineExplainer,
+)
 from .outputs import (
     BaseExplanationOutput,
     ExplanationOutputList,
@@ -11,6 +17,7 @@ from .outputs import (
     PixelAttributions,
     TokenAttributions,
 )
+from .saliency import SaliencyMap
 
 __version__ = "0.6.0.dev0"
 
@@ -23,7 +30,12 @@ __all__ = [
     "ExplanationOutputList",
     "GeneratedImages",
     "PipelineExplainerOutput",
+    "PipelineImg2ImgExplainerOutput",
+    "PipelineInpaintExplainerOutput",
     "PixelAttributions",
+    "SaliencyMap",
+    "StableDiffusionImg2ImgPipelineExplainer",
+    "StableDiffusionInpaintPipelineExplainer",
     "StableDiffusionPipelineExplainer",
     "TokenAttributions",
 ]

@@ -1,5 +1,6 @@
 """The explainers: run the pipeline's own loop with gradients for its last steps, then attribute."""
 
+import contextlib
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -74,8 +75,12 @@ class BasePipelineExplainer:
     def _prepare_pipeline_kwargs(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         return kwargs
 
-    def _input_tensors(self) -> Dict[str, torch.Tensor]:
-        return {}
+    def _input_leaves(self, leaves: Dict[str, torch.Tensor]):
+        # A context in which the pipeline's other explained inputs (e.g. init-image pixels) become leaves in `leaves`.
+        return contextlib.nullcontext()
+
+    # Whether the pipeline must run with grad on before its loop (to keep the graph from its input image's encoding).
+    grad_before_loop = False
 
     def _finish_output(self, output, index: int, gradients: Dict[str, torch.Tensor], method) -> None:
         pass
@@ -188,12 +193,15 @@ class BasePipelineExplainer:
             return self._encode_with_graph(expanded, pipeline_embeddings, call_kwargs, leaves)
 
         tracer = DenoiserTracer(pipe, n_traced, positive_embeddings, checkpoint=self.gradient_checkpointing)
+        input_leaves: Dict[str, torch.Tensor] = {}
         with progress_bar_disabled(pipe, not self.verbose), torch.no_grad():
-            if explain:
-                with tracer:
+            # Grad mode is switched by the tracer at each denoiser call and restored by these contexts on exit.
+            with torch.set_grad_enabled(explain and self.grad_before_loop):
+                if explain:
+                    with tracer, self._input_leaves(input_leaves):
+                        latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
+                else:
                     latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
-            else:
-                latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
             generator = call_kwargs.get("generator")
             with torch.set_grad_enabled(explain and latents.requires_grad):
                 decoded = self._decode(latents, generator)
@@ -207,7 +215,7 @@ class BasePipelineExplainer:
             if explain and decoded.requires_grad and leaves:
                 started = time.perf_counter()
                 with torch.enable_grad():
-                    gradients = self._backward(decoded, box, leaves[0])
+                    gradients = self._backward(decoded, box, {"token_embeddings": leaves[0], **input_leaves})
                 backward_seconds = time.perf_counter() - started
             elif explain:
                 warnings.warn(
@@ -307,15 +315,14 @@ class BasePipelineExplainer:
                 sequence.append(image)
         return per_image
 
-    def _backward(self, decoded: torch.Tensor, box, embeddings_leaf: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _backward(self, decoded: torch.Tensor, box, leaves: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         # One backward pass of the sum of the explained region of every image (images are independent in the batch,
         # so each image's gradient lands in its own rows). The image is the pipeline's [0, 1] output image
         # (`postprocess(output_type="pt")`, clamp included), before quantization.
         image = self.pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
         mask = box_mask(box, image.shape[-2], image.shape[-1], device=image.device, dtype=torch.float32)
         target = (image.float() * mask).sum()
-        inputs = {"token_embeddings": embeddings_leaf, **self._input_tensors()}
-        inputs = {k: v for k, v in inputs.items() if v is not None and v.requires_grad}
+        inputs = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
         # Half precision: scale the target down before the backward so gradients do not overflow, and back after.
         scale = 1.0
         if decoded.dtype in (torch.float16, torch.bfloat16):
@@ -323,7 +330,9 @@ class BasePipelineExplainer:
         grads = torch.autograd.grad(target * scale, list(inputs.values()), allow_unused=True)
         result = {}
         for (name, tensor), grad in zip(inputs.items(), grads):
-            grad = torch.zeros_like(tensor, dtype=torch.float32) if grad is None else grad.float() / scale
+            if grad is None:  # the traced steps do not reach this input
+                continue
+            grad = grad.float() / scale
             if not torch.isfinite(grad).all():
                 raise FloatingPointError(
                     f"The gradient with respect to {name} is not finite ({decoded.dtype}). Load the pipeline in "

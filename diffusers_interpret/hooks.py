@@ -61,6 +61,36 @@ def leaf_input_embeddings(text_encoder: torch.nn.Module, store: List[torch.Tenso
 
 
 @contextlib.contextmanager
+def leaf_preprocessed_image(image_processor, store: dict, key: str = "pixels"):
+    r"""
+    Within the block, the image processor's `preprocess` returns its usual tensor (bit-identical values) plus a
+    zero-valued term that carries the gradient to a leaf: the [0, 1] pixels of the preprocessed image, stored in
+    `store[key]` (first call only). The override is an instance attribute, deleted on exit.
+    """
+    original = image_processor.preprocess
+    had_instance_attribute = "preprocess" in vars(image_processor)
+
+    def preprocess(*args, **kwargs):
+        processed = original(*args, **kwargs)
+        if key in store or processed.shape[1] != 3:
+            return processed
+        with torch.enable_grad():
+            pixels = ((processed.detach().float() + 1) / 2).requires_grad_(True)
+            store[key] = pixels
+            normalized = pixels * 2 - 1
+            return processed + (normalized - normalized.detach()).to(processed.dtype)
+
+    image_processor.preprocess = preprocess
+    try:
+        yield store
+    finally:
+        if had_instance_attribute:
+            image_processor.preprocess = original
+        else:
+            del image_processor.preprocess
+
+
+@contextlib.contextmanager
 def progress_bar_disabled(pipe, disable: bool):
     """Disable the pipeline's progress bar within the block and restore the pipeline's own config after it."""
     had_config = hasattr(pipe, "_progress_bar_config")
@@ -143,6 +173,8 @@ class DenoiserTracer:
             n = total if self.n_traced is None else min(self.n_traced, total)
             self.first_traced = total - n if n > 0 else None
         if not self._is_traced(index):
+            # Untraced steps keep no graph, whatever ran before the loop (e.g. an init image's encoding with grad).
+            torch.set_grad_enabled(False)
             return None
 
         torch.set_grad_enabled(True)
