@@ -1,0 +1,432 @@
+r"""
+One self-contained, interactive HTML view of an explanation: drag a box on the image and the token bars show that
+box's attributions at once, computed in the browser from per-cell gradients.
+
+Gradients are additive over pixels, so with `cell_grad_x_input[r, c, t, :]` the gradient of grid cell (r, c)'s sum with
+respect to token t's embedding times the embedding, a grid-aligned box's score for token t is
+`|| sum over the box's cells of cell_grad_x_input[r, c, t, :] ||_2` and its percentages are
+`scores / sum(scores) * 100` ([`box_scores_from_cells`] is the Python reference of what the page computes).
+
+Everything is inline (images as data URIs, the per-cell array as base64 float32, strings as escaped JSON): no server,
+no network, no files beside it. Every element id starts with the view's own random id, so several views can live in
+one notebook. For tests and scripting, `window.diffusersInterpretViews[viewId]` exposes `scoresForBox(r0, c0, r1, c1)`,
+`percentagesForBox(r0, c0, r1, c1)`, `setBox(r0, c0, r1, c1)`, `showToken(i)`, `setStep(i)` and `box()`; each bar's
+value element `[data-role="pct"]` holds its percentage in `data-value`, and the root element holds the current box in
+`data-box` (`"r0,c0,r1,c1"`, cells, half-open).
+"""
+
+import base64
+import html
+import math
+import uuid
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from .html import display_html, image_to_data_uri, json_for_script
+
+
+def box_scores_from_cells(cell_grad_x_input: np.ndarray, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+    r"""
+    Token scores of a grid-aligned box: the L2 norm over the hidden dimension of the sum of its cells' gradient x
+    input (the reference of the interactive view's JavaScript).
+
+    Args:
+        cell_grad_x_input (`np.ndarray`): Array of shape (rows, cols, num_tokens, hidden).
+        r0 (`int`): First row of cells (inclusive).
+        c0 (`int`): First column of cells (inclusive).
+        r1 (`int`): Last row of cells (exclusive).
+        c1 (`int`): Last column of cells (exclusive).
+
+    Returns:
+        `np.ndarray` of shape (num_tokens,), float64.
+    """
+    cells = np.asarray(cell_grad_x_input)
+    if cells.ndim != 4:
+        raise ValueError(f"`cell_grad_x_input` must have shape (rows, cols, num_tokens, hidden), got {cells.shape}.")
+    rows, cols = cells.shape[:2]
+    if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+        raise ValueError(f"Box rows [{r0}, {r1}) and columns [{c0}, {c1}) must be non-empty within {rows}x{cols}.")
+    summed = cells[r0:r1, c0:c1].astype(np.float64).sum(axis=(0, 1))
+    return np.sqrt((summed * summed).sum(axis=-1))
+
+
+def percentages(scores: np.ndarray) -> np.ndarray:
+    r"""`scores / sum(scores) * 100` (all zeros when the sum is zero), as the view shows them."""
+    scores = np.asarray(scores, dtype=np.float64)
+    total = float(scores.sum())
+    if total == 0.0 or not math.isfinite(total):
+        return np.zeros_like(scores)
+    return scores / total * 100.0
+
+
+def _float32_base64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _attention_uris(
+    attention_maps: Optional[Sequence[Optional[np.ndarray]]], num_tokens: int, size: Tuple[int, int]
+) -> Optional[List[Optional[str]]]:
+    if attention_maps is None:
+        return None
+    from .attention import colorize
+
+    maps = list(attention_maps)
+    if len(maps) != num_tokens:
+        raise ValueError(f"Got {len(maps)} attention maps for {num_tokens} tokens: give one per token (or None).")
+    uris = []
+    for index, values in enumerate(maps):
+        if values is None:
+            uris.append(None)
+            continue
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != size:
+            raise ValueError(f"Attention map {index} has shape {values.shape}, expected the image's {size}.")
+        uris.append(image_to_data_uri(colorize(values)))
+    return uris
+
+
+_STYLE = """
+#{uid} {{font-family:sans-serif;font-size:13px;display:flex;gap:16px;align-items:flex-start;flex-wrap:wrap}}
+#{uid} .di-stage {{position:relative;cursor:crosshair;user-select:none;-webkit-user-select:none;line-height:0}}
+#{uid} .di-stage img {{image-rendering:pixelated;display:block;pointer-events:none}}
+#{uid} .di-stage img.di-overlay {{position:absolute;left:0;top:0;opacity:0.5;display:none}}
+#{uid} .di-box {{position:absolute;border:2px solid red;box-sizing:border-box;pointer-events:none}}
+#{uid} .di-bars {{min-width:280px}}
+#{uid} .di-row {{display:flex;align-items:center;gap:6px;margin:2px 0;cursor:pointer}}
+#{uid} .di-row.di-active .di-label {{font-weight:bold;text-decoration:underline}}
+#{uid} .di-label {{width:110px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;text-align:right}}
+#{uid} .di-track {{display:inline-block;width:160px;height:12px;background:#eee}}
+#{uid} .di-fill {{height:12px;background:#d62728;width:0}}
+#{uid} .di-pct {{width:64px;font-variant-numeric:tabular-nums}}
+#{uid} .di-note {{color:#555;margin:4px 0}}
+"""
+
+_SCRIPT = r"""
+(function() {
+  var uid = %(uid)s;
+  var cfg = %(config)s;
+  var root = document.getElementById(uid);
+  var bin = atob(cfg.cells);
+  var view = new DataView(new ArrayBuffer(bin.length));
+  for (var i = 0; i < bin.length; i++) view.setUint8(i, bin.charCodeAt(i));
+  var cells = new Float32Array(bin.length / 4);
+  for (var i = 0; i < cells.length; i++) cells[i] = view.getFloat32(4 * i, true);
+  var R = cfg.rows, C = cfg.cols, T = cfg.numTokens, D = cfg.hidden;
+  var stage = document.getElementById(uid + "-stage");
+  var mainImg = document.getElementById(uid + "-image");
+  var overlay = document.getElementById(uid + "-overlay");
+  var boxEl = document.getElementById(uid + "-box");
+  var note = document.getElementById(uid + "-note");
+  var rowsEl = document.getElementById(uid + "-bars").querySelectorAll('[data-role="token"]');
+  var current = [0, 0, R, C], activeToken = -1;
+
+  function check(r0, c0, r1, c1) {
+    if (!(0 <= r0 && r0 < r1 && r1 <= R && 0 <= c0 && c0 < c1 && c1 <= C)) {
+      throw new RangeError("box outside the " + R + "x" + C + " grid: " + [r0, c0, r1, c1]);
+    }
+  }
+  function scoresForBox(r0, c0, r1, c1) {
+    check(r0, c0, r1, c1);
+    var sums = new Float64Array(T * D);
+    for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) {
+      var base = (r * C + c) * T * D;
+      for (var k = 0; k < T * D; k++) sums[k] += cells[base + k];
+    }
+    var scores = [];
+    for (var t = 0; t < T; t++) {
+      var s = 0;
+      for (var d = 0; d < D; d++) { var v = sums[t * D + d]; s += v * v; }
+      scores.push(Math.sqrt(s));
+    }
+    return scores;
+  }
+  function percentagesForBox(r0, c0, r1, c1) {
+    var scores = scoresForBox(r0, c0, r1, c1);
+    var total = 0;
+    for (var t = 0; t < T; t++) total += scores[t];
+    return scores.map(function(s) { return (total > 0 && isFinite(total)) ? s / total * 100 : 0; });
+  }
+  function render() {
+    var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
+    var pct = percentagesForBox(r0, c0, r1, c1);
+    var top = Math.max.apply(null, pct.concat([1e-12]));
+    for (var t = 0; t < T; t++) {
+      var row = rowsEl[t];
+      row.querySelector('[data-role="fill"]').style.width = (100 * pct[t] / top) + "%%";
+      var value = row.querySelector('[data-role="pct"]');
+      value.textContent = pct[t].toFixed(2) + "%%";
+      value.setAttribute("data-value", String(pct[t]));
+    }
+    var x0 = c0 * cfg.cellW, y0 = r0 * cfg.cellH;
+    var x1 = Math.min(cfg.width, c1 * cfg.cellW), y1 = Math.min(cfg.height, r1 * cfg.cellH);
+    boxEl.style.left = (x0 * cfg.scale) + "px";
+    boxEl.style.top = (y0 * cfg.scale) + "px";
+    boxEl.style.width = ((x1 - x0) * cfg.scale) + "px";
+    boxEl.style.height = ((y1 - y0) * cfg.scale) + "px";
+    root.setAttribute("data-box", [r0, c0, r1, c1].join(","));
+    root.setAttribute("data-box-pixels", [x0, y0, x1, y1].join(","));
+    var whole = r0 === 0 && c0 === 0 && r1 === R && c1 === C;
+    note.textContent = whole ? "Whole image. Drag a box on the image." :
+      "Box: x " + x0 + "-" + x1 + ", y " + y0 + "-" + y1 + " px (double-click: whole image).";
+  }
+  function setBox(r0, c0, r1, c1) {
+    check(r0, c0, r1, c1);
+    current = [r0, c0, r1, c1];
+    render();
+  }
+  function cellAt(event) {
+    var rect = stage.getBoundingClientRect();
+    var x = (event.clientX - rect.left) / rect.width * cfg.width;
+    var y = (event.clientY - rect.top) / rect.height * cfg.height;
+    var r = Math.min(R - 1, Math.max(0, Math.floor(y / cfg.cellH)));
+    var c = Math.min(C - 1, Math.max(0, Math.floor(x / cfg.cellW)));
+    return [r, c];
+  }
+  var anchor = null, pending = null;
+  function dragTo(event) {
+    var cell = cellAt(event);
+    setBox(Math.min(anchor[0], cell[0]), Math.min(anchor[1], cell[1]),
+           Math.max(anchor[0], cell[0]) + 1, Math.max(anchor[1], cell[1]) + 1);
+  }
+  stage.addEventListener("mousedown", function(event) {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    anchor = cellAt(event);
+    dragTo(event);
+  });
+  window.addEventListener("mousemove", function(event) {
+    if (anchor === null) return;
+    pending = event;
+    window.requestAnimationFrame(function() {
+      if (pending !== null && anchor !== null) dragTo(pending);
+      pending = null;
+    });
+  });
+  window.addEventListener("mouseup", function(event) {
+    if (anchor === null) return;
+    dragTo(event);
+    anchor = null; pending = null;
+  });
+  stage.addEventListener("dblclick", function() { setBox(0, 0, R, C); });
+
+  function showToken(t) {
+    activeToken = (t === activeToken) ? -1 : t;
+    for (var i = 0; i < T; i++) rowsEl[i].classList.toggle("di-active", i === activeToken);
+    var uri = (activeToken >= 0 && cfg.attention) ? cfg.attention[activeToken] : null;
+    if (uri) {
+      overlay.src = uri;
+      overlay.style.display = "block";
+      overlay.setAttribute("data-token-index", String(activeToken));
+    } else {
+      overlay.style.display = "none";
+      overlay.removeAttribute("src");
+      overlay.setAttribute("data-token-index", "-1");
+    }
+  }
+  for (var t = 0; t < T; t++) {
+    rowsEl[t].addEventListener("click", (function(index) { return function() { showToken(index); }; })(t));
+  }
+
+  var slider = document.getElementById(uid + "-step");
+  var stepLabel = document.getElementById(uid + "-step-label");
+  function setStep(i) {
+    var n = cfg.steps.length;
+    i = Math.max(0, Math.min(n, Number(i)));
+    if (slider) slider.value = String(i);
+    mainImg.src = i < n ? cfg.steps[i] : cfg.image;
+    if (stepLabel) stepLabel.textContent = i < n ? "step " + (i + 1) + "/" + n : "final image";
+  }
+  if (slider) slider.addEventListener("input", function() { setStep(this.value); });
+
+  window.diffusersInterpretViews = window.diffusersInterpretViews || {};
+  window.diffusersInterpretViews[uid] = {
+    scoresForBox: scoresForBox, percentagesForBox: percentagesForBox, setBox: setBox, showToken: showToken,
+    setStep: setStep, box: function() { return current.slice(); }, tokens: cfg.tokens
+  };
+  render();
+})();
+"""
+
+
+def interactive_view_html(
+    image: Image.Image,
+    step_images: Sequence[Image.Image],
+    tokens: Sequence[str],
+    cell_size: Tuple[int, int],
+    cell_grad_x_input: np.ndarray,
+    attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
+    title: Optional[str] = None,
+    scale: Optional[int] = None,
+) -> str:
+    r"""
+    The HTML of one interactive view (a `<div>` with its own `<style>` and `<script>`), self-contained.
+
+    Args:
+        image (`PIL.Image.Image`): The generated image (with no box drawn).
+        step_images (`Sequence[PIL.Image.Image]`): The images during generation (may be empty: no slider then).
+        tokens (`Sequence[str]`): The token strings shown, one per row of bars (any text: everything is escaped).
+        cell_size (`(int, int)`): `(cell_h, cell_w)`, the size in pixels of a grid cell; the grid starts at the
+            upper-left corner and its last row and column may be cut by the image border.
+        cell_grad_x_input (`np.ndarray`):
+            Array of shape (rows, cols, num_tokens, hidden) with rows = ceil(H / cell_h), cols = ceil(W / cell_w),
+            num_tokens = len(tokens): for each cell, the gradient of the cell's sum with respect to each token
+            embedding, times the embedding. Sent as float32.
+        attention_maps (`Sequence[np.ndarray]`, *optional*):
+            One (H, W) array in [0, 1] per token (or `None` for a token without one), shown over the image when the
+            token is clicked.
+        title (`str`, *optional*): A heading.
+        scale (`int`, *optional*): Display scale of the image (pixelated); by default the largest integer that keeps
+            the longer side within 512 pixels (at least 1).
+
+    Returns:
+        `str`: The HTML.
+    """
+    width, height = image.size
+    cell_h, cell_w = (int(v) for v in cell_size)
+    if cell_h <= 0 or cell_w <= 0:
+        raise ValueError(f"`cell_size` must be positive, got {cell_size}.")
+    cells = np.asarray(cell_grad_x_input, dtype=np.float32)
+    tokens = [str(token) for token in tokens]
+    rows, cols = math.ceil(height / cell_h), math.ceil(width / cell_w)
+    if cells.ndim != 4 or cells.shape[:3] != (rows, cols, len(tokens)):
+        raise ValueError(
+            f"`cell_grad_x_input` must have shape ({rows}, {cols}, {len(tokens)}, hidden) for a {height}x{width} "
+            f"image, cells of {cell_h}x{cell_w} and {len(tokens)} tokens; got {cells.shape}."
+        )
+    if scale is None:
+        scale = max(1, 512 // max(width, height))
+    scale = int(scale)
+    uid = "di-view-" + uuid.uuid4().hex[:12]
+    image_uri = image_to_data_uri(image.convert("RGB"))
+    step_uris = [image_to_data_uri(step.convert("RGB")) for step in step_images]
+    attention = _attention_uris(attention_maps, len(tokens), (height, width))
+    config = {
+        "rows": rows,
+        "cols": cols,
+        "numTokens": len(tokens),
+        "hidden": int(cells.shape[3]),
+        "cellH": cell_h,
+        "cellW": cell_w,
+        "width": width,
+        "height": height,
+        "scale": scale,
+        "tokens": tokens,
+        "image": image_uri,
+        "steps": step_uris,
+        "attention": attention,
+        "cells": _float32_base64(cells),
+    }
+    shown_w, shown_h = width * scale, height * scale
+    bars = "\n".join(
+        f'<div class="di-row" data-role="token" data-token-index="{i}">'
+        f'<span class="di-label" data-role="label" title="{html.escape(token)}">{html.escape(token)}</span>'
+        f'<span class="di-track"><span class="di-fill" data-role="fill" style="display:block"></span></span>'
+        f'<span class="di-pct" data-role="pct" data-value="0"></span></div>'
+        for i, token in enumerate(tokens)
+    )
+    slider = ""
+    if step_uris:
+        n = len(step_uris)
+        slider = (
+            f'<div><input id="{uid}-step" data-role="step" type="range" min="0" max="{n}" value="{n}" step="1" '
+            f'style="width:{shown_w}px"/><div id="{uid}-step-label" class="di-note">final image</div></div>'
+        )
+    heading = (
+        f'<div class="di-title" style="flex-basis:100%;font-weight:bold">{html.escape(title)}</div>' if title else ""
+    )
+    has_attention = attention is not None and any(uri is not None for uri in attention)
+    hint = "Click a token to show its cross-attention map." if has_attention else ""
+    return f"""<div id="{uid}" class="di-view" data-view-id="{uid}">
+<style>{_STYLE.format(uid=uid)}</style>
+{heading}
+<div>
+<div id="{uid}-stage" class="di-stage" style="width:{shown_w}px;height:{shown_h}px">
+<img id="{uid}-image" data-role="image" src="{image_uri}" width="{shown_w}" height="{shown_h}" alt="generated image"/>
+<img id="{uid}-overlay" class="di-overlay" data-role="overlay" data-token-index="-1" width="{shown_w}" \
+height="{shown_h}" alt=""/>
+<div id="{uid}-box" class="di-box" data-role="box"></div>
+</div>
+{slider}
+</div>
+<div class="di-bars" id="{uid}-bars">
+<div id="{uid}-note" class="di-note" data-role="note"></div>
+{bars}
+<div class="di-note">{hint}</div>
+</div>
+<script>{_SCRIPT % {"uid": json_for_script(uid), "config": json_for_script(config)}}</script>
+</div>"""
+
+
+class InteractiveView:
+    r"""
+    An interactive view (see [`interactive_view_html`]): rendered inline by notebooks through `_repr_html_`, shown
+    with `show()`, written as a standalone page with `save(path)`. Takes the arguments of [`interactive_view_html`].
+    """
+
+    def __init__(
+        self,
+        image: Image.Image,
+        step_images: Sequence[Image.Image],
+        tokens: Sequence[str],
+        cell_size: Tuple[int, int],
+        cell_grad_x_input: np.ndarray,
+        attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
+        title: Optional[str] = None,
+        scale: Optional[int] = None,
+    ):
+        self.image = image
+        self.step_images = list(step_images or [])
+        self.tokens = [str(token) for token in tokens]
+        self.cell_size = (int(cell_size[0]), int(cell_size[1]))
+        self.cell_grad_x_input = np.asarray(cell_grad_x_input, dtype=np.float32)
+        self.attention_maps = None if attention_maps is None else list(attention_maps)
+        self.title = title
+        self.scale = scale
+        self.to_html()  # validate now rather than at display time
+
+    def to_html(self) -> str:
+        r"""The view's HTML fragment (a new element id on each call)."""
+        return interactive_view_html(
+            self.image,
+            self.step_images,
+            self.tokens,
+            self.cell_size,
+            self.cell_grad_x_input,
+            attention_maps=self.attention_maps,
+            title=self.title,
+            scale=self.scale,
+        )
+
+    def box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+        r"""The token scores of the cell box rows [r0, r1) x columns [c0, c1) (see [`box_scores_from_cells`])."""
+        return box_scores_from_cells(self.cell_grad_x_input, r0, c0, r1, c1)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def show(self):
+        r"""Display the view inline (under IPython) and return it as an `IPython.display.HTML` object."""
+        return display_html(self.to_html())
+
+    def save(self, path: Union[str, Path]) -> Path:
+        r"""
+        Write the view as a standalone HTML page (nothing else needed beside it).
+
+        Args:
+            path (`str` or `Path`): Where to write it.
+
+        Returns:
+            The `Path` written.
+        """
+        path = Path(path)
+        title = html.escape(self.title or "diffusers-interpret")
+        page = (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>'
+            f'<link rel="icon" href="data:,"/><title>{title}</title></head>\n'
+            f"<body>\n{self.to_html()}\n</body></html>\n"
+        )
+        path.write_text(page, encoding="utf-8")
+        return path

@@ -1,0 +1,241 @@
+r"""
+The interactive view in a real headless Chromium, driven by Selenium with real mouse actions.
+
+Needs the Debian packages `chromium` and `chromium-driver` (at /usr/bin/chromium and /usr/bin/chromedriver) and the
+pip package `selenium`; skipped, with the reason, when any of them is missing. No driver is ever downloaded.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusers_interpret.html import image_to_data_uri
+from diffusers_interpret.interactive import InteractiveView, box_scores_from_cells, interactive_view_html, percentages
+
+MALICIOUS = "</script><script>window.__pwned = 1; alert(1)</script>"
+TOKENS = ["a", "red", MALICIOUS, "<img src=x onerror=window.__pwned=2>", "circle"]
+HEIGHT, WIDTH = 48, 64
+CELL = (8, 16)  # rows 6, columns 4
+ROWS, COLS = 6, 4
+HIDDEN = 16
+
+
+def _find(candidates):
+    for candidate in candidates:
+        path = shutil.which(candidate) if os.sep not in candidate else candidate
+        if path and os.path.exists(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium = _find(
+        [os.environ.get("CHROMIUM", ""), "/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"]
+    )
+    chromedriver = _find([os.environ.get("CHROMEDRIVER", ""), "/usr/bin/chromedriver", "chromedriver"])
+    if chromium is None or chromedriver is None:
+        pytest.skip(
+            "No browser found: install Chromium and its driver (Debian: `apt-get install chromium chromium-driver`)."
+        )
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("No browser driver: `pip install selenium` to run the browser tests.")
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    cells = rng.normal(size=(ROWS, COLS, len(TOKENS), HIDDEN)).astype(np.float32)
+    cells[:, :, 4] *= 3.0  # one dominant token, so percentages differ clearly
+    image = Image.fromarray(rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8))
+    steps = [Image.new("RGB", (WIDTH, HEIGHT), color) for color in ("black", "gray", "white")]
+    attention = [rng.random((HEIGHT, WIDTH)).astype(np.float32) for _ in TOKENS]
+    attention[0] = None  # a token without a map
+    return dict(image=image, steps=steps, cells=cells, attention=attention)
+
+
+@pytest.fixture(scope="module")
+def page(browser, data, tmp_path_factory):
+    view = InteractiveView(
+        data["image"], data["steps"], TOKENS, CELL, data["cells"], attention_maps=data["attention"], title=MALICIOUS
+    )
+    path = view.save(tmp_path_factory.mktemp("view") / "view.html")
+    browser.get(path.resolve().as_uri())
+    browser.get_log("browser")  # start the next check from an empty log
+    uid = browser.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    return browser, uid
+
+
+def bar_values(driver, uid):
+    elements = driver.find_elements("css selector", f'#{uid}-bars [data-role="pct"]')
+    return np.array([float(element.get_attribute("data-value")) for element in elements])
+
+
+def severe_logs(driver):
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_python_reference():
+    rng = np.random.default_rng(1)
+    cells = rng.normal(size=(3, 2, 4, 5))
+    expected = np.linalg.norm(cells[1:3, 0:2].sum(axis=(0, 1)), axis=-1)
+    np.testing.assert_allclose(box_scores_from_cells(cells, 1, 0, 3, 2), expected)
+    np.testing.assert_allclose(percentages(expected).sum(), 100.0)
+    with pytest.raises(ValueError):
+        box_scores_from_cells(cells, 2, 0, 2, 1)
+
+
+def test_validation_and_escaping_in_markup(data):
+    with pytest.raises(ValueError, match="shape"):
+        interactive_view_html(data["image"], [], TOKENS, (8, 8), data["cells"])
+    markup = interactive_view_html(data["image"], [], TOKENS, CELL, data["cells"], title=MALICIOUS)
+    assert "<script>window.__pwned" not in markup and "<img src=x" not in markup
+    assert markup.count("<script>") == 1 and markup.count("</script>") == 1
+    assert interactive_view_html(data["image"], [], TOKENS, CELL, data["cells"]) != markup  # fresh ids
+
+
+def test_loads_without_errors_and_shows_whole_image(page, data):
+    driver, uid = page
+    assert driver.execute_script("return window.__pwned") is None
+    assert severe_logs(driver) == []
+    root = driver.find_element("id", uid)
+    assert root.get_attribute("data-box") == f"0,0,{ROWS},{COLS}"
+    expected = percentages(box_scores_from_cells(data["cells"], 0, 0, ROWS, COLS))
+    np.testing.assert_allclose(bar_values(driver, uid), expected, rtol=1e-4)
+    labels = driver.find_elements("css selector", f'#{uid}-bars [data-role="label"]')
+    assert [label.text for label in labels][:2] == TOKENS[:2]
+    assert labels[2].get_attribute("textContent") == MALICIOUS  # shown as text, not run
+    assert driver.find_element("css selector", ".di-title").get_attribute("textContent") == MALICIOUS
+
+
+def test_scores_function_matches_reference(page, data):
+    driver, uid = page
+    for box in [(0, 0, ROWS, COLS), (1, 2, 3, 4), (5, 0, 6, 1)]:
+        scores = driver.execute_script(
+            f"return window.diffusersInterpretViews[{uid!r}].scoresForBox(...arguments)", *box
+        )
+        np.testing.assert_allclose(scores, box_scores_from_cells(data["cells"], *box), rtol=1e-4)
+
+
+def test_mouse_drag_updates_bars(page, data):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver, uid = page
+    stage = driver.find_element("id", f"{uid}-stage")
+    rect = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", stage)
+    sx, sy = rect["width"] / WIDTH, rect["height"] / HEIGHT  # display pixels per image pixel
+
+    def offset(row, col):  # from the element's centre (Selenium 4) to the middle of cell (row, col)
+        x = ((col + 0.5) * CELL[1]) * sx - rect["width"] / 2
+        y = ((row + 0.5) * CELL[0]) * sy - rect["height"] / 2
+        return int(round(x)), int(round(y))
+
+    # Drag from cell (4, 3) up-left to cell (1, 1): the box covers rows 1..4 and columns 1..3.
+    start, end = offset(4, 3), offset(1, 1)
+    actions = ActionChains(driver)
+    actions.move_to_element_with_offset(stage, *start).click_and_hold()
+    actions.move_by_offset(end[0] - start[0], (end[1] - start[1]) // 2)
+    actions.move_by_offset(0, end[1] - start[1] - (end[1] - start[1]) // 2).release().perform()
+
+    assert driver.find_element("id", uid).get_attribute("data-box") == "1,1,5,4"
+    expected = percentages(box_scores_from_cells(data["cells"], 1, 1, 5, 4))
+    values = bar_values(driver, uid)
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
+    whole = percentages(box_scores_from_cells(data["cells"], 0, 0, ROWS, COLS))
+    assert not np.allclose(values, whole, rtol=1e-3)
+    box = driver.find_element("id", f"{uid}-box")
+    assert abs(box.size["width"] - 3 * CELL[1] * sx) <= 1 and abs(box.size["height"] - 4 * CELL[0] * sy) <= 1
+
+    # A click without moving selects one cell; a double click goes back to the whole image.
+    ActionChains(driver).move_to_element_with_offset(stage, *offset(0, 2)).click().perform()
+    assert driver.find_element("id", uid).get_attribute("data-box") == "0,2,1,3"
+    np.testing.assert_allclose(
+        bar_values(driver, uid), percentages(box_scores_from_cells(data["cells"], 0, 2, 1, 3)), rtol=1e-4
+    )
+    ActionChains(driver).move_to_element(stage).double_click().perform()
+    assert driver.find_element("id", uid).get_attribute("data-box") == f"0,0,{ROWS},{COLS}"
+    assert severe_logs(driver) == []
+
+
+def test_click_token_shows_attention_map(page, data):
+    from diffusers_interpret.attention import colorize
+
+    driver, uid = page
+    overlay = driver.find_element("id", f"{uid}-overlay")
+    rows = driver.find_elements("css selector", f'#{uid}-bars [data-role="token"]')
+    assert not overlay.is_displayed()
+    rows[1].click()
+    assert overlay.is_displayed()
+    assert overlay.get_attribute("data-token-index") == "1"
+    assert overlay.get_attribute("src") == image_to_data_uri(colorize(data["attention"][1]))
+    rows[3].click()
+    assert overlay.get_attribute("src") == image_to_data_uri(colorize(data["attention"][3]))
+    rows[3].click()  # the same token again hides it
+    assert not overlay.is_displayed()
+    rows[0].click()  # a token without a map
+    assert not overlay.is_displayed()
+    assert driver.execute_script("return window.__pwned") is None
+    assert severe_logs(driver) == []
+
+
+def test_step_slider_changes_image(page, data):
+    from selenium.webdriver.common.keys import Keys
+
+    driver, uid = page
+    image = driver.find_element("id", f"{uid}-image")
+    slider = driver.find_element("id", f"{uid}-step")
+    assert image.get_attribute("src") == image_to_data_uri(data["image"])
+    slider.click()
+    slider.send_keys(Keys.HOME)
+    assert image.get_attribute("src") == image_to_data_uri(data["steps"][0])
+    assert driver.find_element("id", f"{uid}-step-label").text == "step 1/3"
+    slider.send_keys(Keys.ARROW_RIGHT)
+    assert image.get_attribute("src") == image_to_data_uri(data["steps"][1])
+    slider.send_keys(Keys.END)
+    assert image.get_attribute("src") == image_to_data_uri(data["image"])
+    assert severe_logs(driver) == []
+
+
+def test_two_views_in_one_page(browser, data, tmp_path):
+    first = interactive_view_html(data["image"], [], TOKENS, CELL, data["cells"])
+    second = interactive_view_html(data["image"], data["steps"], TOKENS, CELL, data["cells"] * 2)
+    path = tmp_path / "two.html"
+    path.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"/></head><body>{first}{second}</body></html>')
+    browser.get(path.as_uri())
+    ids = browser.execute_script("return Object.keys(window.diffusersInterpretViews)")
+    assert len(ids) == 2 and ids[0] != ids[1]
+    browser.execute_script(f"window.diffusersInterpretViews[{ids[0]!r}].setBox(0, 0, 1, 1)")
+    assert browser.find_element("id", ids[0]).get_attribute("data-box") == "0,0,1,1"
+    assert browser.find_element("id", ids[1]).get_attribute("data-box") == f"0,0,{ROWS},{COLS}"
+    assert browser.execute_script("return window.__pwned") is None
+    assert severe_logs(browser) == []
