@@ -100,6 +100,7 @@ class BasePipelineExplainer:
         clean_token_prefixes_and_suffixes: bool = True,
         get_images_for_all_inference_steps: bool = True,
         output_type: str = "pil",
+        keep_for_reexplanation: Optional[str] = None,
         **pipeline_kwargs,
     ):
         r"""
@@ -129,6 +130,10 @@ class BasePipelineExplainer:
             get_images_for_all_inference_steps (`bool`, *optional*, defaults to `True`):
                 Decode the latents after every step into `output.all_images_during_generation`.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (box drawn), `"np"` or `"pt"`.
+            keep_for_reexplanation (`str`, *optional*):
+                `"graph"` keeps the traced steps' graph so that `output.explain(explanation_2d_bounding_box=...)`
+                explains another region with one more backward pass and no generation (memory stays held until
+                `output.release()` or until the outputs are garbage collected). `None` keeps nothing.
             pipeline_kwargs:
                 Every other argument of the pipeline's `__call__` (`guidance_scale`, `negative_prompt`,
                 `generator`, `latents`, `eta`, `num_images_per_prompt`, `callback_on_step_end`, ...), passed
@@ -140,6 +145,8 @@ class BasePipelineExplainer:
         """
         if "prompt_embeds" in pipeline_kwargs:
             raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
+        if keep_for_reexplanation not in (None, "graph"):
+            raise ValueError(f"`keep_for_reexplanation` must be None or 'graph', got {keep_for_reexplanation!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
@@ -214,8 +221,11 @@ class BasePipelineExplainer:
             backward_seconds = 0.0
             if explain and decoded.requires_grad and leaves:
                 started = time.perf_counter()
+                all_leaves = {"token_embeddings": leaves[0], **input_leaves}
                 with torch.enable_grad():
-                    gradients = self._backward(decoded, box, {"token_embeddings": leaves[0], **input_leaves})
+                    gradients = self._backward(
+                        decoded, box, all_leaves, retain_graph=keep_for_reexplanation is not None
+                    )
                 backward_seconds = time.perf_counter() - started
             elif explain:
                 warnings.warn(
@@ -246,6 +256,10 @@ class BasePipelineExplainer:
             self._finish_output(output, index, gradients, method)
             output.extras.update(backward_seconds=backward_seconds, traced_denoiser_calls=tracer.traced_calls)
             outputs.append(output)
+        if keep_for_reexplanation == "graph" and gradients:
+            state = ReExplanation(self, decoded, all_leaves, images, method, output_type)
+            for index, output in enumerate(outputs):
+                output._reexplanation, output._index = state, index
         return outputs[0] if len(outputs) == 1 else outputs
 
     # -- pieces ---------------------------------------------------------------------------------------------------
@@ -315,7 +329,9 @@ class BasePipelineExplainer:
                 sequence.append(image)
         return per_image
 
-    def _backward(self, decoded: torch.Tensor, box, leaves: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _backward(
+        self, decoded: torch.Tensor, box, leaves: Dict[str, torch.Tensor], retain_graph: bool = False
+    ) -> Dict[str, torch.Tensor]:
         # One backward pass of the sum of the explained region of every image (images are independent in the batch,
         # so each image's gradient lands in its own rows). The image is the pipeline's [0, 1] output image
         # (`postprocess(output_type="pt")`, clamp included), before quantization.
@@ -327,7 +343,9 @@ class BasePipelineExplainer:
         scale = 1.0
         if decoded.dtype in (torch.float16, torch.bfloat16):
             scale = 1.0 / max(1.0, float(mask.sum()) * image.shape[1])
-        grads = torch.autograd.grad(target * scale, list(inputs.values()), allow_unused=True)
+        grads = torch.autograd.grad(
+            target * scale, list(inputs.values()), allow_unused=True, retain_graph=retain_graph
+        )
         result = {}
         for (name, tensor), grad in zip(inputs.items(), grads):
             if grad is None:  # the traced steps do not reach this input
@@ -361,6 +379,9 @@ class BasePipelineExplainer:
             return list(range(0, min(end + 1, len(ids))))
         return list(range(start, end))
 
+    def _token_positions_from_ids(self, output) -> List[int]:
+        return list(output.extras["token_positions"])
+
     def _make_output(
         self,
         index,
@@ -389,7 +410,7 @@ class BasePipelineExplainer:
             token_embeddings = gradients["token_embeddings_input"][index, positions]
             scores = aggregate(token_gradients, token_embeddings, method, dim=-1)
             token_attributions = TokenAttributions(list(zip(shown, scores.tolist())))
-        return self.output_class(
+        output = self.output_class(
             image=image,
             nsfw_content_detected=None if nsfw is None else bool(nsfw[index]),
             all_images_during_generation=None if all_step_images is None else all_step_images[index],
@@ -402,6 +423,8 @@ class BasePipelineExplainer:
             token_gradients=token_gradients,
             token_embeddings=token_embeddings,
         )
+        output.extras["token_positions"] = positions
+        return output
 
 
 class StableDiffusionPipelineExplainer(BasePipelineExplainer):
@@ -417,3 +440,54 @@ class StableDiffusionPipelineExplainer(BasePipelineExplainer):
         >>> output.token_attributions.normalized
         ```
     """
+
+
+class ReExplanation:
+    r"""
+    What one explainer call kept (the decoded image's graph back to the explained inputs) to explain other regions of
+    the same images with one backward pass each and no generation. Shared by the outputs of that call; `release()`
+    drops it (so does garbage collection of the outputs).
+    """
+
+    def __init__(self, explainer, decoded, leaves, images, method, output_type):
+        self.explainer = explainer
+        self.decoded = decoded
+        self.leaves = leaves
+        self.images = images
+        self.method = method
+        self.output_type = output_type
+
+    @property
+    def released(self) -> bool:
+        return self.decoded is None
+
+    def release(self) -> None:
+        self.decoded = self.leaves = None
+
+    def explain(self, output, index: int, explanation_2d_bounding_box, attribution_method=None):
+        import dataclasses
+
+        if self.released:
+            raise RuntimeError("This explanation's graph was released: call the explainer again.")
+        height, width = self.decoded.shape[-2:]
+        box = normalize_box(explanation_2d_bounding_box, height, width)
+        method = parse_attribution_method(attribution_method or self.method)
+        with torch.enable_grad():
+            gradients = self.explainer._backward(self.decoded, box, self.leaves, retain_graph=True)
+        image = self.images[index]
+        if self.output_type == "pil":
+            image = draw_box(image, box)
+        new = dataclasses.replace(
+            output, image=image, explanation_2d_bounding_box=box, attribution_method=method.value
+        )
+        new.extras = dict(output.extras)
+        rows = torch.tensor([self.explainer._token_positions_from_ids(output)])
+        if "token_embeddings" in gradients:
+            grad = gradients["token_embeddings"][index][rows[0]]
+            emb = gradients["token_embeddings_input"][index][rows[0]]
+            scores = aggregate(grad, emb, method, dim=-1)
+            new.token_gradients, new.token_embeddings = grad, emb
+            new.token_attributions = TokenAttributions(list(zip(output.token_attributions.tokens, scores.tolist())))
+        self.explainer._finish_output(new, index, gradients, method)
+        new._reexplanation, new._index = self, index
+        return new

@@ -118,7 +118,8 @@ class _InputImageExplainer(BasePipelineExplainer):
         return None
 
     def _finish_output(self, output, index: int, gradients: Dict[str, torch.Tensor], method) -> None:
-        output.input_image = self._processed_input_image()
+        if output.input_image is None:
+            output.input_image = self._processed_input_image()
         if "pixels" not in gradients:
             if output.token_attributions is not None:
                 warnings.warn(
@@ -134,7 +135,8 @@ class _InputImageExplainer(BasePipelineExplainer):
         output.pixel_gradients = grad[row]
         scores = aggregate(grad[row], pixels[row], method, dim=0).numpy()
         output.pixel_attributions = PixelAttributions(scores)
-        output.input_saliency_map = SaliencyMap(output.input_image, scores, self._mask())
+        mask = getattr(output, "mask", None)
+        output.input_saliency_map = SaliencyMap(output.input_image, scores, self._mask() if mask is None else mask)
 
 
 class StableDiffusionImg2ImgPipelineExplainer(_InputImageExplainer):
@@ -206,5 +208,6 @@ class StableDiffusionInpaintPipelineExplainer(_InputImageExplainer):
         return (mask[0, 0] >= 0.5).numpy()
 
     def _finish_output(self, output, index, gradients, method):
+        if output.mask is None:
+            output.mask = self._mask()
         super()._finish_output(output, index, gradients, method)
-        output.mask = self._mask()

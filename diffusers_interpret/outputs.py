@@ -178,9 +178,34 @@ class BaseExplanationOutput:
     token_embeddings: Optional[torch.Tensor] = field(default=None, repr=False)
     extras: Dict[str, Any] = field(default_factory=dict, repr=False)
 
+    _reexplanation: Any = field(default=None, repr=False, compare=False)
+    _index: int = field(default=0, repr=False, compare=False)
+
     def __getitem__(self, key: str):
         # Compatibility with the original's dict-like outputs (`output["image"]`).
         return getattr(self, key)
+
+    def explain(self, explanation_2d_bounding_box=None, attribution_method=None) -> "BaseExplanationOutput":
+        r"""
+        Explain another region of the same image, without generating again (one backward pass).
+
+        Needs the explainer called with `keep_for_reexplanation="graph"`. The result equals a fresh explainer call
+        with that box (same arguments and seed).
+
+        Args:
+            explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The new region; `None` for all of it.
+            attribution_method (`str`, *optional*): Another aggregation; the call's own by default.
+        """
+        if self._reexplanation is None:
+            raise RuntimeError(
+                "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph'."
+            )
+        return self._reexplanation.explain(self, self._index, explanation_2d_bounding_box, attribution_method)
+
+    def release(self) -> None:
+        r"""Free what was kept for `explain()` (shared by every output of the same call)."""
+        if self._reexplanation is not None:
+            self._reexplanation.release()
 
 
 @dataclass

@@ -319,3 +319,28 @@ def test_token_attribution_plot(tiny_pipe):
     fig = out.token_attributions.plot()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == out.token_attributions.tokens
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_explain_another_box_without_regenerating(tiny_pipe, checkpointing):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False, gradient_checkpointing=checkpointing)
+    kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2)
+    first = explainer(PROMPT, generator=seeded(0), keep_for_reexplanation="graph", **kwargs)
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for box in (((0, 0), (16, 32)), ((16, 0), (32, 32)), None):
+            again = first.explain(explanation_2d_bounding_box=box)
+            fresh = explainer(PROMPT, generator=seeded(0), explanation_2d_bounding_box=box, **kwargs)
+            np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-4)
+            assert again.explanation_2d_bounding_box == fresh.explanation_2d_bounding_box
+            assert np.array_equal(np.asarray(again.image), np.asarray(fresh.image))
+    finally:
+        handle.remove()
+    # no generation: the UNet ran only in the fresh calls, plus, with checkpointing, once per traced step and backward
+    assert len(calls) == 3 * STEPS + (2 * 6 if checkpointing else 0)
+    first.release()
+    with pytest.raises(RuntimeError, match="released"):
+        first.explain(explanation_2d_bounding_box=((0, 0), (8, 8)))
+    with pytest.raises(RuntimeError, match="keep_for_reexplanation"):
+        explainer(PROMPT, generator=seeded(0), **kwargs).explain(((0, 0), (8, 8)))
