@@ -17,7 +17,7 @@ setup(
     include_package_data=True,
     package_data={"diffusers_interpret": ["toy/model/**/*", "toy/model/*"]},
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10"]},
     entry_points={"console_scripts": ["diffusers-interpret=diffusers_interpret.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",

@@ -5,9 +5,11 @@ import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .attention import record_cross_attention
 from .attribution import (
     AttributionLevel,
     AttributionMethods,
@@ -101,6 +103,7 @@ class BasePipelineExplainer:
         get_images_for_all_inference_steps: bool = True,
         output_type: str = "pil",
         keep_for_reexplanation: Optional[str] = None,
+        attention_maps: bool = False,
         **pipeline_kwargs,
     ):
         r"""
@@ -133,7 +136,11 @@ class BasePipelineExplainer:
             keep_for_reexplanation (`str`, *optional*):
                 `"graph"` keeps the traced steps' graph so that `output.explain(explanation_2d_bounding_box=...)`
                 explains another region with one more backward pass and no generation (memory stays held until
-                `output.release()` or until the outputs are garbage collected). `None` keeps nothing.
+                `output.release()` or until the outputs are garbage collected). `None` keeps nothing. Needed for
+                `output.region_grid()` and `output.interactive_view()`.
+            attention_maps (`bool`, *optional*, defaults to `False`):
+                Record cross-attention maps per token (mean over heads, layers and steps) into
+                `output.attention_maps`, with a scoped attention processor removed after the generation.
             pipeline_kwargs:
                 Every other argument of the pipeline's `__call__` (`guidance_scale`, `negative_prompt`,
                 `generator`, `latents`, `eta`, `num_images_per_prompt`, `callback_on_step_end`, ...), passed
@@ -204,11 +211,14 @@ class BasePipelineExplainer:
         with progress_bar_disabled(pipe, not self.verbose), torch.no_grad():
             # Grad mode is switched by the tracer at each denoiser call and restored by these contexts on exit.
             with torch.set_grad_enabled(explain and self.grad_before_loop):
-                if explain:
-                    with tracer, self._input_leaves(input_leaves):
+                recorder = record_cross_attention(pipe) if attention_maps else contextlib.nullcontext()
+                with recorder:
+                    if explain:
+                        with tracer, self._input_leaves(input_leaves):
+                            latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
+                    else:
                         latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
-                else:
-                    latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
+                maps = recorder.maps if attention_maps else None
             generator = call_kwargs.get("generator")
             with torch.set_grad_enabled(explain and latents.requires_grad):
                 decoded = self._decode(latents, generator)
@@ -255,9 +265,11 @@ class BasePipelineExplainer:
             )
             self._finish_output(output, index, gradients, method)
             output.extras.update(backward_seconds=backward_seconds, traced_denoiser_calls=tracer.traced_calls)
+            output.attention_maps = maps
             outputs.append(output)
         if keep_for_reexplanation == "graph" and gradients:
             state = ReExplanation(self, decoded, all_leaves, images, method, output_type)
+            state.token_positions = [output.extras["token_positions"] for output in outputs]
             for index, output in enumerate(outputs):
                 output._reexplanation, output._index = state, index
         return outputs[0] if len(outputs) == 1 else outputs
@@ -456,6 +468,8 @@ class ReExplanation:
         self.images = images
         self.method = method
         self.output_type = output_type
+        self.token_positions: list = []
+        self._grids: dict = {}
 
     @property
     def released(self) -> bool:
@@ -463,6 +477,34 @@ class ReExplanation:
 
     def release(self) -> None:
         self.decoded = self.leaves = None
+        self._grids = {}
+
+    def region_grid(self, output, index: int, cell_size) -> np.ndarray:
+        r"""Per-cell gradient x input of the attributed tokens: (rows, cols, tokens, hidden), one backward per cell."""
+        if self.released:
+            raise RuntimeError("This explanation's graph was released: call the explainer again.")
+        cell_h, cell_w = (cell_size, cell_size) if isinstance(cell_size, int) else cell_size
+        height, width = self.decoded.shape[-2:]
+        if cell_h <= 0 or cell_w <= 0 or cell_h > height or cell_w > width:
+            raise ValueError(f"`cell_size` must be between 1 and the image size {width}x{height}, got {cell_size}.")
+        key = (cell_h, cell_w)
+        if key not in self._grids:
+            positions = max(self.token_positions, key=len)
+            rows, cols = -(-height // cell_h), -(-width // cell_w)
+            grid = None
+            cells = [(r, c) for r in range(rows) for c in range(cols)]
+            for r, c in tqdm(cells, desc="Region grid", disable=not self.explainer.verbose, leave=False):
+                box = ((c * cell_w, r * cell_h), (min(width, (c + 1) * cell_w), min(height, (r + 1) * cell_h)))
+                with torch.enable_grad():
+                    gradients = self.explainer._backward(self.decoded, box, self.leaves, retain_graph=True)
+                values = gradients["token_embeddings"] * gradients["token_embeddings_input"]
+                if grid is None:
+                    grid = np.zeros((values.shape[0], rows, cols, len(positions), values.shape[-1]), np.float32)
+                for image in range(values.shape[0]):
+                    rows_of_image = self.token_positions[image]
+                    grid[image, r, c, : len(rows_of_image)] = values[image][rows_of_image].numpy()
+            self._grids[key] = grid
+        return self._grids[key][index]
 
     def explain(self, output, index: int, explanation_2d_bounding_box, attribution_method=None):
         import dataclasses

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .box import Box
 from .html import display_html, image_slider_html
@@ -177,6 +178,7 @@ class BaseExplanationOutput:
     token_gradients: Optional[torch.Tensor] = field(default=None, repr=False)
     token_embeddings: Optional[torch.Tensor] = field(default=None, repr=False)
     extras: Dict[str, Any] = field(default_factory=dict, repr=False)
+    attention_maps: Any = field(default=None, repr=False)
 
     _reexplanation: Any = field(default=None, repr=False, compare=False)
     _index: int = field(default=0, repr=False, compare=False)
@@ -201,6 +203,50 @@ class BaseExplanationOutput:
                 "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph'."
             )
         return self._reexplanation.explain(self, self._index, explanation_2d_bounding_box, attribution_method)
+
+    def region_grid(self, cell_size: Union[int, Tuple[int, int]] = 8) -> np.ndarray:
+        r"""
+        Gradient x input of every attributed token for each cell of a grid over the image, one backward pass per cell
+        (cached per cell size). Needs `keep_for_reexplanation="graph"`.
+
+        Gradients are additive over pixels, so the gradient of any grid-aligned box is the sum of its cells' gradients
+        (and its `grad_x_input` score is the L2 norm over the hidden dimension of the sum of the cells' values here).
+        Norms and max/mean/min of absolute gradients are not additive: only these raw per-cell values are.
+
+        Args:
+            cell_size (`int` or `(int, int)`, *optional*, defaults to 8): Cell (height, width) in pixels.
+
+        Returns:
+            `np.ndarray` of shape (rows, cols, num_tokens, hidden).
+        """
+        if self._reexplanation is None:
+            raise RuntimeError("Call the explainer with keep_for_reexplanation='graph' to compute a region grid.")
+        return self._reexplanation.region_grid(self, self._index, cell_size)
+
+    def interactive_view(self, cell_size: Union[int, Tuple[int, int]] = 8, title: Optional[str] = None):
+        r"""
+        A self-contained interactive HTML view: draw a box on the image and the token bars update at once (from
+        `region_grid(cell_size)`); click a token to see its attention map (when recorded with `attention_maps=True`);
+        a slider over the images during generation. Displays inline in notebooks; `.save(path)` writes a file.
+
+        Args:
+            cell_size (`int` or `(int, int)`, *optional*, defaults to 8): Grid cell size in pixels.
+            title (`str`, *optional*): A title; the prompt by default.
+        """
+        from .interactive import InteractiveView
+
+        cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
+        grid = self.region_grid(cell)
+        base = self._reexplanation.images[self._index]
+        if not isinstance(base, Image.Image):
+            base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
+        maps = None
+        if self.attention_maps is not None:
+            positions = self.extras["token_positions"]
+            maps = [self.attention_maps.for_token(p, image_index=self._index) for p in positions]
+        steps = list(self.all_images_during_generation or [])
+        tokens = self.token_attributions.tokens
+        return InteractiveView(base, steps, tokens, cell, grid, attention_maps=maps, title=title or self.prompt)
 
     def release(self) -> None:
         r"""Free what was kept for `explain()` (shared by every output of the same call)."""

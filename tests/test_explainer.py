@@ -344,3 +344,26 @@ def test_explain_another_box_without_regenerating(tiny_pipe, checkpointing):
         first.explain(explanation_2d_bounding_box=((0, 0), (8, 8)))
     with pytest.raises(RuntimeError, match="keep_for_reexplanation"):
         explainer(PROMPT, generator=seeded(0), **kwargs).explain(((0, 0), (8, 8)))
+
+
+def test_region_grid_attention_maps_and_interactive_view(tiny_pipe):
+    from diffusers_interpret.interactive import box_scores_from_cells
+
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2)
+    out = explainer(
+        PROMPT, generator=seeded(0), keep_for_reexplanation="graph", attention_maps=True, output_type="np", **kwargs
+    )
+    expected = tiny_pipe(PROMPT, generator=seeded(0), output_type="np", num_inference_steps=STEPS).images[0]
+    np.testing.assert_array_equal(out.image, expected)  # recording attention changes nothing
+    assert out.attention_maps.maps.shape == (1, 77, 32, 32)
+    assert tiny_pipe.unet.attn_processors == StableDiffusionPipelineExplainer(tiny_pipe).pipe.unet.attn_processors
+    grid = out.region_grid(cell_size=(8, 16))
+    assert grid.shape == (4, 2, len(out.token_attributions), 32)
+    # any grid-aligned box is the sum of its cells: rows 1..3 (y 8..24), column 1 (x 16..32)
+    fresh = explainer(PROMPT, generator=seeded(0), explanation_2d_bounding_box=((16, 8), (32, 24)), **kwargs)
+    np.testing.assert_allclose(box_scores_from_cells(grid, 1, 1, 3, 2), fresh.token_attributions.scores, rtol=1e-4)
+    html = out.interactive_view(cell_size=(8, 16))._repr_html_()
+    assert "data:image/png;base64," in html and "blue" in html
+    with pytest.raises(ValueError, match="cell_size"):
+        out.region_grid(cell_size=0)
