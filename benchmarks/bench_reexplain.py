@@ -1,0 +1,76 @@
+r"""
+Cost of explaining another region without generating again, vs a fresh explainer call, on the tiny offline
+pipeline (64x64, 10 steps, CFG 7.5), measured side by side in one process (medians).
+
+    python benchmarks/bench_reexplain.py                # N = 2 traced steps
+    python benchmarks/bench_reexplain.py --traced 5 --grid 4 8
+"""
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from diffusers_interpret import StableDiffusionPipelineExplainer
+from diffusers_interpret.testing import make_tiny_pipeline
+
+PROMPT = "a red circle on the left and a blue square on the right"
+
+
+def median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--traced", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--grid", type=int, nargs="+", default=[4, 8], help="k for k x k grids")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+
+    pipe = make_tiny_pipeline()
+    explainer = StableDiffusionPipelineExplainer(pipe, verbose=False)
+    kwargs = dict(
+        num_inference_steps=args.steps,
+        guidance_scale=7.5,
+        n_last_diffusion_steps_to_consider_for_attributions=args.traced,
+        get_images_for_all_inference_steps=False,
+    )
+    box = ((8, 8), (40, 40))
+
+    def fresh():
+        explainer(PROMPT, generator=torch.Generator().manual_seed(0), explanation_2d_bounding_box=box, **kwargs)
+
+    kept = explainer(PROMPT, generator=torch.Generator().manual_seed(0), keep_for_reexplanation="graph", **kwargs)
+    t_fresh = median_time(fresh, args.repeats)
+    t_again = median_time(lambda: kept.explain(explanation_2d_bounding_box=box), args.repeats)
+    print(f"tiny pipeline 64x64, {args.steps} steps, N={args.traced}, CFG 7.5, median of {args.repeats}")
+    print(f"fresh call with a box:        {t_fresh:.3f} s")
+    print(f"output.explain(new box):      {t_again:.3f} s  ({t_again / t_fresh:.2f}x of a fresh call)")
+    for k in args.grid:
+        cell = 64 // k
+
+        def grid(cell=cell):
+            kept._reexplanation._grids.clear()
+            kept.region_grid(cell)
+
+        t_grid = median_time(grid, max(1, args.repeats // 2))
+        print(
+            f"region grid {k}x{k} ({k * k} backward passes): {t_grid:.3f} s  ({t_grid / t_fresh:.2f}x of a fresh call)"
+        )
+
+
+if __name__ == "__main__":
+    main()
