@@ -18,6 +18,7 @@ from .outputs import (
     TokenAttributions,
 )
 from .saliency import SaliencyMap
+from .toy import load_toy_pipeline
 
 __version__ = "0.6.0.dev0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "StableDiffusionInpaintPipelineExplainer",
     "StableDiffusionPipelineExplainer",
     "TokenAttributions",
+    "load_toy_pipeline",
 ]
