@@ -1,0 +1,458 @@
+r"""
+The `diffusers-interpret` command: explain Stable Diffusion images from the shell and write an HTML report.
+
+`diffusers-interpret demo --out DIR` runs offline on the shipped toy model; `diffusers-interpret explain "PROMPT"` runs
+on any Stable Diffusion model on disk (the toy model by default). See `docs/cli.md` and `diffusers-interpret --help`.
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+PROG = "diffusers-interpret"
+METHODS = ("grad_x_input", "max_grad", "mean_grad", "min_grad")
+LEVELS = ("token_embeddings", "text_encoder_output")
+DEMO_PROMPTS = (
+    "a red circle on the left and a blue square on the right",
+    "a yellow triangle on the right",
+    "a green square on the left and a yellow circle on the right",
+)
+TOY = "toy"
+
+_DESCRIPTION = """\
+Explain the images made by Stable Diffusion pipelines: which prompt tokens made the image, or a box of it.
+Writes one self-contained report.html (images inlined, open it anywhere) and PNG files into --out."""
+
+_EPILOG = """\
+examples:
+  # offline demo on the shipped toy model (32x32 images, a few seconds on a CPU)
+  diffusers-interpret demo --out demo_report
+
+  # one prompt on the toy model, the left half of the image explained
+  diffusers-interpret explain "a red circle on the left and a blue square on the right" --box 0,0,16,32 --out out
+
+  # a Stable Diffusion model on disk (a diffusers folder, or an id already in the local cache)
+  diffusers-interpret explain "a photo of a cat on a bench" --model ./stable-diffusion-v1-5 \\
+      --steps 15 --traced 3 --box 128,128,384,384 --device cuda --dtype float16 --out cat
+
+run 'diffusers-interpret COMMAND --help' for the options of a command."""
+
+_EXPLAIN_EPILOG = """\
+boxes are x0,y0,x1,y1 in pixels: x the column, y the row, (x0, y0) the upper-left corner (inclusive), (x1, y1) the
+lower-right corner (exclusive). --box may be given several times: each box gets its own explanation. Without
+--box the whole image is explained.
+
+examples:
+  diffusers-interpret explain "a yellow triangle on the right" --out out
+  diffusers-interpret explain "a red circle on the left and a blue square on the right" \\
+      --box 0,0,16,32 --box 16,0,32,32 --traced 20 --out out
+  diffusers-interpret explain "a photo of a cat" --model ./stable-diffusion-v1-5 --height 512 --width 512 \\
+      --steps 15 --traced 3 --device cuda --dtype float16 --gradient-checkpointing --out cat"""
+
+_DEMO_EPILOG = """\
+The demo explains three toy prompts, each for the whole image, its left half and its right half:
+""" + "\n".join(f'  "{prompt}"' for prompt in DEMO_PROMPTS)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    # Errors are one line, `diffusers-interpret: error: ...`, exit code 2 (no usage block, no traceback).
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    r"""Print `diffusers-interpret: error: MESSAGE` (one line) to stderr and exit with code 2."""
+    message = " ".join(str(message).split())
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    raise SystemExit(2)
+
+
+def parse_box(text: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    r"""`"x0,y0,x1,y1"` as `((x0, y0), (x1, y1))`; `argparse.ArgumentTypeError` for anything else."""
+    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    try:
+        x0, y0, x1, y1 = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad box {text!r}: expected four integers x0,y0,x1,y1 (pixels, upper-left corner first), e.g. 0,0,16,32"
+        ) from None
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"bad box {text!r}: it needs x0 < x1 and y0 < y1 (upper-left corner first)")
+    return ((x0, y0), (x1, y1))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _traced(text: str) -> Optional[int]:
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory for report.html and the PNG files")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
+    parser.add_argument(
+        "--method", choices=METHODS, default="grad_x_input", help="attribution method (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--level",
+        choices=LEVELS,
+        default="token_embeddings",
+        help="where tokens are attributed: input token embeddings, or the text encoder's output "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: 1 for the toy model, whose layers are too small to gain from more; "
+        "torch's default otherwise)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of `diffusers-interpret`."""
+    parser = _ArgumentParser(
+        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+
+    demo = commands.add_parser(
+        "demo",
+        help="explain a few prompts on the shipped toy model (offline, seconds on a CPU)",
+        description="Explain a few prompts on the shipped toy model, offline, and write a report.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(demo)
+    demo.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the toy's 20)")
+    demo.add_argument(
+        "--traced",
+        type=_traced,
+        default=None,
+        metavar="N",
+        help="last denoising steps to back-propagate through, or 'all' (default: all)",
+    )
+
+    explain = commands.add_parser(
+        "explain",
+        help="explain one prompt on any Stable Diffusion model on disk (the toy model by default)",
+        description="Generate an image for PROMPT and explain it (the whole image, or boxes of it).",
+        epilog=_EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument("prompt", metavar="PROMPT", help="the text prompt")
+    explain.add_argument(
+        "--model",
+        default=TOY,
+        metavar="PATH_OR_ID",
+        help="a diffusers Stable Diffusion folder, or a model id in the local cache; 'toy' (default) is the shipped "
+        "toy model",
+    )
+    explain.add_argument(
+        "--box",
+        type=parse_box,
+        action="append",
+        default=None,
+        metavar="x0,y0,x1,y1",
+        help="region to explain, in pixels; repeat for several boxes (default: the whole image)",
+    )
+    _add_common(explain)
+    explain.add_argument("--steps", type=_positive_int, default=15, help="denoising steps (default: %(default)s)")
+    explain.add_argument(
+        "--traced",
+        type=_traced,
+        default=5,
+        metavar="N",
+        help="last denoising steps to back-propagate through, or 'all' (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale (default: 4 for the toy model, 7.5 otherwise)"
+    )
+    explain.add_argument("--height", type=_positive_int, default=None, help="image height (default: the model's)")
+    explain.add_argument("--width", type=_positive_int, default=None, help="image width (default: the model's)")
+    explain.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
+    explain.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    explain.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="weights dtype (default: %(default)s)",
+    )
+    explain.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute the traced steps in the backward pass: less memory, slower",
+    )
+    explain.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let diffusers fetch a model id that is not on disk (off by default: everything is loaded locally)",
+    )
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
+    r"""
+    Load the toy model (`model="toy"`) or a Stable Diffusion pipeline from a folder or a locally cached id.
+
+    Raises:
+        `FileNotFoundError`: for a path that does not exist.
+        `OSError`: when diffusers cannot load the model.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if model == TOY:
+        from .toy import load_toy_pipeline
+
+        return load_toy_pipeline(torch_dtype=torch_dtype, device=device)
+    path = Path(model).expanduser()
+    # A hub-style id is "name" or "owner/name"; anything else that does not exist is a missing path.
+    looks_like_id = not model.startswith((".", "~", "/", "\\")) and model.count("/") <= 1 and "\\" not in model
+    if not path.exists() and not looks_like_id:
+        raise FileNotFoundError(f"model path {model!r} does not exist")
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{model!r} is not a diffusers pipeline folder (no model_index.json in it); save one with "
+            "pipe.save_pretrained(path)"
+        )
+    from diffusers import StableDiffusionPipeline
+
+    source = str(path) if path.exists() else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, torch_dtype=torch_dtype, local_files_only=not allow_download
+            )
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            where = "" if path.exists() else " (no such folder; as a model id, it is not in the local cache)"
+            hint = "" if allow_download or path.exists() else "; pass --allow-download to fetch it"
+            raise OSError(f"cannot load the model {model!r}{where}: {first_line}{hint}") from error
+    return pipe.to(device)
+
+
+def _generator(seed: int, device):
+    import torch
+
+    return torch.Generator(device=str(device)).manual_seed(seed) if str(device) != "mps" else torch.manual_seed(seed)
+
+
+def run_explanations(
+    pipe,
+    jobs: Sequence[Tuple[str, Any]],
+    seed: int,
+    quiet: bool,
+    gradient_checkpointing: bool = False,
+    **explain_kwargs,
+) -> List[Any]:
+    r"""Explain `(prompt, box)` jobs, every one from the same seed (so the boxes of a prompt share one image)."""
+    from tqdm.auto import tqdm
+
+    from .explainer import StableDiffusionPipelineExplainer
+
+    if not quiet:
+        pipe.set_progress_bar_config(disable=False, leave=False, desc="Denoising")
+    explainer = StableDiffusionPipelineExplainer(
+        pipe, verbose=not quiet, gradient_checkpointing=gradient_checkpointing
+    )
+    outputs = []
+    for prompt, box in tqdm(jobs, desc="Explanations", disable=quiet or len(jobs) < 2, unit="expl"):
+        output = explainer(
+            prompt,
+            explanation_2d_bounding_box=box,
+            generator=_generator(seed, pipe.device),
+            output_type="pil",
+            **explain_kwargs,
+        )
+        outputs.append(output)
+    return outputs
+
+
+def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]:
+    from .toy import TOY_GUIDANCE_SCALE, TOY_IMAGE_SIZE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
+
+    pipe = load_toy_pipeline()
+    steps = args.steps or TOY_NUM_INFERENCE_STEPS
+    half = TOY_IMAGE_SIZE // 2
+    boxes = [None, ((0, 0), (half, TOY_IMAGE_SIZE)), ((half, 0), (TOY_IMAGE_SIZE, TOY_IMAGE_SIZE))]
+    jobs = [(prompt, box) for prompt in DEMO_PROMPTS for box in boxes]
+    outputs = run_explanations(
+        pipe,
+        jobs,
+        args.seed,
+        args.quiet,
+        num_inference_steps=steps,
+        n_last_diffusion_steps_to_consider_for_attributions=args.traced,
+        guidance_scale=TOY_GUIDANCE_SCALE,
+        attribution_method=args.method,
+        attribution_level=args.level,
+    )
+    settings = {
+        "model": "shipped toy model (32x32)",
+        "steps": steps,
+        "traced steps": "all" if args.traced is None else args.traced,
+        "guidance scale": TOY_GUIDANCE_SCALE,
+        "seed": args.seed,
+        "method": args.method,
+        "level": args.level,
+    }
+    return outputs, settings, "diffusers-interpret demo: the shipped toy model"
+
+
+def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]:
+    from .box import normalize_box
+
+    if not args.prompt.strip():
+        fail("PROMPT is empty")
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.allow_download)
+    explainer_size = _image_size(pipe, args.height, args.width)
+    boxes = args.box or [None]
+    height, width = explainer_size
+    for box in boxes:  # checked before any generation
+        try:
+            normalize_box(box, height, width)
+        except ValueError:
+            (x0, y0), (x1, y1) = box
+            fail(
+                f"--box {x0},{y0},{x1},{y1} reaches outside the {width}x{height} (width x height) image: it needs "
+                f"0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}"
+            )
+    guidance = args.guidance
+    if guidance is None:
+        from .toy import TOY_GUIDANCE_SCALE
+
+        guidance = TOY_GUIDANCE_SCALE if args.model == TOY else 7.5
+    kwargs: Dict[str, Any] = dict(
+        num_inference_steps=args.steps,
+        n_last_diffusion_steps_to_consider_for_attributions=args.traced,
+        guidance_scale=guidance,
+        attribution_method=args.method,
+        attribution_level=args.level,
+        height=explainer_size[0],
+        width=explainer_size[1],
+    )
+    if args.negative_prompt:
+        kwargs["negative_prompt"] = args.negative_prompt
+    outputs = run_explanations(
+        pipe,
+        [(args.prompt, box) for box in boxes],
+        args.seed,
+        args.quiet,
+        gradient_checkpointing=args.gradient_checkpointing,
+        **kwargs,
+    )
+    settings = {
+        "model": "shipped toy model" if args.model == TOY else args.model,
+        "image size": f"{explainer_size[1]}x{explainer_size[0]} (width x height)",
+        "steps": args.steps,
+        "traced steps": "all" if args.traced is None else args.traced,
+        "guidance scale": guidance,
+        "seed": args.seed,
+        "method": args.method,
+        "level": args.level,
+    }
+    if args.negative_prompt:
+        settings["negative prompt"] = args.negative_prompt
+    return outputs, settings, "diffusers-interpret explain"
+
+
+def _image_size(pipe, height: Optional[int], width: Optional[int]) -> Tuple[int, int]:
+    sample_size = pipe.unet.config.sample_size
+    if isinstance(sample_size, int):
+        sample_size = (sample_size, sample_size)
+    height = height or sample_size[0] * pipe.vae_scale_factor
+    width = width or sample_size[1] * pipe.vae_scale_factor
+    factor = pipe.vae_scale_factor
+    if height % factor or width % factor:
+        raise ValueError(f"--height and --width must be multiples of {factor} for this model, got {height}x{width}")
+    return int(height), int(width)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""
+    Run `diffusers-interpret` with `argv` (the process's arguments by default).
+
+    Returns:
+        `int`: 0 on success. Bad arguments print one `diffusers-interpret: error: ...` line and exit with code 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        fail(f"choose a command: demo or explain (see '{PROG} --help')")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {args.out!r} exists and is not a directory")
+    _quiet_libraries()
+    import torch
+
+    threads = args.threads
+    if threads is None and (args.command == "demo" or args.model == TOY):
+        threads = 1
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        outputs, settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
+        from .report import write_report
+
+        path = write_report(outputs, out_dir, title=title, settings=settings)
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    finally:
+        torch.set_num_threads(saved_threads)
+    if not args.quiet:
+        sys.stderr.write(f"{len(outputs)} explanations in {time.perf_counter() - started:.1f} s\n")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

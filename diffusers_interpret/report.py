@@ -1,0 +1,246 @@
+r"""
+One self-contained HTML report (plus PNG files) from a list of explanation outputs.
+
+The report inlines everything: images are data URIs, the step slider's script is inline and its data is JSON that no
+string can break out of (`json_for_script`), and every text (prompts, tokens, settings) goes through `html.escape`.
+The file can be mailed or opened from anywhere; nothing needs to lie beside it. The same images and plots are also
+written as PNG files into the report's directory, for use elsewhere.
+"""
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .html import image_slider_html, image_to_data_uri
+
+REPORT_FILE_NAME = "report.html"
+_DISPLAY_WIDTH = 256
+
+_CSS = """
+body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1200px; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ccc; }
+table.settings td { padding: 1px 10px 1px 0; font-size: 13px; }
+.row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 10px; }
+.card h3 { font-size: 14px; margin: 0 0 6px 0; }
+.meta { font-size: 12px; color: #555; margin-bottom: 6px; }
+img.pixelated { image-rendering: pixelated; display: block; }
+table.bars { border-collapse: collapse; font-size: 12px; }
+table.bars td { padding: 1px 4px; }
+table.bars td.token { text-align: right; font-family: monospace; }
+table.bars td.value { text-align: right; color: #555; }
+.bar { height: 12px; background: #d62728; }
+.bar.top { background: #8b0000; }
+.note { font-size: 12px; color: #555; }
+"""
+
+
+@dataclass
+class _Written:
+    # Paths written next to the report (relative to its directory), for the caller.
+    files: List[Path] = field(default_factory=list)
+
+
+def _as_pil(image: Any) -> Optional[Image.Image]:
+    # An output image as PIL: PIL as is, an (H, W, C) float array in [0, 1] or uint8, or a (C, H, W) tensor.
+    if image is None:
+        return None
+    if isinstance(image, Image.Image):
+        return image
+    if hasattr(image, "detach"):
+        image = image.detach().float().cpu().numpy()
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4):
+            image = np.transpose(image, (1, 2, 0))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(np.round(array.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array)
+
+
+def _slug(text: str, max_length: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return slug[:max_length].strip("_") or "prompt"
+
+
+def describe_box(box) -> str:
+    r"""A box as text: `"whole image"`, or `"box (x0, y0)-(x1, y1)"`."""
+    if box is None:
+        return "whole image"
+    (x0, y0), (x1, y1) = box
+    return f"box ({x0}, {y0})-({x1}, {y1})"
+
+
+def token_bars_html(token_attributions, max_rows: int = 77) -> str:
+    r"""
+    HTML/CSS bars of token attributions in percent (no script, no image; tokens escaped).
+
+    Args:
+        token_attributions (`TokenAttributions`, *optional*): The `(token, score)` pairs; `None` gives a note.
+        max_rows (`int`, *optional*, defaults to 77): Show at most this many tokens.
+    """
+    if token_attributions is None or len(token_attributions) == 0:
+        return '<div class="note">No token attributions (no denoising step was traced).</div>'
+    pairs = list(token_attributions.normalized)[:max_rows]
+    peak = max((value for _, value in pairs), default=0.0)
+    rows = []
+    for token, value in pairs:
+        width = 0.0 if peak <= 0 else 200.0 * value / peak
+        top = " top" if peak > 0 and value == peak else ""
+        rows.append(
+            f'<tr><td class="token">{html.escape(token)}</td>'
+            f'<td><div class="bar{top}" style="width:{width:.1f}px"></div></td>'
+            f'<td class="value">{value:.1f}%</td></tr>'
+        )
+    return '<table class="bars">' + "".join(rows) + "</table>"
+
+
+def _img_tag(image: Image.Image, alt: str, width: int = _DISPLAY_WIDTH) -> str:
+    return (
+        f'<img class="pixelated" src="{image_to_data_uri(image)}" alt="{html.escape(alt)}" '
+        f'style="width:{int(width)}px"/>'
+    )
+
+
+def _save_png(image: Image.Image, out_dir: Path, name: str, written: _Written) -> None:
+    path = out_dir / name
+    image.save(path, format="PNG")
+    written.files.append(path)
+
+
+def _save_figure(fig, out_dir: Path, name: str, written: _Written) -> None:
+    import matplotlib.pyplot as plt
+
+    path = out_dir / name
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+    written.files.append(path)
+
+
+def _group_by_prompt(outputs: Sequence[Any]) -> List[List[Any]]:
+    # Outputs of the same prompt, in the order of the prompts' first appearance.
+    groups: Dict[str, List[Any]] = {}
+    for output in outputs:
+        groups.setdefault(str(getattr(output, "prompt", None) or ""), []).append(output)
+    return list(groups.values())
+
+
+def _explanation_card(
+    output: Any, prefix: str, out_dir: Path, written: _Written, save_plots: bool, display_width: int
+) -> str:
+    box = getattr(output, "explanation_2d_bounding_box", None)
+    label = describe_box(box)
+    image = _as_pil(output.image)
+    parts = [f"<h3>{html.escape(label)}</h3>"]
+    meta = []
+    if getattr(output, "attribution_method", None):
+        meta.append(f"method {output.attribution_method}")
+    if getattr(output, "attribution_level", None):
+        meta.append(f"level {output.attribution_level}")
+    traced = getattr(output, "extras", {}).get("traced_denoiser_calls")
+    if traced is not None:
+        meta.append(f"{traced} traced denoiser calls")
+    if meta:
+        parts.append(f'<div class="meta">{html.escape(", ".join(meta))}</div>')
+    if image is not None:
+        _save_png(image, out_dir, f"{prefix}_image.png", written)
+        parts.append(_img_tag(image, f"generated image, {label} outlined in red", display_width))
+    parts.append(token_bars_html(output.token_attributions))
+    if save_plots and output.token_attributions is not None and len(output.token_attributions):
+        fig = output.token_attributions.plot(title=f"{output.prompt} ({label})")
+        _save_figure(fig, out_dir, f"{prefix}_tokens.png", written)
+    saliency = getattr(output, "input_saliency_map", None)
+    if saliency is not None:
+        overlay = saliency.overlay()
+        _save_png(overlay, out_dir, f"{prefix}_saliency.png", written)
+        _save_png(saliency.image, out_dir, f"{prefix}_input.png", written)
+        parts.append('<div class="meta">input image / pixel attributions (scaled to their maximum)</div>')
+        parts.append(
+            '<div class="row">'
+            + _img_tag(saliency.image, "input image", display_width // 2)
+            + _img_tag(overlay, "pixel attributions of the input image", display_width // 2)
+            + "</div>"
+        )
+        if save_plots:
+            _save_figure(saliency.plot(), out_dir, f"{prefix}_saliency_plot.png", written)
+    return '<div class="card">' + "".join(parts) + "</div>"
+
+
+def write_report(
+    outputs: Sequence[Any],
+    out_dir: Union[str, Path],
+    title: str = "diffusers-interpret report",
+    settings: Optional[Dict[str, Any]] = None,
+    file_name: str = REPORT_FILE_NAME,
+    save_plots: bool = True,
+    display_width: int = _DISPLAY_WIDTH,
+) -> Path:
+    r"""
+    Write one self-contained HTML report of explanations, and their images and plots as PNG files.
+
+    Outputs are grouped by prompt (in order of first appearance). For each prompt the report shows the denoising
+    steps as a slider (when the outputs hold them) and, for each explanation of that prompt (the whole image, a box,
+    ...), the image with its box drawn in red, the token attributions as bars and, for img2img / inpainting outputs,
+    the saliency map of the input image.
+
+    Args:
+        outputs (`Sequence[BaseExplanationOutput]`):
+            Explanation outputs (e.g. of [`StableDiffusionPipelineExplainer`]); an `ExplanationOutputList` works too.
+        out_dir (`str` or `Path`): Directory to write into (created if missing).
+        title (`str`, *optional*, defaults to `"diffusers-interpret report"`): Title of the page.
+        settings (`Dict[str, Any]`, *optional*): Shown as a table at the top (model, steps, seed, ...).
+        file_name (`str`, *optional*, defaults to `"report.html"`): Name of the HTML file.
+        save_plots (`bool`, *optional*, defaults to `True`):
+            Also write matplotlib bar charts (`.plot()`) of the token attributions as PNG files.
+        display_width (`int`, *optional*, defaults to 256): Display width of the images in the page, in pixels
+            (small images are scaled up, pixelated).
+
+    Returns:
+        `Path`: The path of the HTML file. PNG files are named `p{prompt}_{slug}_e{explanation}_*.png`.
+    """
+    outputs = list(outputs)
+    if not outputs:
+        raise ValueError("`outputs` is empty: nothing to report.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = _Written()
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if settings:
+        rows = "".join(
+            f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(value))}</td></tr>"
+            for key, value in settings.items()
+        )
+        body.append(f'<table class="settings">{rows}</table>')
+    body.append(
+        '<p class="note">Token attributions are in percent of the explanation\'s total. The explained region is '
+        "outlined in red on the image (on the region's own border pixels).</p>"
+    )
+    for p_index, group in enumerate(_group_by_prompt(outputs), start=1):
+        prompt = str(getattr(group[0], "prompt", None) or "")
+        prefix = f"p{p_index:02d}_{_slug(prompt)}"
+        body.append(f"<h2>{html.escape(prompt)}</h2>")
+        row = []
+        steps = next((o.all_images_during_generation for o in group if o.all_images_during_generation), None)
+        if steps:
+            row.append(
+                '<div class="card"><h3>denoising steps</h3>' + image_slider_html(steps, width=display_width) + "</div>"
+            )
+            _save_png(steps[-1], out_dir, f"{prefix}_final.png", written)
+        for e_index, output in enumerate(group, start=1):
+            row.append(_explanation_card(output, f"{prefix}_e{e_index}", out_dir, written, save_plots, display_width))
+        body.append('<div class="row">' + "".join(row) + "</div>")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8"/>\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+    path = out_dir / file_name
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,185 @@
+"""The `diffusers-interpret` command and its self-contained HTML report, on the shipped toy model."""
+
+import html
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusers_interpret import PipelineImg2ImgExplainerOutput, SaliencyMap, TokenAttributions
+from diffusers_interpret.cli import DEMO_PROMPTS, main, parse_box
+from diffusers_interpret.report import write_report
+from diffusers_interpret.toy import toy_model_available
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a red circle on the left and a blue square on the right"
+
+needs_toy = pytest.mark.skipif(not toy_model_available(), reason="the shipped toy model's files are missing")
+
+
+def assert_self_contained(page: str) -> None:
+    # Every src/href is a data URI: nothing is fetched, nothing needs to lie beside the file.
+    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert references and all(ref.startswith("data:image/png;base64,") for ref in references), references[:5]
+    assert "url(" not in page and "@import" not in page
+    assert not re.search(r"""src\s*=\s*["']?(?:https?:|file:|//)""", page)
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@needs_toy
+def test_demo_writes_a_self_contained_report(tmp_path, capsys):
+    code, out, _ = run_cli(["demo", "--out", str(tmp_path), "--steps", "10", "--quiet"], capsys)
+    assert code == 0
+    report = tmp_path / "report.html"
+    assert out.strip() == str(report)
+    page = report.read_text(encoding="utf-8")
+    for prompt in DEMO_PROMPTS:
+        assert f"<h2>{html.escape(prompt)}</h2>" in page
+    # Per prompt: the whole image, the left half and the right half, each with its own image and bars.
+    assert page.count('class="bars"') == 3 * len(DEMO_PROMPTS)
+    for label in ("whole image", "box (0, 0)-(16, 32)", "box (16, 0)-(32, 32)"):
+        assert page.count(f"<h3>{label}</h3>") == len(DEMO_PROMPTS)
+    assert page.count("data:image/png;base64,") >= 4 * len(DEMO_PROMPTS)
+    assert_self_contained(page)
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == len(DEMO_PROMPTS) * 7  # final step + (image + token plot) per explanation
+    assert Image.open(pngs[0]).size[0] > 0
+
+
+@needs_toy
+def test_explain_with_boxes_on_the_toy_model(tmp_path, capsys):
+    argv = ["explain", PROMPT, "--box", "0,0,16,32", "--box", "16,0,32,32", "--steps", "8", "--traced", "2"]
+    code, out, _ = run_cli(argv + ["--method", "mean_grad", "--seed", "3", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert "box (0, 0)-(16, 32)" in page and "box (16, 0)-(32, 32)" in page and "whole image" not in page
+    assert "method mean_grad" in page and "2 traced denoiser calls" in page
+    assert page.count('class="bars"') == 2
+    assert_self_contained(page)
+    boxed = Image.open(next(tmp_path.glob("*_e2_image.png"))).convert("RGB")
+    assert boxed.getpixel((16, 0)) == (255, 0, 0)  # the right box's outline, on its own border pixels
+
+
+@needs_toy
+def test_explain_a_model_folder(tmp_path, capsys):
+    from diffusers_interpret.toy import load_toy_pipeline
+
+    load_toy_pipeline().save_pretrained(tmp_path / "model")  # any StableDiffusionPipeline folder
+    argv = ["explain", PROMPT, "--model", str(tmp_path / "model"), "--steps", "4", "--traced", "1", "--quiet"]
+    code, out, _ = run_cli(argv + ["--out", str(tmp_path / "out")], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert str(tmp_path / "model") in page and "whole image" in page
+    with pytest.raises(SystemExit) as raised:
+        main(["explain", PROMPT, "--model", str(tmp_path / "out"), "--out", str(tmp_path / "out2")])
+    assert raised.value.code == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
+
+
+@needs_toy
+def test_prompt_with_markup_is_escaped(tmp_path, capsys):
+    prompt = 'a red circle </script><script>alert("x")</script> & <b>bold</b>'
+    code, out, _ = run_cli(
+        ["explain", prompt, "--steps", "4", "--traced", "1", "--out", str(tmp_path), "--quiet"], capsys
+    )
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert html.escape(prompt) in page
+    assert "alert(" not in page.replace("alert(&quot;", "")  # only the escaped text
+    assert "<b>" not in page
+    # The only script elements are the step slider's (one per prompt), whose data is script-safe JSON.
+    assert page.count("<script>") == 1 and page.count("</script>") == 1
+    assert_self_contained(page)
+
+
+BAD_ARGUMENTS = {
+    "box syntax": ["explain", PROMPT, "--box", "1,2,3"],
+    "box not numbers": ["explain", PROMPT, "--box", "a,b,c,d"],
+    "inverted box": ["explain", PROMPT, "--box", "16,0,0,32"],
+    "box outside the image": ["explain", PROMPT, "--box", "0,0,64,64"],
+    "missing model path": ["explain", PROMPT, "--model", "./no/such/model/dir"],
+    "bad method": ["explain", PROMPT, "--method", "saliency"],
+    "bad level": ["explain", PROMPT, "--level", "unet"],
+    "zero steps": ["explain", PROMPT, "--steps", "0"],
+    "negative traced": ["explain", PROMPT, "--traced", "-2"],
+    "unknown command": ["frobnicate"],
+    "no command": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARGUMENTS))
+def test_bad_arguments_give_one_line_and_exit_2(name, tmp_path, capsys):
+    argv = BAD_ARGUMENTS[name]
+    if argv and argv[0] == "explain":
+        argv = argv + ["--out", str(tmp_path / "out"), "--quiet"]
+    if name == "box outside the image" and not toy_model_available():
+        pytest.skip("the shipped toy model's files are missing")
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffusers-interpret: error: "), err
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_parse_box():
+    assert parse_box("0,0,16,32") == ((0, 0), (16, 32))
+    assert parse_box(" 1, 2, 3, 4 ") == ((1, 2), (3, 4))
+
+
+def test_help_reads_with_examples(capsys):
+    for argv in (["--help"], ["explain", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        assert raised.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: diffusers-interpret")
+        assert ("examples:" in out) == (argv[0] != "demo")
+        assert ("--out DIR" in out) == (argv[0] != "--help")
+
+
+def test_python_m_entry_point(tmp_path):
+    # One subprocess (importing torch is slow): `python -m diffusers_interpret` exits 2 with the one-line error.
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    bad = subprocess.run(
+        [sys.executable, "-m", "diffusers_interpret", "explain", PROMPT, "--box", "0,0,16", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "diffusers-interpret: error: argument --box: bad box '0,0,16': expected four integers x0,y0,x1,y1 (pixels, "
+        "upper-left corner first), e.g. 0,0,16,32"
+    ]
+
+
+def test_report_shows_saliency_maps_of_image_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    output = PipelineImg2ImgExplainerOutput(
+        image=image,
+        token_attributions=TokenAttributions([("a", 1.0), ("cat", 3.0)]),
+        prompt="a cat",
+        input_saliency_map=SaliencyMap(image, rng.random((32, 32))),
+        input_image=image,
+    )
+    path = write_report([output], tmp_path, save_plots=False)
+    page = path.read_text(encoding="utf-8")
+    assert "pixel attributions of the input image" in page
+    assert (tmp_path / "p01_a_cat_e1_saliency.png").is_file() and (tmp_path / "p01_a_cat_e1_input.png").is_file()
+    assert_self_contained(page)
+    with pytest.raises(ValueError):
+        write_report([], tmp_path)
