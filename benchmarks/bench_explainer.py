@@ -7,6 +7,7 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
 
     python benchmarks/bench_explainer.py                 # text-to-image, N = 0, 2, 5, 10, with/without checkpointing
     python benchmarks/bench_explainer.py --repeats 5 --steps 10
+    python benchmarks/bench_explainer.py --kind img2img      # or inpaint (9-channel UNet); strength 1.0
 """
 
 import argparse
@@ -20,18 +21,30 @@ import json, resource, statistics, sys, time, warnings
 warnings.filterwarnings("ignore")
 import torch
 torch.set_num_threads({threads})
-from diffusers_interpret import StableDiffusionPipelineExplainer
+import numpy as np
+from PIL import Image
+from diffusers_interpret import (StableDiffusionImg2ImgPipelineExplainer, StableDiffusionInpaintPipelineExplainer,
+                                 StableDiffusionPipelineExplainer)
 from diffusers_interpret.testing import make_tiny_pipeline
 
 kind, n, ckpt, steps, repeats = {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 pipe = make_tiny_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
 common = dict(num_inference_steps=steps, guidance_scale=7.5)
+rng = np.random.default_rng(0)
+if kind != "text2img":
+    common["image"] = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    common["strength"] = 1.0  # every step runs, as in text-to-image
+if kind == "inpaint":
+    mask = np.zeros((64, 64), np.uint8); mask[16:48, 16:48] = 255
+    common["mask_image"] = Image.fromarray(mask)
+explainer_class = {"text2img": StableDiffusionPipelineExplainer, "img2img": StableDiffusionImg2ImgPipelineExplainer,
+                   "inpaint": StableDiffusionInpaintPipelineExplainer}[kind]
 
 def plain():
     pipe(prompt, generator=torch.Generator().manual_seed(0), **common)
 
-explainer = StableDiffusionPipelineExplainer(pipe, verbose=False, gradient_checkpointing=ckpt)
+explainer = explainer_class(pipe, verbose=False, gradient_checkpointing=ckpt)
 backward = []
 def explain():
     out = explainer(prompt, generator=torch.Generator().manual_seed(0), get_images_for_all_inference_steps=False,
@@ -71,12 +84,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--traced", type=int, nargs="+", default=[0, 2, 5, 10])
+    parser.add_argument("--kind", default="text2img", choices=["text2img", "img2img", "inpaint"])
     args = parser.parse_args()
 
     started = time.time()
-    plain = run_case("text2img", "plain", False, args.steps, args.repeats, args.threads)
+    plain = run_case(args.kind, "plain", False, args.steps, args.repeats, args.threads)
     print(
-        f"tiny text2img pipeline, 64x64, {args.steps} steps, CFG 7.5, {args.threads} threads, median of {args.repeats}"
+        f"tiny {args.kind} pipeline, 64x64, {args.steps} steps, CFG 7.5, {args.threads} threads,"
+        f" median of {args.repeats}"
     )
     print(f"plain pipe(): {plain['seconds']:.3f} s, peak RSS {plain['peak_rss_mb']:.0f} MB\n")
     header = f"{'N':>3} {'ckpt':>5} {'explain s':>10} {'x plain':>8} {'ideal s':>8} {'x ideal':>8}"
@@ -85,7 +100,7 @@ def main():
     print("-" * len(header))
     for n in args.traced:
         for ckpt in (False, True):
-            r = run_case("text2img", n, ckpt, args.steps, args.repeats, args.threads)
+            r = run_case(args.kind, n, ckpt, args.steps, args.repeats, args.threads)
             ideal = r["plain"] + r["backward"]
             print(
                 f"{n:>3} {str(ckpt):>5} {r['seconds']:>10.3f} {r['seconds'] / r['plain']:>8.2f} {ideal:>8.3f} "
