@@ -38,8 +38,8 @@ if kind != "text2img":
 if kind == "inpaint":
     mask = np.zeros((64, 64), np.uint8); mask[16:48, 16:48] = 255
     common["mask_image"] = Image.fromarray(mask)
-explainer_class = {"text2img": StableDiffusionPipelineExplainer, "img2img": StableDiffusionImg2ImgPipelineExplainer,
-                   "inpaint": StableDiffusionInpaintPipelineExplainer}[kind]
+explainer_class = {{"text2img": StableDiffusionPipelineExplainer, "img2img": StableDiffusionImg2ImgPipelineExplainer,
+                   "inpaint": StableDiffusionInpaintPipelineExplainer}}[kind]
 
 def plain():
     pipe(prompt, generator=torch.Generator().manual_seed(0), **common)
