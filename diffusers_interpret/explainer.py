@@ -391,9 +391,6 @@ class BasePipelineExplainer:
             return list(range(0, min(end + 1, len(ids))))
         return list(range(start, end))
 
-    def _token_positions_from_ids(self, output) -> List[int]:
-        return list(output.extras["token_positions"])
-
     def _make_output(
         self,
         index,
@@ -523,10 +520,10 @@ class ReExplanation:
             output, image=image, explanation_2d_bounding_box=box, attribution_method=method.value
         )
         new.extras = dict(output.extras)
-        rows = torch.tensor([self.explainer._token_positions_from_ids(output)])
+        positions = output.extras["token_positions"]
         if "token_embeddings" in gradients:
-            grad = gradients["token_embeddings"][index][rows[0]]
-            emb = gradients["token_embeddings_input"][index][rows[0]]
+            grad = gradients["token_embeddings"][index, positions]
+            emb = gradients["token_embeddings_input"][index, positions]
             scores = aggregate(grad, emb, method, dim=-1)
             new.token_gradients, new.token_embeddings = grad, emb
             new.token_attributions = TokenAttributions(list(zip(output.token_attributions.tokens, scores.tolist())))
