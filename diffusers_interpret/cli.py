@@ -13,8 +13,20 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
+from .defaults import DEFAULT_ATTRIBUTION_METHOD
+
 PROG = "diffusers-interpret"
-METHODS = ("grad_x_input", "max_grad", "mean_grad", "min_grad")
+METHODS = (
+    "grad_x_input",
+    "max_grad",
+    "mean_grad",
+    "min_grad",
+    "integrated_gradients",
+    "smoothgrad",
+    "ablation",
+    "attention",
+    "jacobian_norm",
+)
 LEVELS = ("token_embeddings", "text_encoder_output")
 DEMO_PROMPTS = (
     "a red circle on the left and a blue square on the right",
@@ -111,7 +123,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory for report.html and the PNG files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
     parser.add_argument(
-        "--method", choices=METHODS, default="grad_x_input", help="attribution method (default: %(default)s)"
+        "--method",
+        choices=METHODS,
+        default=DEFAULT_ATTRIBUTION_METHOD,
+        help="attribution method (default: %(default)s; see the docs for what each costs and how truthful it is)",
     )
     parser.add_argument(
         "--level",
@@ -128,6 +143,28 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "torch's default otherwise)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_interactive(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument(
+        "--interactive",
+        type=_traced_cell,
+        default=default,
+        metavar="CELL",
+        help="add an interactive view per prompt to the report (draw a box, see its token attributions; click a "
+        "token for its attention map) with a grid of CELL-pixel cells, one backward pass per cell; 0 for none "
+        "(default: %(default)s)",
+    )
+
+
+def _traced_cell(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a cell size in pixels (an integer >= 0), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="last denoising steps to back-propagate through, or 'all' (default: all)",
     )
+    _add_interactive(demo, 8)
 
     explain = commands.add_parser(
         "explain",
@@ -207,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute the traced steps in the backward pass: less memory, slower",
     )
+    _add_interactive(explain, 0)
     explain.add_argument(
         "--allow-download",
         action="store_true",
@@ -289,7 +328,10 @@ def run_explanations(
     gradient_checkpointing: bool = False,
     **explain_kwargs,
 ) -> List[Any]:
-    r"""Explain `(prompt, box)` jobs, every one from the same seed (so the boxes of a prompt share one image)."""
+    r"""
+    Explain `(prompt, box)` jobs, every one from the same seed (so the boxes of a prompt share one image). Returns the
+    outputs and, with `interactive=CELL` (> 0), the HTML of an interactive view per prompt.
+    """
     from tqdm.auto import tqdm
 
     from .explainer import StableDiffusionPipelineExplainer
@@ -300,6 +342,7 @@ def run_explanations(
         pipe, verbose=not quiet, gradient_checkpointing=gradient_checkpointing
     )
     outputs = []
+    interactive = explain_kwargs.pop("interactive", 0)
     for prompt, box in tqdm(jobs, desc="Explanations", disable=quiet or len(jobs) < 2, unit="expl"):
         output = explainer(
             prompt,
@@ -309,7 +352,21 @@ def run_explanations(
             **explain_kwargs,
         )
         outputs.append(output)
-    return outputs
+    views: Dict[str, str] = {}
+    if interactive:
+        gradient_kwargs = dict(explain_kwargs, attribution_method="grad_x_input")
+        for prompt in dict.fromkeys(prompt for prompt, _ in jobs):
+            output = explainer(
+                prompt,
+                generator=_generator(seed, pipe.device),
+                keep_for_reexplanation="graph",
+                attention_maps=True,
+                **gradient_kwargs,
+            )
+            cell = min(interactive, *output.image.size)
+            views[prompt] = output.interactive_view(cell).to_html()
+            output.release()
+    return outputs, views
 
 
 def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]:
@@ -325,6 +382,7 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
         jobs,
         args.seed,
         args.quiet,
+        interactive=args.interactive,
         num_inference_steps=steps,
         n_last_diffusion_steps_to_consider_for_attributions=args.traced,
         guidance_scale=TOY_GUIDANCE_SCALE,
@@ -383,6 +441,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         args.seed,
         args.quiet,
         gradient_checkpointing=args.gradient_checkpointing,
+        interactive=args.interactive,
         **kwargs,
     )
     settings = {
@@ -437,10 +496,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
-        outputs, settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
+        (outputs, views), settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
         from .report import write_report
 
-        path = write_report(outputs, out_dir, title=title, settings=settings)
+        path = write_report(outputs, out_dir, title=title, settings=settings, interactive_views=views)
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         fail(str(error))
     except KeyboardInterrupt:

@@ -18,8 +18,17 @@ from .attribution import (
     parse_attribution_method,
 )
 from .box import BoxLike, box_mask, draw_box, normalize_box
-from .hooks import DenoiserTracer, checkpointed, leaf_input_embeddings, progress_bar_disabled
+from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_ATTRIBUTION_METHOD
+from .hooks import (
+    DenoiserTracer,
+    UntracedDenoiserCache,
+    checkpointed,
+    leaf_input_embeddings,
+    progress_bar_disabled,
+)
+from .methods import AttentionScore, AttributionMethod, GradientAggregation, JacobianNorm, parse_method
 from .outputs import ExplanationOutputList, GeneratedImages, PipelineExplainerOutput, TokenAttributions
+from .perturbation import PerturbationContext, _generator_state, generator_factory
 
 _N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"
 
@@ -96,8 +105,8 @@ class BasePipelineExplainer:
         width: Optional[int] = None,
         n_last_diffusion_steps_to_consider_for_attributions: Optional[int] = None,
         explanation_2d_bounding_box: Optional[BoxLike] = None,
-        attribution_method: Union[str, AttributionMethods] = AttributionMethods.GRAD_X_INPUT,
-        attribution_level: Union[str, AttributionLevel] = AttributionLevel.TOKEN_EMBEDDINGS,
+        attribution_method: Union[str, AttributionMethods, AttributionMethod] = DEFAULT_ATTRIBUTION_METHOD,
+        attribution_level: Union[str, AttributionLevel] = DEFAULT_ATTRIBUTION_LEVEL,
         consider_special_tokens: bool = False,
         clean_token_prefixes_and_suffixes: bool = True,
         get_images_for_all_inference_steps: bool = True,
@@ -121,8 +130,11 @@ class BasePipelineExplainer:
                 The region of the output image to explain, in pixels, PIL's convention: x the column and y the row,
                 `(x0, y0)` upper-left and inclusive, `(x1, y1)` lower-right and exclusive. `None` explains the whole
                 image. The box is drawn in red on `output.image`, on the box's own border pixels.
-            attribution_method (`str` or `AttributionMethods`, *optional*, defaults to `"grad_x_input"`):
-                How gradients become a score per token: `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`.
+            attribution_method (`str` or `AttributionMethod`, *optional*, defaults to `"grad_x_input"`):
+                How tokens are scored: the original's gradient aggregations `"grad_x_input"`, `"max_grad"`,
+                `"mean_grad"`, `"min_grad"`; `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`, `"attention"`;
+                or a method object with parameters (e.g. `IntegratedGradients(n_steps=32)`), see
+                [`~methods`] for what each costs. Perturbation methods explain one image per call.
             attribution_level (`str` or `AttributionLevel`, *optional*, defaults to `"token_embeddings"`):
                 `"token_embeddings"` (input token embeddings, through the text encoder) or `"text_encoder_output"`
                 (the original 0.5.0's level; confounded by position, as CLIP's encoder is causal).
@@ -134,10 +146,13 @@ class BasePipelineExplainer:
                 Decode the latents after every step into `output.all_images_during_generation`.
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (box drawn), `"np"` or `"pt"`.
             keep_for_reexplanation (`str`, *optional*):
-                `"graph"` keeps the traced steps' graph so that `output.explain(explanation_2d_bounding_box=...)`
-                explains another region with one more backward pass and no generation (memory stays held until
-                `output.release()` or until the outputs are garbage collected). `None` keeps nothing. Needed for
-                `output.region_grid()` and `output.interactive_view()`.
+                What to keep so that `output.explain(explanation_2d_bounding_box=...)` explains another region without
+                running the untraced steps again. `"graph"`: the traced steps' graph; a new box costs one backward
+                pass, and the graph's memory (that of the traced steps' activations) stays held until
+                `output.release()` or until the outputs are garbage collected; needed for `output.region_grid()` and
+                `output.interactive_view()`. `"latents"` (lean): only the denoiser's outputs at the untraced steps
+                (latent-sized) and the generator's state; a new box re-runs the traced steps and one backward pass.
+                `None` keeps nothing. Gradient methods only.
             attention_maps (`bool`, *optional*, defaults to `False`):
                 Record cross-attention maps per token (mean over heads, layers and steps) into
                 `output.attention_maps`, with a scoped attention processor removed after the generation.
@@ -152,8 +167,23 @@ class BasePipelineExplainer:
         """
         if "prompt_embeds" in pipeline_kwargs:
             raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
-        if keep_for_reexplanation not in (None, "graph"):
-            raise ValueError(f"`keep_for_reexplanation` must be None or 'graph', got {keep_for_reexplanation!r}.")
+        if keep_for_reexplanation not in (None, "graph", "latents"):
+            raise ValueError(
+                f"`keep_for_reexplanation` must be None, 'graph' or 'latents', got {keep_for_reexplanation!r}."
+            )
+        replay_cache = pipeline_kwargs.pop("_replay_cache", None)
+        replay_arguments = dict(
+            pipeline_kwargs,
+            num_inference_steps=num_inference_steps,
+            height=height,
+            width=width,
+            n_last_diffusion_steps_to_consider_for_attributions=n_last_diffusion_steps_to_consider_for_attributions,
+            attribution_method=attribution_method,
+            attribution_level=attribution_level,
+            consider_special_tokens=consider_special_tokens,
+            clean_token_prefixes_and_suffixes=clean_token_prefixes_and_suffixes,
+            output_type=output_type,
+        )
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
@@ -162,13 +192,36 @@ class BasePipelineExplainer:
         n_traced = n_last_diffusion_steps_to_consider_for_attributions
         if n_traced is not None and (not isinstance(n_traced, int) or n_traced < 0):
             raise ValueError(f"`{_N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
-        method = parse_attribution_method(attribution_method)
+        method_object = parse_method(attribution_method)
         level = parse_attribution_level(attribution_level)
         pipe = self.pipe
         height, width = self._image_size(height, width, pipeline_kwargs)
         box = normalize_box(explanation_2d_bounding_box, height, width)
         per_prompt = int(pipeline_kwargs.get("num_images_per_prompt") or 1)
         expanded = _expand(prompts, len(prompts), per_prompt, "prompt")
+        if isinstance(method_object, GradientAggregation):
+            method = method_object.aggregation
+        else:
+            # Pixel attributions (image explainers) still come from the call's own gradient.
+            method = AttributionMethods.GRAD_X_INPUT
+            if keep_for_reexplanation is not None:
+                raise ValueError(
+                    "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input'), not "
+                    f"{method_object.name!r}."
+                )
+        if method_object.regenerates and n_traced != 0 and len(expanded) != 1:
+            raise ValueError(
+                f"`attribution_method={method_object.name!r}` explains one image per call: pass one prompt and "
+                "num_images_per_prompt=1 (call the explainer once per image)."
+            )
+        generator_snapshot = None
+        if len(expanded) == 1:
+            generator_snapshot = _generator_state(pipeline_kwargs.get("generator"), pipe._execution_device)
+        fresh_generators = (
+            generator_factory(pipeline_kwargs.get("generator"), pipe._execution_device)
+            if keep_for_reexplanation == "latents"
+            else None
+        )
 
         user_callback = pipeline_kwargs.pop("callback_on_step_end", None)
         user_inputs = list(pipeline_kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
@@ -195,7 +248,12 @@ class BasePipelineExplainer:
             callback_on_step_end_tensor_inputs=sorted(set(user_inputs) | {"latents"}),
         )
         call_kwargs = self._prepare_pipeline_kwargs(call_kwargs)
-        explain = n_traced != 0
+        wants_scores = n_traced != 0
+        explain = wants_scores and (method_object.uses_call_gradient or self.grad_before_loop)
+        record_attention = attention_maps or (wants_scores and isinstance(method_object, AttentionScore))
+        attention_steps = None
+        if isinstance(method_object, AttentionScore) and n_traced:
+            attention_steps = list(range(-n_traced, 0))
 
         leaves: List[torch.Tensor] = []
 
@@ -211,14 +269,25 @@ class BasePipelineExplainer:
         with progress_bar_disabled(pipe, not self.verbose), torch.no_grad():
             # Grad mode is switched by the tracer at each denoiser call and restored by these contexts on exit.
             with torch.set_grad_enabled(explain and self.grad_before_loop):
-                recorder = record_cross_attention(pipe) if attention_maps else contextlib.nullcontext()
+                recorder = (
+                    record_cross_attention(pipe, steps=attention_steps)
+                    if record_attention
+                    else contextlib.nullcontext()
+                )
                 with recorder:
                     if explain:
-                        with tracer, self._input_leaves(input_leaves):
+                        untraced_cache = UntracedDenoiserCache() if keep_for_reexplanation == "latents" else None
+                        if replay_cache is not None:
+                            cache_context = replay_cache.replaying(tracer)
+                        elif untraced_cache is not None:
+                            cache_context = untraced_cache.recording(tracer)
+                        else:
+                            cache_context = contextlib.nullcontext()
+                        with tracer, cache_context, self._input_leaves(input_leaves):
                             latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
                     else:
                         latents = type(pipe).__call__.__wrapped__(pipe, **call_kwargs).images
-                maps = recorder.maps if attention_maps else None
+                maps = recorder.maps if record_attention else None
             generator = call_kwargs.get("generator")
             with torch.set_grad_enabled(explain and latents.requires_grad):
                 decoded = self._decode(latents, generator)
@@ -228,16 +297,21 @@ class BasePipelineExplainer:
             )
 
             gradients: Dict[str, torch.Tensor] = {}
+            jacobian_norms: Optional[torch.Tensor] = None
             backward_seconds = 0.0
             if explain and decoded.requires_grad and leaves:
                 started = time.perf_counter()
                 all_leaves = {"token_embeddings": leaves[0], **input_leaves}
                 with torch.enable_grad():
-                    gradients = self._backward(
-                        decoded, box, all_leaves, retain_graph=keep_for_reexplanation is not None
-                    )
+                    if isinstance(method_object, JacobianNorm):
+                        jacobian_norms = self._jacobian_norms(decoded, box, all_leaves, method_object)
+                        all_leaves = input_leaves  # pixels (image explainers) keep the box-sum gradient
+                    if all_leaves:
+                        gradients = self._backward(
+                            decoded, box, all_leaves, retain_graph=keep_for_reexplanation is not None
+                        )
                 backward_seconds = time.perf_counter() - started
-            elif explain:
+            elif explain and method_object.uses_call_gradient:
                 warnings.warn(
                     f"No gradient reached the prompt (the pipeline made {tracer.calls} denoiser calls): "
                     "token attributions are None.",
@@ -245,6 +319,35 @@ class BasePipelineExplainer:
                 )
 
         ids, tokens = self._tokens(expanded, call_kwargs)
+        context = None
+        if generator_snapshot is not None:
+            context = PerturbationContext(
+                self,
+                expanded[0],
+                call_kwargs,
+                n_traced,
+                level,
+                ids[0],
+                self._token_positions(ids[0], consider_special_tokens),
+                generator_snapshot=generator_snapshot,
+            )
+        method_scores: Dict[int, Tuple[np.ndarray, dict]] = {}
+        if jacobian_norms is not None:
+            for index in range(len(expanded)):
+                positions = self._token_positions(ids[index], consider_special_tokens)
+                method_scores[index] = (jacobian_norms[index, positions].numpy(), {})
+        if wants_scores and not method_object.uses_call_gradient:
+            started = time.perf_counter()
+            for index in range(len(expanded)):
+                positions = self._token_positions(ids[index], consider_special_tokens)
+                if isinstance(method_object, AttentionScore):
+                    method_scores[index] = (method_object.scores_from_maps(maps.maps[index, positions], box), {})
+                else:
+                    image01 = self.pipe.image_processor.postprocess(
+                        decoded.detach(), output_type="pt", do_denormalize=[True] * len(decoded)
+                    )
+                    method_scores[index] = method_object.token_scores(context, box, image01[index : index + 1])
+            backward_seconds = time.perf_counter() - started
         outputs = ExplanationOutputList()
         for index in range(len(expanded)):
             output = self._make_output(
@@ -262,11 +365,18 @@ class BasePipelineExplainer:
                 output_type,
                 consider_special_tokens,
                 clean_token_prefixes_and_suffixes,
+                method_scores.get(index),
+                method_object.name,
             )
             self._finish_output(output, index, gradients, method)
+            output._perturbation = context
             output.extras.update(backward_seconds=backward_seconds, traced_denoiser_calls=tracer.traced_calls)
             output.attention_maps = maps
             outputs.append(output)
+        if keep_for_reexplanation == "latents" and gradients:
+            lean = LeanReExplanation(self, prompt, replay_arguments, untraced_cache, fresh_generators)
+            for index, output in enumerate(outputs):
+                output._reexplanation, output._index = lean, index
         if keep_for_reexplanation == "graph" and gradients:
             state = ReExplanation(self, decoded, all_leaves, images, method, output_type)
             state.token_positions = [output.extras["token_positions"] for output in outputs]
@@ -341,15 +451,34 @@ class BasePipelineExplainer:
                 sequence.append(image)
         return per_image
 
+    def _jacobian_norms(self, decoded: torch.Tensor, box, leaves: Dict[str, torch.Tensor], method) -> torch.Tensor:
+        # Hutchinson estimate of the Frobenius norm of d(box pixels)/d(token embedding), per image and token position.
+        image_shape = (decoded.shape[0], 3, decoded.shape[-2], decoded.shape[-1])
+        probes = method.probes(image_shape, decoded.device)
+        total = None
+        for k in range(method.n_probes):
+            gradients = self._backward(
+                decoded, box, {"token_embeddings": leaves["token_embeddings"]}, retain_graph=True, weights=probes[k]
+            )
+            squared = gradients["token_embeddings"].pow(2).sum(-1)
+            total = squared if total is None else total + squared
+        return (total / method.n_probes).sqrt()
+
     def _backward(
-        self, decoded: torch.Tensor, box, leaves: Dict[str, torch.Tensor], retain_graph: bool = False
+        self,
+        decoded: torch.Tensor,
+        box,
+        leaves: Dict[str, torch.Tensor],
+        retain_graph: bool = False,
+        weights: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         # One backward pass of the sum of the explained region of every image (images are independent in the batch,
         # so each image's gradient lands in its own rows). The image is the pipeline's [0, 1] output image
         # (`postprocess(output_type="pt")`, clamp included), before quantization.
         image = self.pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
         mask = box_mask(box, image.shape[-2], image.shape[-1], device=image.device, dtype=torch.float32)
-        target = (image.float() * mask).sum()
+        weighted = image.float() if weights is None else image.float() * weights.to(image.device)
+        target = (weighted * mask).sum()
         inputs = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
         # Half precision: scale the target down before the backward so gradients do not overflow, and back after.
         scale = 1.0
@@ -407,6 +536,8 @@ class BasePipelineExplainer:
         output_type,
         consider_special_tokens,
         clean_tokens,
+        method_scores=None,
+        method_name=None,
     ):
         image = images[index]
         if output_type == "pil":
@@ -419,6 +550,12 @@ class BasePipelineExplainer:
             token_embeddings = gradients["token_embeddings_input"][index, positions]
             scores = aggregate(token_gradients, token_embeddings, method, dim=-1)
             token_attributions = TokenAttributions(list(zip(shown, scores.tolist())))
+        extras = {}
+        if method_scores is not None:
+            scores, extras = method_scores
+            token_attributions = TokenAttributions(list(zip(shown, np.asarray(scores).tolist())))
+            token_gradients = extras.pop("token_gradients", None)
+            token_embeddings = None
         output = self.output_class(
             image=image,
             nsfw_content_detected=None if nsfw is None else bool(nsfw[index]),
@@ -426,13 +563,14 @@ class BasePipelineExplainer:
             token_attributions=token_attributions,
             explanation_2d_bounding_box=box,
             prompt=prompt,
-            attribution_method=method.value,
+            attribution_method=method_name or method.value,
             attribution_level=level.value,
             token_ids=[ids[p] for p in positions],
             token_gradients=token_gradients,
             token_embeddings=token_embeddings,
         )
         output.extras["token_positions"] = positions
+        output.extras.update(extras)
         return output
 
 
@@ -449,6 +587,51 @@ class StableDiffusionPipelineExplainer(BasePipelineExplainer):
         >>> output.token_attributions.normalized
         ```
     """
+
+
+class LeanReExplanation:
+    r"""
+    What a `keep_for_reexplanation="latents"` call kept: its arguments, the generator state it started from and the
+    denoiser's outputs at its untraced steps. `explain()` runs the same call with another box, replaying the untraced
+    steps from the kept outputs (no denoiser call) and running only the traced steps; the result is a fresh call's.
+    """
+
+    def __init__(self, explainer, prompt, arguments, cache, fresh_generators):
+        self.explainer = explainer
+        self.prompt = prompt
+        self.arguments = arguments
+        self.cache = cache
+        self.fresh_generators = fresh_generators
+
+    @property
+    def released(self) -> bool:
+        return self.cache is None
+
+    def release(self) -> None:
+        self.cache = None
+
+    def region_grid(self, output, index: int, cell_size):
+        raise RuntimeError("A region grid needs the graph: call the explainer with keep_for_reexplanation='graph'.")
+
+    def explain(self, output, index: int, explanation_2d_bounding_box, attribution_method=None):
+        if self.released:
+            raise RuntimeError("What this explanation kept was released: call the explainer again.")
+        arguments = dict(self.arguments)
+        if attribution_method is not None:
+            arguments["attribution_method"] = attribution_method
+        arguments.update(
+            generator=self.fresh_generators(),
+            explanation_2d_bounding_box=explanation_2d_bounding_box,
+            get_images_for_all_inference_steps=False,
+            keep_for_reexplanation=None,
+            _replay_cache=self.cache,
+        )
+        outputs = self.explainer(self.prompt, **arguments)
+        new = outputs[index] if isinstance(outputs, list) else outputs
+        new.all_images_during_generation = output.all_images_during_generation
+        new.attention_maps = output.attention_maps
+        new._reexplanation, new._index = self, index
+        return new
 
 
 class ReExplanation:

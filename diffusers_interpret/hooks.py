@@ -125,10 +125,24 @@ class DenoiserTracer:
             Given the positive half of the pipeline's `encoder_hidden_states` (detached), returns the tensor to take
             gradients through, with the same values (up to float rounding) and shape.
         checkpoint (`bool`, *optional*, defaults to `False`): Recompute each traced call in the backward pass.
+        replace (`bool`, *optional*, defaults to `False`):
+            Make the traced calls see the values `positive_embeddings()` returns (which may differ from the
+            pipeline's, e.g. interpolated or ablated embeddings) instead of adding a zero-valued term.
+        grad (`bool`, *optional*, defaults to `True`): Build the traced calls' graph; `False` only swaps values.
     """
 
-    def __init__(self, pipe, n_traced: Optional[int], positive_embeddings: Callable, checkpoint: bool = False):
+    def __init__(
+        self,
+        pipe,
+        n_traced: Optional[int],
+        positive_embeddings: Callable,
+        checkpoint: bool = False,
+        replace: bool = False,
+        grad: bool = True,
+    ):
         self.pipe = pipe
+        self.replace = replace
+        self.grad = grad
         self.unet = pipe.unet
         self.n_traced = n_traced
         self.positive_embeddings = positive_embeddings
@@ -177,7 +191,7 @@ class DenoiserTracer:
             torch.set_grad_enabled(False)
             return None
 
-        torch.set_grad_enabled(True)
+        torch.set_grad_enabled(self.grad)
         if "encoder_hidden_states" in kwargs:
             hidden = kwargs["encoder_hidden_states"]
         else:
@@ -188,7 +202,7 @@ class DenoiserTracer:
         else:
             args = (*args[:2], hidden, *args[3:])
 
-        if self.checkpoint:
+        if self.checkpoint and self.grad:
             self._saved = (args, kwargs)
             torch.set_grad_enabled(False)
         return args, kwargs
@@ -203,11 +217,16 @@ class DenoiserTracer:
                     f"receives {tuple(positive.shape)}: this pipeline builds its conditioning in a way the explainer "
                     "does not support."
                 )
+            if self.replace:
+                if hidden.shape[0] != positive.shape[0]:
+                    graph = torch.cat([hidden.chunk(2)[0], graph.to(hidden.dtype)])
+                self._delta = graph.to(hidden.dtype)
+                return self._delta
             delta = graph - graph.detach()
             if hidden.shape[0] != positive.shape[0]:
                 delta = torch.cat([torch.zeros_like(positive), delta])
             self._delta = delta.to(hidden.dtype)
-        return hidden + self._delta
+        return self._delta if self.replace else hidden + self._delta
 
     def _positive_half(self, hidden: torch.Tensor) -> torch.Tensor:
         # With classifier-free guidance the pipelines concatenate [negative, positive] along the batch.
@@ -249,3 +268,61 @@ class DenoiserTracer:
             return (noise, *output[1:])
         output.sample = noise
         return output
+
+
+class UntracedDenoiserCache:
+    r"""
+    The denoiser's outputs at the untraced calls of one explainer call, to run the same call again without them.
+
+    Inside `recording(tracer)` the untraced calls run and their outputs are kept (detached; latent-sized, a few
+    hundred kilobytes per step for Stable Diffusion at 512x512). Inside `replaying(tracer)` the untraced calls return
+    the kept outputs without running the denoiser; traced calls run as usual. With the same initial noise, the loop
+    then reaches the traced steps with exactly the latents of the first call, having run only the traced steps. Both
+    override the denoiser's `forward` on the instance only, and delete the override on exit.
+    """
+
+    def __init__(self):
+        self.outputs: dict = {}
+
+    @contextlib.contextmanager
+    def _override(self, tracer: "DenoiserTracer", replay: bool):
+        unet = tracer.unet
+        original = unet.forward
+        had_instance_attribute = "forward" in vars(unet)
+
+        def forward(*args, **kwargs):
+            index = tracer.calls - 1  # the tracer's pre-hook has counted this call
+            if tracer._recomputing or tracer._is_traced(index):
+                return original(*args, **kwargs)
+            if replay:
+                if index not in self.outputs:
+                    raise RuntimeError("The call being replayed makes more denoiser calls than the one recorded.")
+                return self.outputs[index]
+            output = original(*args, **kwargs)
+            self.outputs[index] = _detached(output)
+            return output
+
+        unet.forward = forward
+        try:
+            yield self
+        finally:
+            if had_instance_attribute:
+                unet.forward = original
+            else:
+                del unet.forward
+
+    def recording(self, tracer: "DenoiserTracer"):
+        return self._override(tracer, replay=False)
+
+    def replaying(self, tracer: "DenoiserTracer"):
+        return self._override(tracer, replay=True)
+
+
+def _detached(output):
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(_detached(item) for item in output)
+    if hasattr(output, "sample"):
+        return type(output)(sample=output.sample.detach())
+    return output

@@ -181,6 +181,7 @@ class BaseExplanationOutput:
     attention_maps: Any = field(default=None, repr=False)
 
     _reexplanation: Any = field(default=None, repr=False, compare=False)
+    _perturbation: Any = field(default=None, repr=False, compare=False)
     _index: int = field(default=0, repr=False, compare=False)
 
     def __getitem__(self, key: str):
@@ -189,10 +190,11 @@ class BaseExplanationOutput:
 
     def explain(self, explanation_2d_bounding_box=None, attribution_method=None) -> "BaseExplanationOutput":
         r"""
-        Explain another region of the same image, without generating again (one backward pass).
+        Explain another region of the same image without generating it again.
 
-        Needs the explainer called with `keep_for_reexplanation="graph"`. The result equals a fresh explainer call
-        with that box (same arguments and seed).
+        Needs the explainer called with `keep_for_reexplanation="graph"` (one backward pass per new box) or
+        `"latents"` (lean: the traced steps run again, the untraced ones are replayed from kept outputs). The result
+        equals a fresh explainer call with that box (same arguments and seed).
 
         Args:
             explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The new region; `None` for all of it.
@@ -200,7 +202,8 @@ class BaseExplanationOutput:
         """
         if self._reexplanation is None:
             raise RuntimeError(
-                "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph'."
+                "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph' "
+                "(or 'latents')."
             )
         return self._reexplanation.explain(self, self._index, explanation_2d_bounding_box, attribution_method)
 

@@ -180,6 +180,7 @@ def write_report(
     file_name: str = REPORT_FILE_NAME,
     save_plots: bool = True,
     display_width: int = _DISPLAY_WIDTH,
+    interactive_views: Optional[Dict[str, str]] = None,
 ) -> Path:
     r"""
     Write one self-contained HTML report of explanations, and their images and plots as PNG files.
@@ -200,6 +201,9 @@ def write_report(
             Also write matplotlib bar charts (`.plot()`) of the token attributions as PNG files.
         display_width (`int`, *optional*, defaults to 256): Display width of the images in the page, in pixels
             (small images are scaled up, pixelated).
+        interactive_views (`Dict[str, str]`, *optional*):
+            Per prompt, the HTML of an interactive view (`output.interactive_view().to_html()`), shown in the
+            prompt's section.
 
     Returns:
         `Path`: The path of the HTML file. PNG files are named `p{prompt}_{slug}_e{explanation}_*.png`.
@@ -235,6 +239,11 @@ def write_report(
         for e_index, output in enumerate(group, start=1):
             row.append(_explanation_card(output, f"{prefix}_e{e_index}", out_dir, written, save_plots, display_width))
         body.append('<div class="row">' + "".join(row) + "</div>")
+        view = (interactive_views or {}).get(prompt)
+        if view:
+            body.append(
+                '<h3>interactive: drag a box on the image, click a token</h3><div class="card">' + view + "</div>"
+            )
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8"/>\n'
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"

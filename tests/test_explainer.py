@@ -346,6 +346,39 @@ def test_explain_another_box_without_regenerating(tiny_pipe, checkpointing):
         explainer(PROMPT, generator=seeded(0), **kwargs).explain(((0, 0), (8, 8)))
 
 
+@pytest.mark.parametrize("generator", ["one", "list", "global"])
+def test_lean_reexplanation_runs_only_the_traced_steps(tiny_pipe, generator):
+    # keep_for_reexplanation="latents": a new box replays the untraced steps from kept outputs and runs only the
+    # traced ones; the result is a fresh call's, for one generator, a list of them and the global generator.
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2, output_type="np")
+    prompts = [PROMPT, "a green triangle on the right"]
+
+    def generators():
+        torch.manual_seed(11)
+        return {"one": seeded(4), "list": [seeded(4), seeded(5)], "global": None}[generator]
+
+    first = explainer(prompts, generator=generators(), keep_for_reexplanation="latents", **kwargs)
+    convolutions = []
+    handle = tiny_pipe.unet.conv_in.register_forward_pre_hook(lambda *a: convolutions.append(1))
+    try:
+        box = ((16, 0), (32, 32))
+        again = first[1].explain(explanation_2d_bounding_box=box)
+    finally:
+        handle.remove()
+    assert len(convolutions) == 2  # the two traced steps; the other STEPS - 2 were replayed
+    fresh = explainer(prompts, generator=generators(), explanation_2d_bounding_box=box, **kwargs)[1]
+    np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-4)
+    assert np.array_equal(again.image, fresh.image)
+    assert again.all_images_during_generation is first[1].all_images_during_generation
+    again.explain(explanation_2d_bounding_box=None)  # a re-explanation can be re-explained
+    with pytest.raises(RuntimeError, match="graph"):
+        again.region_grid(8)
+    first[0].release()
+    with pytest.raises(RuntimeError, match="released"):
+        first[1].explain(explanation_2d_bounding_box=box)
+
+
 def test_region_grid_attention_maps_and_interactive_view(tiny_pipe):
     from diffusers_interpret.interactive import box_scores_from_cells
 

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusers_interpret.html import image_to_data_uri
@@ -238,4 +239,73 @@ def test_two_views_in_one_page(browser, data, tmp_path):
     assert browser.find_element("id", ids[0]).get_attribute("data-box") == "0,0,1,1"
     assert browser.find_element("id", ids[1]).get_attribute("data-box") == f"0,0,{ROWS},{COLS}"
     assert browser.execute_script("return window.__pwned") is None
+    assert severe_logs(browser) == []
+
+
+def test_view_of_a_real_explanation(browser, tiny_pipe, tmp_path):
+    # A real explainer output: the bars for a drawn box equal a separate backward pass for that box
+    # (output.explain), and a clicked token shows that token's recorded attention map.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from diffusers_interpret import StableDiffusionPipelineExplainer
+    from diffusers_interpret.attention import colorize
+
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    prompt = "a red circle </script><script>window.__pwned=3</script> on the left"
+    output = explainer(
+        prompt,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+        keep_for_reexplanation="graph",
+        attention_maps=True,
+        n_last_diffusion_steps_to_consider_for_attributions=2,
+    )
+    cell = 8
+    path = output.interactive_view(cell).save(tmp_path / "real.html")
+    browser.get(path.resolve().as_uri())
+    uid = browser.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    stage = browser.find_element("id", f"{uid}-stage")
+    rect = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", stage)
+    height, width = output.image.size[1], output.image.size[0]
+    sx, sy = rect["width"] / width, rect["height"] / height
+
+    def offset(row, col):
+        return (
+            int(round((col + 0.5) * cell * sx - rect["width"] / 2)),
+            int(round((row + 0.5) * cell * sy - rect["height"] / 2)),
+        )
+
+    start, end = offset(0, 0), offset(1, 2)  # cells rows 0..1, columns 0..2
+    ActionChains(browser).move_to_element_with_offset(stage, *start).click_and_hold().move_by_offset(
+        end[0] - start[0], end[1] - start[1]
+    ).release().perform()
+    assert browser.find_element("id", uid).get_attribute("data-box") == "0,0,2,3"
+    expected = output.explain(
+        explanation_2d_bounding_box=((0, 0), (3 * cell, 2 * cell)), attribution_method="grad_x_input"
+    )
+    np.testing.assert_allclose(
+        bar_values(browser, uid), [pct for _, pct in expected.token_attributions.normalized], rtol=1e-3, atol=1e-3
+    )
+    rows = browser.find_elements("css selector", f'#{uid}-bars [data-role="token"]')
+    rows[1].click()
+    overlay = browser.find_element("id", f"{uid}-overlay")
+    position = output.extras["token_positions"][1]
+    assert overlay.get_attribute("src") == image_to_data_uri(colorize(output.attention_maps.for_token(position)))
+    assert browser.execute_script("return window.__pwned") is None
+    assert severe_logs(browser) == []
+    output.release()
+
+
+def test_cli_report_with_interactive_view_loads(browser, tmp_path):
+    from diffusers_interpret.cli import main
+
+    assert (
+        main(["demo", "--out", str(tmp_path), "--quiet", "--steps", "3", "--traced", "1", "--interactive", "16"]) == 0
+    )
+    browser.get((tmp_path / "report.html").resolve().as_uri())
+    views = browser.execute_script("return Object.keys(window.diffusersInterpretViews)")
+    assert len(views) == 3  # one per demo prompt
+    view = views[0]
+    browser.execute_script(f"window.diffusersInterpretViews[{view!r}].setBox(0, 0, 1, 1)")
+    assert browser.find_element("id", view).get_attribute("data-box") == "0,0,1,1"
     assert severe_logs(browser) == []

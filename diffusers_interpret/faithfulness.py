@@ -1,0 +1,187 @@
+r"""
+Does an explanation tell the truth? Metrics that check token attributions against what the model actually does.
+
+- [`swapped_box_control`]: on a two-object scene, a box on object A must rank A's words above B's, and the ranking
+  must flip when the box moves to B.
+- [`ablation_effects`] and [`spearman`]: agreement of attributions with measured effects of removing each token.
+- [`deletion_curve`] and [`deletion_auc_ratio`]: remove tokens in attribution order and watch the boxed region change;
+  a faithful order changes it sooner than a random order.
+
+The functions that generate take an explainer output of a single image (any method): it keeps what is needed to
+generate the same image again from the same noise with some tokens replaced (`output._perturbation`).
+"""
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .box import normalize_box
+from .perturbation import chunks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    r"""Spearman's rank correlation of two score vectors (ties get their average rank); NaN if either is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"Expected two vectors of the same length, got shapes {a.shape} and {b.shape}.")
+
+    def ranks(values):
+        order = np.argsort(values, kind="mergesort")
+        ranked = np.empty(len(values), dtype=np.float64)
+        ranked[order] = np.arange(len(values), dtype=np.float64)
+        for value in np.unique(values):
+            tied = values == value
+            ranked[tied] = ranked[tied].mean()
+        return ranked
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def swapped_box_control(
+    scores_box_a: Sequence[float], scores_box_b: Sequence[float], word_of_a: int, word_of_b: int
+) -> dict:
+    r"""
+    The swapped-box control for one scene with objects A and B.
+
+    Args:
+        scores_box_a (`Sequence[float]`): Token scores for a box around object A.
+        scores_box_b (`Sequence[float]`): Token scores for a box around object B (same image).
+        word_of_a (`int`): Index (in the scores) of a word that describes only A (e.g. its colour).
+        word_of_b (`int`): Index of the corresponding word of B.
+
+    Returns:
+        `dict` with `box_a` (A's word ranks above B's for A's box), `box_b` (the reverse for B's box) and `flip`
+        (both: the control passes).
+    """
+    box_a = bool(scores_box_a[word_of_a] > scores_box_a[word_of_b])
+    box_b = bool(scores_box_b[word_of_b] > scores_box_b[word_of_a])
+    return {"box_a": box_a, "box_b": box_b, "flip": box_a and box_b}
+
+
+def _context(output):
+    context = getattr(output, "_perturbation", None)
+    if context is None:
+        raise ValueError("This output cannot be regenerated: explain one image per call (one prompt, one image).")
+    return context
+
+
+def _image01(output, context) -> torch.Tensor:
+    # The explained image in [0, 1] as the pipeline made it, regenerated from the same noise with nothing replaced.
+    if "_reference_image" not in output.extras:
+        with torch.no_grad():
+            output.extras["_reference_image"] = context.box_images(context.generate(context.inputs)).cpu()
+    return output.extras["_reference_image"]
+
+
+def _changes(output, position_sets, box, baseline, batch_size) -> np.ndarray:
+    if not position_sets:
+        return np.zeros(0)
+    context = _context(output)
+    reference = _image01(output, context)
+    box = normalize_box(box, reference.shape[-2], reference.shape[-1]) if box is not None else None
+    rows = context.replaced(position_sets, baseline)
+    changes = []
+    for piece in chunks(len(position_sets), batch_size):
+        with torch.no_grad():
+            images = context.box_images(context.generate(rows[piece.start : piece.stop])).cpu()
+        changes.append(context.box_change(images, reference, box))
+    return torch.cat(changes).numpy()
+
+
+def ablation_effects(
+    output,
+    explanation_2d_bounding_box=None,
+    positions: Optional[Sequence[int]] = None,
+    baseline="pad",
+    batch_size: Optional[int] = 8,
+) -> np.ndarray:
+    r"""
+    Measured effect of removing each token: the L2 change of the [0, 1] image inside the box when the token's
+    embedding is replaced by the baseline's at the explained call's traced steps, generating from the same noise.
+
+    Args:
+        output: An explainer output of one image.
+        explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The region; the output's box by default.
+        positions (`Sequence[int]`, *optional*):
+            Positions in the padded token sequence to ablate, one at a time; the attributed tokens by default.
+        baseline (`str` or `torch.Tensor`, *optional*, defaults to `"pad"`): What a token is replaced with.
+        batch_size (`int`, *optional*, defaults to 8): Generations per batch.
+
+    Returns:
+        `np.ndarray` with one non-negative effect per position.
+    """
+    context = _context(output)
+    box = (
+        explanation_2d_bounding_box if explanation_2d_bounding_box is not None else output.explanation_2d_bounding_box
+    )
+    positions = context.positions if positions is None else list(positions)
+    return _changes(output, [[p] for p in positions], box, baseline, batch_size)
+
+
+def deletion_curve(
+    output,
+    order: Sequence[int],
+    explanation_2d_bounding_box=None,
+    baseline="pad",
+    batch_size: Optional[int] = 8,
+) -> np.ndarray:
+    r"""
+    The change inside the box after removing the first k attributed tokens of `order`, for k = 0 .. len(order).
+
+    Args:
+        output: An explainer output of one image.
+        order (`Sequence[int]`): Indices into the attributed tokens (`output.token_attributions`), first removed first.
+        explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The region; the output's box by default.
+        baseline (`str` or `torch.Tensor`, *optional*, defaults to `"pad"`): What removed tokens are replaced with.
+        batch_size (`int`, *optional*, defaults to 8): Generations per batch.
+
+    Returns:
+        `np.ndarray` of `len(order) + 1` values, starting at 0.
+    """
+    context = _context(output)
+    box = (
+        explanation_2d_bounding_box if explanation_2d_bounding_box is not None else output.explanation_2d_bounding_box
+    )
+    positions = [context.positions[i] for i in order]
+    sets = [positions[:k] for k in range(1, len(positions) + 1)]
+    return np.concatenate([[0.0], _changes(output, sets, box, baseline, batch_size)])
+
+
+def deletion_auc_ratio(
+    output,
+    scores: Optional[Sequence[float]] = None,
+    explanation_2d_bounding_box=None,
+    num_random_orders: int = 4,
+    seed: int = 0,
+    baseline="pad",
+    batch_size: Optional[int] = 8,
+) -> float:
+    r"""
+    Area under the deletion curve in attribution order (highest score first) divided by its mean over random orders.
+    Above 1: the attribution finds the tokens that matter for the box sooner than chance.
+
+    Args:
+        output: An explainer output of one image.
+        scores (`Sequence[float]`, *optional*): Scores of the attributed tokens; the output's own by default.
+        explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The region; the output's box by default.
+        num_random_orders (`int`, *optional*, defaults to 4): Random orders to average.
+        seed (`int`, *optional*, defaults to 0): Seed of the random orders.
+        baseline (`str` or `torch.Tensor`, *optional*, defaults to `"pad"`): What removed tokens are replaced with.
+        batch_size (`int`, *optional*, defaults to 8): Generations per batch.
+    """
+    scores = np.asarray(output.token_attributions.scores if scores is None else scores, dtype=np.float64)
+    order = list(np.argsort(-scores, kind="mergesort"))
+    area = deletion_curve(output, order, explanation_2d_bounding_box, baseline, batch_size).mean()
+    rng = np.random.default_rng(seed)
+    random_areas = [
+        deletion_curve(
+            output, list(rng.permutation(len(scores))), explanation_2d_bounding_box, baseline, batch_size
+        ).mean()
+        for _ in range(num_random_orders)
+    ]
+    reference = float(np.mean(random_areas))
+    return float(area / reference) if reference > 0 else float("nan")

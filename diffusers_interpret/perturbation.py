@@ -1,0 +1,268 @@
+"""Generate again from the same noise with the prompt's embeddings changed: the engine of the perturbation methods."""
+
+import contextlib
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .box import box_mask
+from .hooks import DenoiserTracer, progress_bar_disabled
+
+
+@contextlib.contextmanager
+def replaced_input_embeddings(text_encoder: torch.nn.Module, embeddings: torch.Tensor):
+    r"""Within the block, the text encoder's token embedding layer returns `embeddings` (same shape) instead."""
+
+    def hook(module, args, output):
+        if output.shape != embeddings.shape:
+            raise RuntimeError(
+                f"Replacement token embeddings have shape {tuple(embeddings.shape)}, the text encoder made "
+                f"{tuple(output.shape)}."
+            )
+        return embeddings.to(output.dtype)
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _generator_state(generator, device: torch.device):
+    # The state to start every perturbed generation from: the user's generator, or the global RNG the pipeline draws
+    # from when it has none (CPU, or the CUDA device's).
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise ValueError("Perturbation methods explain one image per call: pass one generator.")
+        generator = generator[0]
+    if isinstance(generator, torch.Generator):
+        return generator.device, generator.get_state()
+    if device.type == "cuda":
+        return device, torch.cuda.get_rng_state(device)
+    return torch.device("cpu"), torch.get_rng_state()
+
+
+def generator_factory(generator, device: torch.device):
+    r"""
+    A function that returns new generators in the state `generator` is in now (a generator, a list of them, or
+    `None` for the global generator the pipeline then draws from): to run a call again with the same noise.
+    """
+    if isinstance(generator, (list, tuple)):
+        states = [_generator_state(g, device) for g in generator]
+    else:
+        states = [_generator_state(generator, device)]
+    as_list = isinstance(generator, (list, tuple))
+
+    def fresh():
+        made = []
+        for state_device, state in states:
+            clone = torch.Generator(device=state_device)
+            clone.set_state(state)
+            made.append(clone)
+        return made if as_list else made[0]
+
+    return fresh
+
+
+class PerturbationContext:
+    r"""
+    Everything needed to generate the explained image again with the prompt's embeddings changed, from the same
+    initial noise (and the same scheduler noise: every image of a batch gets its own copy of the generator state the
+    explained call started from). Made by an explainer call for a single image and kept on its output.
+
+    Embeddings are given at the call's attribution level: the text encoder's input token embeddings
+    (`token_embeddings`, then run through the text encoder) or its output states (`text_encoder_output`). They replace
+    the prompt's (positive) embeddings at the traced denoiser calls only, the last
+    `n_last_diffusion_steps_to_consider_for_attributions` (all when `None`); earlier calls see the prompt as is.
+
+    Args:
+        explainer (`BasePipelineExplainer`): The explainer of the call.
+        prompt (`str`): The explained prompt.
+        call_kwargs (`dict`): The pipeline arguments of the call (before its callbacks were added).
+        n_traced (`int`, *optional*): Number of last denoiser calls that see the replaced embeddings.
+        level (`AttributionLevel`): Where the embeddings are replaced.
+        token_ids (`List[int]`): The prompt's padded token ids.
+        positions (`List[int]`): Positions (in `token_ids`) of the attributed tokens.
+        generator_snapshot (`tuple`, *optional*):
+            `(device, state)` of the random generator as the call started; the call's generator's current state if
+            not given.
+    """
+
+    def __init__(
+        self,
+        explainer,
+        prompt: str,
+        call_kwargs: Dict[str, Any],
+        n_traced,
+        level,
+        token_ids,
+        positions,
+        generator_snapshot=None,
+    ):
+        from .attribution import AttributionLevel
+
+        self.explainer = explainer
+        self.pipe = explainer.pipe
+        self.prompt = prompt
+        self.call_kwargs = {k: v for k, v in call_kwargs.items() if not k.startswith("callback")}
+        self.n_traced = n_traced
+        self.level = AttributionLevel(level)
+        self.token_ids = list(token_ids)
+        self.positions = list(positions)
+        if generator_snapshot is None:
+            generator_snapshot = _generator_state(call_kwargs.get("generator"), self.pipe._execution_device)
+        self.generator_device, self.generator_state = generator_snapshot
+        self._inputs: Optional[torch.Tensor] = None
+        self._baselines: Dict[str, torch.Tensor] = {}
+
+    # -- embeddings -----------------------------------------------------------------------------------------------
+    def _ids_embeddings(self, ids: Sequence[int]) -> torch.Tensor:
+        layer = self.pipe.text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            return layer(torch.tensor([list(ids)], device=layer.weight.device)).detach()
+
+    def _encode(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+        # The pipeline's own `encode_prompt`, with the token embedding layer's output replaced.
+        pipe = self.pipe
+        cross_attention_kwargs = self.call_kwargs.get("cross_attention_kwargs") or {}
+        with replaced_input_embeddings(pipe.text_encoder, token_embeddings):
+            embeddings, _ = pipe.encode_prompt(
+                prompt=[self.prompt] * token_embeddings.shape[0],
+                device=token_embeddings.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+                lora_scale=cross_attention_kwargs.get("scale"),
+                clip_skip=self.call_kwargs.get("clip_skip"),
+            )
+        return embeddings
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        r"""The prompt's embeddings at the attribution level, shape (1, sequence length, hidden)."""
+        from .attribution import AttributionLevel
+
+        if self._inputs is None:
+            tokens = self._ids_embeddings(self.token_ids)
+            if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+                with torch.no_grad():
+                    tokens = self._encode(tokens)
+            self._inputs = tokens.detach()
+        return self._inputs
+
+    def baseline(self, baseline: Union[str, torch.Tensor] = "pad") -> torch.Tensor:
+        r"""
+        The reference embeddings perturbation methods move towards, at the attribution level: (1, length, hidden).
+
+        Args:
+            baseline (`str` or `torch.Tensor`, *optional*, defaults to `"pad"`):
+                `"pad"`: every attributed token replaced by the tokenizer's padding token (the prompt's other tokens,
+                start, end and padding, unchanged); `"empty"`: the empty prompt's tokens; or a tensor of the inputs'
+                shape (or without the batch dimension), at the attribution level.
+        """
+        from .attribution import AttributionLevel
+
+        if isinstance(baseline, torch.Tensor):
+            tensor = baseline.to(self.inputs.device, self.inputs.dtype)
+            tensor = tensor[None] if tensor.dim() == 2 else tensor
+            if tensor.shape != self.inputs.shape:
+                raise ValueError(
+                    f"A baseline tensor must have shape {tuple(self.inputs.shape)}, got {tuple(tensor.shape)}."
+                )
+            return tensor
+        if baseline not in self._baselines:
+            tokenizer = self.pipe.tokenizer
+            if baseline == "pad":
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                ids = list(self.token_ids)
+                for position in self.positions:
+                    ids[position] = pad
+            elif baseline == "empty":
+                ids = tokenizer("", padding="max_length", max_length=len(self.token_ids), truncation=True).input_ids
+            else:
+                raise ValueError(f"`baseline` must be 'pad', 'empty' or a tensor, got {baseline!r}.")
+            tokens = self._ids_embeddings(ids)
+            if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+                with torch.no_grad():
+                    tokens = self._encode(tokens)
+            self._baselines[baseline] = tokens.detach()
+        return self._baselines[baseline]
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    def _generators(self, count: int) -> List[torch.Generator]:
+        generators = []
+        for _ in range(count):
+            generator = torch.Generator(device=self.generator_device)
+            generator.set_state(self.generator_state)
+            generators.append(generator)
+        return generators
+
+    def _batched(self, value, count: int):
+        if isinstance(value, torch.Tensor) and value.shape[0] == 1:
+            return value.repeat(count, *[1] * (value.dim() - 1))
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            return list(value) * count
+        return value
+
+    def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
+        r"""
+        Generate one image per row of `embeddings` (at the attribution level), all from the explained call's noise.
+
+        Gradients flow from the returned decoded images back to `embeddings` when it requires grad (through the traced
+        denoiser calls only). Returns the VAE's decoded images, (rows, 3, H, W), in [-1, 1] before any clamp.
+        """
+        from .attribution import AttributionLevel
+
+        explainer, pipe = self.explainer, self.pipe
+        count = embeddings.shape[0]
+        grad = embeddings.requires_grad
+
+        def replacement(pipeline_embeddings: torch.Tensor) -> torch.Tensor:
+            if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+                return embeddings
+            return self._encode(embeddings)
+
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(
+            prompt=[self.prompt] * count,
+            generator=self._generators(count),
+            output_type="latent",
+            return_dict=True,
+            num_images_per_prompt=1,
+        )
+        for name in ("negative_prompt", "latents", "ip_adapter_image"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = self._batched(kwargs[name], count)
+        tracer = DenoiserTracer(
+            pipe, self.n_traced, replacement, checkpoint=explainer.gradient_checkpointing, replace=True, grad=grad
+        )
+        with progress_bar_disabled(pipe, True), torch.no_grad():
+            with tracer:
+                latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
+            with torch.set_grad_enabled(grad and latents.requires_grad):
+                return explainer._decode(latents, None)
+
+    def box_images(self, decoded: torch.Tensor) -> torch.Tensor:
+        r"""The pipeline's [0, 1] output images (clamped, float32) of decoded images."""
+        return self.pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
+
+    def replaced(self, position_sets: Sequence[Sequence[int]], baseline: Union[str, torch.Tensor] = "pad"):
+        r"""One row of embeddings per set of positions: the inputs with those positions replaced by the baseline's."""
+        inputs, reference = self.inputs, self.baseline(baseline)
+        rows = inputs.repeat(len(position_sets), 1, 1)
+        for row, positions in enumerate(position_sets):
+            positions = list(positions)
+            if positions:
+                rows[row, positions] = reference[0, positions]
+        return rows
+
+    def box_change(self, images: torch.Tensor, reference: torch.Tensor, box) -> torch.Tensor:
+        r"""L2 norm, over the box's pixels and channels, of each [0, 1] image's difference from `reference`."""
+        mask = box_mask(box, images.shape[-2], images.shape[-1], device=images.device, dtype=torch.float32)
+        difference = (images.float() - reference.float()) * mask
+        return torch.linalg.vector_norm(difference.flatten(1), dim=1)
+
+
+def chunks(count: int, size: Optional[int]) -> List[range]:
+    r"""Ranges covering `range(count)` in pieces of at most `size` (all at once when `size` is None)."""
+    size = count if not size else max(1, int(size))
+    return [range(start, min(count, start + size)) for start in range(0, count, size)]

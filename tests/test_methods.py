@@ -1,0 +1,190 @@
+"""Attribution methods beyond the gradient aggregations, checked against independent computations."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT, seeded
+
+from diffusers_interpret import StableDiffusionPipelineExplainer
+from diffusers_interpret.faithfulness import (
+    ablation_effects,
+    deletion_auc_ratio,
+    deletion_curve,
+    spearman,
+    swapped_box_control,
+)
+from diffusers_interpret.methods import (
+    AttentionScore,
+    IntegratedGradients,
+    JacobianNorm,
+    SmoothGrad,
+    TokenAblation,
+    parse_method,
+)
+
+STEPS = 4
+BOX = ((2, 4), (14, 20))
+CASES = ["integrated_gradients", "smoothgrad", "ablation", "attention", "jacobian_norm"]
+
+
+def explain(pipe, method, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("get_images_for_all_inference_steps", False)
+    kwargs.setdefault("output_type", "np")
+    kwargs.setdefault("explanation_2d_bounding_box", BOX)
+    explainer = StableDiffusionPipelineExplainer(pipe, verbose=False)
+    return explainer(PROMPT, generator=seeded(seed), attribution_method=method, **kwargs)
+
+
+def _ids(pipe, prompt=PROMPT):
+    return pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length).input_ids
+
+
+def _image(pipe, ids, seed=0, **kwargs):
+    # Independent of the library: the plain pipeline from prompt embeddings of the given token ids.
+    with torch.no_grad():
+        embeds = pipe.text_encoder(torch.tensor([ids]))[0]
+    return pipe(
+        prompt_embeds=embeds, num_inference_steps=STEPS, generator=seeded(seed), output_type="pt", **kwargs
+    ).images
+
+
+def _box_sum(images, box=BOX):
+    (x0, y0), (x1, y1) = box
+    return float(images[..., y0:y1, x0:x1].double().sum())
+
+
+@pytest.mark.parametrize("level", ["token_embeddings", "text_encoder_output"])
+@pytest.mark.parametrize("method", CASES)
+def test_every_method_keeps_the_image_and_scores_every_token(tiny_pipe, method, level):
+    expected = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=seeded(0), output_type="np").images[0]
+    out = explain(tiny_pipe, method, attribution_level=level, n_last_diffusion_steps_to_consider_for_attributions=2)
+    np.testing.assert_array_equal(out.image, expected)
+    scores = out.token_attributions.scores
+    assert len(scores) == len(PROMPT.split()) and np.isfinite(scores).all() and (scores >= 0).all()
+    assert scores.max() > 0
+    assert out.attribution_method == method
+    assert abs(sum(pct for _, pct in out.token_attributions.normalized) - 100) < 1e-6
+
+
+def test_method_names_and_errors(tiny_pipe):
+    assert isinstance(parse_method("ablation"), TokenAblation)
+    assert parse_method(IntegratedGradients(n_steps=3)).n_steps == 3
+    with pytest.raises(ValueError, match="integrated_gradients"):
+        parse_method("shap")
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    with pytest.raises(ValueError, match="one image per call"):
+        explainer([PROMPT, PROMPT], num_inference_steps=2, attribution_method="ablation")
+    with pytest.raises(ValueError, match="gradient method"):
+        explainer(PROMPT, num_inference_steps=2, attribution_method="attention", keep_for_reexplanation="graph")
+    with pytest.raises(ValueError, match="n_steps"):
+        IntegratedGradients(n_steps=0)
+
+
+def test_ablation_equals_independent_regeneration(tiny_pipe):
+    out = explain(tiny_pipe, TokenAblation(batch_size=3), guidance_scale=3.0)
+    reference = _image(tiny_pipe, _ids(tiny_pipe), guidance_scale=3.0)
+    pad = tiny_pipe.tokenizer.pad_token_id
+    (x0, y0), (x1, y1) = BOX
+    for index in (0, 1, 7):  # "a", "red", "blue"
+        ids = _ids(tiny_pipe)
+        ids[1 + index] = pad
+        ablated = _image(tiny_pipe, ids, guidance_scale=3.0)
+        change = float((ablated - reference)[..., y0:y1, x0:x1].double().norm())
+        assert out.token_attributions.scores[index] == pytest.approx(change, rel=1e-4, abs=1e-6)
+
+
+def test_ablating_a_token_absent_from_the_prompt_changes_nothing(tiny_pipe):
+    out = explain(tiny_pipe, "grad_x_input", n_last_diffusion_steps_to_consider_for_attributions=None)
+    last = tiny_pipe.tokenizer.model_max_length - 1  # a padding position: replaced by the padding token itself
+    effects = ablation_effects(out, positions=[last, 2])
+    assert effects[0] < 1e-4 * effects[1]  # float32 batch-size rounding only: different noise would be ~effects[1]
+    assert effects[1] > 1e-4
+
+
+@pytest.mark.parametrize("level", ["token_embeddings", "text_encoder_output"])
+def test_integrated_gradients_completeness(tiny_pipe64, level):
+    # The signed contributions of every position add up to the box sum's change from the baseline to the prompt.
+    # Midpoint rule error is O(1/n^2): with 16 points the gap is well under 1% of the change on this pipeline.
+    out = explain(tiny_pipe64, IntegratedGradients(n_steps=16, batch_size=8), attribution_level=level)
+    ids = _ids(tiny_pipe64)
+    baseline_ids = list(ids)
+    for position in out.extras["token_positions"]:
+        baseline_ids[position] = tiny_pipe64.tokenizer.pad_token_id
+    change = _box_sum(_image(tiny_pipe64, ids)) - _box_sum(_image(tiny_pipe64, baseline_ids))
+    assert abs(change) > 1e-3
+    assert out.extras["completeness"] == pytest.approx(change, rel=1e-2)
+    signed = out.extras["signed_scores"]
+    np.testing.assert_allclose(np.abs(signed), out.token_attributions.scores, rtol=1e-6)
+    if level == "token_embeddings":  # other positions equal the baseline's, so the attributed tokens carry it all
+        assert signed.sum() == pytest.approx(out.extras["completeness"], rel=1e-6)
+
+
+def test_smoothgrad_without_noise_is_the_gradient(tiny_pipe64):
+    kwargs = dict(n_last_diffusion_steps_to_consider_for_attributions=2)
+    gradient = explain(tiny_pipe64, "grad_x_input", **kwargs)
+    smooth = explain(tiny_pipe64, SmoothGrad(n_samples=2, noise_level=0.0), **kwargs)
+    np.testing.assert_allclose(smooth.token_attributions.scores, gradient.token_attributions.scores, rtol=1e-6)
+    noisy = explain(tiny_pipe64, SmoothGrad(n_samples=2, noise_level=0.5), **kwargs)
+    assert not np.allclose(noisy.token_attributions.scores, gradient.token_attributions.scores, rtol=1e-3)
+
+
+def test_jacobian_norm_matches_finite_differences(tiny_pipe64):
+    # ||d(box pixels)/d(token embedding)||_F by central differences along every hidden dimension, vs the estimate.
+    box = ((4, 6), (8, 10))
+    out = explain(tiny_pipe64, JacobianNorm(n_probes=96), explanation_2d_bounding_box=box)
+    context = out._perturbation
+    inputs, eps = context.inputs, 1e-4
+    (x0, y0), (x1, y1) = box
+    for index in (1, 7):
+        position = context.positions[index]
+        rows = []
+        for dim in range(inputs.shape[-1]):
+            for sign in (1, -1):
+                row = inputs.clone()
+                row[0, position, dim] += sign * eps
+                rows.append(row)
+        with torch.no_grad():
+            images = context.box_images(context.generate(torch.cat(rows)))[..., y0:y1, x0:x1]
+        jacobian = (images[0::2] - images[1::2]).flatten(1) / (2 * eps)
+        exact = float(jacobian.norm())
+        assert out.token_attributions.scores[index] == pytest.approx(exact, rel=0.3)
+
+
+def test_attention_score_from_independent_maps(tiny_pipe):
+    from diffusers_interpret.attention import record_cross_attention
+
+    with record_cross_attention(tiny_pipe) as recorder:
+        tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=seeded(0))
+    maps = recorder.maps.maps[0, 1 : 1 + len(PROMPT.split())].double()
+    (x0, y0), (x1, y1) = BOX
+    share = maps[:, y0:y1, x0:x1].sum((1, 2)) / maps.sum((1, 2))
+    probability = maps[:, y0:y1, x0:x1].mean((1, 2))
+    out = explain(tiny_pipe, "attention")
+    np.testing.assert_allclose(out.token_attributions.scores, share.numpy(), rtol=1e-5)
+    out = explain(tiny_pipe, AttentionScore(normalization="probability"))
+    np.testing.assert_allclose(out.token_attributions.scores, probability.numpy(), rtol=1e-5)
+
+
+def test_deletion_curve_and_ratio(tiny_pipe):
+    out = explain(tiny_pipe, "ablation")
+    n = len(out.token_attributions)
+    curve = deletion_curve(out, list(range(n)))
+    assert curve.shape == (n + 1,) and curve[0] == 0
+    everything = ablation_effects(out, positions=[])  # no position: nothing to measure
+    assert everything.shape == (0,)
+    reverse = deletion_curve(out, list(reversed(range(n))))
+    assert curve[-1] == pytest.approx(reverse[-1], rel=1e-5)  # all tokens removed either way
+    assert curve[1] == pytest.approx(out.token_attributions.scores[0], rel=1e-4)
+    ratio = deletion_auc_ratio(out, num_random_orders=2)
+    assert np.isfinite(ratio) and ratio > 0
+
+
+def test_spearman_and_control():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties get their average rank: ranks (1.5, 1.5, 3) vs (1, 2, 3).
+    assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1])
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert swapped_box_control([0, 3, 1], [0, 1, 3], 1, 2) == {"box_a": True, "box_b": True, "flip": True}
+    assert swapped_box_control([0, 3, 1], [0, 3, 1], 1, 2)["flip"] is False
