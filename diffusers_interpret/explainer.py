@@ -453,16 +453,29 @@ class BasePipelineExplainer:
 
     def _jacobian_norms(self, decoded: torch.Tensor, box, leaves: Dict[str, torch.Tensor], method) -> torch.Tensor:
         # Hutchinson estimate of the Frobenius norm of d(box pixels)/d(token embedding), per image and token position.
-        image_shape = (decoded.shape[0], 3, decoded.shape[-2], decoded.shape[-1])
-        probes = method.probes(image_shape, decoded.device)
-        total = None
-        for k in range(method.n_probes):
-            gradients = self._backward(
-                decoded, box, {"token_embeddings": leaves["token_embeddings"]}, retain_graph=True, weights=probes[k]
+        # All probes in one batched backward pass where autograd can (is_grads_batched, about 1.3x faster than a
+        # loop on the toy model on CPU); one pass per probe otherwise (e.g. through checkpointed steps).
+        leaf = leaves["token_embeddings"]
+        image = self.pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
+        mask = box_mask(box, image.shape[-2], image.shape[-1], device=image.device, dtype=torch.float32)
+        probes = method.probes(tuple(image.shape), image.device) * mask
+        scale = 1.0
+        if decoded.dtype in (torch.float16, torch.bfloat16):
+            scale = 1.0 / max(1.0, float(mask.sum()) * image.shape[1])
+        probes = (probes * scale).to(image.dtype)
+        try:
+            gradients = torch.autograd.grad(image, leaf, probes, retain_graph=True, is_grads_batched=True)[0]
+        except RuntimeError:
+            gradients = torch.stack(
+                [torch.autograd.grad(image, leaf, probe, retain_graph=True)[0] for probe in probes]
             )
-            squared = gradients["token_embeddings"].pow(2).sum(-1)
-            total = squared if total is None else total + squared
-        return (total / method.n_probes).sqrt()
+        gradients = gradients.float() / scale
+        if not torch.isfinite(gradients).all():
+            raise FloatingPointError(
+                f"The gradient with respect to the token embeddings is not finite ({decoded.dtype}). Load the "
+                "pipeline in float32, or explain fewer steps."
+            )
+        return gradients.pow(2).sum(-1).mean(0).sqrt().detach().cpu()
 
     def _backward(
         self,
@@ -660,7 +673,11 @@ class ReExplanation:
         self._grids = {}
 
     def region_grid(self, output, index: int, cell_size) -> np.ndarray:
-        r"""Per-cell gradient x input of the attributed tokens: (rows, cols, tokens, hidden), one backward per cell."""
+        r"""
+        Per-cell gradient x input of the attributed tokens, (rows, cols, tokens, hidden): the cells' vector-Jacobian
+        products, `CELLS_PER_BATCH` at a time in one batched backward pass (`is_grads_batched`) where autograd can,
+        one backward pass per cell otherwise (e.g. through checkpointed steps).
+        """
         if self.released:
             raise RuntimeError("This explanation's graph was released: call the explainer again.")
         cell_h, cell_w = (cell_size, cell_size) if isinstance(cell_size, int) else cell_size
@@ -671,20 +688,43 @@ class ReExplanation:
         if key not in self._grids:
             positions = max(self.token_positions, key=len)
             rows, cols = -(-height // cell_h), -(-width // cell_w)
-            grid = None
+            leaf = self.leaves["token_embeddings"]
+            inputs = leaf.detach().float().cpu()
+            grid = np.zeros((leaf.shape[0], rows, cols, len(positions), leaf.shape[-1]), np.float32)
             cells = [(r, c) for r in range(rows) for c in range(cols)]
-            for r, c in tqdm(cells, desc="Region grid", disable=not self.explainer.verbose, leave=False):
-                box = ((c * cell_w, r * cell_h), (min(width, (c + 1) * cell_w), min(height, (r + 1) * cell_h)))
-                with torch.enable_grad():
-                    gradients = self.explainer._backward(self.decoded, box, self.leaves, retain_graph=True)
-                values = gradients["token_embeddings"] * gradients["token_embeddings_input"]
-                if grid is None:
-                    grid = np.zeros((values.shape[0], rows, cols, len(positions), values.shape[-1]), np.float32)
-                for image in range(values.shape[0]):
-                    rows_of_image = self.token_positions[image]
-                    grid[image, r, c, : len(rows_of_image)] = values[image][rows_of_image].numpy()
+            batches = [cells[i : i + self.CELLS_PER_BATCH] for i in range(0, len(cells), self.CELLS_PER_BATCH)]
+            with torch.enable_grad():
+                image = self.explainer.pipe.image_processor.postprocess(
+                    self.decoded, output_type="pt", do_denormalize=[True] * len(self.decoded)
+                )
+            for batch in tqdm(batches, desc="Region grid", disable=not self.explainer.verbose, leave=False):
+                masks = torch.zeros((len(batch), *image.shape), device=image.device, dtype=torch.float32)
+                for k, (r, c) in enumerate(batch):
+                    masks[k, ..., r * cell_h : (r + 1) * cell_h, c * cell_w : (c + 1) * cell_w] = 1
+                for (r, c), gradient in zip(batch, self._cell_gradients(image, leaf, masks)):
+                    values = gradient * inputs
+                    for i in range(values.shape[0]):
+                        rows_of_image = self.token_positions[i]
+                        grid[i, r, c, : len(rows_of_image)] = values[i][rows_of_image].numpy()
             self._grids[key] = grid
         return self._grids[key][index]
+
+    CELLS_PER_BATCH = 8
+
+    def _cell_gradients(self, image: torch.Tensor, leaf: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        # Gradients of each mask's pixel sum with respect to the leaf, float32 on the CPU: (masks, *leaf.shape).
+        scale = 1.0
+        if image.dtype in (torch.float16, torch.bfloat16):
+            scale = 1.0 / max(1.0, float(masks[0].sum()))
+        grad_outputs = (masks * scale).to(image.dtype)
+        try:
+            gradients = torch.autograd.grad(image, leaf, grad_outputs, retain_graph=True, is_grads_batched=True)[0]
+        except RuntimeError:
+            gradients = torch.stack([torch.autograd.grad(image, leaf, g, retain_graph=True)[0] for g in grad_outputs])
+        gradients = gradients.float() / scale
+        if not torch.isfinite(gradients).all():
+            raise FloatingPointError("A region grid gradient is not finite: load the pipeline in float32.")
+        return gradients.detach().cpu()
 
     def explain(self, output, index: int, explanation_2d_bounding_box, attribution_method=None):
         import dataclasses

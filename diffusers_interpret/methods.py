@@ -228,8 +228,9 @@ class AttentionScore(AttributionMethod):
     Args:
         normalization (`str`, *optional*, defaults to `"token_share"`):
             `"token_share"`: the share of the token's attention (summed over the image) that falls inside the box:
-            where in the image the token is used. `"probability"`: the mean attention probability of the token over
-            the box's pixels: what the box's pixels read (dominated by the start token and frequent words).
+            where in the image the token is used (without a box every share is 1, so the whole image falls back to
+            `"probability"`). `"probability"`: the mean attention probability of the token over the box's pixels:
+            what the box's pixels read.
     """
 
     normalization: str = "token_share"
@@ -247,7 +248,7 @@ class AttentionScore(AttributionMethod):
         values = maps.float()
         mask = box_mask(box, values.shape[-2], values.shape[-1], device=values.device, dtype=torch.float32)
         inside = (values * mask).flatten(1).sum(1)
-        if self.normalization == "probability":
+        if self.normalization == "probability" or box is None:
             return (inside / mask.sum()).numpy()
         return (inside / values.flatten(1).sum(1).clamp_min(1e-12)).numpy()
 

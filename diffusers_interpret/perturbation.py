@@ -241,6 +241,31 @@ class PerturbationContext:
             with torch.set_grad_enabled(grad and latents.requires_grad):
                 return explainer._decode(latents, None)
 
+    def generate_from_images(self, images: torch.Tensor) -> torch.Tensor:
+        r"""
+        Generate one image per input image (img2img / inpainting pipelines), all from the explained call's noise and
+        with the prompt unchanged. `images` are (rows, 3, H, W) in [0, 1] at the pipeline's processing size. Returns
+        the decoded images, no gradient.
+        """
+        pipe, count = self.pipe, images.shape[0]
+        if "image" not in self.call_kwargs:
+            raise ValueError("This explanation has no input image to perturb (text-to-image).")
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(
+            prompt=[self.prompt] * count,
+            image=images.to(pipe._execution_device, torch.float32),
+            generator=self._generators(count),
+            output_type="latent",
+            return_dict=True,
+            num_images_per_prompt=1,
+        )
+        for name in ("negative_prompt", "latents", "mask_image"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = self._batched(kwargs[name], count)
+        with progress_bar_disabled(pipe, True), torch.no_grad():
+            latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
+            return self.explainer._decode(latents, None)
+
     def box_images(self, decoded: torch.Tensor) -> torch.Tensor:
         r"""The pipeline's [0, 1] output images (clamped, float32) of decoded images."""
         return self.pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))

@@ -164,6 +164,9 @@ def test_attention_score_from_independent_maps(tiny_pipe):
     np.testing.assert_allclose(out.token_attributions.scores, share.numpy(), rtol=1e-5)
     out = explain(tiny_pipe, AttentionScore(normalization="probability"))
     np.testing.assert_allclose(out.token_attributions.scores, probability.numpy(), rtol=1e-5)
+    # Without a box every token's share would be 1: the whole image uses the mean probability instead.
+    out = explain(tiny_pipe, "attention", explanation_2d_bounding_box=None)
+    np.testing.assert_allclose(out.token_attributions.scores, maps.mean((1, 2)).numpy(), rtol=1e-5)
 
 
 def test_deletion_curve_and_ratio(tiny_pipe):
@@ -188,3 +191,34 @@ def test_spearman_and_control():
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
     assert swapped_box_control([0, 3, 1], [0, 1, 3], 1, 2) == {"box_a": True, "box_b": True, "flip": True}
     assert swapped_box_control([0, 3, 1], [0, 3, 1], 1, 2)["flip"] is False
+
+
+def test_methods_on_img2img_and_pixel_deletion():
+    from conftest import SIZE, TINY
+    from PIL import Image
+
+    from diffusers_interpret import StableDiffusionImg2ImgPipelineExplainer
+    from diffusers_interpret.faithfulness import pixel_deletion_auc_ratio
+    from diffusers_interpret.testing import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("img2img", **TINY)
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    explainer = StableDiffusionImg2ImgPipelineExplainer(pipe, verbose=False)
+    kwargs = dict(num_inference_steps=3, strength=0.8, output_type="np", explanation_2d_bounding_box=BOX)
+    expected = pipe(PROMPT, image=init, num_inference_steps=3, strength=0.8, generator=seeded(0), output_type="np")
+    out = explainer(PROMPT, init_image=init, generator=seeded(0), attribution_method="ablation", **kwargs)
+    np.testing.assert_array_equal(out.image, expected.images[0])
+    assert out.pixel_attributions is not None and out.token_attributions.scores.max() > 0
+    ratio = pixel_deletion_auc_ratio(out, patch_size=16, num_random_orders=2)
+    assert np.isfinite(ratio) and ratio > 0
+
+
+def test_jacobian_norm_with_checkpointing_is_the_same(tiny_pipe):
+    kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2)
+    scores = []
+    for checkpointing in (False, True):
+        explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False, gradient_checkpointing=checkpointing)
+        out = explainer(PROMPT, generator=seeded(0), attribution_method=JacobianNorm(n_probes=3), **kwargs)
+        scores.append(out.token_attributions.scores)
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-4)

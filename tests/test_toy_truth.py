@@ -42,7 +42,7 @@ def toy_pipe():
     return load_toy_pipeline()
 
 
-def colour_ratios(pipe, prompt: str, seed: int):
+def colour_ratios(pipe, prompt: str, seed: int, method="mean_grad"):
     # Score of the left colour word over the right colour word, for a box around each object.
     common = dict(guidance_scale=TOY_GUIDANCE_SCALE, num_inference_steps=TOY_NUM_INFERENCE_STEPS, output_type="np")
     image = pipe(prompt, generator=torch.Generator().manual_seed(seed), **common).images[0]
@@ -60,7 +60,7 @@ def colour_ratios(pipe, prompt: str, seed: int):
             n_last_diffusion_steps_to_consider_for_attributions=None,  # all 20 steps
             explanation_2d_bounding_box=((left, top), (right, bottom)),
             attribution_level="token_embeddings",
-            attribution_method="mean_grad",
+            **({} if method is None else {"attribution_method": method}),
             get_images_for_all_inference_steps=False,
             **common,
         )
@@ -89,3 +89,11 @@ def test_boxes_move_the_colour_ranking(toy_pipe, one_thread):
         assert left_ratio > SHIFT_MARGIN * right_ratio, (prompt, left_ratio, right_ratio)
         flips += int(left_ratio > 1 > right_ratio)
     assert flips >= 2
+
+
+def test_the_default_method_passes_the_swapped_box_control(toy_pipe, one_thread):
+    # The library's default (no attribution_method given) ranks the boxed object's colour word first for both boxes
+    # of each of the three scenes: the ranking flips with the box on every one.
+    for prompt, seed in SCENES:
+        left_ratio, right_ratio = colour_ratios(toy_pipe, prompt, seed, method=None)
+        assert left_ratio > 1 > right_ratio, (prompt, left_ratio, right_ratio)
