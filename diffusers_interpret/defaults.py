@@ -2,5 +2,5 @@
 
 # Chosen by the faithfulness benchmark (benchmarks/faithfulness.py, docs/methods.md): the fastest method that passes
 # the swapped-box control on the toy model's two-object scenes.
-DEFAULT_ATTRIBUTION_METHOD = "grad_x_input"
+DEFAULT_ATTRIBUTION_METHOD = "attention"
 DEFAULT_ATTRIBUTION_LEVEL = "token_embeddings"

@@ -204,9 +204,9 @@ class BasePipelineExplainer:
         else:
             # Pixel attributions (image explainers) still come from the call's own gradient.
             method = AttributionMethods.GRAD_X_INPUT
-            if keep_for_reexplanation is not None:
+            if keep_for_reexplanation is not None and not isinstance(method_object, AttentionScore):
                 raise ValueError(
-                    "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input'), not "
+                    "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input') or 'attention', not "
                     f"{method_object.name!r}."
                 )
         if method_object.regenerates and n_traced != 0 and len(expanded) != 1:
@@ -249,7 +249,10 @@ class BasePipelineExplainer:
         )
         call_kwargs = self._prepare_pipeline_kwargs(call_kwargs)
         wants_scores = n_traced != 0
-        explain = wants_scores and (method_object.uses_call_gradient or self.grad_before_loop)
+        # With 'attention', a kept graph serves gradient re-explanations, region grids and the interactive view.
+        explain = wants_scores and (
+            method_object.uses_call_gradient or self.grad_before_loop or keep_for_reexplanation is not None
+        )
         record_attention = attention_maps or (wants_scores and isinstance(method_object, AttentionScore))
         attention_steps = None
         if isinstance(method_object, AttentionScore) and n_traced:
@@ -369,7 +372,7 @@ class BasePipelineExplainer:
                 method_object.name,
             )
             self._finish_output(output, index, gradients, method)
-            output._perturbation = context
+            output._perturbation, output._method, output._index = context, method_object, index
             output.extras.update(backward_seconds=backward_seconds, traced_denoiser_calls=tracer.traced_calls)
             output.attention_maps = maps
             outputs.append(output)
@@ -552,7 +555,7 @@ class BasePipelineExplainer:
         method_scores=None,
         method_name=None,
     ):
-        image = images[index]
+        clean_image = image = images[index]
         if output_type == "pil":
             image = draw_box(image, box)
         positions = self._token_positions(ids, consider_special_tokens)
@@ -584,6 +587,7 @@ class BasePipelineExplainer:
         )
         output.extras["token_positions"] = positions
         output.extras.update(extras)
+        output._clean_image = clean_image
         return output
 
 
@@ -751,5 +755,6 @@ class ReExplanation:
             new.token_gradients, new.token_embeddings = grad, emb
             new.token_attributions = TokenAttributions(list(zip(output.token_attributions.tokens, scores.tolist())))
         self.explainer._finish_output(new, index, gradients, method)
+        new._method = GradientAggregation(method)
         new._reexplanation, new._index = self, index
         return new

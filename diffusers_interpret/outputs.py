@@ -182,6 +182,8 @@ class BaseExplanationOutput:
 
     _reexplanation: Any = field(default=None, repr=False, compare=False)
     _perturbation: Any = field(default=None, repr=False, compare=False)
+    _method: Any = field(default=None, repr=False, compare=False)
+    _clean_image: Any = field(default=None, repr=False, compare=False)
     _index: int = field(default=0, repr=False, compare=False)
 
     def __getitem__(self, key: str):
@@ -192,20 +194,49 @@ class BaseExplanationOutput:
         r"""
         Explain another region of the same image without generating it again.
 
-        Needs the explainer called with `keep_for_reexplanation="graph"` (one backward pass per new box) or
-        `"latents"` (lean: the traced steps run again, the untraced ones are replayed from kept outputs). The result
-        equals a fresh explainer call with that box (same arguments and seed).
+        With the `"attention"` method this needs nothing kept: the scores come from the recorded attention maps. The
+        gradient methods need the explainer called with `keep_for_reexplanation="graph"` (one backward pass per new
+        box) or `"latents"` (lean: the traced steps run again, the untraced ones are replayed from kept outputs). The
+        result equals a fresh explainer call with that box (same arguments and seed).
 
         Args:
             explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The new region; `None` for all of it.
-            attribution_method (`str`, *optional*): Another aggregation; the call's own by default.
+            attribution_method (`str`, *optional*): Another gradient aggregation; the call's own method by default.
         """
+        from .methods import AttentionScore, parse_method
+
+        method = parse_method(attribution_method) if attribution_method is not None else self._method
+        if isinstance(method, AttentionScore) and self.attention_maps is not None:
+            return self._explain_with_attention(explanation_2d_bounding_box, method)
         if self._reexplanation is None:
             raise RuntimeError(
                 "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph' "
                 "(or 'latents')."
             )
         return self._reexplanation.explain(self, self._index, explanation_2d_bounding_box, attribution_method)
+
+    def _explain_with_attention(self, explanation_2d_bounding_box, method) -> "BaseExplanationOutput":
+        import dataclasses
+
+        from .box import draw_box, normalize_box
+
+        height, width = self.attention_maps.size
+        box = normalize_box(explanation_2d_bounding_box, height, width)
+        positions = self.extras["token_positions"]
+        scores = method.scores_from_maps(self.attention_maps.maps[self._index, positions], box)
+        image = self._clean_image if self._clean_image is not None else self.image
+        if isinstance(image, Image.Image):
+            image = draw_box(image, box)
+        new = dataclasses.replace(
+            self,
+            image=image,
+            explanation_2d_bounding_box=box,
+            attribution_method=method.name,
+            token_attributions=TokenAttributions(list(zip(self.token_attributions.tokens, scores.tolist()))),
+            _method=method,
+        )
+        new.extras = dict(self.extras)
+        return new
 
     def region_grid(self, cell_size: Union[int, Tuple[int, int]] = 8) -> np.ndarray:
         r"""

@@ -76,7 +76,7 @@ def test_method_names_and_errors(tiny_pipe):
     with pytest.raises(ValueError, match="one image per call"):
         explainer([PROMPT, PROMPT], num_inference_steps=2, attribution_method="ablation")
     with pytest.raises(ValueError, match="gradient method"):
-        explainer(PROMPT, num_inference_steps=2, attribution_method="attention", keep_for_reexplanation="graph")
+        explainer(PROMPT, num_inference_steps=2, attribution_method="ablation", keep_for_reexplanation="graph")
     with pytest.raises(ValueError, match="n_steps"):
         IntegratedGradients(n_steps=0)
 
@@ -222,3 +222,31 @@ def test_jacobian_norm_with_checkpointing_is_the_same(tiny_pipe):
         out = explainer(PROMPT, generator=seeded(0), attribution_method=JacobianNorm(n_probes=3), **kwargs)
         scores.append(out.token_attributions.scores)
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-4)
+
+
+def test_default_method_reexplains_from_its_maps(tiny_pipe):
+    from diffusers_interpret.defaults import DEFAULT_ATTRIBUTION_METHOD
+
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    kwargs = dict(num_inference_steps=STEPS, output_type="np")
+    out = explainer(PROMPT, generator=seeded(0), **kwargs)
+    assert out.attribution_method == DEFAULT_ATTRIBUTION_METHOD == "attention"
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        again = out.explain(explanation_2d_bounding_box=BOX)  # from the recorded maps: no generation
+    finally:
+        handle.remove()
+    assert calls == []
+    fresh = explainer(PROMPT, generator=seeded(0), explanation_2d_bounding_box=BOX, **kwargs)
+    np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-6)
+    assert again.explanation_2d_bounding_box == fresh.explanation_2d_bounding_box
+    # With the graph kept, the same output also answers with gradients (and feeds the interactive view).
+    kept = explainer(PROMPT, generator=seeded(0), keep_for_reexplanation="graph", **kwargs)
+    gradient = kept.explain(explanation_2d_bounding_box=BOX, attribution_method="grad_x_input")
+    fresh = explainer(
+        PROMPT, generator=seeded(0), explanation_2d_bounding_box=BOX, attribution_method="grad_x_input", **kwargs
+    )
+    np.testing.assert_allclose(gradient.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-4)
+    assert "<script>" in kept.interactive_view(8).to_html()
+    kept.release()
