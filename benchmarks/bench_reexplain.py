@@ -1,6 +1,7 @@
 r"""
-Cost of explaining another region without generating again, vs a fresh explainer call, on the tiny offline
-pipeline (64x64, 10 steps, CFG 7.5), measured side by side in one process (medians).
+Cost of explaining another region without generating again, vs a fresh explainer call (`grad_x_input`), on the tiny
+offline pipeline (64x64, 10 steps, CFG 7.5), measured side by side in one process (medians): with the graph kept, with
+the latents kept (lean), region grids; and for the `attention` method, whose new boxes come from the recorded maps.
 
     python benchmarks/bench_reexplain.py                # N = 2 traced steps
     python benchmarks/bench_reexplain.py --traced 5 --grid 4 8
@@ -47,6 +48,7 @@ def main():
         guidance_scale=7.5,
         n_last_diffusion_steps_to_consider_for_attributions=args.traced,
         get_images_for_all_inference_steps=False,
+        attribution_method="grad_x_input",
     )
     box = ((8, 8), (40, 40))
 
@@ -62,6 +64,19 @@ def main():
     print(f"fresh call with a box:                  {t_fresh:.3f} s")
     print(f"output.explain(new box), graph kept:    {t_again:.3f} s  ({t_again / t_fresh:.2f}x of a fresh call)")
     print(f"output.explain(new box), latents kept:  {t_lean:.3f} s  ({t_lean / t_fresh:.2f}x of a fresh call)")
+    attention = dict(kwargs, attribution_method="attention")
+    seen = explainer(PROMPT, generator=torch.Generator().manual_seed(0), **attention)
+    t_attention_fresh = median_time(
+        lambda: explainer(
+            PROMPT, generator=torch.Generator().manual_seed(0), explanation_2d_bounding_box=box, **attention
+        ),
+        args.repeats,
+    )
+    t_attention = median_time(lambda: seen.explain(explanation_2d_bounding_box=box), args.repeats)
+    print(
+        f"attention method: fresh call {t_attention_fresh:.3f} s, output.explain(new box) {t_attention * 1000:.1f} ms "
+        f"(from the recorded maps)"
+    )
     for k in args.grid:
         cell = 64 // k
 
