@@ -150,6 +150,7 @@ def run(
                         n_last_diffusion_steps_to_consider_for_attributions=n,
                         explanation_2d_bounding_box=box,
                         attribution_level=level,
+                        attribution_method="grad_x_input",  # all four aggregations come from its raw gradients
                         get_images_for_all_inference_steps=False,
                         output_type="np",
                     )

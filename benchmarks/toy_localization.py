@@ -99,6 +99,7 @@ def main():
             generator=torch.Generator().manual_seed(seed),
             attention_maps=True,
             keep_for_reexplanation="graph",
+            attribution_method="grad_x_input",
             n_last_diffusion_steps_to_consider_for_attributions=args.traced,
             get_images_for_all_inference_steps=False,
             output_type="np",
@@ -112,7 +113,7 @@ def main():
         size = output.image.shape[:2]
         grid = output.region_grid(args.cell)  # (rows, cols, attributed tokens, hidden); token i is position i + 1
         ablation = ablation_maps(output, list(WORDS.values()))
-        for (side, _), position in WORDS.items():
+        for (side, word), position in WORDS.items():
             truth = check.detection.objects[side].mask
             maps = {
                 "attention": output.attention_maps.maps[0, position].numpy(),
@@ -122,7 +123,9 @@ def main():
             for kind, values in maps.items():
                 normalized = normalize(values)
                 for threshold in THRESHOLDS:
-                    ious[kind][threshold].append(iou(normalized >= threshold, truth))
+                    value = iou(normalized >= threshold, truth)
+                    ious[kind][threshold].append(value)
+                    ious[f"{kind}, {word} words"][threshold].append(value)
         output.release()
         print(f"scene {index + 1}/{len(prompts)} ({kept} correct)", file=sys.stderr, flush=True)
 
@@ -133,7 +136,7 @@ def main():
     )
     print("| map | mIoU at 0.4 | best mIoU (threshold) |")
     print("|---|---|---|")
-    for kind, by_threshold in ious.items():
+    for kind, by_threshold in sorted(ious.items()):
         means = {t: 100 * np.mean(v) for t, v in by_threshold.items()}
         best = max(means, key=means.get)
         print(f"| {kind} | {means[0.4]:.1f} | {means[best]:.1f} ({best}) |")
