@@ -155,7 +155,8 @@ class BasePipelineExplainer:
                 `None` keeps nothing. Gradient methods only.
             attention_maps (`bool`, *optional*, defaults to `False`):
                 Record cross-attention maps per token (mean over heads, layers and steps) into
-                `output.attention_maps`, with a scoped attention processor removed after the generation.
+                `output.attention_maps`, with a scoped attention processor removed after the generation. The
+                `"attention"` method records them anyway, over its traced steps (the last N, all by default).
             pipeline_kwargs:
                 Every other argument of the pipeline's `__call__` (`guidance_scale`, `negative_prompt`,
                 `generator`, `latents`, `eta`, `num_images_per_prompt`, `callback_on_step_end`, ...), passed
