@@ -250,3 +250,28 @@ def test_default_method_reexplains_from_its_maps(tiny_pipe):
     np.testing.assert_allclose(gradient.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-4)
     assert "<script>" in kept.interactive_view(8).to_html()
     kept.release()
+
+
+@pytest.mark.parametrize("channels", [9, 4])
+def test_perturbation_methods_on_inpainting(channels):
+    from conftest import SIZE, TINY
+    from PIL import Image
+
+    from diffusers_interpret import StableDiffusionInpaintPipelineExplainer
+    from diffusers_interpret.testing import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("inpaint", unet_in_channels=channels, **TINY)
+    rng = np.random.default_rng(1)
+    init = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[8:24, 8:24] = 255
+    mask = Image.fromarray(mask)
+    kwargs = dict(num_inference_steps=3, output_type="np")
+    expected = pipe(PROMPT, image=init, mask_image=mask, generator=seeded(0), **kwargs).images[0]
+    explainer = StableDiffusionInpaintPipelineExplainer(pipe, verbose=False)
+    for method in ("ablation", IntegratedGradients(n_steps=2)):
+        out = explainer(
+            PROMPT, init_image=init, mask_image=mask, generator=seeded(0), attribution_method=method, **kwargs
+        )
+        np.testing.assert_array_equal(out.image, expected)
+        assert out.token_attributions.scores.max() > 0 and out.pixel_attributions is not None
