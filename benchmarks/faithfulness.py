@@ -45,6 +45,7 @@ METHODS = {
     "mean_grad@output": ("mean_grad", "text_encoder_output"),
     "integrated_gradients": ("integrated_gradients", "token_embeddings"),
     "integrated_gradients@output": ("integrated_gradients", "text_encoder_output"),
+    "integrated_gradients_change": ("integrated_gradients:change", "token_embeddings"),
     "smoothgrad": ("smoothgrad", "token_embeddings"),
     "ablation": ("ablation", "token_embeddings"),
     "ablation@output": ("ablation", "text_encoder_output"),
@@ -56,8 +57,10 @@ METHODS = {
 
 
 def method_object(method: str):
-    from diffusers_interpret.methods import AttentionScore
+    from diffusers_interpret.methods import AttentionScore, IntegratedGradients
 
+    if method == "integrated_gradients:change":
+        return IntegratedGradients(target="change")
     return AttentionScore(normalization="probability") if method == "attention:probability" else method
 
 
@@ -186,6 +189,9 @@ method, level, n = {method!r}, {level!r}, {traced!r}
 if method == "attention:probability":
     from diffusers_interpret.methods import AttentionScore
     method = AttentionScore(normalization="probability")
+if method == "integrated_gradients:change":
+    from diffusers_interpret.methods import IntegratedGradients
+    method = IntegratedGradients(target="change")
 explainer = StableDiffusionPipelineExplainer(pipe, verbose=False)
 def call():
     if method is None:

@@ -79,9 +79,12 @@ def _box_sum(context: PerturbationContext, decoded: torch.Tensor, box) -> torch.
     return (images.float() * mask).flatten(1).sum(1)
 
 
-def _batched_gradients(context: PerturbationContext, rows: torch.Tensor, box, batch_size, desc: str):
-    # Gradient of each row's box sum with respect to that row, generating `batch_size` rows at a time.
+def _batched_gradients(context: PerturbationContext, rows: torch.Tensor, box, batch_size, desc: str, reference=None):
+    # Gradient of each row's target with respect to that row, generating `batch_size` rows at a time. The target is
+    # the box's pixel sum, or with a `reference` image the L2 distance of the box's pixels from the reference's.
     from tqdm.auto import tqdm
+
+    from .box import box_mask
 
     gradients, targets = [], []
     pieces = chunks(rows.shape[0], batch_size)
@@ -92,7 +95,13 @@ def _batched_gradients(context: PerturbationContext, rows: torch.Tensor, box, ba
             decoded = context.generate(leaf)
             if not decoded.requires_grad:
                 raise RuntimeError("No gradient reaches the prompt: trace at least one denoiser call.")
-            gradient = context.explainer._backward(decoded, box, {"rows": leaf})["rows"]
+            if reference is None:
+                gradient = context.explainer._backward(decoded, box, {"rows": leaf})["rows"]
+            else:
+                images = context.box_images(decoded).float()
+                mask = box_mask(box, images.shape[-2], images.shape[-1], device=images.device)
+                distance = ((images - reference.to(images.device)) * mask).flatten(1).pow(2).sum(1).add(1e-12).sqrt()
+                gradient = torch.autograd.grad(distance.sum(), leaf)[0].float().cpu()
         gradients.append(gradient)
         targets.append(_box_sum(context, decoded.detach(), box).cpu())
     return torch.cat(gradients), torch.cat(targets)
@@ -101,13 +110,14 @@ def _batched_gradients(context: PerturbationContext, rows: torch.Tensor, box, ba
 @dataclass
 class IntegratedGradients(AttributionMethod):
     r"""
-    Integrated gradients (Sundararajan et al., 2017) of the box's pixel sum along the straight path from a baseline to
-    the prompt's embeddings (midpoint rule): a token's score is the absolute value of its signed contribution
+    Integrated gradients (Sundararajan et al., 2017) of a target along the straight path from a baseline to the
+    prompt's embeddings (midpoint rule): a token's score is the absolute value of its signed contribution
     `sum_hidden((x - baseline) * mean_path_gradient)`. The signed contributions, over every position, add up to the
-    box sum's change from the baseline to the prompt (completeness), up to the rule's O(1 / n_steps^2) error; they are
+    target's change from the baseline to the prompt (completeness), up to the rule's O(1 / n_steps^2) error; they are
     in `output.extras["signed_scores"]` and `output.extras["completeness"]`.
 
-    Cost: `n_steps` generations with the traced calls' graph and their backward passes, `batch_size` at a time.
+    Cost: `n_steps` generations with the traced calls' graph and their backward passes, `batch_size` at a time (and
+    one more generation without a graph for `target="change"`).
 
     Args:
         n_steps (`int`, *optional*, defaults to 16): Points on the path.
@@ -115,22 +125,35 @@ class IntegratedGradients(AttributionMethod):
             `"pad"` (attributed tokens replaced by the padding token), `"empty"` (the empty prompt) or a tensor at the
             attribution level.
         batch_size (`int`, *optional*, defaults to 8): Generations per batch; lower it to bound memory.
+        target (`str`, *optional*, defaults to `"sum"`):
+            `"sum"`: the box's pixel sum (as the gradient methods). `"change"`: the L2 distance of the box's [0, 1]
+            pixels from the baseline's image (generated from the same noise), so that contributions add up to how far
+            the prompt moved the box, in any colour direction.
     """
 
     n_steps: int = 16
     baseline: Union[str, torch.Tensor] = "pad"
     batch_size: Optional[int] = 8
+    target: str = "sum"
     name = "integrated_gradients"
 
     def __post_init__(self):
         if int(self.n_steps) < 1:
             raise ValueError(f"`n_steps` must be >= 1, got {self.n_steps}.")
+        if self.target not in ("sum", "change"):
+            raise ValueError(f"`target` must be 'sum' or 'change', got {self.target!r}.")
 
     def token_scores(self, context, box, image):
         inputs, reference = context.inputs, context.baseline(self.baseline)
         alphas = (torch.arange(self.n_steps, dtype=torch.float32, device=inputs.device) + 0.5) / self.n_steps
         path = reference + alphas.to(inputs.dtype)[:, None, None] * (inputs - reference)
-        gradients, _ = _batched_gradients(context, path, box, self.batch_size, "Integrated gradients")
+        baseline_image = None
+        if self.target == "change":
+            with torch.no_grad():
+                baseline_image = context.box_images(context.generate(reference)).float()
+        gradients, _ = _batched_gradients(
+            context, path, box, self.batch_size, "Integrated gradients", reference=baseline_image
+        )
         contributions = ((inputs - reference)[0].float().cpu() * gradients.mean(0)).sum(-1)
         signed = contributions[context.positions]
         extras = {"signed_scores": signed.numpy(), "completeness": float(contributions.sum())}

@@ -120,6 +120,18 @@ def test_integrated_gradients_completeness(tiny_pipe64, level):
         assert signed.sum() == pytest.approx(out.extras["completeness"], rel=1e-6)
 
 
+def test_integrated_gradients_of_the_change(tiny_pipe64):
+    # target="change": contributions add up to the L2 distance of the box from the baseline's image.
+    out = explain(tiny_pipe64, IntegratedGradients(n_steps=16, target="change"))
+    ids = _ids(tiny_pipe64)
+    baseline_ids = list(ids)
+    for position in out.extras["token_positions"]:
+        baseline_ids[position] = tiny_pipe64.tokenizer.pad_token_id
+    (x0, y0), (x1, y1) = BOX
+    difference = (_image(tiny_pipe64, ids) - _image(tiny_pipe64, baseline_ids))[..., y0:y1, x0:x1]
+    assert out.extras["completeness"] == pytest.approx(float(difference.double().norm()), rel=1e-2)
+
+
 def test_smoothgrad_without_noise_is_the_gradient(tiny_pipe64):
     kwargs = dict(n_last_diffusion_steps_to_consider_for_attributions=2)
     gradient = explain(tiny_pipe64, "grad_x_input", **kwargs)
