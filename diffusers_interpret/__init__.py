@@ -9,6 +9,15 @@ from .image_explainers import (
     StableDiffusionImg2ImgPipelineExplainer,
     StableDiffusionInpaintPipelineExplainer,
 )
+from .methods import (
+    AttentionScore,
+    AttributionMethod,
+    GradientAggregation,
+    IntegratedGradients,
+    JacobianNorm,
+    SmoothGrad,
+    TokenAblation,
+)
 from .outputs import (
     BaseExplanationOutput,
     ExplanationOutputList,
@@ -23,8 +32,15 @@ from .toy import load_toy_pipeline
 __version__ = "0.6.0.dev0"
 
 __all__ = [
+    "AttentionScore",
     "AttributionLevel",
+    "AttributionMethod",
     "AttributionMethods",
+    "GradientAggregation",
+    "IntegratedGradients",
+    "JacobianNorm",
+    "SmoothGrad",
+    "TokenAblation",
     "BOX_CONVENTION",
     "BasePipelineExplainer",
     "BaseExplanationOutput",
