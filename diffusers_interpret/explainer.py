@@ -96,6 +96,10 @@ class BasePipelineExplainer:
     def _finish_output(self, output, index: int, gradients: Dict[str, torch.Tensor], method) -> None:
         pass
 
+    def _input_pixels(self) -> Optional[torch.Tensor]:
+        # The explained input image's [0, 1] pixels (1, 3, H, W), for explainers of pipelines with one.
+        return None
+
     # -- the call -------------------------------------------------------------------------------------------------
     def __call__(
         self,
@@ -335,6 +339,7 @@ class BasePipelineExplainer:
                 self._token_positions(ids[0], consider_special_tokens),
                 generator_snapshot=generator_snapshot,
             )
+            context.input_pixels = self._input_pixels()
         method_scores: Dict[int, Tuple[np.ndarray, dict]] = {}
         if jacobian_norms is not None:
             for index in range(len(expanded)):

@@ -117,9 +117,22 @@ class _InputImageExplainer(BasePipelineExplainer):
     def _mask(self) -> Optional[np.ndarray]:
         return None
 
+    def _input_pixels(self) -> Optional[torch.Tensor]:
+        image = self._image if not isinstance(self._image, list) else self._image[0]
+        processed = self.pipe.image_processor.preprocess(image, height=self._height, width=self._width)
+        return ((processed[:1].float() + 1) / 2).clamp(0, 1)
+
     def _finish_output(self, output, index: int, gradients: Dict[str, torch.Tensor], method) -> None:
         if output.input_image is None:
             output.input_image = self._processed_input_image()
+        pixel_scores = output.extras.pop("pixel_scores", None)
+        if pixel_scores is not None:  # the method's own pixel attributions (integrated gradients)
+            output.pixel_attributions = PixelAttributions(pixel_scores)
+            mask = getattr(output, "mask", None)
+            output.input_saliency_map = SaliencyMap(
+                output.input_image, pixel_scores, self._mask() if mask is None else mask
+            )
+            return
         if "pixels" not in gradients:
             if output.token_attributions is not None:
                 warnings.warn(

@@ -114,6 +114,8 @@ class PerturbationContext:
         self.generator_device, self.generator_state = generator_snapshot
         self._inputs: Optional[torch.Tensor] = None
         self._baselines: Dict[str, torch.Tensor] = {}
+        # The input image's [0, 1] pixels (1, 3, H, W) for img2img / inpainting explainers, set by the explainer.
+        self.input_pixels: Optional[torch.Tensor] = None
 
     # -- embeddings -----------------------------------------------------------------------------------------------
     def _ids_embeddings(self, ids: Sequence[int]) -> torch.Tensor:
@@ -229,7 +231,7 @@ class PerturbationContext:
             return_dict=True,
             num_images_per_prompt=1,
         )
-        for name in ("negative_prompt", "latents", "ip_adapter_image"):
+        for name in ("negative_prompt", "negative_prompt_embeds", "latents", "ip_adapter_image"):
             if kwargs.get(name) is not None:
                 kwargs[name] = self._batched(kwargs[name], count)
         tracer = DenoiserTracer(
@@ -245,9 +247,11 @@ class PerturbationContext:
         r"""
         Generate one image per input image (img2img / inpainting pipelines), all from the explained call's noise and
         with the prompt unchanged. `images` are (rows, 3, H, W) in [0, 1] at the pipeline's processing size. Returns
-        the decoded images, no gradient.
+        the decoded images; when `images` requires grad, with the graph back to it through the traced denoiser calls
+        (img2img: only if every call is traced, as the image enters at the first step).
         """
         pipe, count = self.pipe, images.shape[0]
+        grad = images.requires_grad
         if "image" not in self.call_kwargs:
             raise ValueError("This explanation has no input image to perturb (text-to-image).")
         kwargs = dict(self.call_kwargs)
@@ -259,12 +263,18 @@ class PerturbationContext:
             return_dict=True,
             num_images_per_prompt=1,
         )
-        for name in ("negative_prompt", "latents", "mask_image"):
+        for name in ("negative_prompt", "negative_prompt_embeds", "latents", "mask_image"):
             if kwargs.get(name) is not None:
                 kwargs[name] = self._batched(kwargs[name], count)
+        if grad:
+            kwargs["image"] = images  # the graph starts at the caller's leaf
+        # The tracer switches grad off at untraced calls and on at traced ones; the prompt's values are kept as is.
+        tracer = DenoiserTracer(pipe, self.n_traced, lambda e: e, replace=True, grad=grad)
         with progress_bar_disabled(pipe, True), torch.no_grad():
-            latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
-            return self.explainer._decode(latents, None)
+            with torch.set_grad_enabled(grad), tracer:
+                latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
+            with torch.set_grad_enabled(grad and latents.requires_grad):
+                return self.explainer._decode(latents, None)
 
     def box_images(self, decoded: torch.Tensor) -> torch.Tensor:
         r"""The pipeline's [0, 1] output images (clamped, float32) of decoded images."""

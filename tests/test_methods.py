@@ -287,3 +287,43 @@ def test_perturbation_methods_on_inpainting(channels):
         )
         np.testing.assert_array_equal(out.image, expected)
         assert out.token_attributions.scores.max() > 0 and out.pixel_attributions is not None
+
+
+def test_integrated_gradients_of_input_pixels_completeness():
+    # img2img pixel attributions by integrated gradients from the blurred input image: their signed total equals the
+    # box sum's change from the blurred image to the input image (measured: 0.5% off at 16 steps, 0.05% at 32).
+    from conftest import SIZE, TINY
+    from PIL import Image
+
+    from diffusers_interpret import StableDiffusionImg2ImgPipelineExplainer
+    from diffusers_interpret.testing import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("img2img", dtype=torch.float64, **TINY)
+    array = np.zeros((SIZE, SIZE, 3), np.uint8)
+    array[..., 0] = np.linspace(0, 255, SIZE)[None, :]
+    array[..., 1] = np.linspace(255, 0, SIZE)[:, None]
+    array[8:20, 10:24, 2] = 220
+    explainer = StableDiffusionImg2ImgPipelineExplainer(pipe, verbose=False)
+    out = explainer(
+        PROMPT,
+        init_image=Image.fromarray(array),
+        num_inference_steps=3,
+        strength=0.8,
+        generator=seeded(0),
+        attribution_method=IntegratedGradients(n_steps=16),
+        explanation_2d_bounding_box=BOX,
+        output_type="np",
+    )
+    assert out.pixel_attributions.shape == (SIZE, SIZE) and out.input_saliency_map is not None
+    pixels = torch.from_numpy(array / 255.0).permute(2, 0, 1)[None]
+    blurred = pixels
+    for _ in range(2):  # independent of the library: kernel 5 = 32 // 8, rounded up to odd
+        blurred = torch.nn.functional.avg_pool2d(blurred, 5, stride=1, padding=2, count_include_pad=False)
+
+    def box_sum(image):
+        kwargs = dict(num_inference_steps=3, strength=0.8, generator=seeded(0), output_type="pt")
+        return _box_sum(pipe(PROMPT, image=image, **kwargs).images)
+
+    change = box_sum(pixels) - box_sum(blurred)
+    assert abs(change) > 1e-2
+    assert out.extras["pixel_completeness"] == pytest.approx(change, rel=2e-2)
