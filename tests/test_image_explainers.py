@@ -141,3 +141,22 @@ def test_saliency_scaling_before_colour_map():
     scores[0, 0] = 1e-6  # tiny raw scores must still span the colour map (the original cast them to uint8: all 0)
     heat = np.asarray(SaliencyMap(image, scores).heatmap(cmap="gray"))
     assert heat[0, 0].tolist() == [255, 255, 255] and heat[1, 1].tolist() == [0, 0, 0]
+
+
+def test_inpaint_lean_reexplanation_equals_a_fresh_call(inpaint, init_image, mask_image):
+    explainer = StableDiffusionInpaintPipelineExplainer(inpaint, verbose=False)
+    kwargs = dict(
+        init_image=init_image,
+        mask_image=mask_image,
+        num_inference_steps=4,
+        n_last_diffusion_steps_to_consider_for_attributions=2,
+        attribution_method="grad_x_input",
+        output_type="np",
+    )
+    first = explainer("a red circle", generator=seeded(0), keep_for_reexplanation="latents", **kwargs)
+    box = ((8, 8), (24, 24))
+    again = first.explain(explanation_2d_bounding_box=box)
+    fresh = explainer("a red circle", generator=seeded(0), explanation_2d_bounding_box=box, **kwargs)
+    np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-4)
+    np.testing.assert_allclose(again.pixel_attributions, fresh.pixel_attributions, rtol=1e-4, atol=1e-12)
+    assert not np.allclose(again.pixel_attributions, first.pixel_attributions)  # the box changed them
