@@ -10,7 +10,7 @@ class AttributionMethods(str, Enum):
     r"""
     Gradient aggregations over the hidden dimension of a token embedding (or the channels of a pixel).
 
-    - `grad_x_input`: L2 norm of gradient * input (the default, as in the original 0.5.0).
+    - `grad_x_input`: L2 norm of gradient * input (the original 0.5.0's default).
     - `max_grad`: largest absolute gradient.
     - `mean_grad`: mean absolute gradient.
     - `min_grad`: smallest absolute gradient.

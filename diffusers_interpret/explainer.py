@@ -134,11 +134,12 @@ class BasePipelineExplainer:
                 The region of the output image to explain, in pixels, PIL's convention: x the column and y the row,
                 `(x0, y0)` upper-left and inclusive, `(x1, y1)` lower-right and exclusive. `None` explains the whole
                 image. The box is drawn in red on `output.image`, on the box's own border pixels.
-            attribution_method (`str` or `AttributionMethod`, *optional*, defaults to `"grad_x_input"`):
-                How tokens are scored: the original's gradient aggregations `"grad_x_input"`, `"max_grad"`,
-                `"mean_grad"`, `"min_grad"`; `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`, `"attention"`;
-                or a method object with parameters (e.g. `IntegratedGradients(n_steps=32)`), see
-                [`~methods`] for what each costs. Perturbation methods explain one image per call.
+            attribution_method (`str` or `AttributionMethod`, *optional*, defaults to `"attention"`):
+                How tokens are scored: `"attention"` (chosen by the faithfulness benchmark, docs/methods.md),
+                `"jacobian_norm"`, `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`, the original's gradient
+                aggregations `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`, or a method object with
+                parameters (e.g. `IntegratedGradients(n_steps=32)`), see [`~methods`] for what each costs.
+                Perturbation methods (integrated gradients, SmoothGrad, ablation) explain one image per call.
             attribution_level (`str` or `AttributionLevel`, *optional*, defaults to `"token_embeddings"`):
                 `"token_embeddings"` (input token embeddings, through the text encoder) or `"text_encoder_output"`
                 (the original 0.5.0's level; confounded by position, as CLIP's encoder is causal).

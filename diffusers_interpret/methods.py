@@ -3,16 +3,17 @@ Token attribution methods, selectable with `attribution_method=` as a name or as
 
 | method | name | cost (one image, N traced denoiser calls) |
 |---|---|---|
+| [`AttentionScore`] (default) | `"attention"` | 1 generation recording cross-attention (about 1.03x a plain one) |
 | [`GradientAggregation`] | `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"` | 1 generation, 1 backward |
 | [`IntegratedGradients`] | `"integrated_gradients"` | 1 generation + `n_steps` with N traced, `n_steps` backward |
 | [`SmoothGrad`] | `"smoothgrad"` | 1 generation + `n_samples` with N traced, `n_samples` backward |
 | [`TokenAblation`] | `"ablation"` | 1 + (number of tokens) generations, no backward |
-| [`AttentionScore`] | `"attention"` | 1 generation recording cross-attention (about 1.03x a plain one) |
 | [`JacobianNorm`] | `"jacobian_norm"` | 1 generation with N traced calls, `n_probes` backward passes |
 
 The perturbation methods (integrated gradients, SmoothGrad, ablation) regenerate from the explained call's own noise in
 batches of `batch_size` images, changing the prompt's embeddings at the traced denoiser calls only (all of them with
-`n_last_diffusion_steps_to_consider_for_attributions=None`), and explain one image per call.
+`n_last_diffusion_steps_to_consider_for_attributions=None`), and explain one image per call. How truthful each is on
+the shipped toy model, and what it costs: docs/methods.md (`benchmarks/faithfulness.py`).
 """
 
 from dataclasses import dataclass
