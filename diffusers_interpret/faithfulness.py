@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from .box import normalize_box
-from .perturbation import chunks
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -85,13 +84,8 @@ def _changes(output, position_sets, box, baseline, batch_size) -> np.ndarray:
     context = _context(output)
     reference = _image01(output, context)
     box = normalize_box(box, reference.shape[-2], reference.shape[-1]) if box is not None else None
-    rows = context.replaced(position_sets, baseline)
-    changes = []
-    for piece in chunks(len(position_sets), batch_size):
-        with torch.no_grad():
-            images = context.box_images(context.generate(rows[piece.start : piece.stop])).cpu()
-        changes.append(context.box_change(images, reference, box))
-    return torch.cat(changes).numpy()
+    changes, _ = context.box_changes(context.replaced(position_sets, baseline), reference, box, batch_size)
+    return changes.numpy()
 
 
 def ablation_effects(
@@ -202,13 +196,10 @@ def pixel_deletion_auc_ratio(
             r, c = patches[index]
             current[..., r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size] = fill
             images.append(current.clone())
-        stacked = torch.cat(images)
-        changes = []
-        for piece in chunks(len(images), batch_size):
-            with torch.no_grad():
-                made = context.box_images(context.generate_from_images(stacked[piece.start : piece.stop])).cpu()
-            changes.append(context.box_change(made, reference, box))
-        return np.concatenate([[0.0], torch.cat(changes).numpy()]).mean()
+        changes, _ = context.box_changes(
+            torch.cat(images), reference, box, batch_size, generate=context.generate_from_images
+        )
+        return np.concatenate([[0.0], changes.numpy()]).mean()
 
     area = curve(list(np.argsort(-np.asarray(patch_scores), kind="mergesort")))
     rng = np.random.default_rng(seed)

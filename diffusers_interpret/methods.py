@@ -72,29 +72,27 @@ class GradientAggregation(AttributionMethod):
         return self.aggregation.value
 
 
-def _box_sum(context: PerturbationContext, decoded: torch.Tensor, box) -> torch.Tensor:
-    from .box import box_mask
-
-    images = context.box_images(decoded)
-    mask = box_mask(box, images.shape[-2], images.shape[-1], device=images.device, dtype=torch.float32)
-    return (images.float() * mask).flatten(1).sum(1)
-
-
-def _batched_gradients(context: PerturbationContext, rows: torch.Tensor, box, batch_size, desc: str, reference=None):
-    # Gradient of each row's target with respect to that row, generating `batch_size` rows at a time. The target is
-    # the box's pixel sum, or with a `reference` image the L2 distance of the box's pixels from the reference's.
+def _batched_gradients(
+    context: PerturbationContext, rows: torch.Tensor, box, batch_size, desc: str, reference=None, generate=None
+) -> Optional[torch.Tensor]:
+    # Gradient of each row's target with respect to that row, generating `batch_size` rows at a time with `generate`
+    # (`context.generate`, from embeddings, by default: there a missing graph is an error; with another `generate`
+    # it gives None). The target is the box's pixel sum, or with a `reference` image the L2 distance of the box's
+    # pixels from the reference's.
     from tqdm.auto import tqdm
 
     from .box import box_mask
 
-    gradients, targets = [], []
+    gradients = []
     pieces = chunks(rows.shape[0], batch_size)
     verbose = context.explainer.verbose and len(pieces) > 1
     for piece in tqdm(pieces, desc=desc, disable=not verbose, leave=False):
         leaf = rows[piece.start : piece.stop].detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            decoded = context.generate(leaf)
+            decoded = (generate or context.generate)(leaf)
             if not decoded.requires_grad:
+                if generate is not None:
+                    return None
                 raise RuntimeError("No gradient reaches the prompt: trace at least one denoiser call.")
             if reference is None:
                 gradient = context.explainer._backward(decoded, box, {"rows": leaf})["rows"]
@@ -104,8 +102,7 @@ def _batched_gradients(context: PerturbationContext, rows: torch.Tensor, box, ba
                 distance = ((images - reference.to(images.device)) * mask).flatten(1).pow(2).sum(1).add(1e-12).sqrt()
                 gradient = torch.autograd.grad(distance.sum(), leaf)[0].float().cpu()
         gradients.append(gradient)
-        targets.append(_box_sum(context, decoded.detach(), box).cpu())
-    return torch.cat(gradients), torch.cat(targets)
+    return torch.cat(gradients)
 
 
 @dataclass
@@ -165,7 +162,7 @@ class IntegratedGradients(AttributionMethod):
         if self.target == "change":
             with torch.no_grad():
                 baseline_image = context.box_images(context.generate(reference)).float()
-        gradients, _ = _batched_gradients(
+        gradients = _batched_gradients(
             context, path, box, self.batch_size, "Integrated gradients", reference=baseline_image
         )
         contributions = ((inputs - reference)[0].float().cpu() * gradients.mean(0)).sum(-1)
@@ -176,8 +173,6 @@ class IntegratedGradients(AttributionMethod):
 
 def _integrated_pixel_gradients(method: "IntegratedGradients", context, box, pixels: torch.Tensor):
     # (H, W) absolute channel-summed contributions and their signed total, or None if no gradient reaches the pixels.
-    from tqdm.auto import tqdm
-
     if method.pixel_baseline == "blur":
         kernel = max(3, (max(pixels.shape[-2:]) // 8) | 1)
         reference = pixels
@@ -189,19 +184,12 @@ def _integrated_pixel_gradients(method: "IntegratedGradients", context, box, pix
         reference = torch.full_like(pixels, float(method.pixel_baseline))
     alphas = (torch.arange(method.n_steps, dtype=torch.float32) + 0.5) / method.n_steps
     path = reference + alphas.to(pixels.dtype)[:, None, None, None] * (pixels - reference)
-    total = torch.zeros_like(pixels[0], dtype=torch.float32)
-    pieces = chunks(path.shape[0], method.batch_size)
-    for piece in tqdm(
-        pieces, desc="Pixel IG", disable=not (context.explainer.verbose and len(pieces) > 1), leave=False
-    ):
-        leaf = path[piece.start : piece.stop].detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            decoded = context.generate_from_images(leaf)
-            if not decoded.requires_grad:
-                return None
-            gradient = torch.autograd.grad(_box_sum(context, decoded, box).sum(), leaf)[0]
-        total += gradient.float().sum(0).cpu()
-    contributions = (pixels - reference)[0].float().cpu() * total / method.n_steps
+    gradients = _batched_gradients(
+        context, path, box, method.batch_size, "Pixel IG", generate=context.generate_from_images
+    )
+    if gradients is None:
+        return None
+    contributions = (pixels - reference)[0].float().cpu() * gradients.mean(0)
     return contributions.sum(0).abs().numpy(), float(contributions.sum())
 
 
@@ -244,7 +232,7 @@ class SmoothGrad(AttributionMethod):
         noise = torch.randn((self.n_samples, len(positions), inputs.shape[-1]), generator=generator) * sigma
         rows = inputs.repeat(self.n_samples, 1, 1)
         rows[:, positions] += noise.to(rows.device, rows.dtype)
-        gradients, _ = _batched_gradients(context, rows, box, self.batch_size, "SmoothGrad")
+        gradients = _batched_gradients(context, rows, box, self.batch_size, "SmoothGrad")
         mean = gradients.mean(0)[positions]
         scores = aggregate(mean, inputs[0, positions].float().cpu(), self.aggregation, dim=-1)
         return scores.numpy(), {"token_gradients": mean}
@@ -269,19 +257,9 @@ class TokenAblation(AttributionMethod):
     name = "ablation"
 
     def token_scores(self, context, box, image):
-        from tqdm.auto import tqdm
-
-        position_sets = [[position] for position in context.positions]
-        rows = context.replaced(position_sets, self.baseline)
-        changes, images = [], []
-        pieces = chunks(rows.shape[0], self.batch_size)
-        verbose = context.explainer.verbose and len(pieces) > 1
-        for piece in tqdm(pieces, desc="Ablation", disable=not verbose, leave=False):
-            with torch.no_grad():
-                ablated = context.box_images(context.generate(rows[piece.start : piece.stop]))
-            changes.append(context.box_change(ablated, image.to(ablated.device), box).cpu())
-            images.append(ablated.cpu())
-        return torch.cat(changes).numpy(), {"ablated_images": torch.cat(images)}
+        rows = context.replaced([[position] for position in context.positions], self.baseline)
+        changes, images = context.box_changes(rows, image, box, self.batch_size, desc="Ablation")
+        return changes.numpy(), {"ablated_images": images}
 
 
 @dataclass

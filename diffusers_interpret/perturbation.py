@@ -42,6 +42,12 @@ def _generator_state(generator, device: torch.device):
     return torch.device("cpu"), torch.get_rng_state()
 
 
+def _clone_generator(state_device: torch.device, state: torch.Tensor) -> torch.Generator:
+    clone = torch.Generator(device=state_device)
+    clone.set_state(state)
+    return clone
+
+
 def generator_factory(generator, device: torch.device):
     r"""
     A function that returns new generators in the state `generator` is in now (a generator, a list of them, or
@@ -54,11 +60,7 @@ def generator_factory(generator, device: torch.device):
     as_list = isinstance(generator, (list, tuple))
 
     def fresh():
-        made = []
-        for state_device, state in states:
-            clone = torch.Generator(device=state_device)
-            clone.set_state(state)
-            made.append(clone)
+        made = [_clone_generator(state_device, state) for state_device, state in states]
         return made if as_list else made[0]
 
     return fresh
@@ -191,12 +193,7 @@ class PerturbationContext:
 
     # -- generation -----------------------------------------------------------------------------------------------
     def _generators(self, count: int) -> List[torch.Generator]:
-        generators = []
-        for _ in range(count):
-            generator = torch.Generator(device=self.generator_device)
-            generator.set_state(self.generator_state)
-            generators.append(generator)
-        return generators
+        return [_clone_generator(self.generator_device, self.generator_state) for _ in range(count)]
 
     def _batched(self, value, count: int):
         if isinstance(value, torch.Tensor) and value.shape[0] == 1:
@@ -204,6 +201,32 @@ class PerturbationContext:
         if isinstance(value, (list, tuple)) and len(value) == 1:
             return list(value) * count
         return value
+
+    def _run(self, count: int, replacement, grad: bool, grad_before_loop: bool = False, **overrides) -> torch.Tensor:
+        # The pipeline's own call for `count` rows, every row from the explained call's noise, the prompt's embeddings
+        # at the traced calls given by `replacement` (the tracer switches grad off at untraced calls and on at traced
+        # ones); returns the decoded images.
+        pipe = self.pipe
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(
+            prompt=[self.prompt] * count,
+            generator=self._generators(count),
+            output_type="latent",
+            return_dict=True,
+            num_images_per_prompt=1,
+            **overrides,
+        )
+        for name in ("negative_prompt", "negative_prompt_embeds", "latents", "ip_adapter_image", "mask_image"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = self._batched(kwargs[name], count)
+        tracer = DenoiserTracer(
+            pipe, self.n_traced, replacement, checkpoint=self.explainer.gradient_checkpointing, replace=True, grad=grad
+        )
+        with progress_bar_disabled(pipe, True), torch.no_grad():
+            with torch.set_grad_enabled(grad and grad_before_loop), tracer:
+                latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
+            with torch.set_grad_enabled(grad and latents.requires_grad):
+                return self.explainer._decode(latents, None)
 
     def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
         r"""
@@ -214,34 +237,12 @@ class PerturbationContext:
         """
         from .attribution import AttributionLevel
 
-        explainer, pipe = self.explainer, self.pipe
-        count = embeddings.shape[0]
-        grad = embeddings.requires_grad
-
         def replacement(pipeline_embeddings: torch.Tensor) -> torch.Tensor:
             if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
                 return embeddings
             return self._encode(embeddings)
 
-        kwargs = dict(self.call_kwargs)
-        kwargs.update(
-            prompt=[self.prompt] * count,
-            generator=self._generators(count),
-            output_type="latent",
-            return_dict=True,
-            num_images_per_prompt=1,
-        )
-        for name in ("negative_prompt", "negative_prompt_embeds", "latents", "ip_adapter_image"):
-            if kwargs.get(name) is not None:
-                kwargs[name] = self._batched(kwargs[name], count)
-        tracer = DenoiserTracer(
-            pipe, self.n_traced, replacement, checkpoint=explainer.gradient_checkpointing, replace=True, grad=grad
-        )
-        with progress_bar_disabled(pipe, True), torch.no_grad():
-            with tracer:
-                latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
-            with torch.set_grad_enabled(grad and latents.requires_grad):
-                return explainer._decode(latents, None)
+        return self._run(embeddings.shape[0], replacement, grad=embeddings.requires_grad)
 
     def generate_from_images(self, images: torch.Tensor) -> torch.Tensor:
         r"""
@@ -250,31 +251,12 @@ class PerturbationContext:
         the decoded images; when `images` requires grad, with the graph back to it through the traced denoiser calls
         (img2img: only if every call is traced, as the image enters at the first step).
         """
-        pipe, count = self.pipe, images.shape[0]
-        grad = images.requires_grad
         if "image" not in self.call_kwargs:
             raise ValueError("This explanation has no input image to perturb (text-to-image).")
-        kwargs = dict(self.call_kwargs)
-        kwargs.update(
-            prompt=[self.prompt] * count,
-            image=images.to(pipe._execution_device, torch.float32),
-            generator=self._generators(count),
-            output_type="latent",
-            return_dict=True,
-            num_images_per_prompt=1,
-        )
-        for name in ("negative_prompt", "negative_prompt_embeds", "latents", "mask_image"):
-            if kwargs.get(name) is not None:
-                kwargs[name] = self._batched(kwargs[name], count)
-        if grad:
-            kwargs["image"] = images  # the graph starts at the caller's leaf
-        # The tracer switches grad off at untraced calls and on at traced ones; the prompt's values are kept as is.
-        tracer = DenoiserTracer(pipe, self.n_traced, lambda e: e, replace=True, grad=grad)
-        with progress_bar_disabled(pipe, True), torch.no_grad():
-            with torch.set_grad_enabled(grad), tracer:
-                latents = type(pipe).__call__.__wrapped__(pipe, **kwargs).images
-            with torch.set_grad_enabled(grad and latents.requires_grad):
-                return self.explainer._decode(latents, None)
+        image = images.to(self.pipe._execution_device, torch.float32)  # differentiable: the graph reaches `images`
+        grad = images.requires_grad
+        # The image is encoded before the loop: with grad on there, so that the graph starts at `images`.
+        return self._run(images.shape[0], lambda e: e, grad=grad, grad_before_loop=True, image=image)
 
     def box_images(self, decoded: torch.Tensor) -> torch.Tensor:
         r"""The pipeline's [0, 1] output images (clamped, float32) of decoded images."""
@@ -289,6 +271,27 @@ class PerturbationContext:
             if positions:
                 rows[row, positions] = reference[0, positions]
         return rows
+
+    def box_changes(
+        self, rows: torch.Tensor, reference: torch.Tensor, box, batch_size: Optional[int], generate=None, desc=None
+    ):
+        r"""
+        Generate an image from each row (with `generate`, `self.generate` by default), `batch_size` rows at a time and
+        without a graph, and measure its `box_change` from the [0, 1] `reference`. A progress bar titled `desc` when
+        the explainer is verbose and there is more than one batch. Returns `(changes, images)`, both on the CPU.
+        """
+        from tqdm.auto import tqdm
+
+        generate = generate or self.generate
+        changes, images = [], []
+        pieces = chunks(rows.shape[0], batch_size)
+        verbose = desc is not None and self.explainer.verbose and len(pieces) > 1
+        for piece in tqdm(pieces, desc=desc, disable=not verbose, leave=False):
+            with torch.no_grad():
+                made = self.box_images(generate(rows[piece.start : piece.stop]))
+            changes.append(self.box_change(made, reference.to(made.device), box).cpu())
+            images.append(made.cpu())
+        return torch.cat(changes), torch.cat(images)
 
     def box_change(self, images: torch.Tensor, reference: torch.Tensor, box) -> torch.Tensor:
         r"""L2 norm, over the box's pixels and channels, of each [0, 1] image's difference from `reference`."""
