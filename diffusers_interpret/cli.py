@@ -148,7 +148,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_interactive(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument(
         "--interactive",
-        type=_traced_cell,
+        type=_cell_size,
         default=default,
         metavar="CELL",
         help="add an interactive view per prompt to the report (draw a box, see its token attributions; click a "
@@ -157,11 +157,11 @@ def _add_interactive(parser: argparse.ArgumentParser, default: int) -> None:
     )
 
 
-def _traced_cell(text: str) -> int:
+def _cell_size(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = -1
+        raise argparse.ArgumentTypeError(f"expected a cell size in pixels (an integer >= 0), got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a cell size in pixels (an integer >= 0), got {text!r}")
     return value
