@@ -56,8 +56,8 @@ def vector_jacobian_products(
 ) -> torch.Tensor:
     r"""
     `vectors[k]^T d(outputs)/d(leaf)` for every k, float32 on the CPU, shape (k, *leaf.shape), keeping the graph. All
-    in one batched backward pass where autograd can (`is_grads_batched`: as fast as a loop on the tiny 64x64 pipeline
-    on CPU, 1.3x faster on the toy model), one pass per vector otherwise (e.g. through checkpointed steps). `scale`
+    in one batched backward pass where autograd can (`is_grads_batched`; on CPU about as fast as a loop, see
+    benchmarks/bench_reexplain.py), one pass per vector otherwise (e.g. through checkpointed steps). `scale`
     multiplies the vectors before the backward pass and divides the result after (half precision overflow guard).
     """
     vectors = (vectors * scale).to(outputs.dtype)

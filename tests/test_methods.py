@@ -160,7 +160,9 @@ def test_jacobian_norm_matches_finite_differences(tiny_pipe64):
             images = context.box_images(context.generate(torch.cat(rows)))[..., y0:y1, x0:x1]
         jacobian = (images[0::2] - images[1::2]).flatten(1) / (2 * eps)
         exact = float(jacobian.norm())
-        assert out.token_attributions.scores[index] == pytest.approx(exact, rel=0.1)  # measured: within 2%
+        assert out.token_attributions.scores[index] == pytest.approx(
+            exact, rel=0.1
+        )  # 96 probes: spread well under 10%
 
 
 def test_attention_score_from_independent_maps(tiny_pipe):
