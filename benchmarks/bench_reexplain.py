@@ -81,17 +81,17 @@ def main():
         cell = 64 // k
 
         def grid(cell=cell):
-            kept._reexplanation._grids.clear()
+            kept.session.clear_grids()
             kept.region_grid(cell)
 
         def loop(cell=cell):
             # The same cells, one plain backward pass each (what the batched products replace).
-            state = kept._reexplanation
+            state = kept.session
             for r in range(64 // cell):
                 for c in range(64 // cell):
                     box = ((c * cell, r * cell), ((c + 1) * cell, (r + 1) * cell))
                     with torch.enable_grad():
-                        explainer._backward(state.decoded, box, state.leaves, retain_graph=True)
+                        state.trace.gradients(state.trace.target(box))
 
         t_grid = median_time(grid, max(1, args.repeats // 2))
         t_loop = median_time(loop, max(1, args.repeats // 2))

@@ -62,7 +62,7 @@ def grid_map(grid: np.ndarray, token: int, aggregation: str, size) -> np.ndarray
 
 def ablation_maps(output, positions):
     # Per word: |image - image regenerated from the same noise with the word replaced by padding|, summed over colours.
-    context = output._perturbation
+    context = output.session.regeneration
     with torch.no_grad():
         reference = context.box_images(context.generate(context.inputs))
         ablated = context.box_images(context.generate(context.replaced([[p] for p in positions])))

@@ -1,13 +1,18 @@
 r"""diffusers-interpret: explain the images made by 🤗 diffusers pipelines."""
 
-from .attribution import AttributionLevel, AttributionMethods
+from .attention import record_cross_attention
+from .attribution import Aggregation, AttributionLevel
 from .box import BOX_CONVENTION
-from .explainer import BasePipelineExplainer, StableDiffusionPipelineExplainer
-from .image_explainers import (
-    PipelineImg2ImgExplainerOutput,
-    PipelineInpaintExplainerOutput,
+from .explainer import BasePipelineExplainer
+from .families import (
     StableDiffusionImg2ImgPipelineExplainer,
     StableDiffusionInpaintPipelineExplainer,
+    StableDiffusionPipelineExplainer,
+    StableDiffusionXLImg2ImgPipelineExplainer,
+    StableDiffusionXLInpaintPipelineExplainer,
+    StableDiffusionXLPipelineExplainer,
+    explainer_for,
+    supported_pipelines,
 )
 from .methods import (
     AttentionScore,
@@ -23,19 +28,32 @@ from .outputs import (
     ExplanationOutputList,
     GeneratedImages,
     PipelineExplainerOutput,
+    PipelineImg2ImgExplainerOutput,
+    PipelineInpaintExplainerOutput,
     PixelAttributions,
     TokenAttributions,
 )
-from .saliency import SaliencyMap
 from .toy import load_toy_pipeline
+from .views.saliency import SaliencyMap
 
 __version__ = "0.6.0.dev0"
 
+
+def __getattr__(name: str):
+    # `AttributionMethods`, the aggregation enum's earlier name, still works and says what to use instead.
+    if name == "AttributionMethods":
+        import warnings
+
+        warnings.warn("`AttributionMethods` is renamed `Aggregation`.", DeprecationWarning, stacklevel=2)
+        return Aggregation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "Aggregation",
     "AttentionScore",
     "AttributionLevel",
     "AttributionMethod",
-    "AttributionMethods",
     "GradientAggregation",
     "IntegratedGradients",
     "JacobianNorm",
@@ -54,6 +72,12 @@ __all__ = [
     "StableDiffusionImg2ImgPipelineExplainer",
     "StableDiffusionInpaintPipelineExplainer",
     "StableDiffusionPipelineExplainer",
+    "StableDiffusionXLImg2ImgPipelineExplainer",
+    "StableDiffusionXLInpaintPipelineExplainer",
+    "StableDiffusionXLPipelineExplainer",
     "TokenAttributions",
+    "explainer_for",
     "load_toy_pipeline",
+    "record_cross_attention",
+    "supported_pipelines",
 ]

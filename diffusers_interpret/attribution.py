@@ -1,12 +1,13 @@
 """How raw gradients become one score per token (or per pixel): the original's four aggregations."""
 
+import warnings
 from enum import Enum
 from typing import Union
 
 import torch
 
 
-class AttributionMethods(str, Enum):
+class Aggregation(str, Enum):
     r"""
     Gradient aggregations over the hidden dimension of a token embedding (or the channels of a pixel).
 
@@ -48,8 +49,8 @@ def _parse_enum(enum_cls, value, argument: str):
         raise ValueError(f"`{argument}` must be one of {choices}, got {value!r}.") from None
 
 
-def parse_attribution_method(method: Union[str, AttributionMethods]) -> AttributionMethods:
-    return _parse_enum(AttributionMethods, method, "attribution_method")
+def parse_attribution_method(method: Union[str, Aggregation]) -> Aggregation:
+    return _parse_enum(Aggregation, method, "attribution_method")
 
 
 def parse_attribution_level(level: Union[str, AttributionLevel]) -> AttributionLevel:
@@ -57,7 +58,7 @@ def parse_attribution_level(level: Union[str, AttributionLevel]) -> AttributionL
 
 
 def aggregate(
-    gradient: torch.Tensor, inputs: torch.Tensor, method: Union[str, AttributionMethods], dim: int = -1
+    gradient: torch.Tensor, inputs: torch.Tensor, method: Union[str, Aggregation], dim: int = -1
 ) -> torch.Tensor:
     r"""
     Reduce gradients to one non-negative score per position.
@@ -65,15 +66,23 @@ def aggregate(
     Args:
         gradient (`torch.Tensor`): Gradient of the explained target with respect to `inputs`.
         inputs (`torch.Tensor`): The inputs the gradient was taken at (same shape as `gradient`).
-        method (`str` or `AttributionMethods`): The aggregation, see [`AttributionMethods`].
+        method (`str` or `Aggregation`): The aggregation, see [`Aggregation`].
         dim (`int`, *optional*, defaults to -1): The dimension to reduce (hidden size for tokens, channels for pixels).
     """
     method = parse_attribution_method(method)
     gradient = gradient.float()
-    if method is AttributionMethods.GRAD_X_INPUT:
+    if method is Aggregation.GRAD_X_INPUT:
         return torch.linalg.vector_norm(gradient * inputs.float(), dim=dim)
-    if method is AttributionMethods.MAX_GRAD:
+    if method is Aggregation.MAX_GRAD:
         return gradient.abs().amax(dim=dim)
-    if method is AttributionMethods.MEAN_GRAD:
+    if method is Aggregation.MEAN_GRAD:
         return gradient.abs().mean(dim=dim)
     return gradient.abs().amin(dim=dim)
+
+
+def __getattr__(name: str):
+    # `AttributionMethods`, the enum's earlier name, still works and says what to use instead.
+    if name == "AttributionMethods":
+        warnings.warn("`AttributionMethods` is renamed `Aggregation`.", DeprecationWarning, stacklevel=2)
+        return Aggregation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

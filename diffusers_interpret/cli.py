@@ -1,8 +1,10 @@
 r"""
-The `diffusers-interpret` command: explain Stable Diffusion images from the shell and write an HTML report.
+The `diffusers-interpret` command: explain Stable Diffusion (SD 1.x/2.x, SDXL) images from the shell and write an HTML
+report.
 
 `diffusers-interpret demo --out DIR` runs offline on the shipped toy model; `diffusers-interpret explain "PROMPT"` runs
-on any Stable Diffusion model on disk (the toy model by default). See `docs/cli.md` and `diffusers-interpret --help`.
+on any supported text-to-image model on disk (the toy model by default). See `docs/cli.md` and
+`diffusers-interpret --help`.
 """
 
 import argparse
@@ -36,7 +38,7 @@ DEMO_PROMPTS = (
 TOY = "toy"
 
 _DESCRIPTION = """\
-Explain the images made by Stable Diffusion pipelines: which prompt tokens made the image, or a box of it.
+Explain the images made by Stable Diffusion pipelines (1.x, 2.x, XL): which prompt tokens made the image, or a box.
 Writes one self-contained report.html (images inlined, open it anywhere) and PNG files into --out."""
 
 _EPILOG = """\
@@ -47,9 +49,11 @@ examples:
   # one prompt on the toy model, the left half of the image explained
   diffusers-interpret explain "a red circle on the left and a blue square on the right" --box 0,0,16,32 --out out
 
-  # a Stable Diffusion model on disk (a diffusers folder, or an id already in the local cache)
+  # a Stable Diffusion or SDXL model on disk (a diffusers folder, or an id already in the local cache)
   diffusers-interpret explain "a photo of a cat on a bench" --model ./stable-diffusion-v1-5 \\
       --steps 15 --traced 3 --box 128,128,384,384 --device cuda --dtype float16 --out cat
+  diffusers-interpret explain "a photo of a cat on a bench" --model ./stable-diffusion-xl-base-1.0 \\
+      --steps 20 --traced 3 --device cuda --dtype float16 --gradient-checkpointing --out cat-xl
 
 run 'diffusers-interpret COMMAND --help' for the options of a command."""
 
@@ -272,7 +276,8 @@ def _quiet_libraries() -> None:
 
 def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
     r"""
-    Load the toy model (`model="toy"`) or a Stable Diffusion pipeline from a folder or a locally cached id.
+    Load the toy model (`model="toy"`) or a text-to-image pipeline of a supported family (Stable Diffusion 1.x/2.x,
+    SDXL) from a folder or a locally cached id.
 
     Raises:
         `FileNotFoundError`: for a path that does not exist.
@@ -297,13 +302,13 @@ def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float3
             f"{model!r} is not a diffusers pipeline folder (no model_index.json in it); save one with "
             "pipe.save_pretrained(path)"
         )
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     source = str(path) if path.exists() else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
+            pipe = DiffusionPipeline.from_pretrained(
                 source, torch_dtype=torch_dtype, local_files_only=not allow_download
             )
         except (OSError, ValueError) as error:
@@ -311,6 +316,15 @@ def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float3
             where = "" if path.exists() else " (no such folder; as a model id, it is not in the local cache)"
             hint = "" if allow_download or path.exists() else "; pass --allow-download to fetch it"
             raise OSError(f"cannot load the model {model!r}{where}: {first_line}{hint}") from error
+    from .families import explainer_class_for, supported_pipelines
+
+    try:
+        explainer_class_for(pipe)
+    except TypeError:
+        raise OSError(
+            f"{model!r} holds a {type(pipe).__name__}, which cannot be explained; supported: "
+            f"{', '.join(supported_pipelines())}"
+        ) from None
     return pipe.to(device)
 
 
@@ -334,13 +348,11 @@ def run_explanations(
     """
     from tqdm.auto import tqdm
 
-    from .explainer import StableDiffusionPipelineExplainer
+    from .families import explainer_for
 
     if not quiet:
         pipe.set_progress_bar_config(disable=False, leave=False, desc="Denoising")
-    explainer = StableDiffusionPipelineExplainer(
-        pipe, verbose=not quiet, gradient_checkpointing=gradient_checkpointing
-    )
+    explainer = explainer_for(pipe, verbose=not quiet, gradient_checkpointing=gradient_checkpointing)
     outputs = []
     interactive = explain_kwargs.pop("interactive", 0)
     for prompt, box in tqdm(jobs, desc="Explanations", disable=quiet or len(jobs) < 2, unit="expl"):
@@ -460,11 +472,10 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
 
 
 def _image_size(pipe, height: Optional[int], width: Optional[int]) -> Tuple[int, int]:
-    sample_size = pipe.unet.config.sample_size
-    if isinstance(sample_size, int):
-        sample_size = (sample_size, sample_size)
-    height = height or sample_size[0] * pipe.vae_scale_factor
-    width = width or sample_size[1] * pipe.vae_scale_factor
+    from .families import family_for
+
+    default_height, default_width = family_for(pipe).default_size(pipe)
+    height, width = height or default_height, width or default_width
     factor = pipe.vae_scale_factor
     if height % factor or width % factor:
         raise ValueError(f"--height and --width must be multiples of {factor} for this model, got {height}x{width}")
@@ -497,7 +508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     try:
         (outputs, views), settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
-        from .report import write_report
+        from .views.report import write_report
 
         path = write_report(outputs, out_dir, title=title, settings=settings, interactive_views=views)
     except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:

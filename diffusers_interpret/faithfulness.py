@@ -10,7 +10,7 @@ Does an explanation tell the truth? Metrics that check token attributions agains
   image.
 
 The functions that generate take an explainer output of a single image (any method): it keeps what is needed to
-generate the same image again from the same noise with some tokens replaced (`output._perturbation`).
+generate the same image again from the same noise with some tokens replaced (`output.session.regeneration`).
 """
 
 from typing import Optional, Sequence
@@ -64,7 +64,7 @@ def swapped_box_control(
 
 
 def _context(output):
-    context = getattr(output, "_perturbation", None)
+    context = output.session.regeneration if getattr(output, "session", None) is not None else None
     if context is None:
         raise ValueError("This output cannot be regenerated: explain one image per call (one prompt, one image).")
     return context

@@ -7,10 +7,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .box import Box
-from .html import display_html, image_slider_html
+from .views.markup import display_html, image_slider_html
 
 
 def _percentages(scores: np.ndarray) -> np.ndarray:
@@ -163,7 +162,16 @@ class BaseExplanationOutput:
         token_gradients (`torch.Tensor`, *optional*):
             Raw gradient of the explained region's sum with respect to the attributed embeddings, one row per
             attributed token (float32, CPU).
-        token_embeddings (`torch.Tensor`, *optional*): The embeddings the gradient was taken at, same shape.
+        token_embeddings (`torch.Tensor`, *optional*): The embeddings the gradient was taken at, same shape. With
+            several text encoders (SDXL), every encoder's features side by side (CLIP-L's, then CLIP-G's).
+        extras (`dict`): Method-specific values (`token_positions`, `signed_scores`, `completeness`, timings).
+        attention_maps (`AttentionMaps`, *optional*): Cross-attention maps, when recorded.
+        pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL): its share of the squared
+            gradient x input norm at the text encoders' outputs (gradient methods).
+        encoder_token_attributions (`Dict[str, TokenAttributions]`, *optional*): Families with several text encoders:
+            each encoder's own token scores (gradient methods), by the encoder's pipeline attribute.
+        session (`Session`): What the call kept, behind `explain()`, `region_grid()`, `interactive_view()`.
+        image_index (`int`): This image's index in its call.
     """
 
     image: Any
@@ -179,12 +187,10 @@ class BaseExplanationOutput:
     token_embeddings: Optional[torch.Tensor] = field(default=None, repr=False)
     extras: Dict[str, Any] = field(default_factory=dict, repr=False)
     attention_maps: Any = field(default=None, repr=False)
-
-    _reexplanation: Any = field(default=None, repr=False, compare=False)
-    _perturbation: Any = field(default=None, repr=False, compare=False)
-    _method: Any = field(default=None, repr=False, compare=False)
-    _clean_image: Any = field(default=None, repr=False, compare=False)
-    _index: int = field(default=0, repr=False, compare=False)
+    pooled_share: Optional[float] = None
+    encoder_token_attributions: Optional[Dict[str, TokenAttributions]] = field(default=None, repr=False)
+    session: Any = field(default=None, repr=False, compare=False)
+    image_index: int = field(default=0, repr=False, compare=False)
 
     def __getitem__(self, key: str):
         # Compatibility with the original's dict-like outputs (`output["image"]`).
@@ -201,61 +207,26 @@ class BaseExplanationOutput:
 
         Args:
             explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The new region; `None` for all of it.
-            attribution_method (`str`, *optional*): Another gradient aggregation; the call's own method by default.
+            attribution_method (`str` or `AttributionMethod`, *optional*): Another method; the call's own by default.
         """
-        from .methods import AttentionScore, parse_method
-
-        method = parse_method(attribution_method) if attribution_method is not None else self._method
-        if isinstance(method, AttentionScore) and self.attention_maps is not None:
-            return self._explain_with_attention(explanation_2d_bounding_box, method)
-        if self._reexplanation is None:
-            raise RuntimeError(
-                "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph' "
-                "(or 'latents')."
-            )
-        return self._reexplanation.explain(self, self._index, explanation_2d_bounding_box, attribution_method)
-
-    def _explain_with_attention(self, explanation_2d_bounding_box, method) -> "BaseExplanationOutput":
-        import dataclasses
-
-        from .box import draw_box, normalize_box
-
-        height, width = self.attention_maps.size
-        box = normalize_box(explanation_2d_bounding_box, height, width)
-        positions = self.extras["token_positions"]
-        scores = method.scores_from_maps(self.attention_maps.maps[self._index, positions], box)
-        image = self._clean_image if self._clean_image is not None else self.image
-        if isinstance(image, Image.Image):
-            image = draw_box(image, box)
-        new = dataclasses.replace(
-            self,
-            image=image,
-            explanation_2d_bounding_box=box,
-            attribution_method=method.name,
-            token_attributions=TokenAttributions(list(zip(self.token_attributions.tokens, scores.tolist()))),
-            _method=method,
-        )
-        new.extras = dict(self.extras)
-        return new
+        return self._session().explain(self, explanation_2d_bounding_box, attribution_method)
 
     def region_grid(self, cell_size: Union[int, Tuple[int, int]] = 8) -> np.ndarray:
         r"""
-        Gradient x input of every attributed token for each cell of a grid over the image, one backward pass per cell
-        (cached per cell size). Needs `keep_for_reexplanation="graph"`.
+        Gradient x input of every attributed token for each cell of a grid over the image, from batched
+        vector-Jacobian products (cached per cell size). Needs `keep_for_reexplanation="graph"`.
 
         Gradients are additive over pixels, so the gradient of any grid-aligned box is the sum of its cells' gradients
-        (and its `grad_x_input` score is the L2 norm over the hidden dimension of the sum of the cells' values here).
-        Norms and max/mean/min of absolute gradients are not additive: only these raw per-cell values are.
+        (and its `grad_x_input` score is the L2 norm over the features of the sum of the cells' values here). Norms
+        and max/mean/min of absolute gradients are not additive: only these raw per-cell values are.
 
         Args:
             cell_size (`int` or `(int, int)`, *optional*, defaults to 8): Cell (height, width) in pixels.
 
         Returns:
-            `np.ndarray` of shape (rows, cols, num_tokens, hidden).
+            `np.ndarray` of shape (rows, cols, num_tokens, features).
         """
-        if self._reexplanation is None:
-            raise RuntimeError("Call the explainer with keep_for_reexplanation='graph' to compute a region grid.")
-        return self._reexplanation.region_grid(self, self._index, cell_size)
+        return self._session().region_grid(self.image_index, cell_size)
 
     def interactive_view(self, cell_size: Union[int, Tuple[int, int]] = 8, title: Optional[str] = None):
         r"""
@@ -267,25 +238,17 @@ class BaseExplanationOutput:
             cell_size (`int` or `(int, int)`, *optional*, defaults to 8): Grid cell size in pixels.
             title (`str`, *optional*): A title; the prompt by default.
         """
-        from .interactive import InteractiveView
-
-        cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
-        grid = self.region_grid(cell)
-        base = self._reexplanation.images[self._index]
-        if not isinstance(base, Image.Image):
-            base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
-        maps = None
-        if self.attention_maps is not None:
-            positions = self.extras["token_positions"]
-            maps = [self.attention_maps.for_token(p, image_index=self._index) for p in positions]
-        steps = list(self.all_images_during_generation or [])
-        tokens = self.token_attributions.tokens
-        return InteractiveView(base, steps, tokens, cell, grid, attention_maps=maps, title=title or self.prompt)
+        return self._session().interactive_view(self, cell_size, title)
 
     def release(self) -> None:
         r"""Free what was kept for `explain()` (shared by every output of the same call)."""
-        if self._reexplanation is not None:
-            self._reexplanation.release()
+        if self.session is not None:
+            self.session.release()
+
+    def _session(self):
+        if self.session is None:
+            raise RuntimeError("This output was not made by an explainer call: nothing to explain again.")
+        return self.session
 
 
 @dataclass
@@ -299,3 +262,31 @@ class ExplanationOutputList(list):
     @property
     def images(self) -> list:
         return [output.image for output in self]
+
+
+@dataclass
+class PipelineImg2ImgExplainerOutput(BaseExplanationOutput):
+    r"""
+    The explanation of an image made from an input image. Everything of [`BaseExplanationOutput`], and:
+
+    Args:
+        pixel_attributions (`PixelAttributions`, *optional*):
+            (H, W) scores of the input image's pixels (at the pipeline's processing size), aggregated over channels
+            with the attribution method; `.normalized` in percent. `None` where the traced steps do not reach the
+            image (img2img with fewer traced steps than steps).
+        input_saliency_map (`SaliencyMap`, *optional*): The pixel attributions as pictures (`.show()`, `.overlay()`).
+        pixel_gradients (`torch.Tensor`, *optional*): Raw (3, H, W) gradient w.r.t. the [0, 1] input pixels.
+        input_image (`PIL.Image.Image`, *optional*): The input image as the pipeline processed it.
+    """
+
+    pixel_attributions: Optional[PixelAttributions] = None
+    input_saliency_map: Any = None
+    pixel_gradients: Optional[torch.Tensor] = None
+    input_image: Any = None
+
+
+@dataclass
+class PipelineInpaintExplainerOutput(PipelineImg2ImgExplainerOutput):
+    r"""As [`PipelineImg2ImgExplainerOutput`], plus the inpainting `mask` ((H, W) bool, True where repainted)."""
+
+    mask: Optional[np.ndarray] = None

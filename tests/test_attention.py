@@ -8,7 +8,8 @@ from conftest import PROMPT, SIZE, seeded
 from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
 
-from diffusers_interpret.attention import AttentionMaps, _grid_shape, record_cross_attention
+from diffusers_interpret.attention import AttentionMaps, record_cross_attention
+from diffusers_interpret.tracing.attention import _grid_shape
 
 STEPS = 3
 

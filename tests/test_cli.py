@@ -13,8 +13,8 @@ from PIL import Image
 
 from diffusers_interpret import PipelineImg2ImgExplainerOutput, SaliencyMap, TokenAttributions
 from diffusers_interpret.cli import DEMO_PROMPTS, main, parse_box
-from diffusers_interpret.report import write_report
 from diffusers_interpret.toy import toy_model_available
+from diffusers_interpret.views.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle on the left and a blue square on the right"
@@ -183,3 +183,17 @@ def test_report_shows_saliency_maps_of_image_inputs(tmp_path):
     assert_self_contained(page)
     with pytest.raises(ValueError):
         write_report([], tmp_path)
+
+
+def test_explain_an_sdxl_model_folder(tmp_path, capsys):
+    from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+
+    make_tiny_sdxl_pipeline("text2img").save_pretrained(tmp_path / "model")
+    code = main(
+        ["explain", PROMPT, "--model", str(tmp_path / "model"), "--steps", "2", "--box", "0,0,16,32", "--quiet"]
+        + ["--out", str(tmp_path / "out")]
+    )
+    assert code == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "blue" in page and "32x32" in page
+    assert_self_contained(page)

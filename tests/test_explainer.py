@@ -387,7 +387,7 @@ def test_lean_reexplanation_runs_only_the_traced_steps(tiny_pipe, generator):
 
 
 def test_region_grid_attention_maps_and_interactive_view(tiny_pipe):
-    from diffusers_interpret.interactive import box_scores_from_cells
+    from diffusers_interpret.views.interactive import box_scores_from_cells
 
     explainer = GradientExplainer(tiny_pipe, verbose=False)
     kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2)

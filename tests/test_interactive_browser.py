@@ -13,8 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_interpret.html import image_to_data_uri
-from diffusers_interpret.interactive import InteractiveView, box_scores_from_cells, interactive_view_html, percentages
+from diffusers_interpret.views.interactive import (
+    InteractiveView,
+    box_scores_from_cells,
+    interactive_view_html,
+    percentages,
+)
+from diffusers_interpret.views.markup import image_to_data_uri
 
 MALICIOUS = "</script><script>window.__pwned = 1; alert(1)</script>"
 TOKENS = ["a", "red", MALICIOUS, "<img src=x onerror=window.__pwned=2>", "circle"]

@@ -145,7 +145,7 @@ def test_jacobian_norm_matches_finite_differences(tiny_pipe64):
     # ||d(box pixels)/d(token embedding)||_F by central differences along every hidden dimension, vs the estimate.
     box = ((4, 6), (8, 10))
     out = explain(tiny_pipe64, JacobianNorm(n_probes=96), explanation_2d_bounding_box=box, num_inference_steps=2)
-    context = out._perturbation
+    context = out.session.regeneration
     inputs, eps = context.inputs, 1e-4
     (x0, y0), (x1, y1) = box
     for index in (1,):

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .html import image_slider_html, image_to_data_uri
+from .markup import image_slider_html, image_to_data_uri
 
 REPORT_FILE_NAME = "report.html"
 _DISPLAY_WIDTH = 256

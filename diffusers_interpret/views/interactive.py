@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .html import display_html, image_to_data_uri, json_for_script
+from .markup import display_html, image_to_data_uri, json_for_script
 
 
 def box_scores_from_cells(cell_grad_x_input: np.ndarray, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
@@ -71,7 +71,7 @@ def _attention_uris(
 ) -> Optional[List[Optional[str]]]:
     if attention_maps is None:
         return None
-    from .attention import colorize
+    from .attention_maps import colorize
 
     maps = list(attention_maps)
     if len(maps) != num_tokens:

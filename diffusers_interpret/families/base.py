@@ -1,0 +1,180 @@
+"""What a pipeline family must say about its pipelines: the only code that knows a pipeline's shape."""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class TextEncoderSlot:
+    r"""
+    One text encoder that conditions the image, and where its output lands.
+
+    Args:
+        tokenizer (`str`): The pipeline attribute of its tokenizer (e.g. `"tokenizer_2"`).
+        encoder (`str`): The pipeline attribute of the encoder (e.g. `"text_encoder_2"`).
+        prompt_argument (`str`): The call argument whose text it reads (`"prompt"` or `"prompt_2"`).
+        feature_slice (`slice`): Its features in the denoiser's `encoder_hidden_states` (SDXL concatenates encoders
+            on the feature axis).
+    """
+
+    tokenizer: str
+    encoder: str
+    prompt_argument: str
+    feature_slice: slice
+
+
+class PipelineFamily:
+    r"""
+    The seam between the explainers and one family of diffusers pipelines.
+
+    A family answers, for its pipelines: which module is the denoiser and where its call carries the latent sample and
+    the prompt's conditioning; which tokenizers and text encoders condition the image and where their outputs land;
+    the classifier-free-guidance row layout; denoiser calls per step; the default image size; how latents are decoded
+    and the image post-processed; and which attention layers to record. Everything else (tracing, targets, methods,
+    outputs, views) is shared by all families.
+
+    Subclasses set `pipeline_class_names` and override what differs; `family_for(pipe)` picks one by class.
+    """
+
+    name: str = ""
+    display_name: str = ""
+    # Class names of the pipelines of this family (matched against the pipeline's class and its bases).
+    pipeline_class_names: Tuple[str, ...] = ()
+    # Components an explained pipeline of this family must have.
+    required_components: Tuple[str, ...] = ("unet", "vae", "tokenizer", "text_encoder", "encode_prompt")
+    denoiser_attribute: str = "unet"
+    # Names of the denoiser call's conditioning tensors that carry the prompt (in `read_conditioning`'s order).
+    conditioning_names: Tuple[str, ...] = ("encoder_hidden_states",)
+
+    # -- the denoiser call ----------------------------------------------------------------------------------------
+    def denoiser(self, pipe) -> torch.nn.Module:
+        return getattr(pipe, self.denoiser_attribute)
+
+    def calls_per_step(self, pipe) -> int:
+        return 1
+
+    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        return kwargs["sample"] if "sample" in kwargs else args[0]
+
+    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
+        if "sample" in kwargs:
+            return args, {**kwargs, "sample": sample}
+        return (sample, *args[1:]), kwargs
+
+    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+        hidden = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        return {"encoder_hidden_states": hidden}
+
+    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+        hidden = values["encoder_hidden_states"]
+        if "encoder_hidden_states" in kwargs:
+            return args, {**kwargs, "encoder_hidden_states": hidden}
+        return (*args[:2], hidden, *args[3:]), kwargs
+
+    def denoiser_output(self, output) -> torch.Tensor:
+        return output[0] if isinstance(output, tuple) else output.sample
+
+    def with_denoiser_output(self, output, tensor: torch.Tensor):
+        if isinstance(output, tuple):
+            return (tensor, *output[1:])
+        output.sample = tensor
+        return output
+
+    def positive_rows(self, pipe, batch_size: int) -> slice:
+        r"""The rows of the denoiser's batch that carry the prompt: with classifier-free guidance the pipelines
+        concatenate [negative, positive]."""
+        if getattr(pipe, "do_classifier_free_guidance", False) and batch_size % 2 == 0:
+            return slice(batch_size // 2, batch_size)
+        return slice(0, batch_size)
+
+    # -- text -----------------------------------------------------------------------------------------------------
+    def text_encoders(self, pipe) -> List[TextEncoderSlot]:
+        raise NotImplementedError
+
+    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
+        r"""
+        The prompt rows of the denoiser's conditioning, made by the pipeline's own `encode_prompt` (no guidance, one
+        image per prompt), keyed by `conditioning_names`.
+
+        Args:
+            prompts (`Dict[str, List[str]]`): The texts by call argument (`"prompt"`, `"prompt_2"`).
+            call_kwargs (`dict`): The pipeline call's arguments (for `clip_skip` and the LoRA scale).
+        """
+        raise NotImplementedError
+
+    # -- images ---------------------------------------------------------------------------------------------------
+    def default_size(self, pipe) -> Tuple[int, int]:
+        sample_size = self.denoiser(pipe).config.sample_size
+        if isinstance(sample_size, int):
+            sample_size = (sample_size, sample_size)
+        return sample_size[0] * pipe.vae_scale_factor, sample_size[1] * pipe.vae_scale_factor
+
+    def decode(self, pipe, latents: torch.Tensor, generator=None) -> torch.Tensor:
+        r"""The pipeline's own decode of final latents to a [-1, 1] image tensor, keeping the graph."""
+        raise NotImplementedError
+
+    def postprocess(self, pipe, decoded: torch.Tensor, output_type: str) -> Tuple[Any, Optional[List[bool]]]:
+        r"""The pipeline's own post-processing (safety checker, watermark) of a detached decoded image: `(images,
+        nsfw flags or None)`."""
+        return pipe.image_processor.postprocess(decoded, output_type=output_type), None
+
+    def unit_image(self, pipe, decoded: torch.Tensor) -> torch.Tensor:
+        r"""The pipeline's [0, 1] output image (`postprocess(output_type="pt")`, clamp included), with the graph."""
+        return pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
+
+    # -- input images ---------------------------------------------------------------------------------------------
+    def call_accepts(self, pipe, argument: str) -> bool:
+        return argument in inspect.signature(type(pipe).__call__).parameters
+
+
+_FAMILIES: List[PipelineFamily] = []
+_EXPLAINERS: Dict[str, type] = {}
+
+
+def register_family(family: PipelineFamily) -> PipelineFamily:
+    _FAMILIES.append(family)
+    return family
+
+
+def register_explainer(pipeline_class_name: str):
+    r"""Class decorator: the explainer of the pipelines of class `pipeline_class_name` (for `explainer_for`)."""
+
+    def register(explainer_class: type) -> type:
+        _EXPLAINERS[pipeline_class_name] = explainer_class
+        return explainer_class
+
+    return register
+
+
+def explainer_class_for(pipe) -> type:
+    r"""The explainer class of a pipeline's class (or of its nearest registered base class)."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in _EXPLAINERS:
+            return _EXPLAINERS[cls.__name__]
+    supported = ", ".join(sorted(_EXPLAINERS))
+    raise TypeError(
+        f"{type(pipe).__name__} is not a supported pipeline. Supported: {supported}; see docs/architecture.md for "
+        "adding a pipeline family."
+    )
+
+
+def family_for(pipe) -> PipelineFamily:
+    r"""
+    The family of a pipeline, by its class (or a base class), most specific first.
+
+    Raises:
+        `TypeError`: for a pipeline of no supported family, naming the supported pipeline classes.
+    """
+    for cls in type(pipe).__mro__:
+        for family in _FAMILIES:
+            if cls.__name__ in family.pipeline_class_names:
+                return family
+    supported = ", ".join(sorted(name for family in _FAMILIES for name in family.pipeline_class_names))
+    raise TypeError(f"{type(pipe).__name__} is not a supported pipeline. Supported: {supported}.")
+
+
+def supported_pipelines() -> Sequence[str]:
+    return sorted(_EXPLAINERS)

@@ -1,0 +1,141 @@
+"""Stable Diffusion XL: two CLIP text encoders on the feature axis, and the pooled embedding as micro-conditioning."""
+
+import copy
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from ..explainer import BasePipelineExplainer
+from ..outputs import PipelineImg2ImgExplainerOutput, PipelineInpaintExplainerOutput
+from .base import PipelineFamily, TextEncoderSlot, register_explainer, register_family
+
+
+class StableDiffusionXLFamily(PipelineFamily):
+    r"""
+    `StableDiffusionXLPipeline`, `StableDiffusionXLImg2ImgPipeline` and `StableDiffusionXLInpaintPipeline`.
+
+    `encode_prompt` runs CLIP-L (`text_encoder`, on `prompt`) and CLIP-G (`text_encoder_2`, on `prompt_2`, which
+    defaults to `prompt`), takes the penultimate hidden state of each and concatenates them on the feature axis into
+    the UNet's `encoder_hidden_states`; CLIP-G's projected pooled output enters as `added_cond_kwargs["text_embeds"]`.
+    Both are explained. Rows are [negative, positive] with guidance; `add_time_ids` (micro-conditioning) pass through.
+    Decoding mirrors the pipeline's (`latents_mean`/`latents_std` where the VAE has them, a float32 VAE where the
+    pipeline upcasts), and the watermark, where the pipeline has one, is applied to the detached image.
+    """
+
+    name = "stable_diffusion_xl"
+    display_name = "Stable Diffusion XL"
+    required_components = ("unet", "vae", "tokenizer_2", "text_encoder_2", "encode_prompt")
+    pipeline_class_names = (
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    )
+    conditioning_names = ("encoder_hidden_states", "text_embeds")
+
+    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+        values = super().read_conditioning(args, kwargs)
+        values["text_embeds"] = kwargs["added_cond_kwargs"]["text_embeds"]
+        return values
+
+    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+        args, kwargs = super().write_conditioning(args, kwargs, values)
+        added = {**kwargs["added_cond_kwargs"], "text_embeds": values["text_embeds"]}
+        return args, {**kwargs, "added_cond_kwargs": added}
+
+    def text_encoders(self, pipe) -> List[TextEncoderSlot]:
+        slots, start = [], 0
+        for tokenizer, encoder, argument in (
+            ("tokenizer", "text_encoder", "prompt"),
+            ("tokenizer_2", "text_encoder_2", "prompt_2"),
+        ):
+            module = getattr(pipe, encoder, None)
+            if module is None:  # the refiner has CLIP-G only
+                continue
+            width = int(module.config.hidden_size)
+            slots.append(TextEncoderSlot(tokenizer, encoder, argument, slice(start, start + width)))
+            start += width
+        return slots
+
+    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
+        embeddings, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts.get("prompt") or prompts["prompt_2"],
+            prompt_2=prompts.get("prompt_2"),
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            lora_scale=(call_kwargs.get("cross_attention_kwargs") or {}).get("scale"),
+            clip_skip=call_kwargs.get("clip_skip"),
+        )
+        return {"encoder_hidden_states": embeddings, "text_embeds": pooled}
+
+    def default_size(self, pipe) -> Tuple[int, int]:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        return size, size
+
+    def decode(self, pipe, latents: torch.Tensor, generator=None) -> torch.Tensor:
+        vae = pipe.vae
+        if vae.dtype == torch.float16 and vae.config.force_upcast:
+            # The pipeline upcasts its VAE in place for the decode; a float32 copy leaves the pipeline as it is.
+            vae = copy.deepcopy(vae).float()
+            latents = latents.float()
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        return vae.decode(latents, return_dict=False)[0]
+
+    def postprocess(self, pipe, decoded: torch.Tensor, output_type: str):
+        if getattr(pipe, "watermark", None) is not None:
+            decoded = pipe.watermark.apply_watermark(decoded)
+        return pipe.image_processor.postprocess(decoded, output_type=output_type), None
+
+
+STABLE_DIFFUSION_XL = register_family(StableDiffusionXLFamily())
+
+
+@register_explainer("StableDiffusionXLPipeline")
+class StableDiffusionXLPipelineExplainer(BasePipelineExplainer):
+    r"""
+    Explains images made by a `StableDiffusionXLPipeline`: tokens through both CLIP text encoders, at both levels.
+
+    When `prompt_2` is unset (or tokenizes like `prompt`), a token's embedding is the concatenation of its CLIP-L and
+    CLIP-G embeddings and it gets one score over both (for `grad_x_input`, the L2 norm of gradient x input over the
+    concatenation: the square root of the sum of the two encoders' squared scores); each encoder's own scores are in
+    `output.encoder_token_attributions`. When `prompt_2` differs, `token_attributions` lists `prompt`'s tokens
+    (CLIP-L) and then `prompt_2`'s (CLIP-G). The pooled CLIP-G embedding (`text_embeds`) is in the gradient, and its
+    share in `output.pooled_share`. Micro-conditioning, `denoising_start` / `denoising_end` and every other argument
+    pass through to the pipeline.
+
+    Example:
+        ```py
+        >>> explainer = StableDiffusionXLPipelineExplainer(pipe)
+        >>> output = explainer("a red circle on the left", num_inference_steps=20,
+        ...                    explanation_2d_bounding_box=((0, 0), (512, 1024)))
+        >>> output.token_attributions.normalized
+        ```
+    """
+
+    family = STABLE_DIFFUSION_XL
+
+
+@register_explainer("StableDiffusionXLImg2ImgPipeline")
+class StableDiffusionXLImg2ImgPipelineExplainer(BasePipelineExplainer):
+    r"""Explains images made by a `StableDiffusionXLImg2ImgPipeline`: as [`StableDiffusionXLPipelineExplainer`],
+    plus pixel attributions of the input image (as [`StableDiffusionImg2ImgPipelineExplainer`])."""
+
+    family = STABLE_DIFFUSION_XL
+    input_kind = "image"
+    output_class = PipelineImg2ImgExplainerOutput
+
+
+@register_explainer("StableDiffusionXLInpaintPipeline")
+class StableDiffusionXLInpaintPipelineExplainer(BasePipelineExplainer):
+    r"""Explains images made by a `StableDiffusionXLInpaintPipeline`: as [`StableDiffusionXLPipelineExplainer`],
+    plus pixel attributions of the input image (as [`StableDiffusionInpaintPipelineExplainer`])."""
+
+    family = STABLE_DIFFUSION_XL
+    input_kind = "inpaint"
+    output_class = PipelineInpaintExplainerOutput

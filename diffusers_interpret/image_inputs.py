@@ -1,0 +1,89 @@
+"""The input images of img2img and inpainting calls, as per-call objects (explainers hold no per-call state)."""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .tracing.leaves import LeafPreprocessedImage
+
+
+def image_size(image) -> Optional[Tuple[int, int]]:
+    r"""(height, width) of a PIL image, an (H, W[, C]) array or a ([B, ]C, H, W) tensor; None for other inputs."""
+    if isinstance(image, list):
+        image = image[0] if image else None
+    if hasattr(image, "size") and not callable(image.size):
+        return (image.size[1], image.size[0])
+    if isinstance(image, np.ndarray):
+        return (
+            tuple(image.shape[-3:-1]) if image.ndim >= 3 and image.shape[-1] in (1, 3, 4) else tuple(image.shape[:2])
+        )
+    if isinstance(image, torch.Tensor):
+        return tuple(image.shape[-2:])
+    return None
+
+
+@dataclass
+class ImageInput:
+    r"""
+    One call's input image (and inpainting mask), at the size the pipeline's own preprocessing gives it.
+
+    Args:
+        pipe: The pipeline.
+        image: The input image as the user gave it.
+        mask_image: The inpainting mask (white where repainted), or `None` for img2img.
+        height (`int`): The processing height.
+        width (`int`): The processing width.
+    """
+
+    pipe: Any
+    image: Any
+    mask_image: Any
+    height: int
+    width: int
+
+    @classmethod
+    def make(cls, pipe, image, mask_image, height: Optional[int], width: Optional[int]) -> "ImageInput":
+        processed = pipe.image_processor.preprocess(image, height=height, width=width)
+        made = cls(pipe, image, mask_image, int(processed.shape[-2]), int(processed.shape[-1]))
+        if mask_image is not None:
+            image_hw, mask_hw = image_size(image), image_size(mask_image)
+            if image_hw is not None and mask_hw is not None and image_hw != mask_hw:
+                raise ValueError(
+                    f"`mask_image` is {mask_hw[1]}x{mask_hw[0]} (width x height) but the image is "
+                    f"{image_hw[1]}x{image_hw[0]}: give a mask of the image's size."
+                )
+        return made
+
+    def pipeline_kwargs(self) -> Dict[str, Any]:
+        r"""The pipeline call's image arguments (and the size, where the pipeline's call takes one)."""
+        kwargs: Dict[str, Any] = {"image": self.image}
+        if self.mask_image is not None:
+            kwargs["mask_image"] = self.mask_image
+        if "height" in inspect.signature(type(self.pipe).__call__).parameters:
+            kwargs.update(height=self.height, width=self.width)
+        return kwargs
+
+    def leaf_scope(self, store: Dict[str, torch.Tensor]) -> LeafPreprocessedImage:
+        return LeafPreprocessedImage(self.pipe.image_processor, store, "pixels")
+
+    def _processed(self) -> torch.Tensor:
+        image = self.image[0] if isinstance(self.image, list) else self.image
+        return self.pipe.image_processor.preprocess(image, height=self.height, width=self.width)[:1].float()
+
+    def pixels(self) -> torch.Tensor:
+        r"""The processed input image's [0, 1] pixels, (1, 3, H, W)."""
+        return ((self._processed() + 1) / 2).clamp(0, 1)
+
+    def picture(self):
+        r"""The processed input image as a PIL image."""
+        return self.pipe.image_processor.postprocess(self._processed(), output_type="pil")[0]
+
+    def mask(self) -> Optional[np.ndarray]:
+        r"""The inpainting mask at the processing size, (H, W) bool, True where repainted."""
+        if self.mask_image is None:
+            return None
+        mask = self.pipe.mask_processor.preprocess(self.mask_image, height=self.height, width=self.width)
+        return (mask[0, 0] >= 0.5).numpy()

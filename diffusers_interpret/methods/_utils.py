@@ -1,0 +1,61 @@
+"""Machinery shared by the methods: scoring units from gradients, and gradients of regenerated batches."""
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..attribution import aggregate
+from ..regeneration import chunks
+
+
+def score_units(gradient: torch.Tensor, inputs, image: int, units, aggregation) -> np.ndarray:
+    r"""One score per unit: `aggregation` of the gradient over the unit's features at its position."""
+    values = inputs.values[image]
+    return np.array(
+        [
+            float(
+                aggregate(
+                    gradient[unit.position, inputs.unit_features(unit)],
+                    values[unit.position, inputs.unit_features(unit)],
+                    aggregation,
+                    dim=-1,
+                )
+            )
+            for unit in units
+        ],
+        dtype=np.float64,
+    )
+
+
+def regenerated_gradients(
+    context, rows: torch.Tensor, target, batch_size, desc: str, reference=None, generate=None
+) -> Optional[torch.Tensor]:
+    r"""
+    Gradient of each row's target with respect to that row, generating `batch_size` rows at a time with `generate`
+    (`context.generate`, from embeddings, by default: there a missing graph is an error; with another `generate` it
+    gives None). The target is the box's pixel sum, or with a `reference` image the L2 distance of the box's pixels
+    from the reference's.
+    """
+    from tqdm.auto import tqdm
+
+    gradients = []
+    pieces = chunks(rows.shape[0], batch_size)
+    verbose = context.explainer.verbose and len(pieces) > 1
+    for piece in tqdm(pieces, desc=desc, disable=not verbose, leave=False):
+        leaf = rows[piece.start : piece.stop].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            decoded = (generate or context.generate)(leaf)
+            if not decoded.requires_grad:
+                if generate is not None:
+                    return None
+                raise RuntimeError("No gradient reaches the prompt: trace at least one denoiser call.")
+            if reference is None:
+                gradient = target.gradients(decoded, {"rows": leaf})["rows"]
+            else:
+                images = target.image(decoded).float()
+                difference = (images - reference.to(images.device)) * target.mask(images)
+                distance = difference.flatten(1).pow(2).sum(1).add(1e-12).sqrt()
+                gradient = torch.autograd.grad(distance.sum(), leaf)[0].float().cpu()
+        gradients.append(gradient)
+    return torch.cat(gradients)

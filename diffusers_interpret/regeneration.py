@@ -1,0 +1,293 @@
+r"""
+Generate the explained image again from the same noise with the prompt's embeddings (or the input image) changed:
+the engine of the perturbation methods and of the faithfulness metrics.
+"""
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .attribution import AttributionLevel
+from .box import box_mask
+from .target import Target
+from .text import PromptTokens, TextInputs, encode_replaced, token_embedding_values
+from .tracing.run import run_pipeline
+from .tracing.steps import StepCounter
+from .tracing.tracer import DenoiserTracer
+
+
+def generator_state(generator, device: torch.device):
+    r"""The state to start every regeneration from: the user's generator, or the global RNG the pipeline draws from
+    when it has none (CPU, or the CUDA device's)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise ValueError("Perturbation methods explain one image per call: pass one generator.")
+        generator = generator[0]
+    if isinstance(generator, torch.Generator):
+        return generator.device, generator.get_state()
+    if device.type == "cuda":
+        return device, torch.cuda.get_rng_state(device)
+    return torch.device("cpu"), torch.get_rng_state()
+
+
+def clone_generator(state_device: torch.device, state: torch.Tensor) -> torch.Generator:
+    clone = torch.Generator(device=state_device)
+    clone.set_state(state)
+    return clone
+
+
+def generator_factory(generator, device: torch.device):
+    r"""A function that returns new generators in the state `generator` is in now (a generator, a list of them, or
+    `None` for the global generator the pipeline then draws from): to run a call again with the same noise."""
+    items = generator if isinstance(generator, (list, tuple)) else [generator]
+    states = [generator_state(g, device) for g in items]
+    as_list = isinstance(generator, (list, tuple))
+
+    def fresh():
+        made = [clone_generator(state_device, state) for state_device, state in states]
+        return made if as_list else made[0]
+
+    return fresh
+
+
+def chunks(count: int, size: Optional[int]) -> List[range]:
+    r"""Ranges covering `range(count)` in pieces of at most `size` (all at once when `size` is None)."""
+    size = count if not size else max(1, int(size))
+    return [range(start, min(count, start + size)) for start in range(0, count, size)]
+
+
+class Regeneration:
+    r"""
+    Everything needed to generate the explained image again with the prompt's embeddings changed, from the same
+    initial noise (and the same scheduler noise: every image of a batch gets its own copy of the generator state the
+    explained call started from). Made by an explainer call for a single image.
+
+    Embeddings are given at the call's attribution level (`TextInputs`: every text encoder's features side by side),
+    the input token embeddings (then run through the text encoders) or the denoiser's `encoder_hidden_states`. They
+    replace the prompt's conditioning at the traced denoiser calls only, the last
+    `n_last_diffusion_steps_to_consider_for_attributions` (all when `None`); earlier calls see the prompt as is.
+    """
+
+    def __init__(
+        self,
+        explainer,
+        prompts: Dict[str, List[str]],
+        call_kwargs: Dict[str, Any],
+        n_traced: Optional[int],
+        level: AttributionLevel,
+        tokens: PromptTokens,
+        generator_snapshot,
+        target_image,
+    ):
+        self.explainer = explainer
+        self.family = explainer.family
+        self.pipe = explainer.pipe
+        self.prompts = {name: texts[:1] for name, texts in prompts.items()}
+        self.prompt = self.prompts["prompt"][0]
+        self.call_kwargs = {k: v for k, v in call_kwargs.items() if not k.startswith("callback")}
+        self.n_traced = n_traced
+        self.level = AttributionLevel(level)
+        self.tokens = tokens
+        self.units = tokens.units
+        self.positions = [unit.position for unit in self.units]
+        self.generator_device, self.generator_state = generator_snapshot
+        self.to_unit_image = target_image
+        self._inputs: Optional[TextInputs] = None
+        self._baselines: Dict[str, torch.Tensor] = {}
+        # The input image's [0, 1] pixels (1, 3, H, W) for img2img / inpainting explainers.
+        self.input_pixels: Optional[torch.Tensor] = None
+
+    # -- embeddings -----------------------------------------------------------------------------------------------
+    def _at_level(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        tokens = token_embedding_values(self.family, self.pipe, ids)
+        if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+            with torch.no_grad():
+                return self._encode(tokens)["encoder_hidden_states"].detach()
+        return tokens
+
+    def _encode(self, token_embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
+        slices = self.inputs_token_slices()
+        return encode_replaced(self.family, self.pipe, self.prompts, self.call_kwargs, token_embeddings, slices)
+
+    def inputs_token_slices(self) -> List[slice]:
+        widths = [
+            getattr(self.pipe, slot.encoder).get_input_embeddings().weight.shape[-1]
+            for slot in self.family.text_encoders(self.pipe)
+        ]
+        return [slice(sum(widths[:k]), sum(widths[: k + 1])) for k in range(len(widths))]
+
+    def slices(self) -> List[slice]:
+        if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+            return [slot.feature_slice for slot in self.family.text_encoders(self.pipe)]
+        return self.inputs_token_slices()
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        r"""The prompt's embeddings at the attribution level, shape (1, sequence length, features)."""
+        if self._inputs is None:
+            self._inputs = TextInputs(self._at_level(self.tokens.ids), self.slices())
+        return self._inputs.values
+
+    @property
+    def text_inputs(self) -> TextInputs:
+        self.inputs  # noqa: B018 (made on first use)
+        return self._inputs
+
+    def baseline(self, baseline: Union[str, torch.Tensor] = "pad") -> torch.Tensor:
+        r"""
+        The reference embeddings perturbation methods move towards, at the attribution level: (1, length, features).
+
+        Args:
+            baseline (`str` or `torch.Tensor`, *optional*, defaults to `"pad"`):
+                `"pad"`: every attributed token replaced by its tokenizer's padding token (the prompt's other tokens,
+                start, end and padding, unchanged); `"empty"`: the empty prompt's tokens; or a tensor of the inputs'
+                shape (or without the batch dimension), at the attribution level.
+        """
+        if isinstance(baseline, torch.Tensor):
+            tensor = baseline.to(self.inputs.device, self.inputs.dtype)
+            tensor = tensor[None] if tensor.dim() == 2 else tensor
+            if tensor.shape != self.inputs.shape:
+                raise ValueError(
+                    f"A baseline tensor must have shape {tuple(self.inputs.shape)}, got {tuple(tensor.shape)}."
+                )
+            return tensor
+        if baseline not in self._baselines:
+            ids = []
+            for k, slot in enumerate(self.family.text_encoders(self.pipe)):
+                tokenizer = getattr(self.pipe, slot.tokenizer)
+                row = list(self.tokens.ids[k])
+                if baseline == "pad":
+                    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                    for unit in self.units:
+                        if k in unit.encoders:
+                            row[unit.position] = pad
+                elif baseline == "empty":
+                    row = tokenizer("", padding="max_length", max_length=len(row), truncation=True).input_ids
+                else:
+                    raise ValueError(f"`baseline` must be 'pad', 'empty' or a tensor, got {baseline!r}.")
+                ids.append(row)
+            self._baselines[baseline] = self._at_level(ids).detach()
+        return self._baselines[baseline]
+
+    def replaced(self, position_sets: Sequence[Sequence[int]], baseline: Union[str, torch.Tensor] = "pad"):
+        r"""One row of embeddings per set of token positions: the inputs with those positions' attributed features
+        replaced by the baseline's."""
+        inputs, reference = self.inputs, self.baseline(baseline)
+        rows = inputs.repeat(len(position_sets), 1, 1)
+        for row, positions in enumerate(position_sets):
+            for unit in self.units:
+                if unit.position in set(positions):
+                    features = self.text_inputs.unit_features(unit)
+                    rows[row, unit.position, features] = reference[0, unit.position, features]
+        return rows
+
+    def replaced_units(self, unit_sets: Sequence[Sequence[int]], baseline: Union[str, torch.Tensor] = "pad"):
+        r"""As `replaced`, with sets of indices into `units` (one encoder's features of a token, where units are per
+        encoder)."""
+        inputs, reference = self.inputs, self.baseline(baseline)
+        rows = inputs.repeat(len(unit_sets), 1, 1)
+        for row, indices in enumerate(unit_sets):
+            for index in indices:
+                unit = self.units[index]
+                features = self.text_inputs.unit_features(unit)
+                rows[row, unit.position, features] = reference[0, unit.position, features]
+        return rows
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    def _batched(self, value, count: int):
+        if isinstance(value, torch.Tensor) and value.shape[0] == 1:
+            return value.repeat(count, *[1] * (value.dim() - 1))
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            return list(value) * count
+        return value
+
+    def _run(self, count: int, replacement, grad: bool, grad_before_loop: bool = False, **overrides) -> torch.Tensor:
+        # The pipeline's own call for `count` rows, every row from the explained call's noise, the prompt's
+        # conditioning at the traced calls given by `replacement`; returns the decoded images.
+        pipe, family = self.pipe, self.family
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(
+            {name: texts * count for name, texts in self.prompts.items() if name in kwargs or name == "prompt"},
+            generator=[clone_generator(self.generator_device, self.generator_state) for _ in range(count)],
+            output_type="latent",
+            return_dict=True,
+            num_images_per_prompt=1,
+            **overrides,
+        )
+        for name in ("negative_prompt", "negative_prompt_2", "latents", "ip_adapter_image", "mask_image"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = self._batched(kwargs[name], count)
+        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe))
+        tracer = DenoiserTracer(
+            pipe,
+            family,
+            counter,
+            self.n_traced,
+            replacement,
+            checkpoint=self.explainer.gradient_checkpointing,
+            replace=True,
+            grad=grad,
+        )
+        latents = run_pipeline(pipe, kwargs, [counter, tracer], grad_before_loop=grad and grad_before_loop).images
+        with torch.set_grad_enabled(grad and latents.requires_grad):
+            return self.explainer.decode(latents)
+
+    def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
+        r"""
+        Generate one image per row of `embeddings` (at the attribution level), all from the explained call's noise.
+
+        Gradients flow from the returned decoded images back to `embeddings` when it requires grad (through the traced
+        denoiser calls only). Returns the VAE's decoded images, (rows, 3, H, W), in [-1, 1] before any clamp.
+        """
+
+        def replacement(present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+            if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+                return {**present, "encoder_hidden_states": embeddings}
+            return self._encode(embeddings)
+
+        return self._run(embeddings.shape[0], replacement, grad=embeddings.requires_grad)
+
+    def generate_from_images(self, images: torch.Tensor) -> torch.Tensor:
+        r"""
+        Generate one image per input image (img2img / inpainting pipelines), all from the explained call's noise and
+        with the prompt unchanged. `images` are (rows, 3, H, W) in [0, 1] at the pipeline's processing size. Returns
+        the decoded images; when `images` requires grad, with the graph back to it through the traced denoiser calls
+        (img2img: only if every call is traced, as the image enters at the first step).
+        """
+        if "image" not in self.call_kwargs:
+            raise ValueError("This explanation has no input image to perturb (text-to-image).")
+        image = images.to(self.pipe._execution_device, torch.float32)  # differentiable: the graph reaches `images`
+        return self._run(
+            images.shape[0], lambda present: present, grad=images.requires_grad, grad_before_loop=True, image=image
+        )
+
+    def box_images(self, decoded: torch.Tensor) -> torch.Tensor:
+        r"""The pipeline's [0, 1] output images (clamped) of decoded images."""
+        return self.to_unit_image(decoded)
+
+    def box_changes(
+        self, rows: torch.Tensor, reference: torch.Tensor, box, batch_size: Optional[int], generate=None, desc=None
+    ):
+        r"""
+        Generate an image from each row (with `generate`, `self.generate` by default), `batch_size` rows at a time and
+        without a graph, and measure its change inside `box` from the [0, 1] `reference`. A progress bar titled `desc`
+        when the explainer is verbose and there is more than one batch. Returns `(changes, images)`, on the CPU.
+        """
+        from tqdm.auto import tqdm
+
+        generate = generate or self.generate
+        target = Target(box, self.to_unit_image)
+        changes, images = [], []
+        pieces = chunks(rows.shape[0], batch_size)
+        verbose = desc is not None and self.explainer.verbose and len(pieces) > 1
+        for piece in tqdm(pieces, desc=desc, disable=not verbose, leave=False):
+            with torch.no_grad():
+                made = self.box_images(generate(rows[piece.start : piece.stop]))
+            changes.append(target.change(made, reference).cpu())
+            images.append(made.cpu())
+        return torch.cat(changes), torch.cat(images)
+
+    def box_change(self, images: torch.Tensor, reference: torch.Tensor, box) -> torch.Tensor:
+        r"""L2 norm, over the box's pixels and channels, of each [0, 1] image's difference from `reference`."""
+        mask = box_mask(box, images.shape[-2], images.shape[-1], device=images.device, dtype=torch.float32)
+        return torch.linalg.vector_norm(((images.float() - reference.float()) * mask).flatten(1), dim=1)

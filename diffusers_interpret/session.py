@@ -1,0 +1,177 @@
+r"""
+What one explainer call kept, behind its outputs' `explain(box)`, `region_grid()`, `interactive_view()` and
+`release()`: the graph (`keep_for_reexplanation="graph"`), the untraced steps' denoiser outputs (`"latents"`), or
+only the attention maps (the `"attention"` method, which needs nothing kept).
+"""
+
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .assembly import reexplained
+from .box import normalize_box
+from .methods import parse_method
+
+
+class Session:
+    r"""
+    Shared by the outputs of one explainer call. `release()` drops what it kept (so does garbage collection of the
+    outputs).
+
+    Args:
+        explainer (`BasePipelineExplainer`): The explainer of the call.
+        trace (`Trace`): What the traced run left.
+        request (`ExplainRequest`): The call's checked inputs.
+        images (`list`): The call's images, without the box drawn.
+        replay_cache (`UntracedDenoiserCache`, *optional*): The untraced steps' outputs (`"latents"`).
+    """
+
+    CELLS_PER_BATCH = 8
+
+    def __init__(self, explainer, trace, request, images, replay_cache=None):
+        self.explainer = explainer
+        self.trace = trace
+        self.request = request
+        self.images = images
+        self.replay_cache = replay_cache
+        self.released = False
+        self._grids: Dict[Tuple[int, int], np.ndarray] = {}
+
+    @property
+    def regeneration(self):
+        r"""How to generate the image again with the prompt changed (single-image calls), for the faithfulness
+        metrics."""
+        return self.trace.regeneration
+
+    def finish(self) -> None:
+        r"""After the call: keep the graph only where `keep_for_reexplanation="graph"` asked for it."""
+        if self.request.keep != "graph":
+            self.trace.release()
+
+    def clear_grids(self) -> None:
+        r"""Forget the region grids computed so far (they are cached per cell size)."""
+        self._grids = {}
+
+    def release(self) -> None:
+        self.trace.release()
+        self.replay_cache = None
+        self._grids = {}
+        self.released = True
+
+    # -- another box ----------------------------------------------------------------------------------------------
+    def explain(self, output, explanation_2d_bounding_box, attribution_method=None):
+        method = parse_method(attribution_method) if attribution_method is not None else self.request.method
+        if method.needs_attention_maps and self.trace.attention_maps is not None:
+            height, width = self.trace.attention_maps.size
+            return self._reexplain(output, explanation_2d_bounding_box, method, height, width)
+        if self.request.keep is None:
+            raise RuntimeError(
+                "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph' "
+                "(or 'latents')."
+            )
+        if self.released:
+            raise RuntimeError("What this explanation kept was released: call the explainer again.")
+        if self.request.keep == "latents":
+            return self._replay(output, explanation_2d_bounding_box, attribution_method)
+        height, width = self.trace.decoded.shape[-2:]
+        return self._reexplain(output, explanation_2d_bounding_box, method, height, width)
+
+    def _reexplain(self, output, box, method, height: int, width: int):
+        box = normalize_box(box, height, width)
+        trace, target = self.trace, self.trace.target(box)
+        with torch.enable_grad() if trace.has_graph else torch.no_grad():
+            scores = method.attribute(trace, target)
+            if scores.pixels is None and trace.has_graph and trace.pixels is not None:
+                from .methods import GradientAggregation
+
+                GradientAggregation().attribute_pixels(trace, target, scores)
+        image_input = self.request.image_input
+        clean = self.images[output.image_index]
+        input_image = getattr(output, "input_image", None)
+        mask = getattr(output, "mask", None) if image_input is not None else None
+        new = reexplained(output, trace, scores, box, method, clean, input_image, mask)
+        return new
+
+    def _replay(self, output, box, attribution_method):
+        # The same call again with another box: the untraced steps replayed from the kept denoiser outputs.
+        arguments = dict(self.request.arguments)
+        if attribution_method is not None:
+            arguments["attribution_method"] = attribution_method
+        arguments.update(
+            generator=self.trace.fresh_generators(),
+            explanation_2d_bounding_box=box,
+            get_images_for_all_inference_steps=False,
+            keep_for_reexplanation=None,
+        )
+        outputs = self.explainer.explain_call(self.request.prompt, arguments, replay=self.replay_cache)
+        new = outputs[output.image_index] if isinstance(outputs, list) else outputs
+        new.all_images_during_generation = output.all_images_during_generation
+        new.attention_maps = output.attention_maps
+        new.session = self
+        return new
+
+    # -- regions --------------------------------------------------------------------------------------------------
+    def region_grid(self, index: int, cell_size: Union[int, Tuple[int, int]]) -> np.ndarray:
+        r"""
+        Per-cell gradient x input of the attributed tokens, (rows, cols, tokens, features): the cells'
+        vector-Jacobian products, `CELLS_PER_BATCH` at a time in one batched backward pass where autograd can.
+        """
+        if self.request.keep != "graph":
+            raise RuntimeError(
+                "A region grid needs the graph: call the explainer with keep_for_reexplanation='graph'."
+            )
+        if self.released:
+            raise RuntimeError("This explanation's graph was released: call the explainer again.")
+        cell_h, cell_w = (cell_size, cell_size) if isinstance(cell_size, int) else cell_size
+        height, width = self.trace.decoded.shape[-2:]
+        if cell_h <= 0 or cell_w <= 0 or cell_h > height or cell_w > width:
+            raise ValueError(f"`cell_size` must be between 1 and the image size {width}x{height}, got {cell_size}.")
+        key = (cell_h, cell_w)
+        if key not in self._grids:
+            self._grids[key] = self._grid(cell_h, cell_w, height, width)
+        return self._grids[key][index]
+
+    def _grid(self, cell_h: int, cell_w: int, height: int, width: int) -> np.ndarray:
+        trace = self.trace
+        inputs = trace.text_inputs()
+        positions = [tokens.positions for tokens in trace.prompt_tokens]
+        rows, cols = -(-height // cell_h), -(-width // cell_w)
+        longest = max(len(p) for p in positions)
+        grid = np.zeros((len(positions), rows, cols, longest, inputs.values.shape[-1]), np.float32)
+        cells = [(r, c) for r in range(rows) for c in range(cols)]
+        batches = [cells[i : i + self.CELLS_PER_BATCH] for i in range(0, len(cells), self.CELLS_PER_BATCH)]
+        target = trace.target(None)
+        with torch.enable_grad():
+            shape = target.image(trace.decoded).shape
+        for batch in tqdm(batches, desc="Region grid", disable=not self.explainer.verbose, leave=False):
+            masks = torch.zeros((len(batch), *shape), device=trace.decoded.device, dtype=torch.float32)
+            for k, (r, c) in enumerate(batch):
+                masks[k, ..., r * cell_h : (r + 1) * cell_h, c * cell_w : (c + 1) * cell_w] = 1
+            with torch.enable_grad():
+                gradients = trace.vector_jacobian_products(target, masks)
+            for (r, c), gradient in zip(batch, gradients):
+                values = gradient * inputs.values
+                for i, image_positions in enumerate(positions):
+                    grid[i, r, c, : len(image_positions)] = values[i][image_positions].numpy()
+        return grid
+
+    def interactive_view(self, output, cell_size, title: Optional[str] = None):
+        from .views.interactive import InteractiveView
+
+        cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
+        grid = self.region_grid(output.image_index, cell)
+        base = self.images[output.image_index]
+        if not isinstance(base, Image.Image):
+            base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
+        maps = None
+        if output.attention_maps is not None:
+            maps = [
+                output.attention_maps.for_token(p, image_index=output.image_index)
+                for p in output.extras["token_positions"]
+            ]
+        steps = list(output.all_images_during_generation or [])
+        tokens = output.token_attributions.tokens
+        return InteractiveView(base, steps, tokens, cell, grid, attention_maps=maps, title=title or output.prompt)

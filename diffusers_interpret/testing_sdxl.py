@@ -1,0 +1,154 @@
+"""Tiny, randomly initialised Stable Diffusion XL pipelines built offline from configs (as diffusers' own tests do)."""
+
+from typing import Optional
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from .tokenizer import build_word_tokenizer
+
+SDXL_PIPELINE_CLASSES = {
+    "text2img": StableDiffusionXLPipeline,
+    "img2img": StableDiffusionXLImg2ImgPipeline,
+    "inpaint": StableDiffusionXLInpaintPipeline,
+}
+
+# SDXL's micro-conditioning: `time_ids` holds 6 numbers (original size, crop top-left, target size), each embedded in
+# `ADDITION_TIME_EMBED_DIM` dimensions and concatenated with the pooled embedding of `text_encoder_2`.
+TEXT_HIDDEN_SIZE = 32
+PROJECTION_DIM = 32
+ADDITION_TIME_EMBED_DIM = 8
+
+
+def _text_config(tokenizer, projection_dim: Optional[int] = None) -> CLIPTextConfig:
+    kwargs = {} if projection_dim is None else {"projection_dim": projection_dim}
+    return CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=TEXT_HIDDEN_SIZE,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        **kwargs,
+    )
+
+
+def make_tiny_sdxl_components(
+    seed: int = 0, unet_in_channels: int = 4, sample_size: int = 16, layers_per_block: int = 1
+) -> dict:
+    r"""
+    Components of a tiny Stable Diffusion XL pipeline (random weights, frozen, eval mode): 32x32 images by default.
+
+    The UNet has SDXL's added conditioning (`addition_embed_type="text_time"`) and cross-attends to the concatenated
+    hidden states of both text encoders (32 + 32 = 64). The scheduler is a `DDIMScheduler`, whose `step` keeps the
+    sample's dtype (float64 pipelines stay float64), and the VAE has `force_upcast=False` so that img2img and inpaint
+    do not encode the image in float32.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        unet_in_channels (`int`, *optional*, defaults to 4): 9 for an inpainting UNet.
+        sample_size (`int`, *optional*, defaults to 16): Latent size; images are twice as large.
+        layers_per_block (`int`, *optional*, defaults to 1): UNet layers per block.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=layers_per_block,
+        sample_size=sample_size,
+        in_channels=unet_in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TEXT_HIDDEN_SIZE,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * ADDITION_TIME_EMBED_DIM + PROJECTION_DIM,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=sample_size * 2,
+        force_upcast=False,
+    )
+    tokenizer = build_word_tokenizer()
+    tokenizer_2 = build_word_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=PROJECTION_DIM))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    for model in (unet, vae, text_encoder, text_encoder_2):
+        model.eval().requires_grad_(False)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "scheduler": scheduler,
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def make_tiny_sdxl_pipeline(
+    kind: str = "text2img",
+    seed: int = 0,
+    dtype: Optional[torch.dtype] = None,
+    unet_in_channels: Optional[int] = None,
+    sample_size: int = 16,
+    layers_per_block: int = 1,
+):
+    r"""
+    A tiny offline Stable Diffusion XL pipeline with random weights, for tests and benchmarks.
+
+    No invisible watermark is applied (`add_watermarker=False`) and img2img/inpaint use `target_size` rather than an
+    aesthetic score in `time_ids` (`requires_aesthetics_score=False`).
+
+    Args:
+        kind (`str`, *optional*, defaults to `"text2img"`): `"text2img"`, `"img2img"` or `"inpaint"`.
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        dtype (`torch.dtype`, *optional*): Cast the pipeline (e.g. `torch.float64` for finite-difference tests).
+        unet_in_channels (`int`, *optional*): UNet input channels; 9 for `"inpaint"` and 4 otherwise by default
+            (pass 4 with `"inpaint"` for the legacy blending path).
+        sample_size (`int`, *optional*, defaults to 16): Latent size; images are twice as large (32x32 by default).
+        layers_per_block (`int`, *optional*, defaults to 1): UNet layers per block.
+    """
+    if kind not in SDXL_PIPELINE_CLASSES:
+        raise ValueError(f"`kind` must be one of {sorted(SDXL_PIPELINE_CLASSES)}, got {kind!r}.")
+    if unet_in_channels is None:
+        unet_in_channels = 9 if kind == "inpaint" else 4
+    components = make_tiny_sdxl_components(
+        seed=seed, unet_in_channels=unet_in_channels, sample_size=sample_size, layers_per_block=layers_per_block
+    )
+    options = {"add_watermarker": False}
+    if kind != "text2img":
+        options["requires_aesthetics_score"] = False
+    pipe = SDXL_PIPELINE_CLASSES[kind](**components, **options)
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,130 @@
+r"""
+What one traced pipeline run leaves for the attribution methods: the decoded image with its graph back to the
+prompt's conditioning (and the input image's pixels), the text encoders' graph, the tokens, the attention maps and
+what is needed to generate the image again.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .attribution import AttributionLevel
+from .target import Target
+from .text import PromptTokens, TextEncoding, TextInputs
+
+
+@dataclass
+class CallGradients:
+    r"""
+    Gradients of one target, float32 on the CPU.
+
+    Args:
+        text (`torch.Tensor`, *optional*): (images, length, features) at the attribution level, every text encoder's
+            features side by side.
+        pixels (`torch.Tensor`, *optional*): (images or 1, 3, H, W) with respect to the [0, 1] input image.
+        pooled_share (`List[float]`, *optional*): Per image, the share of the squared gradient x input norm at the
+            text encoders' outputs that the pooled embedding carries (families with one, e.g. SDXL).
+    """
+
+    text: Optional[torch.Tensor] = None
+    pixels: Optional[torch.Tensor] = None
+    pooled_share: Optional[List[float]] = None
+
+
+@dataclass
+class Trace:
+    r"""
+    The product of one traced run, read by [`AttributionMethod.attribute`].
+
+    Args:
+        family (`PipelineFamily`): The pipeline's family.
+        pipe: The pipeline.
+        level (`AttributionLevel`): Where tokens are attributed.
+        prompt_tokens (`List[PromptTokens]`): Each image's tokens and scored units.
+        decoded (`torch.Tensor`, *optional*): The decoded images, with their graph when the run was traced.
+        conditioning (`Dict[str, torch.Tensor]`): The prompt rows of the denoiser's conditioning tensors, as leaves
+            that require grad (their gradients are the `text_encoder_output` level's).
+        encoding (`TextEncoding`, *optional*): The text encoders' graph from the token embeddings to `conditioning`
+            (`token_embeddings` level).
+        pixels (`torch.Tensor`, *optional*): The [0, 1] input image as a leaf (img2img, inpainting).
+        attention_maps (`AttentionMaps`, *optional*): Recorded cross-attention maps.
+        regeneration (`Regeneration`, *optional*): How to generate the image again (one image per call).
+        retain_graph (`bool`): Keep the graph after a backward pass (for re-explanation).
+        verbose (`bool`): Progress bars for long method loops.
+    """
+
+    family: Any
+    pipe: Any
+    level: AttributionLevel
+    prompt_tokens: List[PromptTokens]
+    decoded: Optional[torch.Tensor] = None
+    conditioning: Dict[str, torch.Tensor] = field(default_factory=dict)
+    encoding: Optional[TextEncoding] = None
+    pixels: Optional[torch.Tensor] = None
+    attention_maps: Any = None
+    regeneration: Any = None
+    retain_graph: bool = False
+    verbose: bool = True
+    traced_calls: int = 0
+    denoiser_calls: int = 0
+    replay_cache: Any = None
+    fresh_generators: Any = None
+
+    @property
+    def has_graph(self) -> bool:
+        return self.decoded is not None and self.decoded.requires_grad
+
+    def target(self, box) -> Target:
+        return Target(box, lambda decoded: self.family.unit_image(self.pipe, decoded))
+
+    def text_inputs(self) -> TextInputs:
+        r"""The prompt's embeddings at the attribution level, (images, length, features)."""
+        if self.level is AttributionLevel.TOKEN_EMBEDDINGS:
+            return self.encoding.token_inputs()
+        slices = [slot.feature_slice for slot in self.family.text_encoders(self.pipe)]
+        return TextInputs(self.conditioning["encoder_hidden_states"].detach().float().cpu(), slices)
+
+    def _leaves(self, text: bool, pixels: bool) -> Dict[str, torch.Tensor]:
+        leaves = dict(self.conditioning) if text else {}
+        if pixels and self.pixels is not None:
+            leaves["pixels"] = self.pixels
+        return leaves
+
+    def gradients(self, target: Target, text: bool = True, pixels: bool = True) -> CallGradients:
+        r"""One backward pass of the target's box sum to the prompt (at the level) and the input pixels."""
+        if not self.has_graph:
+            raise RuntimeError("No gradient reaches the prompt: trace at least one denoiser call.")
+        found = target.gradients(self.decoded, self._leaves(text, pixels), retain_graph=True)
+        result = CallGradients(pixels=found.get("pixels"))
+        if text and "encoder_hidden_states" in found:
+            result.text = self._at_level(found, batched=False)
+            result.pooled_share = self._pooled_share(found)
+        return result
+
+    def vector_jacobian_products(self, target: Target, vectors: torch.Tensor) -> torch.Tensor:
+        r"""`vectors[k]^T d(image)/d(text inputs)` at the attribution level: (k, images, length, features)."""
+        found = target.vector_jacobian_products(self.decoded, self._leaves(True, False), vectors)
+        return self._at_level(found, batched=True)
+
+    def _at_level(self, found: Dict[str, torch.Tensor], batched: bool) -> torch.Tensor:
+        if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+            return found["encoder_hidden_states"]
+        with torch.enable_grad():
+            return self.encoding.token_gradients(found, retain_graph=True, batched=batched)
+
+    def _pooled_share(self, found: Dict[str, torch.Tensor]) -> Optional[List[float]]:
+        if "text_embeds" not in found:
+            return None
+        sequence = found["encoder_hidden_states"] * self.conditioning["encoder_hidden_states"].detach().float().cpu()
+        pooled = found["text_embeds"] * self.conditioning["text_embeds"].detach().float().cpu()
+        a = pooled.pow(2).flatten(1).sum(1)
+        b = sequence.pow(2).flatten(1).sum(1)
+        return [float(x) for x in (a / (a + b).clamp_min(1e-30))]
+
+    def release(self) -> None:
+        r"""Drop the graph (and with it the traced steps' activations)."""
+        self.decoded = None
+        self.conditioning = {}
+        self.encoding = None
+        self.pixels = None

@@ -1,0 +1,346 @@
+r"""
+Cross-attention maps of a UNet, recorded while the pipeline runs (DAAM-style): the recording processor and recorder.
+
+Aggregation (all linear, so the order of the sums does not matter): the attention probabilities of a layer are
+averaged over its heads, reshaped to the layer's grid (the latent grid downsampled by 2^k), upsampled bilinearly
+(`align_corners=False`) to the image size, then averaged over the recorded layers and over the recorded steps.
+Every map therefore stays a distribution over tokens at each pixel (`maps.maps.sum(1) == 1`), and the mean of the
+per-step maps equals the aggregate. Only running sums at each layer's own resolution are kept (plus one map per step
+with `keep_per_step=True`); upsampling happens once, when the maps are built.
+
+The UNet output is bit-identical to the pipeline's own: the recording processor computes the layer output exactly as
+the processor it replaces (`AttnProcessor2_0`'s scaled dot-product attention, or `AttnProcessor`'s explicit softmax)
+from the same query, key and value tensors, and computes the probabilities on the side with `AttnProcessor`'s math
+(`Attention.get_attention_scores`), detached from any autograd graph.
+"""
+
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+from ..views.attention_maps import AttentionMaps
+from .scoped import ScopedHooks
+from .steps import StepCounter
+
+_PROCESSOR_SUFFIX = ".processor"
+
+
+def _grid_shape(query_length: int, latent_size: Tuple[int, int]) -> Tuple[int, int]:
+    # The UNet halves its grid with stride-2 convolutions (padding 1): ceil(h / 2) at each level.
+    height, width = latent_size
+    while True:
+        if height * width == query_length:
+            return height, width
+        if height == 1 and width == 1:
+            break
+        height, width = (height + 1) // 2, (width + 1) // 2
+    raise RuntimeError(
+        f"A cross-attention layer has {query_length} queries, which matches no downsampling of the latent grid "
+        f"{tuple(latent_size)}."
+    )
+
+
+class CrossAttentionRecordingProcessor:
+    r"""
+    Attention processor of one cross-attention layer that computes the layer's output exactly as `AttnProcessor2_0`
+    (with `sdpa=True`) or `AttnProcessor` (with `sdpa=False`) and hands the head-averaged attention probabilities to
+    its recorder.
+
+    Args:
+        recorder (`CrossAttentionRecorder`): Where the probabilities go.
+        name (`str`): The layer's name in `unet.attn_processors`.
+        sdpa (`bool`, *optional*, defaults to `True`): Compute the output with scaled dot-product attention.
+    """
+
+    def __init__(self, recorder: "CrossAttentionRecorder", name: str, sdpa: bool = True):
+        self.recorder = recorder
+        self.name = name
+        self.sdpa = sdpa
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        temb: Optional[torch.Tensor] = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            if self.sdpa:
+                attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        recording = self.recorder.recording_now()
+        if self.sdpa:
+            # As `AttnProcessor2_0`.
+            head_dim = key.shape[-1] // attn.heads
+            query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            if recording:
+                self._record(attn, query, key, attention_mask, batch_size)
+            hidden_states = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )
+            hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+            hidden_states = hidden_states.to(query.dtype)
+        else:
+            # As `AttnProcessor`.
+            query = attn.head_to_batch_dim(query)
+            key = attn.head_to_batch_dim(key)
+            value = attn.head_to_batch_dim(value)
+            attention_probs = attn.get_attention_scores(query, key, attention_mask)
+            if recording:
+                probs = attention_probs.detach().view(batch_size, attn.heads, *attention_probs.shape[1:])
+                self.recorder.add(self.name, probs[self.recorder.kept_rows(batch_size)].float().mean(dim=1))
+            hidden_states = torch.bmm(attention_probs, value)
+            hidden_states = attn.batch_to_head_dim(hidden_states)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states / attn.rescale_output_factor
+        return hidden_states
+
+    @torch.no_grad()
+    def _record(self, attn: Attention, query, key, attention_mask, batch_size: int) -> None:
+        # query/key: (batch, heads, length, head_dim). Only the kept rows (the conditional half with CFG) are
+        # computed, with `AttnProcessor`'s math on the (batch * heads, length, head_dim) layout.
+        rows = self.recorder.kept_rows(batch_size)
+        query, key = query.detach()[rows], key.detach()[rows]
+        kept, heads = query.shape[0], query.shape[1]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.detach()[rows]
+            mask = mask.expand(kept, heads, query.shape[2], key.shape[2]).reshape(kept * heads, *mask.shape[-2:])
+        probs = attn.get_attention_scores(
+            query.reshape(kept * heads, query.shape[2], query.shape[3]),
+            key.reshape(kept * heads, key.shape[2], key.shape[3]),
+            mask,
+        )
+        self.recorder.add(self.name, probs.view(kept, heads, *probs.shape[1:]).float().mean(dim=1))
+
+
+class CrossAttentionRecorder(ScopedHooks):
+    r"""
+    Records the cross-attention probabilities of a pipeline's UNet while the pipeline runs; see
+    [`record_cross_attention`]. Use it as a context manager; after (or within) the block, `.maps` gives the
+    [`AttentionMaps`].
+
+    On entering, the UNet's processors (`unet.attn_processors`) are saved and the family's cross-attention layers get
+    a [`CrossAttentionRecordingProcessor`]; on exiting, even after an exception, exactly the saved processors are set
+    back. Denoiser calls are counted by `counter` (the explainer's shared one) or by a counter of the recorder's own.
+    Set `enabled = False` to stop recording without leaving the block.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        steps: Optional[Iterable[int]] = None,
+        keep_per_step: bool = False,
+        layers: Optional[Iterable[str]] = None,
+        family=None,
+        counter: Optional[StepCounter] = None,
+    ):
+        super().__init__()
+        if family is None:
+            raise TypeError("Pass the pipeline's `family` (or use `record_cross_attention(pipe)`).")
+        self.pipe = pipe
+        self.family = family
+        self.unet = self.family.denoiser(pipe)
+        self.steps = None if steps is None else [int(s) for s in steps]
+        self.keep_per_step = keep_per_step
+        self.layer_filter = None if layers is None else {self._layer_key(name) for name in layers}
+        self.enabled = True
+        self._own_counter = counter is None
+        self.counter = counter or StepCounter(pipe, self.unet, self.family.calls_per_step(pipe))
+        self._saved: Optional[Dict] = None
+        self._reset()
+
+    @staticmethod
+    def _layer_key(name: str) -> str:
+        return name if name.endswith(_PROCESSOR_SUFFIX) else name + _PROCESSOR_SUFFIX
+
+    def _reset(self) -> None:
+        self._step_set: Optional[Set[int]] = None
+        self._current_call: Optional[int] = None
+        self._current_recorded = False
+        self._latent_size: Optional[Tuple[int, int]] = None
+        self._rows: Optional[slice] = None
+        self._current: Dict[Tuple[int, int], torch.Tensor] = {}
+        self._current_layers = 0
+        self._total: Dict[Tuple[int, int], torch.Tensor] = {}
+        self._per_step: List[Dict[Tuple[int, int], torch.Tensor]] = []
+        self._recorded_steps: List[int] = []
+        self._layer_names: List[str] = []
+        self._maps: Optional[AttentionMaps] = None
+
+    @property
+    def calls(self) -> int:
+        return self.counter.calls
+
+    # -- scope ----------------------------------------------------------------------------------------------------
+    def _install(self) -> None:
+        self._reset()
+        saved = self.unet.attn_processors
+        processors = {}
+        for name, processor in saved.items():
+            module = self.unet.get_submodule(name[: -len(_PROCESSOR_SUFFIX)])
+            selected = self.layer_filter is None or name in self.layer_filter
+            if not (getattr(module, "is_cross_attention", False) and selected):
+                processors[name] = processor
+                continue
+            if isinstance(processor, AttnProcessor2_0):
+                processors[name] = CrossAttentionRecordingProcessor(self, name, sdpa=True)
+            elif type(processor) is AttnProcessor:
+                processors[name] = CrossAttentionRecordingProcessor(self, name, sdpa=False)
+            else:
+                raise TypeError(
+                    f"Cross-attention layer {name!r} uses {type(processor).__name__}; recording supports the default "
+                    "`AttnProcessor2_0` and `AttnProcessor` (call `pipe.unet.set_default_attn_processor()` first)."
+                )
+            self._layer_names.append(name)
+        if self.layer_filter is not None:
+            unknown = self.layer_filter - set(self._layer_names)
+            if unknown:
+                raise ValueError(f"Not cross-attention layers of this UNet: {sorted(unknown)}.")
+        if not self._layer_names:
+            raise ValueError("This UNet has no cross-attention layer to record.")
+        if self._own_counter:
+            self.counter.__enter__()
+        self._saved = saved
+        self.unet.set_attn_processor(dict(processors))
+        self.hook_forward_pre(self.unet, self._pre_hook)
+
+    def _remove(self) -> None:
+        if self._own_counter and self.counter._active:
+            self.counter.__exit__(None, None, None)
+        if self._saved is not None:
+            # `set_attn_processor` pops from the dict it gets: hand it a copy.
+            self.unet.set_attn_processor(dict(self._saved))
+            self._saved = None
+        self._finish_step()
+
+    # -- recording ------------------------------------------------------------------------------------------------
+    def _pre_hook(self, module, args, kwargs):
+        if not self.enabled or self.counter.is_recomputing:
+            return None
+        self._finish_step()
+        index = self.counter.current
+        if self._step_set is None:
+            total = self.counter.total or 0
+            self._step_set = set() if self.steps is None else {s + total if s < 0 else s for s in self.steps}
+        sample = self.family.read_sample(args, kwargs)
+        latent_size = (int(sample.shape[-2]), int(sample.shape[-1]))
+        if self._latent_size is not None and latent_size != self._latent_size:
+            raise RuntimeError(
+                f"The latent size changed from {self._latent_size} to {latent_size} within one recording: record one "
+                "pipeline call per `record_cross_attention` block."
+            )
+        self._latent_size = latent_size
+        self._rows = self.family.positive_rows(self.pipe, int(sample.shape[0]))
+        self._current_call = index
+        self._current_recorded = self.steps is None or index in self._step_set
+        return None
+
+    def recording_now(self) -> bool:
+        return self.enabled and self._current_recorded and not self.counter.is_recomputing
+
+    def kept_rows(self, batch_size: int) -> slice:
+        # The prompt rows of the denoiser's batch (the positive half with classifier-free guidance).
+        return self._rows if self._rows is not None else slice(0, batch_size)
+
+    def add(self, name: str, probs: torch.Tensor) -> None:
+        # probs: (images, queries, tokens), averaged over heads.
+        height, width = _grid_shape(probs.shape[1], self._latent_size)
+        grid = probs.transpose(1, 2).reshape(probs.shape[0], probs.shape[2], height, width)
+        key = (height, width)
+        if key in self._current:
+            self._current[key] += grid
+        else:
+            self._current[key] = grid.clone()
+        self._current_layers += 1
+        self._maps = None
+
+    def _finish_step(self) -> None:
+        if self._current_layers == 0:
+            self._current = {}
+            return
+        step = {key: value / self._current_layers for key, value in self._current.items()}
+        for key, value in step.items():
+            if key in self._total:
+                self._total[key] += value
+            else:
+                self._total[key] = value.clone()
+        if self.keep_per_step:
+            self._per_step.append(step)
+        self._recorded_steps.append(self._current_call)
+        self._current = {}
+        self._current_layers = 0
+
+    # -- result ---------------------------------------------------------------------------------------------------
+    def image_size(self) -> Tuple[int, int]:
+        r"""The image size `(height, width)`: the latent size times the VAE's scale factor."""
+        if self._latent_size is None:
+            raise RuntimeError("Nothing was recorded: run the pipeline inside the block.")
+        factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        return self._latent_size[0] * factor, self._latent_size[1] * factor
+
+    def _upsample(self, sums: Dict[Tuple[int, int], torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
+        result = None
+        for grid in sums.values():
+            up = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+            result = up if result is None else result + up
+        return result
+
+    @property
+    def maps(self) -> AttentionMaps:
+        r"""The [`AttentionMaps`] of the steps recorded so far (built once, then cached)."""
+        if self._maps is not None:
+            return self._maps
+        self._finish_step()
+        if not self._recorded_steps:
+            raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
+        size = self.image_size()
+        maps = (self._upsample(self._total, size) / len(self._recorded_steps)).cpu()
+        per_step = None
+        if self.keep_per_step:
+            per_step = torch.stack([self._upsample(step, size).cpu() for step in self._per_step])
+        self._maps = AttentionMaps(
+            maps=maps, per_step=per_step, steps=list(self._recorded_steps), layers=list(self._layer_names)
+        )
+        return self._maps

@@ -1,0 +1,76 @@
+"""Scoped hooks that make a pipeline's inputs leaves of the autograd graph, or replace them."""
+
+from typing import Dict, List
+
+import torch
+
+from .scoped import ScopedHooks
+
+
+class LeafInputEmbeddings(ScopedHooks):
+    r"""
+    Within the block, every output of the text encoder's input (token) embedding layer is replaced by a leaf tensor
+    that requires grad, appended to `store`; the text encoder then runs on from it, keeping its graph.
+    """
+
+    def __init__(self, text_encoder: torch.nn.Module, store: List[torch.Tensor]):
+        super().__init__()
+        self.layer = text_encoder.get_input_embeddings()
+        self.store = store
+
+    def _install(self) -> None:
+        self.hook_forward(self.layer, self._leaf, with_kwargs=False)
+
+    def _leaf(self, module, args, output):
+        leaf = output.detach().requires_grad_(True)
+        self.store.append(leaf)
+        return leaf
+
+
+class ReplacedInputEmbeddings(ScopedHooks):
+    r"""Within the block, the text encoder's token embedding layer returns `embeddings` (same shape) instead."""
+
+    def __init__(self, text_encoder: torch.nn.Module, embeddings: torch.Tensor):
+        super().__init__()
+        self.layer = text_encoder.get_input_embeddings()
+        self.embeddings = embeddings
+
+    def _install(self) -> None:
+        self.hook_forward(self.layer, self._replace, with_kwargs=False)
+
+    def _replace(self, module, args, output):
+        if output.shape != self.embeddings.shape:
+            raise RuntimeError(
+                f"Replacement token embeddings have shape {tuple(self.embeddings.shape)}, the text encoder made "
+                f"{tuple(output.shape)}."
+            )
+        return self.embeddings.to(output.dtype)
+
+
+class LeafPreprocessedImage(ScopedHooks):
+    r"""
+    Within the block, the image processor's `preprocess` returns its usual tensor (bit-identical values) plus a
+    zero-valued term that carries the gradient to a leaf: the [0, 1] pixels of the preprocessed image, stored in
+    `store[key]` (first call only). The override is an instance attribute, deleted on exit.
+    """
+
+    def __init__(self, image_processor, store: Dict[str, torch.Tensor], key: str = "pixels"):
+        super().__init__()
+        self.image_processor = image_processor
+        self.store = store
+        self.key = key
+
+    def _install(self) -> None:
+        original = self.image_processor.preprocess
+
+        def preprocess(*args, **kwargs):
+            processed = original(*args, **kwargs)
+            if self.key in self.store or processed.shape[1] != 3:
+                return processed
+            with torch.enable_grad():
+                pixels = ((processed.detach().float() + 1) / 2).requires_grad_(True)
+                self.store[self.key] = pixels
+                normalized = pixels * 2 - 1
+                return processed + (normalized - normalized.detach()).to(processed.dtype)
+
+        self.override(self.image_processor, "preprocess", preprocess)

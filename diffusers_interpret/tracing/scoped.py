@@ -1,0 +1,88 @@
+"""The one base of every scoped change to a pipeline: installed on enter, removed on exit, also after an exception."""
+
+import contextlib
+import copy
+from typing import Any, Callable, List, Tuple
+
+import torch
+
+
+class ScopedHooks:
+    r"""
+    A context manager that changes a pipeline's modules for the length of a `with` block.
+
+    Subclasses install their changes in `_install()` with `hook_forward_pre`, `hook_forward` and `override`; every
+    hook handle and attribute override taken that way is removed on exit, in reverse order, even when the block (or
+    `_install` itself) raises. `_remove()` runs first, for state of the subclass's own. One scope is active at a time.
+    """
+
+    def __init__(self):
+        self._handles: List[Any] = []
+        self._overrides: List[Tuple[Any, str, bool, Any]] = []
+        self._active = False
+
+    # -- what subclasses use --------------------------------------------------------------------------------------
+    def hook_forward_pre(self, module: torch.nn.Module, hook: Callable, prepend: bool = False) -> None:
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend))
+
+    def hook_forward(self, module: torch.nn.Module, hook: Callable, with_kwargs: bool = True) -> None:
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs))
+
+    def override(self, owner: Any, name: str, value: Any) -> Any:
+        r"""Set `owner.name = value` on the instance for the scope; returns what `owner.name` was."""
+        original = getattr(owner, name)
+        self._overrides.append((owner, name, name in vars(owner), original))
+        setattr(owner, name, value)
+        return original
+
+    def _install(self) -> None:
+        pass
+
+    def _remove(self) -> None:
+        pass
+
+    # -- scope ----------------------------------------------------------------------------------------------------
+    def __enter__(self):
+        if self._active:
+            raise RuntimeError(f"This {type(self).__name__} is already active: use a new one per pipeline call.")
+        self._active = True
+        try:
+            self._install()
+        except BaseException:
+            self._exit()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._exit()
+        return False
+
+    def _exit(self) -> None:
+        try:
+            self._remove()
+        finally:
+            for handle in reversed(self._handles):
+                handle.remove()
+            for owner, name, had_instance_attribute, original in reversed(self._overrides):
+                if had_instance_attribute:
+                    setattr(owner, name, original)
+                else:
+                    delattr(owner, name)
+            self._handles, self._overrides = [], []
+            self._active = False
+
+
+@contextlib.contextmanager
+def progress_bar_disabled(pipe, disable: bool):
+    """Disable the pipeline's progress bar within the block and restore the pipeline's own config after it."""
+    had_config = hasattr(pipe, "_progress_bar_config")
+    saved = copy.deepcopy(getattr(pipe, "_progress_bar_config", None)) if had_config else None
+    if disable:
+        pipe.set_progress_bar_config(disable=True)
+    try:
+        yield
+    finally:
+        if had_config:
+            pipe._progress_bar_config = saved
+        elif hasattr(pipe, "_progress_bar_config"):
+            del pipe._progress_bar_config

@@ -1,0 +1,65 @@
+"""One count of the denoiser's calls per pipeline run, shared by the tracer, the replay cache and the recorder."""
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from .scoped import ScopedHooks
+
+
+class StepCounter(ScopedHooks):
+    r"""
+    Counts the denoiser's calls during one pipeline run with one pre-hook (run before every other hook on it).
+
+    `current` is the index of the call in progress (from 0), `total` the number of calls the run makes: the
+    pipeline's `num_timesteps` (its real loop length: strength, second-order schedulers) times the family's denoiser
+    calls per step, read at the first call. Calls made while `recomputing()` (a checkpointed step's backward pass)
+    are not counted.
+
+    Args:
+        pipe: The pipeline being run.
+        denoiser (`torch.nn.Module`): Its denoiser (UNet or transformer).
+        calls_per_step (`int`, *optional*, defaults to 1): Denoiser calls per denoising step.
+    """
+
+    def __init__(self, pipe, denoiser: torch.nn.Module, calls_per_step: int = 1):
+        super().__init__()
+        self.pipe = pipe
+        self.denoiser = denoiser
+        self.calls_per_step = calls_per_step
+        self.calls = 0
+        self.total: Optional[int] = None
+        self.is_recomputing = False
+
+    def _install(self) -> None:
+        self.calls, self.total, self.is_recomputing = 0, None, False
+        self.hook_forward_pre(self.denoiser, self._count, prepend=True)
+
+    def _count(self, module, args, kwargs):
+        if self.is_recomputing:
+            return None
+        if self.calls == 0:
+            self.total = int(getattr(self.pipe, "num_timesteps", 0) or 0) * self.calls_per_step
+        self.calls += 1
+        return None
+
+    @property
+    def current(self) -> int:
+        r"""Index of the denoiser call in progress (or of the last one, after the run)."""
+        return self.calls - 1
+
+    def first_of_last(self, n: Optional[int]) -> Optional[int]:
+        r"""Index of the first of the last `n` calls (`None`: all of them); `None` when `n` is 0."""
+        total = self.total or 0
+        count = total if n is None else min(n, total)
+        return total - count if count > 0 else None
+
+    @contextlib.contextmanager
+    def recomputing(self):
+        r"""Within the block, denoiser calls are recomputations of counted ones."""
+        previous, self.is_recomputing = self.is_recomputing, True
+        try:
+            yield
+        finally:
+            self.is_recomputing = previous

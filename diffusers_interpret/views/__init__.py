@@ -1,0 +1,1 @@
+"""What a person sees: HTML, plots, saliency maps, attention maps, the interactive view and the report."""

@@ -1,0 +1,158 @@
+"""Attention maps as data with pictures: heatmaps, overlays and panels per token."""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def _normalize01(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    low, high = float(array.min()), float(array.max())
+    if not np.isfinite(low) or not np.isfinite(high) or high <= low:
+        return np.zeros_like(array, dtype=np.float32)
+    return (array - low) / (high - low)
+
+
+def colorize(values: np.ndarray, cmap: str = "jet") -> Image.Image:
+    r"""
+    An RGB image of a 2D array in [0, 1] through a matplotlib colormap.
+
+    Args:
+        values (`np.ndarray`): (H, W) array with values in [0, 1].
+        cmap (`str`, *optional*, defaults to `"jet"`): Name of a matplotlib colormap.
+    """
+    from matplotlib import colormaps
+
+    rgba = colormaps[cmap](np.clip(values, 0.0, 1.0))
+    return Image.fromarray((rgba[..., :3] * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+
+
+@dataclass
+class AttentionMaps:
+    r"""
+    Cross-attention maps of generated images, one per image and token.
+
+    Args:
+        maps (`torch.Tensor`):
+            Float32 tensor of shape (num_images, num_tokens, H, W): attention probabilities averaged over heads, the
+            recorded layers (each upsampled bilinearly to the image size) and the recorded steps. At each pixel the
+            maps of all tokens sum to 1. `num_tokens` is the text encoder's sequence length (77 for CLIP), padding
+            included; position 0 is the start token.
+        per_step (`torch.Tensor`, *optional*):
+            Float32 tensor of shape (num_steps, num_images, num_tokens, H, W), the same maps for each recorded step
+            (only with `keep_per_step=True`); `per_step.mean(0)` equals `maps`.
+        steps (`List[int]`): Indices of the recorded denoiser calls, in order.
+        layers (`List[str]`): Names of the recorded cross-attention layers (as in `unet.attn_processors`).
+    """
+
+    maps: torch.Tensor
+    per_step: Optional[torch.Tensor] = None
+    steps: Optional[List[int]] = None
+    layers: Optional[List[str]] = None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.maps.shape[1])
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        r"""The image size `(height, width)` of the maps."""
+        return int(self.maps.shape[2]), int(self.maps.shape[3])
+
+    def _check(self, position: int, image_index: int) -> None:
+        if not -self.num_tokens <= position < self.num_tokens:
+            raise IndexError(f"Token position {position} is out of range for {self.num_tokens} tokens.")
+        if not -self.num_images <= image_index < self.num_images:
+            raise IndexError(f"Image index {image_index} is out of range for {self.num_images} images.")
+
+    def for_token(self, position: int, image_index: int = 0) -> np.ndarray:
+        r"""
+        The map of one token, min-max normalized to [0, 1] (all zeros for a constant map).
+
+        Args:
+            position (`int`): Index of the token in the padded token sequence (0 is the start token).
+            image_index (`int`, *optional*, defaults to 0): Which image of the batch.
+
+        Returns:
+            `np.ndarray` of shape (H, W), float32.
+        """
+        self._check(position, image_index)
+        return _normalize01(self.maps[image_index, position].detach().cpu().float().numpy())
+
+    def heatmap(self, position: int, image_index: int = 0, cmap: str = "jet") -> Image.Image:
+        r"""
+        The normalized map of one token as an RGB image of the image's size.
+
+        Args:
+            position (`int`): Index of the token in the padded token sequence.
+            image_index (`int`, *optional*, defaults to 0): Which image of the batch.
+            cmap (`str`, *optional*, defaults to `"jet"`): Name of a matplotlib colormap.
+        """
+        return colorize(self.for_token(position, image_index), cmap=cmap)
+
+    def overlay(
+        self, image: Image.Image, position: int, image_index: int = 0, alpha: float = 0.5, cmap: str = "jet"
+    ) -> Image.Image:
+        r"""
+        The heatmap of one token blended over `image`.
+
+        Args:
+            image (`PIL.Image.Image`): The generated image (resized to the maps' size if it differs).
+            position (`int`): Index of the token in the padded token sequence.
+            image_index (`int`, *optional*, defaults to 0): Which image of the batch.
+            alpha (`float`, *optional*, defaults to 0.5): Weight of the heatmap (0 shows only the image).
+            cmap (`str`, *optional*, defaults to `"jet"`): Name of a matplotlib colormap.
+        """
+        height, width = self.size
+        base = image.convert("RGB")
+        if base.size != (width, height):
+            base = base.resize((width, height), Image.BILINEAR)
+        return Image.blend(base, self.heatmap(position, image_index, cmap=cmap), float(alpha))
+
+    def plot(
+        self,
+        image: Image.Image,
+        positions: Sequence[int],
+        labels: Optional[Sequence[str]] = None,
+        image_index: int = 0,
+        alpha: float = 0.5,
+        cmap: str = "jet",
+    ):
+        r"""
+        One panel per token: the image, then each token's map overlaid on it.
+
+        Args:
+            image (`PIL.Image.Image`): The generated image.
+            positions (`Sequence[int]`): Token positions in the padded token sequence.
+            labels (`Sequence[str]`, *optional*): Panel titles, one per position; `"token {position}"` otherwise.
+            image_index (`int`, *optional*, defaults to 0): Which image of the batch.
+            alpha (`float`, *optional*, defaults to 0.5): Weight of the heatmaps.
+            cmap (`str`, *optional*, defaults to `"jet"`): Name of a matplotlib colormap.
+
+        Returns:
+            The `matplotlib.figure.Figure`.
+        """
+        import matplotlib.pyplot as plt
+
+        positions = list(positions)
+        labels = list(labels) if labels is not None else [f"token {p}" for p in positions]
+        if len(labels) != len(positions):
+            raise ValueError(f"Got {len(labels)} labels for {len(positions)} positions.")
+        fig, axes = plt.subplots(1, len(positions) + 1, figsize=(2.2 * (len(positions) + 1), 2.6), squeeze=False)
+        axes = axes[0]
+        axes[0].imshow(image)
+        axes[0].set_title("image")
+        for ax, position, label in zip(axes[1:], positions, labels):
+            ax.imshow(self.overlay(image, position, image_index=image_index, alpha=alpha, cmap=cmap))
+            ax.set_title(str(label))
+        for ax in axes:
+            ax.axis("off")
+        fig.tight_layout()
+        return fig
