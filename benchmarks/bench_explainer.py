@@ -1,5 +1,6 @@
 r"""
-Cost of an explanation vs a plain generation, on the tiny offline pipeline (64x64 images, 10 steps, CFG 7.5).
+Cost of an explanation vs a plain generation, on the tiny offline pipelines (64x64 images, 10 steps, CFG 7.5): SD
+(`--family sd`) or SDXL (`--family sdxl`: two text encoders, the pooled embedding).
 
 Every case runs in a fresh subprocess (so peak RSS is its own): one warm-up, then the median of `--repeats` timed
 runs. Printed per case: median seconds, ratio to the plain `pipe()` call measured in the same subprocess, the
@@ -8,6 +9,7 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py                 # text-to-image, N = 0, 2, 5, 10, with/without checkpointing
     python benchmarks/bench_explainer.py --repeats 5 --steps 10
     python benchmarks/bench_explainer.py --kind img2img      # or inpaint (9-channel UNet); strength 1.0
+    python benchmarks/bench_explainer.py --family sdxl       # the tiny SDXL pipeline (any --kind)
 """
 
 import argparse
@@ -23,12 +25,15 @@ import torch
 torch.set_num_threads({threads})
 import numpy as np
 from PIL import Image
-from diffusers_interpret import (StableDiffusionImg2ImgPipelineExplainer, StableDiffusionInpaintPipelineExplainer,
-                                 StableDiffusionPipelineExplainer)
+from diffusers_interpret import explainer_for
 from diffusers_interpret.testing import make_tiny_pipeline
+from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
 
-kind, n, ckpt, steps, repeats = {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
-pipe = make_tiny_pipeline(kind)
+family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
+if family == "sd":
+    pipe = make_tiny_pipeline(kind)
+else:
+    pipe = make_tiny_sdxl_pipeline(kind, sample_size=32, layers_per_block=2)
 prompt = "a red circle on the left and a blue square on the right"
 common = dict(num_inference_steps=steps, guidance_scale=7.5)
 rng = np.random.default_rng(0)
@@ -38,13 +43,10 @@ if kind != "text2img":
 if kind == "inpaint":
     mask = np.zeros((64, 64), np.uint8); mask[16:48, 16:48] = 255
     common["mask_image"] = Image.fromarray(mask)
-explainer_class = {{"text2img": StableDiffusionPipelineExplainer, "img2img": StableDiffusionImg2ImgPipelineExplainer,
-                   "inpaint": StableDiffusionInpaintPipelineExplainer}}[kind]
-
 def plain():
     pipe(prompt, generator=torch.Generator().manual_seed(0), **common)
 
-explainer = explainer_class(pipe, verbose=False, gradient_checkpointing=ckpt)
+explainer = explainer_for(pipe, verbose=False, gradient_checkpointing=ckpt)
 backward = []
 def explain():
     out = explainer(prompt, generator=torch.Generator().manual_seed(0), get_images_for_all_inference_steps=False,
@@ -70,8 +72,8 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def run_case(kind, n, ckpt, steps, repeats, threads):
-    code = CASE_SCRIPT.format(kind=kind, n=n, ckpt=ckpt, steps=steps, repeats=repeats, threads=threads)
+def run_case(family, kind, n, ckpt, steps, repeats, threads):
+    code = CASE_SCRIPT.format(family=family, kind=kind, n=n, ckpt=ckpt, steps=steps, repeats=repeats, threads=threads)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -86,12 +88,13 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--traced", type=int, nargs="+", default=[0, 2, 5, 10])
     parser.add_argument("--kind", default="text2img", choices=["text2img", "img2img", "inpaint"])
+    parser.add_argument("--family", default="sd", choices=["sd", "sdxl"])
     args = parser.parse_args()
 
     started = time.time()
-    plain = run_case(args.kind, "plain", False, args.steps, args.repeats, args.threads)
+    plain = run_case(args.family, args.kind, "plain", False, args.steps, args.repeats, args.threads)
     print(
-        f"tiny {args.kind} pipeline, 64x64, {args.steps} steps, CFG 7.5, {args.threads} threads,"
+        f"tiny {args.family} {args.kind} pipeline, 64x64, {args.steps} steps, CFG 7.5, {args.threads} threads,"
         f" median of {args.repeats}"
     )
     print(f"plain pipe(): {plain['seconds']:.3f} s, peak RSS {plain['peak_rss_mb']:.0f} MB\n")
@@ -101,7 +104,7 @@ def main():
     print("-" * len(header))
     for n in args.traced:
         for ckpt in (False, True):
-            r = run_case(args.kind, n, ckpt, args.steps, args.repeats, args.threads)
+            r = run_case(args.family, args.kind, n, ckpt, args.steps, args.repeats, args.threads)
             ideal = r["plain"] + r["backward"]
             print(
                 f"{n:>3} {str(ckpt):>5} {r['seconds']:>10.3f} {r['seconds'] / r['plain']:>8.2f} {ideal:>8.3f} "

@@ -2,20 +2,19 @@
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from .assembly import assemble_outputs
-from .attribution import Aggregation, AttributionLevel, parse_attribution_level
-from .box import BoxLike, normalize_box
+from .attribution import Aggregation, AttributionLevel
+from .box import BoxLike
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_ATTRIBUTION_METHOD
-from .image_inputs import ImageInput
-from .methods import AttributionMethod, GradientAggregation, parse_method
+from .methods import AttributionMethod, GradientAggregation
 from .outputs import GeneratedImages, PipelineExplainerOutput
 from .regeneration import Regeneration, generator_factory, generator_state
+from .request import EXPLAINER_ARGUMENTS, ExplainRequest, check_inputs
 from .session import Session
 from .text import check_same, encode_with_graph, tokenize
 from .trace import Trace
@@ -25,60 +24,6 @@ from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import run_pipeline
 from .tracing.steps import StepCounter
 from .tracing.tracer import DenoiserTracer
-
-_N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"
-
-
-def _expand(values: Union[str, List[str], None], batch_size: int, per_prompt: int, name: str) -> Optional[List[str]]:
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [values] * batch_size
-    values = list(values)
-    if len(values) != batch_size:
-        raise ValueError(
-            f"`{name}` has {len(values)} entries but there are {batch_size} prompts: give one per prompt."
-        )
-    return [value for value in values for _ in range(per_prompt)]
-
-
-@dataclass
-class ExplainRequest:
-    r"""One explainer call's checked inputs."""
-
-    prompt: Union[str, List[str]]
-    prompts: Dict[str, List[str]]  # by call argument ("prompt", "prompt_2"), one text per image
-    n_traced: Optional[int]
-    method: AttributionMethod
-    level: AttributionLevel
-    box: Any
-    height: int
-    width: int
-    output_type: str
-    keep: Optional[str]
-    attention_maps: bool
-    step_images: bool
-    consider_special_tokens: bool
-    clean_tokens: bool
-    image_input: Optional[ImageInput]
-    arguments: Dict[str, Any] = field(default_factory=dict)  # the call's own arguments, to run it again
-
-    @property
-    def num_images(self) -> int:
-        return len(self.prompts["prompt"])
-
-    @property
-    def wants_scores(self) -> bool:
-        return self.n_traced != 0
-
-    @property
-    def needs_graph(self) -> bool:
-        # Image explainers also trace for pixel attributions; a kept graph serves later re-explanations.
-        return self.wants_scores and (self.method.needs_graph or self.image_input is not None or self.keep is not None)
-
-    @property
-    def records_attention(self) -> bool:
-        return self.attention_maps or (self.wants_scores and self.method.needs_attention_maps)
 
 
 class BasePipelineExplainer:
@@ -231,7 +176,7 @@ class BasePipelineExplainer:
         the `replay` of a kept call's untraced denoiser outputs.
         """
         # 1. Check the inputs (before any model runs) and resolve the method, level, box and input image.
-        request = self.check_inputs(prompt, dict(arguments))
+        request = check_inputs(self, prompt, dict(arguments))
         # 2. The pipeline's call arguments, with a step callback that keeps every step's latents.
         call_kwargs, step_latents = self.prepare_call(request)
         # 3. Run the pipeline's own call, traced.
@@ -251,87 +196,9 @@ class BasePipelineExplainer:
         session.finish()
         return outputs[0] if len(outputs) == 1 else outputs
 
-    # -- 1. inputs ------------------------------------------------------------------------------------------------
-    def check_inputs(self, prompt, arguments: Dict[str, Any]) -> ExplainRequest:
-        pipeline_kwargs = {k: arguments.pop(k) for k in list(arguments) if k not in _EXPLAINER_ARGUMENTS}
-        if "prompt_embeds" in pipeline_kwargs:
-            raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
-        keep = arguments["keep_for_reexplanation"]
-        if keep not in (None, "graph", "latents"):
-            raise ValueError(f"`keep_for_reexplanation` must be None, 'graph' or 'latents', got {keep!r}.")
-        output_type = arguments["output_type"]
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ValueError(f"`prompt` must be a non-empty string or list of non-empty strings, got {prompt!r}.")
-        n_traced = arguments[_N_STEPS_ARG]
-        if n_traced is not None and (not isinstance(n_traced, int) or n_traced < 0):
-            raise ValueError(f"`{_N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
-        method = parse_method(arguments["attribution_method"])
-        level = parse_attribution_level(arguments["attribution_level"])
-        image_input = self._image_input(arguments)
-        if image_input is not None:
-            height, width = image_input.height, image_input.width
-        else:
-            default_height, default_width = self.family.default_size(self.pipe)
-            height, width = int(arguments["height"] or default_height), int(arguments["width"] or default_width)
-        box = normalize_box(arguments["explanation_2d_bounding_box"], height, width)
-        per_prompt = int(pipeline_kwargs.get("num_images_per_prompt") or 1)
-        expanded = {"prompt": _expand(prompts, len(prompts), per_prompt, "prompt")}
-        if pipeline_kwargs.get("prompt_2") is not None:
-            expanded["prompt_2"] = _expand(pipeline_kwargs["prompt_2"], len(prompts), per_prompt, "prompt_2")
-        if keep is not None and not (method.needs_graph or method.needs_attention_maps):
-            raise ValueError(
-                "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input') or 'attention', not "
-                f"{method.name!r}."
-            )
-        if method.one_image_per_call and n_traced != 0 and len(expanded["prompt"]) != 1:
-            raise ValueError(
-                f"`attribution_method={method.name!r}` explains one image per call: pass one prompt and "
-                "num_images_per_prompt=1 (call the explainer once per image)."
-            )
-        return ExplainRequest(
-            prompt=prompt,
-            prompts=expanded,
-            n_traced=n_traced,
-            method=method,
-            level=level,
-            box=box,
-            height=height,
-            width=width,
-            output_type=output_type,
-            keep=keep,
-            attention_maps=arguments["attention_maps"],
-            step_images=arguments["get_images_for_all_inference_steps"],
-            consider_special_tokens=arguments["consider_special_tokens"],
-            clean_tokens=arguments["clean_token_prefixes_and_suffixes"],
-            image_input=image_input,
-            arguments=dict(arguments, **pipeline_kwargs),
-        )
-
-    def _image_input(self, arguments: Dict[str, Any]) -> Optional[ImageInput]:
-        init_image, image, mask_image = arguments["init_image"], arguments["image"], arguments["mask_image"]
-        name = type(self.pipe).__name__
-        if self.input_kind is None:
-            if init_image is not None or image is not None or mask_image is not None:
-                raise ValueError(
-                    f"{type(self).__name__} explains text-to-image calls: use the img2img or inpainting explainer "
-                    "(or `explainer_for(pipe)`) for an input image."
-                )
-            return None
-        if init_image is not None and image is not None:
-            raise ValueError("Pass the input image once: as `image=` (or as the legacy `init_image=`), not both.")
-        if init_image is None and image is None:
-            raise ValueError(f"{name} needs an input image: pass `image=` (or `init_image=`).")
-        if self.input_kind == "inpaint" and mask_image is None:
-            raise ValueError(f"{name} needs `mask_image=` (white where to repaint).")
-        chosen = init_image if init_image is not None else image
-        return ImageInput.make(self.pipe, chosen, mask_image, arguments["height"], arguments["width"])
-
     # -- 2. the pipeline's arguments ------------------------------------------------------------------------------
     def prepare_call(self, request: ExplainRequest):
-        pipeline_kwargs = {k: v for k, v in request.arguments.items() if k not in _EXPLAINER_ARGUMENTS}
+        pipeline_kwargs = {k: v for k, v in request.arguments.items() if k not in EXPLAINER_ARGUMENTS}
         user_callback = pipeline_kwargs.pop("callback_on_step_end", None)
         user_inputs = list(pipeline_kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
         if user_callback is not None and hasattr(user_callback, "tensor_inputs"):
@@ -490,25 +357,3 @@ class BasePipelineExplainer:
             if scores.pixels is None and trace.has_graph and trace.pixels is not None:
                 GradientAggregation().attribute_pixels(trace, target, scores)
         return scores
-
-
-_EXPLAINER_ARGUMENTS = frozenset(
-    (
-        "num_inference_steps",
-        "height",
-        "width",
-        _N_STEPS_ARG,
-        "explanation_2d_bounding_box",
-        "attribution_method",
-        "attribution_level",
-        "consider_special_tokens",
-        "clean_token_prefixes_and_suffixes",
-        "get_images_for_all_inference_steps",
-        "output_type",
-        "keep_for_reexplanation",
-        "attention_maps",
-        "init_image",
-        "image",
-        "mask_image",
-    )
-)

@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from .attribution import AttributionLevel
-from .box import box_mask
 from .target import Target
 from .text import PromptTokens, TextInputs, encode_replaced, token_embedding_values
 from .tracing.run import run_pipeline
@@ -286,8 +285,3 @@ class Regeneration:
             changes.append(target.change(made, reference).cpu())
             images.append(made.cpu())
         return torch.cat(changes), torch.cat(images)
-
-    def box_change(self, images: torch.Tensor, reference: torch.Tensor, box) -> torch.Tensor:
-        r"""L2 norm, over the box's pixels and channels, of each [0, 1] image's difference from `reference`."""
-        mask = box_mask(box, images.shape[-2], images.shape[-1], device=images.device, dtype=torch.float32)
-        return torch.linalg.vector_norm(((images.float() - reference.float()) * mask).flatten(1), dim=1)

@@ -22,6 +22,58 @@ PIPELINE_CLASSES = {
 }
 
 
+def tiny_vae(seed: int, sample_size: int, **config) -> AutoencoderKL:
+    r"""A tiny `AutoencoderKL` (factor 2) for latents of `sample_size`; `config` overrides its arguments."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        **{
+            "block_out_channels": [32, 64],
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "latent_channels": 4,
+            "sample_size": sample_size * 2,
+            **config,
+        }
+    )
+
+
+def tiny_clip_config(tokenizer, **config) -> CLIPTextConfig:
+    r"""A tiny CLIP text encoder's config (hidden size 32, 5 layers) for `tokenizer`; `config` overrides it."""
+    return CLIPTextConfig(
+        **{
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "layer_norm_eps": 1e-05,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 5,
+            "vocab_size": len(tokenizer),
+            **config,
+        }
+    )
+
+
+def tiny_scheduler() -> DDIMScheduler:
+    r"""A DDIM scheduler with SD's betas: its `step` keeps the sample's dtype (float64 pipelines stay float64)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def freeze(*models: torch.nn.Module) -> None:
+    for model in models:
+        model.eval().requires_grad_(False)
+
+
 def make_tiny_components(
     seed: int = 0, unet_in_channels: int = 4, sample_size: int = 32, layers_per_block: int = 2
 ) -> dict:
@@ -45,41 +97,12 @@ def make_tiny_components(
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=sample_size * 2,
-    )
+    vae = tiny_vae(seed, sample_size)
     tokenizer = build_word_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=len(tokenizer),
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    for model in (unet, vae, text_encoder):
-        model.eval().requires_grad_(False)
+    text_encoder = CLIPTextModel(tiny_clip_config(tokenizer))
+    scheduler = tiny_scheduler()
+    freeze(unet, vae, text_encoder)
     return {
         "unet": unet,
         "vae": vae,

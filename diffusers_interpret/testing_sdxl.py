@@ -4,15 +4,14 @@ from typing import Optional
 
 import torch
 from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from .testing import freeze, tiny_clip_config, tiny_scheduler, tiny_vae
 from .tokenizer import build_word_tokenizer
 
 SDXL_PIPELINE_CLASSES = {
@@ -26,22 +25,6 @@ SDXL_PIPELINE_CLASSES = {
 TEXT_HIDDEN_SIZE = 32
 PROJECTION_DIM = 32
 ADDITION_TIME_EMBED_DIM = 8
-
-
-def _text_config(tokenizer, projection_dim: Optional[int] = None) -> CLIPTextConfig:
-    kwargs = {} if projection_dim is None else {"projection_dim": projection_dim}
-    return CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=TEXT_HIDDEN_SIZE,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        vocab_size=len(tokenizer),
-        **kwargs,
-    )
 
 
 def make_tiny_sdxl_components(
@@ -75,32 +58,14 @@ def make_tiny_sdxl_components(
         addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=6 * ADDITION_TIME_EMBED_DIM + PROJECTION_DIM,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=sample_size * 2,
-        force_upcast=False,
-    )
+    vae = tiny_vae(seed, sample_size, force_upcast=False)
     tokenizer = build_word_tokenizer()
     tokenizer_2 = build_word_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(_text_config(tokenizer))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection_dim=PROJECTION_DIM))
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    for model in (unet, vae, text_encoder, text_encoder_2):
-        model.eval().requires_grad_(False)
+    text_encoder = CLIPTextModel(tiny_clip_config(tokenizer))
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_config(tokenizer_2, projection_dim=PROJECTION_DIM))
+    scheduler = tiny_scheduler()
+    freeze(unet, vae, text_encoder, text_encoder_2)
     return {
         "unet": unet,
         "vae": vae,
