@@ -354,6 +354,6 @@ class BasePipelineExplainer:
             return None
         with torch.enable_grad() if trace.has_graph else torch.no_grad():
             scores = method.attribute(trace, target)
-            if scores.pixels is None and trace.has_graph and trace.pixels is not None:
+            if not method.scores_pixels and trace.has_graph and trace.pixels is not None:
                 GradientAggregation().attribute_pixels(trace, target, scores)
         return scores

@@ -84,7 +84,7 @@ class Session:
         trace, target = self.trace, self.trace.target(box)
         with torch.enable_grad() if trace.has_graph else torch.no_grad():
             scores = method.attribute(trace, target)
-            if scores.pixels is None and trace.has_graph and trace.pixels is not None:
+            if not method.scores_pixels and trace.has_graph and trace.pixels is not None:
                 from .methods import GradientAggregation
 
                 GradientAggregation().attribute_pixels(trace, target, scores)

@@ -50,7 +50,8 @@ class Trace:
         pixels (`torch.Tensor`, *optional*): The [0, 1] input image as a leaf (img2img, inpainting).
         attention_maps (`AttentionMaps`, *optional*): Recorded cross-attention maps.
         regeneration (`Regeneration`, *optional*): How to generate the image again (one image per call).
-        retain_graph (`bool`): Keep the graph after a backward pass (for re-explanation).
+        retain_graph (`bool`): Keep the graph after a backward pass (for re-explanation); without it, a call's
+            box-sum backward pass is the graph's last use.
         verbose (`bool`): Progress bars for long method loops.
     """
 
@@ -95,23 +96,24 @@ class Trace:
         r"""One backward pass of the target's box sum to the prompt (at the level) and the input pixels."""
         if not self.has_graph:
             raise RuntimeError("No gradient reaches the prompt: trace at least one denoiser call.")
-        found = target.gradients(self.decoded, self._leaves(text, pixels), retain_graph=True)
+        # Without a kept graph, this backward pass is the graph's last use: it frees the graph as it goes.
+        found = target.gradients(self.decoded, self._leaves(text, pixels), retain_graph=self.retain_graph)
         result = CallGradients(pixels=found.get("pixels"))
         if text and "encoder_hidden_states" in found:
-            result.text = self._at_level(found, batched=False)
+            result.text = self._at_level(found, batched=False, retain_graph=self.retain_graph)
             result.pooled_share = self._pooled_share(found)
         return result
 
     def vector_jacobian_products(self, target: Target, vectors: torch.Tensor) -> torch.Tensor:
         r"""`vectors[k]^T d(image)/d(text inputs)` at the attribution level: (k, images, length, features)."""
         found = target.vector_jacobian_products(self.decoded, self._leaves(True, False), vectors)
-        return self._at_level(found, batched=True)
+        return self._at_level(found, batched=True, retain_graph=True)
 
-    def _at_level(self, found: Dict[str, torch.Tensor], batched: bool) -> torch.Tensor:
+    def _at_level(self, found: Dict[str, torch.Tensor], batched: bool, retain_graph: bool) -> torch.Tensor:
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
             return found["encoder_hidden_states"]
         with torch.enable_grad():
-            return self.encoding.token_gradients(found, retain_graph=True, batched=batched)
+            return self.encoding.token_gradients(found, retain_graph=retain_graph, batched=batched)
 
     def _pooled_share(self, found: Dict[str, torch.Tensor]) -> Optional[List[float]]:
         if "text_embeds" not in found:

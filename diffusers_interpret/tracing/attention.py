@@ -247,7 +247,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self.hook_forward_pre(self.unet, self._pre_hook)
 
     def _remove(self) -> None:
-        if self._own_counter and self.counter._active:
+        if self._own_counter and self.counter.active:
             self.counter.__exit__(None, None, None)
         if self._saved is not None:
             # `set_attn_processor` pops from the dict it gets: hand it a copy.

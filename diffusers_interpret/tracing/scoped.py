@@ -21,6 +21,11 @@ class ScopedHooks:
         self._overrides: List[Tuple[Any, str, bool, Any]] = []
         self._active = False
 
+    @property
+    def active(self) -> bool:
+        r"""Whether the scope is entered (and not yet exited)."""
+        return self._active
+
     # -- what subclasses use --------------------------------------------------------------------------------------
     def hook_forward_pre(self, module: torch.nn.Module, hook: Callable, prepend: bool = False) -> None:
         self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True, prepend=prepend))
