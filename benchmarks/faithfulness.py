@@ -1,28 +1,57 @@
 r"""
 Which attribution method tells the truth, and at what cost? Every method and level on the shipped toy model.
 
-For each fresh two-object prompt ("a red circle on the left and a blue square on the right", seeds not used in
-training) whose image the independent detector finds drawn correctly, every method explains a box around the left
-object and a box around the right object (boxes: the detector's object masks' bounding boxes). Printed per method:
+Fresh prompts and seeds are drawn from `--seed` (seeds not used in training). Every word of a prompt is ranked: no
+word is ever dropped or filtered (issue #11's "unfiltered rankings"); `a`, `the`, `on` and `and` are named function
+words only to score the rankings.
 
-- control: the swapped-box control (`faithfulness.swapped_box_control`), colour words: left box ranks the left colour
-  above the right colour, right box the reverse; pass = both. Shape words likewise where the two shapes differ.
-- spearman: median over boxes of the rank correlation of the method's scores with measured ablation effects inside
-  the box (`faithfulness.ablation_effects`, token-embedding level; 1 by construction for `ablation` itself).
-- deletion: median over boxes of `faithfulness.deletion_auc_ratio` (area under the deletion curve in attribution
-  order / random orders; > 1 is better), on the first `--deletion-scenes` scenes.
-- time: median seconds per explainer call and its ratio to a plain `pipe()` call measured in the same run.
+Two-object prompts (`--num-scenes`, "a red circle on the left and a blue square on the right") whose image the
+independent detector finds drawn correctly: every method explains a box around the left object and a box around the
+right object (the detector's object masks' bounding boxes), and the whole image (no box). One-object prompts
+(`--one-object-scenes`, "a red circle on the left") drawn correctly: every method explains the whole image. Printed
+per method and level, one markdown row each:
+
+- colour first: % of object boxes whose object's colour word has the highest score among all the prompt's words
+  (ties count as not first).
+- colour+shape top 2: % of object boxes whose object's colour and shape words are the two highest (either order,
+  strictly above every other word).
+- control L / R / both: the swapped-box control (`faithfulness.swapped_box_control`) on the colour words: the left box
+  ranks the left colour above the right colour (L), the right box the reverse (R), both (the control passes).
+  shape both: the same for the shape words, on scenes whose two shapes differ.
+- whole image, two-object prompts: d = % of prompts where every content word (colour, shape and side words: left,
+  right) scores above every function word (a, the, on, and), exactly as stated; d' = the same with only the colour and
+  shape words as content. Side words barely change a two-object image (each object's side follows from the word order),
+  so d is out of reach of a faithful method there. d1 = d on the one-object prompts (colour, shape and side words above
+  a, on, the), where the side word does matter.
+- Spearman vs ablation: median over boxes of the rank correlation of the method's scores with measured ablation
+  effects inside the box (`faithfulness.ablation_effects`, token-embedding level; 1 by construction for `ablation`).
+- deletion AUC / random: median over boxes of `faithfulness.deletion_auc_ratio` (area under the deletion curve in
+  attribution order / its mean over 2 random orders; > 1 is better), on the first `--deletion-scenes` two-object
+  scenes. The same numbers, with each curve generated once per box and shared by the methods whose order it is.
+- mIoU @0.4 / best (threshold): the method's per-word maps of the colour and shape words of both objects, min-max
+  normalized and thresholded, against the detector's pixel mask of the object each word names (as
+  `benchmarks/toy_localization.py` does; x100, mean over words and scenes), at DAAM's threshold 0.4 and at the best
+  single threshold over 0.1 .. 0.9 (chosen on these same scenes, so optimistic). Maps: `output.extras["word_maps"]`
+  where the method gives it (tokens, H, W, aligned with `token_attributions`), else the recorded cross-attention maps
+  (`output.attention_maps`, the attention methods); "-" for methods without maps.
+- time: median seconds per explainer box call and its ratio to a plain `pipe()` call (median over the two-object
+  prompts) measured in the same run.
+
+A method whose name the installed package rejects (a `ValueError` from the explainer) is skipped with a note.
+`--json PATH` also writes every number as JSON.
 
 `--part cost` instead measures time and peak RSS relative to plain generation on the tiny random pipeline (64x64,
 10 steps, CFG 7.5), each method in a fresh subprocess.
 
     python benchmarks/faithfulness.py                                 # toy model, 30 prompts, all methods
-    python benchmarks/faithfulness.py --num-scenes 10 --methods ablation attention
+    python benchmarks/faithfulness.py --num-scenes 10 --methods ablation attention --json /tmp/faithfulness.json
+    python benchmarks/faithfulness.py --num-scenes 40 --deletion-scenes 6 --one-object-scenes 20 --seed 4242
     python benchmarks/faithfulness.py --part cost
 """
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -31,12 +60,16 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # toy_localization, next to this script
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from toy_localization import THRESHOLDS, iou, normalize  # noqa: E402
 
 # name -> (attribution_method, attribution_level); aggregations of one gradient share a call.
 METHODS = {
+    "word_attention": ("word_attention", "token_embeddings"),
     "grad_x_input": ("grad_x_input", "token_embeddings"),
     "mean_grad": ("mean_grad", "token_embeddings"),
     "max_grad": ("max_grad", "token_embeddings"),
@@ -55,6 +88,9 @@ METHODS = {
     "attention_probability": ("attention:probability", "token_embeddings"),
 }
 
+# Words of the scene prompts that only score the rankings (every word is ranked).
+FUNCTION_WORDS = ("a", "the", "on", "and")
+
 
 def method_object(method: str):
     from diffusers_interpret.methods import AttentionScore, IntegratedGradients
@@ -66,113 +102,327 @@ def method_object(method: str):
 
 # Positions of the words among the attributed tokens of "a C1 S1 on the left and a C2 S2 on the right".
 LEFT_COLOR, LEFT_SHAPE, RIGHT_COLOR, RIGHT_SHAPE = 1, 2, 8, 9
+OBJECT_WORDS = {"left": (LEFT_COLOR, LEFT_SHAPE), "right": (RIGHT_COLOR, RIGHT_SHAPE)}
 
 
 def object_boxes(check):
-    boxes = []
+    boxes = {}
     for side in ("left", "right"):
         top, left, bottom, right = check.detection.objects[side].bbox
-        boxes.append(((left, top), (right, bottom)))
+        boxes[side] = ((left, top), (right, bottom))
     return boxes
 
 
-def run_toy(args):
-    from diffusers_interpret import StableDiffusionPipelineExplainer
-    from diffusers_interpret.faithfulness import (
-        ablation_effects,
-        deletion_auc_ratio,
-        spearman,
-        swapped_box_control,
+def ranked_first(scores, index) -> bool:
+    return bool(np.all(np.delete(scores, index) < scores[index]))
+
+
+def ranked_above(scores, high, low) -> bool:
+    # Every word of `high` strictly above every word of `low`.
+    return bool(min(scores[i] for i in high) > max(scores[i] for i in low))
+
+
+def whole_image_metrics(scores, words):
+    from diffusers_interpret.toy.scenes import COLORS, SHAPES, SIDES
+
+    function = [i for i, w in enumerate(words) if w in FUNCTION_WORDS]
+    content = [i for i, w in enumerate(words) if w in COLORS + SHAPES + SIDES]
+    colour_shape = [i for i, w in enumerate(words) if w in COLORS + SHAPES]
+    return ranked_above(scores, content, function), ranked_above(scores, colour_shape, function)
+
+
+def word_maps(output):
+    # (attributed tokens, H, W) maps at the image's size, or None for a method without maps.
+    if output.extras.get("word_maps") is not None:
+        maps = torch.as_tensor(np.asarray(output.extras["word_maps"]))
+    elif output.attention_maps is not None:
+        maps = output.attention_maps.maps[output.image_index, list(output.extras["token_positions"])]
+    else:
+        return None
+    size = np.asarray(output.image).shape[:2]
+    maps = maps.detach().float().cpu()
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    return maps.numpy()
+
+
+def deletion_ratio(output, scores, box, curves, num_random_orders=2, seed=0) -> float:
+    # `faithfulness.deletion_auc_ratio(output, scores, box, num_random_orders, seed)`, with each order's curve
+    # generated once per box: `curves` (order -> area) is shared by every method explaining this box.
+    from diffusers_interpret.faithfulness import deletion_curve
+
+    def area(order):
+        key = tuple(int(i) for i in order)
+        if key not in curves:
+            curves[key] = float(deletion_curve(output, list(key), box).mean())
+        return curves[key]
+
+    scores = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    reference = float(np.mean([area(rng.permutation(len(scores))) for _ in range(num_random_orders)]))
+    ordered = area(np.argsort(-scores, kind="mergesort"))
+    return float(ordered / reference) if reference > 0 else float("nan")
+
+
+class Rejected(Exception):
+    """The installed package does not know this method (or level)."""
+
+
+class ToyRun:
+    r"""The toy model, its explainer and every number recorded so far, method by method."""
+
+    def __init__(self, args):
+        from diffusers_interpret import StableDiffusionPipelineExplainer
+        from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
+
+        self.args = args
+        self.pipe = load_toy_pipeline()
+        self.explainer = StableDiffusionPipelineExplainer(self.pipe, verbose=False)
+        self.steps = TOY_NUM_INFERENCE_STEPS
+        self.common = dict(num_inference_steps=self.steps, guidance_scale=TOY_GUIDANCE_SCALE, output_type="np")
+        self.methods = list(args.methods)
+        self.skipped = {}
+        self.results = defaultdict(lambda: defaultdict(list))  # method -> metric -> values
+        self.ious = defaultdict(lambda: defaultdict(list))  # method -> threshold -> IoUs
+
+    def plain(self, prompt, seed):
+        started = time.perf_counter()
+        image = self.pipe(prompt, generator=torch.Generator().manual_seed(seed), **self.common).images[0]
+        return image, time.perf_counter() - started
+
+    def explain(self, name, prompt, seed, box, image):
+        method, level = METHODS[name]
+        try:
+            output = self.explainer(
+                prompt,
+                generator=torch.Generator().manual_seed(seed),
+                explanation_2d_bounding_box=box,
+                attribution_method=method_object(method),
+                attribution_level=level,
+                n_last_diffusion_steps_to_consider_for_attributions=self.args.traced,
+                get_images_for_all_inference_steps=False,
+                **self.common,
+            )
+        except ValueError as error:
+            if self.results[name]["calls"]:  # it ran before: a real failure, not an unknown method
+                raise
+            raise Rejected(str(error)) from error
+        self.results[name]["calls"].append(1)
+        if np.abs(output.image - image).max() > 1e-5:
+            self.results[name]["image_mismatch"].append(1)
+        return output
+
+    def skip(self, name, error):
+        self.skipped[name] = str(error)
+        self.methods.remove(name)
+        print(f"note: skipping {name!r}, the package rejects it: {error}", file=sys.stderr, flush=True)
+
+    def two_object_scene(self, index, prompt, seed, image, check):
+        from diffusers_interpret.faithfulness import ablation_effects, spearman, swapped_box_control
+
+        words = prompt.split()
+        boxes = object_boxes(check)
+        truth, truth_outputs, curves = {}, {}, {side: {} for side in boxes}
+        for name in list(self.methods):
+            r = self.results[name]
+            scores = {}
+            try:
+                for side, box in boxes.items():
+                    started = time.perf_counter()
+                    output = self.explain(name, prompt, seed, box, image)
+                    r["seconds"].append(time.perf_counter() - started)
+                    values = scores[side] = output.token_attributions.scores
+                    colour, shape = OBJECT_WORDS[side]
+                    others = [i for i in range(len(values)) if i not in (colour, shape)]
+                    r["colour_first"].append(ranked_first(values, colour))
+                    r["colour_shape_top2"].append(ranked_above(values, [colour, shape], others))
+                    if side not in truth:  # measured once per box, with the first method's output
+                        truth[side], truth_outputs[side] = ablation_effects(output, box), output
+                    r["spearman"].append(spearman(values, truth[side]))
+                    if index < self.args.deletion_scenes:
+                        r["deletion"].append(deletion_ratio(truth_outputs[side], values, box, curves[side]))
+                    if side == "left":  # the maps do not depend on the box
+                        self.record_ious(name, output, check)
+                whole = self.explain(name, prompt, seed, None, image).token_attributions.scores
+            except Rejected as error:
+                self.skip(name, error)
+                continue
+            d, d_colour_shape = whole_image_metrics(whole, words)
+            r["d"].append(d)
+            r["d_colour_shape"].append(d_colour_shape)
+            colour = swapped_box_control(scores["left"], scores["right"], LEFT_COLOR, RIGHT_COLOR)
+            r["colour_left"].append(colour["box_a"])
+            r["colour_right"].append(colour["box_b"])
+            r["colour_both"].append(colour["flip"])
+            if words[LEFT_SHAPE] != words[RIGHT_SHAPE]:
+                shape = swapped_box_control(scores["left"], scores["right"], LEFT_SHAPE, RIGHT_SHAPE)
+                r["shape_both"].append(shape["flip"])
+        for output in truth_outputs.values():
+            output.release()
+
+    def record_ious(self, name, output, check):
+        maps = word_maps(output)
+        if maps is None:
+            return
+        for side, positions in OBJECT_WORDS.items():
+            mask = check.detection.objects[side].mask
+            for position in positions:
+                normalized = normalize(maps[position])
+                for threshold in THRESHOLDS:
+                    self.ious[name][float(threshold)].append(iou(normalized >= threshold, mask))
+
+    def one_object_scene(self, prompt, seed, image):
+        for name in list(self.methods):
+            try:
+                whole = self.explain(name, prompt, seed, None, image).token_attributions.scores
+            except Rejected as error:
+                self.skip(name, error)
+                continue
+            self.results[name]["d1"].append(whole_image_metrics(whole, prompt.split())[0])
+
+    def summary(self, plain_seconds):
+        summary = {}
+        for name in self.methods:
+            r = self.results[name]
+            row = {key: 100 * float(np.mean(r[key])) if r[key] else None for key in PERCENTAGES}
+            for key in ("spearman", "deletion", "seconds"):
+                values = [v for v in r[key] if not math.isnan(v)]
+                row[key] = float(np.median(values)) if values else None
+            row["x_plain"] = row["seconds"] / plain_seconds if row["seconds"] is not None else None
+            row.update(method=METHODS[name][0], level=METHODS[name][1], image_differs=bool(r["image_mismatch"]))
+            row.update(boxes=len(r["colour_first"]), deletion_boxes=len(r["deletion"]), one_object=len(r["d1"]))
+            if self.ious[name]:
+                means = {t: 100 * float(np.mean(v)) for t, v in self.ious[name].items()}
+                best = max(means, key=means.get)
+                row.update(miou_04=means[0.4], miou_best=means[best], miou_best_threshold=best)
+            summary[name] = row
+        return summary
+
+
+PERCENTAGES = (
+    "colour_first",
+    "colour_shape_top2",
+    "colour_left",
+    "colour_right",
+    "colour_both",
+    "shape_both",
+    "d",
+    "d_colour_shape",
+    "d1",
+)
+HEADER = (
+    "method",
+    "level",
+    "colour first (%)",
+    "colour+shape top 2 (%)",
+    "control colour L / R / both (%)",
+    "control shape both (%)",
+    "whole image, 2 objects: d content > function / d' colour+shape > function (%)",
+    "whole image, 1 object: d1 content > function (%)",
+    "Spearman vs ablation",
+    "deletion AUC / random",
+    "mIoU @0.4 / best (threshold)",
+    "s per call",
+    "x plain",
+)
+
+
+def table_row(name, row) -> str:
+    def fmt(key, digits=0):
+        return "-" if row.get(key) is None else f"{row[key]:.{digits}f}"
+
+    miou = "-"
+    if "miou_04" in row:
+        miou = f"{row['miou_04']:.1f} / {row['miou_best']:.1f} ({row['miou_best_threshold']:.2f})"
+    cells = (
+        name.split("@")[0].split(" ")[0],
+        row["level"],
+        fmt("colour_first"),
+        fmt("colour_shape_top2"),
+        f"{fmt('colour_left')} / {fmt('colour_right')} / **{fmt('colour_both')}**",
+        fmt("shape_both"),
+        f"{fmt('d')} / {fmt('d_colour_shape')}",
+        fmt("d1"),
+        fmt("spearman", 2),
+        fmt("deletion", 2),
+        miou,
+        fmt("seconds", 2),
+        fmt("x_plain", 1),
     )
-    from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
+    return "| " + " | ".join(cells) + " |" + (" image differs!" if row["image_differs"] else "")
+
+
+def run_toy(args):
     from diffusers_interpret.toy.detector import check_prompt
     from diffusers_interpret.toy.scenes import sample_scene_spec
 
-    pipe = load_toy_pipeline()
-    explainer = StableDiffusionPipelineExplainer(pipe, verbose=False)
-    steps, guidance = TOY_NUM_INFERENCE_STEPS, TOY_GUIDANCE_SCALE
+    run = ToyRun(args)
     rng = np.random.default_rng(args.seed)
     prompts = [sample_scene_spec(rng, 2).prompt for _ in range(args.num_scenes)]
-    common = dict(num_inference_steps=steps, guidance_scale=guidance)
-    results = defaultdict(lambda: defaultdict(list))
+    rng = np.random.default_rng([args.seed, 1])
+    one_object_prompts = [sample_scene_spec(rng, 1).prompt for _ in range(args.one_object_scenes)]
     plain_times = []
-    kept = 0
+    kept = kept_one = 0
+    started = time.perf_counter()
     for index, prompt in enumerate(prompts):
         seed = args.seed + index
-        started = time.perf_counter()
-        image = pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **common).images[0]
-        plain_times.append(time.perf_counter() - started)
+        image, seconds = run.plain(prompt, seed)
+        plain_times.append(seconds)
         check = check_prompt(image, prompt)
-        if not check.correct:
-            continue
-        kept += 1
-        words = prompt.split()
-        shapes_differ = all(check.shape) and words[2] != words[9]
-        boxes = object_boxes(check)
-        truth = {}
-        for name in args.methods:
-            method, level = METHODS[name]
-            scores = []
-            for side, box in zip(("left", "right"), boxes):
-                started = time.perf_counter()
-                output = explainer(
-                    prompt,
-                    generator=torch.Generator().manual_seed(seed),
-                    explanation_2d_bounding_box=box,
-                    attribution_method=method_object(method),
-                    attribution_level=level,
-                    n_last_diffusion_steps_to_consider_for_attributions=args.traced,
-                    get_images_for_all_inference_steps=False,
-                    output_type="np",
-                    **common,
-                )
-                results[name]["seconds"].append(time.perf_counter() - started)
-                if np.abs(output.image - image).max() > 1e-5:
-                    results[name]["image_mismatch"].append(1)
-                values = output.token_attributions.scores
-                scores.append(values)
-                if side not in truth:
-                    truth[side] = ablation_effects(output, box)
-                    truth[side + "_output"] = output
-                results[name]["spearman"].append(spearman(values, truth[side]))
-                if index < args.deletion_scenes:
-                    ratio = deletion_auc_ratio(truth[side + "_output"], values, box, num_random_orders=2)
-                    results[name]["deletion"].append(ratio)
-            colour = swapped_box_control(scores[0], scores[1], LEFT_COLOR, RIGHT_COLOR)
-            results[name]["colour_left"].append(colour["box_a"])
-            results[name]["colour_right"].append(colour["box_b"])
-            results[name]["colour_flip"].append(colour["flip"])
-            if shapes_differ:
-                shape = swapped_box_control(scores[0], scores[1], LEFT_SHAPE, RIGHT_SHAPE)
-                results[name]["shape_flip"].append(shape["flip"])
-        print(f"scene {index + 1}/{len(prompts)} done ({kept} correct)", file=sys.stderr, flush=True)
-
-    plain = statistics.median(plain_times)
-    print(
-        f"\n{kept} of {len(prompts)} scenes drawn correctly; plain pipe() median {plain:.3f} s; traced: "
-        f"{'all' if args.traced is None else args.traced} of {steps} steps\n"
-    )
-    print(
-        "| method | level | colour L / R / flip (%) | shape flip (%) | Spearman vs ablation | deletion AUC / random "
-        "| s per call | x plain |"
-    )
-    print("|" + "---|" * 8)
-    for name in args.methods:
-        r = results[name]
-        method, level = METHODS[name]
-
-        def pct(key, r=r):
-            values = r[key]
-            return f"{100 * np.mean(values):.0f}" if values else "-"
-
-        spear = np.nanmedian(r["spearman"]) if r["spearman"] else float("nan")
-        deletion = np.nanmedian(r["deletion"]) if r["deletion"] else float("nan")
-        seconds = statistics.median(r["seconds"])
+        if check.correct:
+            kept += 1
+            run.two_object_scene(index, prompt, seed, image, check)
         print(
-            f"| {name.split('@')[0].split(' ')[0]} | {level} | {pct('colour_left')} / {pct('colour_right')} / "
-            f"**{pct('colour_flip')}** | {pct('shape_flip')} | {spear:.2f} | {deletion:.2f} | {seconds:.2f} | "
-            f"{seconds / plain:.1f} |" + (" image differs!" if r["image_mismatch"] else "")
+            f"two-object scene {index + 1}/{len(prompts)} {'done' if check.correct else 'drawn wrong, skipped'} "
+            f"({kept} correct, {time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+            flush=True,
         )
+    for index, prompt in enumerate(one_object_prompts):
+        seed = args.seed + 100_000 + index
+        image, _ = run.plain(prompt, seed)
+        correct = check_prompt(image, prompt).correct
+        if correct:
+            kept_one += 1
+            run.one_object_scene(prompt, seed, image)
+        print(
+            f"one-object scene {index + 1}/{len(one_object_prompts)} {'done' if correct else 'drawn wrong, skipped'} "
+            f"({kept_one} correct, {time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    plain_seconds = statistics.median(plain_times)
+    summary = run.summary(plain_seconds)
+    wall = time.perf_counter() - started
+    print(
+        f"\nseed {args.seed}: {kept} of {len(prompts)} two-object and {kept_one} of {len(one_object_prompts)} "
+        f"one-object scenes drawn correctly; plain pipe() median {plain_seconds:.3f} s; traced: "
+        f"{'all' if args.traced is None else args.traced} of {run.steps} steps; deletion on the first "
+        f"{min(args.deletion_scenes, len(prompts))} two-object scenes; {wall:.0f} s\n"
+    )
+    for name, error in run.skipped.items():
+        print(f"skipped {name}: {error}\n")
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
+    for name, row in summary.items():
+        print(table_row(name, row))
+    if args.json:
+        info = dict(
+            seed=args.seed,
+            kept_two_object=kept,
+            num_two_object=len(prompts),
+            kept_one_object=kept_one,
+            num_one_object=len(one_object_prompts),
+            deletion_scenes=args.deletion_scenes,
+            traced=args.traced,
+            plain_seconds=plain_seconds,
+            wall_seconds=wall,
+            skipped=run.skipped,
+            methods=summary,
+        )
+        Path(args.json).write_text(json.dumps(info, indent=1))
+        print(f"\nwrote {args.json}")
 
 
 COST_SCRIPT = r"""
@@ -215,7 +465,12 @@ def run_cost(args):
         script = COST_SCRIPT.format(
             threads=args.threads, steps=10, method=method, level=level, traced=args.traced, repeats=args.repeats
         )
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        if out.returncode != 0:
+            lines = out.stderr.strip().splitlines()
+            if method is not None and lines and lines[-1].startswith("ValueError"):
+                raise Rejected(lines[-1])
+            raise RuntimeError(f"{method} @ {level} failed:\n{out.stderr}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     plain = case(None, None)
@@ -227,7 +482,11 @@ def run_cost(args):
     print("|---|---|---|---|---|---|")
     for name in args.methods:
         method, level = METHODS[name]
-        r = case(method, level)
+        try:
+            r = case(method, level)
+        except Rejected as error:
+            print(f"note: skipping {name!r}, the package rejects it: {error}", file=sys.stderr, flush=True)
+            continue
         print(
             f"| {name.split('@')[0].split(' ')[0]} | {level} | {r['seconds']:.3f} | "
             f"{r['seconds'] / plain['seconds']:.2f} | "
@@ -242,10 +501,12 @@ def main():
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--num-scenes", type=int, default=30)
     parser.add_argument("--deletion-scenes", type=int, default=10)
+    parser.add_argument("--one-object-scenes", type=int, default=20, help="one-object prompts (whole-image d1)")
     parser.add_argument("--seed", type=int, default=31337)
     parser.add_argument("--traced", type=int, default=None, help="traced steps (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write every number of --part toy to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run_toy(args) if args.part == "toy" else run_cost(args)

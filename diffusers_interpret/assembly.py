@@ -87,6 +87,7 @@ def assemble_outputs(
             output.input_image = input_image
             if hasattr(output, "mask"):
                 output.mask = mask
+        output.extras["method_summary"] = request.method.summary
         fill_scores(output, trace, scores, index, input_image, mask)
         outputs.append(output)
     return outputs
@@ -98,6 +99,6 @@ def reexplained(output, trace, scores, box, method, clean_image, input_image=Non
     if hasattr(image, "convert"):
         image = draw_box(image, box)
     new = dataclasses.replace(output, image=image, explanation_2d_bounding_box=box, attribution_method=method.name)
-    new.extras = dict(output.extras)
+    new.extras = dict(output.extras, method_summary=method.summary)
     fill_scores(new, trace, scores, output.image_index, input_image, mask)
     return new

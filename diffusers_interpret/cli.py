@@ -28,6 +28,7 @@ METHODS = (
     "ablation",
     "attention",
     "jacobian_norm",
+    "word_attention",
 )
 LEVELS = ("token_embeddings", "text_encoder_output")
 DEMO_PROMPTS = (

@@ -235,6 +235,8 @@ class BasePipelineExplainer:
             family,
             pipe,
             request.level,
+            prompts=request.prompts,
+            call_kwargs={k: v for k, v in call_kwargs.items() if not k.startswith("callback")},
             prompt_tokens=[],
             retain_graph=request.keep is not None,
             verbose=self.verbose,
@@ -283,6 +285,8 @@ class BasePipelineExplainer:
         latents = run_pipeline(pipe, call_kwargs, scopes, grad_before_loop=grad_before_loop, quiet=not self.verbose)
         latents = latents.images
         trace.traced_calls = tracer.traced_calls if tracer is not None else 0
+        if recorder is not None and request.method.needs_attention_maps and not trace.traced_calls:
+            trace.traced_calls = len(recorder.maps.steps)  # the method reads the steps it recorded
         trace.denoiser_calls = counter.calls
         trace.pixels = pixel_store.get("pixels")
         trace.attention_maps = recorder.maps if recorder is not None else None

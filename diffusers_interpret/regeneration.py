@@ -9,7 +9,7 @@ import torch
 
 from .attribution import AttributionLevel
 from .target import Target
-from .text import PromptTokens, TextInputs, encode_replaced, token_embedding_values
+from .text import PromptTokens, TextInputs, encode_replaced, token_embedding_values, token_slices
 from .tracing.run import run_pipeline
 from .tracing.steps import StepCounter
 from .tracing.tracer import DenoiserTracer
@@ -105,20 +105,13 @@ class Regeneration:
         return tokens
 
     def _encode(self, token_embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
-        slices = self.inputs_token_slices()
+        slices = token_slices(self.family, self.pipe)
         return encode_replaced(self.family, self.pipe, self.prompts, self.call_kwargs, token_embeddings, slices)
-
-    def inputs_token_slices(self) -> List[slice]:
-        widths = [
-            getattr(self.pipe, slot.encoder).get_input_embeddings().weight.shape[-1]
-            for slot in self.family.text_encoders(self.pipe)
-        ]
-        return [slice(sum(widths[:k]), sum(widths[: k + 1])) for k in range(len(widths))]
 
     def slices(self) -> List[slice]:
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
             return [slot.feature_slice for slot in self.family.text_encoders(self.pipe)]
-        return self.inputs_token_slices()
+        return token_slices(self.family, self.pipe)
 
     @property
     def inputs(self) -> torch.Tensor:

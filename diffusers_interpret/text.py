@@ -10,11 +10,11 @@ units of their own, scored over that encoder's features.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from .tracing.leaves import LeafInputEmbeddings, ReplacedInputEmbeddings
+from .tracing.leaves import EagerAttention, LeafInputEmbeddings, ReplacedInputEmbeddings
 
 
 def clean_token(token: str) -> str:
@@ -229,11 +229,6 @@ def token_embedding_values(family, pipe, ids: Sequence[Sequence[int]]) -> torch.
     return torch.cat(parts, -1)
 
 
-def conditioning_slices(family, pipe) -> List[slice]:
-    r"""Each encoder's features in the denoiser's `encoder_hidden_states`."""
-    return [slot.feature_slice for slot in family.text_encoders(pipe)]
-
-
 def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.Tensor]) -> None:
     r"""The conditioning re-computed for attribution must be the pipeline's (else the prompt was changed)."""
     for name, tensor in pipeline.items():
@@ -246,5 +241,67 @@ def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.
             )
 
 
-def unit_rows(units: Sequence[TokenUnit], inputs: TextInputs) -> Optional[List[Tuple[int, List[int]]]]:
-    return [(unit.position, inputs.unit_features(unit)) for unit in units]
+def token_slices(family, pipe) -> List[slice]:
+    r"""Each text encoder's features among the input token embeddings side by side."""
+    slots = family.text_encoders(pipe)
+    widths = [getattr(pipe, slot.encoder).get_input_embeddings().weight.shape[-1] for slot in slots]
+    return [slice(sum(widths[:k]), sum(widths[: k + 1])) for k in range(len(widths))]
+
+
+@dataclass
+class TokenMixing:
+    r"""
+    How much each input token feeds each position of the conditioning the denoiser reads.
+
+    Args:
+        weights (`torch.Tensor`): (positions, columns): `weights[j, c]` is the share of conditioning position `j` that
+            column `c`'s input token makes, `||(d h_j / d e_c) e_c||` normalised over the columns of row `j`.
+        columns (`List[Tuple[Tuple[int, ...], int]]`): Each column's (text encoders, token position).
+    """
+
+    weights: torch.Tensor
+    columns: List[Tuple[Tuple[int, ...], int]]
+
+    def column(self, unit: TokenUnit) -> int:
+        return self.columns.index((unit.encoders, unit.position))
+
+
+def token_mixing(
+    family, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], tokens: PromptTokens, chunk: int = 32
+) -> TokenMixing:
+    r"""
+    The text encoders' mixing of one prompt's tokens: for every input token (every text encoder's, together where the
+    units are shared), the norm of its first-order contribution `(d h_j / d e_i) e_i` to every position `j` of the
+    denoiser's `encoder_hidden_states`, by forward-mode differentiation through the pipeline's own `encode_prompt`
+    (`chunk` tokens per pass; no backward pass). CLIP is causal: a position after a word (and the end and padding
+    positions) carries that word on, and this says how much.
+    """
+    import torch.autograd.forward_ad as forward_ad
+
+    slots = family.text_encoders(pipe)
+    length = len(tokens.ids[0])
+    shared = all(len(unit.encoders) == len(slots) for unit in tokens.units)
+    groups = [tuple(range(len(slots)))] if shared else [(k,) for k in range(len(slots))]
+    columns = [(group, position) for group in groups for position in range(length)]
+    slices = token_slices(family, pipe)
+    values = token_embedding_values(family, pipe, tokens.ids)
+    parts = []
+    encoders = [getattr(pipe, slot.encoder) for slot in slots]
+    with torch.no_grad(), EagerAttention(encoders):
+        for start in range(0, len(columns), chunk):
+            piece = columns[start : start + chunk]
+            tangents = torch.zeros((len(piece), *values.shape[1:]), device=values.device, dtype=values.dtype)
+            for row, (group, position) in enumerate(piece):
+                for k in group:
+                    tangents[row, position, slices[k]] = values[0, position, slices[k]]
+            with forward_ad.dual_level():
+                dual = forward_ad.make_dual(values.expand(len(piece), -1, -1).clone(), tangents)
+                made = encode_replaced(family, pipe, prompts, call_kwargs, dual, slices)["encoder_hidden_states"]
+                tangent = forward_ad.unpack_dual(made).tangent
+            parts.append(tangent.double().norm(dim=-1).T.cpu())  # (positions, columns of this piece)
+    weights = torch.cat(parts, 1)
+    total = weights.sum(1, keepdim=True)
+    empty = (total[:, 0] <= 1e-12).nonzero()[:, 0]
+    for position in empty.tolist():  # a position no token feeds keeps its own share
+        weights[position, position] = 1.0
+    return TokenMixing(weights / weights.sum(1, keepdim=True), columns)

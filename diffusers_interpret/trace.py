@@ -11,7 +11,7 @@ import torch
 
 from .attribution import AttributionLevel
 from .target import Target
-from .text import PromptTokens, TextEncoding, TextInputs
+from .text import PromptTokens, TextEncoding, TextInputs, TokenMixing, token_mixing
 
 
 @dataclass
@@ -71,6 +71,9 @@ class Trace:
     denoiser_calls: int = 0
     replay_cache: Any = None
     fresh_generators: Any = None
+    prompts: Dict[str, List[str]] = field(default_factory=dict)
+    call_kwargs: Dict[str, Any] = field(default_factory=dict)
+    _mixing: Dict[int, TokenMixing] = field(default_factory=dict, repr=False)
 
     @property
     def has_graph(self) -> bool:
@@ -123,6 +126,14 @@ class Trace:
         a = pooled.pow(2).flatten(1).sum(1)
         b = sequence.pow(2).flatten(1).sum(1)
         return [float(x) for x in (a / (a + b).clamp_min(1e-30))]
+
+    def token_mixing(self, index: int) -> TokenMixing:
+        r"""How much each of image `index`'s input tokens feeds each conditioning position (made once per image)."""
+        if index not in self._mixing:
+            prompts = {name: texts[index : index + 1] for name, texts in self.prompts.items()}
+            tokens = self.prompt_tokens[index]
+            self._mixing[index] = token_mixing(self.family, self.pipe, prompts, self.call_kwargs, tokens)
+        return self._mixing[index]
 
     def release(self) -> None:
         r"""Drop the graph (and with it the traced steps' activations)."""

@@ -244,7 +244,7 @@ def test_default_method_reexplains_from_its_maps(tiny_pipe):
     explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
     kwargs = dict(num_inference_steps=STEPS, output_type="np")
     out = explainer(PROMPT, generator=seeded(0), **kwargs)
-    assert out.attribution_method == DEFAULT_ATTRIBUTION_METHOD == "attention"
+    assert out.attribution_method == DEFAULT_ATTRIBUTION_METHOD == "word_attention"
     calls = []
     handle = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
@@ -329,3 +329,48 @@ def test_integrated_gradients_of_input_pixels_completeness():
     change = box_sum(pixels) - box_sum(blurred)
     assert abs(change) > 1e-2
     assert out.extras["pixel_completeness"] == pytest.approx(change, rel=2e-2)
+
+
+def test_word_attention_mixing_equals_reverse_mode_jacobians(tiny_pipe64):
+    # W[j, i] = ||(d h_j / d e_i) e_i|| (rows normalised), made by forward-mode differentiation through the pipeline's
+    # own encode_prompt, against an independent reverse-mode Jacobian of the text encoder.
+    from diffusers_interpret.families import family_for
+    from diffusers_interpret.text import token_mixing, tokenize
+
+    pipe, prompt = tiny_pipe64, "a red circle on the left"
+    family = family_for(pipe)
+    tokens = tokenize(family, pipe, {"prompt": [prompt]}, False, True)[0]
+    mixing = token_mixing(family, pipe, {"prompt": [prompt]}, {}, tokens)
+    ids = torch.tensor([tokens.ids[0]])
+    layer = pipe.text_encoder.get_input_embeddings()
+    embeddings = layer(ids).detach()
+
+    def encode(e):
+        handle = layer.register_forward_hook(lambda module, args, output: e)
+        try:
+            return pipe.text_encoder(ids)[0][0]
+        finally:
+            handle.remove()
+
+    jacobian = torch.autograd.functional.jacobian(encode, embeddings)[:, :, 0]  # (j, d, i, d')
+    contributions = torch.einsum("jaib,ib->jia", jacobian, embeddings[0]).norm(dim=-1)
+    expected = contributions / contributions.sum(1, keepdim=True)
+    torch.testing.assert_close(mixing.weights, expected.double(), rtol=1e-6, atol=1e-9)
+    assert mixing.columns[3] == ((0,), 3)
+
+
+def test_word_attention_reexplains_from_the_recorded_maps(tiny_pipe):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    kwargs = dict(num_inference_steps=3, attribution_method="word_attention")
+    out = explainer(PROMPT, generator=seeded(0), **kwargs)
+    box = ((16, 0), (32, 32))
+    fresh = explainer(PROMPT, generator=seeded(0), explanation_2d_bounding_box=box, **kwargs)
+    again = out.explain(box)
+    np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-9)
+    maps = again.extras["word_maps"]
+    assert maps.shape == (len(again.token_attributions), 32, 32)
+    # For the box: mean inside the box times the share inside the box, from the word maps themselves.
+    inside = maps[:, 0:32, 16:32].reshape(len(maps), -1)
+    expected = inside.mean(1) * inside.sum(1) / maps.reshape(len(maps), -1).sum(1)
+    np.testing.assert_allclose(again.token_attributions.scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(out.token_attributions.scores, maps.reshape(len(maps), -1).std(1), rtol=1e-3)

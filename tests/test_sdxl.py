@@ -197,6 +197,7 @@ def test_box_changes_attributions_and_denoising_end_passes_through(sdxl):
 
 
 METHODS = {
+    "word_attention": "word_attention",
     "attention": "attention",
     "grad_x_input": "grad_x_input",
     "jacobian_norm": JacobianNorm(n_probes=2),

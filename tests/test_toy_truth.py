@@ -15,8 +15,10 @@ weaker, and is what is asserted here:
   is at least 1.5 times larger for the left box than for the right box (measured 1.67 to 4.4 on the first eight);
 - the ranking flips outright on at least two of the three scenes (measured: the first and the third).
 
-The library's default method (`attention`, chosen by `benchmarks/faithfulness.py`: 100% of 39 scenes) must flip the
-ranking on all three.
+The library's default method (`word_attention`, chosen by `benchmarks/faithfulness.py`) must flip the ranking on all
+three, and read right to a person: the boxed object's colour word first among all the prompt's words, its colour and
+shape words the top two (on all boxes but at most one), and for the whole image the colour and shape words above every
+function word (a, the, on, and), on these three scenes and three one-object ones.
 """
 
 import numpy as np
@@ -100,3 +102,48 @@ def test_the_default_method_passes_the_swapped_box_control(toy_pipe, one_thread)
     for prompt, seed in SCENES:
         left_ratio, right_ratio = colour_ratios(toy_pipe, prompt, seed, method=None)
         assert left_ratio > 1 > right_ratio, (prompt, left_ratio, right_ratio)
+
+
+ONE_OBJECT_SCENES = [
+    ("a red circle on the left", 7),
+    ("a blue square on the right", 8),
+    ("a green triangle on the left", 9),
+]
+FUNCTION_WORDS = {"a", "the", "on", "and"}
+
+
+def test_the_default_method_puts_the_boxed_objects_words_on_top(toy_pipe, one_thread):
+    # Unfiltered rankings: every prompt word competes, no word is hidden.
+    explainer = StableDiffusionPipelineExplainer(toy_pipe, verbose=False)
+    common = dict(guidance_scale=TOY_GUIDANCE_SCALE, num_inference_steps=TOY_NUM_INFERENCE_STEPS, output_type="np")
+    boxes = top_two = 0
+    for prompt, seed in SCENES + ONE_OBJECT_SCENES:
+        words = prompt.split()
+        image = toy_pipe(prompt, generator=torch.Generator().manual_seed(seed), **common).images[0]
+        check = check_prompt(image, prompt)
+        assert check.correct, (prompt, check.detection.describe())
+        whole = explainer(prompt, generator=torch.Generator().manual_seed(seed), **common).token_attributions
+        assert whole.tokens == words
+        content = [i for i, word in enumerate(words) if word in ("red", "green", "blue", "yellow") or i in (2, 9)]
+        lowest_content = min(whole.scores[i] for i in content)
+        assert all(whole.scores[i] < lowest_content for i, w in enumerate(words) if w in FUNCTION_WORDS), (
+            prompt,
+            whole.normalized,
+        )
+        for side, colour in zip(("left", "right"), (1, 8)):
+            if side not in check.detection.objects or side not in words:
+                continue
+            colour = colour if len(words) > 6 else 1
+            top, left, bottom, right = check.detection.objects[side].bbox
+            output = explainer(
+                prompt,
+                generator=torch.Generator().manual_seed(seed),
+                explanation_2d_bounding_box=((left, top), (right, bottom)),
+                get_images_for_all_inference_steps=False,
+                **common,
+            )
+            order = list(np.argsort(-output.token_attributions.scores))
+            assert order[0] == colour, (prompt, side, output.token_attributions.normalized)
+            boxes += 1
+            top_two += int(set(order[:2]) == {colour, colour + 1})
+    assert boxes == 9 and top_two >= boxes - 1

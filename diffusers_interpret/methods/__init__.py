@@ -3,7 +3,8 @@ Token attribution methods, selectable with `attribution_method=` as a name or as
 
 | method | name | cost (one image, N traced denoiser calls) |
 |---|---|---|
-| [`AttentionScore`] (default) | `"attention"` | 1 generation recording cross-attention (about 1.03x a plain one) |
+| [`WordAttention`] (default) | `"word_attention"` | 1 recording generation + text-encoder forward passes |
+| [`AttentionScore`] | `"attention"` | 1 generation recording cross-attention (about 1.03x a plain one) |
 | [`GradientAggregation`] | `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"` | 1 generation, 1 backward |
 | [`IntegratedGradients`] | `"integrated_gradients"` | 1 generation + `n_steps` with N traced, `n_steps` backward |
 | [`SmoothGrad`] | `"smoothgrad"` | 1 generation + `n_samples` with N traced, `n_samples` backward |
@@ -26,6 +27,7 @@ from .gradient import GradientAggregation
 from .integrated_gradients import IntegratedGradients
 from .jacobian_norm import JacobianNorm
 from .smoothgrad import SmoothGrad
+from .word_attention import WordAttention
 
 _BY_NAME = {
     "integrated_gradients": IntegratedGradients,
@@ -33,12 +35,13 @@ _BY_NAME = {
     "ablation": TokenAblation,
     "attention": AttentionScore,
     "jacobian_norm": JacobianNorm,
+    "word_attention": WordAttention,
 }
 
 
 def parse_method(method: Union[str, Aggregation, AttributionMethod]) -> AttributionMethod:
     r"""A method object from a name (`"grad_x_input"`, ..., `"integrated_gradients"`, `"smoothgrad"`,
-    `"ablation"`, `"attention"`, `"jacobian_norm"`) or a method object."""
+    `"ablation"`, `"attention"`, `"jacobian_norm"`, `"word_attention"`) or a method object."""
     if isinstance(method, AttributionMethod):
         return method
     if isinstance(method, Aggregation):
@@ -64,5 +67,6 @@ __all__ = [
     "Scores",
     "SmoothGrad",
     "TokenAblation",
+    "WordAttention",
     "parse_method",
 ]

@@ -25,6 +25,7 @@ class TokenAblation(AttributionMethod):
     baseline: Union[str, torch.Tensor] = "pad"
     batch_size: Optional[int] = 8
     name = "ablation"
+    summary = "How much the region changes when each token is replaced by padding and the image made again."
     one_image_per_call = True
 
     def attribute(self, trace, target) -> Scores:

@@ -30,6 +30,7 @@ class AttentionScore(AttributionMethod):
 
     normalization: str = "token_share"
     name = "attention"
+    summary = "The share of each token position's cross-attention that falls inside the region."
     needs_attention_maps = True
 
     def __post_init__(self):

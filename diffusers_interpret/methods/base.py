@@ -50,6 +50,8 @@ class AttributionMethod:
     """
 
     name: str = ""
+    # One sentence: what the method's numbers mean (shown in reports).
+    summary: str = ""
     needs_graph: bool = False
     needs_attention_maps: bool = False
     one_image_per_call: bool = False

@@ -22,6 +22,7 @@ class GradientAggregation(AttributionMethod):
     aggregation: Union[str, Aggregation] = Aggregation.GRAD_X_INPUT
     needs_graph = True
     scores_pixels = True
+    summary = "How much the region's pixel sum changes with each token's embedding (reduced per token)."
 
     def __post_init__(self):
         self.aggregation = parse_attribution_method(self.aggregation)

@@ -47,6 +47,7 @@ class IntegratedGradients(AttributionMethod):
     target: str = "sum"
     pixel_baseline: Union[str, float] = "blur"
     name = "integrated_gradients"
+    summary = "Each token's contribution to the region, integrated from a baseline prompt (contributions add up)."
     one_image_per_call = True
     scores_pixels = True
 

@@ -27,6 +27,7 @@ class JacobianNorm(AttributionMethod):
     n_probes: int = 4
     seed: int = 0
     name = "jacobian_norm"
+    summary = "How strongly the region's pixels depend on each token's embedding, in any colour direction."
     needs_graph = True
 
     def __post_init__(self):

@@ -36,6 +36,7 @@ class SmoothGrad(AttributionMethod):
     seed: int = 0
     batch_size: Optional[int] = 8
     name = "smoothgrad"
+    summary = "The gradient method's token scores averaged over noisy copies of the prompt's embeddings."
     one_image_per_call = True
 
     def __post_init__(self):

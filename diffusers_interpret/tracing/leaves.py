@@ -74,3 +74,26 @@ class LeafPreprocessedImage(ScopedHooks):
                 return processed + (normalized - normalized.detach()).to(processed.dtype)
 
         self.override(self.image_processor, "preprocess", preprocess)
+
+
+class EagerAttention(ScopedHooks):
+    r"""
+    Within the block, the given transformers models compute attention with an explicit softmax (`"eager"`), then go
+    back to the implementation they had. Forward-mode differentiation has no rule for the fused scaled-dot-product
+    kernels.
+    """
+
+    def __init__(self, models):
+        super().__init__()
+        self.models = list(models)
+        self._previous = []
+
+    def _install(self) -> None:
+        for model in self.models:
+            self._previous.append((model, model.config._attn_implementation))
+            model.set_attn_implementation("eager")
+
+    def _remove(self) -> None:
+        for model, previous in reversed(self._previous):
+            model.set_attn_implementation(previous)
+        self._previous = []

@@ -25,6 +25,7 @@ _CSS = """
 body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1200px; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ccc; }
 table.settings td { padding: 1px 10px 1px 0; font-size: 13px; }
+p.method { font-size: 14px; max-width: 900px; }
 .row { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 10px; }
 .card h3 { font-size: 14px; margin: 0 0 6px 0; }
@@ -67,6 +68,13 @@ def _as_pil(image: Any) -> Optional[Image.Image]:
 def _slug(text: str, max_length: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
     return slug[:max_length].strip("_") or "prompt"
+
+
+# The interactive view's bars come from per-cell gradients, whatever the cards' method (see `cli.run_explanations`).
+INTERACTIVE_METHOD_NOTE = (
+    "Method of this view: grad_x_input (how much each cell's pixel sum changes with each token's embedding, summed "
+    "over the cells of the box you draw), not the cards' method; clicking a token shows its cross-attention map."
+)
 
 
 def describe_box(box) -> str:
@@ -221,6 +229,11 @@ def write_report(
             for key, value in settings.items()
         )
         body.append(f'<table class="settings">{rows}</table>')
+    methods = list(dict.fromkeys(str(getattr(o, "attribution_method", "") or "") for o in outputs))
+    summaries = {str(o.attribution_method): o.extras.get("method_summary", "") for o in outputs if o.extras}
+    for method in filter(None, methods):
+        summary = html.escape(summaries.get(method, ""))
+        body.append(f'<p class="method"><strong>method {html.escape(method)}</strong>: {summary}</p>')
     body.append(
         '<p class="note">Token attributions are in percent of the explanation\'s total. The explained region is '
         "outlined in red on the image (on the region's own border pixels).</p>"
@@ -242,7 +255,8 @@ def write_report(
         view = (interactive_views or {}).get(prompt)
         if view:
             body.append(
-                '<h3>interactive: drag a box on the image, click a token</h3><div class="card">' + view + "</div>"
+                "<h3>interactive: drag a box on the image, click a token</h3>"
+                f'<p class="note">{html.escape(INTERACTIVE_METHOD_NOTE)}</p><div class="card">' + view + "</div>"
             )
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8"/>\n'
