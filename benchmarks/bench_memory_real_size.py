@@ -41,16 +41,9 @@ SDXL_MEMORY_LIMIT_GB = 20.0
 
 # -- the models (in the subprocess) ---------------------------------------------------------------------------------
 def _scheduler():
-    from diffusers import DDIMScheduler
+    from diffusers_interpret.testing import tiny_scheduler  # DDIM with SD's betas
 
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return tiny_scheduler()
 
 
 def _vae(scaling_factor):
