@@ -366,7 +366,12 @@ def run_explanations(
         )
         outputs.append(output)
     views: Dict[str, str] = {}
-    if interactive:
+    if interactive and explain_kwargs.get("attribution_method") == "word_attention":
+        # The cards' method: the view's bars come from the word maps the outputs hold (no generation).
+        for prompt, output in zip((prompt for prompt, _ in jobs), outputs):
+            if prompt not in views:
+                views[prompt] = output.interactive_view(min(interactive, *output.image.size)).to_html()
+    elif interactive:
         gradient_kwargs = dict(explain_kwargs, attribution_method="grad_x_input")
         for prompt in dict.fromkeys(prompt for prompt, _ in jobs):
             output = explainer(

@@ -159,10 +159,18 @@ class Session:
         return grid
 
     def interactive_view(self, output, cell_size, title: Optional[str] = None):
+        r"""
+        The interactive view of `output`: with the graph kept, bars from per-cell gradient x input; otherwise, for the
+        `word_attention` method, from its word maps (per-cell sums; the whole image as the method scores it).
+        """
         from .views.interactive import InteractiveView
 
         cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
-        grid = self.region_grid(output.image_index, cell)
+        score, whole = "grad_x_input", None
+        if self.request.keep != "graph" and "word_maps" in output.extras:
+            score, grid, whole = "word_attention", *self._word_cells(output, cell)
+        else:
+            grid = self.region_grid(output.image_index, cell)
         base = self.images[output.image_index]
         if not isinstance(base, Image.Image):
             base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
@@ -174,4 +182,27 @@ class Session:
             ]
         steps = list(output.all_images_during_generation or [])
         tokens = output.token_attributions.tokens
-        return InteractiveView(base, steps, tokens, cell, grid, attention_maps=maps, title=title or output.prompt)
+        return InteractiveView(
+            base,
+            steps,
+            tokens,
+            cell,
+            grid,
+            attention_maps=maps,
+            title=title or output.prompt,
+            score=score,
+            whole_image_scores=whole,
+        )
+
+    def _word_cells(self, output, cell: Tuple[int, int]):
+        # Each word map's sum over each grid cell, (rows, cols, tokens, 1), and the whole image's scores.
+        from .methods import WordAttention
+
+        maps = torch.from_numpy(np.asarray(output.extras["word_maps"], dtype=np.float64))
+        tokens, height, width = maps.shape
+        rows, cols = -(-height // cell[0]), -(-width // cell[1])
+        padded = torch.zeros(tokens, rows * cell[0], cols * cell[1], dtype=maps.dtype)
+        padded[:, :height, :width] = maps
+        sums = padded.view(tokens, rows, cell[0], cols, cell[1]).sum((2, 4)).permute(1, 2, 0)[..., None]
+        whole = WordAttention.scores_from_word_maps(maps, self.trace.target(None))
+        return sums.numpy(), whole

@@ -314,3 +314,27 @@ def test_cli_report_with_interactive_view_loads(browser, tmp_path):
     browser.execute_script(f"window.diffusersInterpretViews[{view!r}].setBox(0, 0, 1, 1)")
     assert browser.find_element("id", view).get_attribute("data-box") == "0,0,1,1"
     assert severe_logs(browser) == []
+
+
+def test_word_attention_view_is_the_methods_own(browser, tiny_pipe, tmp_path):
+    # The default method's view: the bars for a box (cells of 12 px on a 32 px image: the last row and column are cut)
+    # equal output.explain(box) of the same method, the whole image its whole-image scores; no gradient involved.
+    from diffusers_interpret import StableDiffusionPipelineExplainer
+
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    output = explainer("a red circle on the left", num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert output.attribution_method == "word_attention"
+    view = output.interactive_view(12)
+    assert view.score == "word_attention" and view.cell_grad_x_input.shape[:2] == (3, 3)
+    path = view.save(tmp_path / "words.html")
+    browser.get(path.resolve().as_uri())
+    uid = browser.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    assert "word_attention" in browser.find_element("css selector", f'#{uid} [data-role="method"]').text
+    whole = [pct for _, pct in output.token_attributions.normalized]
+    np.testing.assert_allclose(bar_values(browser, uid), whole, rtol=1e-3, atol=1e-3)
+    browser.execute_script(f"window.diffusersInterpretViews[{uid!r}].setBox(1, 0, 3, 2)")
+    expected = output.explain(explanation_2d_bounding_box=((0, 12), (24, 32)))
+    np.testing.assert_allclose(
+        bar_values(browser, uid), [pct for _, pct in expected.token_attributions.normalized], rtol=1e-3, atol=1e-3
+    )
+    assert severe_logs(browser) == []

@@ -53,6 +53,30 @@ def box_scores_from_cells(cell_grad_x_input: np.ndarray, r0: int, c0: int, r1: i
     return np.sqrt((summed * summed).sum(axis=-1))
 
 
+def cell_pixels(rows: int, cols: int, cell_size: Tuple[int, int], image_size: Tuple[int, int]) -> np.ndarray:
+    r"""(rows, cols) pixel counts of a grid's cells over an image of `image_size` (height, width): the last row and
+    column may be cut by the border."""
+    (cell_h, cell_w), (height, width) = cell_size, image_size
+    heights = np.minimum(height, (np.arange(rows) + 1) * cell_h) - np.arange(rows) * cell_h
+    widths = np.minimum(width, (np.arange(cols) + 1) * cell_w) - np.arange(cols) * cell_w
+    return np.outer(heights, widths).astype(np.float64)
+
+
+def word_attention_box_scores(
+    cell_sums: np.ndarray, r0: int, c0: int, r1: int, c1: int, cell_size: Tuple[int, int], image_size: Tuple[int, int]
+) -> np.ndarray:
+    r"""
+    `word_attention` scores of a grid-aligned box from each cell's sum of each word map, (rows, cols, tokens, 1):
+    `mean_box(m) * sum_box(m) / sum(m) = sum_box(m)^2 / (pixels in the box * sum(m))` (the reference of the
+    interactive view's JavaScript in that mode).
+    """
+    cells = np.asarray(cell_sums, dtype=np.float64)[..., 0]
+    inside = cells[r0:r1, c0:c1].sum(axis=(0, 1))
+    totals = cells.sum(axis=(0, 1))
+    pixels = cell_pixels(*cells.shape[:2], cell_size, image_size)[r0:r1, c0:c1].sum()
+    return np.where(totals > 0, inside * inside / (pixels * np.maximum(totals, 1e-300)), 0.0)
+
+
 def percentages(scores: np.ndarray) -> np.ndarray:
     r"""`scores / sum(scores) * 100` (all zeros when the sum is zero), as the view shows them."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -128,12 +152,29 @@ _SCRIPT = r"""
       throw new RangeError("box outside the " + R + "x" + C + " grid: " + [r0, c0, r1, c1]);
     }
   }
+  var totals = new Float64Array(T * D);
+  for (var i = 0; i < cells.length; i++) totals[i %% (T * D)] += cells[i];
+  function pixelsOf(r0, c0, r1, c1) {
+    var pixels = 0;
+    for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) {
+      pixels += (Math.min(cfg.height, (r + 1) * cfg.cellH) - r * cfg.cellH) *
+                (Math.min(cfg.width, (c + 1) * cfg.cellW) - c * cfg.cellW);
+    }
+    return pixels;
+  }
   function scoresForBox(r0, c0, r1, c1) {
     check(r0, c0, r1, c1);
     var sums = new Float64Array(T * D);
     for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) {
       var base = (r * C + c) * T * D;
       for (var k = 0; k < T * D; k++) sums[k] += cells[base + k];
+    }
+    if (cfg.score === "word_attention") {
+      if (r0 === 0 && c0 === 0 && r1 === R && c1 === C && cfg.whole) return cfg.whole.slice();
+      var pixels = pixelsOf(r0, c0, r1, c1);
+      return Array.prototype.map.call(sums, function(v, t) {
+        return totals[t] > 0 ? v * v / (pixels * totals[t]) : 0;
+      });
     }
     var scores = [];
     for (var t = 0; t < T; t++) {
@@ -260,6 +301,8 @@ def interactive_view_html(
     attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
     title: Optional[str] = None,
     scale: Optional[int] = None,
+    score: str = "grad_x_input",
+    whole_image_scores: Optional[Sequence[float]] = None,
 ) -> str:
     r"""
     The HTML of one interactive view (a `<div>` with its own `<style>` and `<script>`), self-contained.
@@ -280,6 +323,12 @@ def interactive_view_html(
         title (`str`, *optional*): A heading.
         scale (`int`, *optional*): Display scale of the image (pixelated); by default the largest integer that keeps
             the longer side within 512 pixels (at least 1).
+        score (`str`, *optional*, defaults to `"grad_x_input"`): How a box's bars come from the cells (the method named
+            in the view): `"grad_x_input"`, the L2 norm over the hidden dimension of the sum of the box's cells
+            ([`box_scores_from_cells`]); `"word_attention"`, the cells hold each word map's sum over the cell (hidden
+            size 1) and a box scores `sum_box(m)^2 / (pixels * sum(m))` ([`word_attention_box_scores`]).
+        whole_image_scores (`Sequence[float]`, *optional*): `"word_attention"`: the scores shown for the whole image
+            (the method scores the whole image differently from a box).
 
     Returns:
         `str`: The HTML.
@@ -296,6 +345,8 @@ def interactive_view_html(
             f"`cell_grad_x_input` must have shape ({rows}, {cols}, {len(tokens)}, hidden) for a {height}x{width} "
             f"image, cells of {cell_h}x{cell_w} and {len(tokens)} tokens; got {cells.shape}."
         )
+    if score not in ("grad_x_input", "word_attention"):
+        raise ValueError(f"`score` must be 'grad_x_input' or 'word_attention', got {score!r}.")
     if scale is None:
         scale = max(1, 512 // max(width, height))
     scale = int(scale)
@@ -318,6 +369,8 @@ def interactive_view_html(
         "steps": step_uris,
         "attention": attention,
         "cells": _float32_base64(cells),
+        "score": score,
+        "whole": None if whole_image_scores is None else [float(v) for v in whole_image_scores],
     }
     shown_w, shown_h = width * scale, height * scale
     bars = "\n".join(
@@ -352,6 +405,7 @@ height="{shown_h}" alt=""/>
 {slider}
 </div>
 <div class="di-bars" id="{uid}-bars">
+<div class="di-note" data-role="method">Method: {html.escape(score)}</div>
 <div id="{uid}-note" class="di-note" data-role="note"></div>
 {bars}
 <div class="di-note">{hint}</div>
@@ -376,7 +430,11 @@ class InteractiveView:
         attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
         title: Optional[str] = None,
         scale: Optional[int] = None,
+        score: str = "grad_x_input",
+        whole_image_scores: Optional[Sequence[float]] = None,
     ):
+        self.score = score
+        self.whole_image_scores = None if whole_image_scores is None else list(whole_image_scores)
         self.image = image
         self.step_images = list(step_images or [])
         self.tokens = [str(token) for token in tokens]
@@ -398,10 +456,17 @@ class InteractiveView:
             attention_maps=self.attention_maps,
             title=self.title,
             scale=self.scale,
+            score=self.score,
+            whole_image_scores=self.whole_image_scores,
         )
 
     def box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
         r"""The token scores of the cell box rows [r0, r1) x columns [c0, c1) (see [`box_scores_from_cells`])."""
+        if self.score == "word_attention":
+            if (r0, c0, r1, c1) == (0, 0, *self.cell_grad_x_input.shape[:2]) and self.whole_image_scores is not None:
+                return np.asarray(self.whole_image_scores, dtype=np.float64)
+            size = (self.image.size[1], self.image.size[0])
+            return word_attention_box_scores(self.cell_grad_x_input, r0, c0, r1, c1, self.cell_size, size)
         return box_scores_from_cells(self.cell_grad_x_input, r0, c0, r1, c1)
 
     def _repr_html_(self) -> str:

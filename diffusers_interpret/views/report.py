@@ -70,13 +70,6 @@ def _slug(text: str, max_length: int = 40) -> str:
     return slug[:max_length].strip("_") or "prompt"
 
 
-# The interactive view's bars come from per-cell gradients, whatever the cards' method (see `cli.run_explanations`).
-INTERACTIVE_METHOD_NOTE = (
-    "Method of this view: grad_x_input (how much each cell's pixel sum changes with each token's embedding, summed "
-    "over the cells of the box you draw), not the cards' method; clicking a token shows its cross-attention map."
-)
-
-
 def describe_box(box) -> str:
     r"""A box as text: `"whole image"`, or `"box (x0, y0)-(x1, y1)"`."""
     if box is None:
@@ -255,8 +248,7 @@ def write_report(
         view = (interactive_views or {}).get(prompt)
         if view:
             body.append(
-                "<h3>interactive: drag a box on the image, click a token</h3>"
-                f'<p class="note">{html.escape(INTERACTIVE_METHOD_NOTE)}</p><div class="card">' + view + "</div>"
+                '<h3>interactive: drag a box on the image, click a token</h3><div class="card">' + view + "</div>"
             )
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8"/>\n'
