@@ -1,6 +1,5 @@
 """What a pipeline family must say about its pipelines: the only code that knows a pipeline's shape."""
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -124,10 +123,6 @@ class PipelineFamily:
     def unit_image(self, pipe, decoded: torch.Tensor) -> torch.Tensor:
         r"""The pipeline's [0, 1] output image (`postprocess(output_type="pt")`, clamp included), with the graph."""
         return pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
-
-    # -- input images ---------------------------------------------------------------------------------------------
-    def call_accepts(self, pipe, argument: str) -> bool:
-        return argument in inspect.signature(type(pipe).__call__).parameters
 
 
 _FAMILIES: List[PipelineFamily] = []
