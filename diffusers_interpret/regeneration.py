@@ -164,14 +164,8 @@ class Regeneration:
     def replaced(self, position_sets: Sequence[Sequence[int]], baseline: Union[str, torch.Tensor] = "pad"):
         r"""One row of embeddings per set of token positions: the inputs with those positions' attributed features
         replaced by the baseline's."""
-        inputs, reference = self.inputs, self.baseline(baseline)
-        rows = inputs.repeat(len(position_sets), 1, 1)
-        for row, positions in enumerate(position_sets):
-            for unit in self.units:
-                if unit.position in set(positions):
-                    features = self.text_inputs.unit_features(unit)
-                    rows[row, unit.position, features] = reference[0, unit.position, features]
-        return rows
+        unit_sets = [[i for i, unit in enumerate(self.units) if unit.position in set(ps)] for ps in position_sets]
+        return self.replaced_units(unit_sets, baseline)
 
     def replaced_units(self, unit_sets: Sequence[Sequence[int]], baseline: Union[str, torch.Tensor] = "pad"):
         r"""As `replaced`, with sets of indices into `units` (one encoder's features of a token, where units are per
