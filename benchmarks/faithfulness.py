@@ -100,9 +100,12 @@ def method_object(method: str):
     return AttentionScore(normalization="probability") if method == "attention:probability" else method
 
 
-# Positions of the words among the attributed tokens of "a C1 S1 on the left and a C2 S2 on the right".
-LEFT_COLOR, LEFT_SHAPE, RIGHT_COLOR, RIGHT_SHAPE = 1, 2, 8, 9
-OBJECT_WORDS = {"left": (LEFT_COLOR, LEFT_SHAPE), "right": (RIGHT_COLOR, RIGHT_SHAPE)}
+def object_words(prompt):
+    # Side -> positions of its object's (colour, shape) words among the attributed tokens of a two-object prompt,
+    # "a C1 S1 on the SIDE1 and a C2 S2 on the SIDE2" (the 64x64 toy names either side first).
+    first_side = prompt.split()[5]
+    second_side = "right" if first_side == "left" else "left"
+    return {first_side: (1, 2), second_side: (8, 9)}
 
 
 def object_boxes(check):
@@ -176,7 +179,7 @@ class ToyRun:
         from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
 
         self.args = args
-        self.pipe = load_toy_pipeline()
+        self.pipe = load_toy_pipeline(resolution=args.resolution)
         self.explainer = StableDiffusionPipelineExplainer(self.pipe, verbose=False)
         self.steps = TOY_NUM_INFERENCE_STEPS
         self.common = dict(num_inference_steps=self.steps, guidance_scale=TOY_GUIDANCE_SCALE, output_type="np")
@@ -221,6 +224,7 @@ class ToyRun:
         from diffusers_interpret.faithfulness import ablation_effects, spearman, swapped_box_control
 
         words = prompt.split()
+        positions = object_words(prompt)
         boxes = object_boxes(check)
         truth, truth_outputs, curves = {}, {}, {side: {} for side in boxes}
         for name in list(self.methods):
@@ -232,7 +236,7 @@ class ToyRun:
                     output = self.explain(name, prompt, seed, box, image)
                     r["seconds"].append(time.perf_counter() - started)
                     values = scores[side] = output.token_attributions.scores
-                    colour, shape = OBJECT_WORDS[side]
+                    colour, shape = positions[side]
                     others = [i for i in range(len(values)) if i not in (colour, shape)]
                     r["colour_first"].append(ranked_first(values, colour))
                     r["colour_shape_top2"].append(ranked_above(values, [colour, shape], others))
@@ -242,7 +246,7 @@ class ToyRun:
                     if index < self.args.deletion_scenes:
                         r["deletion"].append(deletion_ratio(truth_outputs[side], values, box, curves[side]))
                     if side == "left":  # the maps do not depend on the box
-                        self.record_ious(name, output, check)
+                        self.record_ious(name, output, check, positions)
                 whole = self.explain(name, prompt, seed, None, image).token_attributions.scores
             except Rejected as error:
                 self.skip(name, error)
@@ -250,21 +254,22 @@ class ToyRun:
             d, d_colour_shape = whole_image_metrics(whole, words)
             r["d"].append(d)
             r["d_colour_shape"].append(d_colour_shape)
-            colour = swapped_box_control(scores["left"], scores["right"], LEFT_COLOR, RIGHT_COLOR)
+            (left_colour, left_shape), (right_colour, right_shape) = positions["left"], positions["right"]
+            colour = swapped_box_control(scores["left"], scores["right"], left_colour, right_colour)
             r["colour_left"].append(colour["box_a"])
             r["colour_right"].append(colour["box_b"])
             r["colour_both"].append(colour["flip"])
-            if words[LEFT_SHAPE] != words[RIGHT_SHAPE]:
-                shape = swapped_box_control(scores["left"], scores["right"], LEFT_SHAPE, RIGHT_SHAPE)
+            if words[left_shape] != words[right_shape]:
+                shape = swapped_box_control(scores["left"], scores["right"], left_shape, right_shape)
                 r["shape_both"].append(shape["flip"])
         for output in truth_outputs.values():
             output.release()
 
-    def record_ious(self, name, output, check):
+    def record_ious(self, name, output, check, object_positions):
         maps = word_maps(output)
         if maps is None:
             return
-        for side, positions in OBJECT_WORDS.items():
+        for side, positions in object_positions.items():
             mask = check.detection.objects[side].mask
             for position in positions:
                 normalized = normalize(maps[position])
@@ -353,12 +358,14 @@ def table_row(name, row) -> str:
 
 
 def run_toy(args):
+    from diffusers_interpret.toy import TOY_PROMPT_ORDERS
     from diffusers_interpret.toy.detector import check_prompt
     from diffusers_interpret.toy.scenes import sample_scene_spec
 
     run = ToyRun(args)
     rng = np.random.default_rng(args.seed)
-    prompts = [sample_scene_spec(rng, 2).prompt for _ in range(args.num_scenes)]
+    order = TOY_PROMPT_ORDERS[args.resolution]
+    prompts = [sample_scene_spec(rng, 2, order=order).prompt for _ in range(args.num_scenes)]
     rng = np.random.default_rng([args.seed, 1])
     one_object_prompts = [sample_scene_spec(rng, 1).prompt for _ in range(args.one_object_scenes)]
     plain_times = []
@@ -396,7 +403,8 @@ def run_toy(args):
     summary = run.summary(plain_seconds)
     wall = time.perf_counter() - started
     print(
-        f"\nseed {args.seed}: {kept} of {len(prompts)} two-object and {kept_one} of {len(one_object_prompts)} "
+        f"\n{args.resolution}x{args.resolution} toy, seed {args.seed}: {kept} of {len(prompts)} two-object and "
+        f"{kept_one} of {len(one_object_prompts)} "
         f"one-object scenes drawn correctly; plain pipe() median {plain_seconds:.3f} s; traced: "
         f"{'all' if args.traced is None else args.traced} of {run.steps} steps; deletion on the first "
         f"{min(args.deletion_scenes, len(prompts))} two-object scenes; {wall:.0f} s\n"
@@ -409,6 +417,7 @@ def run_toy(args):
         print(table_row(name, row))
     if args.json:
         info = dict(
+            resolution=args.resolution,
             seed=args.seed,
             kept_two_object=kept,
             num_two_object=len(prompts),
@@ -503,6 +512,9 @@ def main():
     parser.add_argument("--deletion-scenes", type=int, default=10)
     parser.add_argument("--one-object-scenes", type=int, default=20, help="one-object prompts (whole-image d1)")
     parser.add_argument("--seed", type=int, default=31337)
+    parser.add_argument(
+        "--resolution", type=int, choices=[32, 64], default=32, help="which shipped toy model (image size)"
+    )
     parser.add_argument("--traced", type=int, default=None, help="traced steps (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)

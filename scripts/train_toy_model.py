@@ -51,7 +51,7 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffusers_interpret.tokenizer import DEFAULT_WORDS, build_vocab_and_merges, build_word_tokenizer
-from diffusers_interpret.toy.scenes import IMAGE_SIZE, SCENE_WORDS, generate_scenes
+from diffusers_interpret.toy.scenes import IMAGE_SIZE, ORDERS, SCENE_WORDS, generate_scenes
 
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
@@ -76,6 +76,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/toy"), help="checkpoints and logs")
     parser.add_argument("--output-dir", type=Path, default=Path("diffusers_interpret/toy/model"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-size", type=int, default=IMAGE_SIZE, help="32 (the default toy) or 64 (16x16 latents)"
+    )
+    parser.add_argument(
+        "--prompt-order",
+        choices=ORDERS,
+        default="left_first",
+        help="which object two-object prompts name first; 'random' makes the side words necessary",
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 2 threads crawl when another process shares the 2 cores"
     )
@@ -117,7 +126,7 @@ def build_tokenizer() -> CLIPTokenizer:
     return build_word_tokenizer(TOKENIZER_WORDS, model_max_length=TOKENIZER_MAX_LENGTH)
 
 
-def build_vae() -> AutoencoderKL:
+def build_vae(image_size: int = IMAGE_SIZE) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -127,13 +136,13 @@ def build_vae() -> AutoencoderKL:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=32,
-        sample_size=IMAGE_SIZE,
+        sample_size=image_size,
     )
 
 
-def build_unet() -> UNet2DConditionModel:
+def build_unet(image_size: int = IMAGE_SIZE) -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4,
+        sample_size=image_size // 4,
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
@@ -196,7 +205,7 @@ def log(work_dir: Path, message: str) -> None:
 
 def train_vae(args: argparse.Namespace, images: np.ndarray) -> AutoencoderKL:
     path = args.work_dir / "vae.pt"
-    vae = build_vae()
+    vae = build_vae(args.image_size)
     if args.resume and path.exists():
         vae.load_state_dict(torch.load(path, map_location="cpu")["vae"])
         log(args.work_dir, f"VAE: loaded {path}")
@@ -246,8 +255,11 @@ def build_latent_pool(
         log(args.work_dir, f"Latents: loaded {path}")
         return pool
     start = time.time()
-    scenes = generate_scenes(args.num_one_object, seed=ONE_OBJECT_POOL_SEED, num_objects=1)
-    scenes += generate_scenes(args.num_two_object, seed=TWO_OBJECT_POOL_SEED, num_objects=2)
+    size, order = args.image_size, args.prompt_order
+    scenes = generate_scenes(args.num_one_object, seed=ONE_OBJECT_POOL_SEED, num_objects=1, image_size=size)
+    scenes += generate_scenes(
+        args.num_two_object, seed=TWO_OBJECT_POOL_SEED, num_objects=2, image_size=size, order=order
+    )
     images = np.stack([s.image for s in scenes])
     latents = []
     vae.eval()
@@ -284,7 +296,7 @@ def train_unet(
     r"""Returns the EMA state dicts `{"unet": ..., "text_encoder": ...}`."""
     path = args.work_dir / "unet.pt"
     torch.manual_seed(args.seed + 2)
-    unet = build_unet()
+    unet = build_unet(args.image_size)
     text_encoder = build_text_encoder(tokenizer)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
@@ -395,9 +407,9 @@ def train_unet(
 
 
 def assemble_pipeline(
-    vae: AutoencoderKL, tokenizer: CLIPTokenizer, states: Dict[str, Dict[str, torch.Tensor]]
+    vae: AutoencoderKL, tokenizer: CLIPTokenizer, states: Dict[str, Dict[str, torch.Tensor]], image_size: int
 ) -> StableDiffusionPipeline:
-    unet = build_unet()
+    unet = build_unet(image_size)
     unet.load_state_dict(states["unet"])
     text_encoder = build_text_encoder(tokenizer)
     text_encoder.load_state_dict(states["text_encoder"])
@@ -448,6 +460,7 @@ def check_prompt_following(args: argparse.Namespace, pipe: StableDiffusionPipeli
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps,
         seed=777,
+        order=args.prompt_order,
     )
 
 
@@ -460,12 +473,12 @@ def main() -> None:
     log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
 
     tokenizer = build_tokenizer()
-    vae_images = np.stack([s.image for s in generate_scenes(4096, seed=VAE_SCENES_SEED)])
+    vae_images = np.stack([s.image for s in generate_scenes(4096, seed=VAE_SCENES_SEED, image_size=args.image_size)])
     vae = train_vae(args, vae_images)
     pool = build_latent_pool(args, vae, tokenizer)
     states = train_unet(args, pool, tokenizer)
 
-    pipe = assemble_pipeline(vae, tokenizer, states)
+    pipe = assemble_pipeline(vae, tokenizer, states, args.image_size)
     results: List[Dict] = []
     fp32 = check_prompt_following(args, pipe)
     log(args.work_dir, f"Check, fp32 weights: {json.dumps(fp32)}")
@@ -479,7 +492,7 @@ def main() -> None:
         if dtype == "auto":
             dtype = "fp16" if holds else "fp32"
         if dtype == "fp32":  # rounding lost accuracy: back to the exact weights
-            pipe = assemble_pipeline(vae, tokenizer, states)
+            pipe = assemble_pipeline(vae, tokenizer, states, args.image_size)
         results.append(fp16)
     if dtype == "fp16":
         pipe.to(torch.float16)

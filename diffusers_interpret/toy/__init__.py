@@ -6,6 +6,10 @@ It uses Stable Diffusion's exact classes (`AutoencoderKL`, `UNet2DConditionModel
 or two coloured shapes (`scenes.py`), with prompts such as `"a red circle on the left and a blue square on the right"`.
 The ground truth of every scene is known, and `detector.py` checks generated images independently of the model. See
 `docs/toy_model.md`.
+
+A second toy model, `load_toy_pipeline(resolution=64)`, draws the same scenes and words at 64x64 (16x16 latents, so
+its cross-attention maps are twice as sharp); its two-object prompts name either object first, so the side words are
+needed to draw them.
 """
 
 import warnings
@@ -15,6 +19,9 @@ from typing import Union
 from .scenes import COLORS, IMAGE_SIZE, SHAPES, SIDES, generate_scene, render_scene, sample_scene_spec
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "model"
+# Every shipped toy model by its image size, and the order of the objects its two-object prompts were trained on.
+TOY_MODEL_DIRS = {32: TOY_MODEL_DIR, 64: TOY_MODEL_DIR.with_name("model_64")}
+TOY_PROMPT_ORDERS = {32: "left_first", 64: "random"}
 TOY_IMAGE_SIZE = IMAGE_SIZE
 TOY_GUIDANCE_SCALE = 4.0
 TOY_NUM_INFERENCE_STEPS = 20
@@ -26,6 +33,8 @@ __all__ = [
     "TOY_GUIDANCE_SCALE",
     "TOY_IMAGE_SIZE",
     "TOY_MODEL_DIR",
+    "TOY_MODEL_DIRS",
+    "TOY_PROMPT_ORDERS",
     "TOY_NUM_INFERENCE_STEPS",
     "generate_scene",
     "load_toy_pipeline",
@@ -37,14 +46,25 @@ __all__ = [
 _REQUIRED_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json")
 
 
-def toy_model_available() -> bool:
-    r"""Whether the shipped toy model's files are present."""
-    return all((TOY_MODEL_DIR / name).is_file() for name in _REQUIRED_FILES)
+def _model_dir(resolution: int) -> Path:
+    if resolution not in TOY_MODEL_DIRS:
+        raise ValueError(f"There is no toy model at resolution {resolution}; choose one of {sorted(TOY_MODEL_DIRS)}.")
+    return TOY_MODEL_DIRS[resolution]
 
 
-def load_toy_pipeline(torch_dtype=None, device: Union[str, "torch.device"] = "cpu", **kwargs):  # noqa: F821
+def toy_model_available(resolution: int = IMAGE_SIZE) -> bool:
+    r"""Whether the shipped toy model's files (at `resolution`: 32 or 64) are present."""
+    return all((_model_dir(resolution) / name).is_file() for name in _REQUIRED_FILES)
+
+
+def load_toy_pipeline(
+    torch_dtype=None,
+    device: Union[str, "torch.device"] = "cpu",  # noqa: F821
+    resolution: int = IMAGE_SIZE,
+    **kwargs,
+):
     r"""
-    Load the shipped toy `StableDiffusionPipeline` from the package directory, offline.
+    Load a shipped toy `StableDiffusionPipeline` from the package directory, offline.
 
     Every parameter is frozen (`requires_grad=False`) and every model is in eval mode. Explainers that need gradients
     with respect to inputs still get them; enable parameter gradients yourself if you need those.
@@ -54,20 +74,25 @@ def load_toy_pipeline(torch_dtype=None, device: Union[str, "torch.device"] = "cp
             Dtype of the loaded weights (they are stored in fp16; fp32 is recommended on CPU).
         device (`str` or `torch.device`, *optional*, defaults to `"cpu"`):
             Device to move the pipeline to.
+        resolution (`int`, *optional*, defaults to 32):
+            32 (the default toy, 8x8 latents) or 64 (the 64x64 toy, 16x16 latents, prompts naming either object
+            first).
         kwargs (*optional*):
             Passed to `StableDiffusionPipeline.from_pretrained`.
 
     Returns:
         `StableDiffusionPipeline`: The pipeline, with its progress bar disabled. Generate with
-        `guidance_scale=TOY_GUIDANCE_SCALE`, `num_inference_steps=TOY_NUM_INFERENCE_STEPS` (images are 32x32).
+        `guidance_scale=TOY_GUIDANCE_SCALE`, `num_inference_steps=TOY_NUM_INFERENCE_STEPS` (images are
+        `resolution` x `resolution`).
     """
     import torch
     from diffusers import StableDiffusionPipeline
 
-    if not toy_model_available():
-        missing = [name for name in _REQUIRED_FILES if not (TOY_MODEL_DIR / name).is_file()]
+    model_dir = _model_dir(resolution)
+    if not toy_model_available(resolution):
+        missing = [name for name in _REQUIRED_FILES if not (model_dir / name).is_file()]
         raise FileNotFoundError(
-            f"The toy model's files are missing from {TOY_MODEL_DIR} (missing: {', '.join(missing)}). Reinstall "
+            f"The toy model's files are missing from {model_dir} (missing: {', '.join(missing)}). Reinstall "
             "diffusers-interpret, or train and save the model with `python scripts/train_toy_model.py`."
         )
     kwargs.setdefault("safety_checker", None)
@@ -77,7 +102,7 @@ def load_toy_pipeline(torch_dtype=None, device: Union[str, "torch.device"] = "cp
         # Recent diffusers renamed `torch_dtype` to `dtype`; older ones only know `torch_dtype`.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(TOY_MODEL_DIR),
+            str(model_dir),
             torch_dtype=torch.float32 if torch_dtype is None else torch_dtype,
             local_files_only=True,
             **kwargs,

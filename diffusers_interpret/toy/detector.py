@@ -144,20 +144,23 @@ def estimate_background(image: np.ndarray) -> np.ndarray:
     return np.median(border.astype(np.float64), axis=0)
 
 
-def detect_objects(image: ImageLike, min_area: int = 8, fringe_ratio: float = 0.25) -> Detection:
+def detect_objects(image: ImageLike, min_area: Optional[int] = None, fringe_ratio: float = 0.25) -> Detection:
     r"""
     Find the main object of each half of a toy image, and stray blobs.
 
     Args:
         image (`PIL.Image.Image` or `np.ndarray`):
             The image: PIL, or an `(H, W, 3)` array (uint8, or float in [0, 1]).
-        min_area (`int`, *optional*, defaults to 8):
-            Blobs with fewer pixels are ignored (the smallest rendered object has 32).
+        min_area (`int`, *optional*):
+            Blobs with fewer pixels are ignored; defaults to 8 per 32x32 pixels of image (the smallest rendered object
+            has 32 per 32x32).
         fringe_ratio (`float`, *optional*, defaults to 0.25):
             A blob touching a blob of another colour more than `1 / fringe_ratio` times its size is counted as that
             object's colour fringe (in `Detection.fringes`), not as a stray object.
     """
     array = to_uint8_array(image).astype(np.float64)
+    if min_area is None:
+        min_area = max(1, round(8 * array.shape[0] * array.shape[1] / 32**2))
     background = estimate_background(array)
     references = np.stack([background] + [np.asarray(COLOR_RGB[c], dtype=np.float64) for c in COLORS])
     distances = np.linalg.norm(array[:, :, None, :] - references[None, None], axis=-1)
@@ -231,14 +234,14 @@ class PromptCheck:
         return all(self.color_side) and self.extra_objects == 0
 
 
-def check_prompt(image: ImageLike, prompt: str, min_area: int = 8) -> PromptCheck:
+def check_prompt(image: ImageLike, prompt: str, min_area: Optional[int] = None) -> PromptCheck:
     r"""
     Check an image against a scene prompt with `detect_objects`.
 
     Args:
         image (`PIL.Image.Image` or `np.ndarray`): The image.
         prompt (`str`): A scene prompt, e.g. `"a red circle on the left and a blue square on the right"`.
-        min_area (`int`, *optional*, defaults to 8): Smallest blob counted.
+        min_area (`int`, *optional*): Smallest blob counted (see [`detect_objects`]).
     """
     detection = detect_objects(image, min_area=min_area)
     named = parse_prompt(prompt)
@@ -262,6 +265,7 @@ def evaluate_prompt_following(
     seed: int = 12345,
     batch_size: int = 40,
     return_checks: bool = False,
+    order: str = "left_first",
 ) -> Dict[str, float]:
     r"""
     Generate images for fresh one-object and two-object scene prompts and measure prompt following.
@@ -275,6 +279,8 @@ def evaluate_prompt_following(
         batch_size (`int`, *optional*, defaults to 40): Images per pipeline call.
         return_checks (`bool`, *optional*, defaults to `False`): Also return the `PromptCheck` of every image under
             the key `"checks"`.
+        order (`str`, *optional*, defaults to `"left_first"`): Order of the objects in two-object prompts (see
+            `scenes.sample_scene_spec`).
 
     Returns:
         `dict`: per kind (`one_object_`, `two_object_`): `color_side` (fraction of named objects with the right
@@ -285,7 +291,7 @@ def evaluate_prompt_following(
 
     rng = np.random.default_rng(seed)
     prompts = [sample_scene_spec(rng, 1).prompt for _ in range(num_prompts)]
-    prompts += [sample_scene_spec(rng, 2).prompt for _ in range(num_prompts)]
+    prompts += [sample_scene_spec(rng, 2, order=order).prompt for _ in range(num_prompts)]
     checks: List[PromptCheck] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]

@@ -6,8 +6,11 @@ belong to which word" is known. Prompts have exactly the forms
 
 - `"a red circle on the left"`
 - `"a yellow triangle on the right"`
-- `"a red circle on the left and a blue square on the right"` (two objects: one per side, distinct colours, the left
-  object always named first).
+- `"a red circle on the left and a blue square on the right"` (two objects: one per side, distinct colours; the left
+  object named first, or either first with `order="random"`, the scenes of the 64x64 toy model, where the side words
+  are then needed to draw the scene).
+
+Object sizes scale with the image: 8-12 pixels at 32x32, 16-24 at 64x64.
 """
 
 from dataclasses import dataclass, field
@@ -27,8 +30,10 @@ COLOR_RGB: Dict[str, Tuple[int, int, int]] = {
     "blue": (40, 70, 220),
     "yellow": (235, 205, 30),
 }
+# Object sizes at IMAGE_SIZE; other image sizes scale them.
 MIN_OBJECT_SIZE = 8
 MAX_OBJECT_SIZE = 12
+ORDERS: Tuple[str, ...] = ("left_first", "random")
 # Every word a scene prompt can contain (each is a single token of the toy tokenizer).
 SCENE_WORDS: Tuple[str, ...] = ("a", "on", "the", "and") + SIDES + COLORS + SHAPES
 
@@ -62,10 +67,11 @@ class SceneObject:
 @dataclass(frozen=True)
 class SceneSpec:
     r"""
-    A full scene description: its objects (left one first) and its background colour.
+    A full scene description: its objects (in prompt order) and its background colour.
 
     Args:
-        objects (`Tuple[SceneObject, ...]`): One or two objects; with two, one per side and in distinct colours.
+        objects (`Tuple[SceneObject, ...]`): One or two objects, in prompt order; with two, one per side and in
+            distinct colours.
         background (`Tuple[int, int, int]`): Light background RGB colour.
         image_size (`int`, *optional*, defaults to 32): Height and width of the image in pixels.
     """
@@ -133,14 +139,16 @@ def sample_object(
     image_size: int = IMAGE_SIZE,
 ) -> SceneObject:
     r"""
-    Draw a random object in the given half of the image (1 pixel of margin to the borders and the middle line).
+    Draw a random object in the given half of the image (a margin of 1 pixel per 32 of image size to the borders and
+    the middle line).
     """
     color = color if color is not None else COLORS[rng.integers(len(COLORS))]
     shape = shape if shape is not None else SHAPES[rng.integers(len(SHAPES))]
-    size = int(rng.integers(MIN_OBJECT_SIZE, MAX_OBJECT_SIZE + 1))
+    scale = max(1, image_size // IMAGE_SIZE)
+    size = int(rng.integers(MIN_OBJECT_SIZE * scale, MAX_OBJECT_SIZE * scale + 1))
     half = image_size // 2
-    x = int(rng.integers(1, half - size)) + (half if side == "right" else 0)
-    y = int(rng.integers(1, image_size - size))
+    x = int(rng.integers(scale, half - size)) + (half if side == "right" else 0)
+    y = int(rng.integers(scale, image_size - size))
     return SceneObject(color=color, shape=shape, side=side, size=size, x=x, y=y)
 
 
@@ -154,6 +162,7 @@ def sample_scene_spec(
     rng: Union[np.random.Generator, int],
     num_objects: Optional[int] = None,
     image_size: int = IMAGE_SIZE,
+    order: str = "left_first",
 ) -> SceneSpec:
     r"""
     Draw a random scene description.
@@ -165,7 +174,11 @@ def sample_scene_spec(
             1 or 2; random (equal odds) when not given.
         image_size (`int`, *optional*, defaults to 32):
             Height and width of the image in pixels.
+        order (`str`, *optional*, defaults to `"left_first"`):
+            Which object of a two-object scene the prompt names first: `"left_first"`, or `"random"` (equal odds).
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}.")
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     if num_objects is None:
@@ -179,6 +192,8 @@ def sample_scene_spec(
             sample_object(rng, "left", color=COLORS[left_color], image_size=image_size),
             sample_object(rng, "right", color=COLORS[right_color], image_size=image_size),
         )
+        if order == "random" and rng.integers(2):
+            objects = objects[::-1]
     else:
         raise ValueError(f"num_objects must be 1 or 2, got {num_objects}.")
     return SceneSpec(objects=objects, background=sample_background(rng), image_size=image_size)
@@ -199,7 +214,9 @@ def render_scene(spec: SceneSpec) -> RenderedScene:
     return RenderedScene(image=image, prompt=spec.prompt, objects=list(spec.objects), masks=masks, spec=spec)
 
 
-def generate_scene(seed: int, num_objects: Optional[int] = None, image_size: int = IMAGE_SIZE) -> RenderedScene:
+def generate_scene(
+    seed: int, num_objects: Optional[int] = None, image_size: int = IMAGE_SIZE, order: str = "left_first"
+) -> RenderedScene:
     r"""
     Sample and render one scene from a seed (deterministic).
 
@@ -207,18 +224,23 @@ def generate_scene(seed: int, num_objects: Optional[int] = None, image_size: int
         seed (`int`): Seed of the scene.
         num_objects (`int`, *optional*): 1 or 2; random when not given.
         image_size (`int`, *optional*, defaults to 32): Height and width of the image in pixels.
+        order (`str`, *optional*, defaults to `"left_first"`): See [`sample_scene_spec`].
     """
-    return render_scene(sample_scene_spec(np.random.default_rng(seed), num_objects, image_size))
+    return render_scene(sample_scene_spec(np.random.default_rng(seed), num_objects, image_size, order))
 
 
 def generate_scenes(
-    num_scenes: int, seed: int = 0, num_objects: Optional[int] = None, image_size: int = IMAGE_SIZE
+    num_scenes: int,
+    seed: int = 0,
+    num_objects: Optional[int] = None,
+    image_size: int = IMAGE_SIZE,
+    order: str = "left_first",
 ) -> List[RenderedScene]:
     r"""
     Sample and render `num_scenes` scenes from one seeded generator (deterministic).
     """
     rng = np.random.default_rng(seed)
-    return [render_scene(sample_scene_spec(rng, num_objects, image_size)) for _ in range(num_scenes)]
+    return [render_scene(sample_scene_spec(rng, num_objects, image_size, order)) for _ in range(num_scenes)]
 
 
 def parse_prompt(prompt: str) -> List[Tuple[str, str, str]]:
