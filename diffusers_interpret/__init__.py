@@ -5,6 +5,8 @@ from .attribution import Aggregation, AttributionLevel
 from .box import BOX_CONVENTION
 from .explainer import BasePipelineExplainer
 from .families import (
+    FluxImg2ImgPipelineExplainer,
+    FluxPipelineExplainer,
     StableDiffusionImg2ImgPipelineExplainer,
     StableDiffusionInpaintPipelineExplainer,
     StableDiffusionPipelineExplainer,
@@ -75,6 +77,8 @@ __all__ = [
     "StableDiffusionXLImg2ImgPipelineExplainer",
     "StableDiffusionXLInpaintPipelineExplainer",
     "StableDiffusionXLPipelineExplainer",
+    "FluxImg2ImgPipelineExplainer",
+    "FluxPipelineExplainer",
     "TokenAttributions",
     "explainer_for",
     "load_toy_pipeline",

@@ -25,6 +25,7 @@ def fill_scores(output, trace, scores, index: int, input_image=None, mask: Optio
     output.token_embeddings = scores.token_embeddings[index] if scores.token_embeddings else None
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
+    output.word_attributions = TokenAttributions(tokens.word_scores(np.asarray(scores.tokens[index]).tolist()))
     if scores.extras:
         output.extras.update(scores.extras[min(index, len(scores.extras) - 1)])
     if hasattr(output, "pixel_attributions"):
@@ -42,10 +43,20 @@ def fill_scores(output, trace, scores, index: int, input_image=None, mask: Optio
 
 
 def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributions]]:
-    # Each text encoder's own scores, from the raw gradients over its features (several encoders, shared tokens).
+    # Each text encoder's own scores: its own tokens' where units are per encoder, else from the raw gradients over
+    # its features (several encoders, shared tokens).
     slots = trace.family.text_encoders(trace.pipe)
     units = trace.prompt_tokens[index].units
-    if len(slots) < 2 or output.token_gradients is None or output.token_embeddings is None:
+    if len(slots) < 2:
+        return None
+    if all(len(unit.encoders) == 1 for unit in units):
+        pairs = list(output.token_attributions)
+        return {
+            slot.encoder: TokenAttributions([pair for pair, unit in zip(pairs, units) if unit.encoders == (k,)])
+            for k, slot in enumerate(slots)
+            if any(unit.encoders == (k,) for unit in units)
+        }
+    if output.token_gradients is None or output.token_embeddings is None:
         return None
     if any(len(unit.encoders) != len(slots) for unit in units):
         return None

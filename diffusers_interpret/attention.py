@@ -14,7 +14,12 @@ maps.overlay(image, position=2)  # the third token of the padded sequence (posit
 from typing import Iterable, Optional
 
 from .families import family_for
-from .tracing.attention import CrossAttentionRecorder, CrossAttentionRecordingProcessor
+from .tracing.attention import (
+    CrossAttentionRecorder,
+    CrossAttentionRecordingProcessor,
+    JointAttentionRecorder,
+    make_recorder,
+)
 from .views.attention_maps import AttentionMaps, colorize
 
 
@@ -34,8 +39,8 @@ def record_cross_attention(
     ```
 
     Args:
-        pipe (`DiffusionPipeline`): A pipeline of a supported family (its UNet using the default attention
-            processors).
+        pipe (`DiffusionPipeline`): A pipeline of a supported family. For a transformer family (Flux) the maps are
+            of joint attention: image queries against the text tokens, the softmax taken over all keys.
         steps (`Iterable[int]`, *optional*, defaults to `None`):
             Indices of the denoiser calls to record, counted from 0 (negative ones count from the end of the
             pipeline's schedule, `pipe.num_timesteps`). `None` records every call.
@@ -47,19 +52,18 @@ def record_cross_attention(
             suffix may be left out). `None` records all of them.
 
     Returns:
-        A [`CrossAttentionRecorder`] to enter; `.maps` gives the [`AttentionMaps`]. Record one pipeline call per block.
-        With classifier-free guidance (`pipe.do_classifier_free_guidance` at call time) only the conditional half of
-        the UNet batch is recorded.
+        A [`CrossAttentionRecorder`] (a [`JointAttentionRecorder`] for Flux) to enter; `.maps` gives the
+        [`AttentionMaps`]. Record one pipeline call per block. With classifier-free guidance only the conditional rows
+        (or calls) of the denoiser are recorded.
     """
-    return CrossAttentionRecorder(
-        pipe, steps=steps, keep_per_step=keep_per_step, layers=layers, family=family_for(pipe)
-    )
+    return make_recorder(pipe, family_for(pipe), steps=steps, keep_per_step=keep_per_step, layers=layers)
 
 
 __all__ = [
     "AttentionMaps",
     "CrossAttentionRecorder",
     "CrossAttentionRecordingProcessor",
+    "JointAttentionRecorder",
     "colorize",
     "record_cross_attention",
 ]

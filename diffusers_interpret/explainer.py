@@ -18,7 +18,7 @@ from .request import EXPLAINER_ARGUMENTS, ExplainRequest, check_inputs
 from .session import Session
 from .text import check_same, encode_with_graph, tokenize
 from .trace import Trace
-from .tracing.attention import CrossAttentionRecorder
+from .tracing.attention import make_recorder
 from .tracing.checkpoint import checkpointed
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import run_pipeline
@@ -258,7 +258,7 @@ class BasePipelineExplainer:
             trace.conditioning = {name: t.detach().clone().requires_grad_(True) for name, t in prompt_rows.items()}
             return trace.conditioning
 
-        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe))
+        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, call_kwargs))
         scopes: List[Any] = [counter]
         pixel_store: Dict[str, torch.Tensor] = {}
         tracer = None
@@ -279,7 +279,7 @@ class BasePipelineExplainer:
             steps = None
             if request.method.needs_attention_maps and request.n_traced:
                 steps = list(range(-request.n_traced, 0))
-            recorder = CrossAttentionRecorder(pipe, steps=steps, family=family, counter=counter)
+            recorder = make_recorder(pipe, family, steps=steps, counter=counter)
             scopes.append(recorder)
         grad_before_loop = request.needs_graph and request.image_input is not None
         latents = run_pipeline(pipe, call_kwargs, scopes, grad_before_loop=grad_before_loop, quiet=not self.verbose)
@@ -291,7 +291,13 @@ class BasePipelineExplainer:
         trace.pixels = pixel_store.get("pixels")
         trace.attention_maps = recorder.maps if recorder is not None else None
         trace.prompt_tokens = tokenize(
-            family, pipe, request.prompts, request.consider_special_tokens, request.clean_tokens
+            family,
+            pipe,
+            request.prompts,
+            request.consider_special_tokens,
+            request.clean_tokens,
+            trace.call_kwargs,
+            request.level,
         )
         if snapshot is not None:
             trace.regeneration = Regeneration(
@@ -303,17 +309,19 @@ class BasePipelineExplainer:
                 trace.prompt_tokens[0],
                 snapshot,
                 lambda decoded: family.unit_image(pipe, decoded),
+                size=(request.height, request.width),
             )
             if request.image_input is not None:
                 trace.regeneration.input_pixels = request.image_input.pixels()
         return trace, latents
 
     # -- 4. images ------------------------------------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor, generator=None) -> torch.Tensor:
-        r"""The family's decode of final latents, checkpointed when the explainer checkpoints and grad is on."""
+    def decode(self, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
+        r"""The family's decode of final latents (of an image of `size`, (height, width)), checkpointed when the
+        explainer checkpoints and grad is on."""
 
         def run(z):
-            return self.family.decode(self.pipe, z, generator)
+            return self.family.decode(self.pipe, z, generator, size)
 
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpointed(run, latents)
@@ -322,7 +330,7 @@ class BasePipelineExplainer:
     def decode_images(self, request: ExplainRequest, trace: Trace, latents, step_latents, call_kwargs):
         generator = call_kwargs.get("generator")
         with torch.set_grad_enabled(request.needs_graph and latents.requires_grad):
-            trace.decoded = self.decode(latents, generator)
+            trace.decoded = self.decode(latents, generator, (request.height, request.width))
         with torch.no_grad():
             images, nsfw = self.family.postprocess(self.pipe, trace.decoded.detach(), request.output_type)
             step_images = self._step_images(request, step_latents, generator) if request.step_images else None
@@ -331,7 +339,7 @@ class BasePipelineExplainer:
     def _step_images(self, request: ExplainRequest, step_latents, generator) -> List[GeneratedImages]:
         per_image: List[GeneratedImages] = []
         for latents in tqdm(step_latents, desc="Decoding step images", disable=not self.verbose, leave=False):
-            decoded = self.family.decode(self.pipe, latents, generator)
+            decoded = self.family.decode(self.pipe, latents, generator, (request.height, request.width))
             pictures = self.pipe.image_processor.postprocess(decoded, output_type="pil")
             if not per_image:
                 per_image = [GeneratedImages() for _ in pictures]

@@ -169,7 +169,11 @@ class BaseExplanationOutput:
         pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL): its share of the squared
             gradient x input norm at the text encoders' outputs (gradient methods).
         encoder_token_attributions (`Dict[str, TokenAttributions]`, *optional*): Families with several text encoders:
-            each encoder's own token scores (gradient methods), by the encoder's pipeline attribute.
+            each encoder's own token scores, by the encoder's pipeline attribute (SDXL: from the gradients over each
+            encoder's features of shared tokens; Flux, SD3: each encoder's own tokens).
+        word_attributions (`TokenAttributions`, *optional*): The prompt's words (runs of non-space characters), each
+            scored with the sum of the scores of every token of every tokenizer that falls in it (T5's pieces of a word
+            and the same word under CLIP merge into one).
         session (`Session`): What the call kept, behind `explain()`, `region_grid()`, `interactive_view()`.
         image_index (`int`): This image's index in its call.
     """
@@ -189,6 +193,7 @@ class BaseExplanationOutput:
     attention_maps: Any = field(default=None, repr=False)
     pooled_share: Optional[float] = None
     encoder_token_attributions: Optional[Dict[str, TokenAttributions]] = field(default=None, repr=False)
+    word_attributions: Optional[TokenAttributions] = None
     session: Any = field(default=None, repr=False, compare=False)
     image_index: int = field(default=0, repr=False, compare=False)
 

@@ -9,7 +9,7 @@ import torch
 
 from .attribution import AttributionLevel
 from .target import Target
-from .text import PromptTokens, TextInputs, encode_replaced, token_embedding_values, token_slices
+from .text import PromptTokens, TextInputs, encode_replaced, token_blocks, token_embedding_values
 from .tracing.run import run_pipeline
 from .tracing.steps import StepCounter
 from .tracing.tracer import DenoiserTracer
@@ -77,6 +77,7 @@ class Regeneration:
         tokens: PromptTokens,
         generator_snapshot,
         target_image,
+        size=None,
     ):
         self.explainer = explainer
         self.family = explainer.family
@@ -91,6 +92,7 @@ class Regeneration:
         self.positions = [unit.position for unit in self.units]
         self.generator_device, self.generator_state = generator_snapshot
         self.to_unit_image = target_image
+        self.size = size
         self._inputs: Optional[TextInputs] = None
         self._baselines: Dict[str, torch.Tensor] = {}
         # The input image's [0, 1] pixels (1, 3, H, W) for img2img / inpainting explainers.
@@ -105,13 +107,13 @@ class Regeneration:
         return tokens
 
     def _encode(self, token_embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
-        slices = token_slices(self.family, self.pipe)
-        return encode_replaced(self.family, self.pipe, self.prompts, self.call_kwargs, token_embeddings, slices)
+        blocks = token_blocks(self.family, self.pipe, self.tokens.ids)
+        return encode_replaced(self.family, self.pipe, self.prompts, self.call_kwargs, token_embeddings, blocks)
 
-    def slices(self) -> List[slice]:
+    def slices(self) -> List[Optional[slice]]:
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
-            return [slot.feature_slice for slot in self.family.text_encoders(self.pipe)]
-        return token_slices(self.family, self.pipe)
+            return [None if block is None else block.features for block in self.tokens.blocks]
+        return [block.features for block in token_blocks(self.family, self.pipe, self.tokens.ids)]
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -152,7 +154,7 @@ class Regeneration:
                     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
                     for unit in self.units:
                         if k in unit.encoders:
-                            row[unit.position] = pad
+                            row[unit.token_index] = pad
                 elif baseline == "empty":
                     row = tokenizer("", padding="max_length", max_length=len(row), truncation=True).input_ids
                 else:
@@ -203,7 +205,7 @@ class Regeneration:
         for name in ("negative_prompt", "negative_prompt_2", "latents", "ip_adapter_image", "mask_image"):
             if kwargs.get(name) is not None:
                 kwargs[name] = self._batched(kwargs[name], count)
-        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe))
+        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, kwargs))
         tracer = DenoiserTracer(
             pipe,
             family,
@@ -216,7 +218,7 @@ class Regeneration:
         )
         latents = run_pipeline(pipe, kwargs, [counter, tracer], grad_before_loop=grad and grad_before_loop).images
         with torch.set_grad_enabled(grad and latents.requires_grad):
-            return self.explainer.decode(latents)
+            return self.explainer.decode(latents, size=self.size)
 
     def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
         r"""

@@ -2,24 +2,29 @@ r"""
 The prompt's side of the data path: tokens and the units they are scored as, and the text encoders run with a graph
 from the input token embeddings (or from their outputs) to the conditioning the denoiser reads.
 
-A family may condition on several text encoders (SDXL: CLIP-L and CLIP-G, on the feature axis). Their token
-embeddings at one position are treated as one vector, the concatenation of every encoder's (`TextInputs.slices`
-says which features are whose). When every encoder tokenizes its text into the same tokens (SDXL with `prompt_2`
-unset or equal to `prompt`), a token is one unit scored over all its features; otherwise each encoder's tokens are
-units of their own, scored over that encoder's features.
+A family may condition on several text encoders. Every encoder's tokens sit in one layout, an `EncoderBlock` of rows
+(sequence positions) and features each: encoders of one `sequence_group` share rows and sit side by side on the
+feature axis (SDXL: CLIP-L and CLIP-G; SD3: CLIP-L and CLIP-G), groups follow one another on the sequence axis (SD3:
+T5 after CLIP; Flux: the pooled-only CLIP after T5). Where encoders share rows, their token embeddings at one row are
+treated as one vector, and when they tokenize their text into the same tokens (SDXL with `prompt_2` unset or equal
+to `prompt`) a token is one unit scored over all its features; otherwise each encoder's tokens are units of their
+own, scored over that encoder's features.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .tracing.leaves import EagerAttention, LeafInputEmbeddings, ReplacedInputEmbeddings
+from .attribution import AttributionLevel
+from .tracing.leaves import EagerAttention, LeafInputEmbeddings, ReplacedInputEmbeddings, input_embeddings
 
 
 def clean_token(token: str) -> str:
-    """A BPE token as text: CLIP's end-of-word marker `</w>` removed (as a suffix, not as a set of characters)."""
-    return token[: -len("</w>")] if token.endswith("</w>") else token
+    """A token as text: CLIP's end-of-word marker `</w>` removed (as a suffix, not as a set of characters), and
+    sentencepiece's word-start marker `▁` (T5) where the token has more than the marker."""
+    token = token[: -len("</w>")] if token.endswith("</w>") else token
+    return token[1:] if token.startswith("▁") and len(token) > 1 else token
 
 
 @dataclass(frozen=True)
@@ -29,15 +34,88 @@ class TokenUnit:
 
     Args:
         label (`str`): The token as text.
-        position (`int`): Its position in the padded token sequence.
+        position (`int`): Its row in the layout of every encoder's tokens (`EncoderBlock`).
         token_id (`int`): Its id (in the first of `encoders`' tokenizer).
         encoders (`Tuple[int, ...]`): Indices of the text encoders whose features are scored.
+        index (`int`, *optional*): Its position in its own encoder's padded token sequence (`position` when `None`:
+            the encoder's block starts at row 0).
     """
 
     label: str
     position: int
     token_id: int
     encoders: Tuple[int, ...]
+    index: Optional[int] = None
+
+    @property
+    def token_index(self) -> int:
+        return self.position if self.index is None else self.index
+
+
+@dataclass(frozen=True)
+class EncoderBlock:
+    r"""
+    Where one text encoder's tokens sit in the layout of every encoder's tokens.
+
+    Args:
+        rows (`slice`): Its token positions (rows of the layout's sequence axis).
+        features (`slice`): Its features (of the layout's feature axis).
+    """
+
+    rows: slice
+    features: slice
+
+
+def text_layout(family, pipe, lengths: Sequence[int], level: AttributionLevel) -> List[Optional[EncoderBlock]]:
+    r"""
+    Each text encoder's block in the layout at `level`, given its padded token length: at the token level, encoders of
+    a sequence group side by side on the features of shared rows, groups one after the other on the rows; at the
+    text-encoder-output level, the rows and features its output occupies in the denoiser's `encoder_hidden_states`
+    (`None` for an encoder that conditions through a pooled vector only).
+    """
+    output = AttributionLevel(level) is AttributionLevel.TEXT_ENCODER_OUTPUT
+    blocks: List[Optional[EncoderBlock]] = []
+    group_rows: Dict[int, slice] = {}
+    group_width: Dict[int, int] = {}
+    next_row = 0
+    for slot, length in zip(family.text_encoders(pipe), lengths):
+        if output and slot.feature_slice is None:
+            blocks.append(None)
+            continue
+        group = slot.sequence_group
+        if group not in group_rows:
+            group_rows[group], group_width[group] = slice(next_row, next_row + length), 0
+            next_row += length
+        elif group_rows[group].stop - group_rows[group].start != length:
+            raise RuntimeError(f"Text encoders of sequence group {group} made token sequences of different lengths.")
+        if output:
+            features = slot.feature_slice
+        else:
+            width = int(input_embeddings(getattr(pipe, slot.encoder)).weight.shape[-1])
+            features = slice(group_width[group], group_width[group] + width)
+            group_width[group] += width
+        blocks.append(EncoderBlock(group_rows[group], features))
+    return blocks
+
+
+def layout_shape(blocks: Sequence[Optional[EncoderBlock]]) -> Tuple[int, int]:
+    r"""(rows, features) of a token-level layout."""
+    present = [b for b in blocks if b is not None]
+    return max(b.rows.stop for b in present), max(b.features.stop for b in present)
+
+
+def place(parts: Sequence[Optional[torch.Tensor]], blocks: Sequence[Optional[EncoderBlock]]) -> torch.Tensor:
+    r"""Each encoder's (..., length, width) tensor in its block of one (..., rows, features) tensor (zeros elsewhere).
+    With one block at the origin, the tensor itself."""
+    present = [(part, block) for part, block in zip(parts, blocks) if block is not None and part is not None]
+    rows, width = layout_shape(blocks)
+    if len(present) == 1 and tuple(present[0][0].shape[-2:]) == (rows, width):
+        return present[0][0]
+    lead = present[0][0].shape[:-2]
+    out = torch.zeros((*lead, rows, width), dtype=present[0][0].dtype, device=present[0][0].device)
+    for part, block in present:
+        out[..., block.rows, block.features] = part
+    return out
 
 
 @dataclass
@@ -47,6 +125,43 @@ class PromptTokens:
     ids: List[List[int]]
     tokens: List[List[str]]
     units: List[TokenUnit]
+    blocks: List[Optional[EncoderBlock]] = field(default_factory=list)
+    # Per encoder: the text it read, and each token's (start, end) characters in it (None for special tokens).
+    texts: List[str] = field(default_factory=list)
+    spans: List[List[Optional[Tuple[int, int]]]] = field(default_factory=list)
+    # The encoder whose text is the call's `prompt` (its words are the words scored by `word_scores`).
+    prompt_encoder: int = 0
+
+    def words(self) -> List[Tuple[str, int, int]]:
+        r"""The words of the prompt (maximal runs of non-space characters) with their character spans."""
+        import re
+
+        text = self.texts[self.prompt_encoder] if self.texts else ""
+        return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+    def word_scores(self, scores: Sequence[float]) -> List[Tuple[str, float]]:
+        r"""
+        Scores of the prompt's words: each word's score is the sum of the scores of every unit (of every tokenizer
+        that read the same text) whose characters overlap it: T5's pieces of a word, and the same word under CLIP's
+        tokenisation, merge into one word. Units with no characters (start, end, padding) are left out.
+        """
+        words = self.words()
+        totals = [0.0] * len(words)
+        for unit, score in zip(self.units, scores):
+            k = unit.encoders[0]
+            if not self.spans or self.texts[k] != self.texts[self.prompt_encoder]:
+                continue
+            span = self.spans[k][unit.token_index]
+            if span is None:
+                continue
+            # The word the unit's characters overlap; a unit of spaces only (sentencepiece's bare word-start
+            # marker) belongs to the word it starts.
+            hit = next((w for w, (_, start, end) in enumerate(words) if span[0] < end and start < span[1]), None)
+            if hit is None:
+                hit = next((w for w, (_, start, _) in enumerate(words) if start >= span[0]), None)
+            if hit is not None:
+                totals[hit] += float(score)
+        return [(word, total) for (word, _, _), total in zip(words, totals)]
 
     @property
     def positions(self) -> List[int]:
@@ -68,10 +183,44 @@ def attributed_positions(ids: Sequence[int], tokenizer, consider_special_tokens:
     return list(range(start, end))
 
 
+def token_spans(tokenizer, text: str, ids: Sequence[int]) -> List[Optional[Tuple[int, int]]]:
+    r"""
+    Each token's (start, end) characters in `text` (`None` for special and padding tokens), from the tokenizer's
+    offset mapping; for a tokenizer without one, by finding each token's text in the lower-cased text, in order.
+    """
+    special = set(tokenizer.all_special_ids)
+    try:
+        offsets = tokenizer(
+            text, padding="max_length", max_length=len(ids), truncation=True, return_offsets_mapping=True
+        )
+        mapping = offsets["offset_mapping"]
+        if list(offsets["input_ids"]) == list(ids):
+            return [None if i in special or end <= start else (start, end) for i, (start, end) in zip(ids, mapping)]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        pass
+    lowered, cursor, spans = text.lower(), 0, []
+    for i, token in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
+        piece = clean_token(token).lower()
+        found = -1 if i in special or not piece else lowered.find(piece, cursor)
+        spans.append(None if found < 0 else (found, found + len(piece)))
+        cursor = cursor if found < 0 else found + len(piece)
+    return spans
+
+
 def tokenize(
-    family, pipe, prompts: Dict[str, List[str]], consider_special_tokens: bool, clean: bool
+    family,
+    pipe,
+    prompts: Dict[str, List[str]],
+    consider_special_tokens: bool,
+    clean: bool,
+    call_kwargs: Optional[Dict[str, Any]] = None,
+    level: AttributionLevel = AttributionLevel.TOKEN_EMBEDDINGS,
 ) -> List[PromptTokens]:
-    r"""The tokens of every image's prompt(s) as the pipeline's own tokenizers make them, and their units."""
+    r"""
+    The tokens of every image's prompt(s) as the pipeline's own tokenizers make them (padded to the length the
+    pipeline pads to), and their units at `level` (at the text-encoder-output level, only the tokens of encoders whose
+    output is in the denoiser's `encoder_hidden_states`).
+    """
     slots = family.text_encoders(pipe)
     per_encoder = []
     for slot in slots:
@@ -79,40 +228,53 @@ def tokenize(
         texts = prompts.get(slot.prompt_argument) or prompts["prompt"]
         if hasattr(pipe, "maybe_convert_prompt"):
             texts = pipe.maybe_convert_prompt(texts, tokenizer)
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
-        per_encoder.append((tokenizer, ids))
+        length = family.token_length(pipe, slot, call_kwargs or {})
+        ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True).input_ids
+        per_encoder.append((tokenizer, ids, texts))
+    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _ in per_encoder], level)
     result = []
     for image in range(len(per_encoder[0][1])):
-        ids = [encoder_ids[image] for _, encoder_ids in per_encoder]
-        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _), row in zip(per_encoder, ids)]
+        ids = [encoder_ids[image] for _, encoder_ids, _ in per_encoder]
+        texts = [encoder_texts[image] for _, _, encoder_texts in per_encoder]
+        spans = [token_spans(tokenizer, text, row) for (tokenizer, _, _), text, row in zip(per_encoder, texts, ids)]
+        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _, _), row in zip(per_encoder, ids)]
         labels = [[clean_token(t) if clean else t for t in row] for row in tokens]
         positions = [
             attributed_positions(row, tokenizer, consider_special_tokens)
-            for (tokenizer, _), row in zip(per_encoder, ids)
+            for (tokenizer, _, _), row in zip(per_encoder, ids)
         ]
-        same = all(positions[k] == positions[0] for k in range(len(ids))) and all(
-            [labels[k][p] for p in positions[k]] == [labels[0][p] for p in positions[0]] for k in range(len(ids))
+        scored = [k for k in range(len(ids)) if blocks[k] is not None]
+        first = scored[0]
+        same = all(blocks[k].rows == blocks[first].rows and positions[k] == positions[first] for k in scored)
+        same = same and all(
+            [labels[k][p] for p in positions[k]] == [labels[first][p] for p in positions[first]] for k in scored
         )
         if same:
-            units = [TokenUnit(labels[0][p], p, ids[0][p], tuple(range(len(ids)))) for p in positions[0]]
+            start = blocks[first].rows.start
+            units = [TokenUnit(labels[first][p], start + p, ids[first][p], tuple(scored), p) for p in positions[first]]
         else:
-            units = [TokenUnit(labels[k][p], p, ids[k][p], (k,)) for k in range(len(ids)) for p in positions[k]]
-        result.append(PromptTokens(ids=ids, tokens=tokens, units=units))
+            units = [
+                TokenUnit(labels[k][p], blocks[k].rows.start + p, ids[k][p], (k,), p)
+                for k in scored
+                for p in positions[k]
+            ]
+        prompt_encoder = next((k for k, slot in enumerate(slots) if slot.prompt_argument == "prompt"), 0)
+        result.append(PromptTokens(ids, tokens, units, blocks, texts, spans, prompt_encoder))
     return result
 
 
 @dataclass
 class TextInputs:
     r"""
-    The prompt's embeddings at the attribution level, every text encoder's features side by side.
+    The prompt's embeddings at the attribution level, every text encoder's in its block of the layout.
 
     Args:
-        values (`torch.Tensor`): (images, sequence length, features), detached.
-        slices (`List[slice]`): Each text encoder's features in `values`.
+        values (`torch.Tensor`): (images, rows, features), detached.
+        slices (`List[slice]`): Each text encoder's features in `values` (`None` for an encoder not in them).
     """
 
     values: torch.Tensor
-    slices: List[slice]
+    slices: List[Optional[slice]]
 
     def unit_features(self, unit: TokenUnit) -> List[int]:
         width = self.values.shape[-1]
@@ -123,23 +285,28 @@ class TextInputs:
 class TextEncoding:
     r"""
     The text encoders run with a graph: `conditioning` (the prompt rows of every conditioning tensor the denoiser
-    reads) as a function of `token_leaves` (each encoder's input token embeddings, leaves that require grad).
+    reads) as a function of `token_leaves` (each encoder's input token embeddings, leaves that require grad), laid out
+    by `blocks`.
     """
 
     token_leaves: List[torch.Tensor]
     conditioning: Dict[str, torch.Tensor]
-    slices: List[slice] = field(default_factory=list)
+    blocks: List[EncoderBlock] = field(default_factory=list)
+
+    @property
+    def slices(self) -> List[slice]:
+        return [block.features for block in self.blocks]
 
     def token_inputs(self) -> TextInputs:
-        return TextInputs(torch.cat([leaf.detach().float() for leaf in self.token_leaves], -1), self.slices)
+        return TextInputs(place([leaf.detach().float() for leaf in self.token_leaves], self.blocks), self.slices)
 
     def token_gradients(
         self, conditioning_gradients: Dict[str, torch.Tensor], retain_graph: bool, batched: bool = False
     ) -> torch.Tensor:
         r"""
         Chain gradients with respect to the conditioning back through the text encoders to the token embeddings:
-        (…, images, length, features), features of all encoders side by side. With `batched`, the conditioning
-        gradients carry a leading batch of vectors (one backward pass for all where autograd can).
+        (…, images, rows, features) in the layout of `blocks`. With `batched`, the conditioning gradients carry a
+        leading batch of vectors (one backward pass for all where autograd can).
         """
         names = [name for name in self.conditioning if name in conditioning_gradients]
         outputs = [self.conditioning[name] for name in names]
@@ -166,7 +333,7 @@ class TextEncoding:
         for leaf, gradient in zip(self.token_leaves, found):
             shape = (grads[0].shape[0], *leaf.shape) if batched else leaf.shape
             parts.append(torch.zeros(shape) if gradient is None else gradient.float().cpu())
-        return torch.cat(parts, -1)
+        return place(parts, self.blocks)
 
 
 def encode_with_graph(
@@ -187,10 +354,8 @@ def encode_with_graph(
     if any(len(store) != 1 for store in leaves):
         raise RuntimeError(f"Expected one call of each text encoder, saw {[len(store) for store in leaves]}.")
     token_leaves = [store[0] for store in leaves]
-    widths = [leaf.shape[-1] for leaf in token_leaves]
-    starts = [sum(widths[:k]) for k in range(len(widths))]
-    slices = [slice(start, start + width) for start, width in zip(starts, widths)]
-    return TextEncoding(token_leaves, conditioning, slices)
+    blocks = text_layout(family, pipe, [leaf.shape[1] for leaf in token_leaves], AttributionLevel.TOKEN_EMBEDDINGS)
+    return TextEncoding(token_leaves, conditioning, blocks)
 
 
 def encode_replaced(
@@ -199,15 +364,15 @@ def encode_replaced(
     prompts: Dict[str, List[str]],
     call_kwargs: Dict[str, Any],
     token_embeddings: torch.Tensor,
-    slices: Sequence[slice],
+    blocks: Sequence[EncoderBlock],
 ) -> Dict[str, torch.Tensor]:
-    r"""The pipeline's own `encode_prompt` with each encoder's token embeddings replaced by its features of
+    r"""The pipeline's own `encode_prompt` with each encoder's token embeddings replaced by its block of
     `token_embeddings` (rows, length, features); the prompts are repeated to the number of rows."""
     slots = family.text_encoders(pipe)
     rows = token_embeddings.shape[0]
     scopes = [
-        ReplacedInputEmbeddings(getattr(pipe, slot.encoder), token_embeddings[..., piece])
-        for slot, piece in zip(slots, slices)
+        ReplacedInputEmbeddings(getattr(pipe, slot.encoder), token_embeddings[:, block.rows, block.features])
+        for slot, block in zip(slots, blocks)
     ]
     repeated = {name: [texts[0]] * rows for name, texts in prompts.items()}
     for scope in scopes:
@@ -220,13 +385,14 @@ def encode_replaced(
 
 
 def token_embedding_values(family, pipe, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    r"""Each encoder's input token embeddings of `ids` (one id row per encoder), side by side: (1, length, feat)."""
+    r"""Each encoder's input token embeddings of `ids` (one id row per encoder) in the token-level layout:
+    (1, rows, features)."""
     parts = []
     for slot, row in zip(family.text_encoders(pipe), ids):
-        layer = getattr(pipe, slot.encoder).get_input_embeddings()
+        layer = input_embeddings(getattr(pipe, slot.encoder))
         with torch.no_grad():
             parts.append(layer(torch.tensor([list(row)], device=layer.weight.device)).detach())
-    return torch.cat(parts, -1)
+    return place(parts, token_blocks(family, pipe, ids))
 
 
 def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.Tensor]) -> None:
@@ -241,11 +407,9 @@ def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.
             )
 
 
-def token_slices(family, pipe) -> List[slice]:
-    r"""Each text encoder's features among the input token embeddings side by side."""
-    slots = family.text_encoders(pipe)
-    widths = [getattr(pipe, slot.encoder).get_input_embeddings().weight.shape[-1] for slot in slots]
-    return [slice(sum(widths[:k]), sum(widths[: k + 1])) for k in range(len(widths))]
+def token_blocks(family, pipe, ids: Sequence[Sequence[int]]) -> List[EncoderBlock]:
+    r"""Each text encoder's block in the token-level layout, for its padded token ids (one row per encoder)."""
+    return text_layout(family, pipe, [len(row) for row in ids], AttributionLevel.TOKEN_EMBEDDINGS)
 
 
 @dataclass
@@ -279,11 +443,12 @@ def token_mixing(
     import torch.autograd.forward_ad as forward_ad
 
     slots = family.text_encoders(pipe)
-    length = len(tokens.ids[0])
+    blocks = token_blocks(family, pipe, tokens.ids)
     shared = all(len(unit.encoders) == len(slots) for unit in tokens.units)
     groups = [tuple(range(len(slots)))] if shared else [(k,) for k in range(len(slots))]
-    columns = [(group, position) for group in groups for position in range(length)]
-    slices = token_slices(family, pipe)
+    columns = [
+        (group, row) for group in groups for row in range(blocks[group[0]].rows.start, blocks[group[0]].rows.stop)
+    ]
     values = token_embedding_values(family, pipe, tokens.ids)
     parts = []
     encoders = [getattr(pipe, slot.encoder) for slot in slots]
@@ -293,15 +458,17 @@ def token_mixing(
             tangents = torch.zeros((len(piece), *values.shape[1:]), device=values.device, dtype=values.dtype)
             for row, (group, position) in enumerate(piece):
                 for k in group:
-                    tangents[row, position, slices[k]] = values[0, position, slices[k]]
+                    tangents[row, position, blocks[k].features] = values[0, position, blocks[k].features]
             with forward_ad.dual_level():
                 dual = forward_ad.make_dual(values.expand(len(piece), -1, -1).clone(), tangents)
-                made = encode_replaced(family, pipe, prompts, call_kwargs, dual, slices)["encoder_hidden_states"]
+                made = encode_replaced(family, pipe, prompts, call_kwargs, dual, blocks)["encoder_hidden_states"]
                 tangent = forward_ad.unpack_dual(made).tangent
             parts.append(tangent.double().norm(dim=-1).T.cpu())  # (positions, columns of this piece)
     weights = torch.cat(parts, 1)
     total = weights.sum(1, keepdim=True)
     empty = (total[:, 0] <= 1e-12).nonzero()[:, 0]
-    for position in empty.tolist():  # a position no token feeds keeps its own share
-        weights[position, position] = 1.0
-    return TokenMixing(weights / weights.sum(1, keepdim=True), columns)
+    for position in empty.tolist():  # a position no token feeds keeps its own share (if it is a token's row)
+        own = [c for c, (_, row) in enumerate(columns) if row == position]
+        if own:
+            weights[position, own[0]] = 1.0
+    return TokenMixing(weights / weights.sum(1, keepdim=True).clamp_min(1e-30), columns)

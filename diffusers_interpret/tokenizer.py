@@ -1,5 +1,6 @@
 """Build a word-level `CLIPTokenizer` offline, with no files to download."""
 
+import string
 from typing import Iterable, List, Tuple
 
 from transformers import CLIPTokenizer
@@ -83,3 +84,44 @@ def build_word_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length:
     """
     vocab, merges = build_vocab_and_merges(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+# Words the generated T5 tokenizer splits into several sentencepiece pieces (to exercise word merging).
+SPLIT_WORDS = {"corgi": ("▁cor", "gi"), "landscape": ("▁land", "sca", "pe"), "artstation": ("▁art", "station")}
+
+
+def build_sentencepiece_tokenizer(
+    words: Iterable[str] = DEFAULT_WORDS, split_words: dict = SPLIT_WORDS, model_max_length: int = 32
+):
+    r"""
+    A `T5TokenizerFast` (a sentencepiece-style unigram model, `▁` marking word starts, `</s>` appended) built in
+    memory: each of `words` is one piece, each word of `split_words` several pieces, any other text single characters.
+
+    Args:
+        words (`Iterable[str]`, *optional*, defaults to `DEFAULT_WORDS`): Words that are one piece each.
+        split_words (`dict`, *optional*, defaults to `SPLIT_WORDS`): Word -> the pieces it splits into.
+        model_max_length (`int`, *optional*, defaults to 32): Maximum sequence length.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = ["<pad>", "</s>", "<unk>"]
+    pieces += ["▁" + w for w in dict.fromkeys(w.lower() for w in words) if w.lower() not in split_words]
+    for parts in split_words.values():
+        pieces += [p for p in parts if p not in pieces]
+    pieces += ["▁"] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-")
+    pieces = list(dict.fromkeys(pieces))
+    # Unigram scores: whole words beat their pieces, multi-character pieces beat single characters.
+    vocab = [(p, 0.0 if p in ("<pad>", "</s>", "<unk>") else (-1.0 if len(p) > 1 else -8.0)) for p in pieces]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=model_max_length,
+    )

@@ -86,7 +86,8 @@ class Trace:
         r"""The prompt's embeddings at the attribution level, (images, length, features)."""
         if self.level is AttributionLevel.TOKEN_EMBEDDINGS:
             return self.encoding.token_inputs()
-        slices = [slot.feature_slice for slot in self.family.text_encoders(self.pipe)]
+        blocks = self.prompt_tokens[0].blocks if self.prompt_tokens else []
+        slices = [None if block is None else block.features for block in blocks]
         return TextInputs(self.conditioning["encoder_hidden_states"].detach().float().cpu(), slices)
 
     def _leaves(self, text: bool, pixels: bool) -> Dict[str, torch.Tensor]:
@@ -119,10 +120,11 @@ class Trace:
             return self.encoding.token_gradients(found, retain_graph=retain_graph, batched=batched)
 
     def _pooled_share(self, found: Dict[str, torch.Tensor]) -> Optional[List[float]]:
-        if "text_embeds" not in found:
+        name = self.family.pooled_name
+        if name is None or name not in found:
             return None
         sequence = found["encoder_hidden_states"] * self.conditioning["encoder_hidden_states"].detach().float().cpu()
-        pooled = found["text_embeds"] * self.conditioning["text_embeds"].detach().float().cpu()
+        pooled = found[name] * self.conditioning[name].detach().float().cpu()
         a = pooled.pow(2).flatten(1).sum(1)
         b = sequence.pow(2).flatten(1).sum(1)
         return [float(x) for x in (a / (a + b).clamp_min(1e-30))]

@@ -1,6 +1,7 @@
 """One adapter per pipeline family: the only code that knows a pipeline's shape. `family_for(pipe)` picks one."""
 
 from .base import PipelineFamily, TextEncoderSlot, explainer_class_for, family_for, supported_pipelines
+from .flux import FLUX, FluxImg2ImgPipelineExplainer, FluxPipelineExplainer
 from .stable_diffusion import (
     STABLE_DIFFUSION,
     StableDiffusionImg2ImgPipelineExplainer,
@@ -30,6 +31,9 @@ def explainer_for(pipe, **options):
 
 
 __all__ = [
+    "FLUX",
+    "FluxImg2ImgPipelineExplainer",
+    "FluxPipelineExplainer",
     "STABLE_DIFFUSION",
     "STABLE_DIFFUSION_XL",
     "PipelineFamily",

@@ -14,15 +14,20 @@ class TextEncoderSlot:
     Args:
         tokenizer (`str`): The pipeline attribute of its tokenizer (e.g. `"tokenizer_2"`).
         encoder (`str`): The pipeline attribute of the encoder (e.g. `"text_encoder_2"`).
-        prompt_argument (`str`): The call argument whose text it reads (`"prompt"` or `"prompt_2"`).
-        feature_slice (`slice`): Its features in the denoiser's `encoder_hidden_states` (SDXL concatenates encoders
-            on the feature axis).
+        prompt_argument (`str`): The call argument whose text it reads (`"prompt"`, `"prompt_2"`, `"prompt_3"`).
+        feature_slice (`slice`, *optional*): Its features in the denoiser's `encoder_hidden_states` (SDXL concatenates
+            encoders on the feature axis); `None` for an encoder that conditions through a pooled vector only (Flux's
+            CLIP).
+        sequence_group (`int`, *optional*, defaults to 0): Encoders of one group share token positions (rows) and sit
+            side by side on the feature axis; groups follow one another on the sequence axis, in order (SD3: CLIP-L
+            and CLIP-G in group 0, T5 in group 1).
     """
 
     tokenizer: str
     encoder: str
     prompt_argument: str
-    feature_slice: slice
+    feature_slice: Optional[slice]
+    sequence_group: int = 0
 
 
 class PipelineFamily:
@@ -47,12 +52,18 @@ class PipelineFamily:
     denoiser_attribute: str = "unet"
     # Names of the denoiser call's conditioning tensors that carry the prompt (in `read_conditioning`'s order).
     conditioning_names: Tuple[str, ...] = ("encoder_hidden_states",)
+    # The conditioning tensor that carries a pooled text embedding (its share of the gradient is reported), if any.
+    pooled_name: Optional[str] = None
+    # "cross": UNet cross-attention layers (recorded through their processors); "joint": transformer joint attention
+    # (recorded beside the layers `attention_layers` locates).
+    attention_kind: str = "cross"
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def denoiser(self, pipe) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attribute)
 
-    def calls_per_step(self, pipe) -> int:
+    def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
+        r"""Denoiser calls per denoising step of a call with `call_kwargs` (the pipeline's call arguments)."""
         return 1
 
     def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -82,6 +93,24 @@ class PipelineFamily:
         output.sample = tensor
         return output
 
+    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
+        r"""Whether denoiser call `call_index` (from 0) reads the explained prompt (not, e.g., a separate
+        negative-prompt call of true classifier-free guidance)."""
+        return True
+
+    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
+        r"""The (height, width) grid of the denoiser call's image queries (the latent grid of a UNet)."""
+        sample = self.read_sample(args, kwargs)
+        return int(sample.shape[-2]), int(sample.shape[-1])
+
+    def attention_grid_scale(self, pipe) -> int:
+        r"""Image pixels per cell of `attention_grid`, on each side."""
+        return int(getattr(pipe, "vae_scale_factor", 8))
+
+    def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        r"""The joint-attention layers to record (families with `attention_kind == "joint"`), by module name."""
+        raise NotImplementedError
+
     def positive_rows(self, pipe, batch_size: int) -> slice:
         r"""The rows of the denoiser's batch that carry the prompt: with classifier-free guidance the pipelines
         concatenate [negative, positive]."""
@@ -92,6 +121,10 @@ class PipelineFamily:
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         raise NotImplementedError
+
+    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
+        r"""The length the pipeline pads `slot`'s token sequence to."""
+        return int(getattr(pipe, slot.tokenizer).model_max_length)
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
         r"""
@@ -111,8 +144,9 @@ class PipelineFamily:
             sample_size = (sample_size, sample_size)
         return sample_size[0] * pipe.vae_scale_factor, sample_size[1] * pipe.vae_scale_factor
 
-    def decode(self, pipe, latents: torch.Tensor, generator=None) -> torch.Tensor:
-        r"""The pipeline's own decode of final latents to a [-1, 1] image tensor, keeping the graph."""
+    def decode(self, pipe, latents: torch.Tensor, generator=None, size: Optional[Tuple[int, int]] = None):
+        r"""The pipeline's own decode of final latents to a [-1, 1] image tensor, keeping the graph; `size` is the
+        image's (height, width), for families whose latents do not carry it (Flux's packed latents)."""
         raise NotImplementedError
 
     def postprocess(self, pipe, decoded: torch.Tensor, output_type: str) -> Tuple[Any, Optional[List[bool]]]:

@@ -38,7 +38,7 @@ class StableDiffusionFamily(PipelineFamily):
         )
         return {"encoder_hidden_states": embeddings}
 
-    def decode(self, pipe, latents: torch.Tensor, generator=None) -> torch.Tensor:
+    def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         vae = pipe.vae
         return vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
 

@@ -31,6 +31,7 @@ class StableDiffusionXLFamily(PipelineFamily):
         "StableDiffusionXLInpaintPipeline",
     )
     conditioning_names = ("encoder_hidden_states", "text_embeds")
+    pooled_name = "text_embeds"
 
     def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
         values = super().read_conditioning(args, kwargs)
@@ -72,7 +73,7 @@ class StableDiffusionXLFamily(PipelineFamily):
         size = pipe.default_sample_size * pipe.vae_scale_factor
         return size, size
 
-    def decode(self, pipe, latents: torch.Tensor, generator=None) -> torch.Tensor:
+    def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         vae = pipe.vae
         if vae.dtype == torch.float16 and vae.config.force_upcast:
             # The pipeline upcasts its VAE in place for the decode; a float32 copy leaves the pipeline as it is.

@@ -47,10 +47,9 @@ class AttentionScore(AttributionMethod):
         return (inside / values.flatten(1).sum(1).clamp_min(1e-12)).numpy()
 
     def attribute(self, trace, target) -> Scores:
-        maps = trace.attention_maps.maps
         return Scores(
             tokens=[
-                self.scores_from_maps(maps[i, tokens.positions], target.box)
+                self.scores_from_maps(trace.attention_maps.rows(i, tokens.positions), target.box)
                 for i, tokens in enumerate(trace.prompt_tokens)
             ]
         )

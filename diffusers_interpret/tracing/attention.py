@@ -201,6 +201,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self._current_recorded = False
         self._latent_size: Optional[Tuple[int, int]] = None
         self._rows: Optional[slice] = None
+        self._text_length = 0
         self._current: Dict[Tuple[int, int], torch.Tensor] = {}
         self._current_layers = 0
         self._total: Dict[Tuple[int, int], torch.Tensor] = {}
@@ -265,7 +266,7 @@ class CrossAttentionRecorder(ScopedHooks):
             total = self.counter.total or 0
             self._step_set = set() if self.steps is None else {s + total if s < 0 else s for s in self.steps}
         sample = self.family.read_sample(args, kwargs)
-        latent_size = (int(sample.shape[-2]), int(sample.shape[-1]))
+        latent_size = self.family.attention_grid(args, kwargs)
         if self._latent_size is not None and latent_size != self._latent_size:
             raise RuntimeError(
                 f"The latent size changed from {self._latent_size} to {latent_size} within one recording: record one "
@@ -274,7 +275,9 @@ class CrossAttentionRecorder(ScopedHooks):
         self._latent_size = latent_size
         self._rows = self.family.positive_rows(self.pipe, int(sample.shape[0]))
         self._current_call = index
-        self._current_recorded = self.steps is None or index in self._step_set
+        prompt_call = self.family.is_prompt_call(self.pipe, index, self.counter.calls_per_step)
+        self._current_recorded = prompt_call and (self.steps is None or index in self._step_set)
+        self._text_length = int(self.family.read_conditioning(args, kwargs)["encoder_hidden_states"].shape[1])
         return None
 
     def recording_now(self) -> bool:
@@ -317,7 +320,7 @@ class CrossAttentionRecorder(ScopedHooks):
         r"""The image size `(height, width)`: the latent size times the VAE's scale factor."""
         if self._latent_size is None:
             raise RuntimeError("Nothing was recorded: run the pipeline inside the block.")
-        factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        factor = self.family.attention_grid_scale(self.pipe)
         return self._latent_size[0] * factor, self._latent_size[1] * factor
 
     def _upsample(self, sums: Dict[Tuple[int, int], torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
@@ -344,3 +347,113 @@ class CrossAttentionRecorder(ScopedHooks):
             maps=maps, per_step=per_step, steps=list(self._recorded_steps), layers=list(self._layer_names)
         )
         return self._maps
+
+
+@torch.no_grad()
+def joint_attention_probabilities(
+    attn: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: Optional[torch.Tensor],
+    image_rotary_emb,
+    text_length: int,
+    chunk: int = 256,
+) -> torch.Tensor:
+    r"""
+    Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`), averaged
+    over heads: (batch, image tokens, text tokens).
+
+    Computed from the layer's own projections and norms, beside the layer (its processor, whatever it is or whatever
+    attention backend it dispatches to, is not touched): queries and keys of [text, image] (a double-stream layer
+    projects the text with its `add_*_proj`; a single-stream layer gets text and image already concatenated), the
+    rotary embedding, then for `chunk` image queries at a time a softmax over ALL keys (text and image), of which the
+    text columns are kept. So the maps of all text tokens sum to the share of attention the text gets, not to 1.
+    """
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    head_dim = attn.head_dim
+    fused = getattr(attn, "fused_projections", False)
+    if fused:
+        query, key, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    query = attn.norm_q(query.unflatten(-1, (-1, head_dim)))
+    key = attn.norm_k(key.unflatten(-1, (-1, head_dim)))
+    if encoder_hidden_states is not None:
+        if fused and hasattr(attn, "to_added_qkv"):
+            text_query, text_key, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+        else:
+            text_query, text_key = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
+        text_query = attn.norm_added_q(text_query.unflatten(-1, (-1, head_dim)))
+        text_key = attn.norm_added_k(text_key.unflatten(-1, (-1, head_dim)))
+        query, key = torch.cat([text_query, query], dim=1), torch.cat([text_key, key], dim=1)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    image_queries = query[:, text_length:].transpose(1, 2).float()  # (batch, heads, image tokens, head_dim)
+    keys = key.transpose(1, 2).float()  # (batch, heads, all tokens, head_dim)
+    scale = head_dim**-0.5
+    parts = []
+    for start in range(0, image_queries.shape[2], chunk):
+        scores = image_queries[:, :, start : start + chunk] @ keys.transpose(-1, -2) * scale
+        parts.append(scores.softmax(dim=-1)[..., :text_length].mean(dim=1))
+    return torch.cat(parts, dim=1)
+
+
+class JointAttentionRecorder(CrossAttentionRecorder):
+    r"""
+    Records the image-query x text-key attention of a transformer's joint-attention layers (Flux's double- and
+    single-stream blocks) while the pipeline runs, into the same [`AttentionMaps`] as [`CrossAttentionRecorder`]
+    (token axis: the text tokens of `encoder_hidden_states`; image axis: the packed latent grid, upsampled).
+
+    The layers' processors stay as they are: a forward pre-hook on each layer (located by the family) computes the
+    probabilities beside it with [`joint_attention_probabilities`], accumulated per step at the grid's resolution
+    (never every layer x step held). The transformer's output is therefore bit-identical to the pipeline's own.
+    """
+
+    def _install(self) -> None:
+        self._reset()
+        layers = self.family.attention_layers(self.unet)
+        for name, module in layers:
+            if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
+                continue
+            self.hook_forward_pre(module, self._layer_hook(self._layer_key(name)))
+            self._layer_names.append(self._layer_key(name))
+        if self.layer_filter is not None:
+            unknown = self.layer_filter - set(self._layer_names)
+            if unknown:
+                raise ValueError(f"Not joint-attention layers of this transformer: {sorted(unknown)}.")
+        if not self._layer_names:
+            raise ValueError("This transformer has no joint-attention layer to record.")
+        if self._own_counter:
+            self.counter.__enter__()
+        self.hook_forward_pre(self.unet, self._pre_hook)
+
+    def _remove(self) -> None:
+        if self._own_counter and self.counter.active:
+            self.counter.__exit__(None, None, None)
+
+    def _layer_hook(self, name: str):
+        def hook(module, args, kwargs):
+            if not self.recording_now():
+                return None
+            hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            encoder_hidden_states = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            rotary = kwargs.get("image_rotary_emb", args[3] if len(args) > 3 else None)
+            rows = self.kept_rows(int(hidden_states.shape[0]))
+            probs = joint_attention_probabilities(
+                module,
+                hidden_states.detach()[rows],
+                None if encoder_hidden_states is None else encoder_hidden_states.detach()[rows],
+                rotary,
+                self._text_length,
+            )
+            self.add(name, probs)
+            return None
+
+        return hook
+
+
+def make_recorder(pipe, family, **options) -> CrossAttentionRecorder:
+    r"""The attention recorder of a family: cross-attention (UNet families) or joint attention (transformer ones)."""
+    recorder = JointAttentionRecorder if family.attention_kind == "joint" else CrossAttentionRecorder
+    return recorder(pipe, family=family, **options)

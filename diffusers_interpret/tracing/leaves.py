@@ -7,6 +7,15 @@ import torch
 from .scoped import ScopedHooks
 
 
+def input_embeddings(text_encoder: torch.nn.Module) -> torch.nn.Module:
+    r"""The token embedding layer a text encoder's forward pass calls: T5's encoder stack has its own module (tied to
+    the model's `shared` weights, so hooks on `get_input_embeddings()` would never fire)."""
+    stack = getattr(text_encoder, "encoder", None)
+    if stack is not None and hasattr(stack, "get_input_embeddings") and hasattr(stack, "embed_tokens"):
+        return stack.get_input_embeddings()
+    return text_encoder.get_input_embeddings()
+
+
 class LeafInputEmbeddings(ScopedHooks):
     r"""
     Within the block, every output of the text encoder's input (token) embedding layer is replaced by a leaf tensor
@@ -15,7 +24,7 @@ class LeafInputEmbeddings(ScopedHooks):
 
     def __init__(self, text_encoder: torch.nn.Module, store: List[torch.Tensor]):
         super().__init__()
-        self.layer = text_encoder.get_input_embeddings()
+        self.layer = input_embeddings(text_encoder)
         self.store = store
 
     def _install(self) -> None:
@@ -32,7 +41,7 @@ class ReplacedInputEmbeddings(ScopedHooks):
 
     def __init__(self, text_encoder: torch.nn.Module, embeddings: torch.Tensor):
         super().__init__()
-        self.layer = text_encoder.get_input_embeddings()
+        self.layer = input_embeddings(text_encoder)
         self.embeddings = embeddings
 
     def _install(self) -> None:

@@ -97,8 +97,11 @@ class DenoiserTracer(ScopedHooks):
             torch.set_grad_enabled(False)
             return None
         torch.set_grad_enabled(self.grad)
-        present = self.family.read_conditioning(args, kwargs)
-        args, kwargs = self.family.write_conditioning(args, kwargs, self._swap(present))
+        if self.family.is_prompt_call(
+            self.pipe, index, self.counter.calls_per_step
+        ):  # not, e.g., true CFG's separate negative-prompt call
+            present = self.family.read_conditioning(args, kwargs)
+            args, kwargs = self.family.write_conditioning(args, kwargs, self._swap(present))
         if self.checkpoint and self.grad:
             self._saved = (args, kwargs)
             torch.set_grad_enabled(False)

@@ -66,6 +66,16 @@ class AttentionMaps:
         r"""The image size `(height, width)` of the maps."""
         return int(self.maps.shape[2]), int(self.maps.shape[3])
 
+    def rows(self, image_index: int, positions: Sequence[int]) -> torch.Tensor:
+        r"""The maps of image `image_index` at token `positions`, (len(positions), H, W); zeros for a position past
+        the maps' tokens (a token that conditions through a pooled vector only, e.g. Flux's CLIP tokens)."""
+        maps = self.maps[image_index]
+        out = maps.new_zeros((len(positions), *maps.shape[1:]))
+        inside = [k for k, position in enumerate(positions) if position < maps.shape[0]]
+        if inside:
+            out[inside] = maps[[positions[k] for k in inside]]
+        return out
+
     def _check(self, position: int, image_index: int) -> None:
         if not -self.num_tokens <= position < self.num_tokens:
             raise IndexError(f"Token position {position} is out of range for {self.num_tokens} tokens.")

@@ -1,0 +1,146 @@
+"""Flux.1: T5 tokens into joint attention, CLIP's pooled vector into the modulation, packed 2x2 latents."""
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..explainer import BasePipelineExplainer
+from ..outputs import PipelineImg2ImgExplainerOutput
+from .base import PipelineFamily, TextEncoderSlot, register_explainer, register_family
+
+
+class FluxFamily(PipelineFamily):
+    r"""
+    `FluxPipeline` and `FluxImg2ImgPipeline`.
+
+    `encode_prompt` runs CLIP-L (`text_encoder`, on `prompt`) for its pooled output only, which enters the transformer
+    as `pooled_projections`, and T5 (`text_encoder_2`, on `prompt_2`, which defaults to `prompt`), whose token states,
+    padded to `max_sequence_length`, are the `encoder_hidden_states` of joint attention. Both are explained: T5's
+    tokens sit at rows 0.. of the token layout, CLIP's after them (they reach the image through the pooled vector
+    alone). Flux-dev is guidance-distilled (one transformer call per step, one row per image); with
+    `true_cfg_scale > 1` and a negative prompt the pipeline makes a second, separate call per step for the negative
+    prompt, which the explanation traces through but does not attribute. Latents are packed 2x2 and decoded with
+    `latents / scaling_factor + shift_factor`.
+    """
+
+    name = "flux"
+    display_name = "Flux"
+    required_components = ("transformer", "vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
+    pipeline_class_names = ("FluxPipeline", "FluxImg2ImgPipeline")
+    denoiser_attribute = "transformer"
+    conditioning_names = ("encoder_hidden_states", "pooled_projections")
+    pooled_name = "pooled_projections"
+    attention_kind = "joint"
+
+    # -- the denoiser call ----------------------------------------------------------------------------------------
+    def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
+        kwargs = call_kwargs or {}
+        negative = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
+        return 2 if (kwargs.get("true_cfg_scale") or 1.0) > 1 and negative else 1
+
+    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
+        # With true CFG the pipeline calls the transformer for the prompt first, then for the negative prompt.
+        return call_index % calls_per_step == 0
+
+    def positive_rows(self, pipe, batch_size: int) -> slice:
+        return slice(0, batch_size)
+
+    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": sample}
+        return (sample, *args[1:]), kwargs
+
+    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+        return {name: kwargs[name] for name in self.conditioning_names}
+
+    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+        return args, {**kwargs, **{name: values[name] for name in self.conditioning_names}}
+
+    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
+        # The packed latent grid, from the image tokens' (0, row, column) ids.
+        ids = kwargs["img_ids"]
+        ids = ids[0] if ids.dim() == 3 else ids
+        return int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1
+
+    def attention_grid_scale(self, pipe) -> int:
+        return 2 * int(pipe.vae_scale_factor)  # one image token is a 2x2 patch of latents
+
+    def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        # Located by module type and role, not by processor class (whose names diffusers has changed).
+        from diffusers.models.transformers.transformer_flux import FluxAttention
+
+        return [(name, module) for name, module in denoiser.named_modules() if isinstance(module, FluxAttention)]
+
+    # -- text -----------------------------------------------------------------------------------------------------
+    def text_encoders(self, pipe) -> List[TextEncoderSlot]:
+        return [
+            TextEncoderSlot("tokenizer_2", "text_encoder_2", "prompt_2", slice(None), sequence_group=0),
+            TextEncoderSlot("tokenizer", "text_encoder", "prompt", None, sequence_group=1),
+        ]
+
+    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
+        if slot.encoder == "text_encoder_2":
+            return int(call_kwargs.get("max_sequence_length") or 512)
+        return int(pipe.tokenizer_max_length)
+
+    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
+        embeddings, pooled, _ = pipe.encode_prompt(
+            prompt=prompts["prompt"],
+            prompt_2=prompts.get("prompt_2"),
+            device=device,
+            num_images_per_prompt=1,
+            max_sequence_length=int(call_kwargs.get("max_sequence_length") or 512),
+            lora_scale=(call_kwargs.get("joint_attention_kwargs") or {}).get("scale"),
+        )
+        return {"encoder_hidden_states": embeddings, "pooled_projections": pooled}
+
+    # -- images ---------------------------------------------------------------------------------------------------
+    def default_size(self, pipe) -> Tuple[int, int]:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        return size, size
+
+    def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
+        if latents.dim() == 3:  # packed (images, tokens, channels x 2 x 2)
+            height, width = size if size is not None else self.default_size(pipe)
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        vae = pipe.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        return vae.decode(latents, return_dict=False)[0]
+
+
+FLUX = register_family(FluxFamily())
+
+
+@register_explainer("FluxPipeline")
+class FluxPipelineExplainer(BasePipelineExplainer):
+    r"""
+    Explains images made by a `FluxPipeline`: T5's tokens (joint attention) and CLIP's tokens (through the pooled
+    vector), at both levels.
+
+    `token_attributions` lists T5's tokens, then CLIP's (at the `text_encoder_output` level, T5's only: CLIP reaches
+    the transformer as one pooled vector, whose share of the gradient is `output.pooled_share`). T5 splits words into
+    pieces; `output.word_attributions` merges every tokenizer's pieces of each word of the prompt.
+
+    Example:
+        ```py
+        >>> explainer = FluxPipelineExplainer(pipe)
+        >>> output = explainer("a red circle on the left", num_inference_steps=4, guidance_scale=3.5,
+        ...                    attribution_method="grad_x_input", explanation_2d_bounding_box=((0, 0), (512, 1024)))
+        >>> output.word_attributions
+        ```
+    """
+
+    family = FLUX
+
+
+@register_explainer("FluxImg2ImgPipeline")
+class FluxImg2ImgPipelineExplainer(BasePipelineExplainer):
+    r"""Explains images made by a `FluxImg2ImgPipeline`: as [`FluxPipelineExplainer`], plus pixel attributions of the
+    input image (as [`StableDiffusionImg2ImgPipelineExplainer`])."""
+
+    family = FLUX
+    input_kind = "image"
+    output_class = PipelineImg2ImgExplainerOutput

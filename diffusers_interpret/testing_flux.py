@@ -1,0 +1,114 @@
+"""Tiny, randomly initialised Flux pipelines built offline from configs (as diffusers' own tests do)."""
+
+from typing import Optional
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxImg2ImgPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+from .testing import freeze, tiny_clip_config
+from .tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
+
+FLUX_PIPELINE_CLASSES = {"text2img": FluxPipeline, "img2img": FluxImg2ImgPipeline}
+# The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); Flux's default is 512.
+TINY_T5_LENGTH = 16
+
+
+def make_tiny_flux_components(seed: int = 0, guidance_embeds: bool = False, num_layers: int = 1) -> dict:
+    r"""
+    Components of a tiny Flux pipeline (random weights, frozen, eval mode): 16x16 images, 8x8 packed latent tokens.
+
+    CLIP (`text_encoder`, hidden size 32) gives the pooled vector only; T5 (`text_encoder_2`, d_model 32, with a
+    generated sentencepiece tokenizer that splits some words into pieces) gives the tokens of joint attention.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        guidance_embeds (`bool`, *optional*, defaults to `False`): A guidance-distilled transformer (Flux-dev).
+        num_layers (`int`, *optional*, defaults to 1): Double-stream blocks (and as many single-stream blocks).
+    """
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=num_layers,
+        num_single_layers=num_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    tokenizer = build_word_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_clip_config(tokenizer))
+    tokenizer_2 = build_sentencepiece_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            decoder_start_token_id=tokenizer_2.pad_token_id,
+        )
+    )
+    freeze(transformer, vae, text_encoder, text_encoder_2)
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": tokenizer_2,
+        "transformer": transformer,
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def make_tiny_flux_pipeline(
+    kind: str = "text2img", seed: int = 0, dtype: Optional[torch.dtype] = None, guidance_embeds: bool = False
+):
+    r"""
+    A tiny offline Flux pipeline with random weights, for tests and benchmarks. Call it with
+    `max_sequence_length=TINY_T5_LENGTH` (or less) and `height=width=16`.
+
+    Args:
+        kind (`str`, *optional*, defaults to `"text2img"`): `"text2img"` or `"img2img"`.
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        dtype (`torch.dtype`, *optional*): Cast the pipeline.
+        guidance_embeds (`bool`, *optional*, defaults to `False`): A guidance-distilled transformer (Flux-dev).
+    """
+    if kind not in FLUX_PIPELINE_CLASSES:
+        raise ValueError(f"`kind` must be one of {sorted(FLUX_PIPELINE_CLASSES)}, got {kind!r}.")
+    pipe = FLUX_PIPELINE_CLASSES[kind](**make_tiny_flux_components(seed, guidance_embeds))
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,283 @@
+"""Flux through the family seam: identity with the pipelines, gradients through T5 and CLIP, joint-attention maps."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import seeded
+from PIL import Image
+
+from diffusers_interpret import FluxImg2ImgPipelineExplainer, FluxPipelineExplainer, explainer_for
+from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+
+PROMPT = "a cute corgi on the left"
+SIZE, STEPS = 16, 3
+COMMON = dict(height=SIZE, width=SIZE, num_inference_steps=STEPS, max_sequence_length=TINY_T5_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return make_tiny_flux_pipeline("text2img")
+
+
+@pytest.fixture(scope="module")
+def flux64():
+    return make_tiny_flux_pipeline("text2img", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def flux_dev():
+    return make_tiny_flux_pipeline("text2img", guidance_embeds=True)
+
+
+def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
+    explainer = explainer_for(pipe, verbose=False)
+    kwargs.setdefault("attribution_method", "grad_x_input")
+    return explainer(prompt, generator=seeded(seed), **COMMON, **kwargs)
+
+
+def box_sum(images: torch.Tensor, box) -> torch.Tensor:
+    (x0, y0), (x1, y1) = box
+    return images[0, :, y0:y1, x0:x1].sum()
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention"])
+def test_image_is_the_pipelines_image(flux, flux_dev, method):
+    for pipe, extra in ((flux, {}), (flux_dev, {"guidance_scale": 3.5})):
+        expected = pipe(PROMPT, generator=seeded(1), output_type="np", **COMMON, **extra).images[0]
+        out = explain(pipe, seed=1, attribution_method=method, output_type="np", **extra)
+        np.testing.assert_array_equal(out.image, expected)
+    true_cfg = dict(negative_prompt="a dog", true_cfg_scale=2.0)
+    expected = flux(PROMPT, generator=seeded(2), output_type="np", **COMMON, **true_cfg).images[0]
+    out = explain(flux, seed=2, attribution_method=method, output_type="np", **true_cfg)
+    np.testing.assert_array_equal(out.image, expected)
+
+
+def test_img2img_image_is_the_pipelines():
+    pipe = make_tiny_flux_pipeline("img2img")
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    args = dict(image=init, strength=0.5, **COMMON)  # 0.7 of 3 steps would start from pure noise (sigma 1)
+    expected = pipe(PROMPT, generator=seeded(0), output_type="np", **args).images[0]
+    explainer = FluxImg2ImgPipelineExplainer(pipe, verbose=False)
+    out = explainer(PROMPT, generator=seeded(0), output_type="np", attribution_method="grad_x_input", **args)
+    np.testing.assert_array_equal(out.image, expected)
+    assert out.pixel_attributions is not None and out.pixel_attributions.shape[-2:] == (SIZE, SIZE)
+    assert np.abs(out.pixel_attributions).sum() > 0
+
+
+def reference_token_gradients(pipe, prompt, box, **call):
+    # An independent autograd computation: each text encoder's token embedding output replaced (for the prompt's
+    # own ids only) by a leaf, then the pipeline's own __call__ with grad, and the box sum differentiated.
+    leaves = {}
+
+    def hook(name, ids):
+        def replace(module, args, output):
+            if args[0].shape == ids.shape and torch.equal(args[0], ids):
+                leaves[name] = output.detach().clone().requires_grad_(True)
+                return leaves[name]
+            return output
+
+        return replace
+
+    t5_ids = pipe.tokenizer_2(
+        prompt, padding="max_length", max_length=TINY_T5_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+    clip_ids = pipe.tokenizer(
+        prompt, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    handles = [
+        pipe.text_encoder_2.encoder.embed_tokens.register_forward_hook(hook("t5", t5_ids)),
+        pipe.text_encoder.get_input_embeddings().register_forward_hook(hook("clip", clip_ids)),
+    ]
+    try:
+        with torch.enable_grad():
+            images = (
+                type(pipe)
+                .__call__.__wrapped__(pipe, prompt, generator=seeded(0), output_type="pt", **COMMON, **call)
+                .images
+            )
+            target = box_sum(images, box)
+            grads = torch.autograd.grad(target, [leaves["t5"], leaves["clip"]])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return target.item(), {"t5": (leaves["t5"].detach(), grads[0]), "clip": (leaves["clip"].detach(), grads[1])}
+
+
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_token_gradients_equal_an_independent_autograd_and_finite_differences(flux64, true_cfg):
+    pipe, box, eps = flux64, ((0, 0), (8, 16)), 1e-3
+    call = dict(negative_prompt="a dog", true_cfg_scale=2.0) if true_cfg else {}
+    out = explain(pipe, explanation_2d_bounding_box=box, **call)
+    _, reference = reference_token_gradients(pipe, PROMPT, box, **call)
+    units = out.session.trace.prompt_tokens[0].units
+    assert [u.encoders for u in units] == [(0,)] * 7 + [(1,)] * 6  # T5's 7 pieces, then CLIP's 6 tokens
+    for row, unit in enumerate(units):
+        values, grads = reference["t5" if unit.encoders == (0,) else "clip"]
+        np.testing.assert_allclose(out.token_gradients[row], grads[0, unit.token_index].float(), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(out.token_embeddings[row], values[0, unit.token_index].float(), rtol=1e-6)
+
+    # The directional derivative along the gradient (the flow-matching scheduler steps in float32, so per-token
+    # differences along weak directions drown in rounding; along the gradient they do not).
+    t5_grad, clip_grad = reference["t5"][1], reference["clip"][1]
+    norm = float(torch.sqrt(t5_grad.pow(2).sum() + clip_grad.pow(2).sum()))
+
+    def shifted(sign):
+        def shift(direction, ids):
+            def add(module, args, output):
+                if args[0].shape == ids.shape and torch.equal(args[0], ids):
+                    return output + sign * eps * direction / norm
+                return output
+
+            return add
+
+        t5_ids = pipe.tokenizer_2(PROMPT, padding="max_length", max_length=TINY_T5_LENGTH, return_tensors="pt")
+        clip_ids = pipe.tokenizer(PROMPT, padding="max_length", max_length=77, return_tensors="pt")
+        handles = [
+            pipe.text_encoder_2.encoder.embed_tokens.register_forward_hook(shift(t5_grad, t5_ids.input_ids)),
+            pipe.text_encoder.get_input_embeddings().register_forward_hook(shift(clip_grad, clip_ids.input_ids)),
+        ]
+        try:
+            images = pipe(PROMPT, generator=seeded(0), output_type="pt", **COMMON, **call).images
+        finally:
+            for handle in handles:
+                handle.remove()
+        return float(box_sum(images, box))
+
+    fd = (shifted(1) - shifted(-1)) / (2 * eps)
+    ours = float(np.sqrt(np.sum(np.asarray(out.token_gradients, dtype=np.float64) ** 2)))
+    assert fd == pytest.approx(norm, rel=1e-3)
+    # Every nonzero gradient row is a unit's: the attributed tokens carry the whole gradient but for the end/padding.
+    assert ours <= norm * (1 + 1e-6)
+
+
+def test_encoder_output_gradients_and_the_pooled_share(flux64):
+    pipe, box = flux64, ((4, 2), (14, 12))
+    out = explain(pipe, explanation_2d_bounding_box=box, attribution_level="text_encoder_output")
+    assert len(out.token_attributions) == 7  # T5's pieces only: CLIP enters as the pooled vector
+    embeds, pooled, _ = pipe.encode_prompt(PROMPT, prompt_2=None, max_sequence_length=TINY_T5_LENGTH)
+    leaf, pooled_leaf = embeds.clone().requires_grad_(True), pooled.clone().requires_grad_(True)
+    call = {k: v for k, v in COMMON.items() if k != "max_sequence_length"}
+    with torch.enable_grad():
+        images = (
+            type(pipe)
+            .__call__.__wrapped__(
+                pipe,
+                prompt_embeds=leaf,
+                pooled_prompt_embeds=pooled_leaf,
+                generator=seeded(0),
+                output_type="pt",
+                **call,
+            )
+            .images
+        )
+        grad_embeds, grad_pooled = torch.autograd.grad(box_sum(images, box), (leaf, pooled_leaf))
+    np.testing.assert_allclose(out.token_gradients, grad_embeds[0, :7].float(), rtol=1e-5, atol=1e-9)
+    a = float((grad_pooled * pooled).pow(2).sum())
+    b = float((grad_embeds * embeds).pow(2).sum())
+    assert out.pooled_share == pytest.approx(a / (a + b), rel=1e-5)
+
+
+def test_words_merge_every_tokenizers_pieces(flux):
+    out = explain(flux, explanation_2d_bounding_box=((0, 0), (8, 16)))
+    labels = [label for label, _ in out.token_attributions]
+    # T5 splits "corgi" into two pieces; CLIP keeps it whole.
+    assert labels == ["a", "cute", "cor", "gi", "on", "the", "left", "a", "cute", "corgi", "on", "the", "left"]
+    scores = dict(enumerate(out.token_attributions.scores))
+    words = out.word_attributions
+    assert [w for w, _ in words] == PROMPT.split()
+    assert words[2][1] == pytest.approx(scores[2] + scores[3] + scores[9], rel=1e-6)
+    assert words[0][1] == pytest.approx(scores[0] + scores[7], rel=1e-6)
+    per_encoder = out.encoder_token_attributions
+    assert [w for w, _ in per_encoder["text_encoder_2"]] == labels[:7]
+    assert [w for w, _ in per_encoder["text_encoder"]] == labels[7:]
+    # A word no tokenizer knows whole, split into characters by both, and punctuation glued to a word.
+    out = explain(flux, prompt="a zebra, left")
+    assert [w for w, _ in out.word_attributions] == ["a", "zebra,", "left"]
+    assert sum(s for _, s in out.word_attributions) == pytest.approx(sum(out.token_attributions.scores), rel=1e-6)
+
+
+class ExplicitJointAttention:
+    r"""An independent joint-attention processor: FluxAttnProcessor's math with an explicit softmax, whose
+    probabilities it keeps (image queries x text keys, heads averaged) for the test to aggregate."""
+
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        d = attn.head_dim
+        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, d)))
+        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, d)))
+        v = attn.to_v(hidden_states).unflatten(-1, (-1, d))
+        if encoder_hidden_states is not None:
+            eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
+            ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
+            ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, d))
+            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) / d**0.5, dim=-1)
+        self.store.append(probs.mean(1))  # (batch, all queries, all keys)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2, 3).to(q.dtype)
+        if encoder_hidden_states is not None:
+            text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
+            return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
+        return out
+
+
+def test_joint_attention_maps_equal_an_independent_computation(flux):
+    out = explain(flux, attribution_method="attention", explanation_2d_bounding_box=((0, 0), (8, 16)))
+    maps = out.attention_maps.maps[0]  # (T5 tokens, H, W)
+    assert maps.shape == (TINY_T5_LENGTH, SIZE, SIZE)
+    assert len(out.attention_maps.layers) == 2  # one double-stream and one single-stream layer
+
+    processors = flux.transformer.attn_processors
+    store = []
+    flux.transformer.set_attn_processor({name: ExplicitJointAttention(store, name) for name in processors})
+    try:
+        flux(PROMPT, generator=seeded(0), output_type="np", **COMMON)
+    finally:
+        flux.transformer.set_attn_processor(dict(processors))
+    text, grid = TINY_T5_LENGTH, SIZE // 2  # packed 2x2: an 8x8 grid of image tokens
+    per_call = [torch.stack(store[i : i + 2]).mean(0) for i in range(0, len(store), 2)]  # layers averaged
+    probs = torch.stack(per_call).mean(0)[0, text:, :text]  # steps averaged; image queries x text keys
+    expected = probs.T.reshape(text, grid, grid)
+    expected = F.interpolate(expected[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert float(maps.sum(0).max()) < 1  # the image keys take their share of each softmax
+
+
+def test_every_method_and_reexplanation(flux):
+    explainer = FluxPipelineExplainer(flux, verbose=False)
+    for method in ("integrated_gradients", "smoothgrad", "ablation", "jacobian_norm", "attention", "word_attention"):
+        out = explainer(PROMPT, generator=seeded(0), attribution_method=method, **COMMON)
+        assert len(out.token_attributions) == 13 and np.isfinite(out.token_attributions.scores).all(), method
+    out = explainer(PROMPT, generator=seeded(0), keep_for_reexplanation="latents", **COMMON)
+    fresh = explainer(PROMPT, generator=seeded(0), explanation_2d_bounding_box=((8, 0), (16, 16)), **COMMON)
+    again = out.explain(((8, 0), (16, 16)))
+    np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-5)
+
+
+def test_state_restored_after_an_injected_exception(flux):
+    explainer = FluxPipelineExplainer(flux, verbose=True)
+    processors = flux.transformer.attn_processors
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    for method in ("grad_x_input", "word_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explainer(PROMPT, callback_on_step_end=boom, attribution_method=method, **COMMON)
+        assert torch.is_grad_enabled()
+        for module in flux.transformer.modules():
+            assert not module._forward_pre_hooks and not module._forward_hooks
+        for layer in (flux.text_encoder_2.encoder.embed_tokens, flux.text_encoder.get_input_embeddings()):
+            assert not layer._forward_hooks
+        assert all(flux.transformer.attn_processors[k] is v for k, v in processors.items())
+    expected = flux(PROMPT, generator=seeded(3), output_type="np", **COMMON).images[0]
+    np.testing.assert_array_equal(explain(flux, seed=3, output_type="np").image, expected)
