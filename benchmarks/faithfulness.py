@@ -134,14 +134,27 @@ def whole_image_metrics(scores, words):
     return ranked_above(scores, content, function), ranked_above(scores, colour_shape, function)
 
 
+def word_units(output):
+    # For each word of the prompt, the indices of its units (tokens of every tokenizer).
+    return output.session.trace.prompt_tokens[output.image_index].word_units()
+
+
+def word_scores(output):
+    # One score per word of the prompt (every word ranked; T5's pieces and CLIP's token of a word merged).
+    if output.word_attributions is not None:
+        return output.word_attributions.scores
+    return output.token_attributions.scores
+
+
 def word_maps(output):
-    # (attributed tokens, H, W) maps at the image's size, or None for a method without maps.
+    # (words, H, W) maps at the image's size (each word's units' maps summed), or None for a method without maps.
     if output.extras.get("word_maps") is not None:
         maps = torch.as_tensor(np.asarray(output.extras["word_maps"]))
     elif output.attention_maps is not None:
-        maps = output.attention_maps.maps[output.image_index, list(output.extras["token_positions"])]
+        maps = output.attention_maps.rows(output.image_index, list(output.extras["token_positions"]))
     else:
         return None
+    maps = torch.stack([maps[group].sum(0) for group in word_units(output)])
     size = np.asarray(output.image).shape[:2]
     maps = maps.detach().float().cpu()
     if tuple(maps.shape[-2:]) != tuple(size):
@@ -179,10 +192,19 @@ class ToyRun:
         from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
 
         self.args = args
-        self.pipe = load_toy_pipeline(resolution=args.resolution)
-        self.explainer = StableDiffusionPipelineExplainer(self.pipe, verbose=False)
-        self.steps = TOY_NUM_INFERENCE_STEPS
-        self.common = dict(num_inference_steps=self.steps, guidance_scale=TOY_GUIDANCE_SCALE, output_type="np")
+        if args.family == "flux":
+            from diffusers_interpret import explainer_for
+            from diffusers_interpret.toy import TOY_FLUX_CALL, load_toy_flux_pipeline
+
+            self.pipe = load_toy_flux_pipeline()
+            self.explainer = explainer_for(self.pipe, verbose=False)
+            self.steps = TOY_FLUX_CALL["num_inference_steps"]
+            self.common = dict(TOY_FLUX_CALL, output_type="np")
+        else:
+            self.pipe = load_toy_pipeline(resolution=args.resolution)
+            self.explainer = StableDiffusionPipelineExplainer(self.pipe, verbose=False)
+            self.steps = TOY_NUM_INFERENCE_STEPS
+            self.common = dict(num_inference_steps=self.steps, guidance_scale=TOY_GUIDANCE_SCALE, output_type="np")
         self.methods = list(args.methods)
         self.skipped = {}
         self.results = defaultdict(lambda: defaultdict(list))  # method -> metric -> values
@@ -221,7 +243,7 @@ class ToyRun:
         print(f"note: skipping {name!r}, the package rejects it: {error}", file=sys.stderr, flush=True)
 
     def two_object_scene(self, index, prompt, seed, image, check):
-        from diffusers_interpret.faithfulness import ablation_effects, spearman, swapped_box_control
+        from diffusers_interpret.faithfulness import spearman, swapped_box_control, word_ablation_effects
 
         words = prompt.split()
         positions = object_words(prompt)
@@ -235,19 +257,19 @@ class ToyRun:
                     started = time.perf_counter()
                     output = self.explain(name, prompt, seed, box, image)
                     r["seconds"].append(time.perf_counter() - started)
-                    values = scores[side] = output.token_attributions.scores
+                    values = scores[side] = word_scores(output)
                     colour, shape = positions[side]
                     others = [i for i in range(len(values)) if i not in (colour, shape)]
                     r["colour_first"].append(ranked_first(values, colour))
                     r["colour_shape_top2"].append(ranked_above(values, [colour, shape], others))
                     if side not in truth:  # measured once per box, with the first method's output
-                        truth[side], truth_outputs[side] = ablation_effects(output, box), output
+                        truth[side], truth_outputs[side] = word_ablation_effects(output, box), output
                     r["spearman"].append(spearman(values, truth[side]))
-                    if index < self.args.deletion_scenes:
+                    if index < self.args.deletion_scenes and self.args.family != "flux":  # deletion: token order
                         r["deletion"].append(deletion_ratio(truth_outputs[side], values, box, curves[side]))
                     if side == "left":  # the maps do not depend on the box
                         self.record_ious(name, output, check, positions)
-                whole = self.explain(name, prompt, seed, None, image).token_attributions.scores
+                whole = word_scores(self.explain(name, prompt, seed, None, image))
             except Rejected as error:
                 self.skip(name, error)
                 continue
@@ -279,7 +301,7 @@ class ToyRun:
     def one_object_scene(self, prompt, seed, image):
         for name in list(self.methods):
             try:
-                whole = self.explain(name, prompt, seed, None, image).token_attributions.scores
+                whole = word_scores(self.explain(name, prompt, seed, None, image))
             except Rejected as error:
                 self.skip(name, error)
                 continue
@@ -364,7 +386,7 @@ def run_toy(args):
 
     run = ToyRun(args)
     rng = np.random.default_rng(args.seed)
-    order = TOY_PROMPT_ORDERS[args.resolution]
+    order = "random" if args.family == "flux" else TOY_PROMPT_ORDERS[args.resolution]
     prompts = [sample_scene_spec(rng, 2, order=order).prompt for _ in range(args.num_scenes)]
     rng = np.random.default_rng([args.seed, 1])
     one_object_prompts = [sample_scene_spec(rng, 1).prompt for _ in range(args.one_object_scenes)]
@@ -403,7 +425,8 @@ def run_toy(args):
     summary = run.summary(plain_seconds)
     wall = time.perf_counter() - started
     print(
-        f"\n{args.resolution}x{args.resolution} toy, seed {args.seed}: {kept} of {len(prompts)} two-object and "
+        f"\n{'Flux 64x64' if args.family == 'flux' else f'{args.resolution}x{args.resolution} SD'} toy, "
+        f"seed {args.seed}: {kept} of {len(prompts)} two-object and "
         f"{kept_one} of {len(one_object_prompts)} "
         f"one-object scenes drawn correctly; plain pipe() median {plain_seconds:.3f} s; traced: "
         f"{'all' if args.traced is None else args.traced} of {run.steps} steps; deletion on the first "
@@ -513,7 +536,13 @@ def main():
     parser.add_argument("--one-object-scenes", type=int, default=20, help="one-object prompts (whole-image d1)")
     parser.add_argument("--seed", type=int, default=31337)
     parser.add_argument(
-        "--resolution", type=int, choices=[32, 64], default=32, help="which shipped toy model (image size)"
+        "--resolution", type=int, choices=[32, 64], default=32, help="which shipped SD toy model (image size)"
+    )
+    parser.add_argument(
+        "--family",
+        choices=["stable_diffusion", "flux"],
+        default="stable_diffusion",
+        help="the SD toys or the Flux toy",
     )
     parser.add_argument("--traced", type=int, default=None, help="traced steps (default: all)")
     parser.add_argument("--repeats", type=int, default=3)

@@ -7,6 +7,8 @@ from .explainer import BasePipelineExplainer
 from .families import (
     FluxImg2ImgPipelineExplainer,
     FluxPipelineExplainer,
+    StableDiffusion3Img2ImgPipelineExplainer,
+    StableDiffusion3PipelineExplainer,
     StableDiffusionImg2ImgPipelineExplainer,
     StableDiffusionInpaintPipelineExplainer,
     StableDiffusionPipelineExplainer,
@@ -79,6 +81,8 @@ __all__ = [
     "StableDiffusionXLPipelineExplainer",
     "FluxImg2ImgPipelineExplainer",
     "FluxPipelineExplainer",
+    "StableDiffusion3Img2ImgPipelineExplainer",
+    "StableDiffusion3PipelineExplainer",
     "TokenAttributions",
     "explainer_for",
     "load_toy_pipeline",

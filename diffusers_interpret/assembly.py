@@ -43,31 +43,37 @@ def fill_scores(output, trace, scores, index: int, input_image=None, mask: Optio
 
 
 def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributions]]:
-    # Each text encoder's own scores: its own tokens' where units are per encoder, else from the raw gradients over
-    # its features (several encoders, shared tokens).
+    # Each text encoder's own scores: a unit of its own keeps its score; a unit it shares with other encoders (SDXL's,
+    # SD3's CLIP-L and CLIP-G) is scored again over its features of the raw gradients (gradient methods only).
     slots = trace.family.text_encoders(trace.pipe)
     units = trace.prompt_tokens[index].units
     if len(slots) < 2:
         return None
-    if all(len(unit.encoders) == 1 for unit in units):
-        pairs = list(output.token_attributions)
-        return {
-            slot.encoder: TokenAttributions([pair for pair, unit in zip(pairs, units) if unit.encoders == (k,)])
-            for k, slot in enumerate(slots)
-            if any(unit.encoders == (k,) for unit in units)
-        }
-    if output.token_gradients is None or output.token_embeddings is None:
-        return None
-    if any(len(unit.encoders) != len(slots) for unit in units):
-        return None
-    method = output.attribution_method
-    inputs = trace.text_inputs()
+    has_gradients = output.token_gradients is not None and output.token_embeddings is not None
+    slices = trace.text_inputs().slices if has_gradients else None
     result = {}
     for k, slot in enumerate(slots):
-        features = inputs.slices[k]
-        values = aggregate(output.token_gradients[:, features], output.token_embeddings[:, features], method, dim=-1)
-        result[slot.encoder] = TokenAttributions(list(zip([u.label for u in units], values.tolist())))
-    return result
+        pairs = []
+        for row, (unit, (label, score)) in enumerate(zip(units, output.token_attributions)):
+            if k not in unit.encoders:
+                continue
+            if unit.encoders == (k,):
+                pairs.append((label, score))
+                continue
+            if not has_gradients:
+                pairs = None
+                break
+            features = slices[k]
+            value = aggregate(
+                output.token_gradients[row : row + 1, features],
+                output.token_embeddings[row : row + 1, features],
+                output.attribution_method,
+                dim=-1,
+            )
+            pairs.append((label, float(value[0])))
+        if pairs:
+            result[slot.encoder] = TokenAttributions(pairs)
+    return result or None
 
 
 def assemble_outputs(

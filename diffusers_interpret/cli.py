@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser(
         "explain",
-        help="explain one prompt on any Stable Diffusion model on disk (the toy model by default)",
+        help="explain one prompt on any supported model on disk: SD, SDXL, SD3, Flux (the toy model by default)",
         description="Generate an image for PROMPT and explain it (the whole image, or boxes of it).",
         epilog=_EXPLAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=TOY,
         metavar="PATH_OR_ID",
-        help="a diffusers Stable Diffusion folder, or a model id in the local cache; 'toy' (default) is the shipped "
-        "toy model",
+        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; 'toy' "
+        "(default) is the shipped toy model",
     )
     explain.add_argument(
         "--box",
@@ -278,7 +278,7 @@ def _quiet_libraries() -> None:
 def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
     r"""
     Load the toy model (`model="toy"`) or a text-to-image pipeline of a supported family (Stable Diffusion 1.x/2.x,
-    SDXL) from a folder or a locally cached id.
+    SDXL, SD3, Flux) from a folder or a locally cached id.
 
     Raises:
         `FileNotFoundError`: for a path that does not exist.

@@ -118,6 +118,27 @@ def ablation_effects(
     return _changes(output, [[p] for p in positions], box, baseline, batch_size)
 
 
+def word_ablation_effects(
+    output, explanation_2d_bounding_box=None, baseline="pad", batch_size: Optional[int] = 8
+) -> np.ndarray:
+    r"""
+    As [`ablation_effects`], one word of the prompt at a time (`output.word_attributions`' words): every token of every
+    tokenizer that falls in the word (T5's pieces, CLIP's token) replaced together.
+
+    Returns:
+        `np.ndarray` with one non-negative effect per word.
+    """
+    context = _context(output)
+    box = (
+        explanation_2d_bounding_box if explanation_2d_bounding_box is not None else output.explanation_2d_bounding_box
+    )
+    reference = _image01(output, context)
+    box = normalize_box(box, reference.shape[-2], reference.shape[-1]) if box is not None else None
+    rows = context.replaced_units(context.tokens.word_units(), baseline)
+    changes, _ = context.box_changes(rows, reference, box, batch_size)
+    return changes.numpy()
+
+
 def deletion_curve(
     output,
     order: Sequence[int],

@@ -74,6 +74,7 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     pipeline_kwargs = {k: arguments.pop(k) for k in list(arguments) if k not in EXPLAINER_ARGUMENTS}
     if "prompt_embeds" in pipeline_kwargs:
         raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
+    explainer.family.check_arguments(explainer.pipe, pipeline_kwargs)
     keep = arguments["keep_for_reexplanation"]
     if keep not in (None, "graph", "latents"):
         raise ValueError(f"`keep_for_reexplanation` must be None, 'graph' or 'latents', got {keep!r}.")
@@ -97,8 +98,9 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     box = normalize_box(arguments["explanation_2d_bounding_box"], height, width)
     per_prompt = int(pipeline_kwargs.get("num_images_per_prompt") or 1)
     expanded = {"prompt": _expand(prompts, len(prompts), per_prompt, "prompt")}
-    if pipeline_kwargs.get("prompt_2") is not None:
-        expanded["prompt_2"] = _expand(pipeline_kwargs["prompt_2"], len(prompts), per_prompt, "prompt_2")
+    for name in ("prompt_2", "prompt_3"):
+        if pipeline_kwargs.get(name) is not None:
+            expanded[name] = _expand(pipeline_kwargs[name], len(prompts), per_prompt, name)
     if keep is not None and not (method.needs_graph or method.needs_attention_maps):
         raise ValueError(
             "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input') or 'attention', not "

@@ -139,37 +139,37 @@ class PromptTokens:
         text = self.texts[self.prompt_encoder] if self.texts else ""
         return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
 
-    def word_scores(self, scores: Sequence[float]) -> List[Tuple[str, float]]:
+    def word_units(self) -> List[List[int]]:
         r"""
-        Scores of the prompt's words: each word's score is the sum of the scores of every unit (of every tokenizer
-        that read the same text) whose characters overlap it: T5's pieces of a word, and the same word under CLIP's
-        tokenisation, merge into one word. Units with no characters (start, end, padding) are left out.
+        For each word of `words()`, the indices of the units (of every tokenizer that read the prompt's text) whose
+        characters overlap it; a unit of spaces only (sentencepiece's bare word-start marker) belongs to the word it
+        starts. Units with no characters (start, end, padding) belong to no word.
         """
         words = self.words()
-        totals = [0.0] * len(words)
-        for unit, score in zip(self.units, scores):
+        groups: List[List[int]] = [[] for _ in words]
+        for index, unit in enumerate(self.units):
             k = unit.encoders[0]
             if not self.spans or self.texts[k] != self.texts[self.prompt_encoder]:
                 continue
             span = self.spans[k][unit.token_index]
             if span is None:
                 continue
-            # The word the unit's characters overlap; a unit of spaces only (sentencepiece's bare word-start
-            # marker) belongs to the word it starts.
             hit = next((w for w, (_, start, end) in enumerate(words) if span[0] < end and start < span[1]), None)
             if hit is None:
                 hit = next((w for w, (_, start, _) in enumerate(words) if start >= span[0]), None)
             if hit is not None:
-                totals[hit] += float(score)
-        return [(word, total) for (word, _, _), total in zip(words, totals)]
+                groups[hit].append(index)
+        return groups
 
-    @property
-    def positions(self) -> List[int]:
-        return [unit.position for unit in self.units]
-
-    @property
-    def labels(self) -> List[str]:
-        return [unit.label for unit in self.units]
+    def word_scores(self, scores: Sequence[float]) -> List[Tuple[str, float]]:
+        r"""
+        Scores of the prompt's words: each word's score is the sum of the scores of its units (`word_units`): T5's
+        pieces of a word, and the same word under CLIP's tokenisation, merge into one word.
+        """
+        return [
+            (word, float(sum(float(scores[i]) for i in group)))
+            for (word, _, _), group in zip(self.words(), self.word_units())
+        ]
 
 
 def attributed_positions(ids: Sequence[int], tokenizer, consider_special_tokens: bool) -> List[int]:
@@ -243,21 +243,24 @@ def tokenize(
             attributed_positions(row, tokenizer, consider_special_tokens)
             for (tokenizer, _, _), row in zip(per_encoder, ids)
         ]
+        units: List[TokenUnit] = []
         scored = [k for k in range(len(ids)) if blocks[k] is not None]
-        first = scored[0]
-        same = all(blocks[k].rows == blocks[first].rows and positions[k] == positions[first] for k in scored)
-        same = same and all(
-            [labels[k][p] for p in positions[k]] == [labels[first][p] for p in positions[first]] for k in scored
-        )
-        if same:
-            start = blocks[first].rows.start
-            units = [TokenUnit(labels[first][p], start + p, ids[first][p], tuple(scored), p) for p in positions[first]]
-        else:
-            units = [
-                TokenUnit(labels[k][p], blocks[k].rows.start + p, ids[k][p], (k,), p)
-                for k in scored
-                for p in positions[k]
-            ]
+        for group in dict.fromkeys(slots[k].sequence_group for k in scored):
+            members = [k for k in scored if slots[k].sequence_group == group]
+            first = members[0]
+            words = [[labels[k][p] for p in positions[k]] for k in range(len(ids))]
+            if all(positions[k] == positions[first] and words[k] == words[first] for k in members):
+                # One unit per token, scored over every member's features (SDXL's CLIP-L and CLIP-G).
+                start = blocks[first].rows.start
+                units += [
+                    TokenUnit(labels[first][p], start + p, ids[first][p], tuple(members), p) for p in positions[first]
+                ]
+            else:
+                units += [
+                    TokenUnit(labels[k][p], blocks[k].rows.start + p, ids[k][p], (k,), p)
+                    for k in members
+                    for p in positions[k]
+                ]
         prompt_encoder = next((k for k, slot in enumerate(slots) if slot.prompt_argument == "prompt"), 0)
         result.append(PromptTokens(ids, tokens, units, blocks, texts, spans, prompt_encoder))
     return result
@@ -444,8 +447,7 @@ def token_mixing(
 
     slots = family.text_encoders(pipe)
     blocks = token_blocks(family, pipe, tokens.ids)
-    shared = all(len(unit.encoders) == len(slots) for unit in tokens.units)
-    groups = [tuple(range(len(slots)))] if shared else [(k,) for k in range(len(slots))]
+    groups = list(dict.fromkeys(unit.encoders for unit in tokens.units))
     columns = [
         (group, row) for group in groups for row in range(blocks[group[0]].rows.start, blocks[group[0]].rows.stop)
     ]

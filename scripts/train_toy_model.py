@@ -442,10 +442,10 @@ def write_tokenizer_files(tokenizer_dir: Path) -> None:
     (tokenizer_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def round_to_fp16(pipe: StableDiffusionPipeline) -> None:
+def round_to_fp16(pipe) -> None:
     r"""Round every weight to fp16 and back to fp32, in place (what saving in fp16 and loading in fp32 does)."""
     with torch.no_grad():
-        for model in (pipe.vae, pipe.text_encoder, pipe.unet):
+        for model in [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]:
             for tensor in list(model.parameters()) + list(model.buffers()):
                 if tensor.is_floating_point():
                     tensor.copy_(tensor.half().float())

@@ -197,3 +197,21 @@ def test_explain_an_sdxl_model_folder(tmp_path, capsys):
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "blue" in page and "32x32" in page
     assert_self_contained(page)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_explain_a_transformer_model_folder(tmp_path, family):
+    if family == "flux":
+        from diffusers_interpret.testing_flux import make_tiny_flux_pipeline as make
+    else:
+        from diffusers_interpret.testing_sd3 import make_tiny_sd3_pipeline as make
+
+    make("text2img").save_pretrained(tmp_path / "model")
+    code = main(
+        ["explain", "a cute corgi on the left", "--model", str(tmp_path / "model"), "--steps", "2", "--quiet"]
+        + ["--height", "16", "--width", "16", "--box", "0,0,8,16", "--out", str(tmp_path / "out")]
+    )
+    assert code == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "corgi" in page and "16x16" in page
+    assert_self_contained(page)

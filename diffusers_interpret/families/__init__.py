@@ -8,6 +8,11 @@ from .stable_diffusion import (
     StableDiffusionInpaintPipelineExplainer,
     StableDiffusionPipelineExplainer,
 )
+from .stable_diffusion_3 import (
+    STABLE_DIFFUSION_3,
+    StableDiffusion3Img2ImgPipelineExplainer,
+    StableDiffusion3PipelineExplainer,
+)
 from .stable_diffusion_xl import (
     STABLE_DIFFUSION_XL,
     StableDiffusionXLImg2ImgPipelineExplainer,
@@ -35,7 +40,10 @@ __all__ = [
     "FluxImg2ImgPipelineExplainer",
     "FluxPipelineExplainer",
     "STABLE_DIFFUSION",
+    "STABLE_DIFFUSION_3",
     "STABLE_DIFFUSION_XL",
+    "StableDiffusion3Img2ImgPipelineExplainer",
+    "StableDiffusion3PipelineExplainer",
     "PipelineFamily",
     "StableDiffusionImg2ImgPipelineExplainer",
     "StableDiffusionInpaintPipelineExplainer",

@@ -57,10 +57,15 @@ class PipelineFamily:
     # "cross": UNet cross-attention layers (recorded through their processors); "joint": transformer joint attention
     # (recorded beside the layers `attention_layers` locates).
     attention_kind: str = "cross"
+    # Joint attention: whether the joint sequence is [text, image] (Flux) or [image, text] (SD3).
+    joint_text_first: bool = True
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def denoiser(self, pipe) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attribute)
+
+    def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+        r"""Raise a `ValueError` for a pipeline argument the explanation of this family does not support."""
 
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         r"""Denoiser calls per denoising step of a call with `call_kwargs` (the pipeline's call arguments)."""

@@ -25,11 +25,19 @@ TOY_PROMPT_ORDERS = {32: "left_first", 64: "random"}
 TOY_IMAGE_SIZE = IMAGE_SIZE
 TOY_GUIDANCE_SCALE = 4.0
 TOY_NUM_INFERENCE_STEPS = 20
+# The toy Flux model (64x64 scenes, 8x8 packed image tokens) and the call arguments it generates with: trained with
+# 10% empty prompts, it samples with true classifier-free guidance against the empty prompt.
+TOY_FLUX_MODEL_DIR = TOY_MODEL_DIR.with_name("model_flux")
+TOY_FLUX_CALL = dict(
+    height=64, width=64, num_inference_steps=20, max_sequence_length=16, negative_prompt="", true_cfg_scale=4.0
+)
 
 __all__ = [
     "COLORS",
     "SHAPES",
     "SIDES",
+    "TOY_FLUX_CALL",
+    "TOY_FLUX_MODEL_DIR",
     "TOY_GUIDANCE_SCALE",
     "TOY_IMAGE_SIZE",
     "TOY_MODEL_DIR",
@@ -37,6 +45,7 @@ __all__ = [
     "TOY_PROMPT_ORDERS",
     "TOY_NUM_INFERENCE_STEPS",
     "generate_scene",
+    "load_toy_flux_pipeline",
     "load_toy_pipeline",
     "render_scene",
     "sample_scene_spec",
@@ -112,5 +121,35 @@ def load_toy_pipeline(
         model = getattr(pipe, name)
         model.eval()
         model.requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_toy_flux_pipeline(torch_dtype=None, device="cpu"):
+    r"""
+    Load the shipped toy `FluxPipeline` (the 64x64 scenes, 8x8 packed image tokens; T5 splits "triangle" into two
+    pieces) from the package directory, offline. Generate with `**TOY_FLUX_CALL` (64x64, 20 steps, T5 length 16, true
+    classifier-free guidance 4 against the empty prompt).
+
+    Args:
+        torch_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): Dtype of the loaded weights.
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): Device to move the pipeline to.
+    """
+    import torch
+    from diffusers import FluxPipeline
+
+    if not (TOY_FLUX_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"The toy Flux model's files are missing from {TOY_FLUX_MODEL_DIR}. Reinstall diffusers-interpret, or "
+            "train it with `python scripts/train_toy_flux.py`."
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        pipe = FluxPipeline.from_pretrained(
+            str(TOY_FLUX_MODEL_DIR), torch_dtype=torch_dtype or torch.float32, local_files_only=True
+        )
+    pipe = pipe.to(device)
+    for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+        getattr(pipe, name).eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -266,6 +266,7 @@ def evaluate_prompt_following(
     batch_size: int = 40,
     return_checks: bool = False,
     order: str = "left_first",
+    pipeline_kwargs: Optional[Dict] = None,
 ) -> Dict[str, float]:
     r"""
     Generate images for fresh one-object and two-object scene prompts and measure prompt following.
@@ -281,6 +282,8 @@ def evaluate_prompt_following(
             the key `"checks"`.
         order (`str`, *optional*, defaults to `"left_first"`): Order of the objects in two-object prompts (see
             `scenes.sample_scene_spec`).
+        pipeline_kwargs (`dict`, *optional*): More arguments of the pipeline's call (e.g. the Flux toy's
+            `negative_prompt`, `true_cfg_scale`, `height`, `width`).
 
     Returns:
         `dict`: per kind (`one_object_`, `two_object_`): `color_side` (fraction of named objects with the right
@@ -302,6 +305,7 @@ def evaluate_prompt_following(
             num_inference_steps=num_inference_steps,
             generator=generators,
             output_type="np",
+            **(pipeline_kwargs or {}),
         ).images
         checks.extend(check_prompt(image, prompt) for image, prompt in zip(images, batch))
     results: Dict[str, float] = {}

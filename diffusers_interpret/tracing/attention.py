@@ -356,46 +356,57 @@ def joint_attention_probabilities(
     encoder_hidden_states: Optional[torch.Tensor],
     image_rotary_emb,
     text_length: int,
+    text_first: bool = True,
     chunk: int = 256,
 ) -> torch.Tensor:
     r"""
-    Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`), averaged
-    over heads: (batch, image tokens, text tokens).
+    Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`, SD3's joint
+    `Attention`), averaged over heads: (batch, image tokens, text tokens).
 
     Computed from the layer's own projections and norms, beside the layer (its processor, whatever it is or whatever
-    attention backend it dispatches to, is not touched): queries and keys of [text, image] (a double-stream layer
-    projects the text with its `add_*_proj`; a single-stream layer gets text and image already concatenated), the
-    rotary embedding, then for `chunk` image queries at a time a softmax over ALL keys (text and image), of which the
-    text columns are kept. So the maps of all text tokens sum to the share of attention the text gets, not to 1.
+    attention backend it dispatches to, is not touched): queries and keys of the joint sequence ([text, image] for
+    Flux, `text_first`; [image, text] for SD3), where a double-stream layer projects the text with its `add_*_proj`
+    and a single-stream layer gets text and image already concatenated; the rotary embedding where the model has
+    one; then, for `chunk` image queries at a time, a softmax over ALL keys (text and image), of which the text
+    columns are kept. The maps of all text tokens therefore sum to the share of attention the text gets, not to 1.
     """
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    head_dim = attn.head_dim
+    heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
     if fused:
         query, key, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
     else:
         query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
-    query = attn.norm_q(query.unflatten(-1, (-1, head_dim)))
-    key = attn.norm_k(key.unflatten(-1, (-1, head_dim)))
+    head_dim = key.shape[-1] // heads
+
+    def split(x, norm):
+        x = x.unflatten(-1, (heads, head_dim))  # (batch, tokens, heads, head_dim)
+        return x if norm is None else norm(x)
+
+    query, key = split(query, getattr(attn, "norm_q", None)), split(key, getattr(attn, "norm_k", None))
     if encoder_hidden_states is not None:
         if fused and hasattr(attn, "to_added_qkv"):
             text_query, text_key, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
         else:
             text_query, text_key = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
-        text_query = attn.norm_added_q(text_query.unflatten(-1, (-1, head_dim)))
-        text_key = attn.norm_added_k(text_key.unflatten(-1, (-1, head_dim)))
-        query, key = torch.cat([text_query, query], dim=1), torch.cat([text_key, key], dim=1)
+        text_query = split(text_query, getattr(attn, "norm_added_q", None))
+        text_key = split(text_key, getattr(attn, "norm_added_k", None))
+        pairs = ((text_query, query), (text_key, key)) if text_first else ((query, text_query), (key, text_key))
+        query, key = torch.cat(pairs[0], dim=1), torch.cat(pairs[1], dim=1)
     if image_rotary_emb is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
         query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
         key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-    image_queries = query[:, text_length:].transpose(1, 2).float()  # (batch, heads, image tokens, head_dim)
+    total = query.shape[1]
+    image = slice(text_length, total) if text_first else slice(0, total - text_length)
+    text = slice(0, text_length) if text_first else slice(total - text_length, total)
+    image_queries = query[:, image].transpose(1, 2).float()  # (batch, heads, image tokens, head_dim)
     keys = key.transpose(1, 2).float()  # (batch, heads, all tokens, head_dim)
-    scale = head_dim**-0.5
+    scale = getattr(attn, "scale", None) or head_dim**-0.5
     parts = []
     for start in range(0, image_queries.shape[2], chunk):
         scores = image_queries[:, :, start : start + chunk] @ keys.transpose(-1, -2) * scale
-        parts.append(scores.softmax(dim=-1)[..., :text_length].mean(dim=1))
+        parts.append(scores.softmax(dim=-1)[..., text].mean(dim=1))
     return torch.cat(parts, dim=1)
 
 
@@ -446,6 +457,7 @@ class JointAttentionRecorder(CrossAttentionRecorder):
                 None if encoder_hidden_states is None else encoder_hidden_states.detach()[rows],
                 rotary,
                 self._text_length,
+                text_first=self.family.joint_text_first,
             )
             self.add(name, probs)
             return None

@@ -1,0 +1,312 @@
+r"""
+Train the toy Flux model shipped in `diffusers_interpret/toy/model_flux/`, from scratch, on CPU.
+
+The model uses Flux's exact classes (`FluxTransformer2DModel`, `AutoencoderKL`, `CLIPTextModel` for the pooled vector,
+`T5EncoderModel` for the tokens, `FlowMatchEulerDiscreteScheduler`, assembled into a `FluxPipeline`) at a tiny size,
+on the 64x64 toy scenes of `train_toy_model.py --image-size 64 --prompt-order random` (the same scenes and words):
+its VAE and latent pool are reused (16x16x4 latents, packed 2x2 into 8x8 image tokens of 16 channels). The T5
+tokenizer is a generated sentencepiece model in which "triangle" is two pieces ("▁tri", "angle"), so that word
+merging is part of the ground truth.
+
+Stages (checkpointed in `--work-dir`, so that `--resume` continues them):
+
+1. The VAE and latent pool: copied from `--sd-work-dir` (the 64x64 SD toy's run), or trained there first with
+   `python scripts/train_toy_model.py --work-dir runs/toy64 --image-size 64 --prompt-order random`.
+2. Transformer + T5 + CLIP jointly, rectified flow (x_t = (1 - t) x_0 + t noise, target noise - x_0, t logit-normal),
+   10% empty prompts (for true classifier-free guidance at sampling), EMA 0.999, one-object scenes only for the first
+   15% of the steps.
+3. The pipeline is assembled with the EMA weights, checked for prompt following with the independent detector
+   (`negative_prompt=""`, `true_cfg_scale=TOY_FLUX_TRUE_CFG`), and saved in fp16 when rounding costs no accuracy.
+
+Usage:
+
+```bash
+python scripts/train_toy_flux.py --work-dir runs/toyflux --sd-work-dir runs/toy64 --time-budget-min 40
+```
+"""
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_toy_model, next to this script
+
+from diffusers import (  # noqa: E402
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from train_toy_model import (  # noqa: E402
+    ONE_OBJECT_POOL_SEED,
+    TWO_OBJECT_POOL_SEED,
+    atomic_save,
+    build_text_encoder,
+    build_tokenizer,
+    build_vae,
+    log,
+    lr_lambda,
+    round_to_fp16,
+    write_tokenizer_files,
+)
+from transformers import T5Config, T5EncoderModel  # noqa: E402
+
+from diffusers_interpret.tokenizer import build_sentencepiece_tokenizer  # noqa: E402
+from diffusers_interpret.toy import TOY_FLUX_CALL  # noqa: E402
+from diffusers_interpret.toy.scenes import SCENE_WORDS, sample_scene_spec  # noqa: E402
+
+IMAGE_SIZE = 64
+T5_LENGTH = 16
+SPLIT_WORDS = {"triangle": ("▁tri", "angle")}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/toyflux"))
+    parser.add_argument("--sd-work-dir", type=Path, default=Path("runs/toy64"), help="VAE and latents of the SD toy")
+    parser.add_argument("--output-dir", type=Path, default=Path("diffusers_interpret/toy/model_flux"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--steps", type=int, default=6000, help="steps of the learning-rate schedule")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--min-lr", type=float, default=1e-4)
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--one-object-fraction", type=float, default=0.15)
+    parser.add_argument("--empty-prompt-prob", type=float, default=0.1)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--time-budget-min", type=float, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--eval-prompts", type=int, default=40)
+    return parser.parse_args()
+
+
+def build_t5_tokenizer():
+    return build_sentencepiece_tokenizer(SCENE_WORDS, split_words=SPLIT_WORDS, model_max_length=T5_LENGTH)
+
+
+def build_t5(tokenizer) -> T5EncoderModel:
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def build_transformer() -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        guidance_embeds=False,
+        axes_dims_rope=[4, 6, 6],
+    )
+
+
+def scene_prompts(num_one: int, num_two: int):
+    # The prompts of the SD toy's latent pool, in its order (rendering consumes no randomness).
+    rng = np.random.default_rng(ONE_OBJECT_POOL_SEED)
+    prompts = [sample_scene_spec(rng, 1, IMAGE_SIZE).prompt for _ in range(num_one)]
+    rng = np.random.default_rng(TWO_OBJECT_POOL_SEED)
+    prompts += [sample_scene_spec(rng, 2, IMAGE_SIZE, order="random").prompt for _ in range(num_two)]
+    return prompts
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    return FluxPipeline._pack_latents(latents, latents.shape[0], latents.shape[1], latents.shape[2], latents.shape[3])
+
+
+def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
+    path = args.work_dir / "transformer.pt"
+    torch.manual_seed(args.seed + 2)
+    transformer, t5, clip = build_transformer(), build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
+    params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, args.warmup_steps, args.steps, args.min_lr / args.lr)
+    )
+    ema = [p.detach().clone() for p in params]
+    step, elapsed = 0, 0.0
+    if args.resume and path.exists():
+        state = torch.load(path, map_location="cpu")
+        transformer.load_state_dict(state["transformer"])
+        t5.load_state_dict(state["t5"])
+        clip.load_state_dict(state["clip"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        ema, step, elapsed = state["ema"], state["step"], state["elapsed"]
+        log(args.work_dir, f"Transformer: resumed from step {step} ({elapsed / 60:.1f} min trained)")
+
+    def save():
+        atomic_save(
+            dict(
+                transformer=transformer.state_dict(),
+                t5=t5.state_dict(),
+                clip=clip.state_dict(),
+                optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict(),
+                ema=ema,
+                step=step,
+                elapsed=elapsed,
+            ),
+            path,
+        )
+
+    latents = pack(pool["latents"])  # (N, 64 tokens, 16)
+    grid = int(math.isqrt(latents.shape[1]))
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32)
+    txt_ids = torch.zeros(T5_LENGTH, 3)
+    prompts = scene_prompts(int((pool["num_objects"] == 1).sum()), int((pool["num_objects"] == 2).sum()))
+    t5_ids = t5_tokenizer(prompts, padding="max_length", max_length=T5_LENGTH, truncation=True, return_tensors="pt")
+    clip_ids = pool["input_ids"]
+    empty_t5 = t5_tokenizer([""], padding="max_length", max_length=T5_LENGTH, return_tensors="pt").input_ids
+    empty_clip = clip_tokenizer(
+        [""], padding="max_length", max_length=clip_ids.shape[1], return_tensors="pt"
+    ).input_ids
+    one_object = torch.nonzero(pool["num_objects"] == 1).squeeze(1)
+    one_object_steps = int(args.one_object_fraction * args.steps)
+    budget = None if args.time_budget_min is None else args.time_budget_min * 60
+    for model in (transformer, t5, clip):
+        model.train()
+    started, elapsed_start, running = time.time(), elapsed, None
+    bar = tqdm(total=args.steps, initial=step, desc="Transformer")
+    while step < args.steps and not args.skip_training:
+        if budget is not None and elapsed >= budget:
+            log(args.work_dir, f"Transformer: time budget reached at step {step}")
+            break
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        if step < one_object_steps:
+            idx = one_object[torch.randint(len(one_object), (args.batch_size,), generator=generator)]
+        else:
+            idx = torch.randint(len(latents), (args.batch_size,), generator=generator)
+        x0 = latents[idx]
+        ids5, idsc = t5_ids.input_ids[idx].clone(), clip_ids[idx].clone()
+        drop = torch.rand(args.batch_size, generator=generator) < args.empty_prompt_prob
+        ids5[drop], idsc[drop] = empty_t5, empty_clip
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.sigmoid(torch.randn(args.batch_size, generator=generator))  # logit-normal
+        noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+        pred = transformer(
+            hidden_states=noisy,
+            timestep=t,
+            pooled_projections=clip(idsc).pooler_output,
+            encoder_hidden_states=t5(ids5)[0],
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        loss = F.mse_loss(pred, noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        step += 1
+        elapsed = elapsed_start + time.time() - started
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", min=f"{elapsed / 60:.1f}")
+        if step % args.checkpoint_every == 0:
+            save()
+            log(args.work_dir, f"Transformer: step {step}, loss {running:.4f}, {elapsed / 60:.1f} min")
+    bar.close()
+    save()
+    log(args.work_dir, f"Transformer: stopped at step {step} after {elapsed / 60:.1f} min of training")
+    states, offset = {}, 0
+    for name, model in (("transformer", transformer), ("t5", t5), ("clip", clip)):
+        state = dict(model.state_dict())
+        for i, (key, _) in enumerate(model.named_parameters()):
+            state[key] = ema[offset + i].clone()
+        offset += len(list(model.parameters()))
+        states[name] = state
+    states.update(step=step, elapsed=elapsed)
+    return states
+
+
+def assemble(vae, clip_tokenizer, t5_tokenizer, states) -> FluxPipeline:
+    transformer, t5, clip = build_transformer(), build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
+    transformer.load_state_dict(states["transformer"])
+    t5.load_state_dict(states["t5"])
+    clip.load_state_dict(states["clip"])
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+    for model in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
+        model.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def check(args, pipe) -> Dict[str, float]:
+    from diffusers_interpret.toy.detector import evaluate_prompt_following
+
+    call = dict(TOY_FLUX_CALL)
+    steps = call.pop("num_inference_steps")
+    return evaluate_prompt_following(
+        pipe, num_prompts=args.eval_prompts, num_inference_steps=steps, seed=777, order="random", pipeline_kwargs=call
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    for name in ("vae.pt", "latents.pt"):
+        if not (args.work_dir / name).exists():
+            shutil.copy(args.sd_work_dir / name, args.work_dir / name)
+    vae = build_vae(IMAGE_SIZE)
+    vae.load_state_dict(torch.load(args.work_dir / "vae.pt", map_location="cpu")["vae"])
+    pool = torch.load(args.work_dir / "latents.pt", map_location="cpu")
+    vae.register_to_config(scaling_factor=float(pool["scaling_factor"]), shift_factor=0.0)
+    clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
+    states = train(args, pool, clip_tokenizer, t5_tokenizer)
+    pipe = assemble(vae, clip_tokenizer, t5_tokenizer, states)
+    round_to_fp16(pipe)  # saved in fp16 (the SD toys lost no accuracy to the rounding); checked as saved
+    result = check(args, pipe)
+    log(args.work_dir, f"Check, fp16-rounded weights: {json.dumps(result)}")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    pipe.to(torch.float16).save_pretrained(args.output_dir, safe_serialization=True)
+    write_tokenizer_files(args.output_dir / "tokenizer")
+    size = sum(f.stat().st_size for f in args.output_dir.rglob("*") if f.is_file())
+    log(args.work_dir, f"Saved to {args.output_dir} ({size / 1e6:.2f} MB) after {states['step']} steps")
+
+
+if __name__ == "__main__":
+    main()
