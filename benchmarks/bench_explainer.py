@@ -1,6 +1,8 @@
 r"""
 Cost of an explanation vs a plain generation, on the tiny offline pipelines (64x64 images, 10 steps, CFG 7.5): SD
-(`--family sd`) or SDXL (`--family sdxl`: two text encoders, the pooled embedding).
+(`--family sd`), SDXL (`--family sdxl`: two text encoders, the pooled embedding), SD3 (`--family sd3`: CLIP-L, CLIP-G
+and T5 into joint attention, text-to-image and img2img) or Flux (`--family flux`: T5 tokens and the pooled CLIP vector,
+one transformer call per step; text-to-image and img2img).
 
 Every case runs in a fresh subprocess (so peak RSS is its own): one warm-up, then the median of `--repeats` timed
 runs. Printed per case: median seconds, ratio to the plain `pipe()` call measured in the same subprocess, the
@@ -10,6 +12,8 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py --repeats 5 --steps 10
     python benchmarks/bench_explainer.py --kind img2img      # or inpaint (9-channel UNet); strength 1.0
     python benchmarks/bench_explainer.py --family sdxl       # the tiny SDXL pipeline (any --kind)
+    python benchmarks/bench_explainer.py --family flux       # the tiny Flux pipeline (text2img or img2img)
+    python benchmarks/bench_explainer.py --family sd3        # the tiny SD3 pipeline (text2img or img2img)
 """
 
 import argparse
@@ -28,14 +32,22 @@ from PIL import Image
 from diffusers_interpret import explainer_for
 from diffusers_interpret.testing import make_tiny_pipeline
 from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+from diffusers_interpret.testing_flux import make_tiny_flux_pipeline
+from diffusers_interpret.testing_sd3 import make_tiny_sd3_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 if family == "sd":
     pipe = make_tiny_pipeline(kind)
-else:
+elif family == "sdxl":
     pipe = make_tiny_sdxl_pipeline(kind, sample_size=32, layers_per_block=2)
+elif family == "flux":
+    pipe = make_tiny_flux_pipeline(kind)
+else:
+    pipe = make_tiny_sd3_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
 common = dict(num_inference_steps=steps, guidance_scale=7.5)
+if family in ("flux", "sd3"):
+    common.update(height=64, width=64, max_sequence_length=16)
 rng = np.random.default_rng(0)
 if kind != "text2img":
     common["image"] = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -88,7 +100,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--traced", type=int, nargs="+", default=[0, 2, 5, 10])
     parser.add_argument("--kind", default="text2img", choices=["text2img", "img2img", "inpaint"])
-    parser.add_argument("--family", default="sd", choices=["sd", "sdxl"])
+    parser.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux"])
     args = parser.parse_args()
 
     started = time.time()

@@ -171,6 +171,14 @@ class PromptTokens:
             for (word, _, _), group in zip(self.words(), self.word_units())
         ]
 
+    @property
+    def positions(self) -> List[int]:
+        return [unit.position for unit in self.units]
+
+    @property
+    def labels(self) -> List[str]:
+        return [unit.label for unit in self.units]
+
 
 def attributed_positions(ids: Sequence[int], tokenizer, consider_special_tokens: bool) -> List[int]:
     r"""Positions of a padded id sequence that are attributed: the prompt's tokens (and start/end ones if asked)."""

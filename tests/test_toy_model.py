@@ -95,9 +95,12 @@ def test_toy_pipeline_is_a_frozen_stable_diffusion_pipeline(toy_pipe):
 
 
 def test_missing_model_gives_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(toy, "TOY_MODEL_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="toy model"):
-        load_toy_pipeline()
+    for resolution in (32, 64):
+        monkeypatch.setitem(toy.TOY_MODEL_DIRS, resolution, tmp_path)
+        with pytest.raises(FileNotFoundError, match="toy model"):
+            load_toy_pipeline(resolution=resolution)
+    with pytest.raises(ValueError, match="resolution 48"):
+        load_toy_pipeline(resolution=48)
 
 
 def test_generated_images_follow_prompts(toy_pipe):
