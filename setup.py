@@ -15,7 +15,16 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "scripts")),
     include_package_data=True,
-    package_data={"diffusers_interpret": ["toy/model/**/*", "toy/model/*", "toy/model_64/**/*", "toy/model_64/*"]},
+    package_data={
+        "diffusers_interpret": [
+            "toy/model/**/*",
+            "toy/model/*",
+            "toy/model_64/**/*",
+            "toy/model_64/*",
+            "toy/model_flux/**/*",
+            "toy/model_flux/*",
+        ]
+    },
     install_requires=requirements,
     extras_require={"test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10"]},
     entry_points={"console_scripts": ["diffusers-interpret=diffusers_interpret.cli:main"]},
