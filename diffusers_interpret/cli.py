@@ -130,8 +130,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         choices=METHODS,
-        default=DEFAULT_ATTRIBUTION_METHOD,
-        help="attribution method (default: %(default)s; see the docs for what each costs and how truthful it is)",
+        default=None,
+        help=f"attribution method (default: the model family's: {DEFAULT_ATTRIBUTION_METHOD} for SD, SDXL and SD3, "
+        "grad_x_input for Flux; see the docs for what each costs and how truthful it is)",
     )
     parser.add_argument(
         "--level",
@@ -366,7 +367,7 @@ def run_explanations(
         )
         outputs.append(output)
     views: Dict[str, str] = {}
-    if interactive and explain_kwargs.get("attribution_method") == "word_attention":
+    if interactive and outputs and outputs[0].attribution_method == "word_attention":
         # The cards' method: the view's bars come from the word maps the outputs hold (no generation).
         for prompt, output in zip((prompt for prompt, _ in jobs), outputs):
             if prompt not in views:
@@ -413,7 +414,7 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
         "traced steps": "all" if args.traced is None else args.traced,
         "guidance scale": TOY_GUIDANCE_SCALE,
         "seed": args.seed,
-        "method": args.method,
+        "method": outputs[0][0].attribution_method if outputs[0] else args.method,
         "level": args.level,
     }
     return outputs, settings, "diffusers-interpret demo: the shipped toy model"
@@ -469,7 +470,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         "traced steps": "all" if args.traced is None else args.traced,
         "guidance scale": guidance,
         "seed": args.seed,
-        "method": args.method,
+        "method": outputs[0][0].attribution_method if outputs[0] else args.method,
         "level": args.level,
     }
     if args.negative_prompt:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .assembly import assemble_outputs
 from .attribution import Aggregation, AttributionLevel
 from .box import BoxLike
-from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_ATTRIBUTION_METHOD
+from .defaults import DEFAULT_ATTRIBUTION_LEVEL
 from .methods import AttributionMethod, GradientAggregation
 from .outputs import GeneratedImages, PipelineExplainerOutput
 from .regeneration import Regeneration, generator_factory, generator_state
@@ -77,7 +77,7 @@ class BasePipelineExplainer:
         width: Optional[int] = None,
         n_last_diffusion_steps_to_consider_for_attributions: Optional[int] = None,
         explanation_2d_bounding_box: Optional[BoxLike] = None,
-        attribution_method: Union[str, Aggregation, AttributionMethod] = DEFAULT_ATTRIBUTION_METHOD,
+        attribution_method: Union[str, Aggregation, AttributionMethod, None] = None,
         attribution_level: Union[str, AttributionLevel] = DEFAULT_ATTRIBUTION_LEVEL,
         consider_special_tokens: bool = False,
         clean_token_prefixes_and_suffixes: bool = True,
@@ -105,11 +105,13 @@ class BasePipelineExplainer:
                 The region of the output image to explain, in pixels, PIL's convention: x the column and y the row,
                 `(x0, y0)` upper-left and inclusive, `(x1, y1)` lower-right and exclusive. `None` explains the whole
                 image. The box is drawn in red on `output.image`, on the box's own border pixels.
-            attribution_method (`str` or `AttributionMethod`, *optional*, defaults to `"attention"`):
-                How tokens are scored: `"attention"` (chosen by the faithfulness benchmark, docs/methods.md),
-                `"jacobian_norm"`, `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`, the original's gradient
-                aggregations `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`, or a method object with
-                parameters (e.g. `IntegratedGradients(n_steps=32)`), see [`~methods`] for what each costs.
+            attribution_method (`str` or `AttributionMethod`, *optional*):
+                How tokens are scored. `None` (the default) is the family's default, chosen by the faithfulness
+                benchmark on its toy model (docs/methods.md): `"word_attention"` for SD, SDXL and SD3,
+                `"grad_x_input"` for Flux. Otherwise `"word_attention"`, `"attention"`, `"jacobian_norm"`,
+                `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`, the original's gradient aggregations
+                `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`, or a method object with parameters
+                (e.g. `IntegratedGradients(n_steps=32)`), see [`~methods`] for what each costs.
                 Perturbation methods (integrated gradients, SmoothGrad, ablation) explain one image per call.
             attribution_level (`str` or `AttributionLevel`, *optional*, defaults to `"token_embeddings"`):
                 `"token_embeddings"` (input token embeddings, through the text encoders) or `"text_encoder_output"`

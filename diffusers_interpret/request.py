@@ -87,7 +87,8 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     n_traced = arguments[N_STEPS_ARG]
     if n_traced is not None and (not isinstance(n_traced, int) or n_traced < 0):
         raise ValueError(f"`{N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
-    method = parse_method(arguments["attribution_method"])
+    chosen = arguments["attribution_method"]
+    method = parse_method(explainer.family.default_method if chosen is None else chosen)
     level = parse_attribution_level(arguments["attribution_level"])
     image_input = _image_input(explainer, arguments)
     if image_input is not None:

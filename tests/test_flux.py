@@ -299,3 +299,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(flux):
     )
     np.testing.assert_array_equal(np.asarray(checkpointed.image), np.asarray(plain.image))
     np.testing.assert_allclose(checkpointed.token_gradients, plain.token_gradients, rtol=1e-4, atol=1e-7)
+
+
+def test_the_family_default_method(flux):
+    # Chosen on the toy Flux by benchmarks/faithfulness.py: its joint attention is nearly flat over the image.
+    out = FluxPipelineExplainer(flux, verbose=False)(PROMPT, generator=seeded(0), **COMMON)
+    assert out.attribution_method == "grad_x_input"

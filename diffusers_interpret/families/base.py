@@ -5,6 +5,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..defaults import DEFAULT_ATTRIBUTION_METHOD
+
 
 @dataclass(frozen=True)
 class TextEncoderSlot:
@@ -52,6 +54,8 @@ class PipelineFamily:
     denoiser_attribute: str = "unet"
     # Names of the denoiser call's conditioning tensors that carry the prompt (in `read_conditioning`'s order).
     conditioning_names: Tuple[str, ...] = ("encoder_hidden_states",)
+    # The attribution method used when a call names none (chosen per family by benchmarks/faithfulness.py).
+    default_method: str = DEFAULT_ATTRIBUTION_METHOD
     # The conditioning tensor that carries a pooled text embedding (its share of the gradient is reported), if any.
     pooled_name: Optional[str] = None
     # "cross": UNet cross-attention layers (recorded through their processors); "joint": transformer joint attention
