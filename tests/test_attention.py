@@ -108,21 +108,31 @@ def test_processors_restored_after_success_and_exception(tiny_pipe):
     assert not tiny_pipe.unet._forward_pre_hooks
 
 
-def test_unsupported_processor_refused_and_nothing_changed(tiny_pipe):
+def test_any_processor_is_recorded_beside_the_layer_and_left_in_place(tiny_pipe, non_square):
+    # The original README calls `pipe.enable_attention_slicing()`: sliced layers (and any other processor) keep their
+    # processor, their output is unchanged, and the maps computed beside them equal the default processors' maps.
+    _, _, default_maps = non_square
     saved = tiny_pipe.unet.attn_processors
-    name = cross_attention_names(tiny_pipe)[0]
-
-    class Custom(AttnProcessor):
-        pass
-
-    tiny_pipe.unet.set_attn_processor({**saved, name: Custom()})
+    tiny_pipe.enable_attention_slicing(1)
     try:
-        before = tiny_pipe.unet.attn_processors
-        with pytest.raises(TypeError, match="Custom"):
-            with record_cross_attention(tiny_pipe):
-                pass
-        after = tiny_pipe.unet.attn_processors
-        assert all(after[key] is before[key] for key in before)
+        sliced = tiny_pipe.unet.attn_processors
+        reference = generate(tiny_pipe, height=SIZE, width=48)  # slicing's own rounding, without recording
+        with record_cross_attention(tiny_pipe, keep_per_step=True) as recorder:
+            image = generate(tiny_pipe, height=SIZE, width=48)
+        np.testing.assert_array_equal(image, reference)
+        assert all(tiny_pipe.unet.attn_processors[k] is v for k, v in sliced.items())
+        torch.testing.assert_close(recorder.maps.maps, default_maps.maps, rtol=1e-4, atol=1e-6)
+
+        class Custom(AttnProcessor):
+            pass
+
+        name = cross_attention_names(tiny_pipe)[0]
+        tiny_pipe.unet.set_attn_processor({**tiny_pipe.unet.attn_processors, name: Custom()})
+        with pytest.warns(UserWarning, match="Custom"):
+            with record_cross_attention(tiny_pipe) as recorder:
+                generate(tiny_pipe, height=SIZE, width=48)
+        torch.testing.assert_close(recorder.maps.maps, default_maps.maps, rtol=1e-4, atol=1e-6)
+        assert not any(m._forward_pre_hooks for m in tiny_pipe.unet.modules() if m is not tiny_pipe.unet)
     finally:
         tiny_pipe.unet.set_attn_processor(dict(saved))
 

@@ -407,3 +407,21 @@ def test_region_grid_attention_maps_and_interactive_view(tiny_pipe):
     assert "data:image/png;base64," in html and "blue" in html
     with pytest.raises(ValueError, match="cell_size"):
         out.region_grid(cell_size=0)
+
+
+def test_the_original_readme_attention_slicing_works_with_every_default(tiny_pipe):
+    # The 0.5.0 README calls `pipe.enable_attention_slicing()` before explaining: the default method (which records
+    # cross-attention) must explain the image the sliced pipeline makes, with no error.
+    saved = tiny_pipe.unet.attn_processors
+    tiny_pipe.enable_attention_slicing()
+    try:
+        expected = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=seeded(5), output_type="np").images[0]
+        out = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)(
+            PROMPT, num_inference_steps=STEPS, generator=seeded(5), output_type="np"
+        )
+        np.testing.assert_array_equal(out.image, expected)
+        assert out.attribution_method == "word_attention" and np.isfinite(out.token_attributions.scores).all()
+        kinds = {type(p).__name__ for p in tiny_pipe.unet.attn_processors.values()}
+        assert kinds == {"SlicedAttnProcessor"}  # the user's processors stay in place
+    finally:
+        tiny_pipe.unet.set_attn_processor(dict(saved))

@@ -14,6 +14,7 @@ from the same query, key and value tensors, and computes the probabilities on th
 (`Attention.get_attention_scores`), detached from any autograd graph.
 """
 
+import warnings
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
@@ -40,6 +41,45 @@ def _grid_shape(query_length: int, latent_size: Tuple[int, int]) -> Tuple[int, i
         f"A cross-attention layer has {query_length} queries, which matches no downsampling of the latent grid "
         f"{tuple(latent_size)}."
     )
+
+
+# Processors that compute the default attention math (in slices, with fused projections or LoRA-scaled layers): maps
+# computed beside them are exactly theirs.
+_SAME_MATH_PROCESSORS = {
+    "SlicedAttnProcessor",
+    "FusedAttnProcessor2_0",
+    "AttnProcessor2_0",
+    "AttnProcessor",
+    "LoRAAttnProcessor2_0",
+    "LoRAAttnProcessor",
+    "XFormersAttnProcessor",
+}
+
+
+@torch.no_grad()
+def cross_attention_probabilities(
+    attn: Attention, hidden_states: torch.Tensor, context: Optional[torch.Tensor], attention_mask, rows: slice
+) -> torch.Tensor:
+    r"""
+    Head-averaged cross-attention probabilities (images, queries, tokens) of one layer for the batch rows `rows`,
+    computed beside it with `AttnProcessor`'s math from the layer's own projections (`to_q`, `to_k`, their LoRA
+    layers included), whatever processor computes the layer's output.
+    """
+    hidden_states = hidden_states.detach()[rows]
+    batch = hidden_states.shape[0]
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    context = hidden_states if context is None else context.detach()[rows]
+    if attn.norm_cross and context is not hidden_states:
+        context = attn.norm_encoder_hidden_states(context)
+    query, key = attn.head_to_batch_dim(attn.to_q(hidden_states)), attn.head_to_batch_dim(attn.to_k(context))
+    mask = None
+    if attention_mask is not None:
+        mask = attn.prepare_attention_mask(attention_mask.detach()[rows], key.shape[1], batch)
+    probs = attn.get_attention_scores(query, key, mask)
+    return probs.view(batch, attn.heads, *probs.shape[1:]).float().mean(dim=1)
 
 
 class CrossAttentionRecordingProcessor:
@@ -219,21 +259,24 @@ class CrossAttentionRecorder(ScopedHooks):
         self._reset()
         saved = self.unet.attn_processors
         processors = {}
+        kinds: Set[str] = set()
         for name, processor in saved.items():
             module = self.unet.get_submodule(name[: -len(_PROCESSOR_SUFFIX)])
             selected = self.layer_filter is None or name in self.layer_filter
             if not (getattr(module, "is_cross_attention", False) and selected):
                 processors[name] = processor
                 continue
-            if isinstance(processor, AttnProcessor2_0):
+            if type(processor) is AttnProcessor2_0:
                 processors[name] = CrossAttentionRecordingProcessor(self, name, sdpa=True)
             elif type(processor) is AttnProcessor:
                 processors[name] = CrossAttentionRecordingProcessor(self, name, sdpa=False)
             else:
-                raise TypeError(
-                    f"Cross-attention layer {name!r} uses {type(processor).__name__}; recording supports the default "
-                    "`AttnProcessor2_0` and `AttnProcessor` (call `pipe.unet.set_default_attn_processor()` first)."
-                )
+                # Any other processor (sliced, fused, LoRA-scaled, custom) stays; the probabilities are computed
+                # beside the layer from its own projections, the processor's output untouched.
+                processors[name] = processor
+                self.hook_forward_pre(module, self._side_hook(name))
+                if type(processor).__name__ not in _SAME_MATH_PROCESSORS:
+                    kinds.add(type(processor).__name__)
             self._layer_names.append(name)
         if self.layer_filter is not None:
             unknown = self.layer_filter - set(self._layer_names)
@@ -241,6 +284,12 @@ class CrossAttentionRecorder(ScopedHooks):
                 raise ValueError(f"Not cross-attention layers of this UNet: {sorted(unknown)}.")
         if not self._layer_names:
             raise ValueError("This UNet has no cross-attention layer to record.")
+        if kinds:
+            warnings.warn(
+                f"Cross-attention maps are computed beside layers using {', '.join(sorted(kinds))} with the default "
+                "attention math (their outputs are unchanged); maps may differ from what those processors attend.",
+                stacklevel=4,
+            )
         if self._own_counter:
             self.counter.__enter__()
         self._saved = saved
@@ -255,6 +304,19 @@ class CrossAttentionRecorder(ScopedHooks):
             self.unet.set_attn_processor(dict(self._saved))
             self._saved = None
         self._finish_step()
+
+    def _side_hook(self, name: str):
+        def hook(module, args, kwargs):
+            if not self.recording_now():
+                return None
+            hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+            rows = self.kept_rows(int(hidden_states.shape[0]))
+            self.add(name, cross_attention_probabilities(module, hidden_states, context, mask, rows))
+            return None
+
+        return hook
 
     # -- recording ------------------------------------------------------------------------------------------------
     def _pre_hook(self, module, args, kwargs):
