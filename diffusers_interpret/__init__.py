@@ -1,91 +1,65 @@
 r"""diffusers-interpret: explain the images made by 🤗 diffusers pipelines."""
 
-from .attention import record_cross_attention
-from .attribution import Aggregation, AttributionLevel
-from .box import BOX_CONVENTION
-from .explainer import BasePipelineExplainer
-from .families import (
-    FluxImg2ImgPipelineExplainer,
-    FluxPipelineExplainer,
-    StableDiffusion3Img2ImgPipelineExplainer,
-    StableDiffusion3PipelineExplainer,
-    StableDiffusionImg2ImgPipelineExplainer,
-    StableDiffusionInpaintPipelineExplainer,
-    StableDiffusionPipelineExplainer,
-    StableDiffusionXLImg2ImgPipelineExplainer,
-    StableDiffusionXLInpaintPipelineExplainer,
-    StableDiffusionXLPipelineExplainer,
-    explainer_for,
-    supported_pipelines,
-)
-from .methods import (
-    AttentionScore,
-    AttributionMethod,
-    GradientAggregation,
-    IntegratedGradients,
-    JacobianNorm,
-    SmoothGrad,
-    TokenAblation,
-)
-from .outputs import (
-    BaseExplanationOutput,
-    ExplanationOutputList,
-    GeneratedImages,
-    PipelineExplainerOutput,
-    PipelineImg2ImgExplainerOutput,
-    PipelineInpaintExplainerOutput,
-    PixelAttributions,
-    TokenAttributions,
-)
-from .toy import load_toy_pipeline
-from .views.saliency import SaliencyMap
+import importlib
 
 __version__ = "0.6.0.dev0"
 
+# Public names and the module each lives in. They are imported on first use, so that `import diffusers_interpret`
+# (and the command line's `--help`) does not import torch and diffusers until something needs them.
+_EXPORTS = {
+    "Aggregation": ".attribution",
+    "AttentionScore": ".methods",
+    "AttributionLevel": ".attribution",
+    "AttributionMethod": ".methods",
+    "GradientAggregation": ".methods",
+    "IntegratedGradients": ".methods",
+    "JacobianNorm": ".methods",
+    "SmoothGrad": ".methods",
+    "TokenAblation": ".methods",
+    "BOX_CONVENTION": ".box",
+    "BasePipelineExplainer": ".explainer",
+    "BaseExplanationOutput": ".outputs",
+    "ExplanationOutputList": ".outputs",
+    "GeneratedImages": ".outputs",
+    "PipelineExplainerOutput": ".outputs",
+    "PipelineImg2ImgExplainerOutput": ".outputs",
+    "PipelineInpaintExplainerOutput": ".outputs",
+    "PixelAttributions": ".outputs",
+    "SaliencyMap": ".views.saliency",
+    "StableDiffusionImg2ImgPipelineExplainer": ".families",
+    "StableDiffusionInpaintPipelineExplainer": ".families",
+    "StableDiffusionPipelineExplainer": ".families",
+    "StableDiffusionXLImg2ImgPipelineExplainer": ".families",
+    "StableDiffusionXLInpaintPipelineExplainer": ".families",
+    "StableDiffusionXLPipelineExplainer": ".families",
+    "FluxImg2ImgPipelineExplainer": ".families",
+    "FluxPipelineExplainer": ".families",
+    "StableDiffusion3Img2ImgPipelineExplainer": ".families",
+    "StableDiffusion3PipelineExplainer": ".families",
+    "TokenAttributions": ".outputs",
+    "explainer_for": ".families",
+    "load_toy_pipeline": ".toy",
+    "record_cross_attention": ".attention",
+    "supported_pipelines": ".families",
+}
+
 
 def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
     # `AttributionMethods`, the aggregation enum's earlier name, still works and says what to use instead.
     if name == "AttributionMethods":
         import warnings
 
         warnings.warn("`AttributionMethods` is renamed `Aggregation`.", DeprecationWarning, stacklevel=2)
-        return Aggregation
+        return __getattr__("Aggregation")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "Aggregation",
-    "AttentionScore",
-    "AttributionLevel",
-    "AttributionMethod",
-    "GradientAggregation",
-    "IntegratedGradients",
-    "JacobianNorm",
-    "SmoothGrad",
-    "TokenAblation",
-    "BOX_CONVENTION",
-    "BasePipelineExplainer",
-    "BaseExplanationOutput",
-    "ExplanationOutputList",
-    "GeneratedImages",
-    "PipelineExplainerOutput",
-    "PipelineImg2ImgExplainerOutput",
-    "PipelineInpaintExplainerOutput",
-    "PixelAttributions",
-    "SaliencyMap",
-    "StableDiffusionImg2ImgPipelineExplainer",
-    "StableDiffusionInpaintPipelineExplainer",
-    "StableDiffusionPipelineExplainer",
-    "StableDiffusionXLImg2ImgPipelineExplainer",
-    "StableDiffusionXLInpaintPipelineExplainer",
-    "StableDiffusionXLPipelineExplainer",
-    "FluxImg2ImgPipelineExplainer",
-    "FluxPipelineExplainer",
-    "StableDiffusion3Img2ImgPipelineExplainer",
-    "StableDiffusion3PipelineExplainer",
-    "TokenAttributions",
-    "explainer_for",
-    "load_toy_pipeline",
-    "record_cross_attention",
-    "supported_pipelines",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = list(_EXPORTS)

@@ -39,7 +39,7 @@ DEMO_PROMPTS = (
 TOY = "toy"
 
 _DESCRIPTION = """\
-Explain the images made by Stable Diffusion pipelines (1.x, 2.x, XL): which prompt tokens made the image, or a box.
+Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux): which prompt words made the image.
 Writes one self-contained report.html (images inlined, open it anywhere) and PNG files into --out."""
 
 _EPILOG = """\

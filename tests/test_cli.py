@@ -215,3 +215,23 @@ def test_explain_a_transformer_model_folder(tmp_path, family):
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "corgi" in page and "16x16" in page
     assert_self_contained(page)
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
+    # What made `--help` take 5-9 s: the package imported torch and diffusers before parsing the arguments.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from diffusers_interpret.cli import main\n"
+        "for argv in (['--help'], ['explain', 'x', '--box', '1,2']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    assert "usage: diffusers-interpret" in result.stdout
