@@ -112,7 +112,7 @@ class Regeneration:
 
     def slices(self) -> List[Optional[slice]]:
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
-            return [None if block is None else block.features for block in self.tokens.blocks]
+            return self.tokens.slices
         return [block.features for block in token_blocks(self.family, self.pipe, self.tokens.ids)]
 
     @property

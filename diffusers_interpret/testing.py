@@ -11,7 +11,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from .tokenizer import build_word_tokenizer
 
@@ -54,6 +54,44 @@ def tiny_clip_config(tokenizer, **config) -> CLIPTextConfig:
             "vocab_size": len(tokenizer),
             **config,
         }
+    )
+
+
+def tiny_flow_vae(seed: int, latent_channels: int) -> AutoencoderKL:
+    r"""The one-block `AutoencoderKL` (factor 1, no quant convs, a `shift_factor` as SD3 and Flux have) of diffusers'
+    own SD3 and Flux tests, with `latent_channels` channels."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
+def tiny_t5(tokenizer, d_model: int, seed: int = 0) -> T5EncoderModel:
+    r"""A tiny `T5EncoderModel` (2 layers, 4 heads) for a generated sentencepiece `tokenizer`."""
+    torch.manual_seed(seed)
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
     )
 
 

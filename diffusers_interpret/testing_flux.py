@@ -4,15 +4,14 @@ from typing import Optional
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxImg2ImgPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from transformers import CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextModel
 
-from .testing import freeze, tiny_clip_config
+from .testing import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 from .tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
 
 FLUX_PIPELINE_CLASSES = {"text2img": FluxPipeline, "img2img": FluxImg2ImgPipeline}
@@ -45,39 +44,12 @@ def make_tiny_flux_components(seed: int = 0, guidance_embeds: bool = False, num_
         guidance_embeds=guidance_embeds,
         axes_dims_rope=[4, 4, 8],
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(seed, latent_channels=1)
     tokenizer = build_word_tokenizer()
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_clip_config(tokenizer))
     tokenizer_2 = build_sentencepiece_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer_2.pad_token_id,
-            eos_token_id=tokenizer_2.eos_token_id,
-            decoder_start_token_id=tokenizer_2.pad_token_id,
-        )
-    )
+    text_encoder_2 = tiny_t5(tokenizer_2, d_model=32, seed=seed)
     freeze(transformer, vae, text_encoder, text_encoder_2)
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),

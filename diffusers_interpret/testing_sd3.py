@@ -4,15 +4,14 @@ from typing import Optional
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
 )
-from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import CLIPTextModelWithProjection
 
-from .testing import freeze, tiny_clip_config
+from .testing import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 from .tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
 
 SD3_PIPELINE_CLASSES = {"text2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline}
@@ -42,20 +41,7 @@ def make_tiny_sd3_components(seed: int = 0) -> dict:
         pooled_projection_dim=2 * CLIP_WIDTH,
         out_channels=4,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_flow_vae(seed, latent_channels=4)
     components = {"transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler()}
     for index, suffix in enumerate(("", "_2")):
         tokenizer = build_word_tokenizer()
@@ -63,21 +49,7 @@ def make_tiny_sd3_components(seed: int = 0) -> dict:
         encoder = CLIPTextModelWithProjection(tiny_clip_config(tokenizer, projection_dim=CLIP_WIDTH))
         components["tokenizer" + suffix], components["text_encoder" + suffix] = tokenizer, encoder
     tokenizer_3 = build_sentencepiece_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder_3 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_3),
-            d_model=2 * CLIP_WIDTH,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer_3.pad_token_id,
-            eos_token_id=tokenizer_3.eos_token_id,
-            decoder_start_token_id=tokenizer_3.pad_token_id,
-        )
-    )
+    text_encoder_3 = tiny_t5(tokenizer_3, d_model=2 * CLIP_WIDTH, seed=seed)
     components.update(
         tokenizer_3=tokenizer_3, text_encoder_3=text_encoder_3, image_encoder=None, feature_extractor=None
     )

@@ -179,6 +179,11 @@ class PromptTokens:
     def labels(self) -> List[str]:
         return [unit.label for unit in self.units]
 
+    @property
+    def slices(self) -> List[Optional[slice]]:
+        r"""Each encoder's features in the layout of `blocks` (`None` for an encoder not in it)."""
+        return [None if block is None else block.features for block in self.blocks]
+
 
 def attributed_positions(ids: Sequence[int], tokenizer, consider_special_tokens: bool) -> List[int]:
     r"""Positions of a padded id sequence that are attributed: the prompt's tokens (and start/end ones if asked)."""

@@ -86,8 +86,7 @@ class Trace:
         r"""The prompt's embeddings at the attribution level, (images, length, features)."""
         if self.level is AttributionLevel.TOKEN_EMBEDDINGS:
             return self.encoding.token_inputs()
-        blocks = self.prompt_tokens[0].blocks if self.prompt_tokens else []
-        slices = [None if block is None else block.features for block in blocks]
+        slices = self.prompt_tokens[0].slices if self.prompt_tokens else []
         return TextInputs(self.conditioning["encoder_hidden_states"].detach().float().cpu(), slices)
 
     def _leaves(self, text: bool, pixels: bool) -> Dict[str, torch.Tensor]:

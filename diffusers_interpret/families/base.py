@@ -168,6 +168,37 @@ class PipelineFamily:
         return pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
 
 
+class TransformerFamily(PipelineFamily):
+    r"""
+    What the DiT families (SD3, Flux) share: a `transformer` called with keyword arguments only, the latent sample in
+    `hidden_states`, the prompt in `encoder_hidden_states` and a pooled text vector in `pooled_projections`, joint
+    attention, and the default size `default_sample_size * vae_scale_factor`.
+    """
+
+    denoiser_attribute = "transformer"
+    conditioning_names = ("encoder_hidden_states", "pooled_projections")
+    pooled_name = "pooled_projections"
+    attention_kind = "joint"
+
+    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": sample}
+        return (sample, *args[1:]), kwargs
+
+    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+        return {name: kwargs[name] for name in self.conditioning_names}
+
+    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+        return args, {**kwargs, **{name: values[name] for name in self.conditioning_names}}
+
+    def default_size(self, pipe) -> Tuple[int, int]:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        return size, size
+
+
 _FAMILIES: List[PipelineFamily] = []
 _EXPLAINERS: Dict[str, type] = {}
 

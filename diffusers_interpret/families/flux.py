@@ -6,10 +6,10 @@ import torch
 
 from ..explainer import BasePipelineExplainer
 from ..outputs import PipelineImg2ImgExplainerOutput
-from .base import PipelineFamily, TextEncoderSlot, register_explainer, register_family
+from .base import TextEncoderSlot, TransformerFamily, register_explainer, register_family
 
 
-class FluxFamily(PipelineFamily):
+class FluxFamily(TransformerFamily):
     r"""
     `FluxPipeline` and `FluxImg2ImgPipeline`.
 
@@ -27,10 +27,6 @@ class FluxFamily(PipelineFamily):
     display_name = "Flux"
     required_components = ("transformer", "vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
     pipeline_class_names = ("FluxPipeline", "FluxImg2ImgPipeline")
-    denoiser_attribute = "transformer"
-    conditioning_names = ("encoder_hidden_states", "pooled_projections")
-    pooled_name = "pooled_projections"
-    attention_kind = "joint"
     # On the toy Flux its joint attention is nearly flat over the image (the pooled CLIP vector carries most of the
     # prompt): word_attention ranks content words above function words for 31% of one-object images, grad_x_input for
     # 94%, with a better Spearman against ablation (0.75 vs 0.49): `benchmarks/faithfulness.py --family flux`.
@@ -48,20 +44,6 @@ class FluxFamily(PipelineFamily):
 
     def positive_rows(self, pipe, batch_size: int) -> slice:
         return slice(0, batch_size)
-
-    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": sample}
-        return (sample, *args[1:]), kwargs
-
-    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
-        return {name: kwargs[name] for name in self.conditioning_names}
-
-    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
-        return args, {**kwargs, **{name: values[name] for name in self.conditioning_names}}
 
     def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
         # The packed latent grid, from the image tokens' (0, row, column) ids.
@@ -102,10 +84,6 @@ class FluxFamily(PipelineFamily):
         return {"encoder_hidden_states": embeddings, "pooled_projections": pooled}
 
     # -- images ---------------------------------------------------------------------------------------------------
-    def default_size(self, pipe) -> Tuple[int, int]:
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        return size, size
-
     def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         if latents.dim() == 3:  # packed (images, tokens, channels x 2 x 2)
             height, width = size if size is not None else self.default_size(pipe)

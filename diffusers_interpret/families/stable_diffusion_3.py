@@ -6,10 +6,10 @@ import torch
 
 from ..explainer import BasePipelineExplainer
 from ..outputs import PipelineImg2ImgExplainerOutput
-from .base import PipelineFamily, TextEncoderSlot, register_explainer, register_family
+from .base import TextEncoderSlot, TransformerFamily, register_explainer, register_family
 
 
-class StableDiffusion3Family(PipelineFamily):
+class StableDiffusion3Family(TransformerFamily):
     r"""
     `StableDiffusion3Pipeline` and `StableDiffusion3Img2ImgPipeline`.
 
@@ -26,10 +26,6 @@ class StableDiffusion3Family(PipelineFamily):
     display_name = "Stable Diffusion 3"
     required_components = ("transformer", "vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
     pipeline_class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
-    denoiser_attribute = "transformer"
-    conditioning_names = ("encoder_hidden_states", "pooled_projections")
-    pooled_name = "pooled_projections"
-    attention_kind = "joint"
     joint_text_first = False
 
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -40,20 +36,6 @@ class StableDiffusion3Family(PipelineFamily):
             )
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
-    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": sample}
-        return (sample, *args[1:]), kwargs
-
-    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
-        return {name: kwargs[name] for name in self.conditioning_names}
-
-    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
-        return args, {**kwargs, **{name: values[name] for name in self.conditioning_names}}
-
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         # The joint attention of every JointTransformerBlock (`attn`; `attn2`, SD3.5's dual attention, is image
         # self-attention and reads no text).
@@ -95,10 +77,6 @@ class StableDiffusion3Family(PipelineFamily):
         return {"encoder_hidden_states": embeddings, "pooled_projections": pooled}
 
     # -- images ---------------------------------------------------------------------------------------------------
-    def default_size(self, pipe) -> Tuple[int, int]:
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        return size, size
-
     def decode(self, pipe, latents: torch.Tensor, generator=None, size: Optional[Tuple[int, int]] = None):
         vae = pipe.vae
         return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
