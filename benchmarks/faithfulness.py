@@ -70,6 +70,7 @@ from toy_localization import THRESHOLDS, iou, normalize  # noqa: E402
 # name -> (attribution_method, attribution_level); aggregations of one gradient share a call.
 METHODS = {
     "word_attention": ("word_attention", "token_embeddings"),
+    "concept_attention": ("concept_attention", "token_embeddings"),
     "grad_x_input": ("grad_x_input", "token_embeddings"),
     "mean_grad": ("mean_grad", "token_embeddings"),
     "max_grad": ("max_grad", "token_embeddings"),

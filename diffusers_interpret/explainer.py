@@ -16,10 +16,11 @@ from .outputs import GeneratedImages, PipelineExplainerOutput
 from .regeneration import Regeneration, generator_factory, generator_state
 from .request import EXPLAINER_ARGUMENTS, ExplainRequest, check_inputs
 from .session import Session
-from .text import check_same, encode_with_graph, tokenize
+from .text import check_same, concept_states, encode_with_graph, tokenize
 from .trace import Trace
 from .tracing.attention import make_recorder
 from .tracing.checkpoint import checkpointed
+from .tracing.concepts import ConceptAttentionRecorder
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import run_pipeline
 from .tracing.steps import StepCounter
@@ -280,15 +281,25 @@ class BasePipelineExplainer:
         if request.records_attention:
             steps = None
             if request.method.needs_attention_maps and request.n_traced:
-                steps = list(range(-request.n_traced, 0))
+                steps = list(range(-request.n_traced * counter.calls_per_step, 0))
             recorder = make_recorder(pipe, family, steps=steps, counter=counter)
             scopes.append(recorder)
+        concepts = None
+        if request.wants_scores and request.method.needs_concept_maps:
+            names = request.method.concept_list(request.prompts["prompt"])
+            states = concept_states(family, pipe, names, call_kwargs, pipe._execution_device)
+            steps = list(range(-request.n_traced * counter.calls_per_step, 0)) if request.n_traced else None
+            concepts = ConceptAttentionRecorder(pipe, family, names, states, steps=steps, counter=counter)
+            scopes.append(concepts)
         grad_before_loop = request.needs_graph and request.image_input is not None
         latents = run_pipeline(pipe, call_kwargs, scopes, grad_before_loop=grad_before_loop, quiet=not self.verbose)
         latents = latents.images
         trace.traced_calls = tracer.traced_calls if tracer is not None else 0
         if recorder is not None and request.method.needs_attention_maps and not trace.traced_calls:
             trace.traced_calls = len(recorder.maps.steps)  # the method reads the steps it recorded
+        if concepts is not None:
+            trace.concept_maps = concepts.maps
+            trace.traced_calls = trace.traced_calls or len(trace.concept_maps.steps)
         trace.denoiser_calls = counter.calls
         trace.pixels = pixel_store.get("pixels")
         trace.attention_maps = recorder.maps if recorder is not None else None

@@ -102,7 +102,9 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     for name in ("prompt_2", "prompt_3"):
         if pipeline_kwargs.get(name) is not None:
             expanded[name] = _expand(pipeline_kwargs[name], len(prompts), per_prompt, name)
-    if keep is not None and not (method.needs_graph or method.needs_attention_maps):
+    if method.needs_concept_maps:
+        explainer.family.concept_blocks(explainer.family.denoiser(explainer.pipe))  # raises for UNet families
+    if keep is not None and not (method.needs_graph or method.needs_attention_maps or method.needs_concept_maps):
         raise ValueError(
             "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input') or 'attention', not "
             f"{method.name!r}."

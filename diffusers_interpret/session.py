@@ -67,6 +67,9 @@ class Session:
         if method.needs_attention_maps and self.trace.attention_maps is not None:
             height, width = self.trace.attention_maps.size
             return self._reexplain(output, explanation_2d_bounding_box, method, height, width)
+        if method.needs_concept_maps and self.trace.concept_maps is not None:
+            height, width = self.trace.concept_maps.maps.shape[-2:]
+            return self._reexplain(output, explanation_2d_bounding_box, method, height, width)
         if self.request.keep is None:
             raise RuntimeError(
                 "Nothing was kept to explain another region: call the explainer with keep_for_reexplanation='graph' "
@@ -168,7 +171,7 @@ class Session:
         cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
         score, whole = "grad_x_input", None
         if self.request.keep != "graph" and "word_maps" in output.extras:
-            score, grid, whole = "word_attention", *self._word_cells(output, cell)
+            score, grid, whole = output.attribution_method, *self._word_cells(output, cell)
         else:
             grid = self.region_grid(output.image_index, cell)
         base = self.images[output.image_index]

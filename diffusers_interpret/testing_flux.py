@@ -65,7 +65,11 @@ def make_tiny_flux_components(seed: int = 0, guidance_embeds: bool = False, num_
 
 
 def make_tiny_flux_pipeline(
-    kind: str = "text2img", seed: int = 0, dtype: Optional[torch.dtype] = None, guidance_embeds: bool = False
+    kind: str = "text2img",
+    seed: int = 0,
+    dtype: Optional[torch.dtype] = None,
+    guidance_embeds: bool = False,
+    num_layers: int = 1,
 ):
     r"""
     A tiny offline Flux pipeline with random weights, for tests and benchmarks. Call it with
@@ -76,10 +80,11 @@ def make_tiny_flux_pipeline(
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
         guidance_embeds (`bool`, *optional*, defaults to `False`): A guidance-distilled transformer (Flux-dev).
+        num_layers (`int`, *optional*, defaults to 1): Double-stream blocks (and as many single-stream blocks).
     """
     if kind not in FLUX_PIPELINE_CLASSES:
         raise ValueError(f"`kind` must be one of {sorted(FLUX_PIPELINE_CLASSES)}, got {kind!r}.")
-    pipe = FLUX_PIPELINE_CLASSES[kind](**make_tiny_flux_components(seed, guidance_embeds))
+    pipe = FLUX_PIPELINE_CLASSES[kind](**make_tiny_flux_components(seed, guidance_embeds, num_layers))
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -11,13 +11,21 @@ to `prompt`) a token is one unit scored over all its features; otherwise each en
 own, scored over that encoder's features.
 """
 
+import re
+import string
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .attribution import AttributionLevel
-from .tracing.leaves import EagerAttention, LeafInputEmbeddings, ReplacedInputEmbeddings, input_embeddings
+from .tracing.leaves import (
+    EagerAttention,
+    Float32Compute,
+    LeafInputEmbeddings,
+    ReplacedInputEmbeddings,
+    input_embeddings,
+)
 
 
 def clean_token(token: str) -> str:
@@ -118,6 +126,16 @@ def place(parts: Sequence[Optional[torch.Tensor]], blocks: Sequence[Optional[Enc
     return out
 
 
+def prompt_words(text: str) -> List[Tuple[str, int, int]]:
+    r"""The words of a text (maximal runs of non-space characters) with their character spans."""
+    return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+def concept_name(word: str) -> str:
+    r"""A word as a concept: without the punctuation around it ("left," -> "left")."""
+    return word.strip(string.punctuation) or word
+
+
 @dataclass
 class PromptTokens:
     r"""The tokens of one image's prompt, per text encoder, and the units they are scored as."""
@@ -134,10 +152,7 @@ class PromptTokens:
 
     def words(self) -> List[Tuple[str, int, int]]:
         r"""The words of the prompt (maximal runs of non-space characters) with their character spans."""
-        import re
-
-        text = self.texts[self.prompt_encoder] if self.texts else ""
-        return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        return prompt_words(self.texts[self.prompt_encoder] if self.texts else "")
 
     def word_units(self) -> List[List[int]]:
         r"""
@@ -314,7 +329,8 @@ class TextEncoding:
         return [block.features for block in self.blocks]
 
     def token_inputs(self) -> TextInputs:
-        return TextInputs(place([leaf.detach().float() for leaf in self.token_leaves], self.blocks), self.slices)
+        values = place([leaf.detach().float().cpu() for leaf in self.token_leaves], self.blocks)
+        return TextInputs(values, self.slices)
 
     def token_gradients(
         self, conditioning_gradients: Dict[str, torch.Tensor], retain_graph: bool, batched: bool = False
@@ -326,7 +342,10 @@ class TextEncoding:
         """
         names = [name for name in self.conditioning if name in conditioning_gradients]
         outputs = [self.conditioning[name] for name in names]
-        grads = [conditioning_gradients[name].to(self.conditioning[name].dtype) for name in names]
+        grads = [
+            conditioning_gradients[name].to(self.conditioning[name].device, self.conditioning[name].dtype)
+            for name in names
+        ]
         if batched:
             try:
                 found = torch.autograd.grad(
@@ -467,7 +486,7 @@ def token_mixing(
     values = token_embedding_values(family, pipe, tokens.ids)
     parts = []
     encoders = [getattr(pipe, slot.encoder) for slot in slots]
-    with torch.no_grad(), EagerAttention(encoders):
+    with torch.no_grad(), EagerAttention(encoders), Float32Compute(encoders):
         for start in range(0, len(columns), chunk):
             piece = columns[start : start + chunk]
             tangents = torch.zeros((len(piece), *values.shape[1:]), device=values.device, dtype=values.dtype)
@@ -487,3 +506,21 @@ def token_mixing(
         if own:
             weights[position, own[0]] = 1.0
     return TokenMixing(weights / weights.sum(1, keepdim=True).clamp_min(1e-30), columns)
+
+
+def concept_states(family, pipe, concepts: Sequence[str], call_kwargs: Dict[str, Any], device) -> torch.Tensor:
+    r"""
+    Each concept encoded on its own by the pipeline's own `encode_prompt`: the mean of its tokens' states (start, end
+    and padding left out) in the denoiser's `encoder_hidden_states`, (concepts, features).
+    """
+    prompts = {"prompt": list(concepts)}
+    with torch.no_grad():
+        states = family.encode(pipe, prompts, call_kwargs, device)["encoder_hidden_states"]
+    tokens = tokenize(family, pipe, prompts, False, True, call_kwargs, AttributionLevel.TEXT_ENCODER_OUTPUT)
+    rows = []
+    for index, (concept, prompt) in enumerate(zip(concepts, tokens)):
+        positions = sorted(set(prompt.positions))
+        if not positions:
+            raise ValueError(f"The concept {concept!r} has no token of its own: name concepts with words.")
+        rows.append(states[index, positions].float().mean(0))
+    return torch.stack(rows)

@@ -49,6 +49,7 @@ class Trace:
             (`token_embeddings` level).
         pixels (`torch.Tensor`, *optional*): The [0, 1] input image as a leaf (img2img, inpainting).
         attention_maps (`AttentionMaps`, *optional*): Recorded cross-attention maps.
+        concept_maps (`ConceptMaps`, *optional*): Recorded concept-attention maps.
         regeneration (`Regeneration`, *optional*): How to generate the image again (one image per call).
         retain_graph (`bool`): Keep the graph after a backward pass (for re-explanation); without it, a call's
             box-sum backward pass is the graph's last use.
@@ -64,6 +65,7 @@ class Trace:
     encoding: Optional[TextEncoding] = None
     pixels: Optional[torch.Tensor] = None
     attention_maps: Any = None
+    concept_maps: Any = None
     regeneration: Any = None
     retain_graph: bool = False
     verbose: bool = True

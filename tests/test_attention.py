@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
 
 from diffusers_interpret.attention import AttentionMaps, record_cross_attention
-from diffusers_interpret.tracing.attention import _grid_shape
+from diffusers_interpret.tracing.attention import query_grid
 
 STEPS = 3
 
@@ -189,9 +189,9 @@ def test_one_layer_matches_independent_softmax(tiny_pipe, layer_index):
 
 def test_grid_shape_follows_stride_two_downsampling():
     # SD at 520x512: latent 65x64, then 33x32, 17x16, 9x8 (stride-2 convolutions with padding 1 round up).
-    assert _grid_shape(65 * 64, (65, 64)) == (65, 64)
-    assert _grid_shape(33 * 32, (65, 64)) == (33, 32)
-    assert _grid_shape(17 * 16, (65, 64)) == (17, 16)
-    assert _grid_shape(9 * 8, (65, 64)) == (9, 8)
+    assert query_grid(65 * 64, (65, 64)) == (65, 64)
+    assert query_grid(33 * 32, (65, 64)) == (33, 32)
+    assert query_grid(17 * 16, (65, 64)) == (17, 16)
+    assert query_grid(9 * 8, (65, 64)) == (9, 8)
     with pytest.raises(RuntimeError):
-        _grid_shape(7, (65, 64))
+        query_grid(7, (65, 64))

@@ -8,6 +8,7 @@ from conftest import seeded
 from PIL import Image
 
 from diffusers_interpret import FluxImg2ImgPipelineExplainer, FluxPipelineExplainer, explainer_for
+from diffusers_interpret.methods import ConceptAttention
 from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
 
 PROMPT = "a cute corgi on the left"
@@ -41,7 +42,7 @@ def box_sum(images: torch.Tensor, box) -> torch.Tensor:
     return images[0, :, y0:y1, x0:x1].sum()
 
 
-@pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention"])
+@pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "concept_attention"])
 def test_image_is_the_pipelines_image(flux, flux_dev, method):
     for pipe, extra in ((flux, {}), (flux_dev, {"guidance_scale": 3.5})):
         expected = pipe(PROMPT, generator=seeded(1), output_type="np", **COMMON, **extra).images[0]
@@ -305,3 +306,121 @@ def test_the_family_default_method(flux):
     # Chosen on the toy Flux by benchmarks/faithfulness.py: its joint attention is nearly flat over the image.
     out = FluxPipelineExplainer(flux, verbose=False)(PROMPT, generator=seeded(0), **COMMON)
     assert out.attribution_method == "grad_x_input"
+
+
+def reference_concept_maps(pipe, concepts, block_inputs, calls):
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    # ConceptAttention written out with explicit softmax attention from the blocks' parts, independent of the
+    # recorder (which calls the blocks themselves): concept tokens (each word's own T5 states, averaged) carried
+    # through the double-stream blocks with the text-stream weights, attending to [concepts, image]; each image token's
+    # attention output computed against [prompt text, image]; per block the concept x image dot products.
+    transformer = pipe.transformer
+    with torch.no_grad():
+        rows = []
+        for concept in concepts:
+            states = pipe.encode_prompt(concept, concept, max_sequence_length=TINY_T5_LENGTH)[0][0]
+            own = len(pipe.tokenizer_2(concept).input_ids) - 1  # the word's pieces, without the end token
+            rows.append(states[:own].mean(0))
+        scores = []
+        for call in calls:
+            stream = transformer.context_embedder(torch.stack(rows))[None]
+            per_block = []
+            for block, inputs in zip(transformer.transformer_blocks, block_inputs[call]):
+                image, text, temb, rotary = inputs
+                attn = block.attn
+                norm_image = block.norm1(image, emb=temb)[0]
+                norm_text = block.norm1_context(text, emb=temb)[0]
+                norm_c, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(stream, emb=temb)
+
+                def heads(x, norm=None, count=attn.heads):
+                    x = x.unflatten(-1, (count, -1))
+                    return norm(x) if norm is not None else x
+
+                iq = heads(attn.to_q(norm_image), attn.norm_q)
+                ik = heads(attn.to_k(norm_image), attn.norm_k)
+                iv = heads(attn.to_v(norm_image))
+                tk = heads(attn.add_k_proj(norm_text), attn.norm_added_k)
+                tv = heads(attn.add_v_proj(norm_text))
+                cq = heads(attn.add_q_proj(norm_c), attn.norm_added_q)
+                ck = heads(attn.add_k_proj(norm_c), attn.norm_added_k)
+                cv = heads(attn.add_v_proj(norm_c))
+                image_rotary = tuple(part[text.shape[1] :] for part in rotary)
+                iq = apply_rotary_emb(iq, image_rotary, sequence_dim=1)
+                ik = apply_rotary_emb(ik, image_rotary, sequence_dim=1)
+                # Text and concept tokens sit at position ids 0: their rotation is the identity.
+
+                def attend(q, k, v):
+                    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+                    probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+                    return (probs @ v).transpose(1, 2).flatten(2)
+
+                image_out = attend(iq, torch.cat([tk, ik], 1), torch.cat([tv, iv], 1))
+                concept_out = attend(cq, torch.cat([ck, ik], 1), torch.cat([cv, iv], 1))
+                per_block.append(torch.einsum("bcd,bnd->bcn", concept_out, image_out))
+                stream = stream + c_gate_msa[:, None] * attn.to_add_out(concept_out)
+                normed = block.norm2_context(stream) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+                stream = stream + c_gate_mlp[:, None] * block.ff_context(normed)
+            scores.append(torch.stack(per_block).mean(0))
+        grid = SIZE // 2
+        probs = torch.stack(scores).mean(0).softmax(dim=1).reshape(1, len(concepts), grid, grid)
+        return F.interpolate(probs, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+
+
+def test_concept_attention_equals_an_independent_computation():
+    pipe = make_tiny_flux_pipeline("text2img", dtype=torch.float64, num_layers=2)
+    inputs, hooks = [], []
+
+    def capture(module, args, kwargs):
+        if module is pipe.transformer.transformer_blocks[0]:
+            inputs.append([])
+        inputs[-1].append(
+            (kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["temb"], kwargs["image_rotary_emb"])
+        )
+
+    for block in pipe.transformer.transformer_blocks:
+        hooks.append(block.register_forward_pre_hook(capture, with_kwargs=True))
+    try:
+        expected_image = pipe(PROMPT, generator=seeded(0), output_type="np", **COMMON).images[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    method = ConceptAttention(concepts=["sky"])
+    out = explain(
+        pipe, attribution_method=method, output_type="np", n_last_diffusion_steps_to_consider_for_attributions=2
+    )
+    np.testing.assert_array_equal(out.image, expected_image)
+    concepts = ["a", "cute", "corgi", "on", "the", "left", "sky"]
+    assert list(out.extras["concept_maps"]) == concepts
+    expected = reference_concept_maps(pipe, concepts, inputs, calls=[STEPS - 2, STEPS - 1])
+    recorded = np.stack([out.extras["concept_maps"][c] for c in concepts])
+    np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(recorded.sum(0), 1.0, atol=1e-6)  # a softmax across concepts at each pixel
+
+
+def test_concept_attention_scores_words_and_reexplains_from_its_maps(flux):
+    explainer = FluxPipelineExplainer(flux, verbose=False)
+    box = ((0, 0), (8, 16))
+    out = explainer(PROMPT, generator=seeded(0), attribution_method="concept_attention", **COMMON)
+    words = dict(out.word_attributions)
+    assert list(words) == ["a", "cute", "corgi", "on", "the", "left"]
+    # Whole image: each word's score is its map's spatial standard deviation, shared among its tokens.
+    for word, score in words.items():
+        assert score == pytest.approx(float(np.std(out.extras["concept_maps"][word], ddof=1)), rel=1e-5)
+    again = out.explain(box)
+    fresh = explainer(
+        PROMPT, generator=seeded(0), attribution_method="concept_attention", explanation_2d_bounding_box=box, **COMMON
+    )
+    np.testing.assert_allclose(again.token_attributions.scores, fresh.token_attributions.scores, rtol=1e-6)
+    assert dict(fresh.word_attributions) == pytest.approx(fresh.extras["concept_scores"])
+
+
+def test_traced_steps_are_steps_with_true_cfg(flux):
+    # With true CFG each step makes two transformer calls (prompt, then negative prompt): one traced step traces both.
+    true_cfg = dict(negative_prompt="a dog", true_cfg_scale=2.0, n_last_diffusion_steps_to_consider_for_attributions=1)
+    for method in ("grad_x_input", "attention", "concept_attention"):
+        out = explain(flux, attribution_method=method, **true_cfg)
+        assert out.token_attributions is not None and np.isfinite(out.token_attributions.scores).all(), method
+    assert out.extras["traced_denoiser_calls"] == 1  # the step's one prompt call is recorded
+    out = explain(flux, **true_cfg)
+    assert out.extras["traced_denoiser_calls"] == 2

@@ -79,6 +79,8 @@ def test_method_names_and_errors(tiny_pipe):
         explainer(PROMPT, num_inference_steps=2, attribution_method="ablation", keep_for_reexplanation="graph")
     with pytest.raises(ValueError, match="n_steps"):
         IntegratedGradients(n_steps=0)
+    with pytest.raises(ValueError, match="concept attention is for DiT pipelines"):
+        explainer(PROMPT, num_inference_steps=2, attribution_method="concept_attention")
 
 
 def test_ablation_equals_independent_regeneration(tiny_pipe):

@@ -35,7 +35,7 @@ def box_sum(images: torch.Tensor, box) -> torch.Tensor:
     return images[0, :, y0:y1, x0:x1].sum()
 
 
-@pytest.mark.parametrize("method", ["grad_x_input", "word_attention"])
+@pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "concept_attention"])
 def test_image_is_the_pipelines_image(sd3, method):
     expected = sd3(PROMPT, generator=seeded(1), output_type="np", **COMMON).images[0]
     np.testing.assert_array_equal(explain(sd3, seed=1, attribution_method=method, output_type="np").image, expected)
@@ -190,3 +190,20 @@ def test_joint_attention_maps_equal_an_independent_computation(sd3):
 def test_skip_layer_guidance_is_refused_with_a_clear_error(sd3):
     with pytest.raises(ValueError, match="skip_guidance_layers"):
         explain(sd3, skip_guidance_layers=[0])
+
+
+def test_concept_attention_through_the_text_stream_blocks(sd3):
+    transformer = sd3.transformer
+    family = explainer_for(sd3).family
+    blocks = [block for _, block in family.concept_blocks(transformer)]
+    # The last block only reads the text stream (`context_pre_only`): no text output to compare or carry on.
+    assert blocks == [b for b in transformer.transformer_blocks if not b.context_pre_only] and blocks
+    out = explain(sd3, attribution_method="concept_attention", explanation_2d_bounding_box=((0, 0), (8, 16)))
+    maps = np.stack(list(out.extras["concept_maps"].values()))
+    assert list(out.extras["concept_maps"]) == ["a", "cute", "corgi", "on", "the", "left"]
+    np.testing.assert_allclose(maps.sum(0), 1.0, atol=1e-5)
+    # The box score of each word: what the box reads of the word's map times the map's share inside the box.
+    for word, score in out.word_attributions:
+        m = out.extras["concept_maps"][word].astype(np.float64)
+        inside = m[0:16, 0:8]
+        assert score == pytest.approx(inside.mean() * inside.sum() / m.sum(), rel=1e-4)

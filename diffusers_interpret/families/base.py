@@ -120,6 +120,14 @@ class PipelineFamily:
         r"""The joint-attention layers to record (families with `attention_kind == "joint"`), by module name."""
         raise NotImplementedError
 
+    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        r"""The dual-stream blocks (a text stream with its own weights beside the image stream) that concept tokens
+        are carried through, by module name (the `"concept_attention"` method)."""
+        raise ValueError(
+            f"{self.display_name} pipelines have no text stream to carry concept tokens through: concept attention "
+            "is for DiT pipelines (SD3, Flux); use 'word_attention' or 'attention' here."
+        )
+
     def positive_rows(self, pipe, batch_size: int) -> slice:
         r"""The rows of the denoiser's batch that carry the prompt: with classifier-free guidance the pipelines
         concatenate [negative, positive]."""
@@ -197,6 +205,31 @@ class TransformerFamily(PipelineFamily):
     def default_size(self, pipe) -> Tuple[int, int]:
         size = pipe.default_sample_size * pipe.vae_scale_factor
         return size, size
+
+    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        # SD3's last block (`context_pre_only`) has no text-stream output: nothing to compare, nothing to carry on.
+        return [
+            (f"transformer_blocks.{index}", block)
+            for index, block in enumerate(denoiser.transformer_blocks)
+            if not getattr(block, "context_pre_only", False)
+        ]
+
+    def attention_output_projections(self, block) -> Tuple[torch.nn.Module, torch.nn.Module]:
+        r"""The output projections of a dual-stream block's attention, (image stream, text stream): their inputs are
+        the attention outputs (heads concatenated) that concept attention compares."""
+        return block.attn.to_out[0], block.attn.to_add_out
+
+    def concept_block_arguments(
+        self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
+    ) -> Dict[str, Any]:
+        r"""The arguments of a dual-stream block's call with the concept tokens in place of the text stream, for the
+        prompt rows `rows` of the batch."""
+        return {
+            **arguments,
+            "hidden_states": arguments["hidden_states"][rows],
+            "encoder_hidden_states": concepts,
+            "temb": arguments["temb"][rows],
+        }
 
 
 _FAMILIES: List[PipelineFamily] = []

@@ -60,6 +60,21 @@ class FluxFamily(TransformerFamily):
 
         return [(name, module) for name, module in denoiser.named_modules() if isinstance(module, FluxAttention)]
 
+    def concept_block_arguments(
+        self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
+    ) -> Dict[str, Any]:
+        # The rotary embedding covers [text, image] positions; the concept tokens take the text's position (Flux's
+        # text ids are all zeros, so one text row serves every concept).
+        result = super().concept_block_arguments(arguments, concepts, rows)
+        rotary = arguments.get("image_rotary_emb")
+        if rotary is not None:
+            text_length = int(arguments["encoder_hidden_states"].shape[1])
+            count = int(concepts.shape[1])
+            result["image_rotary_emb"] = tuple(
+                torch.cat([part[:1].expand(count, *part.shape[1:]), part[text_length:]]) for part in rotary
+            )
+        return result
+
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [

@@ -9,6 +9,7 @@ Token attribution methods, selectable with `attribution_method=` as a name or as
 | [`IntegratedGradients`] | `"integrated_gradients"` | 1 generation + `n_steps` with N traced, `n_steps` backward |
 | [`SmoothGrad`] | `"smoothgrad"` | 1 generation + `n_samples` with N traced, `n_samples` backward |
 | [`TokenAblation`] | `"ablation"` | 1 + (number of tokens) generations, no backward |
+| [`ConceptAttention`] (SD3, Flux) | `"concept_attention"` | 1 generation + 1 more call of each dual-stream block |
 | [`JacobianNorm`] | `"jacobian_norm"` | 1 generation with N traced calls, `n_probes` backward passes |
 
 The perturbation methods (integrated gradients, SmoothGrad, ablation) regenerate from the explained call's own noise in
@@ -23,6 +24,7 @@ from ..attribution import Aggregation
 from .ablation import TokenAblation
 from .attention_score import AttentionScore
 from .base import AttributionMethod, Scores
+from .concept_attention import ConceptAttention
 from .gradient import GradientAggregation
 from .integrated_gradients import IntegratedGradients
 from .jacobian_norm import JacobianNorm
@@ -36,12 +38,13 @@ _BY_NAME = {
     "attention": AttentionScore,
     "jacobian_norm": JacobianNorm,
     "word_attention": WordAttention,
+    "concept_attention": ConceptAttention,
 }
 
 
 def parse_method(method: Union[str, Aggregation, AttributionMethod]) -> AttributionMethod:
     r"""A method object from a name (`"grad_x_input"`, ..., `"integrated_gradients"`, `"smoothgrad"`,
-    `"ablation"`, `"attention"`, `"jacobian_norm"`, `"word_attention"`) or a method object."""
+    `"ablation"`, `"attention"`, `"jacobian_norm"`, `"word_attention"`, `"concept_attention"`) or a method object."""
     if isinstance(method, AttributionMethod):
         return method
     if isinstance(method, Aggregation):
@@ -61,6 +64,7 @@ def parse_method(method: Union[str, Aggregation, AttributionMethod]) -> Attribut
 __all__ = [
     "AttentionScore",
     "AttributionMethod",
+    "ConceptAttention",
     "GradientAggregation",
     "IntegratedGradients",
     "JacobianNorm",

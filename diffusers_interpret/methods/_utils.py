@@ -59,3 +59,17 @@ def regenerated_gradients(
                 gradient = torch.autograd.grad(distance.sum(), leaf)[0].float().cpu()
         gradients.append(gradient)
     return torch.cat(gradients)
+
+
+def map_scores(maps: torch.Tensor, target) -> np.ndarray:
+    r"""
+    Scores of (words, H, W) maps for a target: for a box `B`, `mean_B(m) * sum_B(m) / sum(m)` (what the box reads of
+    the word times the share of the word's map inside the box); for the whole image, the map's spatial standard
+    deviation (words that shape where things go, not words every pixel reads alike).
+    """
+    flat = maps.flatten(1)
+    if target.box is None:
+        return flat.std(1).numpy()
+    mask = target.mask(maps).flatten().bool().to(flat.device)
+    inside = flat[:, mask]
+    return (inside.mean(1) * inside.sum(1) / flat.sum(1).clamp_min(1e-30)).numpy()

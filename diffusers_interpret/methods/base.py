@@ -44,6 +44,8 @@ class AttributionMethod:
     Traits the explainer reads (it never checks a method's type):
         - `needs_graph`: the call's own graph back to the prompt (gradient methods).
         - `needs_attention_maps`: cross-attention maps recorded over the traced steps.
+        - `needs_concept_maps`: concept-attention maps recorded over the traced steps (`concept_list(prompts)`
+          names the concepts).
         - `one_image_per_call`: the method generates the image again (needs `trace.regeneration`).
         - `scores_pixels`: the method gives pixel scores itself; otherwise image explainers add the box-sum
           gradient x input of the pixels.
@@ -54,6 +56,7 @@ class AttributionMethod:
     summary: str = ""
     needs_graph: bool = False
     needs_attention_maps: bool = False
+    needs_concept_maps: bool = False
     one_image_per_call: bool = False
     scores_pixels: bool = False
 

@@ -96,7 +96,7 @@ class IntegratedGradients(AttributionMethod):
                 )
         else:
             reference = torch.full_like(pixels, float(self.pixel_baseline))
-        alphas = (torch.arange(self.n_steps, dtype=torch.float32) + 0.5) / self.n_steps
+        alphas = (torch.arange(self.n_steps, dtype=torch.float32, device=pixels.device) + 0.5) / self.n_steps
         path = reference + alphas.to(pixels.dtype)[:, None, None, None] * (pixels - reference)
         gradients = regenerated_gradients(
             context, path, target, self.batch_size, "Pixel IG", generate=context.generate_from_images

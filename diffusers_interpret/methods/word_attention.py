@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._utils import map_scores
 from .base import AttributionMethod, Scores
 
 
@@ -53,9 +54,5 @@ class WordAttention(AttributionMethod):
 
     @staticmethod
     def scores_from_word_maps(words: torch.Tensor, target) -> np.ndarray:
-        flat = words.flatten(1)
-        if target.box is None:
-            return flat.std(1).numpy()
-        mask = target.mask(words).flatten().bool().to(flat.device)
-        inside = flat[:, mask]
-        return (inside.mean(1) * inside.sum(1) / flat.sum(1).clamp_min(1e-30)).numpy()
+        r"""The method's scores of (words, H, W) maps for a target (see the class docstring)."""
+        return map_scores(words, target)

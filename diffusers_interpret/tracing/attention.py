@@ -28,7 +28,9 @@ from .steps import StepCounter
 _PROCESSOR_SUFFIX = ".processor"
 
 
-def _grid_shape(query_length: int, latent_size: Tuple[int, int]) -> Tuple[int, int]:
+def query_grid(query_length: int, latent_size: Tuple[int, int]) -> Tuple[int, int]:
+    r"""The (height, width) grid of an attention layer's `query_length` image queries: the latent grid or one of its
+    downsamplings (a UNet's lower levels, a DiT's patches)."""
     # The UNet halves its grid with stride-2 convolutions (padding 1): ceil(h / 2) at each level.
     height, width = latent_size
     while True:
@@ -351,7 +353,7 @@ class CrossAttentionRecorder(ScopedHooks):
 
     def add(self, name: str, probs: torch.Tensor) -> None:
         # probs: (images, queries, tokens), averaged over heads.
-        height, width = _grid_shape(probs.shape[1], self._latent_size)
+        height, width = query_grid(probs.shape[1], self._latent_size)
         grid = probs.transpose(1, 2).reshape(probs.shape[0], probs.shape[2], height, width)
         key = (height, width)
         if key in self._current:

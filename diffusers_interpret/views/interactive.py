@@ -169,7 +169,7 @@ _SCRIPT = r"""
       var base = (r * C + c) * T * D;
       for (var k = 0; k < T * D; k++) sums[k] += cells[base + k];
     }
-    if (cfg.score === "word_attention") {
+    if (cfg.score !== "grad_x_input") {
       if (r0 === 0 && c0 === 0 && r1 === R && c1 === C && cfg.whole) return cfg.whole.slice();
       var pixels = pixelsOf(r0, c0, r1, c1);
       return Array.prototype.map.call(sums, function(v, t) {
@@ -345,8 +345,8 @@ def interactive_view_html(
             f"`cell_grad_x_input` must have shape ({rows}, {cols}, {len(tokens)}, hidden) for a {height}x{width} "
             f"image, cells of {cell_h}x{cell_w} and {len(tokens)} tokens; got {cells.shape}."
         )
-    if score not in ("grad_x_input", "word_attention"):
-        raise ValueError(f"`score` must be 'grad_x_input' or 'word_attention', got {score!r}.")
+    if score not in ("grad_x_input", "word_attention", "concept_attention"):
+        raise ValueError(f"`score` must be 'grad_x_input', 'word_attention' or 'concept_attention', got {score!r}.")
     if scale is None:
         scale = max(1, 512 // max(width, height))
     scale = int(scale)
@@ -462,7 +462,7 @@ class InteractiveView:
 
     def box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
         r"""The token scores of the cell box rows [r0, r1) x columns [c0, c1) (see [`box_scores_from_cells`])."""
-        if self.score == "word_attention":
+        if self.score != "grad_x_input":  # word maps: word_attention, concept_attention
             if (r0, c0, r1, c1) == (0, 0, *self.cell_grad_x_input.shape[:2]) and self.whole_image_scores is not None:
                 return np.asarray(self.whole_image_scores, dtype=np.float64)
             size = (self.image.size[1], self.image.size[0])

@@ -1,0 +1,71 @@
+"""Concept attention: where each of the prompt's words (and any named concept) is, by the DiT's own text stream."""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..text import concept_name, prompt_words
+from ._utils import map_scores
+from .base import AttributionMethod, Scores
+
+
+@dataclass
+class ConceptAttention(AttributionMethod):
+    r"""
+    ConceptAttention (Helbling et al., 2025) for the DiT families (SD3, Flux): each of the prompt's words, encoded on
+    its own, is a concept token carried through the dual-stream blocks with the text stream's own weights, attending
+    to the image tokens (which never attend to it, so the image is unchanged); a word's map is the dot product of its
+    attention output with each image token's, averaged over the blocks and the traced steps, with a softmax across the
+    concepts at each image token (so the maps share each pixel among the words). Published: 71.0 mIoU on
+    ImageNet-Segmentation against 59.9 for Flux's raw cross-attention.
+
+    A word is scored from its map as by [`WordAttention`]: for a box `B`, `mean_B(m) * sum_B(m) / sum(m)`; for the
+    whole image, the map's spatial standard deviation. A word's score is shared evenly among its tokens (every
+    tokenizer's pieces of it), so `output.word_attributions` carries the word's own score.
+
+    Args:
+        concepts (`Sequence[str]`, *optional*): More concepts beside the prompt's words (e.g. `["background",
+            "sky"]`): they compete in the softmax, their maps and scores are in `output.extras["concept_maps"]` and
+            `output.extras["concept_scores"]`.
+
+    Cost: one generation plus one extra call of each dual-stream block per traced step on the concepts (no backward
+    pass); the concepts are encoded once, in one batch.
+    """
+
+    concepts: Optional[Sequence[str]] = None
+    name = "concept_attention"
+    summary = (
+        "Where each word is in the image by the transformer's own text stream (ConceptAttention): each word, encoded "
+        "on its own, compared with every image token in attention-output space, softmax across the words."
+    )
+    needs_concept_maps = True
+
+    def concept_list(self, prompts: Sequence[str]) -> List[str]:
+        r"""The concepts of a call: every prompt's words (punctuation stripped), then the named ones, once each."""
+        words = [concept_name(word) for text in prompts for word, _, _ in prompt_words(text)]
+        return list(dict.fromkeys(words + [str(c) for c in self.concepts or ()]))
+
+    def attribute(self, trace, target) -> Scores:
+        recorded = trace.concept_maps
+        tokens, extras = [], []
+        for index, prompt in enumerate(trace.prompt_tokens):
+            maps = recorded.maps[index].double()  # (concepts, H, W)
+            concept_scores = map_scores(maps, target)
+            units = np.zeros(len(prompt.units))
+            unit_maps = torch.zeros((len(prompt.units), *maps.shape[1:]), dtype=maps.dtype)
+            for (word, _, _), group in zip(prompt.words(), prompt.word_units()):
+                concept = recorded.concepts.index(concept_name(word))
+                for unit in group:
+                    units[unit] += concept_scores[concept] / len(group)
+                    unit_maps[unit] += maps[concept] / len(group)
+            tokens.append(units)
+            extras.append(
+                {
+                    "word_maps": unit_maps.float().numpy(),
+                    "concept_maps": {c: maps[k].float().numpy() for k, c in enumerate(recorded.concepts)},
+                    "concept_scores": {c: float(concept_scores[k]) for k, c in enumerate(recorded.concepts)},
+                }
+            )
+        return Scores(tokens=tokens, extras=extras)
