@@ -11,8 +11,9 @@ import torch
 from .box import Box, box_mask
 
 _NOT_FINITE = (
-    "The gradient with respect to {name} is not finite ({dtype}). Load the pipeline in float32, or explain "
-    "fewer steps."
+    "The gradient with respect to {name} is not finite ({dtype}). Load the pipeline in float32, explain fewer "
+    "steps, or on CUDA call the explainer inside `torch.nn.attention.sdpa_kernel(SDPBackend.MATH)` (the fused "
+    "attention kernels' half-precision backward can overflow)."
 )
 
 

@@ -106,3 +106,56 @@ class EagerAttention(ScopedHooks):
         for model, previous in reversed(self._previous):
             model.set_attn_implementation(previous)
         self._previous = []
+
+
+class Float32Compute(ScopedHooks):
+    r"""
+    Within the block, every half-precision (float16, bfloat16) module of the given models computes in float32: its own
+    weights are cast up before its forward pass and back after it (exactly: every float16 and bfloat16 value is a
+    float32 value), and its floating-point inputs are cast up. Forward-mode differentiation needs it: a float16 layer
+    norm's tangent overflows where the variance is small (padding positions), and CUDA's layer norm gives a float32
+    tangent to a float16 output, which the next float16 linear layer rejects. Weights are set back on exit, even
+    after an exception.
+    """
+
+    HALF = (torch.float16, torch.bfloat16)
+
+    def __init__(self, models):
+        super().__init__()
+        self.models = list(models)
+        self._original: Dict[int, tuple] = {}
+
+    def _install(self) -> None:
+        for model in self.models:
+            for module in model.modules():
+                if any(t.dtype in self.HALF for t in self._own_tensors(module)):
+                    self.hook_forward_pre(module, self._up)
+                    self.hook_forward(module, self._down, with_kwargs=False)
+
+    def _remove(self) -> None:
+        for tensor, dtype in self._original.values():
+            tensor.data = tensor.data.to(dtype)
+        self._original = {}
+
+    @staticmethod
+    def _own_tensors(module):
+        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        return [t for t in tensors if t.is_floating_point()]
+
+    def _up(self, module, args, kwargs):
+        for tensor in self._own_tensors(module):
+            if tensor.dtype in self.HALF:
+                self._original[id(tensor)] = (tensor, tensor.dtype)
+                tensor.data = tensor.data.float()
+
+        def up(value):
+            is_half = isinstance(value, torch.Tensor) and value.dtype in self.HALF
+            return value.float() if is_half else value
+
+        return tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+
+    def _down(self, module, args, output):
+        for tensor in self._own_tensors(module):
+            if id(tensor) in self._original:
+                tensor.data = tensor.data.to(self._original.pop(id(tensor))[1])
+        return None

@@ -49,10 +49,11 @@ class StepCounter(ScopedHooks):
         r"""Index of the denoiser call in progress (or of the last one, after the run)."""
         return self.calls - 1
 
-    def first_of_last(self, n: Optional[int]) -> Optional[int]:
-        r"""Index of the first of the last `n` calls (`None`: all of them); `None` when `n` is 0."""
+    def first_of_last(self, n_steps: Optional[int]) -> Optional[int]:
+        r"""Index of the first denoiser call of the last `n_steps` denoising steps (`None`: all of them; every call
+        of a step, e.g. both of Flux's true-CFG calls); `None` when `n_steps` is 0."""
         total = self.total or 0
-        count = total if n is None else min(n, total)
+        count = total if n_steps is None else min(n_steps * self.calls_per_step, total)
         return total - count if count > 0 else None
 
     @contextlib.contextmanager

@@ -18,10 +18,10 @@ class DenoiserTracer(ScopedHooks):
     r"""
     Scoped hooks on a pipeline's denoiser for one explainer call.
 
-    The pipeline's own loop is run under `torch.no_grad()`. At the first of the last `n_traced` denoiser calls (counted
-    by the shared `counter`), the pre-hook turns grad mode on (the enclosing `no_grad` context restores it when the
-    pipeline returns or raises), so the last `n_traced` steps, scheduler updates included, keep their graph. On every
-    traced call, each conditioning tensor the family names (e.g. `encoder_hidden_states`, SDXL's pooled
+    The pipeline's own loop is run under `torch.no_grad()`. At the first denoiser call of the last `n_traced` steps
+    (counted by the shared `counter`), the pre-hook turns grad mode on (the enclosing `no_grad` context restores it
+    when the pipeline returns or raises), so the last `n_traced` steps, scheduler updates included, keep their graph.
+    On every traced call, each conditioning tensor the family names (e.g. `encoder_hidden_states`, SDXL's pooled
     `text_embeds`) gets, on its prompt rows (the positive half with classifier-free guidance), a zero-valued,
     gradient-carrying term from `conditioning()`: the values the denoiser sees stay bit-identical to the pipeline's
     own, and gradients reach the explained conditioning. With `checkpoint=True`, each traced call runs without keeping
@@ -31,7 +31,8 @@ class DenoiserTracer(ScopedHooks):
         pipe: The pipeline whose denoiser is hooked.
         family (`PipelineFamily`): Where the denoiser call carries its sample and conditioning.
         counter (`StepCounter`): The run's shared count of denoiser calls (entered before this tracer).
-        n_traced (`int`, *optional*): Number of last denoiser calls to trace; `None` for all.
+        n_traced (`int`, *optional*): Number of last denoising steps to trace (every denoiser call of each); `None`
+            for all.
         conditioning (`Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]`):
             Given the prompt rows of the denoiser's conditioning tensors (detached), returns the tensors to take
             gradients through, with the same values (up to float rounding) and shapes.
