@@ -1,5 +1,7 @@
 """What an explanation returns: `@dataclass` outputs and the rich objects they hold."""
 
+import base64
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 
 from .box import Box
-from .views.markup import display_html, image_slider_html
+from .views.markup import image_slider_html, in_notebook, show_html, standalone_page
 
 
 def _percentages(scores: np.ndarray) -> np.ndarray:
@@ -61,7 +63,8 @@ class TokenAttributions(list):
         import matplotlib.pyplot as plt
 
         values = [v for _, v in (self.normalized if normalize else self)]
-        if ax is None:
+        own_figure = ax is None
+        if own_figure:
             fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(self) + 1), 3))
         else:
             fig = ax.figure
@@ -72,6 +75,8 @@ class TokenAttributions(list):
         if title:
             ax.set_title(title)
         fig.tight_layout()
+        if own_figure:
+            plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result
         return fig
 
 
@@ -100,42 +105,68 @@ class GeneratedImages(list):
     def _repr_html_(self) -> str:
         return self.to_html()
 
-    def show(self, width: Optional[int] = None):
+    def show(self, width: Optional[int] = None) -> None:
         r"""
-        Display the slider inline (under IPython) and return it as an `IPython.display.HTML` object.
+        Display the slider once: inline in a notebook; elsewhere it is saved to a temporary HTML page whose path is
+        printed (or use `.save(path)`).
 
         Args:
             width (`int`, *optional*): Display width in pixels (the images are scaled, pixelated).
         """
-        return display_html(self.to_html(width=width))
+        show_html(self.to_html(width=width), "slider of the denoising steps")
 
-    def gif(self, file_name: Union[str, Path] = "diffusion_process.gif", duration: int = 400, loop: int = 0):
+    def save(self, path: Union[str, Path], width: Optional[int] = None) -> Path:
+        r"""Write the slider as a standalone HTML page at `path` and return the `Path`."""
+        path = Path(path)
+        path.write_text(standalone_page(self.to_html(width=width), "Denoising steps"), encoding="utf-8")
+        return path
+
+    def gif(self, file_name: Optional[Union[str, Path]] = None, duration: int = 400, loop: int = 0):
         r"""
-        Write the images as an animated GIF and display it inline under IPython.
+        The images as an animated GIF: displayed inline in a notebook (embedded in the page, so it survives an HTML
+        export), and written to `file_name` where one is given. Outside a notebook without `file_name`, it is written
+        to `diffusion_process.gif` in the working directory, or to `diffusion_process-1.gif`, ... where that exists: a
+        default name never overwrites a file.
 
         Args:
-            file_name (`str` or `Path`, *optional*, defaults to `"diffusion_process.gif"`): Where to write the GIF.
+            file_name (`str` or `Path`, *optional*): Where to write the GIF.
             duration (`int`, *optional*, defaults to 400): Milliseconds per frame.
             loop (`int`, *optional*, defaults to 0): Number of loops, 0 for forever.
 
         Returns:
-            The path written.
+            The `Path` written, or `None` where nothing was written (a notebook, no `file_name`).
         """
         if not self:
             raise ValueError("No images to write: call the explainer with `get_images_for_all_inference_steps=True`.")
-        path = Path(file_name)
+        buffer = io.BytesIO()
         frames = [image.convert("RGB") for image in self]
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration, loop=loop)
-        try:
-            from IPython import get_ipython
-            from IPython.display import Image as IPyImage
-            from IPython.display import display
+        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=loop)
+        data = buffer.getvalue()
+        notebook = in_notebook()
+        path = None
+        if file_name is not None:
+            path = Path(file_name)
+        elif not notebook:
+            path = _unused_path(Path("diffusion_process.gif"))
+        if path is not None:
+            path.write_bytes(data)
+        if notebook:
+            from IPython.display import HTML, display
 
-            if get_ipython() is not None:
-                display(IPyImage(filename=str(path)))
-        except ImportError:  # pragma: no cover
-            pass
+            uri = "data:image/gif;base64," + base64.b64encode(data).decode("ascii")
+            display(HTML(f'<img src="{uri}" style="image-rendering:pixelated;width:{max(256, frames[0].width)}px"/>'))
+        elif file_name is None:
+            print(f"Not in a notebook: the GIF is saved to {path}.")
         return path
+
+
+def _unused_path(path: Path) -> Path:
+    # `name.ext`, else `name-1.ext`, `name-2.ext`, ...: the first that does not exist.
+    candidate, k = path, 0
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
 
 
 @dataclass
@@ -196,6 +227,11 @@ class BaseExplanationOutput:
     word_attributions: Optional[TokenAttributions] = None
     session: Any = field(default=None, repr=False, compare=False)
     image_index: int = field(default=0, repr=False, compare=False)
+
+    def _repr_html_(self) -> str:
+        from .views.summary import explanation_html
+
+        return explanation_html(self)
 
     def __getitem__(self, key: str):
         # Compatibility with the original's dict-like outputs (`output["image"]`).

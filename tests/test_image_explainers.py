@@ -116,7 +116,7 @@ def test_inpaint_identical_and_pixel_attributions(inpaint, init_image, mask_imag
     saliency = out.input_saliency_map
     overlay = saliency.overlay()
     assert overlay.size == (SIZE, SIZE)
-    fig = saliency.show(cmap="jet", image_weight=0.5, apply_mask=True)
+    fig = saliency.plot(cmap="jet", image_weight=0.5, apply_mask=True)
     assert len(fig.axes) >= 3
 
 

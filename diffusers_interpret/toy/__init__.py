@@ -12,6 +12,7 @@ its cross-attention maps are twice as sharp); its two-object prompts name either
 needed to draw them.
 """
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Union
@@ -47,6 +48,7 @@ __all__ = [
     "generate_scene",
     "load_toy_flux_pipeline",
     "load_toy_pipeline",
+    "quiet_loading",
     "render_scene",
     "sample_scene_spec",
     "toy_model_available",
@@ -64,6 +66,30 @@ def _model_dir(resolution: int) -> Path:
 def toy_model_available(resolution: int = IMAGE_SIZE) -> bool:
     r"""Whether the shipped toy model's files (at `resolution`: 32 or 64) are present."""
     return all((_model_dir(resolution) / name).is_file() for name in _REQUIRED_FILES)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    r"""
+    Within the block, diffusers and transformers say only what is wrong: no progress bars, no notices (a 4.5 MB model
+    loads in a blink, and outside a terminal every progress-bar refresh is a line of output). Their settings are put
+    back on exit.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = []
+    for library in (diffusers_logging, transformers_logging):
+        saved.append((library, library.get_verbosity(), library.is_progress_bar_enabled()))
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, verbosity, bars in saved:
+            library.set_verbosity(verbosity)
+            if bars:
+                library.enable_progress_bar()
 
 
 def load_toy_pipeline(
@@ -95,7 +121,6 @@ def load_toy_pipeline(
         `resolution` x `resolution`).
     """
     import torch
-    from diffusers import StableDiffusionPipeline
 
     model_dir = _model_dir(resolution)
     if not toy_model_available(resolution):
@@ -107,7 +132,9 @@ def load_toy_pipeline(
     kwargs.setdefault("safety_checker", None)
     kwargs.setdefault("feature_extractor", None)
     kwargs.setdefault("requires_safety_checker", False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loading():
+        from diffusers import StableDiffusionPipeline
+
         # Recent diffusers renamed `torch_dtype` to `dtype`; older ones only know `torch_dtype`.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -136,14 +163,15 @@ def load_toy_flux_pipeline(torch_dtype=None, device="cpu"):
         device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): Device to move the pipeline to.
     """
     import torch
-    from diffusers import FluxPipeline
 
     if not (TOY_FLUX_MODEL_DIR / "model_index.json").is_file():
         raise FileNotFoundError(
             f"The toy Flux model's files are missing from {TOY_FLUX_MODEL_DIR}. Reinstall diffusers-interpret, or "
             "train it with `python scripts/train_toy_flux.py`."
         )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_loading():
+        from diffusers import FluxPipeline
+
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         pipe = FluxPipeline.from_pretrained(
             str(TOY_FLUX_MODEL_DIR), torch_dtype=torch_dtype or torch.float32, local_files_only=True

@@ -1,7 +1,6 @@
 """The one base of every scoped change to a pipeline: installed on enter, removed on exit, also after an exception."""
 
 import contextlib
-import copy
 from typing import Any, Callable, List, Tuple
 
 import torch
@@ -81,7 +80,8 @@ class ScopedHooks:
 def progress_bar_disabled(pipe, disable: bool):
     """Disable the pipeline's progress bar within the block and restore the pipeline's own config after it."""
     had_config = hasattr(pipe, "_progress_bar_config")
-    saved = copy.deepcopy(getattr(pipe, "_progress_bar_config", None)) if had_config else None
+    # A shallow copy: the config may hold a file object (`file=sys.stderr`), which cannot be deep-copied.
+    saved = dict(pipe._progress_bar_config) if had_config else None
     if disable:
         pipe.set_progress_bar_config(disable=True)
     try:

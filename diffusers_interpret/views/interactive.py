@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .markup import display_html, image_to_data_uri, json_for_script
+from .markup import image_to_data_uri, json_for_script, show_html, standalone_page
 
 
 def box_scores_from_cells(cell_grad_x_input: np.ndarray, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
@@ -472,9 +472,10 @@ class InteractiveView:
     def _repr_html_(self) -> str:
         return self.to_html()
 
-    def show(self):
-        r"""Display the view inline (under IPython) and return it as an `IPython.display.HTML` object."""
-        return display_html(self.to_html())
+    def show(self) -> None:
+        r"""Display the view once: inline in a notebook; elsewhere it is saved to a temporary HTML page whose path is
+        printed (or use `.save(path)`)."""
+        show_html(self.to_html(), "interactive view")
 
     def save(self, path: Union[str, Path]) -> Path:
         r"""
@@ -487,11 +488,5 @@ class InteractiveView:
             The `Path` written.
         """
         path = Path(path)
-        title = html.escape(self.title or "diffusers-interpret")
-        page = (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>'
-            f'<link rel="icon" href="data:,"/><title>{title}</title></head>\n'
-            f"<body>\n{self.to_html()}\n</body></html>\n"
-        )
-        path.write_text(page, encoding="utf-8")
+        path.write_text(standalone_page(self.to_html(), self.title or "diffusers-interpret"), encoding="utf-8")
         return path

@@ -62,16 +62,56 @@ def image_slider_html(
 </div>"""
 
 
-def display_html(markup: str):
-    """Show HTML inline when running under IPython; return the `IPython.display.HTML` object either way."""
-    from IPython.display import HTML, display
-
-    obj = HTML(markup)
+def in_notebook() -> bool:
+    r"""Whether code runs in a notebook kernel (Jupyter, Colab, VS Code), where rich output is displayed."""
     try:
         from IPython import get_ipython
-
-        if get_ipython() is not None:
-            display(obj)
     except ImportError:  # pragma: no cover - IPython is a dependency
-        pass
-    return obj
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def standalone_page(markup: str, title: str) -> str:
+    r"""A whole HTML page around `markup` (nothing else needed beside it)."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>'
+        f'<link rel="icon" href="data:,"/><title>{html.escape(title)}</title></head>\n'
+        f"<body>\n{markup}\n</body></html>\n"
+    )
+
+
+def show_html(markup: str, what: str) -> None:
+    r"""
+    Display HTML once: inline in a notebook; elsewhere (a script, a terminal) written to a new temporary page whose
+    path is printed, since nothing can be displayed there. Returns `None`, so a notebook shows it exactly once.
+    """
+    if in_notebook():
+        from IPython.display import HTML, display
+
+        display(HTML(markup))
+        return None
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix="diffusers-interpret-", suffix=".html")
+    with open(handle, "w", encoding="utf-8") as file:
+        file.write(standalone_page(markup, what))
+    print(f"Not in a notebook: the {what} is saved to {name} (open it in a browser).")
+    return None
+
+
+def show_figure(figure, what: str) -> None:
+    r"""Display a matplotlib figure once: inline in a notebook; elsewhere saved to a new temporary PNG whose path is
+    printed. Returns `None`."""
+    if in_notebook():
+        from IPython.display import display
+
+        display(figure)
+        return None
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix="diffusers-interpret-", suffix=".png")
+    with open(handle, "wb") as file:
+        figure.savefig(file, format="png", dpi=100)
+    print(f"Not in a notebook: the {what} is saved to {name}.")
+    return None

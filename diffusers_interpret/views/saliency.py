@@ -5,6 +5,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from .markup import show_figure
+
 
 class SaliencyMap:
     r"""
@@ -71,26 +73,20 @@ class SaliencyMap:
         mappable.set_array(self.scaled())
         fig.colorbar(mappable, ax=axes[1], fraction=0.046, pad=0.04, label="scaled attribution")
         fig.tight_layout()
+        plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result
         return fig
 
-    def show(self, cmap: str = "jet", image_weight: float = 0.5, apply_mask: bool = True):
+    def show(self, cmap: str = "jet", image_weight: float = 0.5, apply_mask: bool = True) -> None:
         r"""
-        Show image / attributions / overlay (inline in notebooks; a window where matplotlib has one).
+        Show image / attributions / overlay once: inline in a notebook; elsewhere saved to a temporary PNG whose path
+        is printed (`.plot()` returns the figure to save or place yourself).
 
         Args:
             cmap (`str`, *optional*, defaults to `"jet"`): A matplotlib colour map name.
             image_weight (`float`, *optional*, defaults to 0.5): Weight of the image in the overlay, in [0, 1].
             apply_mask (`bool`, *optional*, defaults to `True`): Grey out the inpainting mask's area.
-
-        Returns:
-            The matplotlib figure.
         """
-        import matplotlib.pyplot as plt
-
-        fig = self.plot(cmap, image_weight, apply_mask)
-        if plt.get_backend().lower() != "agg":
-            plt.show()
-        return fig
+        show_figure(self.plot(cmap, image_weight, apply_mask), "saliency map")
 
     def _repr_png_(self) -> bytes:
         import io

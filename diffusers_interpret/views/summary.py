@@ -1,0 +1,61 @@
+"""An explanation at a glance, as a notebook shows an output: the image with its box, the words' bars, the method."""
+
+import html
+
+import numpy as np
+from PIL import Image
+
+from .markup import image_to_data_uri
+
+DISPLAY_SIZE = 256
+
+
+def _picture(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # (C, H, W) tensors as numpy
+    return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8).squeeze())
+
+
+def explanation_html(output) -> str:
+    r"""
+    Self-contained HTML of one explanation: the image (with the box drawn, pixelated to at least 256 pixels), the
+    prompt, the method and level, and a bar per word (`word_attributions`, else `token_attributions`) in percent of the
+    total, in the prompt's order, the top three in bold. Everything is escaped; no script, no ids.
+    """
+    picture = _picture(output.image)
+    scale = max(1, DISPLAY_SIZE // max(picture.size))
+    width = picture.width * scale
+    pairs = output.word_attributions or output.token_attributions
+    rows = []
+    if pairs:
+        percent = [value for _, value in pairs.normalized]
+        top = set(np.argsort(percent)[::-1][:3].tolist())
+        largest = max(max(percent), 1e-12)
+        for k, (word, value) in enumerate(zip(pairs.tokens, percent)):
+            weight = "bold" if k in top else "normal"
+            bar = max(0.0, value) / largest * 100
+            label = html.escape(str(word))
+            rows.append(
+                f'<tr><td style="text-align:right;padding-right:6px;font-weight:{weight}">{label}</td>'
+                f'<td style="width:160px"><div style="background:#d62728;height:10px;width:{bar:.1f}%"></div></td>'
+                f'<td style="padding-left:6px;color:#555">{value:.1f}%</td></tr>'
+            )
+    else:
+        rows.append('<tr><td style="color:#555">No attributions (no step was traced).</td></tr>')
+    method = html.escape(str(output.attribution_method))
+    level = html.escape(str(output.attribution_level))
+    box = output.explanation_2d_bounding_box
+    region = "the whole image" if box is None else html.escape(f"the box {tuple(map(tuple, box))}")
+    extra = ""
+    if output.pooled_share is not None:
+        extra = f"<div style='color:#555'>pooled text vector's share of the gradient: {output.pooled_share:.2f}</div>"
+    return (
+        '<div style="font-family:sans-serif;font-size:13px;display:flex;gap:16px;align-items:flex-start">'
+        f'<img src="{image_to_data_uri(picture)}" style="width:{width}px;image-rendering:pixelated"/>'
+        f'<div><div style="margin-bottom:4px">{html.escape(str(output.prompt or ""))}</div>'
+        f'<div style="color:#555;margin-bottom:6px">{method} ({level}), explaining {region}</div>'
+        f'<table style="border-collapse:collapse">{"".join(rows)}</table>{extra}</div></div>'
+    )
