@@ -32,15 +32,23 @@ def normalize_box(box: Optional[BoxLike], height: int, width: int) -> Optional[B
         return None
     try:
         if len(box) == 4:
-            x0, y0, x1, y1 = (int(v) for v in box)
+            values = list(box)
         elif len(box) == 2 and len(box[0]) == 2 and len(box[1]) == 2:
-            (x0, y0), (x1, y1) = ((int(v) for v in corner) for corner in box)
+            values = [*box[0], *box[1]]
         else:
             raise TypeError
+        if any(isinstance(v, (bool, str)) for v in values):
+            raise TypeError
+        x0, y0, x1, y1 = (int(v) for v in values)
     except (TypeError, ValueError):
         raise ValueError(
             f"`explanation_2d_bounding_box` must be ((x0, y0), (x1, y1)) or (x0, y0, x1, y1), got {box!r}."
         ) from None
+    if any(float(v) != int(v) for v in values):
+        raise ValueError(
+            f"`explanation_2d_bounding_box` {box!r} has fractional coordinates: give whole pixels (round them as you "
+            "mean them)."
+        )
     if x1 <= x0 or y1 <= y0:
         raise ValueError(
             f"`explanation_2d_bounding_box` {((x0, y0), (x1, y1))} is empty or inverted: it needs x0 < x1 and y0 < y1 "

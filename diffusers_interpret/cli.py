@@ -248,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--gradient-checkpointing",
-        action="store_true",
-        help="recompute the traced steps in the backward pass: less memory, slower",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute the traced steps in the backward pass: less memory, slower (default: on when more than one "
+        "step is traced)",
     )
     _add_interactive(explain, 0)
     explain.add_argument(
@@ -341,7 +343,7 @@ def run_explanations(
     jobs: Sequence[Tuple[str, Any]],
     seed: int,
     quiet: bool,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: Optional[bool] = None,
     **explain_kwargs,
 ) -> List[Any]:
     r"""

@@ -1,5 +1,6 @@
 """The explainers: run the pipeline's own call with a traced graph (or recorded attention), then attribute."""
 
+import inspect
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Union
@@ -41,10 +42,13 @@ class BasePipelineExplainer:
     Args:
         pipe (`DiffusionPipeline`): A loaded pipeline of the explainer's family.
         verbose (`bool`, *optional*, defaults to `True`): Show progress bars.
-        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+        gradient_checkpointing (`bool`, *optional*):
             Keep no activations of the traced steps (and of the VAE decoder) during generation and recompute them, one
             step at a time, in the backward pass: peak memory no longer grows with the number of traced steps, at the
-            cost of one more forward pass per traced step.
+            cost of one more forward pass per traced step. By default (`None`) it is on when more than one step is
+            traced (e.g. pixel attributions, which trace every step) and the graph is not kept for re-explanation:
+            on SD 1.5 at 512x512, 20 traced steps took 32 GiB of CUDA memory without it and 2.9 GiB with it, for 1.4x
+            the time (docs/benchmarks.md).
     """
 
     output_class = PipelineExplainerOutput
@@ -53,7 +57,7 @@ class BasePipelineExplainer:
     # "image" (img2img) or "inpaint" for explainers of pipelines that start from an input image.
     input_kind: Optional[str] = None
 
-    def __init__(self, pipe, verbose: bool = True, gradient_checkpointing: bool = False):
+    def __init__(self, pipe, verbose: bool = True, gradient_checkpointing: Optional[bool] = None):
         family = self.family
         if family is None:
             raise TypeError(
@@ -63,12 +67,28 @@ class BasePipelineExplainer:
         for name in family.required_components:
             if not hasattr(pipe, name):
                 raise TypeError(f"{type(pipe).__name__} has no `{name}`: pass a {family.display_name} pipeline.")
+        parameters = inspect.signature(type(pipe).__call__).parameters
+        needed = {"image": "image", "inpaint": "mask_image"}.get(self.input_kind)
+        if needed is not None and needed not in parameters:
+            kind = "an img2img" if self.input_kind == "image" else "an inpainting"
+            raise TypeError(
+                f"{type(self).__name__} explains {kind} pipeline; {type(pipe).__name__} takes no `{needed}`: use "
+                "`explainer_for(pipe)` to get the explainer of this pipeline."
+            )
         if not hasattr(type(pipe).__call__, "__wrapped__"):
             raise TypeError(f"{type(pipe).__name__}.__call__ is not a decorated diffusers pipeline call.")
         self.family = family
         self.pipe = pipe
         self.verbose = verbose
         self.gradient_checkpointing = gradient_checkpointing
+
+    def checkpoints(self, n_traced: Optional[int], keep: Optional[str] = None) -> bool:
+        r"""Whether a call tracing the last `n_traced` steps (`None`: all) checkpoints them. By default: when more
+        than one step is traced, unless the graph is kept (`keep="graph"`: every later box or region-grid cell
+        would recompute the steps again)."""
+        if self.gradient_checkpointing is not None:
+            return bool(self.gradient_checkpointing)
+        return (n_traced is None or n_traced > 1) and keep != "graph"
 
     def __call__(
         self,
@@ -267,7 +287,12 @@ class BasePipelineExplainer:
         tracer = None
         if request.needs_graph:
             tracer = DenoiserTracer(
-                pipe, family, counter, request.n_traced, conditioning, checkpoint=self.gradient_checkpointing
+                pipe,
+                family,
+                counter,
+                request.n_traced,
+                conditioning,
+                checkpoint=self.checkpoints(request.n_traced, request.keep),
             )
             scopes.append(tracer)
             trace.replay_cache = UntracedDenoiserCache() if request.keep == "latents" else None
@@ -329,21 +354,22 @@ class BasePipelineExplainer:
         return trace, latents
 
     # -- 4. images ------------------------------------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
-        r"""The family's decode of final latents (of an image of `size`, (height, width)), checkpointed when the
-        explainer checkpoints and grad is on."""
+    def decode(self, latents: torch.Tensor, generator=None, size=None, checkpoint: bool = False) -> torch.Tensor:
+        r"""The family's decode of final latents (of an image of `size`, (height, width)), checkpointed when
+        `checkpoint` and grad is on."""
 
         def run(z):
             return self.family.decode(self.pipe, z, generator, size)
 
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+        if checkpoint and torch.is_grad_enabled():
             return checkpointed(run, latents)
         return run(latents)
 
     def decode_images(self, request: ExplainRequest, trace: Trace, latents, step_latents, call_kwargs):
         generator = call_kwargs.get("generator")
         with torch.set_grad_enabled(request.needs_graph and latents.requires_grad):
-            trace.decoded = self.decode(latents, generator, (request.height, request.width))
+            checkpoint = self.checkpoints(request.n_traced, request.keep)
+            trace.decoded = self.decode(latents, generator, (request.height, request.width), checkpoint)
         with torch.no_grad():
             images, nsfw = self.family.postprocess(self.pipe, trace.decoded.detach(), request.output_type)
             step_images = self._step_images(request, step_latents, generator) if request.step_images else None

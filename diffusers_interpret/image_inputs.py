@@ -25,6 +25,44 @@ def image_size(image) -> Optional[Tuple[int, int]]:
     return None
 
 
+def as_input_image(image, name: str, mask: bool = False):
+    r"""
+    An input image as the pipeline's preprocessing reads it: a path is opened; a PIL image is made RGB (a mask: L);
+    an array's alpha channel is dropped and a grey one made RGB. Arrays of floats must hold [0, 1] values.
+
+    Raises:
+        `FileNotFoundError`: for a path that does not exist.
+        `ValueError`: for a float array outside [0, 1].
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"`{name}` {str(image)!r} is not a file: pass an image, or the path of one.")
+        with Image.open(path) as opened:
+            image = opened.copy()
+    if isinstance(image, Image.Image):
+        wanted = "L" if mask else "RGB"
+        return image if image.mode == wanted else image.convert(wanted)
+    if isinstance(image, np.ndarray):
+        if image.dtype.kind == "f" and image.size and (float(image.max()) > 1.0 or float(image.min()) < 0.0):
+            raise ValueError(
+                f"`{name}` is a float array with values in [{float(image.min()):g}, {float(image.max()):g}]: give "
+                "floats in [0, 1] (or uint8 values in [0, 255])."
+            )
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / 255.0
+        if image.ndim == 3 and image.shape[-1] == 4:
+            image = image[..., :3]
+        if not mask and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1)):
+            image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
+        return image
+    return image
+
+
 @dataclass
 class ImageInput:
     r"""
@@ -46,6 +84,9 @@ class ImageInput:
 
     @classmethod
     def make(cls, pipe, image, mask_image, height: Optional[int], width: Optional[int]) -> "ImageInput":
+        image = as_input_image(image, "image")
+        if mask_image is not None:
+            mask_image = as_input_image(mask_image, "mask_image", mask=True)
         processed = pipe.image_processor.preprocess(image, height=height, width=width)
         made = cls(pipe, image, mask_image, int(processed.shape[-2]), int(processed.shape[-1]))
         if mask_image is not None:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .box import Box
 from .views.markup import image_slider_html, in_notebook, show_html, standalone_page
@@ -139,7 +140,11 @@ class GeneratedImages(list):
         if not self:
             raise ValueError("No images to write: call the explainer with `get_images_for_all_inference_steps=True`.")
         buffer = io.BytesIO()
-        frames = [image.convert("RGB") for image in self]
+        # Fast octree quantisation: Pillow's default (median cut, dithered) takes about 0.3 s per 448x448 frame.
+        frames = [
+            image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+            for image in self
+        ]
         frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=loop)
         data = buffer.getvalue()
         notebook = in_notebook()

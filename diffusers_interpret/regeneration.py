@@ -212,13 +212,13 @@ class Regeneration:
             counter,
             self.n_traced,
             replacement,
-            checkpoint=self.explainer.gradient_checkpointing,
+            checkpoint=self.explainer.checkpoints(self.n_traced),
             replace=True,
             grad=grad,
         )
         latents = run_pipeline(pipe, kwargs, [counter, tracer], grad_before_loop=grad and grad_before_loop).images
         with torch.set_grad_enabled(grad and latents.requires_grad):
-            return self.explainer.decode(latents, size=self.size)
+            return self.explainer.decode(latents, size=self.size, checkpoint=self.explainer.checkpoints(self.n_traced))
 
     def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
         r"""

@@ -1,7 +1,10 @@
 """The first phase of an explainer call: check its inputs before any model runs, and resolve them."""
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
+
+import torch
 
 from .attribution import AttributionLevel, parse_attribution_level
 from .box import normalize_box
@@ -81,9 +84,11 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     output_type = arguments["output_type"]
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ValueError(f"`prompt` must be a non-empty string or list of non-empty strings, got {prompt!r}.")
+    _check_special_tokens(explainer, prompts)
+    _check_call(explainer, arguments, pipeline_kwargs)
     n_traced = arguments[N_STEPS_ARG]
     if n_traced is not None and (not isinstance(n_traced, int) or n_traced < 0):
         raise ValueError(f"`{N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
@@ -132,6 +137,75 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
         image_input=image_input,
         arguments=dict(arguments, **pipeline_kwargs),
     )
+
+
+def _positive_int(value, name: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str, Any]) -> None:
+    # What diffusers would otherwise answer deep inside the scheduler or the latents' reshape, named here.
+    _positive_int(arguments["num_inference_steps"], "num_inference_steps", allow_none=False)
+    for name in ("height", "width"):
+        _positive_int(arguments[name], name)
+    _positive_int(pipeline_kwargs.get("num_images_per_prompt"), "num_images_per_prompt")
+    generator = pipeline_kwargs.get("generator")
+    generators = generator if isinstance(generator, list) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(
+            f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`) or a list of them, got "
+            f"{generator!r}."
+        )
+    for name in ("callback_on_step_end", "callback"):
+        if pipeline_kwargs.get(name) is not None and not callable(pipeline_kwargs[name]):
+            raise ValueError(f"`{name}` must be callable, got {pipeline_kwargs[name]!r}.")
+    strength = pipeline_kwargs.get("strength")
+    if strength is not None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
+        if int(arguments["num_inference_steps"] * strength) < 1:
+            raise ValueError(
+                f"`strength={strength}` of `num_inference_steps={arguments['num_inference_steps']}` leaves no "
+                "denoising step: raise one of them."
+            )
+    latents = pipeline_kwargs.get("latents")
+    factor = getattr(explainer.pipe, "vae_scale_factor", None)
+    if (
+        isinstance(latents, torch.Tensor)
+        and latents.ndim == 4
+        and factor
+        and explainer.family.attention_kind == "cross"
+    ):
+        size = (int(latents.shape[-2]) * factor, int(latents.shape[-1]) * factor)
+        asked = (arguments["height"], arguments["width"])
+        if any(a is not None and a != b for a, b in zip(asked, size)):
+            raise ValueError(
+                f"`latents` make a {size[1]}x{size[0]} (width x height) image, not the {asked[1]}x{asked[0]} asked: "
+                "pass matching `height` and `width`, or leave them out."
+            )
+        arguments["height"], arguments["width"] = size
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "Explaining needs autograd and inference mode turns it off: call the explainer outside "
+            "`torch.inference_mode()` (`torch.no_grad()` around it is fine)."
+        )
+
+
+def _check_special_tokens(explainer, prompts) -> None:
+    for slot in explainer.family.text_encoders(explainer.pipe):
+        tokenizer = getattr(explainer.pipe, slot.tokenizer, None)
+        special = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
+        found = sorted({t for t in special for p in prompts if t in p})
+        if found:
+            warnings.warn(
+                f"The prompt contains the tokenizer's special token text {found}: the tokenizer reads it as that "
+                "special token, not as words, and it is not attributed as a word.",
+                stacklevel=4,
+            )
+            return
 
 
 def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:

@@ -356,7 +356,8 @@ def test_explain_another_box_without_regenerating(tiny_pipe, checkpointing):
 def test_lean_reexplanation_runs_only_the_traced_steps(tiny_pipe, generator):
     # keep_for_reexplanation="latents": a new box replays the untraced steps from kept outputs and runs only the
     # traced ones; the result is a fresh call's, for one generator, a list of them and the global generator.
-    explainer = GradientExplainer(tiny_pipe, verbose=False)
+    # (No checkpointing: it would add a recomputation per traced step to the forward passes counted.)
+    explainer = GradientExplainer(tiny_pipe, verbose=False, gradient_checkpointing=False)
     kwargs = dict(num_inference_steps=STEPS, n_last_diffusion_steps_to_consider_for_attributions=2, output_type="np")
     prompts = [PROMPT, "a green triangle on the right"]
 
@@ -424,3 +425,24 @@ def test_the_original_readme_attention_slicing_works_with_every_default(tiny_pip
         assert kinds == {"SlicedAttnProcessor"}  # the user's processors stay in place
     finally:
         tiny_pipe.unet.set_attn_processor(dict(saved))
+
+
+def test_checkpointing_is_on_by_default_where_traced_steps_pile_up(tiny_pipe):
+    auto = GradientExplainer(tiny_pipe, verbose=False)
+    assert auto.checkpoints(None) and auto.checkpoints(3) and not auto.checkpoints(1)
+    assert not auto.checkpoints(3, keep="graph")  # a kept graph is reused: recomputing it per use would cost more
+    assert not GradientExplainer(tiny_pipe, gradient_checkpointing=False).checkpoints(None)
+    assert GradientExplainer(tiny_pipe, gradient_checkpointing=True).checkpoints(1)
+    calls = []
+    handle = tiny_pipe.unet.conv_in.register_forward_pre_hook(lambda *a: calls.append(torch.is_grad_enabled()))
+    try:
+        out = auto(
+            PROMPT,
+            generator=seeded(0),
+            num_inference_steps=STEPS,
+            n_last_diffusion_steps_to_consider_for_attributions=2,
+        )
+    finally:
+        handle.remove()
+    assert out.token_attributions is not None
+    assert len(calls) == STEPS + 2  # every step once, and the two traced steps again in the backward pass
