@@ -1,13 +1,16 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
+# The version lives in one place: the package's __init__.py.
+version = re.search(r'^__version__ = "([^"]+)"', (here / "diffusers_interpret" / "__init__.py").read_text(), re.M)[1]
 requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
 
 setup(
     name="diffusers-interpret",
-    version="0.6.0.dev0",
+    version=version,
     description="Explain the images made by 🤗 diffusers pipelines: token and pixel attributions, attention maps",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -26,7 +29,11 @@ setup(
         ]
     },
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10"]},
+    extras_require={
+        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6"],
+        "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
+        "release": ["build>=1"],
+    },
     entry_points={"console_scripts": ["diffusers-interpret=diffusers_interpret.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",

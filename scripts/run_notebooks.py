@@ -1,0 +1,35 @@
+r"""
+Run the notebooks in `notebooks/` from a fresh kernel, offline, on the shipped toy models.
+
+    python scripts/run_notebooks.py           # run them and store their outputs in place (what is committed)
+    python scripts/run_notebooks.py --check   # run them into a temporary folder: CI's check that they still run
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write the executed notebooks to a temporary folder")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    with tempfile.TemporaryDirectory() as scratch:
+        for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
+            started = time.perf_counter()
+            where = ["--output-dir", scratch] if args.check else ["--inplace"]
+            command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", *where]
+            command += ["--ExecutePreprocessor.timeout=900", "--log-level=WARN", notebook.name]
+            subprocess.run(command, check=True, cwd=NOTEBOOKS, env=env)
+            print(f"{notebook.name}: ran in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
