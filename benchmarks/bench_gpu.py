@@ -146,6 +146,47 @@ def flux_half(args) -> None:
                 print(f"| | {str(dtype).split('.')[-1]} | {kernel} | {traced or 20} | {result} |", flush=True)
 
 
+def real_size_precision(args) -> None:
+    r"""fp16 and bf16 against fp32 at 512 px on the SD 1.5-size UNet (random weights): finite, ranked alike."""
+    from bench_memory_real_size import build_pipeline
+
+    import diffusers_interpret
+
+    size = 128 if args.quick else 512
+    call = dict(num_inference_steps=2 if args.quick else 20, height=size, width=size, guidance_scale=7.5)
+    print(f"\n| SD 1.5-size UNet, {size}x{size} | method | dtype | image == pipe() | finite | Spearman vs fp32 |")
+    print("|---|---|---|---|---|---|")
+    reference = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        pipe = build_pipeline("sd").to(args.device, dtype=dtype)  # the same float32 weights, cast once
+        for method, traced in (("grad_x_input", 2), ("word_attention", 2)):
+            try:
+
+                def generator():
+                    return torch.Generator(args.device).manual_seed(0)
+
+                expected = pipe(PROMPT_SD, generator=generator(), output_type="np", **call).images[0]
+                explainer = diffusers_interpret.StableDiffusionPipelineExplainer(pipe, verbose=False)
+                out = explainer(
+                    PROMPT_SD,
+                    generator=generator(),
+                    output_type="np",
+                    attribution_method=method,
+                    n_last_diffusion_steps_to_consider_for_attributions=traced,
+                    explanation_2d_bounding_box=((0, 0), (size // 2, size)),
+                    **call,
+                )
+                scores = np.array([s for _, s in out.word_attributions], dtype=np.float64)
+                reference.setdefault(method, scores)
+                print(
+                    f"| | {method} (N={traced}) | {str(dtype).split('.')[-1]} | {np.array_equal(out.image, expected)} "
+                    f"| {bool(np.isfinite(scores).all())} | {spearman(scores, reference[method]):.3f} |",
+                    flush=True,
+                )
+            except Exception as error:  # noqa: BLE001 - a report, not a test
+                print(f"| | {method} | {dtype} | FAILED: {type(error).__name__}: {str(error)[:150]} |", flush=True)
+
+
 def real_size(args) -> None:
     from bench_memory_real_size import build_pipeline
 
@@ -227,7 +268,7 @@ def real_size(args) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--part", choices=["precision", "flux-half", "size", "all"], default="all")
+    parser.add_argument("--part", choices=["precision", "flux-half", "size", "size-precision", "all"], default="all")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer steps and a small image (checks the script)")
@@ -238,6 +279,8 @@ def main():
         flux_half(args)
     if args.part in ("size", "all"):
         real_size(args)
+    if args.part in ("size-precision", "all"):
+        real_size_precision(args)
 
 
 if __name__ == "__main__":

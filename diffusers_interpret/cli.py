@@ -350,7 +350,6 @@ def run_explanations(
     Explain `(prompt, box)` jobs, every one from the same seed (so the boxes of a prompt share one image). Returns the
     outputs and, with `interactive=CELL` (> 0), the HTML of an interactive view per prompt.
     """
-    from tqdm.auto import tqdm
 
     from .families import explainer_for
 
@@ -359,7 +358,9 @@ def run_explanations(
     explainer = explainer_for(pipe, verbose=not quiet, gradient_checkpointing=gradient_checkpointing)
     outputs = []
     interactive = explain_kwargs.pop("interactive", 0)
-    for prompt, box in tqdm(jobs, desc="Explanations", disable=quiet or len(jobs) < 2, unit="expl"):
+    from .progress import progress_bar
+
+    for prompt, box in progress_bar(jobs, "Explanations", disable=quiet or len(jobs) < 2, unit="expl", leave=True):
         output = explainer(
             prompt,
             explanation_2d_bounding_box=box,

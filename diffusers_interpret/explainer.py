@@ -6,7 +6,6 @@ import warnings
 from typing import Any, Dict, List, Optional, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from .assembly import assemble_outputs
 from .attribution import Aggregation, AttributionLevel
@@ -14,6 +13,7 @@ from .box import BoxLike
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL
 from .methods import AttributionMethod, GradientAggregation
 from .outputs import GeneratedImages, PipelineExplainerOutput
+from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
 from .request import EXPLAINER_ARGUMENTS, ExplainRequest, check_inputs
 from .session import Session
@@ -317,7 +317,9 @@ class BasePipelineExplainer:
             concepts = ConceptAttentionRecorder(pipe, family, names, states, steps=steps, counter=counter)
             scopes.append(concepts)
         grad_before_loop = request.needs_graph and request.image_input is not None
-        latents = run_pipeline(pipe, call_kwargs, scopes, grad_before_loop=grad_before_loop, quiet=not self.verbose)
+        # The pipeline's own bar, too, only where it redraws in place (not one line per step in a log or an export).
+        quiet = not (self.verbose and interactive_output())
+        latents = run_pipeline(pipe, call_kwargs, scopes, grad_before_loop=grad_before_loop, quiet=quiet)
         latents = latents.images
         trace.traced_calls = tracer.traced_calls if tracer is not None else 0
         if recorder is not None and request.method.needs_attention_maps and not trace.traced_calls:
@@ -377,7 +379,7 @@ class BasePipelineExplainer:
 
     def _step_images(self, request: ExplainRequest, step_latents, generator) -> List[GeneratedImages]:
         per_image: List[GeneratedImages] = []
-        for latents in tqdm(step_latents, desc="Decoding step images", disable=not self.verbose, leave=False):
+        for latents in progress_bar(step_latents, "Decoding step images", disable=not self.verbose):
             decoded = self.family.decode(self.pipe, latents, generator, (request.height, request.width))
             pictures = self.pipe.image_processor.postprocess(decoded, output_type="pil")
             if not per_image:

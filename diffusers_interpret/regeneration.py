@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from .attribution import AttributionLevel
+from .progress import progress_bar
 from .target import Target
 from .text import PromptTokens, TextInputs, encode_replaced, token_blocks, token_embedding_values
 from .tracing.run import run_pipeline
@@ -261,14 +262,13 @@ class Regeneration:
         without a graph, and measure its change inside `box` from the [0, 1] `reference`. A progress bar titled `desc`
         when the explainer is verbose and there is more than one batch. Returns `(changes, images)`, on the CPU.
         """
-        from tqdm.auto import tqdm
 
         generate = generate or self.generate
         target = Target(box, self.to_unit_image)
         changes, images = [], []
         pieces = chunks(rows.shape[0], batch_size)
         verbose = desc is not None and self.explainer.verbose and len(pieces) > 1
-        for piece in tqdm(pieces, desc=desc, disable=not verbose, leave=False):
+        for piece in progress_bar(pieces, desc, disable=not verbose):
             with torch.no_grad():
                 made = self.box_images(generate(rows[piece.start : piece.stop]))
             changes.append(target.change(made, reference).cpu())

@@ -9,11 +9,11 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .assembly import reexplained
 from .box import normalize_box
 from .methods import parse_method
+from .progress import progress_bar
 
 
 class Session:
@@ -149,7 +149,7 @@ class Session:
         target = trace.target(None)
         with torch.enable_grad():
             shape = target.image(trace.decoded).shape
-        for batch in tqdm(batches, desc="Region grid", disable=not self.explainer.verbose, leave=False):
+        for batch in progress_bar(batches, "Region grid", disable=not self.explainer.verbose):
             masks = torch.zeros((len(batch), *shape), device=trace.decoded.device, dtype=torch.float32)
             for k, (r, c) in enumerate(batch):
                 masks[k, ..., r * cell_h : (r + 1) * cell_h, c * cell_w : (c + 1) * cell_w] = 1
@@ -163,14 +163,15 @@ class Session:
 
     def interactive_view(self, output, cell_size, title: Optional[str] = None):
         r"""
-        The interactive view of `output`: with the graph kept, bars from per-cell gradient x input; otherwise, for the
-        `word_attention` method, from its word maps (per-cell sums; the whole image as the method scores it).
+        The interactive view of `output`, scored by the call's own method: from its word maps where it has them
+        (`word_attention`, `concept_attention`: per-cell sums; the whole image as the method scores it), otherwise,
+        with the graph kept, from per-cell gradient x input.
         """
         from .views.interactive import InteractiveView
 
         cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
         score, whole = "grad_x_input", None
-        if self.request.keep != "graph" and "word_maps" in output.extras:
+        if "word_maps" in output.extras:  # the call's own method (word or concept maps), even with a graph kept
             score, grid, whole = output.attribution_method, *self._word_cells(output, cell)
         else:
             grid = self.region_grid(output.image_index, cell)

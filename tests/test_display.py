@@ -133,3 +133,11 @@ def test_a_progress_bar_config_with_a_file_survives_explaining(tiny_pipe):
     finally:
         tiny_pipe.set_progress_bar_config(disable=True)
         tiny_pipe._progress_bar_config.pop("file", None)
+
+
+def test_the_view_scores_by_the_calls_own_method(output):
+    # The call used the default word_attention with the graph kept: the view follows the method, not the graph.
+    view = output.interactive_view(cell_size=16)
+    assert view.score == "word_attention" == output.attribution_method
+    whole = view.box_scores(0, 0, *view.cell_grad_x_input.shape[:2])
+    np.testing.assert_allclose(whole, output.explain(None).token_attributions.scores, rtol=1e-5)

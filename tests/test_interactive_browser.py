@@ -261,6 +261,7 @@ def test_view_of_a_real_explanation(browser, tiny_pipe, tmp_path):
         prompt,
         num_inference_steps=3,
         generator=torch.Generator().manual_seed(0),
+        attribution_method="grad_x_input",  # the view scores boxes by the call's method: here from the graph
         keep_for_reexplanation="graph",
         attention_maps=True,
         n_last_diffusion_steps_to_consider_for_attributions=2,

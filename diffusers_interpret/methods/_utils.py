@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..attribution import aggregate
+from ..progress import progress_bar
 from ..regeneration import chunks
 
 
@@ -37,12 +38,11 @@ def regenerated_gradients(
     gives None). The target is the box's pixel sum, or with a `reference` image the L2 distance of the box's pixels
     from the reference's.
     """
-    from tqdm.auto import tqdm
 
     gradients = []
     pieces = chunks(rows.shape[0], batch_size)
     verbose = context.explainer.verbose and len(pieces) > 1
-    for piece in tqdm(pieces, desc=desc, disable=not verbose, leave=False):
+    for piece in progress_bar(pieces, desc, disable=not verbose):
         leaf = rows[piece.start : piece.stop].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             decoded = (generate or context.generate)(leaf)

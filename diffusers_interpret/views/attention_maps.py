@@ -165,4 +165,5 @@ class AttentionMaps:
         for ax in axes:
             ax.axis("off")
         fig.tight_layout()
+        plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result
         return fig
