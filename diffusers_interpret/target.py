@@ -3,6 +3,7 @@ What is explained: a box of the output image. Box -> mask -> the pipeline's [0, 
 vector-Jacobian products of its pixels, or its change from a reference image. The one half-precision guard.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -18,10 +19,12 @@ _NOT_FINITE = (
 
 
 def half_precision_scale(dtype: torch.dtype, values_summed: float) -> float:
-    r"""In half precision, the factor to scale a target by before a backward pass so that gradients do not overflow
-    (divided out after); 1 otherwise."""
+    r"""In half precision, the factor to scale a target by before a backward pass (divided out after): 1 / sqrt of the
+    number of values summed, so that neither the sum's gradient overflows nor each value's seed gradient sinks into
+    float16's subnormal range (1 / values did at 512 px: 2.5e-6, and the float16 ranking came out reversed); 1
+    otherwise."""
     if dtype in (torch.float16, torch.bfloat16):
-        return 1.0 / max(1.0, values_summed)
+        return 1.0 / math.sqrt(max(1.0, values_summed))
     return 1.0
 
 
