@@ -64,3 +64,16 @@ def test_word_attention_with_float32_layer_norm_tangents(reference):
     # The mixing computed in float32 leaves the float16 weights exactly as they were.
     for name, p in pipe.text_encoder.state_dict().items():
         assert p.dtype == before[name].dtype and torch.equal(p, before[name]), name
+
+
+def test_half_precision_seed_gradients_stay_normal():
+    # Each pixel of the box gets the target's scale as its seed gradient: it must stay a normal float16 number for
+    # boxes up to 1024x1024x3 (on an H100 at 512 px, 1 / values gave 2.5e-6 and float16 ranked the words reversed),
+    # while the scaled sum stays far below float16's largest value.
+    from diffusers_interpret.target import half_precision_scale
+
+    for values in (3, 32 * 32 * 3, 512 * 512 * 3, 1024 * 1024 * 3):
+        scale = half_precision_scale(torch.float16, float(values))
+        assert scale >= torch.finfo(torch.float16).tiny
+        assert values * scale < torch.finfo(torch.float16).max / 16
+    assert half_precision_scale(torch.float32, 1e6) == 1.0
