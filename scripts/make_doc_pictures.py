@@ -1,0 +1,51 @@
+r"""
+Make the docs' pictures from real outputs of the shipped toy model (nothing drawn by hand): `docs/images/*.png`.
+
+    python scripts/make_doc_pictures.py
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import torch  # noqa: E402
+
+from diffusers_interpret import StableDiffusionPipelineExplainer  # noqa: E402
+from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, load_toy_pipeline  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+PROMPT = "a red circle on the left and a blue square on the right"
+
+
+def main() -> None:
+    import matplotlib.pyplot as plt
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    explainer = StableDiffusionPipelineExplainer(load_toy_pipeline(), verbose=False)
+    output = explainer(
+        PROMPT,
+        num_inference_steps=20,
+        guidance_scale=TOY_GUIDANCE_SCALE,
+        generator=torch.Generator().manual_seed(0),
+        attention_maps=True,
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), gridspec_kw={"width_ratios": [1, 2.2, 2.2]})
+    axes[0].imshow(output.image.resize((128, 128), 0))
+    axes[0].set_title("toy model's image")
+    axes[0].axis("off")
+    for ax, (side, box) in zip(axes[1:], (("left", ((0, 0), (16, 32))), ("right", ((16, 0), (32, 32))))):
+        explained = output.explain(explanation_2d_bounding_box=box)
+        explained.token_attributions.plot(ax=ax, title=f"box around the {side} half ({explained.attribution_method})")
+    fig.tight_layout()
+    fig.savefig(OUT / "boxes.png", dpi=90)
+    plt.close(fig)
+    positions = output.extras["token_positions"]
+    maps = output.attention_maps.plot(output.image, positions, output.token_attributions.tokens)
+    maps.savefig(OUT / "attention_maps.png", dpi=80)
+    print("wrote", sorted(p.name for p in OUT.glob("*.png")))
+
+
+if __name__ == "__main__":
+    main()
