@@ -39,6 +39,21 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(*ranks)[0, 1])
 
 
+def explain_beside_pipe(explainer, prompt, device, call, **explain_kwargs):
+    r"""The explainer's word scores (float64) for one call, and whether its image equals `pipe(...)`'s with the same
+    seed."""
+
+    def generator():
+        return torch.Generator(device).manual_seed(0)
+
+    expected = explainer.pipe(prompt, generator=generator(), output_type="np", **call).images[0]
+    out = explainer(prompt, generator=generator(), output_type="np", **explain_kwargs, **call)
+    if out.word_attributions is None:
+        raise RuntimeError("no attributions")
+    scores = np.array([s for _, s in out.word_attributions], dtype=np.float64)
+    return out.word_attributions, scores, bool(np.array_equal(out.image, expected))
+
+
 def precision(args) -> None:
     import diffusers_interpret
     from diffusers_interpret.toy import TOY_FLUX_CALL, load_toy_flux_pipeline, load_toy_pipeline
@@ -73,25 +88,15 @@ def precision(args) -> None:
             pipe = base.to(dtype=dtype)
             for method in methods:
                 try:
-
-                    def generator():
-                        return torch.Generator(args.device).manual_seed(0)
-
-                    expected = pipe(prompt, generator=generator(), output_type="np", **call).images[0]
                     explainer = diffusers_interpret.explainer_for(pipe, verbose=False)
-                    out = explainer(
+                    words, scores, same = explain_beside_pipe(
+                        explainer,
                         prompt,
-                        generator=generator(),
-                        output_type="np",
+                        args.device,
+                        call,
                         attribution_method=method,
                         explanation_2d_bounding_box=box,
-                        **call,
                     )
-                    words = out.word_attributions
-                    if words is None:
-                        raise RuntimeError("no attributions")
-                    scores = np.array([s for _, s in words], dtype=np.float64)
-                    same = bool(np.array_equal(out.image, expected))
                     if dtype is torch.float32:
                         reference[method] = scores
                     rho = spearman(scores, reference[method])
@@ -161,25 +166,19 @@ def real_size_precision(args) -> None:
         pipe = build_pipeline("sd").to(args.device, dtype=dtype)  # the same float32 weights, cast once
         for method, traced in (("grad_x_input", 2), ("word_attention", 2)):
             try:
-
-                def generator():
-                    return torch.Generator(args.device).manual_seed(0)
-
-                expected = pipe(PROMPT_SD, generator=generator(), output_type="np", **call).images[0]
                 explainer = diffusers_interpret.StableDiffusionPipelineExplainer(pipe, verbose=False)
-                out = explainer(
+                _, scores, same = explain_beside_pipe(
+                    explainer,
                     PROMPT_SD,
-                    generator=generator(),
-                    output_type="np",
+                    args.device,
+                    call,
                     attribution_method=method,
                     n_last_diffusion_steps_to_consider_for_attributions=traced,
                     explanation_2d_bounding_box=((0, 0), (size // 2, size)),
-                    **call,
                 )
-                scores = np.array([s for _, s in out.word_attributions], dtype=np.float64)
                 reference.setdefault(method, scores)
                 print(
-                    f"| | {method} (N={traced}) | {str(dtype).split('.')[-1]} | {np.array_equal(out.image, expected)} "
+                    f"| | {method} (N={traced}) | {str(dtype).split('.')[-1]} | {same} "
                     f"| {bool(np.isfinite(scores).all())} | {spearman(scores, reference[method]):.3f} |",
                     flush=True,
                 )

@@ -302,19 +302,18 @@ class BasePipelineExplainer:
                 scopes.append(trace.replay_cache.recording(tracer))
             if request.image_input is not None:
                 scopes.append(request.image_input.leaf_scope(pixel_store))
+        # The denoiser calls of the traced steps, counted from the end (`None`: all of them), for the recorders.
+        traced = list(range(-request.n_traced * counter.calls_per_step, 0)) if request.n_traced else None
         recorder = None
         if request.records_attention:
-            steps = None
-            if request.method.needs_attention_maps and request.n_traced:
-                steps = list(range(-request.n_traced * counter.calls_per_step, 0))
+            steps = traced if request.method.needs_attention_maps else None
             recorder = make_recorder(pipe, family, steps=steps, counter=counter)
             scopes.append(recorder)
         concepts = None
         if request.wants_scores and request.method.needs_concept_maps:
             names = request.method.concept_list(request.prompts["prompt"])
             states = concept_states(family, pipe, names, call_kwargs, pipe._execution_device)
-            steps = list(range(-request.n_traced * counter.calls_per_step, 0)) if request.n_traced else None
-            concepts = ConceptAttentionRecorder(pipe, family, names, states, steps=steps, counter=counter)
+            concepts = ConceptAttentionRecorder(pipe, family, names, states, steps=traced, counter=counter)
             scopes.append(concepts)
         grad_before_loop = request.needs_graph and request.image_input is not None
         # The pipeline's own bar, too, only where it redraws in place (not one line per step in a log or an export).
