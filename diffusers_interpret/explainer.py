@@ -11,6 +11,7 @@ from .assembly import assemble_outputs
 from .attribution import Aggregation, AttributionLevel
 from .box import BoxLike
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL
+from .memory import MemoryGuard
 from .methods import AttributionMethod, GradientAggregation
 from .outputs import GeneratedImages, PipelineExplainerOutput
 from .progress import interactive_output, progress_bar
@@ -77,6 +78,10 @@ class BasePipelineExplainer:
             )
         if not hasattr(type(pipe).__call__, "__wrapped__"):
             raise TypeError(f"{type(pipe).__name__}.__call__ is not a decorated diffusers pipeline call.")
+        if gradient_checkpointing is not None and not isinstance(gradient_checkpointing, bool):
+            raise TypeError(f"`gradient_checkpointing` must be None, True or False, got {gradient_checkpointing!r}.")
+        if not isinstance(verbose, bool):
+            raise TypeError(f"`verbose` must be True or False, got {verbose!r}.")
         self.family = family
         self.pipe = pipe
         self.verbose = verbose
@@ -106,6 +111,7 @@ class BasePipelineExplainer:
         output_type: str = "pil",
         keep_for_reexplanation: Optional[str] = None,
         attention_maps: bool = False,
+        check_memory: bool = True,
         init_image=None,
         image=None,
         mask_image=None,
@@ -157,6 +163,10 @@ class BasePipelineExplainer:
                 Record cross-attention maps per token (mean over heads, layers and steps) into
                 `output.attention_maps`, with a scoped attention processor removed after the generation. The
                 `"attention"` method records them anyway, over its traced steps (the last N, all by default).
+            check_memory (`bool`, *optional*, defaults to `True`):
+                Before the first denoising step of a call that keeps a graph, estimate its peak memory and raise
+                `NotEnoughMemoryError` (a `MemoryError`) with the estimate and the ways out when the device has less
+                free; `False` goes on anyway. The estimate is in `output.extras["memory_estimate"]`.
             init_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
                 Img2img and inpainting explainers: the input image (the original 0.5.0's name); `image=` (diffusers'
                 name) is the same. Give one of them.
@@ -187,6 +197,7 @@ class BasePipelineExplainer:
             output_type=output_type,
             keep_for_reexplanation=keep_for_reexplanation,
             attention_maps=attention_maps,
+            check_memory=check_memory,
             init_image=init_image,
             image=image,
             mask_image=mask_image,
@@ -216,6 +227,8 @@ class BasePipelineExplainer:
         outputs = assemble_outputs(self, request, trace, scores, images, nsfw, step_images, session)
         for output in outputs:
             output.extras.update(backward_seconds=seconds, traced_denoiser_calls=trace.traced_calls)
+            if trace.memory_estimate is not None:
+                output.extras["memory_estimate"] = trace.memory_estimate
         session.finish()
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -284,7 +297,7 @@ class BasePipelineExplainer:
         counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, call_kwargs))
         scopes: List[Any] = [counter]
         pixel_store: Dict[str, torch.Tensor] = {}
-        tracer = None
+        tracer = guard = None
         if request.needs_graph:
             tracer = DenoiserTracer(
                 pipe,
@@ -302,6 +315,17 @@ class BasePipelineExplainer:
                 scopes.append(trace.replay_cache.recording(tracer))
             if request.image_input is not None:
                 scopes.append(request.image_input.leaf_scope(pixel_store))
+            guard = MemoryGuard(
+                pipe,
+                family,
+                counter,
+                request.n_traced,
+                self.checkpoints(request.n_traced, request.keep),
+                (request.height, request.width),
+                pixels=request.image_input is not None,
+                enforce=request.check_memory,
+            )
+            scopes.append(guard)
         # The denoiser calls of the traced steps, counted from the end (`None`: all of them), for the recorders.
         traced = list(range(-request.n_traced * counter.calls_per_step, 0)) if request.n_traced else None
         recorder = None
@@ -327,6 +351,7 @@ class BasePipelineExplainer:
             trace.concept_maps = concepts.maps
             trace.traced_calls = trace.traced_calls or len(trace.concept_maps.steps)
         trace.denoiser_calls = counter.calls
+        trace.memory_estimate = (guard.estimate or None) if guard is not None else None
         trace.pixels = pixel_store.get("pixels")
         trace.attention_maps = recorder.maps if recorder is not None else None
         trace.prompt_tokens = tokenize(
@@ -352,6 +377,7 @@ class BasePipelineExplainer:
             )
             if request.image_input is not None:
                 trace.regeneration.input_pixels = request.image_input.pixels()
+            trace.regeneration.check_memory = request.check_memory
         return trace, latents
 
     # -- 4. images ------------------------------------------------------------------------------------------------

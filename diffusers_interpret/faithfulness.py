@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .box import normalize_box
+from .checks import finite_number, positive_int
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -64,10 +65,31 @@ def swapped_box_control(
 
 
 def _context(output):
-    context = output.session.regeneration if getattr(output, "session", None) is not None else None
+    if not hasattr(output, "session"):
+        raise TypeError(
+            f"`output` must be one explainer output, got {type(output).__name__} (pass one element of a list)."
+        )
+    context = output.session.regeneration if output.session is not None else None
     if context is None:
         raise ValueError("This output cannot be regenerated: explain one image per call (one prompt, one image).")
     return context
+
+
+def _checked(output, box, batch_size):
+    # The output's regeneration context and the region, checked before anything is generated.
+    context = _context(output)
+    positive_int(batch_size, "batch_size")
+    box = box if box is not None else output.explanation_2d_bounding_box
+    if context.size is not None:
+        normalize_box(box, *context.size)
+    return context, box
+
+
+def _indices(values, count: int, name: str, what: str) -> list:
+    values = list(values)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < count for v in values):
+        raise ValueError(f"`{name}` must hold indices in [0, {count}) ({what}), got {values}.")
+    return [int(v) for v in values]
 
 
 def _image01(output, context) -> torch.Tensor:
@@ -110,11 +132,9 @@ def ablation_effects(
     Returns:
         `np.ndarray` with one non-negative effect per position.
     """
-    context = _context(output)
-    box = (
-        explanation_2d_bounding_box if explanation_2d_bounding_box is not None else output.explanation_2d_bounding_box
-    )
-    positions = context.positions if positions is None else list(positions)
+    context, box = _checked(output, explanation_2d_bounding_box, batch_size)
+    length = int(context.inputs.shape[1])
+    positions = context.positions if positions is None else _indices(positions, length, "positions", "token positions")
     return _changes(output, [[p] for p in positions], box, baseline, batch_size)
 
 
@@ -128,10 +148,7 @@ def word_ablation_effects(
     Returns:
         `np.ndarray` with one non-negative effect per word.
     """
-    context = _context(output)
-    box = (
-        explanation_2d_bounding_box if explanation_2d_bounding_box is not None else output.explanation_2d_bounding_box
-    )
+    context, box = _checked(output, explanation_2d_bounding_box, batch_size)
     reference = _image01(output, context)
     box = normalize_box(box, reference.shape[-2], reference.shape[-1]) if box is not None else None
     rows = context.replaced_units(context.tokens.word_units(), baseline)
@@ -159,10 +176,8 @@ def deletion_curve(
     Returns:
         `np.ndarray` of `len(order) + 1` values, starting at 0.
     """
-    context = _context(output)
-    box = (
-        explanation_2d_bounding_box if explanation_2d_bounding_box is not None else output.explanation_2d_bounding_box
-    )
+    context, box = _checked(output, explanation_2d_bounding_box, batch_size)
+    order = _indices(order, len(context.positions), "order", "attributed tokens")
     positions = [context.positions[i] for i in order]
     sets = [positions[:k] for k in range(1, len(positions) + 1)]
     return np.concatenate([[0.0], _changes(output, sets, box, baseline, batch_size)])
@@ -191,7 +206,10 @@ def pixel_deletion_auc_ratio(
         seed (`int`, *optional*, defaults to 0): Seed of the random orders.
         batch_size (`int`, *optional*, defaults to 8): Generations per batch.
     """
-    context = _context(output)
+    context, _ = _checked(output, explanation_2d_bounding_box, batch_size)
+    positive_int(patch_size, "patch_size", allow_none=False)
+    positive_int(num_random_orders, "num_random_orders", allow_none=False)
+    finite_number(fill, "fill", 0.0, 1.0)
     if getattr(output, "pixel_attributions", None) is None:
         raise ValueError("This output has no pixel attributions (trace every step for img2img).")
     source = torch.from_numpy(np.asarray(output.input_image.convert("RGB"), dtype=np.float32) / 255.0)
@@ -250,7 +268,14 @@ def deletion_auc_ratio(
         baseline (`str` or `torch.Tensor`, *optional*, defaults to `"pad"`): What removed tokens are replaced with.
         batch_size (`int`, *optional*, defaults to 8): Generations per batch.
     """
+    context, _ = _checked(output, explanation_2d_bounding_box, batch_size)
+    positive_int(num_random_orders, "num_random_orders", allow_none=False)
     scores = np.asarray(output.token_attributions.scores if scores is None else scores, dtype=np.float64)
+    if scores.shape != (len(context.positions),) or not np.isfinite(scores).all():
+        raise ValueError(
+            f"`scores` must hold one finite score per attributed token ({len(context.positions)}), got shape "
+            f"{scores.shape}."
+        )
     order = list(np.argsort(-scores, kind="mergesort"))
     area = deletion_curve(output, order, explanation_2d_bounding_box, baseline, batch_size).mean()
     rng = np.random.default_rng(seed)

@@ -32,11 +32,24 @@ def as_input_image(image, name: str, mask: bool = False):
 
     Raises:
         `FileNotFoundError`: for a path that does not exist.
-        `ValueError`: for a float array outside [0, 1].
+        `TypeError`: for something that is not an image, an array, a tensor or a path.
+        `ValueError`: for an empty, non-finite or oddly shaped array, or a float array outside [0, 1].
     """
     from pathlib import Path
 
     from PIL import Image
+
+    if isinstance(image, list):
+        if not image:
+            raise ValueError(f"`{name}` is an empty list: pass an image.")
+        return [as_input_image(item, name, mask) for item in image]
+    if not isinstance(image, (str, Path, Image.Image, np.ndarray, torch.Tensor)):
+        raise TypeError(
+            f"`{name}` must be a PIL image, a numpy array, a torch tensor or the path of an image file, got "
+            f"{type(image).__name__}."
+        )
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        _check_array(image, name, mask)
 
     if isinstance(image, (str, Path)):
         path = Path(image).expanduser()
@@ -61,6 +74,23 @@ def as_input_image(image, name: str, mask: bool = False):
             image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
         return image
     return image
+
+
+def _check_array(image, name: str, mask: bool) -> None:
+    shape = tuple(image.shape)
+    if isinstance(image, np.ndarray):
+        channels_ok = len(shape) == 2 or (len(shape) in (3, 4) and shape[-1] in (1, 3, 4))
+        layout = "(height, width) or (height, width, channels) with 1, 3 or 4 channels"
+    else:
+        channels_ok = len(shape) == 2 or (len(shape) in (3, 4) and shape[-3] in (1, 3, 4))
+        layout = "(channels, height, width) or (batch, channels, height, width) with 1, 3 or 4 channels"
+    if not channels_ok:
+        raise ValueError(f"`{name}` has shape {shape}: give {layout}.")
+    if 0 in shape:
+        raise ValueError(f"`{name}` has shape {shape}: it is empty.")
+    values = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values.")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """What an explanation returns: `@dataclass` outputs and the rich objects they hold."""
 
 import base64
+import dataclasses
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from .box import Box
+from .checks import positive_int
 from .views.markup import image_slider_html, in_notebook, show_html, standalone_page
 
 
@@ -63,6 +65,8 @@ class TokenAttributions(list):
         """
         import matplotlib.pyplot as plt
 
+        if ax is not None and not hasattr(ax, "bar"):
+            raise TypeError(f"`ax` must be matplotlib Axes (or None for a new figure), got {type(ax).__name__}.")
         values = [v for _, v in (self.normalized if normalize else self)]
         own_figure = ax is None
         if own_figure:
@@ -101,6 +105,7 @@ class GeneratedImages(list):
     """
 
     def to_html(self, width: Optional[int] = None) -> str:
+        positive_int(width, "width")
         return image_slider_html(self, width=width)
 
     def _repr_html_(self) -> str:
@@ -139,6 +144,9 @@ class GeneratedImages(list):
         """
         if not self:
             raise ValueError("No images to write: call the explainer with `get_images_for_all_inference_steps=True`.")
+        positive_int(duration, "duration", allow_none=False)
+        if isinstance(loop, bool) or not isinstance(loop, int) or loop < 0:
+            raise ValueError(f"`loop` must be an integer >= 0 (0 loops forever), got {loop!r}.")
         buffer = io.BytesIO()
         # Fast octree quantisation: Pillow's default (median cut, dithered) takes about 0.3 s per 448x448 frame.
         frames = [
@@ -240,6 +248,9 @@ class BaseExplanationOutput:
 
     def __getitem__(self, key: str):
         # Compatibility with the original's dict-like outputs (`output["image"]`).
+        if not isinstance(key, str) or key.startswith("_") or not hasattr(self, key):
+            fields = ", ".join(f.name for f in dataclasses.fields(self))
+            raise KeyError(f"{key!r}: an explanation output has {fields}.")
         return getattr(self, key)
 
     def explain(self, explanation_2d_bounding_box=None, attribution_method=None) -> "BaseExplanationOutput":

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from .attribution import AttributionLevel
+from .memory import MemoryGuard
 from .progress import progress_bar
 from .target import Target
 from .text import PromptTokens, TextInputs, encode_replaced, token_blocks, token_embedding_values
@@ -98,6 +99,7 @@ class Regeneration:
         self._baselines: Dict[str, torch.Tensor] = {}
         # The input image's [0, 1] pixels (1, 3, H, W) for img2img / inpainting explainers.
         self.input_pixels: Optional[torch.Tensor] = None
+        self.check_memory = True
 
     # -- embeddings -----------------------------------------------------------------------------------------------
     def _at_level(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -217,7 +219,21 @@ class Regeneration:
             replace=True,
             grad=grad,
         )
-        latents = run_pipeline(pipe, kwargs, [counter, tracer], grad_before_loop=grad and grad_before_loop).images
+        scopes = [counter, tracer]
+        if grad:
+            scopes.append(
+                MemoryGuard(
+                    pipe,
+                    family,
+                    counter,
+                    self.n_traced,
+                    self.explainer.checkpoints(self.n_traced),
+                    self.size,
+                    pixels=grad_before_loop,
+                    enforce=self.check_memory,
+                )
+            )
+        latents = run_pipeline(pipe, kwargs, scopes, grad_before_loop=grad and grad_before_loop).images
         with torch.set_grad_enabled(grad and latents.requires_grad):
             return self.explainer.decode(latents, size=self.size, checkpoint=self.explainer.checkpoints(self.n_traced))
 

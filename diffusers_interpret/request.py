@@ -1,14 +1,18 @@
 """The first phase of an explainer call: check its inputs before any model runs, and resolve them."""
 
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 
 from .attribution import AttributionLevel, parse_attribution_level
 from .box import normalize_box
+from .checks import finite_number, positive_int
 from .image_inputs import ImageInput
+from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
 
 N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"
@@ -42,6 +46,7 @@ class ExplainRequest:
     output_type: str
     keep: Optional[str]
     attention_maps: bool
+    check_memory: bool
     step_images: bool
     consider_special_tokens: bool
     clean_tokens: bool
@@ -88,9 +93,10 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ValueError(f"`prompt` must be a non-empty string or list of non-empty strings, got {prompt!r}.")
     _check_special_tokens(explainer, prompts)
-    _check_call(explainer, arguments, pipeline_kwargs)
+    _warn_truncated(explainer, prompts, pipeline_kwargs)
+    _check_call(explainer, arguments, pipeline_kwargs, len(prompts))
     n_traced = arguments[N_STEPS_ARG]
-    if n_traced is not None and (not isinstance(n_traced, int) or n_traced < 0):
+    if n_traced is not None and (isinstance(n_traced, bool) or not isinstance(n_traced, int) or n_traced < 0):
         raise ValueError(f"`{N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
     chosen = arguments["attribution_method"]
     method = parse_method(explainer.family.default_method if chosen is None else chosen)
@@ -131,6 +137,7 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
         output_type=output_type,
         keep=keep,
         attention_maps=arguments["attention_maps"],
+        check_memory=bool(arguments.get("check_memory", True)) and not memory_check_disabled(),
         step_images=arguments["get_images_for_all_inference_steps"],
         consider_special_tokens=arguments["consider_special_tokens"],
         clean_tokens=arguments["clean_token_prefixes_and_suffixes"],
@@ -139,19 +146,17 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
     )
 
 
-def _positive_int(value, name: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
-def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str, Any]) -> None:
+def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str, Any], num_prompts: int) -> None:
     # What diffusers would otherwise answer deep inside the scheduler or the latents' reshape, named here.
-    _positive_int(arguments["num_inference_steps"], "num_inference_steps", allow_none=False)
+    _check_known(explainer.pipe, pipeline_kwargs)
+    for name in SWITCHES:
+        value = arguments.get(name, True)
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    positive_int(arguments["num_inference_steps"], "num_inference_steps", allow_none=False)
     for name in ("height", "width"):
-        _positive_int(arguments[name], name)
-    _positive_int(pipeline_kwargs.get("num_images_per_prompt"), "num_images_per_prompt")
+        positive_int(arguments[name], name)
+    positive_int(pipeline_kwargs.get("num_images_per_prompt"), "num_images_per_prompt")
     generator = pipeline_kwargs.get("generator")
     generators = generator if isinstance(generator, list) else [generator]
     if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
@@ -159,9 +164,24 @@ def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str,
             f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`) or a list of them, got "
             f"{generator!r}."
         )
+    num_images = num_prompts * int(pipeline_kwargs.get("num_images_per_prompt") or 1)
+    if isinstance(generator, list) and len(generator) != num_images:
+        raise ValueError(
+            f"`generator` is a list of {len(generator)} generators for {num_images} images: give one per image "
+            "(prompts x num_images_per_prompt), or a single generator."
+        )
     for name in ("callback_on_step_end", "callback"):
         if pipeline_kwargs.get(name) is not None and not callable(pipeline_kwargs[name]):
             raise ValueError(f"`{name}` must be callable, got {pipeline_kwargs[name]!r}.")
+    for name in ("guidance_scale", "true_cfg_scale", "eta", "guidance_rescale"):
+        if name in pipeline_kwargs:
+            finite_number(pipeline_kwargs[name], name)
+    negative = pipeline_kwargs.get("negative_prompt")
+    if negative is not None and not (
+        isinstance(negative, str)
+        or (isinstance(negative, (list, tuple)) and all(isinstance(n, str) for n in negative))
+    ):
+        raise ValueError(f"`negative_prompt` must be a string or a list of strings, got {negative!r}.")
     strength = pipeline_kwargs.get("strength")
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -172,6 +192,13 @@ def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str,
                 "denoising step: raise one of them."
             )
     latents = pipeline_kwargs.get("latents")
+    if latents is not None and not isinstance(latents, torch.Tensor):
+        raise ValueError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
+    if isinstance(latents, torch.Tensor) and explainer.family.attention_kind == "cross" and latents.ndim != 4:
+        raise ValueError(
+            f"`latents` must be (batch, channels, height / {explainer.pipe.vae_scale_factor}, width / "
+            f"{explainer.pipe.vae_scale_factor}), got shape {tuple(latents.shape)}."
+        )
     factor = getattr(explainer.pipe, "vae_scale_factor", None)
     if (
         isinstance(latents, torch.Tensor)
@@ -194,18 +221,52 @@ def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str,
         )
 
 
+def _check_known(pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+    # The pipelines' `**kwargs` only catch deprecated callback arguments: anything else would be silently ignored.
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    unknown = sorted(set(pipeline_kwargs) - set(parameters) - {"callback", "callback_steps"})
+    if unknown:
+        raise TypeError(
+            f"{type(pipe).__name__} takes no argument {', '.join(f'`{name}`' for name in unknown)}: see its "
+            "`__call__` for the arguments it takes (every one passes through the explainer unchanged)."
+        )
+
+
 def _check_special_tokens(explainer, prompts) -> None:
+    # A special token typed as text would be read as that token (CLIP's end-of-text cuts the prompt there) and could
+    # not be attributed as words: refused, rather than silently cut.
     for slot in explainer.family.text_encoders(explainer.pipe):
         tokenizer = getattr(explainer.pipe, slot.tokenizer, None)
         special = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
         found = sorted({t for t in special for p in prompts if t in p})
         if found:
-            warnings.warn(
-                f"The prompt contains the tokenizer's special token text {found}: the tokenizer reads it as that "
-                "special token, not as words, and it is not attributed as a word.",
-                stacklevel=4,
+            raise ValueError(
+                f"`prompt` contains the text of the tokenizer's special token(s) {', '.join(found)}, which the "
+                "tokenizer reads as that token, not as words (CLIP's end-of-text ends the prompt there): remove it "
+                "or spell it differently."
             )
-            return
+
+
+def _warn_truncated(explainer, prompts, pipeline_kwargs: Dict[str, Any]) -> None:
+    # The pipelines cut a prompt at its text encoder's length: say which words the model (and so the explanation)
+    # never sees.
+    pipe = explainer.pipe
+    for slot in explainer.family.text_encoders(pipe):
+        tokenizer = getattr(pipe, slot.tokenizer, None)
+        if tokenizer is None or getattr(pipe, slot.encoder, None) is None:
+            continue
+        room = explainer.family.token_length(pipe, slot, pipeline_kwargs) - tokenizer.num_special_tokens_to_add()
+        texts = pipeline_kwargs.get(slot.prompt_argument) or prompts
+        for text in [texts] if isinstance(texts, str) else texts:
+            tokens = tokenizer.tokenize(text)
+            if len(tokens) > room:
+                cut = " ".join(tokenizer.convert_tokens_to_string(tokens[room:]).replace("</w>", " ").split())
+                warnings.warn(
+                    f"`{slot.prompt_argument}` is {len(tokens)} tokens long and {slot.tokenizer} keeps {room}: the "
+                    f"words {cut!r} are cut by the pipeline, so the model does not see them and they are not "
+                    "attributed.",
+                    stacklevel=5,
+                )
 
 
 def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
@@ -224,9 +285,28 @@ def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
         raise ValueError(f"{name} needs an input image: pass `image=` (or `init_image=`).")
     if explainer.input_kind == "inpaint" and mask_image is None:
         raise ValueError(f"{name} needs `mask_image=` (white where to repaint).")
+    if explainer.input_kind != "inpaint" and mask_image is not None:
+        raise ValueError(
+            f"{type(explainer).__name__} takes no `mask_image`: use the inpainting explainer with an inpainting "
+            "pipeline."
+        )
+    if "height" not in inspect.signature(type(explainer.pipe).__call__).parameters:
+        for size_name in ("height", "width"):
+            if arguments[size_name] is not None:
+                raise ValueError(
+                    f"{name} takes its size from the input image, not `{size_name}=`: resize the image instead."
+                )
     chosen = init_image if init_image is not None else image
     return ImageInput.make(explainer.pipe, chosen, mask_image, arguments["height"], arguments["width"])
 
+
+SWITCHES = (
+    "consider_special_tokens",
+    "clean_token_prefixes_and_suffixes",
+    "get_images_for_all_inference_steps",
+    "attention_maps",
+    "check_memory",
+)
 
 EXPLAINER_ARGUMENTS = frozenset(
     (
@@ -243,6 +323,7 @@ EXPLAINER_ARGUMENTS = frozenset(
         "output_type",
         "keep_for_reexplanation",
         "attention_maps",
+        "check_memory",
         "init_image",
         "image",
         "mask_image",

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import checks
 from .assembly import reexplained
 from .box import normalize_box
 from .methods import parse_method
@@ -128,10 +129,8 @@ class Session:
             )
         if self.released:
             raise RuntimeError("This explanation's graph was released: call the explainer again.")
-        cell_h, cell_w = (cell_size, cell_size) if isinstance(cell_size, int) else cell_size
         height, width = self.trace.decoded.shape[-2:]
-        if cell_h <= 0 or cell_w <= 0 or cell_h > height or cell_w > width:
-            raise ValueError(f"`cell_size` must be between 1 and the image size {width}x{height}, got {cell_size}.")
+        cell_h, cell_w = checks.cell_size(cell_size, height, width)
         key = (cell_h, cell_w)
         if key not in self._grids:
             self._grids[key] = self._grid(cell_h, cell_w, height, width)
@@ -169,7 +168,8 @@ class Session:
         """
         from .views.interactive import InteractiveView
 
-        cell = (cell_size, cell_size) if isinstance(cell_size, int) else tuple(cell_size)
+        checks.optional_str(title, "title")
+        cell = checks.cell_size(cell_size, self.request.height, self.request.width)
         score, whole = "grad_x_input", None
         if "word_maps" in output.extras:  # the call's own method (word or concept maps), even with a graph kept
             score, grid, whole = output.attribution_method, *self._word_cells(output, cell)

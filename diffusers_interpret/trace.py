@@ -70,6 +70,7 @@ class Trace:
     retain_graph: bool = False
     verbose: bool = True
     traced_calls: int = 0
+    memory_estimate: Any = None  # the MemoryGuard's estimate, for a call that kept a graph
     denoiser_calls: int = 0
     replay_cache: Any = None
     fresh_generators: Any = None

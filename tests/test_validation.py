@@ -64,10 +64,19 @@ def test_latents_set_the_size_the_box_is_checked_against(tiny_pipe):
     assert out.image.size == (16, 16) and np.abs(out.token_attributions.scores).sum() > 0
 
 
-def test_special_token_text_in_the_prompt_is_announced(tiny_pipe):
+def test_special_token_text_in_the_prompt_is_refused_not_cut(tiny_pipe):
     explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
-    with pytest.warns(UserWarning, match="special token"):
+    with pytest.raises(ValueError, match=r"special token.*<\|endoftext\|>"):
         explainer(PROMPT + " <|endoftext|>", num_inference_steps=1)
+
+
+def test_a_prompt_longer_than_the_tokenizer_keeps_is_announced_with_the_cut_words(tiny_pipe):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    room = tiny_pipe.tokenizer.model_max_length - 2
+    words = ["red"] * room + ["blue", "square"]
+    with pytest.warns(UserWarning, match=r"words 'blue square' are cut"):
+        out = explainer(" ".join(words), num_inference_steps=1, n_last_diffusion_steps_to_consider_for_attributions=0)
+    assert out.image is not None
 
 
 def test_inference_mode_is_refused_with_what_to_do(tiny_pipe):

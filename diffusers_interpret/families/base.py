@@ -124,8 +124,8 @@ class PipelineFamily:
         r"""The dual-stream blocks (a text stream with its own weights beside the image stream) that concept tokens
         are carried through, by module name (the `"concept_attention"` method)."""
         raise ValueError(
-            f"{self.display_name} pipelines have no text stream to carry concept tokens through: concept attention "
-            "is for DiT pipelines (SD3, Flux); use 'word_attention' or 'attention' here."
+            f"`attribution_method='concept_attention'` needs a text stream to carry concept tokens through, which "
+            f"{self.display_name} pipelines have not (it is for SD3 and Flux): use 'word_attention' or 'attention'."
         )
 
     def positive_rows(self, pipe, batch_size: int) -> slice:

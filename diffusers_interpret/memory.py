@@ -1,0 +1,359 @@
+"""Before a traced call grows its graph: estimate the memory it will hold, and refuse what the device cannot hold."""
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .tracing.scoped import ScopedHooks
+from .tracing.steps import StepCounter
+
+GiB = 1024**3
+
+# What the backward pass holds beside the saved activations (the gradients in flight), as a share of the largest piece
+# it works through at once, and what a traced call holds whatever its size (the autograd engine's thread, the
+# allocator's slack). Fitted to peak RSS on the tiny, toy and SD 1.5-size pipelines, which the estimate then meets
+# within 20% (`python benchmarks/bench_memory_estimate.py`).
+BACKWARD_WORKING_SHARE = 0.25
+RUNTIME_OVERHEAD = 16 * 1024**2
+
+
+class NotEnoughMemoryError(MemoryError):
+    r"""An explanation's estimated peak memory is more than the device has free."""
+
+
+@dataclass
+class MemoryEstimate:
+    r"""
+    The memory one explainer call holds beyond what is loaded, estimated before its first denoising step.
+
+    Args:
+        per_call (`int`): Bytes of activations one traced denoiser call keeps for the backward pass.
+        call_inputs (`int`): Bytes a checkpointed denoiser call keeps instead (its inputs).
+        traced_calls (`int`): Denoiser calls traced.
+        checkpointed (`bool`): Whether the traced calls (and the decode) are recomputed in the backward pass.
+        decoder (`int`): Bytes of activations the VAE's decode keeps (the box's pixels back to the latents).
+        encoder (`int`): Bytes of activations the VAE's encode keeps (pixel attributions of an input image).
+        device (`str`): The device the call runs on.
+        available (`int`, *optional*): Bytes free on that device when the estimate was made (`None`: unknown).
+    """
+
+    per_call: int
+    call_inputs: int
+    traced_calls: int
+    checkpointed: bool
+    decoder: int
+    encoder: int
+    device: str = "cpu"
+    available: Optional[int] = None
+
+    @property
+    def graph(self) -> int:
+        r"""Bytes the graph holds when the backward pass starts."""
+        if self.checkpointed:
+            return self.traced_calls * self.call_inputs + self.encoder
+        return self.traced_calls * self.per_call + self.decoder + self.encoder
+
+    @property
+    def peak(self) -> int:
+        r"""Estimated peak bytes over what is loaded: the graph, and the backward pass's working memory."""
+        largest = max(self.per_call, self.decoder)
+        recomputed = largest if self.checkpointed else 0
+        return int(self.graph + recomputed + BACKWARD_WORKING_SHARE * largest + RUNTIME_OVERHEAD)
+
+    def replace(self, **changes) -> "MemoryEstimate":
+        return MemoryEstimate(**dict(vars(self), **changes))
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.peak <= self.available
+
+    def message(self) -> str:
+        r"""Why the call is refused, and the ways out, each with its own estimate."""
+        ways = []
+        if not self.checkpointed and self.traced_calls > 1:
+            ways.append(
+                f"gradient checkpointing (`explainer_for(pipe, gradient_checkpointing=True)`): "
+                f"{_gib(self.replace(checkpointed=True).peak)}"
+            )
+        if self.traced_calls > 1:
+            one = self.replace(traced_calls=1)
+            ways.append(
+                f"fewer traced steps (`n_last_diffusion_steps_to_consider_for_attributions=1`): {_gib(one.peak)}"
+            )
+        ways.append("a smaller image (`height=`, `width=`), or a method that keeps no graph (`'word_attention'`)")
+        ways.append("`check_memory=False` to go on anyway")
+        return (
+            f"This explanation would need about {_gib(self.peak)} on {self.device} beyond the loaded model "
+            f"({self.traced_calls} traced denoiser calls of {_gib(self.per_call)} each"
+            f"{', checkpointed' if self.checkpointed else ''}), and {_gib(self.available or 0)} is free. Ways out: "
+            + "; ".join(ways)
+            + "."
+        )
+
+
+def _gib(size: int) -> str:
+    return f"{size / GiB:.2f} GiB"
+
+
+# -- activations, counted without computing them ------------------------------------------------------------------
+_MODELS: Dict[Tuple[Any, ...], Any] = {}
+_COUNTS: Dict[Tuple[Any, ...], int] = {}
+
+
+def _fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def _config_key(module: torch.nn.Module) -> Tuple[Any, ...]:
+    return (type(module), repr(sorted(dict(module.config).items())), module.dtype)
+
+
+def _fake_model(module: torch.nn.Module):
+    # The module's class built from its config with fake (shape-only) float32 weights: no memory, and none of the
+    # hooks or processors the explainer sets on the real one. Kept with its fake-tensor mode, per config.
+    key = _config_key(module)
+    if key not in _MODELS:
+        mode = _fake_mode()
+        with mode:
+            fake = type(module).from_config(module.config).eval().requires_grad_(False)
+        _MODELS[key] = (mode, fake)
+    return _MODELS[key]
+
+
+def saved_activation_bytes(module: torch.nn.Module, call, *inputs: torch.Tensor, **kwargs) -> int:
+    r"""
+    Bytes of the tensors autograd saves for the backward pass of `call(module_like, *inputs, **kwargs)`, with every
+    floating input requiring grad, counted on a shape-only copy of `module` (fake tensors: nothing is computed or
+    allocated). The module's own weights are not counted.
+
+    Args:
+        module (`torch.nn.Module`): A diffusers model (`ConfigMixin`): UNet, transformer or VAE.
+        call (`Callable`): `call(model, *inputs, **kwargs)` runs the forward pass to count.
+    """
+    shapes = tuple(_shape_key(x) for x in (*inputs, *kwargs.values()))
+    key = (_config_key(module), getattr(call, "__name__", repr(call)), shapes, tuple(kwargs))
+    if key in _COUNTS:
+        return _COUNTS[key]
+    mode, fake = _fake_model(module)
+    # Counted in float32 (a fake model cannot change dtype), scaled to the module's floating dtype.
+    scale = torch.empty((), dtype=module.dtype).element_size() / 4
+    weights = {p.untyped_storage()._cdata for p in fake.parameters()} | {
+        b.untyped_storage()._cdata for b in fake.buffers()
+    }
+    saved: Dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage._cdata not in weights:
+            saved[storage._cdata] = int(storage.nbytes() * (scale if tensor.is_floating_point() else 1))
+        return tensor
+
+    with mode, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fake_inputs = [_fake_like(x) for x in inputs]
+        fake_kwargs = {name: _fake_like(value) for name, value in kwargs.items()}
+        call(fake, *fake_inputs, **fake_kwargs)
+    _COUNTS[key] = sum(saved.values())
+    return _COUNTS[key]
+
+
+def _shape_key(value):
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype)
+    if isinstance(value, dict):
+        return tuple((k, _shape_key(v)) for k, v in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_shape_key(v) for v in value)
+    return repr(value)
+
+
+def _fake_like(value):
+    # Inside the fake mode: an uninitialised tensor of the same shape and dtype on the CPU (floating ones requiring
+    # grad, as a traced call's sample and conditioning do), recursing into dicts and lists.
+    if isinstance(value, torch.Tensor):
+        dtype = torch.float32 if value.is_floating_point() else value.dtype
+        tensor = torch.empty(value.shape, dtype=dtype)
+        return tensor.requires_grad_(True) if tensor.is_floating_point() else tensor
+    if isinstance(value, dict):
+        return {k: _fake_like(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fake_like(v) for v in value)
+    return value
+
+
+def _tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _decode(vae, latents):
+    return vae.decode(latents).sample
+
+
+def _encode(vae, pixels):
+    return vae.encode(pixels).latent_dist.mean
+
+
+# -- free memory ----------------------------------------------------------------------------------------------------
+def available_memory(device: torch.device) -> Optional[int]:
+    r"""
+    Bytes the process may still take on `device`: CUDA's free memory plus what its allocator holds unused; on the
+    CPU, the system's available memory (Linux `MemAvailable`), bounded by the cgroup's limit where one is set.
+    `None` where unknown (then nothing is refused).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    available = _meminfo_available()
+    limit = _cgroup_room()
+    if available is None:
+        return limit
+    return available if limit is None else min(available, limit)
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _cgroup_room() -> Optional[int]:
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit_file, open("/sys/fs/cgroup/memory.current") as current_file:
+            limit, current = limit_file.read().strip(), current_file.read().strip()
+    except OSError:
+        return None
+    if limit == "max":
+        return None
+    return max(int(limit) - int(current), 0)
+
+
+# -- the guard ------------------------------------------------------------------------------------------------------
+class MemoryGuard(ScopedHooks):
+    r"""
+    At the first denoiser call of a traced pipeline run, before it runs: estimate the call's peak memory from the
+    denoiser's actual inputs (see [`MemoryEstimate`]) and raise [`NotEnoughMemoryError`] if it is more than the
+    device has free. `estimate` holds the estimate afterwards.
+
+    Args:
+        pipe: The pipeline being run.
+        family (`PipelineFamily`): Its family.
+        counter (`StepCounter`): The run's shared count of denoiser calls (entered before this guard).
+        n_traced (`int`, *optional*): Last denoising steps traced (`None`: all).
+        checkpoint (`bool`): Whether the traced calls and the decode are checkpointed.
+        size (`Tuple[int, int]`): The image's (height, width).
+        pixels (`bool`, *optional*, defaults to `False`): The input image's encoding is traced too.
+        enforce (`bool`, *optional*, defaults to `True`): Raise when it does not fit; `False` only estimates.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        family,
+        counter: StepCounter,
+        n_traced: Optional[int],
+        checkpoint: bool,
+        size: Tuple[int, int],
+        pixels: bool = False,
+        enforce: bool = True,
+    ):
+        super().__init__()
+        self.pipe, self.family, self.counter = pipe, family, counter
+        self.n_traced, self.checkpoint, self.size, self.pixels, self.enforce = (
+            n_traced,
+            checkpoint,
+            size,
+            pixels,
+            enforce,
+        )
+        self.estimate: Optional[MemoryEstimate] = None
+
+    def _install(self) -> None:
+        self.estimate = None
+        self.hook_forward_pre(self.family.denoiser(self.pipe), self._check)
+
+    def _check(self, module, args, kwargs):
+        if self.estimate is not None or self.counter.is_recomputing or self.counter.calls != 1:
+            return None
+        first = self.counter.first_of_last(self.n_traced)
+        traced = 0 if first is None else (self.counter.total or 0) - first
+        try:
+            self.estimate = estimate_memory(
+                self.pipe, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels
+            )
+        except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
+            warnings.warn(
+                f"The explanation's memory could not be estimated ({error}); it is not checked.", stacklevel=2
+            )
+            self.estimate = False
+            return None
+        if self.enforce and not self.estimate.fits:
+            raise NotEnoughMemoryError(self.estimate.message())
+        return None
+
+
+def estimate_memory(pipe, denoiser, args, kwargs, traced_calls, checkpoint, size, pixels=False) -> MemoryEstimate:
+    r"""The [`MemoryEstimate`] of a traced run whose denoiser is called with `args` and `kwargs`."""
+    per_call = saved_activation_bytes(denoiser, _call_module, *args, **kwargs)
+    batch = _batch_size(args, kwargs)
+    vae = pipe.vae
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    height, width = size
+    latents = torch.empty(
+        (_images(pipe, batch), vae.config.latent_channels, height // factor, width // factor),
+        dtype=vae.dtype,
+        device="meta",
+    )
+    decoder = saved_activation_bytes(vae, _decode, latents)
+    encoder = 0
+    if pixels:
+        images = torch.empty((latents.shape[0], 3, height, width), dtype=vae.dtype, device="meta")
+        encoder = saved_activation_bytes(vae, _encode, images)
+    device = getattr(pipe, "_execution_device", None) or denoiser.device
+    return MemoryEstimate(
+        per_call=per_call,
+        call_inputs=_tensor_bytes(args) + _tensor_bytes(kwargs),
+        traced_calls=traced_calls,
+        checkpointed=checkpoint,
+        decoder=decoder,
+        encoder=encoder,
+        device=str(device),
+        available=available_memory(device),
+    )
+
+
+def _call_module(model, *args, **kwargs):
+    return model(*args, **kwargs)
+
+
+def _batch_size(args, kwargs) -> int:
+    sample = args[0] if args else next(iter(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
+    return int(sample.shape[0])
+
+
+def _images(pipe, denoiser_batch: int) -> int:
+    # Classifier-free guidance doubles the denoiser's batch; the decode sees the images alone.
+    guidance = getattr(pipe, "do_classifier_free_guidance", False)
+    return max(denoiser_batch // 2, 1) if guidance else denoiser_batch
+
+
+def memory_check_disabled() -> bool:
+    r"""`DIFFUSERS_INTERPRET_NO_MEMORY_CHECK=1` in the environment turns the guard off everywhere."""
+    return os.environ.get("DIFFUSERS_INTERPRET_NO_MEMORY_CHECK", "") not in ("", "0")

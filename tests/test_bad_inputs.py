@@ -1,0 +1,314 @@
+"""
+The bad-input table: what a careless or hurried user passes, across the explainers, their outputs, the faithfulness
+functions and the command line. Each case is refused with the error type it names, a message that names the argument,
+and no denoiser call.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT, SIZE, TINY, seeded
+from PIL import Image
+
+from diffusers_interpret import (
+    StableDiffusionImg2ImgPipelineExplainer,
+    StableDiffusionInpaintPipelineExplainer,
+    StableDiffusionPipelineExplainer,
+    explainer_for,
+    faithfulness,
+)
+from diffusers_interpret.cli import main
+from diffusers_interpret.testing import make_tiny_pipeline
+
+BAD = (ValueError, TypeError)
+
+
+@pytest.fixture(scope="module")
+def img2img():
+    return make_tiny_pipeline("img2img", **TINY)
+
+
+@pytest.fixture(scope="module")
+def inpaint():
+    return make_tiny_pipeline("inpaint", **TINY)
+
+
+@pytest.fixture(scope="module")
+def kept(tiny_pipe):
+    # An output that keeps its graph, for the output methods' cases.
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    return explainer(
+        PROMPT,
+        num_inference_steps=2,
+        attribution_method="grad_x_input",
+        keep_for_reexplanation="graph",
+        generator=seeded(0),
+    )
+
+
+def denoiser_calls(pipe):
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def refused(pipe, run, error, name):
+    calls, handle = denoiser_calls(pipe)
+    try:
+        with pytest.raises(error) as caught:
+            run()
+    finally:
+        handle.remove()
+    assert name in str(caught.value), f"{name!r} not named in: {caught.value}"
+    assert not calls, "the denoiser ran before the input was refused"
+
+
+RGB = Image.new("RGB", (SIZE, SIZE), (120, 30, 200))
+MASK = Image.new("L", (SIZE, SIZE), 255)
+BOX = ((0, 0), (16, 16))
+
+TEXT_TO_IMAGE = [
+    # prompt
+    ("prompt-int", dict(prompt=123), BAD, "prompt"),
+    ("prompt-none", dict(prompt=None), BAD, "prompt"),
+    ("prompt-empty", dict(prompt=""), BAD, "prompt"),
+    ("prompt-blank", dict(prompt="   "), BAD, "prompt"),
+    ("prompt-empty-list", dict(prompt=[]), BAD, "prompt"),
+    ("prompt-list-with-int", dict(prompt=["a red circle", 5]), BAD, "prompt"),
+    ("prompt-bytes", dict(prompt=b"a red circle"), BAD, "prompt"),
+    ("prompt-special-token", dict(prompt=PROMPT + " <|endoftext|>"), BAD, "<|endoftext|>"),
+    ("prompt-embeds", dict(prompt_embeds=torch.zeros(1, 77, 32)), BAD, "prompt_embeds"),
+    # steps
+    ("steps-0", dict(num_inference_steps=0), BAD, "num_inference_steps"),
+    ("steps-negative", dict(num_inference_steps=-1), BAD, "num_inference_steps"),
+    ("steps-float", dict(num_inference_steps=2.5), BAD, "num_inference_steps"),
+    ("steps-str", dict(num_inference_steps="2"), BAD, "num_inference_steps"),
+    ("steps-bool", dict(num_inference_steps=True), BAD, "num_inference_steps"),
+    ("steps-none", dict(num_inference_steps=None), BAD, "num_inference_steps"),
+    # traced steps
+    ("traced-negative", dict(n_last_diffusion_steps_to_consider_for_attributions=-1), BAD, "n_last_diffusion_steps"),
+    ("traced-float", dict(n_last_diffusion_steps_to_consider_for_attributions=1.5), BAD, "n_last_diffusion_steps"),
+    ("traced-str", dict(n_last_diffusion_steps_to_consider_for_attributions="all"), BAD, "n_last_diffusion_steps"),
+    ("traced-bool", dict(n_last_diffusion_steps_to_consider_for_attributions=True), BAD, "n_last_diffusion_steps"),
+    # size
+    ("height-0", dict(height=0), BAD, "height"),
+    ("width-negative", dict(width=-8), BAD, "width"),
+    ("height-float", dict(height=32.5), BAD, "height"),
+    ("width-str", dict(width="32"), BAD, "width"),
+    ("height-not-multiple", dict(height=SIZE + 1), BAD, "height"),
+    ("latents-wrong-size", dict(latents=torch.zeros(1, 4, 8, 8), height=SIZE), BAD, "latents"),
+    ("latents-wrong-rank", dict(latents=torch.zeros(4, 16, 16)), BAD, "latents"),
+    ("latents-not-tensor", dict(latents=[[0.0]]), BAD, "latents"),
+    # images per prompt, generator, callbacks
+    ("images-per-prompt-0", dict(num_images_per_prompt=0), BAD, "num_images_per_prompt"),
+    ("images-per-prompt-negative", dict(num_images_per_prompt=-1), BAD, "num_images_per_prompt"),
+    ("images-per-prompt-float", dict(num_images_per_prompt=1.5), BAD, "num_images_per_prompt"),
+    ("generator-int", dict(generator=0), BAD, "generator"),
+    ("generator-list-of-ints", dict(generator=[0]), BAD, "generator"),
+    ("generator-list-wrong-length", dict(generator=[seeded(0), seeded(1)]), BAD, "generator"),
+    ("callback-int", dict(callback_on_step_end=5), BAD, "callback_on_step_end"),
+    ("callback-inputs-unknown", dict(callback_on_step_end_tensor_inputs=["nothing"]), BAD, "callback_on_step_end"),
+    # guidance and negative prompt
+    ("guidance-str", dict(guidance_scale="7"), BAD, "guidance_scale"),
+    ("guidance-none", dict(guidance_scale=None), BAD, "guidance_scale"),
+    ("guidance-nan", dict(guidance_scale=float("nan")), BAD, "guidance_scale"),
+    ("negative-int", dict(negative_prompt=5), BAD, "negative_prompt"),
+    ("negative-wrong-count", dict(negative_prompt=["a", "b"]), BAD, "negative_prompt"),
+    ("eta-str", dict(eta="x"), BAD, "eta"),
+    ("unknown-argument", dict(colour="red"), BAD, "colour"),
+    # box
+    ("box-fractional", dict(explanation_2d_bounding_box=((0.5, 0), (16, 16))), BAD, "explanation_2d_bounding_box"),
+    ("box-bool", dict(explanation_2d_bounding_box=((True, 0), (16, 16))), BAD, "explanation_2d_bounding_box"),
+    ("box-outside", dict(explanation_2d_bounding_box=((0, 0), (SIZE + 1, 16))), BAD, "explanation_2d_bounding_box"),
+    ("box-inverted", dict(explanation_2d_bounding_box=((16, 16), (0, 0))), BAD, "explanation_2d_bounding_box"),
+    ("box-empty", dict(explanation_2d_bounding_box=((8, 8), (8, 16))), BAD, "explanation_2d_bounding_box"),
+    ("box-negative", dict(explanation_2d_bounding_box=((-1, 0), (16, 16))), BAD, "explanation_2d_bounding_box"),
+    ("box-three-numbers", dict(explanation_2d_bounding_box=(1, 2, 3)), BAD, "explanation_2d_bounding_box"),
+    ("box-str", dict(explanation_2d_bounding_box="0,0,16,16"), BAD, "explanation_2d_bounding_box"),
+    ("box-nan", dict(explanation_2d_bounding_box=((float("nan"), 0), (16, 16))), BAD, "explanation_2d_bounding_box"),
+    # method and level
+    ("method-unknown", dict(attribution_method="shap"), BAD, "attribution_method"),
+    ("method-int", dict(attribution_method=5), BAD, "attribution_method"),
+    ("method-concepts-on-unet", dict(attribution_method="concept_attention"), BAD, "concept_attention"),
+    ("level-unknown", dict(attribution_level="pixels"), BAD, "attribution_level"),
+    ("level-int", dict(attribution_level=3), BAD, "attribution_level"),
+    # switches and outputs
+    ("output-latent", dict(output_type="latent"), BAD, "output_type"),
+    ("output-none", dict(output_type=None), BAD, "output_type"),
+    ("keep-unknown", dict(keep_for_reexplanation="all"), BAD, "keep_for_reexplanation"),
+    ("keep-with-ablation", dict(keep_for_reexplanation="graph", attribution_method="ablation"), BAD, "keep_for"),
+    ("special-tokens-str", dict(consider_special_tokens="yes"), BAD, "consider_special_tokens"),
+    ("clean-none", dict(clean_token_prefixes_and_suffixes=None), BAD, "clean_token_prefixes_and_suffixes"),
+    ("step-images-str", dict(get_images_for_all_inference_steps="no"), BAD, "get_images_for_all_inference_steps"),
+    ("attention-maps-str", dict(attention_maps="yes"), BAD, "attention_maps"),
+    ("check-memory-str", dict(check_memory="no"), BAD, "check_memory"),
+    ("image-to-text-explainer", dict(image=RGB), BAD, "img2img"),
+    ("mask-to-text-explainer", dict(mask_image=MASK), BAD, "img2img"),
+    ("perturbation-many-images", dict(attribution_method="ablation", num_images_per_prompt=2), BAD, "one prompt"),
+]
+
+
+def table(cases):
+    return dict(argvalues=[case[1:] for case in cases], ids=[case[0] for case in cases])
+
+
+@pytest.mark.parametrize("kwargs, error, name", **table(TEXT_TO_IMAGE))
+def test_text_to_image_explainer(tiny_pipe, kwargs, error, name):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    call = {"prompt": PROMPT, "num_inference_steps": 2, **kwargs}
+    refused(tiny_pipe, lambda: explainer(**call), error, name)
+
+
+ARRAY = np.asarray(RGB)
+IMG2IMG = [
+    ("no-image", dict(), BAD, "image"),
+    ("image-and-init-image", dict(image=RGB, init_image=RGB), BAD, "init_image"),
+    ("image-int", dict(image=5), BAD, "image"),
+    ("image-str-not-a-path", dict(image="not an image"), FileNotFoundError, "not an image"),
+    ("image-float-255", dict(image=ARRAY.astype(np.float32)), BAD, "image"),
+    ("image-negative-floats", dict(image=ARRAY.astype(np.float32) / 255 - 1), BAD, "image"),
+    ("image-5-channels", dict(image=np.zeros((SIZE, SIZE, 5), np.uint8)), BAD, "image"),
+    ("image-1d", dict(image=np.zeros(SIZE, np.uint8)), BAD, "image"),
+    ("image-empty", dict(image=np.zeros((0, 0, 3), np.uint8)), BAD, "image"),
+    ("image-empty-list", dict(image=[]), BAD, "image"),
+    ("image-and-other-height", dict(image=RGB, height=2 * SIZE), BAD, "height"),
+    ("image-nan", dict(image=np.full((SIZE, SIZE, 3), np.nan, np.float32)), BAD, "image"),
+    ("strength-0", dict(image=RGB, strength=0), BAD, "strength"),
+    ("strength-above-1", dict(image=RGB, strength=1.5), BAD, "strength"),
+    ("strength-str", dict(image=RGB, strength="0.5"), BAD, "strength"),
+    ("strength-leaves-no-step", dict(image=RGB, strength=0.2), BAD, "strength"),
+    ("mask-to-img2img", dict(image=RGB, mask_image=MASK), BAD, "mask_image"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", **table(IMG2IMG))
+def test_img2img_explainer(img2img, kwargs, error, name):
+    explainer = StableDiffusionImg2ImgPipelineExplainer(img2img, verbose=False)
+    call = {"prompt": PROMPT, "num_inference_steps": 2, "strength": 1.0, **kwargs}
+    refused(img2img, lambda: explainer(**call), error, name)
+
+
+INPAINT = [
+    ("no-mask", dict(image=RGB), BAD, "mask_image"),
+    ("mask-other-size", dict(image=RGB, mask_image=Image.new("L", (SIZE // 2, SIZE))), BAD, "mask_image"),
+    ("mask-int", dict(image=RGB, mask_image=5), BAD, "mask_image"),
+    ("mask-out-of-range", dict(image=RGB, mask_image=np.full((SIZE, SIZE), 3.0, np.float32)), BAD, "mask_image"),
+    ("mask-missing-file", dict(image=RGB, mask_image="missing-mask.png"), FileNotFoundError, "missing-mask.png"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", **table(INPAINT))
+def test_inpaint_explainer(inpaint, kwargs, error, name):
+    explainer = StableDiffusionInpaintPipelineExplainer(inpaint, verbose=False)
+    call = {"prompt": PROMPT, "num_inference_steps": 2, **kwargs}
+    refused(inpaint, lambda: explainer(**call), error, name)
+
+
+CONSTRUCTION = [
+    ("explainer-of-a-string", lambda pipes: StableDiffusionPipelineExplainer("CompVis/stable-diffusion-v1-4"), "pipe"),
+    ("explainer-of-none", lambda pipes: explainer_for(None), "pipe"),
+    (
+        "img2img-explainer-of-text-pipe",
+        lambda pipes: StableDiffusionImg2ImgPipelineExplainer(pipes[0]),
+        "explainer_for",
+    ),
+    ("inpaint-explainer-of-img2img", lambda pipes: StableDiffusionInpaintPipelineExplainer(pipes[1]), "mask_image"),
+    (
+        "checkpointing-str",
+        lambda pipes: StableDiffusionPipelineExplainer(pipes[0], gradient_checkpointing="yes"),
+        "gradient_checkpointing",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, name", **table(CONSTRUCTION))
+def test_explainer_construction(tiny_pipe, img2img, make, name):
+    refused(tiny_pipe, lambda: make((tiny_pipe, img2img)), TypeError, name)
+
+
+OUTPUTS = [
+    ("explain-box-outside", lambda o: o.explain(((0, 0), (SIZE + 8, 8))), BAD, "explanation_2d_bounding_box"),
+    ("explain-box-str", lambda o: o.explain("left half"), BAD, "explanation_2d_bounding_box"),
+    ("explain-method-unknown", lambda o: o.explain(BOX, attribution_method="lime"), BAD, "attribution_method"),
+    ("region-grid-0", lambda o: o.region_grid(0), BAD, "cell_size"),
+    ("region-grid-negative", lambda o: o.region_grid(-4), BAD, "cell_size"),
+    ("region-grid-str", lambda o: o.region_grid("8"), BAD, "cell_size"),
+    ("region-grid-too-big", lambda o: o.region_grid(SIZE + 1), BAD, "cell_size"),
+    ("region-grid-float", lambda o: o.region_grid(4.5), BAD, "cell_size"),
+    ("interactive-view-0", lambda o: o.interactive_view(0), BAD, "cell_size"),
+    ("interactive-view-title-int", lambda o: o.interactive_view(8, title=5), BAD, "title"),
+    ("gif-negative-duration", lambda o: o.all_images_during_generation.gif("x.gif", duration=-1), BAD, "duration"),
+    ("gif-loop-str", lambda o: o.all_images_during_generation.gif("x.gif", loop="yes"), BAD, "loop"),
+    ("slider-width-0", lambda o: o.all_images_during_generation.to_html(width=0), BAD, "width"),
+    ("plot-ax-str", lambda o: o.token_attributions.plot(ax="left"), BAD, "ax"),
+    ("getitem-unknown", lambda o: o["imgae"], KeyError, "imgae"),
+    ("ablation-positions-outside", lambda o: faithfulness.ablation_effects(o, positions=[99]), BAD, "positions"),
+    ("ablation-box-outside", lambda o: faithfulness.ablation_effects(o, ((0, 0), (99, 99))), BAD, "bounding_box"),
+    ("ablation-batch-0", lambda o: faithfulness.ablation_effects(o, batch_size=0), BAD, "batch_size"),
+    ("deletion-order-outside", lambda o: faithfulness.deletion_curve(o, [0, 99]), BAD, "order"),
+    ("deletion-auc-scores-count", lambda o: faithfulness.deletion_auc_ratio(o, scores=[1.0]), BAD, "scores"),
+    ("deletion-auc-orders-0", lambda o: faithfulness.deletion_auc_ratio(o, num_random_orders=0), BAD, "num_random"),
+    ("pixel-deletion-patch-0", lambda o: faithfulness.pixel_deletion_auc_ratio(o, patch_size=0), BAD, "patch_size"),
+    ("pixel-deletion-fill", lambda o: faithfulness.pixel_deletion_auc_ratio(o, fill=2.0), BAD, "fill"),
+    ("ablation-of-a-list", lambda o: faithfulness.ablation_effects([o]), BAD, "output"),
+]
+
+
+@pytest.mark.parametrize("run, error, name", **table(OUTPUTS))
+def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(tiny_pipe, lambda: run(kept), error, name)
+    assert not list(tmp_path.iterdir()), "a refused call wrote a file"
+
+
+CLI = [
+    ("no-command", [], "demo or explain"),
+    ("steps-0", ["explain", "a red circle", "--steps", "0"], "--steps"),
+    ("steps-str", ["explain", "a red circle", "--steps", "many"], "--steps"),
+    ("traced-negative", ["explain", "a red circle", "--traced", "-1"], "--traced"),
+    ("box-three", ["explain", "a red circle", "--box", "1,2,3"], "--box"),
+    ("box-outside", ["explain", "a red circle", "--box", "0,0,64,64"], "--box"),
+    ("box-inverted", ["explain", "a red circle", "--box", "16,16,0,0"], "--box"),
+    ("empty-prompt", ["explain", "  "], "PROMPT"),
+    ("method-unknown", ["explain", "a red circle", "--method", "shap"], "--method"),
+    ("level-unknown", ["explain", "a red circle", "--level", "pixels"], "--level"),
+    ("model-missing", ["explain", "a red circle", "--model", "no/such-model-dir"], "no/such-model-dir"),
+    ("height-not-multiple", ["explain", "a red circle", "--height", "30"], "--height"),
+    ("seed-str", ["explain", "a red circle", "--seed", "abc"], "--seed"),
+    ("guidance-str", ["explain", "a red circle", "--guidance", "high"], "--guidance"),
+    ("out-is-a-file", ["explain", "a red circle", "--out", "OUT_FILE"], "--out"),
+]
+
+
+@pytest.mark.parametrize("argv, name", **table(CLI))
+def test_command_line(argv, name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out_file = tmp_path / "report.txt"
+    out_file.write_text("")
+    argv = [str(out_file) if a == "OUT_FILE" else a for a in argv]
+    if argv and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    calls = []
+    from diffusers import UNet2DConditionModel
+
+    original = UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err, err
+    assert not calls
+    assert not (tmp_path / "out").exists(), "a refused command wrote its output directory"
+
+
+def test_the_table_has_at_least_80_cases():
+    count = len(TEXT_TO_IMAGE) + len(IMG2IMG) + len(INPAINT) + len(CONSTRUCTION) + len(OUTPUTS) + len(CLI)
+    assert count >= 80, count
+
+
+def test_no_case_file_is_left_in_the_working_directory():
+    assert not Path(os.getcwd(), "x.gif").exists()

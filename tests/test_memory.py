@@ -1,0 +1,146 @@
+"""The memory guard: its estimate counts what autograd really keeps, and it refuses before the first step runs."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT, SIZE, seeded
+from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+
+from diffusers_interpret import StableDiffusionPipelineExplainer, explainer_for, memory
+from diffusers_interpret.memory import GiB, MemoryEstimate, NotEnoughMemoryError, estimate_memory
+
+
+def measured_saved_bytes(module, run, *inputs) -> int:
+    # Independent of the estimate: the real forward pass, its saved tensors counted by storage (weights left out).
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    inputs = [x.detach().clone().requires_grad_(True) if x.is_floating_point() else x for x in inputs]
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run(*inputs)
+    return sum(saved.values())
+
+
+def test_estimate_counts_the_tensors_a_real_traced_call_keeps(tiny_pipe):
+    # The guard captures the first denoiser call's real inputs; its per-call and decoder counts must equal what a
+    # real forward pass with grad saves for the backward pass.
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured.setdefault("call", (args, kwargs))
+
+    handle = tiny_pipe.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        out = explainer(PROMPT, num_inference_steps=3, attribution_method="grad_x_input", generator=seeded(0))
+    finally:
+        handle.remove()
+    estimate = out.extras["memory_estimate"]
+    args, kwargs = captured["call"]
+    sample, timestep = args[:2] if len(args) > 1 else (args[0], kwargs["timestep"])
+    hidden = kwargs["encoder_hidden_states"]
+    real_call = measured_saved_bytes(
+        tiny_pipe.unet, lambda x, h: tiny_pipe.unet(x, timestep, encoder_hidden_states=h), sample, hidden
+    )
+    assert estimate.per_call == real_call
+    latents = torch.randn(1, 4, SIZE // tiny_pipe.vae_scale_factor, SIZE // tiny_pipe.vae_scale_factor)
+    assert estimate.decoder == measured_saved_bytes(tiny_pipe.vae, lambda z: tiny_pipe.vae.decode(z).sample, latents)
+    assert estimate.traced_calls == 3 and estimate.checkpointed  # the default checkpoints more than one traced step
+    assert estimate.available is not None and estimate.available > 0
+
+
+def test_a_call_that_does_not_fit_is_refused_before_its_first_step(tiny_pipe, monkeypatch):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False, gradient_checkpointing=False)
+    reference = tiny_pipe(PROMPT, num_inference_steps=3, generator=seeded(0), output_type="np").images
+    ran = []
+    handle = tiny_pipe.unet.register_forward_hook(lambda *a: ran.append(1))
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
+    try:
+        with pytest.raises(NotEnoughMemoryError) as refused:
+            explainer(PROMPT, num_inference_steps=3, attribution_method="grad_x_input")
+        assert not ran  # refused before the denoiser ran once
+        message = str(refused.value)
+        for way in ("would need about", "gradient_checkpointing=True", "n_last_diffusion_steps", "check_memory=False"):
+            assert way in message
+        # Going on anyway works, and the attention methods keep no graph: nothing to refuse.
+        out = explainer(PROMPT, num_inference_steps=3, attribution_method="grad_x_input", check_memory=False)
+        assert np.abs(out.token_attributions.scores).sum() > 0
+        explainer(PROMPT, num_inference_steps=3, attribution_method="word_attention")
+    finally:
+        handle.remove()
+    # Nothing of the refused call stays behind: the pipeline makes the same image.
+    again = tiny_pipe(PROMPT, num_inference_steps=3, generator=seeded(0), output_type="np").images
+    np.testing.assert_array_equal(again, reference)
+
+
+def test_the_guard_also_covers_regenerating_methods(tiny_pipe, monkeypatch):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
+    with pytest.raises(NotEnoughMemoryError):
+        explainer(PROMPT, num_inference_steps=2, attribution_method="integrated_gradients", generator=seeded(0))
+
+
+def test_the_estimate_grows_with_traced_steps_and_checkpointing_bounds_it(tiny_pipe):
+    estimates = {}
+    for traced in (1, 4):
+        for checkpointing in (False, True):
+            explainer = explainer_for(tiny_pipe, verbose=False, gradient_checkpointing=checkpointing)
+            out = explainer(
+                PROMPT,
+                num_inference_steps=4,
+                get_images_for_all_inference_steps=False,
+                n_last_diffusion_steps_to_consider_for_attributions=traced,
+                attribution_method="grad_x_input",
+            )
+            estimates[traced, checkpointing] = out.extras["memory_estimate"]
+    assert {key: estimate.traced_calls for key, estimate in estimates.items()} == {key: key[0] for key in estimates}
+    assert {key: estimate.checkpointed for key, estimate in estimates.items()} == {key: key[1] for key in estimates}
+    # Without checkpointing every traced call keeps its activations; with it, only its inputs.
+    assert estimates[4, False].peak - estimates[1, False].peak == 3 * estimates[1, False].per_call
+    assert estimates[4, True].peak - estimates[1, True].peak == 3 * estimates[1, True].call_inputs
+
+
+def sd14_size_img2img_on_meta():
+    # Stable Diffusion 1.4's UNet and VAE, shapes only (nothing allocated), in a real img2img pipeline.
+    from diffusers_interpret.testing import make_tiny_components
+
+    small = make_tiny_components(sample_size=16, layers_per_block=1)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            cross_attention_dim=768,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+        )
+    components = dict(small, unet=unet, vae=vae)
+    pipe = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
+    pipe._guidance_scale = 7.5
+    return pipe
+
+
+def test_the_original_readmes_23_gb_img2img_call_is_stopped_and_checkpointing_lets_it_run():
+    # The 0.5.0 README's img2img example: 448x448, strength 0.75 of 50 steps (37 traced), no checkpointing, which
+    # grew a 24 GB machine's process to 23 GB before the kernel killed it.
+    pipe = sd14_size_img2img_on_meta()
+    args = (torch.empty(2, 4, 56, 56, device="meta"), torch.tensor(999))
+    kwargs = dict(encoder_hidden_states=torch.empty(2, 77, 768, device="meta"), return_dict=False)
+    estimate = estimate_memory(pipe, pipe.unet, args, kwargs, 37, False, (448, 448), pixels=True)
+    assert estimate.peak > 23 * GiB
+    machine = estimate.replace(available=20 * GiB)  # this machine's free memory, about
+    assert not machine.fits and "GiB" in machine.message() and "gradient_checkpointing=True" in machine.message()
+    assert machine.replace(checkpointed=True).fits
+    assert isinstance(estimate, MemoryEstimate) and estimate.encoder > 0
