@@ -56,6 +56,9 @@ examples:
   diffusers-interpret explain "a photo of a cat on a bench" --model ./stable-diffusion-xl-base-1.0 \\
       --steps 20 --traced 3 --device cuda --dtype float16 --gradient-checkpointing --out cat-xl
 
+  # many prompts (a JSONL or CSV file) into Parquet shards, resumable; on 8 GPUs with accelerate launch
+  diffusers-interpret batch prompts.jsonl --model toy --steps 10 --out runs/toy
+
 run 'diffusers-interpret COMMAND --help' for the options of a command."""
 
 _EXPLAIN_EPILOG = """\
@@ -102,7 +105,8 @@ def parse_box(text: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     return ((x0, y0), (x1, y1))
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    r"""`text` as an integer >= 1; `argparse.ArgumentTypeError` otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -112,7 +116,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _traced(text: str) -> Optional[int]:
+def traced_steps(text: str) -> Optional[int]:
+    r"""`--traced`'s value: an integer >= 0, or `None` for `'all'`; `argparse.ArgumentTypeError` otherwise."""
     if text.lower() == "all":
         return None
     try:
@@ -143,7 +148,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="CPU threads for torch (default: 1 for the toy model, whose layers are too small to gain from more; "
         "torch's default otherwise)",
@@ -191,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(demo)
-    demo.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the toy's 20)")
+    demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the toy's 20)")
     demo.add_argument(
         "--traced",
-        type=_traced,
+        type=traced_steps,
         default=None,
         metavar="N",
         help="last denoising steps to back-propagate through, or 'all' (default: all)",
@@ -225,10 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="region to explain, in pixels; repeat for several boxes (default: the whole image)",
     )
     _add_common(explain)
-    explain.add_argument("--steps", type=_positive_int, default=15, help="denoising steps (default: %(default)s)")
+    explain.add_argument("--steps", type=positive_int, default=15, help="denoising steps (default: %(default)s)")
     explain.add_argument(
         "--traced",
-        type=_traced,
+        type=traced_steps,
         default=5,
         metavar="N",
         help="last denoising steps to back-propagate through, or 'all' (default: %(default)s)",
@@ -236,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--guidance", type=float, default=None, help="guidance scale (default: 4 for the toy model, 7.5 otherwise)"
     )
-    explain.add_argument("--height", type=_positive_int, default=None, help="image height (default: the model's)")
-    explain.add_argument("--width", type=_positive_int, default=None, help="image width (default: the model's)")
+    explain.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
+    explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     explain.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
     explain.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     explain.add_argument(
@@ -259,10 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let diffusers fetch a model id that is not on disk (off by default: everything is loaded locally)",
     )
+    from .batch.command import add_batch_parser
+
+    add_batch_parser(commands)
     return parser
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    r"""Silence diffusers' and transformers' notices and loading bars (the command prints its own progress)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*requires torchvision.*")
     warnings.filterwarnings("ignore", message=".*torch_dtype.*")
@@ -502,11 +511,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        fail(f"choose a command: demo or explain (see '{PROG} --help')")
+        fail(f"choose a command: demo, explain or batch (see '{PROG} --help')")
+    if args.command == "batch":
+        from .batch.command import run_batch
+
+        return run_batch(args)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {args.out!r} exists and is not a directory")
-    _quiet_libraries()
+    quiet_libraries()
     import torch
 
     threads = args.threads

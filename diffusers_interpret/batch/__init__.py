@@ -1,0 +1,10 @@
+r"""
+Explain a prompt set on one or many processes (`accelerate launch`, `torchrun`), resumable, each record written
+exactly once to Parquet shards: `explain_dataset`, and the `diffusers-interpret batch` command. Needs the `batch`
+extra: `pip install "diffusers-interpret[batch]"`.
+"""
+
+from .records import Record, read_records
+from .runner import BatchOutput, explain_dataset
+
+__all__ = ["BatchOutput", "Record", "explain_dataset", "read_records"]
