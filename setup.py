@@ -6,6 +6,8 @@ from setuptools import find_packages, setup
 here = Path(__file__).parent
 # The version lives in one place: the package's __init__.py.
 version = re.search(r'^__version__ = "([^"]+)"', (here / "diffusers_interpret" / "__init__.py").read_text(), re.M)[1]
+# `diffusers-interpret batch` / `explain_dataset`: processes, Parquet shards, saved datasets as input.
+BATCH_REQUIREMENTS = ["accelerate>=0.26", "pyarrow>=12", "datasets>=2.14"]
 requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
 
 setup(
@@ -30,7 +32,9 @@ setup(
     },
     install_requires=requirements,
     extras_require={
-        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6"],
+        "batch": BATCH_REQUIREMENTS,
+        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6"]
+        + BATCH_REQUIREMENTS,
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
         "release": ["build>=1"],
     },

@@ -92,6 +92,7 @@ def run_batch(args: argparse.Namespace) -> int:
     from .runner import explain_dataset
 
     threads = args.threads if args.threads is not None else (1 if args.model == TOY else None)
+    saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     boxes = None if args.box is None else [[*box[0], *box[1]] for box in args.box]
@@ -124,6 +125,8 @@ def run_batch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; run the same command again to finish\n")
         return 130
+    finally:
+        torch.set_num_threads(saved_threads)
     if _is_main(args.cpu):
         print(Path(output.out_dir))
     return 0
