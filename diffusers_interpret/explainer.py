@@ -25,6 +25,7 @@ from .tracing.checkpoint import checkpointed
 from .tracing.concepts import ConceptAttentionRecorder
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import run_pipeline
+from .tracing.scoped import pipeline_lock
 from .tracing.steps import StepCounter
 from .tracing.tracer import DenoiserTracer
 
@@ -211,20 +212,22 @@ class BasePipelineExplainer:
         """
         # 1. Check the inputs (before any model runs) and resolve the method, level, box and input image.
         request = check_inputs(self, prompt, dict(arguments))
-        # 2. The pipeline's call arguments, with a step callback that keeps every step's latents.
-        call_kwargs, step_latents = self.prepare_call(request)
-        # 3. Run the pipeline's own call, traced.
-        trace, latents = self.run_traced(request, call_kwargs, replay)
-        # 4. Decode, and the pictures the pipeline itself would give.
-        images, nsfw, step_images = self.decode_images(request, trace, latents, step_latents, call_kwargs)
-        # 5. Attribute: the method scores the prompt (and the input image) for the box.
-        started = time.perf_counter()
-        target = trace.target(request.box)
-        scores = self.attribute(request, trace, target)
-        seconds = time.perf_counter() - started
-        # 6. Assemble the outputs, and keep what the call's re-explanations need.
-        session = Session(self, trace, request, images, replay_cache=trace.replay_cache)
-        outputs = assemble_outputs(self, request, trace, scores, images, nsfw, step_images, session)
+        # The pipeline's hooks are seen by every thread: calls on one pipeline from several threads take turns.
+        with pipeline_lock(self.pipe):
+            # 2. The pipeline's call arguments, with a step callback that keeps every step's latents.
+            call_kwargs, step_latents = self.prepare_call(request)
+            # 3. Run the pipeline's own call, traced.
+            trace, latents = self.run_traced(request, call_kwargs, replay)
+            # 4. Decode, and the pictures the pipeline itself would give.
+            images, nsfw, step_images = self.decode_images(request, trace, latents, step_latents, call_kwargs)
+            # 5. Attribute: the method scores the prompt (and the input image) for the box.
+            started = time.perf_counter()
+            target = trace.target(request.box)
+            scores = self.attribute(request, trace, target)
+            seconds = time.perf_counter() - started
+            # 6. Assemble the outputs, and keep what the call's re-explanations need.
+            session = Session(self, trace, request, images, replay_cache=trace.replay_cache)
+            outputs = assemble_outputs(self, request, trace, scores, images, nsfw, step_images, session)
         for output in outputs:
             output.extras.update(backward_seconds=seconds, traced_denoiser_calls=trace.traced_calls)
             if trace.memory_estimate is not None:

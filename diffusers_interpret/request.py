@@ -297,7 +297,12 @@ def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
                     f"{name} takes its size from the input image, not `{size_name}=`: resize the image instead."
                 )
     chosen = init_image if init_image is not None else image
-    return ImageInput.make(explainer.pipe, chosen, mask_image, arguments["height"], arguments["width"])
+    height, width = arguments["height"], arguments["width"]
+    if "height" in inspect.signature(type(explainer.pipe).__call__).parameters:
+        # These pipelines resize the input image to the model's default size unless told otherwise: so does this.
+        default_height, default_width = explainer.family.default_size(explainer.pipe)
+        height, width = height or default_height, width or default_width
+    return ImageInput.make(explainer.pipe, chosen, mask_image, height, width)
 
 
 SWITCHES = (

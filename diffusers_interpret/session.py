@@ -15,6 +15,7 @@ from .assembly import reexplained
 from .box import normalize_box
 from .methods import parse_method
 from .progress import progress_bar
+from .tracing.scoped import pipeline_lock
 
 
 class Session:
@@ -86,7 +87,8 @@ class Session:
     def _reexplain(self, output, box, method, height: int, width: int):
         box = normalize_box(box, height, width)
         trace, target = self.trace, self.trace.target(box)
-        with torch.enable_grad() if trace.has_graph else torch.no_grad():
+        grad = torch.enable_grad() if trace.has_graph else torch.no_grad()
+        with pipeline_lock(self.explainer.pipe), grad:  # a checkpointed backward runs the denoiser again
             scores = method.attribute(trace, target)
             if not method.scores_pixels and trace.has_graph and trace.pixels is not None:
                 from .methods import GradientAggregation
@@ -133,7 +135,8 @@ class Session:
         cell_h, cell_w = checks.cell_size(cell_size, height, width)
         key = (cell_h, cell_w)
         if key not in self._grids:
-            self._grids[key] = self._grid(cell_h, cell_w, height, width)
+            with pipeline_lock(self.explainer.pipe):
+                self._grids[key] = self._grid(cell_h, cell_w, height, width)
         return self._grids[key][index]
 
     def _grid(self, cell_h: int, cell_w: int, height: int, width: int) -> np.ndarray:

@@ -69,10 +69,6 @@ class StableDiffusionXLFamily(PipelineFamily):
         )
         return {"encoder_hidden_states": embeddings, "text_embeds": pooled}
 
-    def default_size(self, pipe) -> Tuple[int, int]:
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        return size, size
-
     def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         vae = pipe.vae
         if vae.dtype == torch.float16 and vae.config.force_upcast:

@@ -1,6 +1,8 @@
 """The one base of every scoped change to a pipeline: installed on enter, removed on exit, also after an exception."""
 
 import contextlib
+import threading
+import weakref
 from typing import Any, Callable, List, Tuple
 
 import torch
@@ -91,3 +93,19 @@ def progress_bar_disabled(pipe, disable: bool):
             pipe._progress_bar_config = saved
         elif hasattr(pipe, "_progress_bar_config"):
             del pipe._progress_bar_config
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def pipeline_lock(pipe) -> threading.RLock:
+    r"""
+    The one lock of `pipe`'s scoped changes. Hooks on a module are seen by every thread, so two threads explaining
+    with one pipeline take turns (the same thread may enter again, e.g. a re-explanation inside a call).
+    """
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(pipe)
+        if lock is None:
+            lock = _LOCKS[pipe] = threading.RLock()
+        return lock
