@@ -511,7 +511,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        fail(f"choose a command: demo, explain or batch (see '{PROG} --help')")
+        fail(f"choose a command: demo or explain, or batch for a prompt set (see '{PROG} --help')")
     if args.command == "batch":
         from .batch.command import run_batch
 

@@ -51,8 +51,8 @@ def read_records(source: Union[str, Path, Iterable[Dict[str, Any]]]) -> List[Rec
     `[x0, y0, x1, y1]`; a JSON string in CSV) and `init_image` (a path, relative to the file).
 
     Raises:
-        `FileNotFoundError`: for a missing file. `ValueError`: for an unknown format, a line that is not JSON, or ids
-        given twice.
+        `FileNotFoundError`: for a missing file.
+        `ValueError`: for an unknown format, a line that is not JSON, or ids given twice.
     """
     base = None
     if isinstance(source, (str, Path)):
