@@ -130,12 +130,19 @@ def explain_dataset(
     options = _options(pipe_or_path, method, level, steps, traced, guidance, height, width, strength, seed, dtype)
     options["boxes"] = None if boxes is None else [[int(value) for value in box] for box in boxes]
     # 2. The output folder: checked (or emptied on restart) by the main process, then read by all
+    refused = None
     if group.is_main:
-        _prepare(out_dir, options, restart)
+        try:
+            _prepare(out_dir, options, restart)
+        except ValueError as error:  # raised after the barrier, so that no process waits for the main one forever
+            refused = error
     group.wait()
+    if refused is not None:
+        raise refused
     previous = read_manifest(out_dir)
-    if previous is None or previous.get("options") != options:
-        raise ValueError(f"{str(out_dir)!r} was changed by another run while this one started: run one at a time")
+    if previous is None:
+        raise ValueError(f"{str(out_dir)!r} has no manifest.json: run one batch per output folder at a time")
+    check_same_options(previous, options, out_dir)
     finished = finished_ids(out_dir)
     pending = [record for record in records if record.id not in finished]
     mine = share(pending, group.index, group.count)
