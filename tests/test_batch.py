@@ -18,7 +18,7 @@ pytest.importorskip("accelerate")
 pytest.importorskip("pyarrow")
 pd = pytest.importorskip("pandas")
 
-from diffusers_interpret.batch import explain_dataset, read_records  # noqa: E402
+from diffusers_interpret.batch import explain_dataset, read_maps, read_records  # noqa: E402
 from diffusers_interpret.cli import main  # noqa: E402
 
 OPTIONS = ["--model", "toy", "--steps", "3", "--traced", "1", "--seed", "7", "--threads", "1"]
@@ -201,10 +201,24 @@ def test_changed_options_refused_unless_restart(workdir, reference, tmp_path, ca
     assert again.explained == 0 and again.resumed == reference.records
     jsonl = tmp_path / "one.jsonl"
     jsonl.write_text(json.dumps(records[0]) + "\n")
-    assert main(["batch", str(jsonl), "--out", str(out), "--quiet", "--restart", *OPTIONS[:4], "--steps", "2"]) == 0
+    argv = ["batch", str(jsonl), "--out", str(out), "--quiet", "--restart", *OPTIONS[:4], "--steps", "2"]
+    argv += ["--maps", "4"]
+    assert main(argv) == 0
     rows = _rows(out)
     assert list(rows.id) == ["r0"] and rows.error.isna().all()
     assert json.loads((out / "manifest.json").read_text())["options"]["steps"] == 2
+    assert sorted(path.name for path in (out / "images").iterdir()) == [Path(rows.image_path[0]).name]
+    # --maps: the record's per-token maps, 32x32 averaged down to 4x4, one per token, float16.
+    maps = read_maps(rows.iloc[0])
+    assert maps.shape == (len(rows.tokens[0]), 4, 4) and maps.dtype == np.float16 and np.isfinite(maps).all()
+    assert read_maps(_rows(reference.out_dir).iloc[0]) is None  # none unless asked for
+
+
+def test_missing_dependency_says_how_to_install():
+    from diffusers_interpret.batch.dependencies import require
+
+    with pytest.raises(ImportError, match=r'pip install "diffusers-interpret\[batch\]"'):
+        require("no_such_module_for_batch")
 
 
 def test_records_from_jsonl_csv_and_saved_dataset_agree(workdir, tmp_path):

@@ -4,7 +4,8 @@ exactly once to Parquet shards: `explain_dataset`, and the `diffusers-interpret 
 extra: `pip install "diffusers-interpret[batch]"`.
 """
 
+from .maps import read_maps
 from .records import Record, read_records
 from .runner import BatchOutput, explain_dataset
 
-__all__ = ["BatchOutput", "Record", "explain_dataset", "read_records"]
+__all__ = ["BatchOutput", "Record", "explain_dataset", "read_maps", "read_records"]

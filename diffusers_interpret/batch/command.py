@@ -58,6 +58,13 @@ def add_batch_parser(commands) -> argparse.ArgumentParser:
     batch.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
     batch.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     batch.add_argument("--strength", type=float, default=None, help="img2img strength for init_image records")
+    batch.add_argument(
+        "--maps",
+        type=positive_int,
+        default=None,
+        metavar="SIZE",
+        help="also store per-token maps (word_attention) averaged down to SIZE x SIZE, float16 (default: none)",
+    )
     batch.add_argument("--seed", type=int, default=0, help="run seed for records without one (default: %(default)s)")
     batch.add_argument("--restart", action="store_true", help="discard what --out holds and start again")
     batch.add_argument(
@@ -110,6 +117,7 @@ def run_batch(args: argparse.Namespace) -> int:
             width=args.width,
             strength=args.strength,
             boxes=boxes,
+            map_size=args.maps,
             seed=args.seed,
             restart=args.restart,
             batch_size=args.batch_size,

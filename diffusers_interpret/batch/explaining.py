@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .maps import compact_maps
 from .records import Record
 from .writer import save_image
 
@@ -49,6 +50,7 @@ class RecordExplainer:
         out_dir (`Path`): Where images are written.
         run_seed (`int`): The run's seed, from which records without their own seed get one.
         default_boxes (`list`, *optional*): Boxes for records that give none (`[x0, y0, x1, y1]` each).
+        map_size (`int`, *optional*): Store per-token maps averaged down to this size (methods with maps only).
         call_options (`dict`): The explainer call's arguments shared by every record (steps, method, ...).
         explainer_options (`dict`): The explainer's own arguments (`gradient_checkpointing`).
     """
@@ -59,12 +61,14 @@ class RecordExplainer:
         out_dir,
         run_seed: int,
         default_boxes: Optional[List[List[int]]],
+        map_size: Optional[int],
         call_options: Dict[str, Any],
         explainer_options: Dict[str, Any],
     ):
         from ..families import explainer_for
 
         self.pipe, self.out_dir, self.run_seed, self.default_boxes = pipe, out_dir, run_seed, default_boxes
+        self.map_size = map_size
         self.call_options = call_options
         self.explainer_options = dict(explainer_options, verbose=False)
         self.text_explainer = explainer_for(pipe, **self.explainer_options)
@@ -130,6 +134,8 @@ class RecordExplainer:
                 if image_path is None:
                     image_path = save_image(_picture(output.image), self.out_dir, record.id)
                 row.update(_scores(output), image_path=image_path)
+                if self.map_size and not any(earlier.get("maps") for earlier in rows):  # once per record (one image)
+                    row.update(compact_maps(output, self.map_size) or {})
             except Exception as error:  # any failure of this box is its row's error; the run goes on
                 row["error"] = _message(error)
             row["seconds"] = time.perf_counter() - started

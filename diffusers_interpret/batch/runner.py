@@ -68,6 +68,7 @@ def explain_dataset(
     width: Optional[int] = None,
     strength: Optional[float] = None,
     boxes: Optional[Iterable[Iterable[int]]] = None,
+    map_size: Optional[int] = None,
     seed: int = 0,
     restart: bool = False,
     batch_size: int = 8,
@@ -104,6 +105,9 @@ def explain_dataset(
             otherwise.
         boxes (`list` of `[x0, y0, x1, y1]`, *optional*): Boxes for the records that give none; the whole image
             otherwise.
+        map_size (`int`, *optional*): Also store each record's per-token maps (methods that make them:
+            `word_attention`, concept methods), averaged down to `map_size` x `map_size`, as float16 bytes in the
+            `maps` column of its first row (read them with [`~batch.read_maps`]).
         seed (`int`, *optional*, defaults to 0): The run's seed, for records without their own.
         restart (`bool`, *optional*, defaults to `False`): Discard what `out_dir` holds and start again (needed to
             change the options of a run there).
@@ -129,6 +133,7 @@ def explain_dataset(
     records = read_records(records)
     options = _options(pipe_or_path, method, level, steps, traced, guidance, height, width, strength, seed, dtype)
     options["boxes"] = None if boxes is None else [[int(value) for value in box] for box in boxes]
+    options["map_size"] = map_size
     # 2. The output folder: checked (or emptied on restart) by the main process, then read by all
     refused = None
     if group.is_main:
@@ -153,6 +158,7 @@ def explain_dataset(
         out_dir,
         seed,
         options["boxes"],
+        map_size,
         _call_options(options),
         {"gradient_checkpointing": gradient_checkpointing},
     )

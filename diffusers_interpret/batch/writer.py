@@ -34,6 +34,8 @@ def schema():
             ("normalized_scores", floats),
             ("words", strings),
             ("word_scores", floats),
+            ("maps", pa.binary()),
+            ("map_shape", pa.list_(pa.int32())),
             ("seconds", pa.float64()),
             ("image_path", pa.string()),
             ("error", pa.string()),
