@@ -1,4 +1,5 @@
 import os
+import shutil
 import warnings
 
 import matplotlib
@@ -32,3 +33,53 @@ def tiny_pipe64():
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _find(candidates):
+    for candidate in candidates:
+        path = shutil.which(candidate) if os.sep not in candidate else candidate
+        if path and os.path.exists(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    # A headless Chromium driven by Selenium; skipped, with the reason, where it or its driver is missing.
+    chromium = _find(
+        [os.environ.get("CHROMIUM", ""), "/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"]
+    )
+    chromedriver = _find([os.environ.get("CHROMEDRIVER", ""), "/usr/bin/chromedriver", "chromedriver"])
+    if chromium is None or chromedriver is None:
+        pytest.skip(
+            "No browser found: install Chromium and its driver (Debian: `apt-get install chromium chromium-driver`)."
+        )
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("No browser driver: `pip install selenium` to run the browser tests.")
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -5,9 +5,6 @@ Needs the Debian packages `chromium` and `chromium-driver` (at /usr/bin/chromium
 pip package `selenium`; skipped, with the reason, when any of them is missing. No driver is ever downloaded.
 """
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -27,55 +24,6 @@ HEIGHT, WIDTH = 48, 64
 CELL = (8, 16)  # rows 6, columns 4
 ROWS, COLS = 6, 4
 HIDDEN = 16
-
-
-def _find(candidates):
-    for candidate in candidates:
-        path = shutil.which(candidate) if os.sep not in candidate else candidate
-        if path and os.path.exists(path) and os.access(path, os.X_OK):
-            return path
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chromium = _find(
-        [os.environ.get("CHROMIUM", ""), "/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"]
-    )
-    chromedriver = _find([os.environ.get("CHROMEDRIVER", ""), "/usr/bin/chromedriver", "chromedriver"])
-    if chromium is None or chromedriver is None:
-        pytest.skip(
-            "No browser found: install Chromium and its driver (Debian: `apt-get install chromium chromium-driver`)."
-        )
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("No browser driver: `pip install selenium` to run the browser tests.")
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
