@@ -14,8 +14,8 @@ Box = Optional[Tuple[Tuple[int, int], Tuple[int, int]]]
 
 def parse_boxes(boxes: Any) -> List[Box]:
     r"""
-    A record's `boxes` (`None`, or a list of `[x0, y0, x1, y1]`) as the explainer's boxes; `[None]` (the whole image)
-    when it gives none.
+    A record's `boxes` (`None`, a list of `[x0, y0, x1, y1]`, or one such box) as the explainer's boxes; `[None]` (the
+    whole image) when it gives none.
 
     Raises:
         `ValueError`: for anything but a list of four-integer lists.
@@ -24,6 +24,8 @@ def parse_boxes(boxes: Any) -> List[Box]:
         return [None]
     if not isinstance(boxes, (list, tuple)):
         raise ValueError(f"bad boxes {boxes!r}: expected a list of [x0, y0, x1, y1] in pixels")
+    if len(boxes) == 4 and all(isinstance(value, (int, np.integer)) for value in boxes):
+        boxes = [boxes]  # one box given without the outer list
     parsed: List[Box] = []
     for box in boxes:
         if box is None:
