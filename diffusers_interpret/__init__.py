@@ -25,6 +25,8 @@ _EXPORTS = {
     "PipelineImg2ImgExplainerOutput": ".outputs",
     "PipelineInpaintExplainerOutput": ".outputs",
     "PixelAttributions": ".outputs",
+    "MemoryEstimate": ".memory",
+    "NotEnoughMemoryError": ".memory",
     "SaliencyMap": ".views.saliency",
     "StableDiffusionImg2ImgPipelineExplainer": ".families",
     "StableDiffusionInpaintPipelineExplainer": ".families",
