@@ -14,6 +14,7 @@ from conftest import PROMPT, SIZE, TINY, seeded
 from PIL import Image
 
 from diffusers_interpret import (
+    SaliencyMap,
     StableDiffusionImg2ImgPipelineExplainer,
     StableDiffusionInpaintPipelineExplainer,
     StableDiffusionPipelineExplainer,
@@ -22,6 +23,7 @@ from diffusers_interpret import (
 )
 from diffusers_interpret.cli import main
 from diffusers_interpret.testing import make_tiny_pipeline
+from diffusers_interpret.views.report import write_report
 
 BAD = (ValueError, TypeError)
 
@@ -45,6 +47,7 @@ def kept(tiny_pipe):
         num_inference_steps=2,
         attribution_method="grad_x_input",
         keep_for_reexplanation="graph",
+        attention_maps=True,
         generator=seeded(0),
     )
 
@@ -246,6 +249,17 @@ OUTPUTS = [
     ("plot-ax-str", lambda o: o.token_attributions.plot(ax="left"), BAD, "ax"),
     ("getitem-unknown", lambda o: o["imgae"], KeyError, "imgae"),
     ("ablation-positions-outside", lambda o: faithfulness.ablation_effects(o, positions=[99]), BAD, "positions"),
+    ("map-position-outside", lambda o: o.attention_maps.for_token(999), IndexError, "position"),
+    ("map-position-str", lambda o: o.attention_maps.heatmap("red"), TypeError, "position"),
+    ("map-image-index-outside", lambda o: o.attention_maps.for_token(1, image_index=3), IndexError, "image_index"),
+    ("map-cmap-unknown", lambda o: o.attention_maps.heatmap(1, cmap="rainbowz"), BAD, "cmap"),
+    ("map-overlay-alpha", lambda o: o.attention_maps.overlay(o.image, 1, alpha=2), BAD, "alpha"),
+    ("map-overlay-not-image", lambda o: o.attention_maps.overlay(np.zeros((4, 4)), 1), BAD, "image"),
+    ("saliency-shape", lambda o: SaliencyMap(o.image, np.zeros((3, 3))), BAD, "attributions"),
+    ("saliency-not-image", lambda o: SaliencyMap(np.zeros((SIZE, SIZE)), np.zeros((SIZE, SIZE))), BAD, "image"),
+    ("saliency-cmap", lambda o: SaliencyMap(o.image, np.zeros((SIZE, SIZE))).heatmap(cmap=3), BAD, "cmap"),
+    ("report-empty", lambda o: write_report([], "report"), BAD, "outputs"),
+    ("report-nested", lambda o: write_report([[o]], "report"), BAD, "outputs"),
     ("ablation-box-outside", lambda o: faithfulness.ablation_effects(o, ((0, 0), (99, 99))), BAD, "bounding_box"),
     ("ablation-batch-0", lambda o: faithfulness.ablation_effects(o, batch_size=0), BAD, "batch_size"),
     ("deletion-order-outside", lambda o: faithfulness.deletion_curve(o, [0, 99]), BAD, "order"),

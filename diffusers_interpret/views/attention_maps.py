@@ -16,6 +16,14 @@ def _normalize01(array: np.ndarray) -> np.ndarray:
     return (array - low) / (high - low)
 
 
+def check_colormap(cmap) -> None:
+    r"""Raise a `ValueError` naming `cmap` unless it is the name of a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    if not isinstance(cmap, str) or cmap not in colormaps:
+        raise ValueError(f"`cmap` must be the name of a matplotlib colormap (e.g. 'jet', 'viridis'), got {cmap!r}.")
+
+
 def colorize(values: np.ndarray, cmap: str = "jet") -> Image.Image:
     r"""
     An RGB image of a 2D array in [0, 1] through a matplotlib colormap.
@@ -26,6 +34,7 @@ def colorize(values: np.ndarray, cmap: str = "jet") -> Image.Image:
     """
     from matplotlib import colormaps
 
+    check_colormap(cmap)
     rgba = colormaps[cmap](np.clip(values, 0.0, 1.0))
     return Image.fromarray((rgba[..., :3] * 255.0 + 0.5).astype(np.uint8), mode="RGB")
 
@@ -77,10 +86,14 @@ class AttentionMaps:
         return out
 
     def _check(self, position: int, image_index: int) -> None:
-        if not -self.num_tokens <= position < self.num_tokens:
-            raise IndexError(f"Token position {position} is out of range for {self.num_tokens} tokens.")
-        if not -self.num_images <= image_index < self.num_images:
-            raise IndexError(f"Image index {image_index} is out of range for {self.num_images} images.")
+        for name, value, count in (
+            ("position", position, self.num_tokens),
+            ("image_index", image_index, self.num_images),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"`{name}` must be an integer, got {value!r}.")
+            if not -count <= value < count:
+                raise IndexError(f"`{name}` {value} is out of range: there are {count}.")
 
     def for_token(self, position: int, image_index: int = 0) -> np.ndarray:
         r"""
@@ -120,6 +133,10 @@ class AttentionMaps:
             alpha (`float`, *optional*, defaults to 0.5): Weight of the heatmap (0 shows only the image).
             cmap (`str`, *optional*, defaults to `"jet"`): Name of a matplotlib colormap.
         """
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"`image` must be a PIL image (e.g. `output.image`), got {type(image).__name__}.")
         height, width = self.size
         base = image.convert("RGB")
         if base.size != (width, height):

@@ -5,6 +5,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from .attention_maps import check_colormap
 from .markup import show_figure
 
 
@@ -19,9 +20,18 @@ class SaliencyMap:
     """
 
     def __init__(self, image: Image.Image, attributions: np.ndarray, mask: Optional[np.ndarray] = None):
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"`image` must be a PIL image, got {type(image).__name__}.")
         self.image = image.convert("RGB")
         self.attributions = np.asarray(attributions, dtype=np.float32)
+        if self.attributions.shape != (image.height, image.width):
+            raise ValueError(
+                f"`attributions` must have the image's shape {(image.height, image.width)} (height, width), got "
+                f"{self.attributions.shape}."
+            )
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if self.mask is not None and self.mask.shape != self.attributions.shape:
+            raise ValueError(f"`mask` must have the image's shape {self.attributions.shape}, got {self.mask.shape}.")
 
     def scaled(self) -> np.ndarray:
         """Attributions rescaled to [0, 1] by their maximum (all zeros stay zeros)."""
@@ -32,6 +42,7 @@ class SaliencyMap:
         r"""The scaled attributions through a matplotlib colour map, as a PIL image (masked area grey)."""
         import matplotlib
 
+        check_colormap(cmap)
         rgb = matplotlib.colormaps[cmap](self.scaled())[..., :3]
         if apply_mask and self.mask is not None:
             rgb[self.mask] = 0.5
