@@ -151,6 +151,7 @@ def explain_dataset(
     finished = finished_ids(out_dir)
     pending = [record for record in records if record.id not in finished]
     mine = share(pending, group.index, group.count)
+    group.wait()  # every process has read the same finished ids before any writes new ones
     # 3. This process's pipeline and explainer
     pipe = _pipeline(pipe_or_path, device or group.device, dtype)
     explainer = RecordExplainer(
