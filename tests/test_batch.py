@@ -247,3 +247,44 @@ def test_records_from_jsonl_csv_and_saved_dataset_agree(workdir, tmp_path):
     assert from_jsonl[0].seed_for_run(7) == from_csv[0].seed_for_run(7) != from_jsonl[0].seed_for_run(8)
     with pytest.raises(ValueError, match="given twice"):
         read_records([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+
+
+def test_toy_truth_scores_half_boxes_against_the_scene(tmp_path):
+    from diffusers_interpret.batch import toy_truth
+    from diffusers_interpret.batch.writer import ShardWriter, save_image
+    from diffusers_interpret.toy.scenes import generate_scenes
+
+    # True renders of two-object scenes (the detector finds them drawn as named) with made-up word scores: each box
+    # scores the colour word it favours highest.
+    writer = ShardWriter(tmp_path, 0)
+
+    def add(record_id, scene, boxes):
+        image_path = save_image(scene.to_pil(), tmp_path, record_id)
+        words = scene.prompt.split()
+        colours = {obj.side: obj.color for obj in scene.objects}
+        rows = []
+        for index, (box, favoured_side) in enumerate(boxes):
+            favoured = colours[favoured_side]
+            scores = [0.9 if word == favoured else 0.2 if word in colours.values() else 0.1 for word in words]
+            rows.append(
+                dict(
+                    id=record_id,
+                    box_index=index,
+                    prompt=scene.prompt,
+                    box=box,
+                    words=words,
+                    word_scores=scores,
+                    image_path=image_path,
+                )
+            )
+        writer.add(rows)
+
+    first, second = generate_scenes(2, seed=5, num_objects=2)
+    left, right, middle = [0, 0, 16, 32], [16, 0, 32, 32], [8, 0, 24, 32]
+    add("a", first, [(left, "left"), (right, "right"), (middle, "left")])  # flips; the middle box is not scored
+    add("b", second, [(left, "left"), (right, "left")])  # the right box reads the left object: no flip
+    writer.add([dict(id="c", box_index=0, prompt="a cat", box=left, words=["a", "cat"], word_scores=[1.0, 2.0])])
+    writer.flush()
+    truth = toy_truth(tmp_path)
+    assert (truth.scenes, truth.drawn, truth.boxes, truth.passed, truth.pairs, truth.flips) == (2, 2, 4, 3, 2, 1)
+    assert "3/4 (75%)" in truth.summary() and "1/2 (50%)" in truth.summary()

@@ -7,5 +7,6 @@ extra: `pip install "diffusers-interpret[batch]"`.
 from .maps import read_maps
 from .records import Record, read_records
 from .runner import BatchOutput, explain_dataset
+from .toy_truth import ToyTruth, toy_truth
 
-__all__ = ["BatchOutput", "Record", "explain_dataset", "read_maps", "read_records"]
+__all__ = ["BatchOutput", "Record", "ToyTruth", "explain_dataset", "read_maps", "read_records", "toy_truth"]

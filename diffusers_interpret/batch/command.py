@@ -87,6 +87,11 @@ def add_batch_parser(commands) -> argparse.ArgumentParser:
     batch.add_argument(
         "--log-every", type=float, default=30.0, help="seconds between progress lines outside a terminal"
     )
+    batch.add_argument(
+        "--toy-truth",
+        action="store_true",
+        help="at the end, score the boxes of two-object toy scene prompts against the truth (see the docs)",
+    )
     batch.add_argument("--quiet", action="store_true", help="no progress and no summary")
     return batch
 
@@ -136,6 +141,10 @@ def run_batch(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(saved_threads)
     if _is_main(args.cpu):
+        if args.toy_truth:
+            from .toy_truth import toy_truth
+
+            sys.stderr.write(f"batch: {toy_truth(output.out_dir).summary()}\n")
         print(Path(output.out_dir))
     return 0
 
