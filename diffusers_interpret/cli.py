@@ -8,36 +8,29 @@ on any supported text-to-image model on disk (the toy model by default). See `do
 """
 
 import argparse
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .defaults import DEFAULT_ATTRIBUTION_METHOD
-
-PROG = "diffusers-interpret"
-METHODS = (
-    "grad_x_input",
-    "max_grad",
-    "mean_grad",
-    "min_grad",
-    "integrated_gradients",
-    "smoothgrad",
-    "ablation",
-    "attention",
-    "jacobian_norm",
-    "word_attention",
+from .cli_arguments import (
+    LEVELS,
+    METHODS,
+    PROG,
+    ArgumentParser,
+    fail,
+    parse_box,
+    positive_int,
+    traced_steps,
 )
-LEVELS = ("token_embeddings", "text_encoder_output")
+from .defaults import DEFAULT_ATTRIBUTION_METHOD
+from .loading import TOY, load_pipeline, quiet_libraries
+
 DEMO_PROMPTS = (
     "a red circle on the left and a blue square on the right",
     "a yellow triangle on the right",
     "a green square on the left and a yellow circle on the right",
 )
-TOY = "toy"
-
 _DESCRIPTION = """\
 Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux): which prompt words made the image.
 Writes one self-contained report.html (images inlined, open it anywhere) and PNG files into --out."""
@@ -78,57 +71,6 @@ The demo explains three toy prompts, each for the whole image, its left half and
 """ + "\n".join(f'  "{prompt}"' for prompt in DEMO_PROMPTS)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    # Errors are one line, `diffusers-interpret: error: ...`, exit code 2 (no usage block, no traceback).
-    def error(self, message: str) -> NoReturn:
-        fail(message)
-
-
-def fail(message: str) -> NoReturn:
-    r"""Print `diffusers-interpret: error: MESSAGE` (one line) to stderr and exit with code 2."""
-    message = " ".join(str(message).split())
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    raise SystemExit(2)
-
-
-def parse_box(text: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    r"""`"x0,y0,x1,y1"` as `((x0, y0), (x1, y1))`; `argparse.ArgumentTypeError` for anything else."""
-    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
-    try:
-        x0, y0, x1, y1 = (int(part) for part in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"bad box {text!r}: expected four integers x0,y0,x1,y1 (pixels, upper-left corner first), e.g. 0,0,16,32"
-        ) from None
-    if x1 <= x0 or y1 <= y0:
-        raise argparse.ArgumentTypeError(f"bad box {text!r}: it needs x0 < x1 and y0 < y1 (upper-left corner first)")
-    return ((x0, y0), (x1, y1))
-
-
-def positive_int(text: str) -> int:
-    r"""`text` as an integer >= 1; `argparse.ArgumentTypeError` otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def traced_steps(text: str) -> Optional[int]:
-    r"""`--traced`'s value: an integer >= 0, or `None` for `'all'`; `argparse.ArgumentTypeError` otherwise."""
-    if text.lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}")
-    return value
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="directory for report.html and the PNG files")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
@@ -154,6 +96,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "torch's default otherwise)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-memory-check",
+        dest="check_memory",
+        action="store_false",
+        help="explain even when the estimated memory of a gradient method's graph is more than the device has free",
+    )
 
 
 def _add_interactive(parser: argparse.ArgumentParser, default: int) -> None:
@@ -180,13 +128,13 @@ def _cell_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     r"""The argument parser of `diffusers-interpret`."""
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     demo = commands.add_parser(
         "demo",
@@ -270,77 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    r"""Silence diffusers' and transformers' notices and loading bars (the command prints its own progress)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
-    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
-    try:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
-    r"""
-    Load the toy model (`model="toy"`) or a text-to-image pipeline of a supported family (Stable Diffusion 1.x/2.x,
-    SDXL, SD3, Flux) from a folder or a locally cached id.
-
-    Raises:
-        `FileNotFoundError`: for a path that does not exist.
-        `OSError`: when diffusers cannot load the model.
-    """
-    import torch
-
-    torch_dtype = getattr(torch, dtype)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if model == TOY:
-        from .toy import load_toy_pipeline
-
-        return load_toy_pipeline(torch_dtype=torch_dtype, device=device)
-    path = Path(model).expanduser()
-    # A hub-style id is "name" or "owner/name"; anything else that does not exist is a missing path.
-    looks_like_id = not model.startswith((".", "~", "/", "\\")) and model.count("/") <= 1 and "\\" not in model
-    if not path.exists() and not looks_like_id:
-        raise FileNotFoundError(f"model path {model!r} does not exist")
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"{model!r} is not a diffusers pipeline folder (no model_index.json in it); save one with "
-            "pipe.save_pretrained(path)"
-        )
-    from diffusers import DiffusionPipeline
-
-    source = str(path) if path.exists() else model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            pipe = DiffusionPipeline.from_pretrained(
-                source, torch_dtype=torch_dtype, local_files_only=not allow_download
-            )
-        except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            where = "" if path.exists() else " (no such folder; as a model id, it is not in the local cache)"
-            hint = "" if allow_download or path.exists() else "; pass --allow-download to fetch it"
-            raise OSError(f"cannot load the model {model!r}{where}: {first_line}{hint}") from error
-    from .families import explainer_class_for, supported_pipelines
-
-    try:
-        explainer_class_for(pipe)
-    except TypeError:
-        raise OSError(
-            f"{model!r} holds a {type(pipe).__name__}, which cannot be explained; supported: "
-            f"{', '.join(supported_pipelines())}"
-        ) from None
-    return pipe.to(device)
-
-
 def _generator(seed: int, device):
     import torch
 
@@ -419,6 +296,7 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
         guidance_scale=TOY_GUIDANCE_SCALE,
         attribution_method=args.method,
         attribution_level=args.level,
+        check_memory=args.check_memory,
     )
     settings = {
         "model": "shipped toy model (32x32)",
@@ -461,6 +339,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         guidance_scale=guidance,
         attribution_method=args.method,
         attribution_level=args.level,
+        check_memory=args.check_memory,
         height=explainer_size[0],
         width=explainer_size[1],
     )
@@ -534,7 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .views.report import write_report
 
         path = write_report(outputs, out_dir, title=title, settings=settings, interactive_views=views)
-    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError, MemoryError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")

@@ -133,6 +133,22 @@ def test_bad_arguments_give_one_line_and_exit_2(name, tmp_path, capsys):
     assert not (tmp_path / "out" / "report.html").exists()
 
 
+@needs_toy
+def test_a_call_that_would_not_fit_in_memory_is_one_line_naming_the_way_out(tmp_path, capsys, monkeypatch):
+    from diffusers_interpret import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
+    argv = ["explain", PROMPT, "--steps", "2", "--method", "grad_x_input", "--out", str(tmp_path), "--quiet"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffusers-interpret: error: This explanation would need about") and "Traceback" not in err
+    assert not (tmp_path / "report.html").exists()
+    code, out, _ = run_cli(argv + ["--no-memory-check"], capsys)
+    assert code == 0 and (tmp_path / "report.html").is_file()
+
+
 def test_parse_box():
     assert parse_box("0,0,16,32") == ((0, 0), (16, 32))
     assert parse_box(" 1, 2, 3, 4 ") == ((1, 2), (3, 4))

@@ -4,7 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import LEVELS, METHODS, PROG, TOY, fail, parse_box, positive_int, quiet_libraries, traced_steps
+from ..cli_arguments import LEVELS, METHODS, PROG, fail, parse_box, positive_int, traced_steps
+from ..loading import TOY, quiet_libraries
 
 _EPILOG = """\
 PROMPTS is a .jsonl or .csv file with one record per line (prompt; optional id, seed, negative_prompt, boxes as

@@ -185,7 +185,7 @@ def explain_dataset(
 
 
 def _options(pipe_or_path, method, level, steps, traced, guidance, height, width, strength, seed, dtype):
-    from ..cli import TOY
+    from ..loading import TOY
 
     if guidance is None and str(pipe_or_path) == TOY:
         from ..toy import TOY_GUIDANCE_SCALE
@@ -257,7 +257,7 @@ def _prepare(out_dir: Path, options: Dict[str, Any], restart: bool) -> None:
 def _pipeline(pipe_or_path, device: str, dtype: str):
     if not isinstance(pipe_or_path, (str, Path)):
         return pipe_or_path.to(device)
-    from ..cli import load_pipeline
+    from ..loading import load_pipeline
 
     pipe = load_pipeline(str(pipe_or_path), device, dtype)
     pipe.set_progress_bar_config(disable=True)

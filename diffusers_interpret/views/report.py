@@ -209,12 +209,10 @@ def write_report(
     Returns:
         `Path`: The path of the HTML file. PNG files are named `p{prompt}_{slug}_e{explanation}_*.png`.
     """
-    from ..outputs import BaseExplanationOutput
-
     outputs = list(outputs)
     if not outputs:
         raise ValueError("`outputs` is empty: nothing to report.")
-    wrong = [type(o).__name__ for o in outputs if not isinstance(o, BaseExplanationOutput)]
+    wrong = [type(o).__name__ for o in outputs if not (hasattr(o, "token_attributions") and hasattr(o, "image"))]
     if wrong:
         raise TypeError(f"`outputs` must hold explanation outputs (a flat list of them), got {', '.join(wrong)}.")
     out_dir = Path(out_dir)

@@ -1,0 +1,71 @@
+"""The command line's words: its name, the choices it offers, and how it reads and refuses an argument."""
+
+import argparse
+import sys
+from typing import NoReturn, Optional, Tuple
+
+PROG = "diffusers-interpret"
+METHODS = (
+    "grad_x_input",
+    "max_grad",
+    "mean_grad",
+    "min_grad",
+    "integrated_gradients",
+    "smoothgrad",
+    "ablation",
+    "attention",
+    "jacobian_norm",
+    "word_attention",
+)
+LEVELS = ("token_embeddings", "text_encoder_output")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    # Errors are one line, `diffusers-interpret: error: ...`, exit code 2 (no usage block, no traceback).
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    r"""Print `diffusers-interpret: error: MESSAGE` (one line) to stderr and exit with code 2."""
+    message = " ".join(str(message).split())
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    raise SystemExit(2)
+
+
+def parse_box(text: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    r"""`"x0,y0,x1,y1"` as `((x0, y0), (x1, y1))`; `argparse.ArgumentTypeError` for anything else."""
+    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    try:
+        x0, y0, x1, y1 = (int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad box {text!r}: expected four integers x0,y0,x1,y1 (pixels, upper-left corner first), e.g. 0,0,16,32"
+        ) from None
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"bad box {text!r}: it needs x0 < x1 and y0 < y1 (upper-left corner first)")
+    return ((x0, y0), (x1, y1))
+
+
+def positive_int(text: str) -> int:
+    r"""`text` as an integer >= 1; `argparse.ArgumentTypeError` otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def traced_steps(text: str) -> Optional[int]:
+    r"""`--traced`'s value: an integer >= 0, or `None` for `'all'`; `argparse.ArgumentTypeError` otherwise."""
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}")
+    return value

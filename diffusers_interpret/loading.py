@@ -1,0 +1,79 @@
+"""Loading a pipeline to explain: the shipped toy, or a supported pipeline from a folder or the local cache."""
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+TOY = "toy"
+
+
+def quiet_libraries() -> None:
+    r"""Silence diffusers' and transformers' notices and loading bars (the command prints its own progress)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
+    r"""
+    Load the toy model (`model="toy"`) or a text-to-image pipeline of a supported family (Stable Diffusion 1.x/2.x,
+    SDXL, SD3, Flux) from a folder or a locally cached id.
+
+    Raises:
+        `FileNotFoundError`: for a path that does not exist.
+        `OSError`: when diffusers cannot load the model.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if model == TOY:
+        from .toy import load_toy_pipeline
+
+        return load_toy_pipeline(torch_dtype=torch_dtype, device=device)
+    path = Path(model).expanduser()
+    # A hub-style id is "name" or "owner/name"; anything else that does not exist is a missing path.
+    looks_like_id = not model.startswith((".", "~", "/", "\\")) and model.count("/") <= 1 and "\\" not in model
+    if not path.exists() and not looks_like_id:
+        raise FileNotFoundError(f"model path {model!r} does not exist")
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{model!r} is not a diffusers pipeline folder (no model_index.json in it); save one with "
+            "pipe.save_pretrained(path)"
+        )
+    from diffusers import DiffusionPipeline
+
+    source = str(path) if path.exists() else model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                source, torch_dtype=torch_dtype, local_files_only=not allow_download
+            )
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            where = "" if path.exists() else " (no such folder; as a model id, it is not in the local cache)"
+            hint = "" if allow_download or path.exists() else "; pass --allow-download to fetch it"
+            raise OSError(f"cannot load the model {model!r}{where}: {first_line}{hint}") from error
+    from .families import explainer_class_for, supported_pipelines
+
+    try:
+        explainer_class_for(pipe)
+    except TypeError:
+        raise OSError(
+            f"{model!r} holds a {type(pipe).__name__}, which cannot be explained; supported: "
+            f"{', '.join(supported_pipelines())}"
+        ) from None
+    return pipe.to(device)
