@@ -1,6 +1,7 @@
 """The input images of img2img and inpainting calls, as per-call objects (explainers hold no per-call state)."""
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -59,6 +60,8 @@ def as_input_image(image, name: str, mask: bool = False):
             image = opened.copy()
     if isinstance(image, Image.Image):
         wanted = "L" if mask else "RGB"
+        if image.mode != wanted and not (mask and image.mode in ("1", "RGB")):
+            _note(name, f"a {image.mode} image", wanted)
         return image if image.mode == wanted else image.convert(wanted)
     if isinstance(image, np.ndarray):
         if image.dtype.kind == "f" and image.size and (float(image.max()) > 1.0 or float(image.min()) < 0.0):
@@ -69,11 +72,17 @@ def as_input_image(image, name: str, mask: bool = False):
         if image.dtype == np.uint8:
             image = image.astype(np.float32) / 255.0
         if image.ndim == 3 and image.shape[-1] == 4:
+            _note(name, "an array with an alpha channel", "RGB (alpha dropped)")
             image = image[..., :3]
         if not mask and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1)):
+            _note(name, "a one-channel array", "RGB")
             image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
         return image
     return image
+
+
+def _note(name: str, what: str, made: str) -> None:
+    warnings.warn(f"`{name}` is {what}: converted to {made}, as the pipeline reads it.", stacklevel=5)
 
 
 def _check_array(image, name: str, mask: bool) -> None:

@@ -116,7 +116,8 @@ def test_input_images_in_any_common_form_are_the_same_image(img2img, tmp_path):
         out = explainer(PROMPT, image=image, generator=seeded(0), **call).image
         np.testing.assert_allclose(out, reference, atol=1e-6)
     grey = Image.fromarray(rgb).convert("L")
-    out = explainer(PROMPT, image=grey, generator=seeded(0), **call)  # made RGB, no channel error
+    with pytest.warns(UserWarning, match="`image` is a L image: converted to RGB"):
+        out = explainer(PROMPT, image=grey, generator=seeded(0), **call)  # made RGB, no channel error
     assert out.image.shape == (SIZE, SIZE, 3)
     with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):
         explainer(PROMPT, image=rgb.astype(np.float32), **call)
