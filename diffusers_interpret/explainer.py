@@ -302,14 +302,8 @@ class BasePipelineExplainer:
         pixel_store: Dict[str, torch.Tensor] = {}
         tracer = guard = None
         if request.needs_graph:
-            tracer = DenoiserTracer(
-                pipe,
-                family,
-                counter,
-                request.n_traced,
-                conditioning,
-                checkpoint=self.checkpoints(request.n_traced, request.keep),
-            )
+            checkpoint = self.checkpoints(request.n_traced, request.keep)
+            tracer = DenoiserTracer(pipe, family, counter, request.n_traced, conditioning, checkpoint=checkpoint)
             scopes.append(tracer)
             trace.replay_cache = UntracedDenoiserCache() if request.keep == "latents" else None
             if replay is not None:
@@ -323,7 +317,7 @@ class BasePipelineExplainer:
                 family,
                 counter,
                 request.n_traced,
-                self.checkpoints(request.n_traced, request.keep),
+                checkpoint,
                 (request.height, request.width),
                 pixels=request.image_input is not None,
                 enforce=request.check_memory,
@@ -354,7 +348,7 @@ class BasePipelineExplainer:
             trace.concept_maps = concepts.maps
             trace.traced_calls = trace.traced_calls or len(trace.concept_maps.steps)
         trace.denoiser_calls = counter.calls
-        trace.memory_estimate = (guard.estimate or None) if guard is not None else None
+        trace.memory_estimate = guard.estimate if guard is not None else None
         trace.pixels = pixel_store.get("pixels")
         trace.attention_maps = recorder.maps if recorder is not None else None
         trace.prompt_tokens = tokenize(

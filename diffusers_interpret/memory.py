@@ -15,7 +15,7 @@ GiB = 1024**3
 # What the backward pass holds beside the saved activations (the gradients in flight), as a share of the largest piece
 # it works through at once, and what a traced call holds whatever its size (the autograd engine's thread, the
 # allocator's slack). Fitted to peak RSS on the tiny, toy and SD 1.5-size pipelines, which the estimate then meets
-# within 20% (`python benchmarks/bench_memory_estimate.py`).
+# within 22% (`python benchmarks/bench_memory_estimate.py`).
 BACKWARD_WORKING_SHARE = 0.25
 RUNTIME_OVERHEAD = 16 * 1024**2
 
@@ -275,14 +275,14 @@ class MemoryGuard(ScopedHooks):
         enforce: bool = True,
     ):
         super().__init__()
-        self.pipe, self.family, self.counter = pipe, family, counter
-        self.n_traced, self.checkpoint, self.size, self.pixels, self.enforce = (
-            n_traced,
-            checkpoint,
-            size,
-            pixels,
-            enforce,
-        )
+        self.pipe = pipe
+        self.family = family
+        self.counter = counter
+        self.n_traced = n_traced
+        self.checkpoint = checkpoint
+        self.size = size
+        self.pixels = pixels
+        self.enforce = enforce
         self.estimate: Optional[MemoryEstimate] = None
 
     def _install(self) -> None:
@@ -290,34 +290,36 @@ class MemoryGuard(ScopedHooks):
         self.hook_forward_pre(self.family.denoiser(self.pipe), self._check)
 
     def _check(self, module, args, kwargs):
-        if self.estimate is not None or self.counter.is_recomputing or self.counter.calls != 1:
+        if self.counter.is_recomputing or self.counter.calls != 1:  # the run's first call only
             return None
         first = self.counter.first_of_last(self.n_traced)
         traced = 0 if first is None else (self.counter.total or 0) - first
         try:
             self.estimate = estimate_memory(
-                self.pipe, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels
+                self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels
             )
         except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
             warnings.warn(
                 f"The explanation's memory could not be estimated ({error}); it is not checked.", stacklevel=2
             )
-            self.estimate = False
             return None
         if self.enforce and not self.estimate.fits:
             raise NotEnoughMemoryError(self.estimate.message())
         return None
 
 
-def estimate_memory(pipe, denoiser, args, kwargs, traced_calls, checkpoint, size, pixels=False) -> MemoryEstimate:
-    r"""The [`MemoryEstimate`] of a traced run whose denoiser is called with `args` and `kwargs`."""
+def estimate_memory(
+    pipe, family, denoiser, args, kwargs, traced_calls, checkpoint, size, pixels=False
+) -> MemoryEstimate:
+    r"""The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`."""
     per_call = saved_activation_bytes(denoiser, _call_module, *args, **kwargs)
-    batch = _batch_size(args, kwargs)
+    # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
+    rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
     vae = pipe.vae
     factor = getattr(pipe, "vae_scale_factor", 8)
     height, width = size
     latents = torch.empty(
-        (_images(pipe, batch), vae.config.latent_channels, height // factor, width // factor),
+        (rows.stop - rows.start, vae.config.latent_channels, height // factor, width // factor),
         dtype=vae.dtype,
         device="meta",
     )
@@ -341,17 +343,6 @@ def estimate_memory(pipe, denoiser, args, kwargs, traced_calls, checkpoint, size
 
 def _call_module(model, *args, **kwargs):
     return model(*args, **kwargs)
-
-
-def _batch_size(args, kwargs) -> int:
-    sample = args[0] if args else next(iter(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
-    return int(sample.shape[0])
-
-
-def _images(pipe, denoiser_batch: int) -> int:
-    # Classifier-free guidance doubles the denoiser's batch; the decode sees the images alone.
-    guidance = getattr(pipe, "do_classifier_free_guidance", False)
-    return max(denoiser_batch // 2, 1) if guidance else denoiser_batch
 
 
 def memory_check_disabled() -> bool:

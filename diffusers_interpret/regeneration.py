@@ -209,15 +209,9 @@ class Regeneration:
             if kwargs.get(name) is not None:
                 kwargs[name] = self._batched(kwargs[name], count)
         counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, kwargs))
+        checkpoint = self.explainer.checkpoints(self.n_traced)
         tracer = DenoiserTracer(
-            pipe,
-            family,
-            counter,
-            self.n_traced,
-            replacement,
-            checkpoint=self.explainer.checkpoints(self.n_traced),
-            replace=True,
-            grad=grad,
+            pipe, family, counter, self.n_traced, replacement, checkpoint=checkpoint, replace=True, grad=grad
         )
         scopes = [counter, tracer]
         if grad:
@@ -227,7 +221,7 @@ class Regeneration:
                     family,
                     counter,
                     self.n_traced,
-                    self.explainer.checkpoints(self.n_traced),
+                    checkpoint,
                     self.size,
                     pixels=grad_before_loop,
                     enforce=self.check_memory,
@@ -235,7 +229,7 @@ class Regeneration:
             )
         latents = run_pipeline(pipe, kwargs, scopes, grad_before_loop=grad and grad_before_loop).images
         with torch.set_grad_enabled(grad and latents.requires_grad):
-            return self.explainer.decode(latents, size=self.size, checkpoint=self.explainer.checkpoints(self.n_traced))
+            return self.explainer.decode(latents, size=self.size, checkpoint=checkpoint)
 
     def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
         r"""

@@ -290,7 +290,10 @@ def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
             f"{type(explainer).__name__} takes no `mask_image`: use the inpainting explainer with an inpainting "
             "pipeline."
         )
-    if "height" not in inspect.signature(type(explainer.pipe).__call__).parameters:
+    # Some pipelines size the image by the call's `height`/`width` (resizing the input to the model's default
+    # without them); the others by the input image alone.
+    sized_by_call = "height" in inspect.signature(type(explainer.pipe).__call__).parameters
+    if not sized_by_call:
         for size_name in ("height", "width"):
             if arguments[size_name] is not None:
                 raise ValueError(
@@ -298,8 +301,7 @@ def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
                 )
     chosen = init_image if init_image is not None else image
     height, width = arguments["height"], arguments["width"]
-    if "height" in inspect.signature(type(explainer.pipe).__call__).parameters:
-        # These pipelines resize the input image to the model's default size unless told otherwise: so does this.
+    if sized_by_call:
         default_height, default_width = explainer.family.default_size(explainer.pipe)
         height, width = height or default_height, width or default_width
     return ImageInput.make(explainer.pipe, chosen, mask_image, height, width)

@@ -138,7 +138,8 @@ def test_the_original_readmes_23_gb_img2img_call_is_stopped_and_checkpointing_le
     pipe = sd14_size_img2img_on_meta()
     args = (torch.empty(2, 4, 56, 56, device="meta"), torch.tensor(999))
     kwargs = dict(encoder_hidden_states=torch.empty(2, 77, 768, device="meta"), return_dict=False)
-    estimate = estimate_memory(pipe, pipe.unet, args, kwargs, 37, False, (448, 448), pixels=True)
+    family = explainer_for(pipe).family
+    estimate = estimate_memory(pipe, family, pipe.unet, args, kwargs, 37, False, (448, 448), pixels=True)
     assert estimate.peak > 23 * GiB
     machine = estimate.replace(available=20 * GiB)  # this machine's free memory, about
     assert not machine.fits and "GiB" in machine.message() and "gradient_checkpointing=True" in machine.message()
