@@ -133,8 +133,10 @@ def ablation_effects(
         `np.ndarray` with one non-negative effect per position.
     """
     context, box = _checked(output, explanation_2d_bounding_box, batch_size)
-    length = int(context.inputs.shape[1])
-    positions = context.positions if positions is None else _indices(positions, length, "positions", "token positions")
+    if positions is None:
+        positions = context.positions
+    else:
+        positions = _indices(positions, int(context.inputs.shape[1]), "positions", "token positions")
     return _changes(output, [[p] for p in positions], box, baseline, batch_size)
 
 

@@ -97,8 +97,11 @@ def _check_array(image, name: str, mask: bool) -> None:
         raise ValueError(f"`{name}` has shape {shape}: give {layout}.")
     if 0 in shape:
         raise ValueError(f"`{name}` has shape {shape}: it is empty.")
-    values = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
-    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+    if isinstance(image, np.ndarray):
+        finite = image.dtype.kind != "f" or bool(np.isfinite(image).all())
+    else:
+        finite = not image.is_floating_point() or bool(torch.isfinite(image).all())
+    if not finite:
         raise ValueError(f"`{name}` holds NaN or infinite values.")
 
 
