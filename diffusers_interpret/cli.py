@@ -24,7 +24,7 @@ from .cli_arguments import (
     traced_steps,
 )
 from .defaults import DEFAULT_ATTRIBUTION_METHOD
-from .loading import TOY, load_pipeline, quiet_libraries
+from .loading import TOY, load_pipeline, quiet_libraries, seeded_generator
 
 DEMO_PROMPTS = (
     "a red circle on the left and a blue square on the right",
@@ -218,12 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generator(seed: int, device):
-    import torch
-
-    return torch.Generator(device=str(device)).manual_seed(seed) if str(device) != "mps" else torch.manual_seed(seed)
-
-
 def run_explanations(
     pipe,
     jobs: Sequence[Tuple[str, Any]],
@@ -250,7 +244,7 @@ def run_explanations(
         output = explainer(
             prompt,
             explanation_2d_bounding_box=box,
-            generator=_generator(seed, pipe.device),
+            generator=seeded_generator(seed, pipe.device),
             output_type="pil",
             **explain_kwargs,
         )
@@ -266,7 +260,7 @@ def run_explanations(
         for prompt in dict.fromkeys(prompt for prompt, _ in jobs):
             output = explainer(
                 prompt,
-                generator=_generator(seed, pipe.device),
+                generator=seeded_generator(seed, pipe.device),
                 keep_for_reexplanation="graph",
                 attention_maps=True,
                 **gradient_kwargs,

@@ -77,3 +77,10 @@ def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float3
             f"{', '.join(supported_pipelines())}"
         ) from None
     return pipe.to(device)
+
+
+def seeded_generator(seed: int, device):
+    r"""A `torch.Generator` on `device` seeded with `seed` (the global generator on MPS, which has none of its own)."""
+    import torch
+
+    return torch.Generator(device=str(device)).manual_seed(seed) if str(device) != "mps" else torch.manual_seed(seed)

@@ -93,11 +93,10 @@ class RecordExplainer:
         return self.image_explainer
 
     def _call(self, record: Record, seed: int, box: Box):
-        import torch
+        from ..loading import seeded_generator
 
         explainer = self._explainer_for(record)
-        device = str(self.pipe.device)
-        generator = torch.Generator(device=device).manual_seed(seed) if device != "mps" else torch.manual_seed(seed)
+        generator = seeded_generator(seed, self.pipe.device)
         kwargs = dict(self.call_options)
         if record.negative_prompt:
             kwargs["negative_prompt"] = record.negative_prompt
