@@ -24,7 +24,7 @@ from .cli_arguments import (
     traced_steps,
 )
 from .defaults import DEFAULT_ATTRIBUTION_METHOD
-from .loading import TOY, load_pipeline, quiet_libraries, seeded_generator
+from .loading import TOY, load_pipeline, quiet_libraries, seeded_generator, torch_threads
 
 DEMO_PROMPTS = (
     "a red circle on the left and a blue square on the right",
@@ -393,27 +393,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {args.out!r} exists and is not a directory")
     quiet_libraries()
-    import torch
-
     threads = args.threads
     if threads is None and (args.command == "demo" or args.model == TOY):
         threads = 1
-    saved_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
-        (outputs, views), settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
-        from .views.report import write_report
+        with torch_threads(threads):
+            (outputs, views), settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
+            from .views.report import write_report
 
-        path = write_report(outputs, out_dir, title=title, settings=settings, interactive_views=views)
+            path = write_report(outputs, out_dir, title=title, settings=settings, interactive_views=views)
     except (ValueError, FileNotFoundError, OSError, FloatingPointError, MemoryError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
-    finally:
-        torch.set_num_threads(saved_threads)
     if not args.quiet:
         sys.stderr.write(f"{len(outputs)} explanations in {time.perf_counter() - started:.1f} s\n")
     print(path)

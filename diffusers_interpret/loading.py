@@ -1,5 +1,7 @@
-"""Loading a pipeline to explain: the shipped toy, or a supported pipeline from a folder or the local cache."""
+"""Loading a pipeline to explain (the shipped toy, or a supported one from a folder or the local cache), and the
+process settings a run of it needs: quiet libraries, seeded generators, torch's thread count."""
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -84,3 +86,17 @@ def seeded_generator(seed: int, device):
     import torch
 
     return torch.Generator(device=str(device)).manual_seed(seed) if str(device) != "mps" else torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]):
+    r"""Torch's CPU thread count set to `count` within the block (unchanged for `None`), and restored after it."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..cli_arguments import LEVELS, METHODS, PROG, fail, parse_box, positive_int, traced_steps
-from ..loading import TOY, quiet_libraries
+from ..loading import TOY, quiet_libraries, torch_threads
 
 _EPILOG = """\
 PROMPTS is a .jsonl or .csv file with one record per line (prompt; optional id, seed, negative_prompt, boxes as
@@ -100,47 +100,41 @@ def add_batch_parser(commands) -> argparse.ArgumentParser:
 def run_batch(args: argparse.Namespace) -> int:
     r"""Run `diffusers-interpret batch` with parsed `args`; prints the output folder on stdout (main process)."""
     quiet_libraries()
-    import torch
-
     from .runner import explain_dataset
 
     threads = args.threads if args.threads is not None else (1 if args.model == TOY else None)
-    saved_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     boxes = None if args.box is None else [[*box[0], *box[1]] for box in args.box]
     try:
-        output = explain_dataset(
-            args.model,
-            args.prompts,
-            args.out,
-            method=args.method,
-            level=args.level,
-            steps=args.steps,
-            traced=args.traced,
-            guidance=args.guidance,
-            height=args.height,
-            width=args.width,
-            strength=args.strength,
-            boxes=boxes,
-            map_size=args.maps,
-            seed=args.seed,
-            restart=args.restart,
-            batch_size=args.batch_size,
-            device=args.device,
-            dtype=args.dtype,
-            gradient_checkpointing=args.gradient_checkpointing,
-            cpu=args.cpu,
-            progress=not args.quiet,
-            log_every=args.log_every,
-        )
+        with torch_threads(threads):
+            output = explain_dataset(
+                args.model,
+                args.prompts,
+                args.out,
+                method=args.method,
+                level=args.level,
+                steps=args.steps,
+                traced=args.traced,
+                guidance=args.guidance,
+                height=args.height,
+                width=args.width,
+                strength=args.strength,
+                boxes=boxes,
+                map_size=args.maps,
+                seed=args.seed,
+                restart=args.restart,
+                batch_size=args.batch_size,
+                device=args.device,
+                dtype=args.dtype,
+                gradient_checkpointing=args.gradient_checkpointing,
+                cpu=args.cpu,
+                progress=not args.quiet,
+                log_every=args.log_every,
+            )
     except (ValueError, FileNotFoundError, OSError, ImportError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; run the same command again to finish\n")
         return 130
-    finally:
-        torch.set_num_threads(saved_threads)
     if _is_main(args.cpu):
         if args.toy_truth:
             from .toy_truth import toy_truth
