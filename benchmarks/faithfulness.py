@@ -83,6 +83,7 @@ METHODS = {
     "smoothgrad": ("smoothgrad", "token_embeddings"),
     "ablation": ("ablation", "token_embeddings"),
     "ablation@output": ("ablation", "text_encoder_output"),
+    "linearized_ablation": ("linearized_ablation", "token_embeddings"),
     "jacobian_norm": ("jacobian_norm", "token_embeddings"),
     "jacobian_norm@output": ("jacobian_norm", "text_encoder_output"),
     "attention": ("attention", "token_embeddings"),

@@ -14,6 +14,7 @@ _EXPORTS = {
     "GradientAggregation": ".methods",
     "IntegratedGradients": ".methods",
     "JacobianNorm": ".methods",
+    "LinearizedAblation": ".methods",
     "SmoothGrad": ".methods",
     "TokenAblation": ".methods",
     "BOX_CONVENTION": ".box",

@@ -13,6 +13,7 @@ METHODS = (
     "integrated_gradients",
     "smoothgrad",
     "ablation",
+    "linearized_ablation",
     "attention",
     "jacobian_norm",
     "word_attention",

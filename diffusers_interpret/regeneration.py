@@ -240,11 +240,19 @@ class Regeneration:
         """
 
         def replacement(present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-            if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
-                return {**present, "encoder_hidden_states": embeddings}
-            return self._encode(embeddings)
+            return {**present, **self.conditioning(embeddings)}
 
         return self._run(embeddings.shape[0], replacement, grad=embeddings.requires_grad)
+
+    def conditioning(self, embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
+        r"""
+        The denoiser's conditioning (prompt rows, by name) made from each row of `embeddings` (at the attribution
+        level): at the token level the pipeline's own `encode_prompt` runs on them; at the text encoders' output level
+        they are the `encoder_hidden_states` (and the tensors not given, e.g. a pooled embedding, stay the prompt's).
+        """
+        if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
+            return {"encoder_hidden_states": embeddings}
+        return self._encode(embeddings)
 
     def generate_from_images(self, images: torch.Tensor) -> torch.Tensor:
         r"""

@@ -112,8 +112,15 @@ class Trace:
 
     def vector_jacobian_products(self, target: Target, vectors: torch.Tensor) -> torch.Tensor:
         r"""`vectors[k]^T d(image)/d(text inputs)` at the attribution level: (k, images, length, features)."""
-        found = target.vector_jacobian_products(self.decoded, self._leaves(True, False), vectors)
+        found = self.conditioning_vector_jacobian_products(target, vectors)
         return self._at_level(found, batched=True, retain_graph=True)
+
+    def conditioning_vector_jacobian_products(self, target: Target, vectors: torch.Tensor) -> Dict[str, torch.Tensor]:
+        r"""`vectors[k]^T d(image)/d(conditioning)` for each conditioning tensor the denoiser reads (its name ->
+        (k, *tensor.shape)), keeping the graph."""
+        if not self.has_graph:
+            raise RuntimeError("No gradient reaches the prompt: trace at least one denoiser call.")
+        return target.vector_jacobian_products(self.decoded, self._leaves(True, False), vectors)
 
     def _at_level(self, found: Dict[str, torch.Tensor], batched: bool, retain_graph: bool) -> torch.Tensor:
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:

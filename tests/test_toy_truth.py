@@ -147,3 +147,32 @@ def test_the_default_method_puts_the_boxed_objects_words_on_top(toy_pipe, one_th
             boxes += 1
             top_two += int(set(order[:2]) == {colour, colour + 1})
     assert boxes == 9 and top_two >= boxes - 1
+
+
+def test_linearized_ablation_ranks_words_as_measured_ablation_does(toy_pipe, one_thread):
+    # The method's promise: the ranking ablation would give, without generating again. Rank correlation with the
+    # measured word ablation inside each object's box (every word of the prompt), on the three scenes: median >= 0.8
+    # (measured: median 0.92, 0.78 to 0.95; gradient x input, which also linearizes the text encoder, 0.62; the default
+    # word_attention 0.52).
+    from diffusers_interpret.faithfulness import spearman, word_ablation_effects
+
+    explainer = StableDiffusionPipelineExplainer(toy_pipe, verbose=False)
+    common = dict(guidance_scale=TOY_GUIDANCE_SCALE, num_inference_steps=TOY_NUM_INFERENCE_STEPS, output_type="np")
+    correlations = []
+    for prompt, seed in SCENES:
+        image = toy_pipe(prompt, generator=torch.Generator().manual_seed(seed), **common).images[0]
+        check = check_prompt(image, prompt)
+        assert check.correct, (prompt, check.detection.describe())
+        for side in ("left", "right"):
+            top, left, bottom, right = check.detection.objects[side].bbox
+            output = explainer(
+                prompt,
+                generator=torch.Generator().manual_seed(seed),
+                explanation_2d_bounding_box=((left, top), (right, bottom)),
+                attribution_method="linearized_ablation",
+                get_images_for_all_inference_steps=False,
+                **common,
+            )
+            np.testing.assert_array_equal(output.image, image)
+            correlations.append(spearman(output.token_attributions.scores, word_ablation_effects(output)))
+    assert np.median(correlations) >= 0.8, correlations

@@ -9,6 +9,7 @@ Token attribution methods, selectable with `attribution_method=` as a name or as
 | [`IntegratedGradients`] | `"integrated_gradients"` | 1 generation + `n_steps` with N traced, `n_steps` backward |
 | [`SmoothGrad`] | `"smoothgrad"` | 1 generation + `n_samples` with N traced, `n_samples` backward |
 | [`TokenAblation`] | `"ablation"` | 1 + (number of tokens) generations, no backward |
+| [`LinearizedAblation`] | `"linearized_ablation"` | 1 generation with N traced, `n_probes` backward, no regeneration |
 | [`ConceptAttention`] (SD3, Flux) | `"concept_attention"` | 1 generation + 1 more call of each dual-stream block |
 | [`JacobianNorm`] | `"jacobian_norm"` | 1 generation with N traced calls, `n_probes` backward passes |
 
@@ -28,6 +29,7 @@ from .concept_attention import ConceptAttention
 from .gradient import GradientAggregation
 from .integrated_gradients import IntegratedGradients
 from .jacobian_norm import JacobianNorm
+from .linearized_ablation import LinearizedAblation
 from .smoothgrad import SmoothGrad
 from .word_attention import WordAttention
 
@@ -37,6 +39,7 @@ _BY_NAME = {
     "ablation": TokenAblation,
     "attention": AttentionScore,
     "jacobian_norm": JacobianNorm,
+    "linearized_ablation": LinearizedAblation,
     "word_attention": WordAttention,
     "concept_attention": ConceptAttention,
 }
@@ -44,7 +47,8 @@ _BY_NAME = {
 
 def parse_method(method: Union[str, Aggregation, AttributionMethod]) -> AttributionMethod:
     r"""A method object from a name (`"grad_x_input"`, ..., `"integrated_gradients"`, `"smoothgrad"`,
-    `"ablation"`, `"attention"`, `"jacobian_norm"`, `"word_attention"`, `"concept_attention"`) or a method object."""
+    `"ablation"`, `"linearized_ablation"`, `"attention"`, `"jacobian_norm"`, `"word_attention"`,
+    `"concept_attention"`) or a method object."""
     if isinstance(method, AttributionMethod):
         return method
     if isinstance(method, Aggregation):
@@ -68,6 +72,7 @@ __all__ = [
     "GradientAggregation",
     "IntegratedGradients",
     "JacobianNorm",
+    "LinearizedAblation",
     "Scores",
     "SmoothGrad",
     "TokenAblation",

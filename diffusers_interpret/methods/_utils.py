@@ -73,3 +73,9 @@ def map_scores(maps: torch.Tensor, target) -> np.ndarray:
     mask = target.mask(maps).flatten().bool().to(flat.device)
     inside = flat[:, mask]
     return (inside.mean(1) * inside.sum(1) / flat.sum(1).clamp_min(1e-30)).numpy()
+
+
+def random_probes(count: int, shape, seed: int, device) -> torch.Tensor:
+    r"""`count` standard Gaussian tensors of `shape`, stacked, drawn on the CPU from `seed` (alike on every device)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn((int(count), *shape), generator=generator).to(device)

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ._utils import random_probes
 from .base import AttributionMethod, Scores
 
 
@@ -34,13 +34,9 @@ class JacobianNorm(AttributionMethod):
         if int(self.n_probes) < 1:
             raise ValueError(f"`n_probes` must be >= 1, got {self.n_probes}.")
 
-    def probes(self, shape, device) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.randn((self.n_probes, *shape), generator=generator).to(device)
-
     def attribute(self, trace, target) -> Scores:
         image = target.image(trace.decoded)
-        probes = self.probes(tuple(image.shape), image.device) * target.mask(image)
+        probes = random_probes(self.n_probes, tuple(image.shape), self.seed, image.device) * target.mask(image)
         gradients = trace.vector_jacobian_products(target, probes)  # (probes, images, length, features)
         inputs = trace.text_inputs()
         tokens = []
