@@ -7,9 +7,9 @@ or two coloured shapes (`scenes.py`), with prompts such as `"a red circle on the
 The ground truth of every scene is known, and `detector.py` checks generated images independently of the model. See
 `docs/toy_model.md`.
 
-A second toy model, `load_toy_pipeline(resolution=64)`, draws the same scenes and words at 64x64 (16x16 latents, so
-its cross-attention maps are twice as sharp); its two-object prompts name either object first, so the side words are
-needed to draw them.
+A second toy model, `load_toy_pipeline(resolution=64)`, draws the same scenes and words at 64x64 (16x16 latents,
+cross-attention at 16x16 and 8x8); its two-object prompts name either object first, so the side words are needed to
+draw them.
 """
 
 import contextlib
