@@ -5,6 +5,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..checks import positive_int
 from ..regeneration import chunks
 from ._utils import random_probes
 from .base import AttributionMethod, Scores
@@ -52,10 +53,8 @@ class LinearizedAblation(AttributionMethod):
     one_image_per_call = True
 
     def __post_init__(self):
-        if isinstance(self.n_probes, bool) or int(self.n_probes) < 1:
-            raise ValueError(f"`n_probes` must be an int >= 1, got {self.n_probes!r}.")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or int(self.batch_size) < 1):
-            raise ValueError(f"`batch_size` must be an int >= 1 or None, got {self.batch_size!r}.")
+        positive_int(self.n_probes, "n_probes", allow_none=False)
+        positive_int(self.batch_size, "batch_size")
 
     def attribute(self, trace, target) -> Scores:
         context = trace.regeneration
@@ -64,17 +63,18 @@ class LinearizedAblation(AttributionMethod):
         gradients = trace.conditioning_vector_jacobian_products(target, probes)  # name -> (probes, 1, ...)
         rows = context.replaced_units([[index] for index in range(len(context.units))], self.baseline)
         with torch.no_grad():
+            # The prompt's own conditioning made by the same path as the replaced rows', so that what a replacement
+            # leaves unchanged cancels exactly.
             prompt = context.conditioning(context.inputs)
             projections = []
             for piece in chunks(rows.shape[0], self.batch_size):
                 replaced = context.conditioning(rows[piece.start : piece.stop])
-                total = 0.0
+                total = torch.zeros(len(probes), len(piece))
                 for name, gradient in gradients.items():
-                    if name not in replaced:  # not changed by the replacement (e.g. the pooled vector at output level)
-                        continue
-                    change = (replaced[name].float() - prompt[name].float()).cpu()
-                    total = total + torch.einsum("kx,rx->kr", gradient[:, 0].flatten(1), change.flatten(1))
-                projections.append(total if torch.is_tensor(total) else torch.zeros(len(probes), len(piece)))
+                    if name in replaced:  # else unchanged by the replacement (the pooled vector at the output level)
+                        change = (replaced[name].float() - prompt[name].float()).cpu()
+                        total += torch.einsum("kx,rx->kr", gradient[:, 0].flatten(1), change.flatten(1))
+                projections.append(total)
             projections = torch.cat(projections, dim=1)  # (probes, units)
         scores = projections.pow(2).mean(0).sqrt().double().numpy()
         return Scores(tokens=[scores], extras=[{"projections": projections.numpy()}])
