@@ -40,6 +40,7 @@ _EXPORTS = {
     "StableDiffusion3Img2ImgPipelineExplainer": ".families",
     "StableDiffusion3PipelineExplainer": ".families",
     "TokenAttributions": ".outputs",
+    "edge_aware_maps": ".edge_aware",
     "explainer_for": ".families",
     "load_toy_pipeline": ".toy",
     "record_cross_attention": ".attention",

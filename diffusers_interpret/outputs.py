@@ -285,7 +285,9 @@ class BaseExplanationOutput:
         """
         return self._session().region_grid(self.image_index, cell_size)
 
-    def interactive_view(self, cell_size: Union[int, Tuple[int, int]] = 8, title: Optional[str] = None):
+    def interactive_view(
+        self, cell_size: Union[int, Tuple[int, int]] = 8, title: Optional[str] = None, edge_aware: bool = False
+    ):
         r"""
         A self-contained interactive HTML view: draw a box on the image and the token bars update at once (from
         `region_grid(cell_size)`); click a token to see its attention map (when recorded with `attention_maps=True`);
@@ -294,8 +296,10 @@ class BaseExplanationOutput:
         Args:
             cell_size (`int` or `(int, int)`, *optional*, defaults to 8): Grid cell size in pixels.
             title (`str`, *optional*): A title; the prompt by default.
+            edge_aware (`bool`, *optional*, defaults to `False`): Show the attention maps given the image's own edges
+                ([`edge_aware_maps`]) instead of as made.
         """
-        return self._session().interactive_view(self, cell_size, title)
+        return self._session().interactive_view(self, cell_size, title, edge_aware)
 
     def release(self) -> None:
         r"""Free what was kept for `explain()` (shared by every output of the same call)."""

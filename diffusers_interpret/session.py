@@ -163,7 +163,7 @@ class Session:
                     grid[i, r, c, : len(image_positions)] = values[i][image_positions].numpy()
         return grid
 
-    def interactive_view(self, output, cell_size, title: Optional[str] = None):
+    def interactive_view(self, output, cell_size, title: Optional[str] = None, edge_aware: bool = False):
         r"""
         The interactive view of `output`, scored by the call's own method: from its word maps where it has them
         (`word_attention`, `concept_attention`: per-cell sums; the whole image as the method scores it), otherwise,
@@ -172,6 +172,8 @@ class Session:
         from .views.interactive import InteractiveView
 
         checks.optional_str(title, "title")
+        if not isinstance(edge_aware, bool):
+            raise TypeError(f"`edge_aware` must be True or False, got {edge_aware!r}.")
         cell = checks.cell_size(cell_size, self.request.height, self.request.width)
         score, whole = "grad_x_input", None
         if "word_maps" in output.extras:  # the call's own method (word or concept maps), even with a graph kept
@@ -183,10 +185,12 @@ class Session:
             base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
         maps = None
         if output.attention_maps is not None:
-            maps = [
-                output.attention_maps.for_token(p, image_index=output.image_index)
-                for p in output.extras["token_positions"]
-            ]
+            positions, index = output.extras["token_positions"], output.image_index
+            attention = output.attention_maps
+            if edge_aware:  # this image's maps only, given its edges
+                attention = attention.of_image(index).edge_aware(base, positions=positions)
+                index = 0
+            maps = [attention.for_token(p, image_index=index) for p in positions]
         steps = list(output.all_images_during_generation or [])
         tokens = output.token_attributions.tokens
         return InteractiveView(

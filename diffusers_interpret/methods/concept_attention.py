@@ -64,6 +64,7 @@ class ConceptAttention(AttributionMethod):
             extras.append(
                 {
                     "word_maps": unit_maps.float().numpy(),
+                    "cell_size": recorded.cell_size,
                     "concept_maps": {c: maps[k].float().numpy() for k, c in enumerate(recorded.concepts)},
                     "concept_scores": {c: float(concept_scores[k]) for k, c in enumerate(recorded.concepts)},
                 }

@@ -28,7 +28,9 @@ class WordAttention(AttributionMethod):
       every pixel reads alike.
 
     No word list is involved: function words rank low because their maps are flat and small once the words they carry
-    on are credited. The word maps are in `output.extras["word_maps"]` ((tokens, H, W), aligned with the tokens).
+    on are credited. The word maps are in `output.extras["word_maps"]` ((tokens, H, W), aligned with the tokens), the
+    attention grid's cell in pixels in `output.extras["cell_size"]`; `edge_aware_maps(maps, output.image,
+    cell_size)` gives them the image's own outlines (docs/explore.md).
 
     Cost: one generation recording cross-attention (as `"attention"`), plus one forward pass through the text
     encoders per token position (in batches), no backward pass. Benchmark: docs/methods.md.
@@ -49,7 +51,7 @@ class WordAttention(AttributionMethod):
             maps = trace.attention_maps.maps[index].double()  # (positions, H, W)
             words = torch.einsum("jhw,jc->chw", maps, mixing.weights[:, columns])
             tokens.append(self.scores_from_word_maps(words, target))
-            extras.append({"word_maps": words.float().numpy()})
+            extras.append({"word_maps": words.float().numpy(), "cell_size": trace.attention_maps.cell_size})
         return Scores(tokens=tokens, extras=extras)
 
     @staticmethod

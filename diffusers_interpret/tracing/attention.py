@@ -407,8 +407,13 @@ class CrossAttentionRecorder(ScopedHooks):
         per_step = None
         if self.keep_per_step:
             per_step = torch.stack([self._upsample(step, size).cpu() for step in self._per_step])
+        finest = max(height for height, _ in self._total)
         self._maps = AttentionMaps(
-            maps=maps, per_step=per_step, steps=list(self._recorded_steps), layers=list(self._layer_names)
+            maps=maps,
+            per_step=per_step,
+            steps=list(self._recorded_steps),
+            layers=list(self._layer_names),
+            cell_size=size[0] / finest,
         )
         return self._maps
 

@@ -33,12 +33,14 @@ class ConceptMaps:
             over the concepts (the softmax across concepts).
         steps (`List[int]`): The denoiser calls recorded.
         layers (`List[str]`): The blocks whose attention outputs were compared.
+        cell_size (`float`, *optional*): Pixels per cell of the transformer's image-token grid.
     """
 
     concepts: List[str]
     maps: torch.Tensor
     steps: List[int]
     layers: List[str]
+    cell_size: Optional[float] = None
 
     def for_concept(self, concept: str, image_index: int = 0) -> torch.Tensor:
         r"""The (height, width) map of one concept."""
@@ -200,5 +202,7 @@ class ConceptAttentionRecorder(ScopedHooks):
         scale = self.family.attention_grid_scale(self.pipe)
         size = (self._grid[0] * scale, self._grid[1] * scale)
         maps = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
-        self._maps = ConceptMaps(self.concepts, maps.cpu(), list(self._recorded_steps), list(self._layer_names))
+        self._maps = ConceptMaps(
+            self.concepts, maps.cpu(), list(self._recorded_steps), list(self._layer_names), cell_size=float(scale)
+        )
         return self._maps

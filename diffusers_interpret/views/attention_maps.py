@@ -55,12 +55,15 @@ class AttentionMaps:
             (only with `keep_per_step=True`); `per_step.mean(0)` equals `maps`.
         steps (`List[int]`): Indices of the recorded denoiser calls, in order.
         layers (`List[str]`): Names of the recorded cross-attention layers (as in `unet.attn_processors`).
+        cell_size (`float`, *optional*): Pixels per cell of the finest attention grid recorded (what
+            [`~AttentionMaps.edge_aware`] filters over).
     """
 
     maps: torch.Tensor
     per_step: Optional[torch.Tensor] = None
     steps: Optional[List[int]] = None
     layers: Optional[List[str]] = None
+    cell_size: Optional[float] = None
 
     @property
     def num_images(self) -> int:
@@ -84,6 +87,49 @@ class AttentionMaps:
         if inside:
             out[inside] = maps[[positions[k] for k in inside]]
         return out
+
+    def of_image(self, image_index: int) -> "AttentionMaps":
+        r"""The maps of one image of the batch, as [`AttentionMaps`] of one image."""
+        self._check(0, image_index)
+        index = slice(image_index, image_index + 1 if image_index != -1 else None)
+        per_step = None if self.per_step is None else self.per_step[:, index]
+        return AttentionMaps(self.maps[index], per_step, self.steps, self.layers, self.cell_size)
+
+    def edge_aware(
+        self, images, positions: Optional[Sequence[int]] = None, range_sigma: float = 0.1, iterations: int = 2
+    ) -> "AttentionMaps":
+        r"""
+        The maps given the generated images' own edges ([`edge_aware_maps`]): each token's attention spreads over the
+        region of like colours it falls on and stops at the region's outline, instead of fading across an attention
+        cell. The values come from the model, the outlines from the image; the raw maps stay in `self`.
+
+        Args:
+            images (`PIL.Image.Image` or `List[PIL.Image.Image]`): The generated image(s), one per image of the maps
+                (e.g. `output.images`).
+            positions (`Sequence[int]`, *optional*): Only these token positions are filtered (the others are copied
+                as they are), for speed at large sizes; all tokens by default.
+            range_sigma (`float`, *optional*, defaults to 0.1): How different two colours ([0, 1] RGB) may be and
+                still share a region.
+            iterations (`int`, *optional*, defaults to 2): Passes of the filter.
+
+        Returns:
+            A new [`AttentionMaps`] (without `per_step`) whose `plot`, `overlay` and `heatmap` show the filtered maps.
+        """
+        from ..edge_aware import edge_aware_maps
+
+        if self.cell_size is None:
+            raise ValueError("These maps do not know their attention grid: set `cell_size` (pixels per cell) first.")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(images) != self.num_images:
+            raise ValueError(f"Got {len(images)} images for maps of {self.num_images}: pass one per image.")
+        positions = list(range(self.num_tokens)) if positions is None else list(positions)
+        for position in positions:
+            self._check(position, 0)
+        maps = self.maps.clone()
+        for index, image in enumerate(images):
+            filtered = edge_aware_maps(self.maps[index, positions], image, self.cell_size, range_sigma, iterations)
+            maps[index, positions] = filtered.to(maps.dtype)
+        return AttentionMaps(maps=maps, steps=self.steps, layers=self.layers, cell_size=self.cell_size)
 
     def _check(self, position: int, image_index: int) -> None:
         for name, value, count in (
