@@ -11,6 +11,10 @@ detector's pixel mask of the object the word names is averaged over words and sc
   upsampled bilinearly to the image), DAAM's heat map.
 - gradient (grad_x_input): per cell of a `--cell` pixel grid (`output.region_grid`), the word's score for that cell,
   the gradient of the cell's pixel sum (all steps traced), upsampled bilinearly.
+- attention / gradient, given the image's edges: the same maps through `edge_aware_maps` (a joint bilateral filter
+  guided by the generated image; spatial sigma one attention cell, or one gradient cell; the package's defaults).
+- the true mask on the attention grid: the detector's mask averaged over the finest attention grid's cells and
+  upsampled as the attention maps are, what a perfect attention map would score (the grid's own limit).
 - ablation difference: per pixel, the absolute change of the image (summed over colours) when the word is replaced
   by the padding token and the image generated again from the same noise (`faithfulness`' counterfactual), at full
   resolution.
@@ -80,7 +84,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from diffusers_interpret import StableDiffusionPipelineExplainer
+    from diffusers_interpret import StableDiffusionPipelineExplainer, edge_aware_maps
     from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
     from diffusers_interpret.toy.detector import check_prompt
     from diffusers_interpret.toy.scenes import sample_scene_spec
@@ -120,6 +124,17 @@ def main():
                 "gradient grad_x_input": grid_map(grid, position - 1, "grad_x_input", size),
                 "ablation difference": ablation[position],
             }
+            cell = int(output.attention_maps.cell_size)
+            on_grid = F.avg_pool2d(torch.from_numpy(truth.astype(np.float32))[None, None], cell)
+            maps["the true mask on the attention grid (a perfect attention map)"] = F.interpolate(
+                on_grid, size=size, mode="bilinear", align_corners=False
+            )[0, 0].numpy()
+            maps["attention, given the image's edges"] = edge_aware_maps(
+                maps["attention"], output.image, output.attention_maps.cell_size
+            )
+            maps["gradient grad_x_input, given the image's edges"] = edge_aware_maps(
+                maps["gradient grad_x_input"], output.image, float(args.cell)
+            )
             for kind, values in maps.items():
                 normalized = normalize(values)
                 for threshold in THRESHOLDS:
