@@ -10,9 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from diffusers_interpret import StableDiffusionPipelineExplainer  # noqa: E402
+from diffusers_interpret import StableDiffusionPipelineExplainer, edge_aware_maps  # noqa: E402
 from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, load_toy_pipeline  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -44,7 +45,34 @@ def main() -> None:
     positions = output.extras["token_positions"]
     maps = output.attention_maps.plot(output.image, positions, output.token_attributions.tokens)
     maps.savefig(OUT / "attention_maps.png", dpi=80)
+    edge_aware_picture(output)
     print("wrote", sorted(p.name for p in OUT.glob("*.png")))
+
+
+def edge_aware_picture(output) -> None:
+    # The default method's word maps of the object words, as made (bilinear from the attention grid) and given the
+    # image's own edges (`edge_aware_maps`).
+    import matplotlib.pyplot as plt
+
+    words = output.token_attributions.tokens
+    chosen = [words.index(word) for word in ("red", "circle", "blue", "square")]
+    raw = np.asarray(output.extras["word_maps"])[chosen]
+    filtered = edge_aware_maps(raw, output.image, output.extras["cell_size"])
+    image = np.asarray(output.image)
+    fig, axes = plt.subplots(2, len(chosen) + 1, figsize=(2.1 * (len(chosen) + 1), 4.4))
+    for row, (maps, label) in enumerate(((raw, "as made"), (filtered, "given the image's edges"))):
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title("image" if row == 0 else "")
+        axes[row, 0].set_ylabel(label)
+        for ax, values, index in zip(axes[row, 1:], maps, chosen):
+            ax.imshow((values - values.min()) / (np.ptp(values) or 1), cmap="magma", vmin=0, vmax=1)
+            ax.set_title(f'"{words[index]}"', fontsize=9)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(OUT / "edge_aware_maps.png", dpi=80)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
