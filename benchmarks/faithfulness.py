@@ -34,7 +34,7 @@ per method and level, one markdown row each:
   single threshold over 0.1 .. 0.9 (chosen on these same scenes, so optimistic). Maps: `output.extras["word_maps"]`
   where the method gives it (tokens, H, W, aligned with `token_attributions`), else the recorded cross-attention maps
   (`output.attention_maps`, the attention methods); "-" for methods without maps.
-- mIoU of the maps given the image's edges: the same maps through `edge_aware_maps` (a joint bilateral filter guided by
+- mIoU given the image's edges: the same maps through `edge_aware_maps` (a joint bilateral filter guided by
   the generated image, spatial sigma one attention cell, colour sigma 0.1, 2 passes: the package's defaults), then
   scored the same way.
 - time: median seconds per explainer box call and its ratio to a plain `pipe()` call (median over the two-object
@@ -373,7 +373,7 @@ HEADER = (
     "Spearman vs ablation",
     "deletion AUC / random",
     "mIoU @0.4 / best (threshold)",
-    "mIoU of the maps given the image's edges, @0.4 / best (threshold)",
+    "mIoU given the image's edges, @0.4 / best (threshold)",
     "s per call",
     "x plain",
 )

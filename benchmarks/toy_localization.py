@@ -124,7 +124,7 @@ def main():
                 "gradient grad_x_input": grid_map(grid, position - 1, "grad_x_input", size),
                 "ablation difference": ablation[position],
             }
-            cell = int(output.attention_maps.cell_size)
+            cell = round(output.attention_maps.cell_size)  # a whole number of pixels on the toy (4)
             on_grid = F.avg_pool2d(torch.from_numpy(truth.astype(np.float32))[None, None], cell)
             maps["the true mask on the attention grid (a perfect attention map)"] = F.interpolate(
                 on_grid, size=size, mode="bilinear", align_corners=False

@@ -174,6 +174,8 @@ class Session:
         checks.optional_str(title, "title")
         if not isinstance(edge_aware, bool):
             raise TypeError(f"`edge_aware` must be True or False, got {edge_aware!r}.")
+        if edge_aware and output.attention_maps is None:
+            raise ValueError("`edge_aware=True` needs attention maps: explain with `attention_maps=True`.")
         cell = checks.cell_size(cell_size, self.request.height, self.request.width)
         score, whole = "grad_x_input", None
         if "word_maps" in output.extras:  # the call's own method (word or concept maps), even with a graph kept

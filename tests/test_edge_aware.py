@@ -11,8 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_interpret import StableDiffusionPipelineExplainer, edge_aware_maps, record_cross_attention
+from diffusers_interpret import (
+    StableDiffusionPipelineExplainer,
+    edge_aware_maps,
+    explainer_for,
+    record_cross_attention,
+)
 from diffusers_interpret.testing import make_tiny_pipeline
+from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+from diffusers_interpret.testing_sd3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
 from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
 from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_model_available
 from diffusers_interpret.toy.detector import check_prompt
@@ -61,13 +68,27 @@ def test_bands_kinds_and_shapes_do_not_change_the_result():
     image = (rng.random((20, 16, 3)) * 255).astype(np.uint8)
     whole = edge_aware_maps(maps, image, 2.0)
     assert isinstance(whole, np.ndarray) and whole.shape == maps.shape
-    np.testing.assert_allclose(edge_aware_maps(maps, image, 2.0, max_elements=500), whole, rtol=1e-5, atol=1e-6)
+    for bound in (500, 36_000):  # one row per band; bands of 6 rows, the last one of 2
+        np.testing.assert_allclose(edge_aware_maps(maps, image, 2.0, max_elements=bound), whole, rtol=1e-5, atol=1e-6)
     as_tensor = edge_aware_maps(torch.from_numpy(maps), Image.fromarray(image), 2.0)
     assert isinstance(as_tensor, torch.Tensor)
     np.testing.assert_allclose(as_tensor.numpy(), whole, rtol=1e-5, atol=1e-6)
     one = edge_aware_maps(maps[2], image, 2.0)
     assert one.shape == maps.shape[1:]
     np.testing.assert_allclose(one, whole[2], rtol=1e-5, atol=1e-6)
+    # The same guide in other forms: 16-bit integers, floats in [0, 1], a torch tensor; the maps in float64, reversed.
+    for guide in (image.astype(np.uint16) * 257, image / 255.0, torch.from_numpy(image)):
+        np.testing.assert_allclose(edge_aware_maps(maps, guide, 2.0), whole, rtol=1e-4, atol=1e-5)
+    wide = edge_aware_maps(maps.astype(np.float64)[:, ::-1], image[::-1], 2.0)
+    assert wide.dtype == np.float64
+    np.testing.assert_allclose(wide[:, ::-1], whole, rtol=1e-4, atol=1e-5)
+    # A grey image is its own three channels; a PIL image with alpha is read as RGB.
+    grey = image[..., :1]
+    np.testing.assert_allclose(
+        edge_aware_maps(maps, grey, 2.0), edge_aware_maps(maps, np.repeat(grey, 3, -1), 2.0), rtol=1e-6
+    )
+    rgba = Image.fromarray(np.concatenate([image, np.full_like(image[..., :1], 7)], -1), "RGBA")
+    np.testing.assert_allclose(edge_aware_maps(maps, rgba, 2.0), whole, rtol=1e-5, atol=1e-6)
 
 
 def test_a_constant_map_stays_constant_and_a_flat_image_only_blurs():
@@ -111,6 +132,8 @@ def test_a_blurred_map_takes_the_outline_of_the_object_under_it():
         (dict(cell_size=2, image=np.zeros((8, 9, 3))), "the maps are 8x8"),
         (dict(cell_size=2, image=np.zeros((8, 8))), r"\(H, W, 3\)"),
         (dict(cell_size=2, image="image.png"), "PIL image"),
+        (dict(cell_size=2, image=np.full((8, 8, 3), 255.0)), r"\[0, 1\]"),
+        (dict(cell_size=2, maps=np.zeros((8, 8), dtype=np.int64)), "float"),
     ],
 )
 def test_bad_arguments_say_what_to_pass(kwargs, match):
@@ -152,6 +175,7 @@ def test_recorded_maps_know_their_cell_and_filter_the_rows_asked(make):
     assert filtered.plot(image.images[0], [1, 2]) is not None  # the filtered maps draw like the raw ones
     with pytest.raises(ValueError, match="one per image"):
         maps.edge_aware(image.images * 2)
+    assert torch.equal(maps.edge_aware(image.images, positions=[]).maps, maps.maps)
 
 
 def test_the_explainers_word_maps_carry_their_cell():
@@ -216,6 +240,9 @@ def test_one_image_of_a_batch_and_the_interactive_views_edge_aware_maps():
     maps = second.attention_maps
     one = maps.of_image(1)
     assert one.num_images == 1 and torch.equal(one.maps[0], maps.maps[1]) and one.cell_size == maps.cell_size
+    assert torch.equal(maps.of_image(-1).maps, one.maps) and torch.equal(maps.of_image(-2).maps[0], maps.maps[0])
+    with pytest.raises(ValueError, match="of_image"):
+        maps.edge_aware(second.image)  # one image for the maps of two
     positions = second.extras["token_positions"]
     raw = second.interactive_view(cell_size=4).attention_maps
     shown = second.interactive_view(cell_size=4, edge_aware=True).attention_maps
@@ -228,3 +255,49 @@ def test_one_image_of_a_batch_and_the_interactive_views_edge_aware_maps():
     assert any(np.abs(a - b).max() > 0.05 for a, b in zip(raw, shown))
     with pytest.raises(TypeError, match="edge_aware"):
         second.interactive_view(edge_aware="yes")
+    plain = explainer(
+        "a red circle",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        attribution_method="grad_x_input",
+        keep_for_reexplanation="graph",
+    )
+    assert plain.attention_maps is None
+    with pytest.raises(ValueError, match="attention_maps=True"):
+        plain.interactive_view(edge_aware=True)
+
+
+@pytest.mark.parametrize(
+    "make,common",
+    [
+        (make_tiny_sd3_pipeline, dict(max_sequence_length=TINY_SD3_T5_LENGTH)),
+        (make_tiny_flux_pipeline, dict(max_sequence_length=TINY_T5_LENGTH)),
+    ],
+    ids=["sd3", "flux"],
+)
+@pytest.mark.parametrize("method", ["word_attention", "concept_attention"])
+def test_the_transformer_families_maps_carry_their_token_grids_cell(make, common, method):
+    # The image-token grid read off the transformer's own input: SD3's latents cut into patch_size patches, Flux's
+    # packed tokens (2x2 latents each).
+    pipe = make()
+    grids = []
+
+    def hook(module, args, kwargs):
+        hidden = kwargs["hidden_states"]
+        side = hidden.shape[2] // module.config.patch_size if hidden.ndim == 4 else math.isqrt(hidden.shape[1])
+        grids.append(side)
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        output = explainer_for(pipe, verbose=False)(
+            "a red circle",
+            height=32,
+            width=32,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+            attribution_method=method,
+            **common,
+        )
+    finally:
+        handle.remove()
+    assert output.extras["cell_size"] == 32 / grids[0]

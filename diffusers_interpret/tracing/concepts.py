@@ -203,6 +203,6 @@ class ConceptAttentionRecorder(ScopedHooks):
         size = (self._grid[0] * scale, self._grid[1] * scale)
         maps = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
         self._maps = ConceptMaps(
-            self.concepts, maps.cpu(), list(self._recorded_steps), list(self._layer_names), cell_size=float(scale)
+            self.concepts, maps.cpu(), list(self._recorded_steps), list(self._layer_names), cell_size=size[0] / height
         )
         return self._maps

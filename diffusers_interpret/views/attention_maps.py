@@ -89,8 +89,16 @@ class AttentionMaps:
         return out
 
     def of_image(self, image_index: int) -> "AttentionMaps":
-        r"""The maps of one image of the batch, as [`AttentionMaps`] of one image."""
-        self._check(0, image_index)
+        r"""
+        The maps of one image of the batch.
+
+        Args:
+            image_index (`int`): Which image of the batch (negative counts from the end).
+
+        Returns:
+            [`AttentionMaps`] of that image only (its `per_step` too, when kept).
+        """
+        self._check_index("image_index", image_index, self.num_images)
         index = slice(image_index, image_index + 1 if image_index != -1 else None)
         per_step = None if self.per_step is None else self.per_step[:, index]
         return AttentionMaps(self.maps[index], per_step, self.steps, self.layers, self.cell_size)
@@ -104,10 +112,12 @@ class AttentionMaps:
         cell. The values come from the model, the outlines from the image; the raw maps stay in `self`.
 
         Args:
-            images (`PIL.Image.Image` or `List[PIL.Image.Image]`): The generated image(s), one per image of the maps
-                (e.g. `output.images`).
+            images (`PIL.Image.Image` or `List[PIL.Image.Image]`): The generated image(s), one per image of the maps:
+                `output.image` for one prompt; for one output of a batch,
+                `output.attention_maps.of_image(output.image_index).edge_aware(output.image)`.
             positions (`Sequence[int]`, *optional*): Only these token positions are filtered (the others are copied
-                as they are), for speed at large sizes; all tokens by default.
+                as they are), for speed at large sizes; all tokens by default. Filtering all tokens keeps each pixel's
+                maps summing to 1; filtering some does not.
             range_sigma (`float`, *optional*, defaults to 0.1): How different two colours ([0, 1] RGB) may be and
                 still share a region.
             iterations (`int`, *optional*, defaults to 2): Passes of the filter.
@@ -121,25 +131,29 @@ class AttentionMaps:
             raise ValueError("These maps do not know their attention grid: set `cell_size` (pixels per cell) first.")
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(images) != self.num_images:
-            raise ValueError(f"Got {len(images)} images for maps of {self.num_images}: pass one per image.")
+            raise ValueError(
+                f"Got {len(images)} image(s) for maps of {self.num_images}: pass one per image (`outputs.images`), "
+                "or take one image's maps first: `maps.of_image(output.image_index).edge_aware(output.image)`."
+            )
         positions = list(range(self.num_tokens)) if positions is None else list(positions)
         for position in positions:
-            self._check(position, 0)
+            self._check_index("position", position, self.num_tokens)
         maps = self.maps.clone()
-        for index, image in enumerate(images):
+        for index, image in enumerate(images if positions else []):
             filtered = edge_aware_maps(self.maps[index, positions], image, self.cell_size, range_sigma, iterations)
             maps[index, positions] = filtered.to(maps.dtype)
         return AttentionMaps(maps=maps, steps=self.steps, layers=self.layers, cell_size=self.cell_size)
 
+    @staticmethod
+    def _check_index(name: str, value: int, count: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"`{name}` must be an integer, got {value!r}.")
+        if not -count <= value < count:
+            raise IndexError(f"`{name}` {value} is out of range: there are {count}.")
+
     def _check(self, position: int, image_index: int) -> None:
-        for name, value, count in (
-            ("position", position, self.num_tokens),
-            ("image_index", image_index, self.num_images),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"`{name}` must be an integer, got {value!r}.")
-            if not -count <= value < count:
-                raise IndexError(f"`{name}` {value} is out of range: there are {count}.")
+        self._check_index("position", position, self.num_tokens)
+        self._check_index("image_index", image_index, self.num_images)
 
     def for_token(self, position: int, image_index: int = 0) -> np.ndarray:
         r"""
