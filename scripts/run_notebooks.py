@@ -21,6 +21,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="write the executed notebooks to a temporary folder")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    # The stored outputs are what a reader sees: not this machine's paths in tqdm's advice to install ipywidgets,
+    # nor transformers' note that torchvision is missing (both about the machine that ran them, not the library).
+    env.update(PYTHONWARNINGS="ignore:IProgress not found", TRANSFORMERS_VERBOSITY="error")
     with tempfile.TemporaryDirectory() as scratch:
         for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
             started = time.perf_counter()
