@@ -309,16 +309,18 @@ class ToyRun:
         words = [position for positions in object_positions.values() for position in positions]
         cell_size = map_cell_size(output)
         edge_aware = None if cell_size is None else edge_aware_maps(maps[words], output.image, cell_size)
+
+        def add(ious, values, mask):
+            normalized = normalize(values)
+            for threshold in THRESHOLDS:
+                ious[float(threshold)].append(iou(normalized >= threshold, mask))
+
         for side, positions in object_positions.items():
             mask = check.detection.objects[side].mask
             for position in positions:
-                normalized = normalize(maps[position])
-                for threshold in THRESHOLDS:
-                    self.ious[name][float(threshold)].append(iou(normalized >= threshold, mask))
+                add(self.ious[name], maps[position], mask)
                 if edge_aware is not None:
-                    normalized = normalize(edge_aware[words.index(position)])
-                    for threshold in THRESHOLDS:
-                        self.edge_ious[name][float(threshold)].append(iou(normalized >= threshold, mask))
+                    add(self.edge_ious[name], edge_aware[words.index(position)], mask)
 
     def one_object_scene(self, prompt, seed, image):
         for name in list(self.methods):

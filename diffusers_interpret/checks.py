@@ -20,6 +20,13 @@ def finite_number(value, name: str, low: Optional[float] = None, high: Optional[
         raise ValueError(f"`{name}` must be in [{low}, {high}], got {value!r}.")
 
 
+def positive_number(value, name: str) -> None:
+    r"""Raise a `ValueError` unless `value` is a finite real number > 0."""
+    finite_number(value, name)
+    if value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+
+
 def cell_size(value: Union[int, Tuple[int, int]], height: int, width: int, name: str = "cell_size") -> Tuple[int, int]:
     r"""A cell size (an int, or (height, width)) as (height, width), each between 1 and the image's side."""
     cell = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checks import positive_int
+from .checks import positive_int, positive_number
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -77,9 +77,8 @@ def edge_aware_maps(
         The filtered maps, the same shape, kind (`np.ndarray` or `torch.Tensor`), floating dtype and device as
         `maps` (computed in float32 on the CPU).
     """
-    for name, value in (("cell_size", cell_size), ("range_sigma", range_sigma)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+    positive_number(cell_size, "cell_size")
+    positive_number(range_sigma, "range_sigma")
     positive_int(iterations, "iterations", allow_none=False)
     positive_int(max_elements, "max_elements", allow_none=False)
     as_numpy = isinstance(maps, np.ndarray)
