@@ -31,9 +31,9 @@ import numpy as np
 from PIL import Image
 from diffusers_interpret import explainer_for
 from diffusers_interpret.testing import make_tiny_pipeline
-from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
-from diffusers_interpret.testing_flux import make_tiny_flux_pipeline
-from diffusers_interpret.testing_sd3 import make_tiny_sd3_pipeline
+from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
+from diffusers_interpret.testing.flux import make_tiny_flux_pipeline
+from diffusers_interpret.testing.stable_diffusion_3 import make_tiny_sd3_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 if family == "sd":

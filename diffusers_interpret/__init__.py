@@ -19,6 +19,8 @@ _EXPORTS = {
     "TokenAblation": ".methods",
     "BOX_CONVENTION": ".box",
     "BasePipelineExplainer": ".explainer",
+    "ExplainRequest": ".request",
+    "ExplanationStats": ".outputs",
     "BaseExplanationOutput": ".outputs",
     "ExplanationOutputList": ".outputs",
     "GeneratedImages": ".outputs",
@@ -29,28 +31,23 @@ _EXPORTS = {
     "MemoryEstimate": ".memory",
     "NotEnoughMemoryError": ".memory",
     "SaliencyMap": ".views.saliency",
-    "StableDiffusionImg2ImgPipelineExplainer": ".families",
-    "StableDiffusionInpaintPipelineExplainer": ".families",
-    "StableDiffusionPipelineExplainer": ".families",
-    "StableDiffusionXLImg2ImgPipelineExplainer": ".families",
-    "StableDiffusionXLInpaintPipelineExplainer": ".families",
-    "StableDiffusionXLPipelineExplainer": ".families",
-    "FluxImg2ImgPipelineExplainer": ".families",
-    "FluxPipelineExplainer": ".families",
-    "StableDiffusion3Img2ImgPipelineExplainer": ".families",
-    "StableDiffusion3PipelineExplainer": ".families",
     "TokenAttributions": ".outputs",
     "edge_aware_maps": ".edge_aware",
-    "explainer_for": ".families",
+    "explainer_for": ".explainers",
     "load_toy_pipeline": ".toy",
     "record_cross_attention": ".attention",
-    "supported_pipelines": ".families",
+    "supported_pipelines": ".explainers",
 }
 
 
+# The explainer classes of the 0.5.0 API and of every other supported pipeline (`StableDiffusionPipelineExplainer`,
+# ...) are made from the registry of families by `explainers.py`.
+_EXPLAINER_SUFFIX = "PipelineExplainer"
+
+
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    if name in _EXPORTS or name.endswith(_EXPLAINER_SUFFIX):
+        value = getattr(importlib.import_module(_EXPORTS.get(name, ".explainers"), __name__), name)
         globals()[name] = value
         return value
     # `AttributionMethods`, the aggregation enum's earlier name, still works and says what to use instead.

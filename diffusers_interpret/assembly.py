@@ -2,21 +2,60 @@
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from .attribution import aggregate
 from .box import draw_box
-from .outputs import ExplanationOutputList, PixelAttributions, TokenAttributions
+from .methods import Scores
+from .outputs import ExplanationOutputList, ExplanationStats, GeneratedImages, PixelAttributions, TokenAttributions
+from .request import CheckedRequest
+from .trace import Trace
+from .views.attention_maps import AttentionMaps
 from .views.saliency import SaliencyMap
 
 
-def fill_scores(output, trace, scores, index: int, input_image=None, mask: Optional[np.ndarray] = None) -> None:
-    r"""Set an output's attributions (tokens, pixels, raw gradients, method extras) from a method's `scores`."""
+@dataclass(frozen=True)
+class Pictures:
+    r"""
+    What the pipeline itself would show of a call (the explainer's fourth phase).
+
+    Args:
+        images (`list`): The images, post-processed as the pipeline does (`output_type`), without the box drawn.
+        nsfw (`List[bool]`, *optional*): The safety checker's verdicts (pipelines with one).
+        steps (`List[GeneratedImages]`, *optional*): Each image's decoded latents after every denoising step.
+    """
+
+    images: Any
+    nsfw: Optional[List[bool]] = None
+    steps: Optional[List[GeneratedImages]] = None
+
+
+def _of_image(values: Optional[list], index: int):
+    # A `Scores` list's entry for image `index`; methods that explain one image per call give one entry.
+    return None if not values else values[min(index, len(values) - 1)]
+
+
+def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, input_image=None, mask=None) -> None:
+    r"""Set an output's attributions (tokens, pixels, raw gradients, the method's maps and values) from `scores`."""
     tokens = trace.prompt_tokens[index]
-    output.extras["token_positions"] = tokens.positions
+    output.token_positions = tokens.positions
     output.token_ids = [unit.token_id for unit in tokens.units]
+    method_fields = dict(
+        word_maps=_of_image(scores.word_maps, index) if scores else None,
+        word_map_cell_size=scores.cell_size if scores else None,
+        concept_maps=_of_image(scores.concept_maps, index) if scores else None,
+        concept_scores=_of_image(scores.concept_scores, index) if scores else None,
+        signed_scores=_of_image(scores.signed, index) if scores else None,
+        completeness=_of_image(scores.completeness, index) if scores else None,
+        ablated_images=_of_image(scores.ablated_images, index) if scores else None,
+        probe_projections=_of_image(scores.projections, index) if scores else None,
+        method_extras=dict(_of_image(scores.extras, index) or {}) if scores else {},
+    )
+    for name, value in method_fields.items():
+        setattr(output, name, value)
     if scores is None or scores.tokens[index] is None:
         output.token_attributions = None
         return
@@ -26,13 +65,12 @@ def fill_scores(output, trace, scores, index: int, input_image=None, mask: Optio
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
     output.word_attributions = TokenAttributions(tokens.word_scores(np.asarray(scores.tokens[index]).tolist()))
-    if scores.extras:
-        output.extras.update(scores.extras[min(index, len(scores.extras) - 1)])
     if hasattr(output, "pixel_attributions"):
-        pixels = scores.pixels[min(index, len(scores.pixels) - 1)] if scores.pixels else None
+        pixels = _of_image(scores.pixels, index)
         output.pixel_gradients = scores.pixel_gradients[index] if scores.pixel_gradients else None
         output.pixel_attributions = None if pixels is None else PixelAttributions(pixels)
         output.input_saliency_map = None if pixels is None else SaliencyMap(input_image, pixels, mask)
+        output.pixel_completeness = _of_image(scores.pixel_completeness, index)
         if pixels is None:
             warnings.warn(
                 "The traced steps do not reach the input image's pixels (img2img uses the image only at the first "
@@ -77,26 +115,35 @@ def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributi
 
 
 def assemble_outputs(
-    explainer, request, trace, scores, images, nsfw, step_images: Optional[List[Any]], session
+    output_class: type,
+    request: CheckedRequest,
+    trace: Trace,
+    scores: Optional[Scores],
+    pictures: Pictures,
+    stats: ExplanationStats,
+    session,
 ) -> ExplanationOutputList:
     r"""One output per image of the call, in the pipeline's order."""
     outputs = ExplanationOutputList()
     image_input = request.image_input
     input_image = image_input.picture() if image_input is not None else None
     mask = image_input.mask() if image_input is not None else None
+    attention_maps = None if trace.attention_maps is None else AttentionMaps(**vars(trace.attention_maps))
     for index in range(request.num_images):
-        image = images[index]
+        image = pictures.images[index]
         if request.output_type == "pil":
             image = draw_box(image, request.box)
-        output = explainer.output_class(
+        output = output_class(
             image=image,
-            nsfw_content_detected=None if nsfw is None else bool(nsfw[index]),
-            all_images_during_generation=None if step_images is None else step_images[index],
+            nsfw_content_detected=None if pictures.nsfw is None else bool(pictures.nsfw[index]),
+            all_images_during_generation=None if pictures.steps is None else pictures.steps[index],
             explanation_2d_bounding_box=request.box,
             prompt=request.prompts["prompt"][index],
             attribution_method=request.method.name,
             attribution_level=request.level.value,
-            attention_maps=trace.attention_maps,
+            method_summary=request.method.summary,
+            attention_maps=attention_maps,
+            stats=stats,
             session=session,
             image_index=index,
         )
@@ -104,18 +151,19 @@ def assemble_outputs(
             output.input_image = input_image
             if hasattr(output, "mask"):
                 output.mask = mask
-        output.extras["method_summary"] = request.method.summary
         fill_scores(output, trace, scores, index, input_image, mask)
         outputs.append(output)
     return outputs
 
 
-def reexplained(output, trace, scores, box, method, clean_image, input_image=None, mask=None):
+def reexplained(output, trace: Trace, scores: Optional[Scores], box, method, clean_image, input_image=None, mask=None):
     r"""A copy of `output` explaining `box` with `method`'s new `scores`."""
     image = clean_image
     if hasattr(image, "convert"):
         image = draw_box(image, box)
-    new = dataclasses.replace(output, image=image, explanation_2d_bounding_box=box, attribution_method=method.name)
-    new.extras = dict(output.extras, method_summary=method.summary)
+    new = dataclasses.replace(
+        output, image=image, explanation_2d_bounding_box=box, attribution_method=method.name,
+        method_summary=method.summary,
+    )  # fmt: skip
     fill_scores(new, trace, scores, output.image_index, input_image, mask)
     return new

@@ -56,7 +56,9 @@ def record_cross_attention(
         [`AttentionMaps`]. Record one pipeline call per block. With classifier-free guidance only the conditional rows
         (or calls) of the denoiser are recorded.
     """
-    return make_recorder(pipe, family_for(pipe), steps=steps, keep_per_step=keep_per_step, layers=layers)
+    return make_recorder(
+        pipe, family_for(pipe), steps=steps, keep_per_step=keep_per_step, layers=layers, maps_class=AttentionMaps
+    )
 
 
 __all__ = [

@@ -2,9 +2,10 @@
 
 import warnings
 from enum import Enum
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-import torch
+if TYPE_CHECKING:  # torch is imported by `aggregate` itself: the names here serve the command line's `--help`
+    import torch
 
 
 class Aggregation(str, Enum):
@@ -58,8 +59,8 @@ def parse_attribution_level(level: Union[str, AttributionLevel]) -> AttributionL
 
 
 def aggregate(
-    gradient: torch.Tensor, inputs: torch.Tensor, method: Union[str, Aggregation], dim: int = -1
-) -> torch.Tensor:
+    gradient: "torch.Tensor", inputs: "torch.Tensor", method: Union[str, Aggregation], dim: int = -1
+) -> "torch.Tensor":
     r"""
     Reduce gradients to one non-negative score per position.
 
@@ -69,6 +70,8 @@ def aggregate(
         method (`str` or `Aggregation`): The aggregation, see [`Aggregation`].
         dim (`int`, *optional*, defaults to -1): The dimension to reduce (hidden size for tokens, channels for pixels).
     """
+    import torch
+
     method = parse_attribution_method(method)
     gradient = gradient.float()
     if method is Aggregation.GRAD_X_INPUT:

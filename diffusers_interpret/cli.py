@@ -231,7 +231,7 @@ def run_explanations(
     outputs and, with `interactive=CELL` (> 0), the HTML of an interactive view per prompt.
     """
 
-    from .families import explainer_for
+    from .explainers import explainer_for
 
     if not quiet:
         pipe.set_progress_bar_config(disable=False, leave=False, desc="Denoising")

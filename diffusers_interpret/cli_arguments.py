@@ -4,20 +4,11 @@ import argparse
 import sys
 from typing import NoReturn, Optional, Tuple
 
+from .methods import method_names
+
 PROG = "diffusers-interpret"
-METHODS = (
-    "grad_x_input",
-    "max_grad",
-    "mean_grad",
-    "min_grad",
-    "integrated_gradients",
-    "smoothgrad",
-    "ablation",
-    "linearized_ablation",
-    "attention",
-    "jacobian_norm",
-    "word_attention",
-)
+# The one registry of methods (torch-free, so that `--help` stays fast).
+METHODS = method_names()
 LEVELS = ("token_embeddings", "text_encoder_output")
 
 

@@ -1,33 +1,65 @@
-"""The explainers: run the pipeline's own call with a traced graph (or recorded attention), then attribute."""
+"""The explainer: run the pipeline's own call with a traced graph (or recorded attention), then attribute."""
 
+import dataclasses
 import inspect
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .assembly import assemble_outputs
+from .assembly import Pictures, assemble_outputs
 from .attribution import Aggregation, AttributionLevel
 from .box import BoxLike
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL
-from .memory import MemoryGuard
-from .methods import AttributionMethod, GradientAggregation
-from .outputs import GeneratedImages, PipelineExplainerOutput
+from .families import InputKind, PipelineFamily, SupportedPipeline, supported_pipeline, supported_pipeline_named
+from .methods import AttributionMethod, GradientAggregation, Scores
+from .outputs import (
+    ExplanationStats,
+    GeneratedImages,
+    PipelineExplainerOutput,
+    PipelineImg2ImgExplainerOutput,
+    PipelineInpaintExplainerOutput,
+)
 from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
-from .request import EXPLAINER_ARGUMENTS, ExplainRequest, check_inputs
+from .request import CheckedRequest, ExplainRequest, check_inputs
 from .session import Session
-from .text import check_same, concept_states, encode_with_graph, tokenize
-from .trace import Trace
-from .tracing.attention import make_recorder
-from .tracing.checkpoint import checkpointed
-from .tracing.concepts import ConceptAttentionRecorder
+from .text import ConditioningLeaves, tokenize
+from .trace import CallRecord, Trace, TracedGraph
 from .tracing.replay import UntracedDenoiserCache
-from .tracing.run import run_pipeline
+from .tracing.run import RunPlan, decode, run
 from .tracing.scoped import pipeline_lock
-from .tracing.steps import StepCounter
-from .tracing.tracer import DenoiserTracer
+
+# The output class of each kind of pipeline input.
+OUTPUT_CLASSES = {
+    None: PipelineExplainerOutput,
+    InputKind.IMAGE: PipelineImg2ImgExplainerOutput,
+    InputKind.INPAINT: PipelineInpaintExplainerOutput,
+}
+
+
+@dataclass
+class PipelineCall:
+    r"""
+    The pipeline's call arguments of an explainer call (the explainer's second phase).
+
+    Args:
+        kwargs (`Dict[str, Any]`): What the pipeline's `__call__` gets: the user's arguments, `output_type="latent"`
+            and a step callback (chained with the user's) that keeps every step's latents.
+        step_latents (`List[torch.Tensor]`): Every step's latents, filled by the callback as the call runs.
+    """
+
+    kwargs: Dict[str, Any]
+    step_latents: List[torch.Tensor]
+
+    @property
+    def generator(self):
+        return self.kwargs.get("generator")
+
+    def without_callbacks(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.kwargs.items() if not k.startswith("callback")}
 
 
 class BasePipelineExplainer:
@@ -53,26 +85,19 @@ class BasePipelineExplainer:
             the time (docs/benchmarks.md).
     """
 
-    output_class = PipelineExplainerOutput
-    # The family whose pipelines this explainer serves (a `PipelineFamily`), set by each family's explainers.
-    family = None
-    # "image" (img2img) or "inpaint" for explainers of pipelines that start from an input image.
-    input_kind: Optional[str] = None
+    # The pipeline class an explainer class was made for (the classes of `explainers.py`, e.g.
+    # `StableDiffusionImg2ImgPipelineExplainer`); `None` explains any supported pipeline, by its own class.
+    pipeline_class_name: Optional[str] = None
 
     def __init__(self, pipe, verbose: bool = True, gradient_checkpointing: Optional[bool] = None):
-        family = self.family
-        if family is None:
-            raise TypeError(
-                "BasePipelineExplainer serves no family by itself: use `explainer_for(pipe)` or a family's explainer "
-                "(e.g. StableDiffusionPipelineExplainer)."
-            )
+        supported = self._supported(pipe)
+        family = supported.family
         for name in family.required_components:
             if not hasattr(pipe, name):
                 raise TypeError(f"{type(pipe).__name__} has no `{name}`: pass a {family.display_name} pipeline.")
-        parameters = inspect.signature(type(pipe).__call__).parameters
-        needed = {"image": "image", "inpaint": "mask_image"}.get(self.input_kind)
-        if needed is not None and needed not in parameters:
-            kind = "an img2img" if self.input_kind == "image" else "an inpainting"
+        needed = {None: None, InputKind.IMAGE: "image", InputKind.INPAINT: "mask_image"}[supported.input_kind]
+        if needed is not None and needed not in inspect.signature(type(pipe).__call__).parameters:
+            kind = "an img2img" if supported.input_kind is InputKind.IMAGE else "an inpainting"
             raise TypeError(
                 f"{type(self).__name__} explains {kind} pipeline; {type(pipe).__name__} takes no `{needed}`: use "
                 "`explainer_for(pipe)` to get the explainer of this pipeline."
@@ -83,10 +108,18 @@ class BasePipelineExplainer:
             raise TypeError(f"`gradient_checkpointing` must be None, True or False, got {gradient_checkpointing!r}.")
         if not isinstance(verbose, bool):
             raise TypeError(f"`verbose` must be True or False, got {verbose!r}.")
-        self.family = family
+        self.family: PipelineFamily = family
+        self.input_kind: Optional[InputKind] = supported.input_kind
+        self.output_class = OUTPUT_CLASSES[supported.input_kind]
         self.pipe = pipe
         self.verbose = verbose
         self.gradient_checkpointing = gradient_checkpointing
+
+    def _supported(self, pipe) -> SupportedPipeline:
+        # The registry's entry of the pipeline class this explainer was made for, else of the pipeline's own class.
+        if self.pipeline_class_name is None:
+            return supported_pipeline(pipe)
+        return supported_pipeline_named(self.pipeline_class_name)
 
     def checkpoints(self, n_traced: Optional[int], keep: Optional[str] = None) -> bool:
         r"""Whether a call tracing the last `n_traced` steps (`None`: all) checkpoints them. By default: when more
@@ -169,7 +202,7 @@ class BasePipelineExplainer:
             check_memory (`bool`, *optional*, defaults to `True`):
                 Before the first denoising step of a call that keeps a graph, estimate its peak memory and raise
                 `NotEnoughMemoryError` (a `MemoryError`) with the estimate and the ways out when the device has less
-                free; `False` goes on anyway. The estimate is in `output.extras["memory_estimate"]`.
+                free; `False` goes on anyway. The estimate is in `output.stats.memory_estimate`.
             init_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
                 Img2img and inpainting explainers: the input image (the original 0.5.0's name); `image=` (diffusers'
                 name) is the same. Give one of them.
@@ -185,8 +218,8 @@ class BasePipelineExplainer:
             The output class of the explainer (e.g. [`PipelineExplainerOutput`]) for a single image, or an
             [`ExplanationOutputList`] of them, one per image, when several images are made.
         """
-        arguments = dict(
-            pipeline_kwargs,
+        request = ExplainRequest(
+            prompt=prompt,
             num_inference_steps=num_inference_steps,
             height=height,
             width=width,
@@ -204,42 +237,39 @@ class BasePipelineExplainer:
             init_image=init_image,
             image=image,
             mask_image=mask_image,
+            pipeline_kwargs=pipeline_kwargs,
         )
-        return self.explain_call(prompt, arguments)
+        return self.explain(request)
 
-    def explain_call(self, prompt, arguments: Dict[str, Any], replay: Optional[UntracedDenoiserCache] = None):
+    def explain(self, request: ExplainRequest, replay: Optional[UntracedDenoiserCache] = None):
         r"""
-        The explainer call with its arguments in a dict (as [`__call__`] takes them) and, for a lean re-explanation,
-        the `replay` of a kept call's untraced denoiser outputs.
+        Explain one call given as an [`ExplainRequest`] (what [`__call__`] makes of its arguments); for a lean
+        re-explanation, with the `replay` of a kept call's untraced denoiser outputs.
         """
         # 1. Check the inputs (before any model runs) and resolve the method, level, box and input image.
-        request = check_inputs(self, prompt, dict(arguments))
+        checked = check_inputs(request, self.pipe, self.family, self.input_kind, type(self).__name__)
         # The pipeline's hooks are seen by every thread: calls on one pipeline from several threads take turns.
         with pipeline_lock(self.pipe):
             # 2. The pipeline's call arguments, with a step callback that keeps every step's latents.
-            call_kwargs, step_latents = self.prepare_call(request)
-            # 3. Run the pipeline's own call, traced.
-            trace, latents = self.run_traced(request, call_kwargs, replay)
-            # 4. Decode, and the pictures the pipeline itself would give.
-            images, nsfw, step_images = self.decode_images(request, trace, latents, step_latents, call_kwargs)
+            call = self.prepare_call(checked)
+            # 3. Run the pipeline's own call, traced, and decode its images with their graph.
+            trace, record = self.run_traced(checked, call, replay)
+            # 4. The pictures the pipeline itself would give.
+            pictures = self.pictures(checked, trace, call)
             # 5. Attribute: the method scores the prompt (and the input image) for the box.
             started = time.perf_counter()
-            target = trace.target(request.box)
-            scores = self.attribute(request, trace, target)
+            scores = self.attribute(checked, trace)
             seconds = time.perf_counter() - started
             # 6. Assemble the outputs, and keep what the call's re-explanations need.
-            session = Session(self, trace, request, images, replay_cache=trace.replay_cache)
-            outputs = assemble_outputs(self, request, trace, scores, images, nsfw, step_images, session)
-        for output in outputs:
-            output.extras.update(backward_seconds=seconds, traced_denoiser_calls=trace.traced_calls)
-            if trace.memory_estimate is not None:
-                output.extras["memory_estimate"] = trace.memory_estimate
+            stats = ExplanationStats(record.traced_calls, record.denoiser_calls, seconds, record.memory_estimate)
+            session = Session(self, trace, checked, pictures.images, record)
+            outputs = assemble_outputs(self.output_class, checked, trace, scores, pictures, stats, session)
         session.finish()
         return outputs[0] if len(outputs) == 1 else outputs
 
     # -- 2. the pipeline's arguments ------------------------------------------------------------------------------
-    def prepare_call(self, request: ExplainRequest):
-        pipeline_kwargs = {k: v for k, v in request.arguments.items() if k not in EXPLAINER_ARGUMENTS}
+    def prepare_call(self, request: CheckedRequest) -> PipelineCall:
+        pipeline_kwargs = dict(request.pipeline_kwargs)
         user_callback = pipeline_kwargs.pop("callback_on_step_end", None)
         user_inputs = list(pipeline_kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
         if user_callback is not None and hasattr(user_callback, "tensor_inputs"):
@@ -253,10 +283,10 @@ class BasePipelineExplainer:
                 return {}
             return user_callback(pipeline, step, timestep, {k: callback_kwargs[k] for k in user_inputs})
 
-        call_kwargs = dict(pipeline_kwargs)
-        call_kwargs.update(
-            prompt=request.prompt,
-            num_inference_steps=request.arguments["num_inference_steps"],
+        kwargs = dict(pipeline_kwargs)
+        kwargs.update(
+            prompt=request.request.prompt,
+            num_inference_steps=request.request.num_inference_steps,
             height=request.height,
             width=request.width,
             output_type="latent",
@@ -265,143 +295,102 @@ class BasePipelineExplainer:
             callback_on_step_end_tensor_inputs=sorted(set(user_inputs) | {"latents"}),
         )
         if request.image_input is not None:
-            call_kwargs.pop("height"), call_kwargs.pop("width")
-            call_kwargs.update(request.image_input.pipeline_kwargs())
-        return call_kwargs, step_latents
+            kwargs.pop("height"), kwargs.pop("width")
+            kwargs.update(request.image_input.pipeline_kwargs())
+        return PipelineCall(kwargs, step_latents)
 
     # -- 3. the traced run ----------------------------------------------------------------------------------------
-    def run_traced(self, request: ExplainRequest, call_kwargs: Dict[str, Any], replay=None):
+    def run_plan(self, request: CheckedRequest) -> RunPlan:
+        r"""How the call runs: its traced steps, checkpointing, size and memory check."""
+        return RunPlan(
+            pipe=self.pipe,
+            family=self.family,
+            size=(request.height, request.width),
+            n_traced=request.n_traced,
+            checkpoint=self.checkpoints(request.n_traced, request.keep),
+            graph=request.needs_graph,
+            pixels=request.image_input is not None,
+            check_memory=request.check_memory,
+            # The pipeline's own bar, too, only where it redraws in place (not one line per step in a log).
+            quiet=not (self.verbose and interactive_output()),
+        )
+
+    def run_traced(
+        self, request: CheckedRequest, call: PipelineCall, replay: Optional[UntracedDenoiserCache] = None
+    ) -> Tuple[Trace, CallRecord]:
+        r"""Run the pipeline's own call under the plan's scopes and the request's recordings, decode its images with
+        the graph, and make the [`Trace`] the method reads and the [`CallRecord`] the session keeps."""
         pipe, family = self.pipe, self.family
+        plan = self.run_plan(request)
+        prompt_leaves = None
+        if request.needs_graph:
+            prompt_leaves = ConditioningLeaves(family, pipe, request.prompts, call.kwargs, request.level)
+        device = pipe._execution_device
+        snapshot = generator_state(call.generator, device) if request.num_images == 1 else None
+        fresh_generators = generator_factory(call.generator, device) if request.keep == "latents" else None
+        result = run(
+            plan,
+            call.kwargs,
+            conditioning=prompt_leaves,
+            recordings=request.recordings(),
+            keep_untraced=request.keep == "latents",
+            replay=replay,
+        )
+        decoded = decode(plan, result.output.images, call.generator)
+        kwargs = call.without_callbacks()
+        tokens = tokenize(
+            family, pipe, request.prompts, request.request.consider_special_tokens,
+            request.request.clean_token_prefixes_and_suffixes, kwargs, request.level,
+        )  # fmt: skip
+        regeneration = None
+        if snapshot is not None:
+            regeneration = Regeneration(
+                dataclasses.replace(plan, checkpoint=self.checkpoints(request.n_traced), quiet=True),
+                request.prompts,
+                kwargs,
+                request.level,
+                tokens[0],
+                snapshot,
+                input_pixels=request.image_input.pixels() if request.image_input is not None else None,
+                verbose=self.verbose,
+            )
+        graph = TracedGraph(decoded, pixels=result.recordings.get("pixels"))
+        if prompt_leaves is not None:
+            graph.conditioning, graph.encoding = prompt_leaves.conditioning, prompt_leaves.encoding
         trace = Trace(
             family,
             pipe,
             request.level,
+            tokens,
+            graph=graph,
             prompts=request.prompts,
-            call_kwargs={k: v for k, v in call_kwargs.items() if not k.startswith("callback")},
-            prompt_tokens=[],
+            call_kwargs=kwargs,
+            attention_maps=result.recordings.get("attention_maps"),
+            concept_maps=result.recordings.get("concept_maps"),
+            regeneration=regeneration,
             retain_graph=request.keep is not None,
             verbose=self.verbose,
         )
-        generator = call_kwargs.get("generator")
-        snapshot = generator_state(generator, pipe._execution_device) if request.num_images == 1 else None
-        trace.fresh_generators = (
-            generator_factory(generator, pipe._execution_device) if request.keep == "latents" else None
+        # Methods that read recorded maps instead of a graph use the calls they recorded.
+        recorded = [len(result.recordings[r.name].steps) for r in request.method_recordings()]
+        record = CallRecord(
+            traced_calls=result.traced_calls or max(recorded, default=0),
+            denoiser_calls=result.denoiser_calls,
+            memory_estimate=result.memory_estimate,
+            untraced_outputs=result.untraced_outputs,
+            fresh_generators=fresh_generators,
         )
-
-        def conditioning(prompt_rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-            # The prompt rows of the denoiser's conditioning as leaves; at the token level, also the text encoders'
-            # graph from the token embeddings to them (the pipeline's own `encode_prompt`, with grad).
-            if request.level is AttributionLevel.TOKEN_EMBEDDINGS:
-                device = next(iter(prompt_rows.values())).device
-                trace.encoding = encode_with_graph(family, pipe, request.prompts, call_kwargs, device)
-                check_same(trace.encoding.conditioning, prompt_rows)
-                prompt_rows = trace.encoding.conditioning
-            trace.conditioning = {name: t.detach().clone().requires_grad_(True) for name, t in prompt_rows.items()}
-            return trace.conditioning
-
-        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, call_kwargs))
-        scopes: List[Any] = [counter]
-        pixel_store: Dict[str, torch.Tensor] = {}
-        tracer = guard = None
-        if request.needs_graph:
-            checkpoint = self.checkpoints(request.n_traced, request.keep)
-            tracer = DenoiserTracer(pipe, family, counter, request.n_traced, conditioning, checkpoint=checkpoint)
-            scopes.append(tracer)
-            trace.replay_cache = UntracedDenoiserCache() if request.keep == "latents" else None
-            if replay is not None:
-                scopes.append(replay.replaying(tracer))
-            elif trace.replay_cache is not None:
-                scopes.append(trace.replay_cache.recording(tracer))
-            if request.image_input is not None:
-                scopes.append(request.image_input.leaf_scope(pixel_store))
-            guard = MemoryGuard(
-                pipe,
-                family,
-                counter,
-                request.n_traced,
-                checkpoint,
-                (request.height, request.width),
-                pixels=request.image_input is not None,
-                enforce=request.check_memory,
-            )
-            scopes.append(guard)
-        # The denoiser calls of the traced steps, counted from the end (`None`: all of them), for the recorders.
-        traced = list(range(-request.n_traced * counter.calls_per_step, 0)) if request.n_traced else None
-        recorder = None
-        if request.records_attention:
-            steps = traced if request.method.needs_attention_maps else None
-            recorder = make_recorder(pipe, family, steps=steps, counter=counter)
-            scopes.append(recorder)
-        concepts = None
-        if request.wants_scores and request.method.needs_concept_maps:
-            names = request.method.concept_list(request.prompts["prompt"])
-            states = concept_states(family, pipe, names, call_kwargs, pipe._execution_device)
-            concepts = ConceptAttentionRecorder(pipe, family, names, states, steps=traced, counter=counter)
-            scopes.append(concepts)
-        grad_before_loop = request.needs_graph and request.image_input is not None
-        # The pipeline's own bar, too, only where it redraws in place (not one line per step in a log or an export).
-        quiet = not (self.verbose and interactive_output())
-        latents = run_pipeline(pipe, call_kwargs, scopes, grad_before_loop=grad_before_loop, quiet=quiet)
-        latents = latents.images
-        trace.traced_calls = tracer.traced_calls if tracer is not None else 0
-        if recorder is not None and request.method.needs_attention_maps and not trace.traced_calls:
-            trace.traced_calls = len(recorder.maps.steps)  # the method reads the steps it recorded
-        if concepts is not None:
-            trace.concept_maps = concepts.maps
-            trace.traced_calls = trace.traced_calls or len(trace.concept_maps.steps)
-        trace.denoiser_calls = counter.calls
-        trace.memory_estimate = guard.estimate if guard is not None else None
-        trace.pixels = pixel_store.get("pixels")
-        trace.attention_maps = recorder.maps if recorder is not None else None
-        trace.prompt_tokens = tokenize(
-            family,
-            pipe,
-            request.prompts,
-            request.consider_special_tokens,
-            request.clean_tokens,
-            trace.call_kwargs,
-            request.level,
-        )
-        if snapshot is not None:
-            trace.regeneration = Regeneration(
-                self,
-                request.prompts,
-                call_kwargs,
-                request.n_traced,
-                request.level,
-                trace.prompt_tokens[0],
-                snapshot,
-                lambda decoded: family.unit_image(pipe, decoded),
-                size=(request.height, request.width),
-            )
-            if request.image_input is not None:
-                trace.regeneration.input_pixels = request.image_input.pixels()
-            trace.regeneration.check_memory = request.check_memory
-        return trace, latents
+        return trace, record
 
     # -- 4. images ------------------------------------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor, generator=None, size=None, checkpoint: bool = False) -> torch.Tensor:
-        r"""The family's decode of final latents (of an image of `size`, (height, width)), checkpointed when
-        `checkpoint` and grad is on."""
-
-        def run(z):
-            return self.family.decode(self.pipe, z, generator, size)
-
-        if checkpoint and torch.is_grad_enabled():
-            return checkpointed(run, latents)
-        return run(latents)
-
-    def decode_images(self, request: ExplainRequest, trace: Trace, latents, step_latents, call_kwargs):
-        generator = call_kwargs.get("generator")
-        with torch.set_grad_enabled(request.needs_graph and latents.requires_grad):
-            checkpoint = self.checkpoints(request.n_traced, request.keep)
-            trace.decoded = self.decode(latents, generator, (request.height, request.width), checkpoint)
+    def pictures(self, request: CheckedRequest, trace: Trace, call: PipelineCall) -> Pictures:
+        r"""The images as the pipeline post-processes them (safety checker, watermark), and every step's image."""
         with torch.no_grad():
             images, nsfw = self.family.postprocess(self.pipe, trace.decoded.detach(), request.output_type)
-            step_images = self._step_images(request, step_latents, generator) if request.step_images else None
-        return images, nsfw, step_images
+            steps = self._step_images(request, call.step_latents, call.generator) if request.step_images else None
+        return Pictures(images, nsfw, steps)
 
-    def _step_images(self, request: ExplainRequest, step_latents, generator) -> List[GeneratedImages]:
+    def _step_images(self, request: CheckedRequest, step_latents, generator) -> List[GeneratedImages]:
         per_image: List[GeneratedImages] = []
         for latents in progress_bar(step_latents, "Decoding step images", disable=not self.verbose):
             decoded = self.family.decode(self.pipe, latents, generator, (request.height, request.width))
@@ -417,18 +406,18 @@ class BasePipelineExplainer:
         return per_image
 
     # -- 5. attribution -------------------------------------------------------------------------------------------
-    def attribute(self, request: ExplainRequest, trace: Trace, target):
-        r"""The method's scores for the target, and the input image's pixel scores where the method has none."""
+    def attribute(self, request: CheckedRequest, trace: Trace) -> Optional[Scores]:
+        r"""The method's scores for the request's box, and the input image's pixel scores where the method has none."""
         if not request.wants_scores:
             return None
         method = request.method
         if method.needs_graph and not trace.has_graph:
             warnings.warn(
-                f"No gradient reached the prompt (the pipeline made {trace.denoiser_calls} denoiser calls): "
-                "token attributions are None.",
+                "No gradient reached the prompt (no denoiser call was traced): token attributions are None.",
                 stacklevel=4,
             )
             return None
+        target = trace.target(request.box)
         with torch.enable_grad() if trace.has_graph else torch.no_grad():
             scores = method.attribute(trace, target)
             if not method.scores_pixels and trace.has_graph and trace.pixels is not None:

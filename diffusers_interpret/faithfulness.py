@@ -94,10 +94,7 @@ def _indices(values, count: int, name: str, what: str) -> list:
 
 def _image01(output, context) -> torch.Tensor:
     # The explained image in [0, 1] as the pipeline made it, regenerated from the same noise with nothing replaced.
-    if "_reference_image" not in output.extras:
-        with torch.no_grad():
-            output.extras["_reference_image"] = context.box_images(context.generate(context.inputs)).cpu()
-    return output.extras["_reference_image"]
+    return output.session.reference_image()
 
 
 def _changes(output, position_sets, box, baseline, batch_size) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .tracing.leaves import LeafPreprocessedImage
+from .tracing.run import Recording
 
 
 def image_size(image) -> Optional[Tuple[int, int]]:
@@ -149,8 +150,10 @@ class ImageInput:
             kwargs.update(height=self.height, width=self.width)
         return kwargs
 
-    def leaf_scope(self, store: Dict[str, torch.Tensor]) -> LeafPreprocessedImage:
-        return LeafPreprocessedImage(self.pipe.image_processor, store, "pixels")
+    def pixel_recording(self) -> Recording:
+        r"""The input image's [0, 1] pixels as a leaf of the run's graph, as a [`Recording`] named `"pixels"`: the
+        pipeline's own preprocessing gives them, with a zero-valued term that carries their gradient."""
+        return Recording("pixels", lambda plan, counter, call_kwargs: LeafPreprocessedImage(plan.pipe.image_processor))
 
     def _processed(self) -> torch.Tensor:
         image = self.image[0] if isinstance(self.image, list) else self.image

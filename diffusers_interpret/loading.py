@@ -69,10 +69,10 @@ def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float3
             where = "" if path.exists() else " (no such folder; as a model id, it is not in the local cache)"
             hint = "" if allow_download or path.exists() else "; pass --allow-download to fetch it"
             raise OSError(f"cannot load the model {model!r}{where}: {first_line}{hint}") from error
-    from .families import explainer_class_for, supported_pipelines
+    from .families import supported_pipeline, supported_pipelines
 
     try:
-        explainer_class_for(pipe)
+        supported_pipeline(pipe)
     except TypeError:
         raise OSError(
             f"{model!r} holds a {type(pipe).__name__}, which cannot be explained; supported: "

@@ -4,9 +4,10 @@ import base64
 import dataclasses
 import io
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ from PIL import Image
 
 from .box import Box
 from .checks import positive_int
-from .views.markup import image_slider_html, in_notebook, show_html, standalone_page
+from .memory import MemoryEstimate
+from .progress import in_notebook
+from .views.markup import image_slider_html, show_html, standalone_page
 
 
 def _percentages(scores: np.ndarray) -> np.ndarray:
@@ -183,6 +186,64 @@ def _unused_path(path: Path) -> Path:
 
 
 @dataclass
+class ExplanationStats:
+    r"""
+    What an explainer call cost.
+
+    Args:
+        traced_denoiser_calls (`int`): Denoiser calls traced (for the attention methods: recorded).
+        denoiser_calls (`int`): Denoiser calls made.
+        backward_seconds (`float`, *optional*): Seconds the attribution took after the generation.
+        memory_estimate (`MemoryEstimate`, *optional*): The estimated peak memory of a call that built a graph.
+    """
+
+    traced_denoiser_calls: int = 0
+    denoiser_calls: int = 0
+    backward_seconds: Optional[float] = None
+    memory_estimate: Optional[MemoryEstimate] = None
+
+
+# An output's `extras` names -> how each is read from the output (the named fields, by the names they had in `extras`).
+_EXTRAS = {
+    "token_positions": lambda o: o.token_positions,
+    "method_summary": lambda o: o.method_summary,
+    "word_maps": lambda o: o.word_maps,
+    "cell_size": lambda o: o.word_map_cell_size,
+    "concept_maps": lambda o: o.concept_maps,
+    "concept_scores": lambda o: o.concept_scores,
+    "signed_scores": lambda o: o.signed_scores,
+    "completeness": lambda o: o.completeness,
+    "pixel_completeness": lambda o: getattr(o, "pixel_completeness", None),
+    "ablated_images": lambda o: o.ablated_images,
+    "projections": lambda o: o.probe_projections,
+    "backward_seconds": lambda o: o.stats.backward_seconds,
+    "traced_denoiser_calls": lambda o: o.stats.traced_denoiser_calls,
+    "memory_estimate": lambda o: o.stats.memory_estimate,
+}
+
+
+class _Extras(Mapping):
+    # `output.extras`: the named fields under their earlier names (those that are set), then `method_extras`.
+
+    def __init__(self, output: "BaseExplanationOutput"):
+        self._values = {name: read(output) for name, read in _EXTRAS.items()}
+        self._values = {name: value for name, value in self._values.items() if value is not None}
+        self._values.update(output.method_extras)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"extras({', '.join(self._values)})"
+
+
+@dataclass
 class BaseExplanationOutput:
     r"""
     The explanation of one generated image.
@@ -208,7 +269,9 @@ class BaseExplanationOutput:
             attributed token (float32, CPU).
         token_embeddings (`torch.Tensor`, *optional*): The embeddings the gradient was taken at, same shape. With
             several text encoders (SDXL), every encoder's features side by side (CLIP-L's, then CLIP-G's).
-        extras (`dict`): Method-specific values (`token_positions`, `signed_scores`, `completeness`, timings).
+        token_positions (`List[int]`): Each attributed token's row in the layout of every text encoder's tokens (for
+            CLIP alone, its position in the padded sequence: 0 is the start token), aligned with `token_attributions`.
+        method_summary (`str`): One sentence: what the method's numbers mean.
         attention_maps (`AttentionMaps`, *optional*): Cross-attention maps, when recorded.
         pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL): its share of the squared
             gradient x input norm at the text encoders' outputs (gradient methods).
@@ -218,8 +281,26 @@ class BaseExplanationOutput:
         word_attributions (`TokenAttributions`, *optional*): The prompt's words (runs of non-space characters), each
             scored with the sum of the scores of every token of every tokenizer that falls in it (T5's pieces of a word
             and the same word under CLIP merge into one).
+        word_maps (`np.ndarray`, *optional*): (tokens, H, W) where in the image each attributed token is read,
+            aligned with `token_attributions` (`"word_attention"`, `"concept_attention"`).
+        word_map_cell_size (`float`, *optional*): Pixels per cell of the attention grid behind `word_maps` (what
+            [`edge_aware_maps`] filters over).
+        concept_maps (`Dict[str, np.ndarray]`, *optional*): (H, W) map of each concept (`"concept_attention"`): at
+            each pixel a softmax across the concepts.
+        concept_scores (`Dict[str, float]`, *optional*): Each concept's score for the explained region.
+        signed_scores (`np.ndarray`, *optional*): Signed token scores, where the method has them
+            (`"integrated_gradients"`).
+        completeness (`float`, *optional*): What the signed scores of every position add up to.
+        ablated_images (`torch.Tensor`, *optional*): (tokens, 3, H, W) [0, 1] images made again with each token
+            removed (`"ablation"`).
+        probe_projections (`np.ndarray`, *optional*): (probes, tokens) random projections of the region's change
+            behind the scores (`"linearized_ablation"`).
+        stats (`ExplanationStats`): What the call cost: denoiser calls traced and made, seconds, memory estimate.
+        method_extras (`dict`): Values of an attribution method defined outside the library (`Scores.extras`).
         session (`Session`): What the call kept, behind `explain()`, `region_grid()`, `interactive_view()`.
         image_index (`int`): This image's index in its call.
+
+    `extras` is the same values by their earlier names (`output.extras["word_maps"]`, ...), read-only.
     """
 
     image: Any
@@ -233,13 +314,31 @@ class BaseExplanationOutput:
     token_ids: List[int] = field(default_factory=list)
     token_gradients: Optional[torch.Tensor] = field(default=None, repr=False)
     token_embeddings: Optional[torch.Tensor] = field(default=None, repr=False)
-    extras: Dict[str, Any] = field(default_factory=dict, repr=False)
+    token_positions: List[int] = field(default_factory=list, repr=False)
+    method_summary: str = field(default="", repr=False)
     attention_maps: Any = field(default=None, repr=False)
     pooled_share: Optional[float] = None
     encoder_token_attributions: Optional[Dict[str, TokenAttributions]] = field(default=None, repr=False)
     word_attributions: Optional[TokenAttributions] = None
+    word_maps: Optional[np.ndarray] = field(default=None, repr=False)
+    word_map_cell_size: Optional[float] = field(default=None, repr=False)
+    concept_maps: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)
+    concept_scores: Optional[Dict[str, float]] = field(default=None, repr=False)
+    signed_scores: Optional[np.ndarray] = field(default=None, repr=False)
+    completeness: Optional[float] = field(default=None, repr=False)
+    ablated_images: Optional[torch.Tensor] = field(default=None, repr=False)
+    probe_projections: Optional[np.ndarray] = field(default=None, repr=False)
+    stats: ExplanationStats = field(default_factory=ExplanationStats, repr=False)
+    method_extras: Dict[str, Any] = field(default_factory=dict, repr=False)
     session: Any = field(default=None, repr=False, compare=False)
     image_index: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def extras(self) -> Mapping[str, Any]:
+        r"""The output's method values and costs by their earlier names (`"word_maps"`, `"cell_size"`,
+        `"concept_maps"`, `"signed_scores"`, `"memory_estimate"`, ...), and the values of a method defined outside
+        the library; read-only. The named fields (`word_maps`, `stats`, ...) are the same values."""
+        return _Extras(self)
 
     def _repr_html_(self) -> str:
         from .views.summary import explanation_html
@@ -338,12 +437,15 @@ class PipelineImg2ImgExplainerOutput(BaseExplanationOutput):
         input_saliency_map (`SaliencyMap`, *optional*): The pixel attributions as pictures (`.show()`, `.overlay()`).
         pixel_gradients (`torch.Tensor`, *optional*): Raw (3, H, W) gradient w.r.t. the [0, 1] input pixels.
         input_image (`PIL.Image.Image`, *optional*): The input image as the pipeline processed it.
+        pixel_completeness (`float`, *optional*): What the pixels' signed contributions add up to
+            (`"integrated_gradients"`).
     """
 
     pixel_attributions: Optional[PixelAttributions] = None
     input_saliency_map: Any = None
     pixel_gradients: Optional[torch.Tensor] = None
     input_image: Any = None
+    pixel_completeness: Optional[float] = None
 
 
 @dataclass

@@ -3,11 +3,19 @@
 import sys
 
 
+def in_notebook() -> bool:
+    r"""Whether code runs in a notebook kernel (Jupyter, Colab, VS Code), where rich output is displayed."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def interactive_output() -> bool:
     r"""Whether a progress bar can redraw itself in place: a terminal, or a notebook with ipywidgets. Elsewhere (logs,
     pipes, notebooks without widgets, nbconvert) every refresh would become a line of its own."""
-    from .views.markup import in_notebook
-
     if in_notebook():
         try:
             import ipywidgets  # noqa: F401

@@ -3,18 +3,16 @@ Generate the explained image again from the same noise with the prompt's embeddi
 the engine of the perturbation methods and of the faithfulness metrics.
 """
 
+import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from .attribution import AttributionLevel
-from .memory import MemoryGuard
 from .progress import progress_bar
 from .target import Target
 from .text import PromptTokens, TextInputs, encode_replaced, token_blocks, token_embedding_values
-from .tracing.run import run_pipeline
-from .tracing.steps import StepCounter
-from .tracing.tracer import DenoiserTracer
+from .tracing.run import RunPlan, decode, run
 
 
 def generator_state(generator, device: torch.device):
@@ -61,7 +59,8 @@ class Regeneration:
     r"""
     Everything needed to generate the explained image again with the prompt's embeddings changed, from the same
     initial noise (and the same scheduler noise: every image of a batch gets its own copy of the generator state the
-    explained call started from). Made by an explainer call for a single image.
+    explained call started from). Made by an explainer call for a single image; every generation runs through
+    `tracing.run` with the call's plan, the traced calls seeing the changed conditioning.
 
     Embeddings are given at the call's attribution level (`TextInputs`: every text encoder's features side by side),
     the input token embeddings (then run through the text encoders) or the denoiser's `encoder_hidden_states`. They
@@ -71,35 +70,33 @@ class Regeneration:
 
     def __init__(
         self,
-        explainer,
+        plan: RunPlan,
         prompts: Dict[str, List[str]],
         call_kwargs: Dict[str, Any],
-        n_traced: Optional[int],
         level: AttributionLevel,
         tokens: PromptTokens,
         generator_snapshot,
-        target_image,
-        size=None,
+        input_pixels: Optional[torch.Tensor] = None,
+        verbose: bool = True,
     ):
-        self.explainer = explainer
-        self.family = explainer.family
-        self.pipe = explainer.pipe
+        self.plan = plan
+        self.family = plan.family
+        self.pipe = plan.pipe
         self.prompts = {name: texts[:1] for name, texts in prompts.items()}
         self.prompt = self.prompts["prompt"][0]
         self.call_kwargs = {k: v for k, v in call_kwargs.items() if not k.startswith("callback")}
-        self.n_traced = n_traced
+        self.n_traced = plan.n_traced
         self.level = AttributionLevel(level)
         self.tokens = tokens
         self.units = tokens.units
         self.positions = [unit.position for unit in self.units]
         self.generator_device, self.generator_state = generator_snapshot
-        self.to_unit_image = target_image
-        self.size = size
+        self.size = plan.size
+        # The input image's [0, 1] pixels (1, 3, H, W) for img2img / inpainting explainers.
+        self.input_pixels = input_pixels
+        self.verbose = verbose
         self._inputs: Optional[TextInputs] = None
         self._baselines: Dict[str, torch.Tensor] = {}
-        # The input image's [0, 1] pixels (1, 3, H, W) for img2img / inpainting explainers.
-        self.input_pixels: Optional[torch.Tensor] = None
-        self.check_memory = True
 
     # -- embeddings -----------------------------------------------------------------------------------------------
     def _at_level(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -195,7 +192,6 @@ class Regeneration:
     def _run(self, count: int, replacement, grad: bool, grad_before_loop: bool = False, **overrides) -> torch.Tensor:
         # The pipeline's own call for `count` rows, every row from the explained call's noise, the prompt's
         # conditioning at the traced calls given by `replacement`; returns the decoded images.
-        pipe, family = self.pipe, self.family
         kwargs = dict(self.call_kwargs)
         kwargs.update(
             {name: texts * count for name, texts in self.prompts.items() if name in kwargs or name == "prompt"},
@@ -205,31 +201,13 @@ class Regeneration:
             num_images_per_prompt=1,
             **overrides,
         )
-        for name in ("negative_prompt", "negative_prompt_2", "latents", "ip_adapter_image", "mask_image"):
+        per_row = (*self.family.negative_prompt_arguments(self.pipe), "latents", "ip_adapter_image", "mask_image")
+        for name in per_row:
             if kwargs.get(name) is not None:
                 kwargs[name] = self._batched(kwargs[name], count)
-        counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, kwargs))
-        checkpoint = self.explainer.checkpoints(self.n_traced)
-        tracer = DenoiserTracer(
-            pipe, family, counter, self.n_traced, replacement, checkpoint=checkpoint, replace=True, grad=grad
-        )
-        scopes = [counter, tracer]
-        if grad:
-            scopes.append(
-                MemoryGuard(
-                    pipe,
-                    family,
-                    counter,
-                    self.n_traced,
-                    checkpoint,
-                    self.size,
-                    pixels=grad_before_loop,
-                    enforce=self.check_memory,
-                )
-            )
-        latents = run_pipeline(pipe, kwargs, scopes, grad_before_loop=grad and grad_before_loop).images
-        with torch.set_grad_enabled(grad and latents.requires_grad):
-            return self.explainer.decode(latents, size=self.size, checkpoint=checkpoint)
+        plan = dataclasses.replace(self.plan, graph=grad, replace=True, pixels=grad_before_loop)
+        latents = run(plan, kwargs, conditioning=replacement).output.images
+        return decode(plan, latents)
 
     def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
         r"""
@@ -270,7 +248,7 @@ class Regeneration:
 
     def box_images(self, decoded: torch.Tensor) -> torch.Tensor:
         r"""The pipeline's [0, 1] output images (clamped) of decoded images."""
-        return self.to_unit_image(decoded)
+        return self.family.unit_image(self.pipe, decoded)
 
     def box_changes(
         self, rows: torch.Tensor, reference: torch.Tensor, box, batch_size: Optional[int], generate=None, desc=None
@@ -282,10 +260,10 @@ class Regeneration:
         """
 
         generate = generate or self.generate
-        target = Target(box, self.to_unit_image)
+        target = Target(box, self.box_images)
         changes, images = [], []
         pieces = chunks(rows.shape[0], batch_size)
-        verbose = desc is not None and self.explainer.verbose and len(pieces) > 1
+        verbose = desc is not None and self.verbose and len(pieces) > 1
         for piece in progress_bar(pieces, desc, disable=not verbose):
             with torch.no_grad():
                 made = self.box_images(generate(rows[piece.start : piece.stop]))

@@ -1,5 +1,10 @@
-"""The first phase of an explainer call: check its inputs before any model runs, and resolve them."""
+r"""
+The first phase of an explainer call: its arguments as one typed [`ExplainRequest`] (the front door), checked before
+any model runs and resolved into a [`CheckedRequest`] (the method object, the level, the box in pixels, the image
+size, each image's prompts, the input image).
+"""
 
+import dataclasses
 import inspect
 import warnings
 from dataclasses import dataclass, field
@@ -8,14 +13,120 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from .attribution import AttributionLevel, parse_attribution_level
-from .box import normalize_box
+from .attribution import Aggregation, AttributionLevel, parse_attribution_level
+from .box import Box, BoxLike, normalize_box
 from .checks import finite_number, positive_int
+from .defaults import DEFAULT_ATTRIBUTION_LEVEL
+from .families import InputKind, PipelineFamily
 from .image_inputs import ImageInput
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
+from .tracing.attention import attention_recording
+from .tracing.run import Recording
 
-N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    r"""
+    One explainer call's arguments, as [`BasePipelineExplainer.__call__`] takes them (see there for each); made once
+    per call, and replayed with `dataclasses.replace` to explain another region of the same call.
+
+    Args:
+        pipeline_kwargs (`Dict[str, Any]`): Every other argument of the pipeline's `__call__`, passed through.
+    """
+
+    prompt: Union[str, List[str]]
+    num_inference_steps: int = 50
+    height: Optional[int] = None
+    width: Optional[int] = None
+    n_last_diffusion_steps_to_consider_for_attributions: Optional[int] = None
+    explanation_2d_bounding_box: Optional[BoxLike] = None
+    attribution_method: Union[str, Aggregation, AttributionMethod, None] = None
+    attribution_level: Union[str, AttributionLevel] = DEFAULT_ATTRIBUTION_LEVEL
+    consider_special_tokens: bool = False
+    clean_token_prefixes_and_suffixes: bool = True
+    get_images_for_all_inference_steps: bool = True
+    output_type: str = "pil"
+    keep_for_reexplanation: Optional[str] = None
+    attention_maps: bool = False
+    check_memory: bool = True
+    init_image: Any = None
+    image: Any = None
+    mask_image: Any = None
+    pipeline_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    r"""
+    An [`ExplainRequest`] checked and resolved, what the later phases read.
+
+    Args:
+        request (`ExplainRequest`): The call as given (to run it again).
+        prompts (`Dict[str, List[str]]`): Each image's texts by call argument (`"prompt"`, `"prompt_2"`, ...).
+        n_traced (`int`, *optional*): Last denoising steps traced (`None`: all, 0: none).
+        method (`AttributionMethod`): The attribution method.
+        level (`AttributionLevel`): Where tokens are attributed.
+        box (`Box`, *optional*): The explained region, in pixels; `None` for the whole image.
+        height (`int`): The image's height.
+        width (`int`): The image's width.
+        check_memory (`bool`): Whether the memory guard refuses a call that does not fit.
+        image_input (`ImageInput`, *optional*): The input image (and mask) of img2img and inpainting calls.
+    """
+
+    request: ExplainRequest
+    prompts: Dict[str, List[str]]
+    n_traced: Optional[int]
+    method: AttributionMethod
+    level: AttributionLevel
+    box: Optional[Box]
+    height: int
+    width: int
+    check_memory: bool
+    image_input: Optional[ImageInput] = None
+
+    @property
+    def pipeline_kwargs(self) -> Dict[str, Any]:
+        return self.request.pipeline_kwargs
+
+    @property
+    def keep(self) -> Optional[str]:
+        return self.request.keep_for_reexplanation
+
+    @property
+    def output_type(self) -> str:
+        return self.request.output_type
+
+    @property
+    def step_images(self) -> bool:
+        return self.request.get_images_for_all_inference_steps
+
+    @property
+    def num_images(self) -> int:
+        return len(self.prompts["prompt"])
+
+    @property
+    def wants_scores(self) -> bool:
+        return self.n_traced != 0
+
+    @property
+    def needs_graph(self) -> bool:
+        # Image explainers also trace for pixel attributions; a kept graph serves later re-explanations.
+        return self.wants_scores and (self.method.needs_graph or self.image_input is not None or self.keep is not None)
+
+    def method_recordings(self) -> List[Recording]:
+        r"""What the method needs recorded beside the call (nothing when no step is traced)."""
+        return self.method.recordings(self.prompts["prompt"]) if self.wants_scores else []
+
+    def recordings(self) -> List[Recording]:
+        r"""Everything the traced run records: the method's recordings, the attention maps the call asks for (over
+        every step, unless the method records them over its traced steps), the input image's pixels as a leaf."""
+        found = self.method_recordings()
+        if self.request.attention_maps and not any(r.name == "attention_maps" for r in found):
+            found.append(attention_recording(traced_only=False))
+        if self.image_input is not None and self.needs_graph:
+            found.append(self.image_input.pixel_recording())
+        return found
 
 
 def _expand(values: Union[str, List[str], None], batch_size: int, per_prompt: int, name: str) -> Optional[List[str]]:
@@ -31,90 +142,59 @@ def _expand(values: Union[str, List[str], None], batch_size: int, per_prompt: in
     return [value for value in values for _ in range(per_prompt)]
 
 
-@dataclass
-class ExplainRequest:
-    r"""One explainer call's checked inputs."""
-
-    prompt: Union[str, List[str]]
-    prompts: Dict[str, List[str]]  # by call argument ("prompt", "prompt_2"), one text per image
-    n_traced: Optional[int]
-    method: AttributionMethod
-    level: AttributionLevel
-    box: Any
-    height: int
-    width: int
-    output_type: str
-    keep: Optional[str]
-    attention_maps: bool
-    check_memory: bool
-    step_images: bool
-    consider_special_tokens: bool
-    clean_tokens: bool
-    image_input: Optional[ImageInput]
-    arguments: Dict[str, Any] = field(default_factory=dict)  # the call's own arguments, to run it again
-
-    @property
-    def num_images(self) -> int:
-        return len(self.prompts["prompt"])
-
-    @property
-    def wants_scores(self) -> bool:
-        return self.n_traced != 0
-
-    @property
-    def needs_graph(self) -> bool:
-        # Image explainers also trace for pixel attributions; a kept graph serves later re-explanations.
-        return self.wants_scores and (self.method.needs_graph or self.image_input is not None or self.keep is not None)
-
-    @property
-    def records_attention(self) -> bool:
-        return self.attention_maps or (self.wants_scores and self.method.needs_attention_maps)
-
-
-def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest:
+def check_inputs(
+    request: ExplainRequest, pipe, family: PipelineFamily, input_kind: Optional[InputKind], explainer_name: str
+) -> CheckedRequest:
     r"""
-    Check an explainer call's arguments (as `explainer(prompt, ...)` takes them, in a dict) and resolve the method,
-    level, box, traced steps and input image, before any model runs.
+    Check an explainer call's arguments and resolve the method, level, box, traced steps, image size and input image,
+    before any model runs.
+
+    Args:
+        request (`ExplainRequest`): The call.
+        pipe: The explained pipeline.
+        family (`PipelineFamily`): Its family.
+        input_kind (`InputKind`, *optional*): What the explainer's pipelines start from besides the prompt.
+        explainer_name (`str`): The explainer's class name, for the messages.
 
     Raises:
         `ValueError`: for a bad argument, naming it and what to pass instead.
     """
-    pipeline_kwargs = {k: arguments.pop(k) for k in list(arguments) if k not in EXPLAINER_ARGUMENTS}
+    pipeline_kwargs = request.pipeline_kwargs
     if "prompt_embeds" in pipeline_kwargs:
         raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
-    explainer.family.check_arguments(explainer.pipe, pipeline_kwargs)
-    keep = arguments["keep_for_reexplanation"]
+    family.check_arguments(pipe, pipeline_kwargs)
+    keep = request.keep_for_reexplanation
     if keep not in (None, "graph", "latents"):
         raise ValueError(f"`keep_for_reexplanation` must be None, 'graph' or 'latents', got {keep!r}.")
-    output_type = arguments["output_type"]
-    if output_type not in ("pil", "np", "pt"):
-        raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+    if request.output_type not in ("pil", "np", "pt"):
+        raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {request.output_type!r}.")
+    prompt = request.prompt
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ValueError(f"`prompt` must be a non-empty string or list of non-empty strings, got {prompt!r}.")
-    _check_special_tokens(explainer, prompts)
-    _warn_truncated(explainer, prompts, pipeline_kwargs)
-    _check_call(explainer, arguments, pipeline_kwargs, len(prompts))
-    n_traced = arguments[N_STEPS_ARG]
+    _check_special_tokens(pipe, family, prompts)
+    _warn_truncated(pipe, family, prompts, pipeline_kwargs)
+    height, width = _check_call(request, pipe, family, len(prompts))
+    n_traced = request.n_last_diffusion_steps_to_consider_for_attributions
     if n_traced is not None and (isinstance(n_traced, bool) or not isinstance(n_traced, int) or n_traced < 0):
         raise ValueError(f"`{N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
-    chosen = arguments["attribution_method"]
-    method = parse_method(explainer.family.default_method if chosen is None else chosen)
-    level = parse_attribution_level(arguments["attribution_level"])
-    image_input = _image_input(explainer, arguments)
+    chosen = request.attribution_method
+    method = parse_method(family.default_method if chosen is None else chosen)
+    level = parse_attribution_level(request.attribution_level)
+    image_input = _image_input(request, pipe, family, input_kind, explainer_name, height, width)
     if image_input is not None:
         height, width = image_input.height, image_input.width
     else:
-        default_height, default_width = explainer.family.default_size(explainer.pipe)
-        height, width = int(arguments["height"] or default_height), int(arguments["width"] or default_width)
-    box = normalize_box(arguments["explanation_2d_bounding_box"], height, width)
+        default_height, default_width = family.default_size(pipe)
+        height, width = int(height or default_height), int(width or default_width)
+    box = normalize_box(request.explanation_2d_bounding_box, height, width)
     per_prompt = int(pipeline_kwargs.get("num_images_per_prompt") or 1)
     expanded = {"prompt": _expand(prompts, len(prompts), per_prompt, "prompt")}
-    for name in ("prompt_2", "prompt_3"):
+    for name in family.prompt_arguments(pipe)[1:]:
         if pipeline_kwargs.get(name) is not None:
             expanded[name] = _expand(pipeline_kwargs[name], len(prompts), per_prompt, name)
     if method.needs_concept_maps:
-        explainer.family.concept_blocks(explainer.family.denoiser(explainer.pipe))  # raises for UNet families
+        family.concept_blocks(family.denoiser(pipe))  # raises for UNet families
     if keep is not None and not (method.needs_graph or method.needs_attention_maps or method.needs_concept_maps):
         raise ValueError(
             "`keep_for_reexplanation` needs a gradient method (e.g. 'grad_x_input') or 'attention', not "
@@ -125,8 +205,8 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
             f"`attribution_method={method.name!r}` explains one image per call: pass one prompt and "
             "num_images_per_prompt=1 (call the explainer once per image)."
         )
-    return ExplainRequest(
-        prompt=prompt,
+    return CheckedRequest(
+        request=request,
         prompts=expanded,
         n_traced=n_traced,
         method=method,
@@ -134,28 +214,23 @@ def check_inputs(explainer, prompt, arguments: Dict[str, Any]) -> ExplainRequest
         box=box,
         height=height,
         width=width,
-        output_type=output_type,
-        keep=keep,
-        attention_maps=arguments["attention_maps"],
-        check_memory=bool(arguments.get("check_memory", True)) and not memory_check_disabled(),
-        step_images=arguments["get_images_for_all_inference_steps"],
-        consider_special_tokens=arguments["consider_special_tokens"],
-        clean_tokens=arguments["clean_token_prefixes_and_suffixes"],
+        check_memory=bool(request.check_memory) and not memory_check_disabled(),
         image_input=image_input,
-        arguments=dict(arguments, **pipeline_kwargs),
     )
 
 
-def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str, Any], num_prompts: int) -> None:
-    # What diffusers would otherwise answer deep inside the scheduler or the latents' reshape, named here.
-    _check_known(explainer.pipe, pipeline_kwargs)
-    for name in SWITCHES:
-        value = arguments.get(name, True)
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    positive_int(arguments["num_inference_steps"], "num_inference_steps", allow_none=False)
-    for name in ("height", "width"):
-        positive_int(arguments[name], name)
+def _check_call(request: ExplainRequest, pipe, family: PipelineFamily, num_prompts: int):
+    # What diffusers would otherwise answer deep inside the scheduler or the latents' reshape, named here. Returns
+    # the image size asked for, or made by user-given latents.
+    pipeline_kwargs = request.pipeline_kwargs
+    _check_known(pipe, pipeline_kwargs)
+    for switch in dataclasses.fields(ExplainRequest):
+        value = getattr(request, switch.name)
+        if switch.type is bool and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"`{switch.name}` must be True or False, got {value!r}.")
+    positive_int(request.num_inference_steps, "num_inference_steps", allow_none=False)
+    positive_int(request.height, "height")
+    positive_int(request.width, "width")
     positive_int(pipeline_kwargs.get("num_images_per_prompt"), "num_images_per_prompt")
     generator = pipeline_kwargs.get("generator")
     generators = generator if isinstance(generator, list) else [generator]
@@ -186,39 +261,29 @@ def _check_call(explainer, arguments: Dict[str, Any], pipeline_kwargs: Dict[str,
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
-        if int(arguments["num_inference_steps"] * strength) < 1:
+        if int(request.num_inference_steps * strength) < 1:
             raise ValueError(
-                f"`strength={strength}` of `num_inference_steps={arguments['num_inference_steps']}` leaves no "
+                f"`strength={strength}` of `num_inference_steps={request.num_inference_steps}` leaves no "
                 "denoising step: raise one of them."
             )
+    height, width = request.height, request.width
     latents = pipeline_kwargs.get("latents")
     if latents is not None and not isinstance(latents, torch.Tensor):
         raise ValueError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
-    if isinstance(latents, torch.Tensor) and explainer.family.attention_kind == "cross" and latents.ndim != 4:
-        raise ValueError(
-            f"`latents` must be (batch, channels, height / {explainer.pipe.vae_scale_factor}, width / "
-            f"{explainer.pipe.vae_scale_factor}), got shape {tuple(latents.shape)}."
-        )
-    factor = getattr(explainer.pipe, "vae_scale_factor", None)
-    if (
-        isinstance(latents, torch.Tensor)
-        and latents.ndim == 4
-        and factor
-        and explainer.family.attention_kind == "cross"
-    ):
-        size = (int(latents.shape[-2]) * factor, int(latents.shape[-1]) * factor)
-        asked = (arguments["height"], arguments["width"])
-        if any(a is not None and a != b for a, b in zip(asked, size)):
+    size = family.latents_size(pipe, latents) if latents is not None else None
+    if size is not None:
+        if any(a is not None and a != b for a, b in zip((height, width), size)):
             raise ValueError(
-                f"`latents` make a {size[1]}x{size[0]} (width x height) image, not the {asked[1]}x{asked[0]} asked: "
+                f"`latents` make a {size[1]}x{size[0]} (width x height) image, not the {width}x{height} asked: "
                 "pass matching `height` and `width`, or leave them out."
             )
-        arguments["height"], arguments["width"] = size
+        height, width = size
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "Explaining needs autograd and inference mode turns it off: call the explainer outside "
             "`torch.inference_mode()` (`torch.no_grad()` around it is fine)."
         )
+    return height, width
 
 
 def _check_known(pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -232,11 +297,11 @@ def _check_known(pipe, pipeline_kwargs: Dict[str, Any]) -> None:
         )
 
 
-def _check_special_tokens(explainer, prompts) -> None:
+def _check_special_tokens(pipe, family: PipelineFamily, prompts) -> None:
     # A special token typed as text would be read as that token (CLIP's end-of-text cuts the prompt there) and could
     # not be attributed as words: refused, rather than silently cut.
-    for slot in explainer.family.text_encoders(explainer.pipe):
-        tokenizer = getattr(explainer.pipe, slot.tokenizer, None)
+    for slot in family.text_encoders(pipe):
+        tokenizer = getattr(pipe, slot.tokenizer, None)
         special = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
         found = sorted({t for t in special for p in prompts if t in p})
         if found:
@@ -247,15 +312,14 @@ def _check_special_tokens(explainer, prompts) -> None:
             )
 
 
-def _warn_truncated(explainer, prompts, pipeline_kwargs: Dict[str, Any]) -> None:
+def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict[str, Any]) -> None:
     # The pipelines cut a prompt at its text encoder's length: say which words the model (and so the explanation)
     # never sees.
-    pipe = explainer.pipe
-    for slot in explainer.family.text_encoders(pipe):
+    for slot in family.text_encoders(pipe):
         tokenizer = getattr(pipe, slot.tokenizer, None)
         if tokenizer is None or getattr(pipe, slot.encoder, None) is None:
             continue
-        room = explainer.family.token_length(pipe, slot, pipeline_kwargs) - tokenizer.num_special_tokens_to_add()
+        room = family.token_length(pipe, slot, pipeline_kwargs) - tokenizer.num_special_tokens_to_add()
         texts = pipeline_kwargs.get(slot.prompt_argument) or prompts
         for text in [texts] if isinstance(texts, str) else texts:
             tokens = tokenizer.tokenize(text)
@@ -269,13 +333,21 @@ def _warn_truncated(explainer, prompts, pipeline_kwargs: Dict[str, Any]) -> None
                 )
 
 
-def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
-    init_image, image, mask_image = arguments["init_image"], arguments["image"], arguments["mask_image"]
-    name = type(explainer.pipe).__name__
-    if explainer.input_kind is None:
+def _image_input(
+    request: ExplainRequest,
+    pipe,
+    family: PipelineFamily,
+    input_kind: Optional[InputKind],
+    explainer_name: str,
+    height: Optional[int],
+    width: Optional[int],
+) -> Optional[ImageInput]:
+    init_image, image, mask_image = request.init_image, request.image, request.mask_image
+    name = type(pipe).__name__
+    if input_kind is None:
         if init_image is not None or image is not None or mask_image is not None:
             raise ValueError(
-                f"{type(explainer).__name__} explains text-to-image calls: use the img2img or inpainting explainer "
+                f"{explainer_name} explains text-to-image calls: use the img2img or inpainting explainer "
                 "(or `explainer_for(pipe)`) for an input image."
             )
         return None
@@ -283,56 +355,26 @@ def _image_input(explainer, arguments: Dict[str, Any]) -> Optional[ImageInput]:
         raise ValueError("Pass the input image once: as `image=` (or as the legacy `init_image=`), not both.")
     if init_image is None and image is None:
         raise ValueError(f"{name} needs an input image: pass `image=` (or `init_image=`).")
-    if explainer.input_kind == "inpaint" and mask_image is None:
+    if input_kind is InputKind.INPAINT and mask_image is None:
         raise ValueError(f"{name} needs `mask_image=` (white where to repaint).")
-    if explainer.input_kind != "inpaint" and mask_image is not None:
+    if input_kind is not InputKind.INPAINT and mask_image is not None:
         raise ValueError(
-            f"{type(explainer).__name__} takes no `mask_image`: use the inpainting explainer with an inpainting "
-            "pipeline."
+            f"{explainer_name} takes no `mask_image`: use the inpainting explainer with an inpainting pipeline."
         )
     # Some pipelines size the image by the call's `height`/`width` (resizing the input to the model's default
     # without them); the others by the input image alone.
-    sized_by_call = "height" in inspect.signature(type(explainer.pipe).__call__).parameters
+    sized_by_call = "height" in inspect.signature(type(pipe).__call__).parameters
     if not sized_by_call:
-        for size_name in ("height", "width"):
-            if arguments[size_name] is not None:
+        for size_name, value in (("height", height), ("width", width)):
+            if value is not None:
                 raise ValueError(
                     f"{name} takes its size from the input image, not `{size_name}=`: resize the image instead."
                 )
     chosen = init_image if init_image is not None else image
-    height, width = arguments["height"], arguments["width"]
     if sized_by_call:
-        default_height, default_width = explainer.family.default_size(explainer.pipe)
+        default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width
-    return ImageInput.make(explainer.pipe, chosen, mask_image, height, width)
+    return ImageInput.make(pipe, chosen, mask_image, height, width)
 
 
-SWITCHES = (
-    "consider_special_tokens",
-    "clean_token_prefixes_and_suffixes",
-    "get_images_for_all_inference_steps",
-    "attention_maps",
-    "check_memory",
-)
-
-EXPLAINER_ARGUMENTS = frozenset(
-    (
-        "num_inference_steps",
-        "height",
-        "width",
-        N_STEPS_ARG,
-        "explanation_2d_bounding_box",
-        "attribution_method",
-        "attribution_level",
-        "consider_special_tokens",
-        "clean_token_prefixes_and_suffixes",
-        "get_images_for_all_inference_steps",
-        "output_type",
-        "keep_for_reexplanation",
-        "attention_maps",
-        "check_memory",
-        "init_image",
-        "image",
-        "mask_image",
-    )
-)
+N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"

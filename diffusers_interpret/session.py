@@ -4,6 +4,7 @@ What one explainer call kept, behind its outputs' `explain(box)`, `region_grid()
 only the attention maps (the `"attention"` method, which needs nothing kept).
 """
 
+import dataclasses
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -13,9 +14,13 @@ from PIL import Image
 from . import checks
 from .assembly import reexplained
 from .box import normalize_box
-from .methods import parse_method
+from .methods import GradientAggregation, WordAttention, parse_method
 from .progress import progress_bar
+from .regeneration import Regeneration
+from .request import CheckedRequest
+from .trace import CallRecord, Trace
 from .tracing.scoped import pipeline_lock
+from .views.interactive import InteractiveView
 
 
 class Session:
@@ -26,27 +31,37 @@ class Session:
     Args:
         explainer (`BasePipelineExplainer`): The explainer of the call.
         trace (`Trace`): What the traced run left.
-        request (`ExplainRequest`): The call's checked inputs.
+        request (`CheckedRequest`): The call's checked inputs.
         images (`list`): The call's images, without the box drawn.
-        replay_cache (`UntracedDenoiserCache`, *optional*): The untraced steps' outputs (`"latents"`).
+        record (`CallRecord`): What the call's run left for the session (the untraced outputs, the generators).
     """
 
     CELLS_PER_BATCH = 8
 
-    def __init__(self, explainer, trace, request, images, replay_cache=None):
+    def __init__(self, explainer, trace: Trace, request: CheckedRequest, images, record: CallRecord):
         self.explainer = explainer
         self.trace = trace
         self.request = request
         self.images = images
-        self.replay_cache = replay_cache
+        self.record = record
         self.released = False
         self._grids: Dict[Tuple[int, int], np.ndarray] = {}
+        self._reference: Optional[torch.Tensor] = None
 
     @property
-    def regeneration(self):
+    def regeneration(self) -> Optional[Regeneration]:
         r"""How to generate the image again with the prompt changed (single-image calls), for the faithfulness
         metrics."""
         return self.trace.regeneration
+
+    def reference_image(self) -> torch.Tensor:
+        r"""The explained image in [0, 1] as the pipeline made it, generated again from the same noise with nothing
+        replaced (once; the faithfulness metrics compare their regenerated images with it)."""
+        if self._reference is None:
+            context = self.regeneration
+            with torch.no_grad():
+                self._reference = context.box_images(context.generate(context.inputs)).cpu()
+        return self._reference
 
     def finish(self) -> None:
         r"""After the call: keep the graph only where `keep_for_reexplanation="graph"` asked for it."""
@@ -59,7 +74,7 @@ class Session:
 
     def release(self) -> None:
         self.trace.release()
-        self.replay_cache = None
+        self.record = dataclasses.replace(self.record, untraced_outputs=None)
         self._grids = {}
         self.released = True
 
@@ -91,8 +106,6 @@ class Session:
         with pipeline_lock(self.explainer.pipe), grad:  # a checkpointed backward runs the denoiser again
             scores = method.attribute(trace, target)
             if not method.scores_pixels and trace.has_graph and trace.pixels is not None:
-                from .methods import GradientAggregation
-
                 GradientAggregation().attribute_pixels(trace, target, scores)
         image_input = self.request.image_input
         clean = self.images[output.image_index]
@@ -103,16 +116,16 @@ class Session:
 
     def _replay(self, output, box, attribution_method):
         # The same call again with another box: the untraced steps replayed from the kept denoiser outputs.
-        arguments = dict(self.request.arguments)
-        if attribution_method is not None:
-            arguments["attribution_method"] = attribution_method
-        arguments.update(
-            generator=self.trace.fresh_generators(),
+        request = self.request.request
+        request = dataclasses.replace(
+            request,
+            attribution_method=request.attribution_method if attribution_method is None else attribution_method,
             explanation_2d_bounding_box=box,
             get_images_for_all_inference_steps=False,
             keep_for_reexplanation=None,
+            pipeline_kwargs={**request.pipeline_kwargs, "generator": self.record.fresh_generators()},
         )
-        outputs = self.explainer.explain_call(self.request.prompt, arguments, replay=self.replay_cache)
+        outputs = self.explainer.explain(request, replay=self.record.untraced_outputs)
         new = outputs[output.image_index] if isinstance(outputs, list) else outputs
         new.all_images_during_generation = output.all_images_during_generation
         new.attention_maps = output.attention_maps
@@ -169,8 +182,6 @@ class Session:
         (`word_attention`, `concept_attention`: per-cell sums; the whole image as the method scores it), otherwise,
         with the graph kept, from per-cell gradient x input.
         """
-        from .views.interactive import InteractiveView
-
         checks.optional_str(title, "title")
         if not isinstance(edge_aware, bool):
             raise TypeError(f"`edge_aware` must be True or False, got {edge_aware!r}.")
@@ -178,7 +189,7 @@ class Session:
             raise ValueError("`edge_aware=True` needs attention maps: explain with `attention_maps=True`.")
         cell = checks.cell_size(cell_size, self.request.height, self.request.width)
         score, whole = "grad_x_input", None
-        if "word_maps" in output.extras:  # the call's own method (word or concept maps), even with a graph kept
+        if output.word_maps is not None:  # the call's own method (word or concept maps), even with a graph kept
             score, grid, whole = output.attribution_method, *self._word_cells(output, cell)
         else:
             grid = self.region_grid(output.image_index, cell)
@@ -187,7 +198,7 @@ class Session:
             base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
         maps = None
         if output.attention_maps is not None:
-            positions, index = output.extras["token_positions"], output.image_index
+            positions, index = output.token_positions, output.image_index
             attention = output.attention_maps
             if edge_aware:  # this image's maps only, given its edges
                 attention = attention.of_image(index).edge_aware(base, positions=positions)
@@ -209,9 +220,7 @@ class Session:
 
     def _word_cells(self, output, cell: Tuple[int, int]):
         # Each word map's sum over each grid cell, (rows, cols, tokens, 1), and the whole image's scores.
-        from .methods import WordAttention
-
-        maps = torch.from_numpy(np.asarray(output.extras["word_maps"], dtype=np.float64))
+        maps = torch.from_numpy(np.asarray(output.word_maps, dtype=np.float64))
         tokens, height, width = maps.shape
         rows, cols = -(-height // cell[0]), -(-width // cell[1])
         padded = torch.zeros(tokens, rows * cell[0], cols * cell[1], dtype=maps.dtype)

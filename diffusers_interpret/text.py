@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .attribution import AttributionLevel
+from .families import PipelineFamily
 from .tracing.leaves import (
     EagerAttention,
     Float32Compute,
@@ -74,7 +75,9 @@ class EncoderBlock:
     features: slice
 
 
-def text_layout(family, pipe, lengths: Sequence[int], level: AttributionLevel) -> List[Optional[EncoderBlock]]:
+def text_layout(
+    family: PipelineFamily, pipe, lengths: Sequence[int], level: AttributionLevel
+) -> List[Optional[EncoderBlock]]:
     r"""
     Each text encoder's block in the layout at `level`, given its padded token length: at the token level, encoders of
     a sequence group side by side on the features of shared rows, groups one after the other on the rows; at the
@@ -236,7 +239,7 @@ def token_spans(tokenizer, text: str, ids: Sequence[int]) -> List[Optional[Tuple
 
 
 def tokenize(
-    family,
+    family: PipelineFamily,
     pipe,
     prompts: Dict[str, List[str]],
     consider_special_tokens: bool,
@@ -372,7 +375,7 @@ class TextEncoding:
 
 
 def encode_with_graph(
-    family, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device
+    family: PipelineFamily, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device
 ) -> TextEncoding:
     r"""The pipeline's own `encode_prompt` with grad on and each text encoder's token embedding output made a leaf."""
     slots = family.text_encoders(pipe)
@@ -394,7 +397,7 @@ def encode_with_graph(
 
 
 def encode_replaced(
-    family,
+    family: PipelineFamily,
     pipe,
     prompts: Dict[str, List[str]],
     call_kwargs: Dict[str, Any],
@@ -419,7 +422,7 @@ def encode_replaced(
             scope.__exit__(None, None, None)
 
 
-def token_embedding_values(family, pipe, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+def token_embedding_values(family: PipelineFamily, pipe, ids: Sequence[Sequence[int]]) -> torch.Tensor:
     r"""Each encoder's input token embeddings of `ids` (one id row per encoder) in the token-level layout:
     (1, rows, features)."""
     parts = []
@@ -428,6 +431,43 @@ def token_embedding_values(family, pipe, ids: Sequence[Sequence[int]]) -> torch.
         with torch.no_grad():
             parts.append(layer(torch.tensor([list(row)], device=layer.weight.device)).detach())
     return place(parts, token_blocks(family, pipe, ids))
+
+
+class ConditioningLeaves:
+    r"""
+    The tracer's `conditioning` for an explainer call: at the first traced denoiser call, the prompt rows of the
+    denoiser's conditioning become leaves that require grad (`conditioning`, the `text_encoder_output` level's
+    inputs). At the `token_embeddings` level the pipeline's own `encode_prompt` runs again with each text encoder's
+    token embeddings as leaves (`encoding`, the text encoders' graph to the conditioning), and must give the
+    pipeline's values.
+
+    Args:
+        family (`PipelineFamily`): The pipeline's family.
+        pipe: The pipeline.
+        prompts (`Dict[str, List[str]]`): Each image's texts by call argument.
+        call_kwargs (`dict`): The pipeline call's arguments.
+        level (`AttributionLevel`): Where tokens are attributed.
+    """
+
+    def __init__(
+        self, family: PipelineFamily, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], level
+    ):
+        self.family = family
+        self.pipe = pipe
+        self.prompts = prompts
+        self.call_kwargs = call_kwargs
+        self.level = AttributionLevel(level)
+        self.conditioning: Dict[str, torch.Tensor] = {}
+        self.encoding: Optional[TextEncoding] = None
+
+    def __call__(self, prompt_rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if self.level is AttributionLevel.TOKEN_EMBEDDINGS:
+            device = next(iter(prompt_rows.values())).device
+            self.encoding = encode_with_graph(self.family, self.pipe, self.prompts, self.call_kwargs, device)
+            check_same(self.encoding.conditioning, prompt_rows)
+            prompt_rows = self.encoding.conditioning
+        self.conditioning = {name: t.detach().clone().requires_grad_(True) for name, t in prompt_rows.items()}
+        return self.conditioning
 
 
 def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.Tensor]) -> None:
@@ -442,7 +482,7 @@ def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.
             )
 
 
-def token_blocks(family, pipe, ids: Sequence[Sequence[int]]) -> List[EncoderBlock]:
+def token_blocks(family: PipelineFamily, pipe, ids: Sequence[Sequence[int]]) -> List[EncoderBlock]:
     r"""Each text encoder's block in the token-level layout, for its padded token ids (one row per encoder)."""
     return text_layout(family, pipe, [len(row) for row in ids], AttributionLevel.TOKEN_EMBEDDINGS)
 
@@ -466,7 +506,12 @@ class TokenMixing:
 
 
 def token_mixing(
-    family, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], tokens: PromptTokens, chunk: int = 32
+    family: PipelineFamily,
+    pipe,
+    prompts: Dict[str, List[str]],
+    call_kwargs: Dict[str, Any],
+    tokens: PromptTokens,
+    chunk: int = 32,
 ) -> TokenMixing:
     r"""
     The text encoders' mixing of one prompt's tokens: for every input token (every text encoder's, together where the
@@ -508,7 +553,9 @@ def token_mixing(
     return TokenMixing(weights / weights.sum(1, keepdim=True).clamp_min(1e-30), columns)
 
 
-def concept_states(family, pipe, concepts: Sequence[str], call_kwargs: Dict[str, Any], device) -> torch.Tensor:
+def concept_states(
+    family: PipelineFamily, pipe, concepts: Sequence[str], call_kwargs: Dict[str, Any], device
+) -> torch.Tensor:
     r"""
     Each concept encoded on its own by the pipeline's own `encode_prompt`: the mean of its tokens' states (start, end
     and padding left out) in the denoiser's `encoder_hidden_states`, (concepts, features).

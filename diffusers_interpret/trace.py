@@ -1,17 +1,22 @@
 r"""
-What one traced pipeline run leaves for the attribution methods: the decoded image with its graph back to the
-prompt's conditioning (and the input image's pixels), the text encoders' graph, the tokens, the attention maps and
-what is needed to generate the image again.
+What one traced pipeline run leaves for the attribution methods ([`Trace`]): the decoded image with its graph back to
+the prompt's conditioning (and the input image's pixels), the text encoders' graph, the tokens, the recorded maps and
+what is needed to generate the image again; and what the session keeps about the call ([`CallRecord`]).
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from .attribution import AttributionLevel
+from .families import PipelineFamily
+from .memory import MemoryEstimate
+from .regeneration import Regeneration
 from .target import Target
 from .text import PromptTokens, TextEncoding, TextInputs, TokenMixing, token_mixing
+from .tracing.maps import AttentionMapsData, ConceptMaps
+from .tracing.replay import UntracedDenoiserCache
 
 
 @dataclass
@@ -33,22 +38,48 @@ class CallGradients:
 
 
 @dataclass
-class Trace:
+class TracedGraph:
     r"""
-    The product of one traced run, read by [`AttributionMethod.attribute`].
+    The graph a traced run left, from the decoded images back to the prompt's conditioning (and the input image's
+    pixels): what `release()` drops (the traced steps' activations with it).
 
     Args:
-        family (`PipelineFamily`): The pipeline's family.
-        pipe: The pipeline.
-        level (`AttributionLevel`): Where tokens are attributed.
-        prompt_tokens (`List[PromptTokens]`): Each image's tokens and scored units.
         decoded (`torch.Tensor`, *optional*): The decoded images, with their graph when the run was traced.
         conditioning (`Dict[str, torch.Tensor]`): The prompt rows of the denoiser's conditioning tensors, as leaves
             that require grad (their gradients are the `text_encoder_output` level's).
         encoding (`TextEncoding`, *optional*): The text encoders' graph from the token embeddings to `conditioning`
             (`token_embeddings` level).
         pixels (`torch.Tensor`, *optional*): The [0, 1] input image as a leaf (img2img, inpainting).
-        attention_maps (`AttentionMaps`, *optional*): Recorded cross-attention maps.
+    """
+
+    decoded: Optional[torch.Tensor] = None
+    conditioning: Dict[str, torch.Tensor] = field(default_factory=dict)
+    encoding: Optional[TextEncoding] = None
+    pixels: Optional[torch.Tensor] = None
+
+    def release(self) -> None:
+        r"""Drop the graph (and with it the traced steps' activations)."""
+        self.decoded = None
+        self.conditioning = {}
+        self.encoding = None
+        self.pixels = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    r"""
+    The product of one traced run, read by [`AttributionMethod.attribute`]; made once, after the run.
+
+    Args:
+        family (`PipelineFamily`): The pipeline's family.
+        pipe: The pipeline.
+        level (`AttributionLevel`): Where tokens are attributed.
+        prompt_tokens (`List[PromptTokens]`): Each image's tokens and scored units.
+        graph (`TracedGraph`): The decoded images and their graph (`decoded`, `conditioning`, `encoding` and
+            `pixels` read it).
+        prompts (`Dict[str, List[str]]`): Each image's texts by call argument.
+        call_kwargs (`Dict[str, Any]`): The pipeline call's arguments (callbacks left out).
+        attention_maps (`AttentionMapsData`, *optional*): Recorded cross-attention maps.
         concept_maps (`ConceptMaps`, *optional*): Recorded concept-attention maps.
         regeneration (`Regeneration`, *optional*): How to generate the image again (one image per call).
         retain_graph (`bool`): Keep the graph after a backward pass (for re-explanation); without it, a call's
@@ -56,27 +87,35 @@ class Trace:
         verbose (`bool`): Progress bars for long method loops.
     """
 
-    family: Any
+    family: PipelineFamily
     pipe: Any
     level: AttributionLevel
     prompt_tokens: List[PromptTokens]
-    decoded: Optional[torch.Tensor] = None
-    conditioning: Dict[str, torch.Tensor] = field(default_factory=dict)
-    encoding: Optional[TextEncoding] = None
-    pixels: Optional[torch.Tensor] = None
-    attention_maps: Any = None
-    concept_maps: Any = None
-    regeneration: Any = None
-    retain_graph: bool = False
-    verbose: bool = True
-    traced_calls: int = 0
-    memory_estimate: Any = None  # the MemoryGuard's estimate, for a call that kept a graph
-    denoiser_calls: int = 0
-    replay_cache: Any = None
-    fresh_generators: Any = None
+    graph: TracedGraph = field(default_factory=TracedGraph)
     prompts: Dict[str, List[str]] = field(default_factory=dict)
     call_kwargs: Dict[str, Any] = field(default_factory=dict)
-    _mixing: Dict[int, TokenMixing] = field(default_factory=dict, repr=False)
+    attention_maps: Optional[AttentionMapsData] = None
+    concept_maps: Optional[ConceptMaps] = None
+    regeneration: Optional[Regeneration] = None
+    retain_graph: bool = False
+    verbose: bool = True
+    _mixing: Dict[int, TokenMixing] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def decoded(self) -> Optional[torch.Tensor]:
+        return self.graph.decoded
+
+    @property
+    def conditioning(self) -> Dict[str, torch.Tensor]:
+        return self.graph.conditioning
+
+    @property
+    def encoding(self) -> Optional[TextEncoding]:
+        return self.graph.encoding
+
+    @property
+    def pixels(self) -> Optional[torch.Tensor]:
+        return self.graph.pixels
 
     @property
     def has_graph(self) -> bool:
@@ -148,7 +187,26 @@ class Trace:
 
     def release(self) -> None:
         r"""Drop the graph (and with it the traced steps' activations)."""
-        self.decoded = None
-        self.conditioning = {}
-        self.encoding = None
-        self.pixels = None
+        self.graph.release()
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    r"""
+    What the session and the outputs keep about an explainer call's run (methods do not read it).
+
+    Args:
+        traced_calls (`int`): Denoiser calls traced (or, for methods that read recorded maps, recorded).
+        denoiser_calls (`int`): Denoiser calls made.
+        memory_estimate (`MemoryEstimate`, *optional*): The memory guard's estimate, for a call that built a graph.
+        untraced_outputs (`UntracedDenoiserCache`, *optional*): The untraced calls' outputs
+            (`keep_for_reexplanation="latents"`).
+        fresh_generators (`Callable`, *optional*): New generators in the state the call's were in when it started
+            (`keep_for_reexplanation="latents"`), to run it again with the same noise.
+    """
+
+    traced_calls: int = 0
+    denoiser_calls: int = 0
+    memory_estimate: Optional[MemoryEstimate] = None
+    untraced_outputs: Optional[UntracedDenoiserCache] = None
+    fresh_generators: Optional[Callable[[], Any]] = None

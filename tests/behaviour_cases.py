@@ -215,7 +215,7 @@ def sd_cases() -> Dict[str, Callable[[], List]]:
 
 
 def sdxl_cases() -> Dict[str, Callable[[], List]]:
-    from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+    from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 
     pipe = make_tiny_sdxl_pipeline("text2img")
     cases = {}
@@ -274,7 +274,7 @@ def _concepts():
 
 
 def sd3_cases() -> Dict[str, Callable[[], List]]:
-    from diffusers_interpret.testing_sd3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
+    from diffusers_interpret.testing.stable_diffusion_3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
 
     methods = ("grad_x_input", "word_attention", "concept_attention", "attention", "ablation", "linearized_ablation")
     pipe, image_pipe = make_tiny_sd3_pipeline("text2img"), make_tiny_sd3_pipeline("img2img")
@@ -282,7 +282,7 @@ def sd3_cases() -> Dict[str, Callable[[], List]]:
 
 
 def flux_cases() -> Dict[str, Callable[[], List]]:
-    from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+    from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
 
     methods = ("grad_x_input", "word_attention", "concept_attention", "attention", "linearized_ablation")
     pipe, image_pipe = make_tiny_flux_pipeline("text2img"), make_tiny_flux_pipeline("img2img")

@@ -202,7 +202,7 @@ def test_report_shows_saliency_maps_of_image_inputs(tmp_path):
 
 
 def test_explain_an_sdxl_model_folder(tmp_path, capsys):
-    from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+    from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 
     make_tiny_sdxl_pipeline("text2img").save_pretrained(tmp_path / "model")
     code = main(
@@ -218,9 +218,9 @@ def test_explain_an_sdxl_model_folder(tmp_path, capsys):
 @pytest.mark.parametrize("family", ["flux", "sd3"])
 def test_explain_a_transformer_model_folder(tmp_path, family):
     if family == "flux":
-        from diffusers_interpret.testing_flux import make_tiny_flux_pipeline as make
+        from diffusers_interpret.testing.flux import make_tiny_flux_pipeline as make
     else:
-        from diffusers_interpret.testing_sd3 import make_tiny_sd3_pipeline as make
+        from diffusers_interpret.testing.stable_diffusion_3 import make_tiny_sd3_pipeline as make
 
     make("text2img").save_pretrained(tmp_path / "model")
     code = main(

@@ -18,9 +18,9 @@ from diffusers_interpret import (
     record_cross_attention,
 )
 from diffusers_interpret.testing import make_tiny_pipeline
-from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
-from diffusers_interpret.testing_sd3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
-from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+from diffusers_interpret.testing.stable_diffusion_3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
+from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_model_available
 from diffusers_interpret.toy.detector import check_prompt
 

@@ -13,9 +13,9 @@ from PIL import Image
 
 from diffusers_interpret import explainer_for
 from diffusers_interpret.testing import make_tiny_pipeline
-from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
-from diffusers_interpret.testing_sd3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
-from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+from diffusers_interpret.testing.stable_diffusion_3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
+from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 
 STEPS = 3
 PIPELINES = {

@@ -9,7 +9,7 @@ from PIL import Image
 
 from diffusers_interpret import FluxImg2ImgPipelineExplainer, FluxPipelineExplainer, explainer_for
 from diffusers_interpret.methods import ConceptAttention
-from diffusers_interpret.testing_flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
 
 PROMPT = "a cute corgi on the left"
 SIZE, STEPS = 16, 3

@@ -421,9 +421,9 @@ def test_linearized_ablation_follows_word_ablation_in_every_family(family):
     # on these tiny random pipelines).
     from diffusers_interpret import explainer_for
     from diffusers_interpret.faithfulness import word_ablation_effects
-    from diffusers_interpret.testing_flux import make_tiny_flux_pipeline
-    from diffusers_interpret.testing_sd3 import make_tiny_sd3_pipeline
-    from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+    from diffusers_interpret.testing.flux import make_tiny_flux_pipeline
+    from diffusers_interpret.testing.stable_diffusion_3 import make_tiny_sd3_pipeline
+    from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 
     make = {"sdxl": make_tiny_sdxl_pipeline, "sd3": make_tiny_sd3_pipeline, "flux": make_tiny_flux_pipeline}[family]
     pipe = make()

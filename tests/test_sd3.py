@@ -8,7 +8,7 @@ from conftest import seeded
 from PIL import Image
 
 from diffusers_interpret import StableDiffusion3Img2ImgPipelineExplainer, explainer_for
-from diffusers_interpret.testing_sd3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
+from diffusers_interpret.testing.stable_diffusion_3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
 
 PROMPT = "a cute corgi on the left"
 SIZE, STEPS = 16, 3

@@ -16,7 +16,7 @@ from diffusers_interpret import (
     TokenAblation,
     explainer_for,
 )
-from diffusers_interpret.testing_sdxl import make_tiny_sdxl_pipeline
+from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 
 PROMPT = "a red circle on the left and a blue square on the right"
 SIZE, STEPS = 32, 3

@@ -67,7 +67,7 @@ class RecordExplainer:
         call_options: Dict[str, Any],
         explainer_options: Dict[str, Any],
     ):
-        from ..families import explainer_for
+        from ..explainers import explainer_for
 
         self.pipe, self.out_dir, self.run_seed, self.default_boxes = pipe, out_dir, run_seed, default_boxes
         self.map_size = map_size
@@ -82,7 +82,7 @@ class RecordExplainer:
         if self.image_explainer is None:
             from diffusers import AutoPipelineForImage2Image
 
-            from ..families import explainer_for
+            from ..explainers import explainer_for
 
             try:
                 image_pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)

@@ -7,11 +7,11 @@ import numpy as np
 
 def compact_maps(output, size: int) -> Optional[Dict[str, Any]]:
     r"""
-    The output's per-token maps (`extras["word_maps"]`, `(tokens, H, W)`, from the `word_attention` and concept
+    The output's per-token maps (`output.word_maps`, `(tokens, H, W)`, from the `word_attention` and concept
     methods) averaged down to `size` x `size` (never up), as `{"maps": float16 bytes, "map_shape": [tokens, h, w]}`;
     `None` for methods without maps.
     """
-    maps = getattr(output, "extras", {}).get("word_maps")
+    maps = getattr(output, "word_maps", None)
     if maps is None:
         return None
     import torch

@@ -1,59 +1,37 @@
-"""One adapter per pipeline family: the only code that knows a pipeline's shape. `family_for(pipe)` picks one."""
+r"""
+One adapter per pipeline family: the only code that knows a pipeline's shape. Each module of this folder is one
+family's adapter and registers it; `family_for(pipe)` picks one, `supported_pipeline(pipe)` says what the registry
+knows of a pipeline. Adding a family is adding its file here.
+"""
 
-from .base import PipelineFamily, TextEncoderSlot, explainer_class_for, family_for, supported_pipelines
-from .flux import FLUX, FluxImg2ImgPipelineExplainer, FluxPipelineExplainer
-from .stable_diffusion import (
-    STABLE_DIFFUSION,
-    StableDiffusionImg2ImgPipelineExplainer,
-    StableDiffusionInpaintPipelineExplainer,
-    StableDiffusionPipelineExplainer,
-)
-from .stable_diffusion_3 import (
-    STABLE_DIFFUSION_3,
-    StableDiffusion3Img2ImgPipelineExplainer,
-    StableDiffusion3PipelineExplainer,
-)
-from .stable_diffusion_xl import (
-    STABLE_DIFFUSION_XL,
-    StableDiffusionXLImg2ImgPipelineExplainer,
-    StableDiffusionXLInpaintPipelineExplainer,
-    StableDiffusionXLPipelineExplainer,
+import importlib
+import pkgutil
+
+from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot, TransformerFamily
+from .registry import (
+    SupportedPipeline,
+    family_for,
+    register_family,
+    supported_pipeline,
+    supported_pipeline_named,
+    supported_pipelines,
 )
 
-
-def explainer_for(pipe, **options):
-    r"""
-    The explainer for a pipeline's class (text-to-image, img2img or inpainting, of any supported family).
-
-    Args:
-        pipe (`DiffusionPipeline`): A loaded pipeline.
-        options: The explainer's arguments (`verbose`, `gradient_checkpointing`).
-
-    Raises:
-        `TypeError`: for an unsupported pipeline, naming the supported ones.
-    """
-    return explainer_class_for(pipe)(pipe, **options)
-
+# Every family file registers its adapter when imported.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "FLUX",
-    "FluxImg2ImgPipelineExplainer",
-    "FluxPipelineExplainer",
-    "STABLE_DIFFUSION",
-    "STABLE_DIFFUSION_3",
-    "STABLE_DIFFUSION_XL",
-    "StableDiffusion3Img2ImgPipelineExplainer",
-    "StableDiffusion3PipelineExplainer",
+    "InputKind",
+    "JointAttention",
     "PipelineFamily",
-    "StableDiffusionImg2ImgPipelineExplainer",
-    "StableDiffusionInpaintPipelineExplainer",
-    "StableDiffusionPipelineExplainer",
-    "StableDiffusionXLImg2ImgPipelineExplainer",
-    "StableDiffusionXLInpaintPipelineExplainer",
-    "StableDiffusionXLPipelineExplainer",
+    "SupportedPipeline",
     "TextEncoderSlot",
-    "explainer_class_for",
-    "explainer_for",
+    "TransformerFamily",
     "family_for",
+    "register_family",
+    "supported_pipeline",
+    "supported_pipeline_named",
     "supported_pipelines",
 ]

@@ -1,11 +1,34 @@
 """What a pipeline family must say about its pipelines: the only code that knows a pipeline's shape."""
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from enum import Enum
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ..defaults import DEFAULT_ATTRIBUTION_METHOD
+
+
+class InputKind(str, Enum):
+    r"""What a pipeline starts from besides the prompt: an input image (img2img), or an image and a mask
+    (inpainting). Text-to-image pipelines have none (`None`)."""
+
+    IMAGE = "image"
+    INPAINT = "inpaint"
+
+
+@dataclass(frozen=True)
+class JointAttention:
+    r"""
+    How a transformer's joint attention lays out its sequence: the text tokens and the image tokens attend to one
+    another in one softmax.
+
+    Args:
+        text_first (`bool`): `[text, image]` (Flux) rather than `[image, text]` (SD3).
+    """
+
+    text_first: bool
 
 
 @dataclass(frozen=True)
@@ -42,7 +65,9 @@ class PipelineFamily:
     and the image post-processed; and which attention layers to record. Everything else (tracing, targets, methods,
     outputs, views) is shared by all families.
 
-    Subclasses set `pipeline_class_names` and override what differs; `family_for(pipe)` picks one by class.
+    Subclasses set `pipeline_class_names` and override what differs, and register an instance with
+    `register_family`; `family_for(pipe)` picks one by class. A family file is the whole of a family's support: the
+    explainers of its pipelines are made from the registry (`explainer_for(pipe)`).
     """
 
     name: str = ""
@@ -58,11 +83,21 @@ class PipelineFamily:
     default_method: str = DEFAULT_ATTRIBUTION_METHOD
     # The conditioning tensor that carries a pooled text embedding (its share of the gradient is reported), if any.
     pooled_name: Optional[str] = None
-    # "cross": UNet cross-attention layers (recorded through their processors); "joint": transformer joint attention
-    # (recorded beside the layers `attention_layers` locates).
-    attention_kind: str = "cross"
-    # Joint attention: whether the joint sequence is [text, image] (Flux) or [image, text] (SD3).
-    joint_text_first: bool = True
+    # `None`: the denoiser reads the text through UNet cross-attention layers (recorded through their processors);
+    # a `JointAttention`: through a transformer's joint attention (recorded beside the layers `attention_layers`
+    # locates).
+    joint_attention: Optional[JointAttention] = None
+
+    # -- which pipelines ------------------------------------------------------------------------------------------
+    def input_kind(self, pipeline_class: type) -> Optional[InputKind]:
+        r"""What a pipeline class starts from besides the prompt, read from its call's signature: a `mask_image`
+        makes it inpainting, an `image` img2img."""
+        parameters = inspect.signature(pipeline_class.__call__).parameters
+        if "mask_image" in parameters:
+            return InputKind.INPAINT
+        if "image" in parameters:
+            return InputKind.IMAGE
+        return None
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def denoiser(self, pipe) -> torch.nn.Module:
@@ -70,6 +105,24 @@ class PipelineFamily:
 
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
         r"""Raise a `ValueError` for a pipeline argument the explanation of this family does not support."""
+
+    def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
+        r"""
+        The (height, width) of the image that user-given `latents` make, or `None` where the latents do not carry it
+        (packed latents).
+
+        Raises:
+            `ValueError`: for latents of another layout than the pipeline's, naming the layout it takes.
+        """
+        factor = getattr(pipe, "vae_scale_factor", None)
+        if latents.ndim != 4:
+            raise ValueError(
+                f"`latents` must be (batch, channels, height / {factor}, width / {factor}), got shape "
+                f"{tuple(latents.shape)}."
+            )
+        if not factor:
+            return None
+        return int(latents.shape[-2]) * factor, int(latents.shape[-1]) * factor
 
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         r"""Denoiser calls per denoising step of a call with `call_kwargs` (the pipeline's call arguments)."""
@@ -117,7 +170,7 @@ class PipelineFamily:
         return int(getattr(pipe, "vae_scale_factor", 8))
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
-        r"""The joint-attention layers to record (families with `attention_kind == "joint"`), by module name."""
+        r"""The joint-attention layers to record (families with a `joint_attention`), by module name."""
         raise NotImplementedError
 
     def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
@@ -138,6 +191,15 @@ class PipelineFamily:
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         raise NotImplementedError
+
+    def prompt_arguments(self, pipe) -> Tuple[str, ...]:
+        r"""The call arguments whose texts the text encoders read (`"prompt"` first, then e.g. `"prompt_2"`)."""
+        names = [slot.prompt_argument for slot in self.text_encoders(pipe)]
+        return tuple(dict.fromkeys(["prompt", *names]))
+
+    def negative_prompt_arguments(self, pipe) -> Tuple[str, ...]:
+        r"""The call arguments of the negative prompts that go with `prompt_arguments` (`"negative_prompt"`, ...)."""
+        return tuple(f"negative_{name}" for name in self.prompt_arguments(pipe))
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
         r"""The length the pipeline pads `slot`'s token sequence to."""
@@ -186,7 +248,10 @@ class TransformerFamily(PipelineFamily):
     denoiser_attribute = "transformer"
     conditioning_names = ("encoder_hidden_states", "pooled_projections")
     pooled_name = "pooled_projections"
-    attention_kind = "joint"
+    joint_attention = JointAttention(text_first=True)
+
+    def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
+        return None  # packed (tokens, channels) latents, or spatial ones: the call's `height` and `width` decide
 
     def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
         return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -230,53 +295,3 @@ class TransformerFamily(PipelineFamily):
             "encoder_hidden_states": concepts,
             "temb": arguments["temb"][rows],
         }
-
-
-_FAMILIES: List[PipelineFamily] = []
-_EXPLAINERS: Dict[str, type] = {}
-
-
-def register_family(family: PipelineFamily) -> PipelineFamily:
-    _FAMILIES.append(family)
-    return family
-
-
-def register_explainer(pipeline_class_name: str):
-    r"""Class decorator: the explainer of the pipelines of class `pipeline_class_name` (for `explainer_for`)."""
-
-    def register(explainer_class: type) -> type:
-        _EXPLAINERS[pipeline_class_name] = explainer_class
-        return explainer_class
-
-    return register
-
-
-def explainer_class_for(pipe) -> type:
-    r"""The explainer class of a pipeline's class (or of its nearest registered base class)."""
-    for cls in type(pipe).__mro__:
-        if cls.__name__ in _EXPLAINERS:
-            return _EXPLAINERS[cls.__name__]
-    supported = ", ".join(sorted(_EXPLAINERS))
-    raise TypeError(
-        f"{type(pipe).__name__} is not a supported pipeline. Supported: {supported}; see docs/architecture.md for "
-        "adding a pipeline family."
-    )
-
-
-def family_for(pipe) -> PipelineFamily:
-    r"""
-    The family of a pipeline, by its class (or a base class), most specific first.
-
-    Raises:
-        `TypeError`: for a pipeline of no supported family, naming the supported pipeline classes.
-    """
-    for cls in type(pipe).__mro__:
-        for family in _FAMILIES:
-            if cls.__name__ in family.pipeline_class_names:
-                return family
-    supported = ", ".join(sorted(name for family in _FAMILIES for name in family.pipeline_class_names))
-    raise TypeError(f"{type(pipe).__name__} is not a supported pipeline. Supported: {supported}.")
-
-
-def supported_pipelines() -> Sequence[str]:
-    return sorted(_EXPLAINERS)

@@ -4,9 +4,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..explainer import BasePipelineExplainer
-from ..outputs import PipelineImg2ImgExplainerOutput
-from .base import TextEncoderSlot, TransformerFamily, register_explainer, register_family
+from .base import TextEncoderSlot, TransformerFamily
+from .registry import register_family
 
 
 class FluxFamily(TransformerFamily):
@@ -21,6 +20,10 @@ class FluxFamily(TransformerFamily):
     `true_cfg_scale > 1` and a negative prompt the pipeline makes a second, separate call per step for the negative
     prompt, which the explanation traces through but does not attribute. Latents are packed 2x2 and decoded with
     `latents / scaling_factor + shift_factor`.
+
+    `token_attributions` lists T5's tokens, then CLIP's (at the `text_encoder_output` level, T5's only: CLIP reaches
+    the transformer as one pooled vector, whose share of the gradient is `output.pooled_share`). T5 splits words into
+    pieces; `output.word_attributions` merges every tokenizer's pieces of each word of the prompt.
     """
 
     name = "flux"
@@ -109,35 +112,3 @@ class FluxFamily(TransformerFamily):
 
 
 FLUX = register_family(FluxFamily())
-
-
-@register_explainer("FluxPipeline")
-class FluxPipelineExplainer(BasePipelineExplainer):
-    r"""
-    Explains images made by a `FluxPipeline`: T5's tokens (joint attention) and CLIP's tokens (through the pooled
-    vector), at both levels.
-
-    `token_attributions` lists T5's tokens, then CLIP's (at the `text_encoder_output` level, T5's only: CLIP reaches
-    the transformer as one pooled vector, whose share of the gradient is `output.pooled_share`). T5 splits words into
-    pieces; `output.word_attributions` merges every tokenizer's pieces of each word of the prompt.
-
-    Example:
-        ```py
-        >>> explainer = FluxPipelineExplainer(pipe)
-        >>> output = explainer("a red circle on the left", num_inference_steps=4, guidance_scale=3.5,
-        ...                    attribution_method="grad_x_input", explanation_2d_bounding_box=((0, 0), (512, 1024)))
-        >>> output.word_attributions
-        ```
-    """
-
-    family = FLUX
-
-
-@register_explainer("FluxImg2ImgPipeline")
-class FluxImg2ImgPipelineExplainer(BasePipelineExplainer):
-    r"""Explains images made by a `FluxImg2ImgPipeline`: as [`FluxPipelineExplainer`], plus pixel attributions of the
-    input image (as [`StableDiffusionImg2ImgPipelineExplainer`])."""
-
-    family = FLUX
-    input_kind = "image"
-    output_class = PipelineImg2ImgExplainerOutput

@@ -4,9 +4,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..explainer import BasePipelineExplainer
-from ..outputs import PipelineImg2ImgExplainerOutput
-from .base import TextEncoderSlot, TransformerFamily, register_explainer, register_family
+from .base import JointAttention, TextEncoderSlot, TransformerFamily
+from .registry import register_family
 
 
 class StableDiffusion3Family(TransformerFamily):
@@ -20,13 +19,18 @@ class StableDiffusion3Family(TransformerFamily):
     twice. The pooled CLIP-L + CLIP-G vector enters as `pooled_projections`. All three encoders are explained
     (CLIP-L and CLIP-G share their tokens' units when they read the same text). Rows are [negative, positive] with
     guidance. Joint attention runs on [image, text].
+
+    `token_attributions` lists the CLIP tokens (one unit over CLIP-L's and CLIP-G's features when both read the same
+    text), then T5's; `output.word_attributions` merges each word's CLIP token(s) and T5 pieces, and
+    `output.encoder_token_attributions` gives each encoder's own scores. The pooled vector's share of the gradient is
+    `output.pooled_share`. Skip-layer guidance is not supported yet.
     """
 
     name = "stable_diffusion_3"
     display_name = "Stable Diffusion 3"
     required_components = ("transformer", "vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
     pipeline_class_names = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
-    joint_text_first = False
+    joint_attention = JointAttention(text_first=False)
 
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
         if pipeline_kwargs.get("skip_guidance_layers") is not None:
@@ -83,35 +87,3 @@ class StableDiffusion3Family(TransformerFamily):
 
 
 STABLE_DIFFUSION_3 = register_family(StableDiffusion3Family())
-
-
-@register_explainer("StableDiffusion3Pipeline")
-class StableDiffusion3PipelineExplainer(BasePipelineExplainer):
-    r"""
-    Explains images made by a `StableDiffusion3Pipeline`: tokens through CLIP-L, CLIP-G and T5, at both levels.
-
-    `token_attributions` lists the CLIP tokens (one unit over CLIP-L's and CLIP-G's features when both read the same
-    text), then T5's; `output.word_attributions` merges each word's CLIP token(s) and T5 pieces, and
-    `output.encoder_token_attributions` gives each encoder's own scores. The pooled vector's share of the gradient is
-    `output.pooled_share`. Skip-layer guidance is not supported yet.
-
-    Example:
-        ```py
-        >>> explainer = StableDiffusion3PipelineExplainer(pipe)
-        >>> output = explainer("a red circle on the left", num_inference_steps=28,
-        ...                    explanation_2d_bounding_box=((0, 0), (512, 1024)))
-        >>> output.word_attributions
-        ```
-    """
-
-    family = STABLE_DIFFUSION_3
-
-
-@register_explainer("StableDiffusion3Img2ImgPipeline")
-class StableDiffusion3Img2ImgPipelineExplainer(BasePipelineExplainer):
-    r"""Explains images made by a `StableDiffusion3Img2ImgPipeline`: as [`StableDiffusion3PipelineExplainer`], plus
-    pixel attributions of the input image."""
-
-    family = STABLE_DIFFUSION_3
-    input_kind = "image"
-    output_class = PipelineImg2ImgExplainerOutput

@@ -5,9 +5,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from ..explainer import BasePipelineExplainer
-from ..outputs import PipelineImg2ImgExplainerOutput, PipelineInpaintExplainerOutput
-from .base import PipelineFamily, TextEncoderSlot, register_explainer, register_family
+from .base import PipelineFamily, TextEncoderSlot
+from .registry import register_family
 
 
 class StableDiffusionXLFamily(PipelineFamily):
@@ -20,6 +19,14 @@ class StableDiffusionXLFamily(PipelineFamily):
     Both are explained. Rows are [negative, positive] with guidance; `add_time_ids` (micro-conditioning) pass through.
     Decoding mirrors the pipeline's (`latents_mean`/`latents_std` where the VAE has them, a float32 VAE where the
     pipeline upcasts), and the watermark, where the pipeline has one, is applied to the detached image.
+
+    When `prompt_2` is unset (or tokenizes like `prompt`), a token's embedding is the concatenation of its CLIP-L and
+    CLIP-G embeddings and it gets one score over both (for `grad_x_input`, the L2 norm of gradient x input over the
+    concatenation: the square root of the sum of the two encoders' squared scores); each encoder's own scores are in
+    `output.encoder_token_attributions`. When `prompt_2` differs, `token_attributions` lists `prompt`'s tokens
+    (CLIP-L) and then `prompt_2`'s (CLIP-G). The pooled CLIP-G embedding's share of the gradient is
+    `output.pooled_share`. Micro-conditioning, `denoising_start` / `denoising_end` and every other argument pass
+    through to the pipeline.
     """
 
     name = "stable_diffusion_xl"
@@ -91,48 +98,3 @@ class StableDiffusionXLFamily(PipelineFamily):
 
 
 STABLE_DIFFUSION_XL = register_family(StableDiffusionXLFamily())
-
-
-@register_explainer("StableDiffusionXLPipeline")
-class StableDiffusionXLPipelineExplainer(BasePipelineExplainer):
-    r"""
-    Explains images made by a `StableDiffusionXLPipeline`: tokens through both CLIP text encoders, at both levels.
-
-    When `prompt_2` is unset (or tokenizes like `prompt`), a token's embedding is the concatenation of its CLIP-L and
-    CLIP-G embeddings and it gets one score over both (for `grad_x_input`, the L2 norm of gradient x input over the
-    concatenation: the square root of the sum of the two encoders' squared scores); each encoder's own scores are in
-    `output.encoder_token_attributions`. When `prompt_2` differs, `token_attributions` lists `prompt`'s tokens
-    (CLIP-L) and then `prompt_2`'s (CLIP-G). The pooled CLIP-G embedding (`text_embeds`) is in the gradient, and its
-    share in `output.pooled_share`. Micro-conditioning, `denoising_start` / `denoising_end` and every other argument
-    pass through to the pipeline.
-
-    Example:
-        ```py
-        >>> explainer = StableDiffusionXLPipelineExplainer(pipe)
-        >>> output = explainer("a red circle on the left", num_inference_steps=20,
-        ...                    explanation_2d_bounding_box=((0, 0), (512, 1024)))
-        >>> output.token_attributions.normalized
-        ```
-    """
-
-    family = STABLE_DIFFUSION_XL
-
-
-@register_explainer("StableDiffusionXLImg2ImgPipeline")
-class StableDiffusionXLImg2ImgPipelineExplainer(BasePipelineExplainer):
-    r"""Explains images made by a `StableDiffusionXLImg2ImgPipeline`: as [`StableDiffusionXLPipelineExplainer`],
-    plus pixel attributions of the input image (as [`StableDiffusionImg2ImgPipelineExplainer`])."""
-
-    family = STABLE_DIFFUSION_XL
-    input_kind = "image"
-    output_class = PipelineImg2ImgExplainerOutput
-
-
-@register_explainer("StableDiffusionXLInpaintPipeline")
-class StableDiffusionXLInpaintPipelineExplainer(BasePipelineExplainer):
-    r"""Explains images made by a `StableDiffusionXLInpaintPipeline`: as [`StableDiffusionXLPipelineExplainer`],
-    plus pixel attributions of the input image (as [`StableDiffusionInpaintPipelineExplainer`])."""
-
-    family = STABLE_DIFFUSION_XL
-    input_kind = "inpaint"
-    output_class = PipelineInpaintExplainerOutput

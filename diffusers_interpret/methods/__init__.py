@@ -19,47 +19,65 @@ batches of `batch_size` images, changing the prompt's embeddings at the traced d
 the shipped toy model, and what it costs: docs/methods.md (`benchmarks/faithfulness.py`).
 """
 
-from typing import Union
+import importlib
+from typing import TYPE_CHECKING, Tuple
 
 from ..attribution import Aggregation
-from .ablation import TokenAblation
-from .attention_score import AttentionScore
-from .base import AttributionMethod, Scores
-from .concept_attention import ConceptAttention
-from .gradient import GradientAggregation
-from .integrated_gradients import IntegratedGradients
-from .jacobian_norm import JacobianNorm
-from .linearized_ablation import LinearizedAblation
-from .smoothgrad import SmoothGrad
-from .word_attention import WordAttention
 
-_BY_NAME = {
-    "integrated_gradients": IntegratedGradients,
-    "smoothgrad": SmoothGrad,
-    "ablation": TokenAblation,
-    "attention": AttentionScore,
-    "jacobian_norm": JacobianNorm,
-    "linearized_ablation": LinearizedAblation,
-    "word_attention": WordAttention,
-    "concept_attention": ConceptAttention,
+if TYPE_CHECKING:
+    from .base import AttributionMethod
+
+# The one registry of methods: name -> (module of this package, class). A method's module, and with it torch, is
+# imported when the method is first made, so that the command line's `--help` (which lists the names) stays fast.
+# The gradient aggregations (`Aggregation`'s names) are `GradientAggregation`s.
+_METHODS = {
+    "integrated_gradients": ("integrated_gradients", "IntegratedGradients"),
+    "smoothgrad": ("smoothgrad", "SmoothGrad"),
+    "ablation": ("ablation", "TokenAblation"),
+    "linearized_ablation": ("linearized_ablation", "LinearizedAblation"),
+    "attention": ("attention_score", "AttentionScore"),
+    "jacobian_norm": ("jacobian_norm", "JacobianNorm"),
+    "word_attention": ("word_attention", "WordAttention"),
+    "concept_attention": ("concept_attention", "ConceptAttention"),
+}
+_CLASSES = {
+    **{class_name: module for module, class_name in _METHODS.values()},
+    "AttributionMethod": "base",
+    "Scores": "base",
+    "GradientAggregation": "gradient",
 }
 
 
-def parse_method(method: Union[str, Aggregation, AttributionMethod]) -> AttributionMethod:
-    r"""A method object from a name (`"grad_x_input"`, ..., `"integrated_gradients"`, `"smoothgrad"`,
-    `"ablation"`, `"linearized_ablation"`, `"attention"`, `"jacobian_norm"`, `"word_attention"`,
-    `"concept_attention"`) or a method object."""
+def __getattr__(name: str):
+    if name in _CLASSES:
+        value = getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def method_names() -> Tuple[str, ...]:
+    r"""Every method's name, as `attribution_method=` and the command line's `--method` take it."""
+    return tuple(aggregation.value for aggregation in Aggregation) + tuple(_METHODS)
+
+
+def parse_method(method) -> "AttributionMethod":
+    r"""A method object from a name (see [`method_names`]), an [`Aggregation`] or a method object."""
+    from .base import AttributionMethod
+    from .gradient import GradientAggregation
+
     if isinstance(method, AttributionMethod):
         return method
     if isinstance(method, Aggregation):
         return GradientAggregation(method)
     name = str(method).lower()
-    if name in _BY_NAME:
-        return _BY_NAME[name]()
+    if name in _METHODS:
+        module, class_name = _METHODS[name]
+        return getattr(importlib.import_module(f".{module}", __name__), class_name)()
     try:
         return GradientAggregation(name)
     except ValueError:
-        choices = ", ".join(repr(m.value) for m in Aggregation) + ", " + ", ".join(repr(n) for n in _BY_NAME)
+        choices = ", ".join(repr(m) for m in method_names())
         raise ValueError(
             f"`attribution_method` must be one of {choices} or a method object, got {method!r}."
         ) from None
@@ -77,5 +95,6 @@ __all__ = [
     "SmoothGrad",
     "TokenAblation",
     "WordAttention",
+    "method_names",
     "parse_method",
 ]

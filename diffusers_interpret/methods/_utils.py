@@ -41,7 +41,7 @@ def regenerated_gradients(
 
     gradients = []
     pieces = chunks(rows.shape[0], batch_size)
-    verbose = context.explainer.verbose and len(pieces) > 1
+    verbose = context.verbose and len(pieces) > 1
     for piece in progress_bar(pieces, desc, disable=not verbose):
         leaf = rows[piece.start : piece.stop].detach().clone().requires_grad_(True)
         with torch.enable_grad():

@@ -5,6 +5,8 @@ from typing import Optional, Union
 
 import torch
 
+from ..target import Target
+from ..trace import Trace
 from .base import AttributionMethod, Scores
 
 
@@ -28,9 +30,9 @@ class TokenAblation(AttributionMethod):
     summary = "How much the region changes when each token is replaced by padding and the image made again."
     one_image_per_call = True
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         context = trace.regeneration
         image = target.image(trace.decoded.detach())[:1]
         rows = context.replaced_units([[index] for index in range(len(context.units))], self.baseline)
         changes, images = context.box_changes(rows, image, target.box, self.batch_size, desc="Ablation")
-        return Scores(tokens=[changes.numpy()], extras=[{"ablated_images": images}])
+        return Scores(tokens=[changes.numpy()], ablated_images=[images])

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 
 from ..box import box_mask
+from ..target import Target
+from ..trace import Trace
 from .base import AttributionMethod, Scores
 
 
@@ -46,7 +48,7 @@ class AttentionScore(AttributionMethod):
             return (inside / mask.sum()).numpy()
         return (inside / values.flatten(1).sum(1).clamp_min(1e-12)).numpy()
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         return Scores(
             tokens=[
                 self.scores_from_maps(trace.attention_maps.rows(i, tokens.positions), target.box)

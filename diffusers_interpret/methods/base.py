@@ -1,10 +1,15 @@
 """The attribution method interface: one class per method, one verb, declared needs."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from ..target import Target
+from ..trace import Trace
+from ..tracing.attention import attention_recording
+from ..tracing.run import Recording
 
 
 @dataclass
@@ -21,8 +26,15 @@ class Scores:
         token_embeddings (`List[torch.Tensor]`, *optional*): The embeddings those gradients were taken at.
         signed (`List[np.ndarray]`, *optional*): Signed scores, where the method has them.
         completeness (`List[float]`, *optional*): What the signed scores of every position add up to.
+        pixel_completeness (`List[float]`, *optional*): What the pixels' signed contributions add up to.
         pooled_share (`List[float]`, *optional*): The pooled text embedding's share of the gradient (SDXL).
-        extras (`List[dict]`): Method-specific values per image.
+        word_maps (`List[np.ndarray]`, *optional*): (units, H, W) maps of where each unit is read in the image.
+        cell_size (`float`, *optional*): Pixels per cell of the attention grid behind `word_maps`.
+        concept_maps (`List[Dict[str, np.ndarray]]`, *optional*): (H, W) map of each concept.
+        concept_scores (`List[Dict[str, float]]`, *optional*): Each concept's score for the target.
+        ablated_images (`List[torch.Tensor]`, *optional*): (units, 3, H, W) images made with each unit removed.
+        projections (`List[np.ndarray]`, *optional*): (probes, units) random projections behind the scores.
+        extras (`List[dict]`): Values of methods defined outside the library, per image.
     """
 
     tokens: List[np.ndarray]
@@ -32,7 +44,14 @@ class Scores:
     token_embeddings: Optional[List[torch.Tensor]] = None
     signed: Optional[List[np.ndarray]] = None
     completeness: Optional[List[float]] = None
+    pixel_completeness: Optional[List[float]] = None
     pooled_share: Optional[List[float]] = None
+    word_maps: Optional[List[np.ndarray]] = None
+    cell_size: Optional[float] = None
+    concept_maps: Optional[List[Dict[str, np.ndarray]]] = None
+    concept_scores: Optional[List[Dict[str, float]]] = None
+    ablated_images: Optional[List[torch.Tensor]] = None
+    projections: Optional[List[np.ndarray]] = None
     extras: List[Dict[str, Any]] = field(default_factory=list)
 
 
@@ -43,12 +62,14 @@ class AttributionMethod:
 
     Traits the explainer reads (it never checks a method's type):
         - `needs_graph`: the call's own graph back to the prompt (gradient methods).
-        - `needs_attention_maps`: cross-attention maps recorded over the traced steps.
-        - `needs_concept_maps`: concept-attention maps recorded over the traced steps (`concept_list(prompts)`
-          names the concepts).
+        - `needs_attention_maps`: cross-attention maps recorded over the traced steps (`trace.attention_maps`).
+        - `needs_concept_maps`: concept-attention maps recorded over the traced steps (`trace.concept_maps`).
         - `one_image_per_call`: the method generates the image again (needs `trace.regeneration`).
         - `scores_pixels`: the method gives pixel scores itself; otherwise image explainers add the box-sum
           gradient x input of the pixels.
+
+    What the traced run records for the method is `recordings(prompts)`: by default the attention maps where it
+    needs them; a method that needs something else recorded supplies its own recording.
     """
 
     name: str = ""
@@ -60,5 +81,9 @@ class AttributionMethod:
     one_image_per_call: bool = False
     scores_pixels: bool = False
 
-    def attribute(self, trace, target) -> Scores:
+    def recordings(self, prompts: Sequence[str]) -> List[Recording]:
+        r"""What the traced run records beside the pipeline's call for this method, for a call with `prompts`."""
+        return [attention_recording(traced_only=True)] if self.needs_attention_maps else []
+
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         raise NotImplementedError

@@ -6,7 +6,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..text import concept_name, prompt_words
+from ..target import Target
+from ..text import concept_name, concept_states, prompt_words
+from ..trace import Trace
+from ..tracing.concepts import ConceptAttentionRecorder
+from ..tracing.run import Recording, RunPlan
+from ..tracing.steps import StepCounter
 from ._utils import map_scores
 from .base import AttributionMethod, Scores
 
@@ -27,8 +32,8 @@ class ConceptAttention(AttributionMethod):
 
     Args:
         concepts (`Sequence[str]`, *optional*): More concepts beside the prompt's words (e.g. `["background",
-            "sky"]`): they compete in the softmax, their maps and scores are in `output.extras["concept_maps"]` and
-            `output.extras["concept_scores"]`.
+            "sky"]`): they compete in the softmax, their maps and scores are in `output.concept_maps` and
+            `output.concept_scores`.
 
     Cost: one generation plus one extra call of each dual-stream block per traced step on the concepts (no backward
     pass); the concepts are encoded once, in one batch.
@@ -47,9 +52,20 @@ class ConceptAttention(AttributionMethod):
         words = [concept_name(word) for text in prompts for word, _, _ in prompt_words(text)]
         return list(dict.fromkeys(words + [str(c) for c in self.concepts or ()]))
 
-    def attribute(self, trace, target) -> Scores:
+    def recordings(self, prompts: Sequence[str]) -> List[Recording]:
+        names = self.concept_list(prompts)
+
+        def recorder(plan: RunPlan, counter: StepCounter, call_kwargs) -> ConceptAttentionRecorder:
+            pipe, family = plan.pipe, plan.family
+            states = concept_states(family, pipe, names, call_kwargs, pipe._execution_device)
+            steps = plan.traced_calls_from_end(counter)
+            return ConceptAttentionRecorder(pipe, family, names, states, steps=steps, counter=counter)
+
+        return [Recording("concept_maps", recorder)]
+
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         recorded = trace.concept_maps
-        tokens, extras = [], []
+        scores = Scores(tokens=[], word_maps=[], cell_size=recorded.cell_size, concept_maps=[], concept_scores=[])
         for index, prompt in enumerate(trace.prompt_tokens):
             maps = recorded.maps[index].double()  # (concepts, H, W)
             concept_scores = map_scores(maps, target)
@@ -60,13 +76,8 @@ class ConceptAttention(AttributionMethod):
                 for unit in group:
                     units[unit] += concept_scores[concept] / len(group)
                     unit_maps[unit] += maps[concept] / len(group)
-            tokens.append(units)
-            extras.append(
-                {
-                    "word_maps": unit_maps.float().numpy(),
-                    "cell_size": recorded.cell_size,
-                    "concept_maps": {c: maps[k].float().numpy() for k, c in enumerate(recorded.concepts)},
-                    "concept_scores": {c: float(concept_scores[k]) for k, c in enumerate(recorded.concepts)},
-                }
-            )
-        return Scores(tokens=tokens, extras=extras)
+            scores.tokens.append(units)
+            scores.word_maps.append(unit_maps.float().numpy())
+            scores.concept_maps.append({c: maps[k].float().numpy() for k, c in enumerate(recorded.concepts)})
+            scores.concept_scores.append({c: float(concept_scores[k]) for k, c in enumerate(recorded.concepts)})
+        return scores

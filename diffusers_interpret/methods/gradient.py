@@ -4,6 +4,8 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..attribution import Aggregation, aggregate, parse_attribution_method
+from ..target import Target
+from ..trace import Trace
 from ._utils import score_units
 from .base import AttributionMethod, Scores
 
@@ -31,7 +33,7 @@ class GradientAggregation(AttributionMethod):
     def name(self) -> str:
         return self.aggregation.value
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         gradients = trace.gradients(target)
         inputs = trace.text_inputs() if gradients.text is not None else None
         scores = Scores(tokens=[], token_gradients=[], token_embeddings=[], pooled_share=gradients.pooled_share)

@@ -6,6 +6,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..target import Target
+from ..trace import Trace
 from ._utils import regenerated_gradients
 from .base import AttributionMethod, Scores
 
@@ -17,7 +19,7 @@ class IntegratedGradients(AttributionMethod):
     prompt's embeddings (midpoint rule): a token's score is the absolute value of its signed contribution
     `sum_features((x - baseline) * mean_path_gradient)`. The signed contributions, over every position, add up to the
     target's change from the baseline to the prompt (completeness), up to the rule's O(1 / n_steps^2) error; they are
-    in `output.extras["signed_scores"]` and `output.extras["completeness"]`.
+    in `output.signed_scores` and `output.completeness`.
 
     Cost: `n_steps` generations with the traced calls' graph and their backward passes, `batch_size` at a time (and
     one more generation without a graph for `target="change"`).
@@ -35,7 +37,7 @@ class IntegratedGradients(AttributionMethod):
         pixel_baseline (`str` or `float`, *optional*, defaults to `"blur"`):
             For img2img / inpainting explainers, input-image pixel attributions are integrated gradients too, along
             the path from a baseline image to the input image, with the prompt unchanged (`n_steps` more
-            generations); their completeness is in `extras["pixel_completeness"]`. `"blur"`: the input image
+            generations); their completeness is in `output.pixel_completeness`. `"blur"`: the input image
             box-blurred (twice, kernel 1/8 of its size); a float: a flat image of that value in [0, 1]. Flat images
             make a poor baseline for Stable Diffusion's VAE: its group normalizations amplify the tiny variations of
             a nearly flat image, so the path starts with a jump the integral misses.
@@ -57,18 +59,17 @@ class IntegratedGradients(AttributionMethod):
         if self.target not in ("sum", "change"):
             raise ValueError(f"`target` must be 'sum' or 'change', got {self.target!r}.")
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         context = trace.regeneration
         inputs, reference = context.inputs, context.baseline(self.baseline)
         alphas = (torch.arange(self.n_steps, dtype=torch.float32, device=inputs.device) + 0.5) / self.n_steps
         path = reference + alphas.to(inputs.dtype)[:, None, None] * (inputs - reference)
         scores = Scores(tokens=[])
-        extras = {}
         if context.input_pixels is not None:
             pixel_result = self._pixels(context, target, context.input_pixels)
             if pixel_result is not None:
-                pixels, extras["pixel_completeness"] = pixel_result
-                scores.pixels = [pixels]
+                pixels, pixel_completeness = pixel_result
+                scores.pixels, scores.pixel_completeness = [pixels], [pixel_completeness]
         baseline_image = None
         if self.target == "change":
             with torch.no_grad():
@@ -79,10 +80,8 @@ class IntegratedGradients(AttributionMethod):
         contributions = (inputs - reference)[0].float().cpu() * gradients.mean(0)
         text = context.text_inputs
         signed = np.array([float(contributions[u.position, text.unit_features(u)].sum()) for u in context.units])
-        extras.update(signed_scores=signed, completeness=float(contributions.sum()))
         scores.tokens.append(np.abs(signed))
-        scores.signed, scores.completeness = [signed], [extras["completeness"]]
-        scores.extras.append(extras)
+        scores.signed, scores.completeness = [signed], [float(contributions.sum())]
         return scores
 
     def _pixels(self, context, target, pixels: torch.Tensor):

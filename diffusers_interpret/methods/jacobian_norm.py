@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..target import Target
+from ..trace import Trace
 from ._utils import random_probes
 from .base import AttributionMethod, Scores
 
@@ -34,7 +36,7 @@ class JacobianNorm(AttributionMethod):
         if int(self.n_probes) < 1:
             raise ValueError(f"`n_probes` must be >= 1, got {self.n_probes}.")
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         image = target.image(trace.decoded)
         probes = random_probes(self.n_probes, tuple(image.shape), self.seed, image.device) * target.mask(image)
         gradients = trace.vector_jacobian_products(target, probes)  # (probes, images, length, features)

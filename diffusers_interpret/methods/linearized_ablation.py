@@ -7,6 +7,8 @@ import torch
 
 from ..checks import positive_int
 from ..regeneration import chunks
+from ..target import Target
+from ..trace import Trace
 from ._utils import random_probes
 from .base import AttributionMethod, Scores
 
@@ -56,7 +58,7 @@ class LinearizedAblation(AttributionMethod):
         positive_int(self.n_probes, "n_probes", allow_none=False)
         positive_int(self.batch_size, "batch_size")
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         context = trace.regeneration
         image = target.image(trace.decoded)
         probes = random_probes(self.n_probes, tuple(image.shape), self.seed, image.device) * target.mask(image)
@@ -77,4 +79,4 @@ class LinearizedAblation(AttributionMethod):
                 projections.append(total)
             projections = torch.cat(projections, dim=1)  # (probes, units)
         scores = projections.pow(2).mean(0).sqrt().double().numpy()
-        return Scores(tokens=[scores], extras=[{"projections": projections.numpy()}])
+        return Scores(tokens=[scores], projections=[projections.numpy()])

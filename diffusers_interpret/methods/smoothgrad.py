@@ -6,6 +6,8 @@ from typing import Optional, Union
 import torch
 
 from ..attribution import Aggregation, parse_attribution_method
+from ..target import Target
+from ..trace import Trace
 from ._utils import regenerated_gradients, score_units
 from .base import AttributionMethod, Scores
 from .gradient import GradientAggregation
@@ -46,7 +48,7 @@ class SmoothGrad(AttributionMethod):
         if int(self.n_samples) < 1 or self.noise_level < 0:
             raise ValueError("`n_samples` must be >= 1 and `noise_level` >= 0.")
 
-    def attribute(self, trace, target) -> Scores:
+    def attribute(self, trace: Trace, target: Target) -> Scores:
         context = trace.regeneration
         inputs, text = context.inputs, context.text_inputs
         positions = context.positions

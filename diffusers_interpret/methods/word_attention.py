@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..target import Target
+from ..trace import Trace
 from ._utils import map_scores
 from .base import AttributionMethod, Scores
 
@@ -28,9 +30,9 @@ class WordAttention(AttributionMethod):
       every pixel reads alike.
 
     No word list is involved: function words rank low because their maps are flat and small once the words they carry
-    on are credited. The word maps are in `output.extras["word_maps"]` ((tokens, H, W), aligned with the tokens), the
-    attention grid's cell in pixels in `output.extras["cell_size"]`; `edge_aware_maps(maps, output.image,
-    cell_size)` gives them the image's own outlines (docs/explore.md).
+    on are credited. The word maps are in `output.word_maps` ((tokens, H, W), aligned with the tokens), the attention
+    grid's cell in pixels in `output.word_map_cell_size`; `edge_aware_maps(maps, output.image, cell_size)` gives
+    them the image's own outlines (docs/explore.md).
 
     Cost: one generation recording cross-attention (as `"attention"`), plus one forward pass through the text
     encoders per token position (in batches), no backward pass. Benchmark: docs/methods.md.
@@ -43,16 +45,16 @@ class WordAttention(AttributionMethod):
     )
     needs_attention_maps = True
 
-    def attribute(self, trace, target) -> Scores:
-        tokens, extras = [], []
+    def attribute(self, trace: Trace, target: Target) -> Scores:
+        tokens, word_maps = [], []
         for index, prompt in enumerate(trace.prompt_tokens):
             mixing = trace.token_mixing(index)
             columns = [mixing.column(unit) for unit in prompt.units]
             maps = trace.attention_maps.maps[index].double()  # (positions, H, W)
             words = torch.einsum("jhw,jc->chw", maps, mixing.weights[:, columns])
             tokens.append(self.scores_from_word_maps(words, target))
-            extras.append({"word_maps": words.float().numpy(), "cell_size": trace.attention_maps.cell_size})
-        return Scores(tokens=tokens, extras=extras)
+            word_maps.append(words.float().numpy())
+        return Scores(tokens=tokens, word_maps=word_maps, cell_size=trace.attention_maps.cell_size)
 
     @staticmethod
     def scores_from_word_maps(words: torch.Tensor, target) -> np.ndarray:

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-from ..views.attention_maps import AttentionMaps
+from ..families import PipelineFamily
+from .maps import AttentionMapsData
+from .run import Recording, RunPlan
 from .scoped import ScopedHooks
 from .steps import StepCounter
 
@@ -88,7 +90,8 @@ class CrossAttentionRecordingProcessor:
     r"""
     Attention processor of one cross-attention layer that computes the layer's output exactly as `AttnProcessor2_0`
     (with `sdpa=True`) or `AttnProcessor` (with `sdpa=False`) and hands the head-averaged attention probabilities to
-    its recorder.
+    its recorder. Replacing the default processors (rather than computing beside them, as the side hook does for any
+    other processor) reuses the layer's own query and key: the maps cost no second projection.
 
     Args:
         recorder (`CrossAttentionRecorder`): Where the probabilities go.
@@ -111,6 +114,8 @@ class CrossAttentionRecordingProcessor:
         *args,
         **kwargs,
     ) -> torch.Tensor:
+        # Copied from diffusers.models.attention_processor.AttnProcessor2_0.__call__ (and, for `sdpa=False`,
+        # AttnProcessor.__call__), with the probabilities handed to the recorder where `recording` is true.
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -200,8 +205,8 @@ class CrossAttentionRecordingProcessor:
 class CrossAttentionRecorder(ScopedHooks):
     r"""
     Records the cross-attention probabilities of a pipeline's UNet while the pipeline runs; see
-    [`record_cross_attention`]. Use it as a context manager; after (or within) the block, `.maps` gives the
-    [`AttentionMaps`].
+    [`record_cross_attention`]. Use it as a context manager; after (or within) the block, `.maps` gives the maps, of
+    `maps_class` ([`AttentionMapsData`] by default; `record_cross_attention` gives them their pictures).
 
     On entering, the UNet's processors (`unet.attn_processors`) are saved and the family's cross-attention layers get
     a [`CrossAttentionRecordingProcessor`]; on exiting, even after an exception, exactly the saved processors are set
@@ -215,13 +220,15 @@ class CrossAttentionRecorder(ScopedHooks):
         steps: Optional[Iterable[int]] = None,
         keep_per_step: bool = False,
         layers: Optional[Iterable[str]] = None,
-        family=None,
+        family: Optional[PipelineFamily] = None,
         counter: Optional[StepCounter] = None,
+        maps_class: type = AttentionMapsData,
     ):
         super().__init__()
         if family is None:
             raise TypeError("Pass the pipeline's `family` (or use `record_cross_attention(pipe)`).")
         self.pipe = pipe
+        self.maps_class = maps_class
         self.family = family
         self.unet = self.family.denoiser(pipe)
         self.steps = None if steps is None else [int(s) for s in steps]
@@ -250,7 +257,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self._per_step: List[Dict[Tuple[int, int], torch.Tensor]] = []
         self._recorded_steps: List[int] = []
         self._layer_names: List[str] = []
-        self._maps: Optional[AttentionMaps] = None
+        self._maps: Optional[AttentionMapsData] = None
 
     @property
     def calls(self) -> int:
@@ -394,9 +401,13 @@ class CrossAttentionRecorder(ScopedHooks):
             result = up if result is None else result + up
         return result
 
+    def result(self) -> AttentionMapsData:
+        r"""The maps, as a run's recording."""
+        return self.maps
+
     @property
-    def maps(self) -> AttentionMaps:
-        r"""The [`AttentionMaps`] of the steps recorded so far (built once, then cached)."""
+    def maps(self) -> AttentionMapsData:
+        r"""The maps of the steps recorded so far (built once, then cached), of `maps_class`."""
         if self._maps is not None:
             return self._maps
         self._finish_step()
@@ -408,7 +419,7 @@ class CrossAttentionRecorder(ScopedHooks):
         if self.keep_per_step:
             per_step = torch.stack([self._upsample(step, size).cpu() for step in self._per_step])
         finest = max(height for height, _ in self._total)
-        self._maps = AttentionMaps(
+        self._maps = self.maps_class(
             maps=maps,
             per_step=per_step,
             steps=list(self._recorded_steps),
@@ -483,7 +494,8 @@ class JointAttentionRecorder(CrossAttentionRecorder):
     r"""
     Records the image-query x text-key attention of a transformer's joint-attention layers (Flux's double- and
     single-stream blocks) while the pipeline runs, into the same [`AttentionMaps`] as [`CrossAttentionRecorder`]
-    (token axis: the text tokens of `encoder_hidden_states`; image axis: the packed latent grid, upsampled).
+    (token axis: the text tokens of `encoder_hidden_states`; image axis: the packed latent grid, upsampled). The
+    family's `joint_attention` says where the text sits in the joint sequence.
 
     The layers' processors stay as they are: a forward pre-hook on each layer (located by the family) computes the
     probabilities beside it with [`joint_attention_probabilities`], accumulated per step at the grid's resolution
@@ -526,7 +538,7 @@ class JointAttentionRecorder(CrossAttentionRecorder):
                 None if encoder_hidden_states is None else encoder_hidden_states.detach()[rows],
                 rotary,
                 self._text_length,
-                text_first=self.family.joint_text_first,
+                text_first=self.family.joint_attention.text_first,
             )
             self.add(name, probs)
             return None
@@ -534,7 +546,20 @@ class JointAttentionRecorder(CrossAttentionRecorder):
         return hook
 
 
-def make_recorder(pipe, family, **options) -> CrossAttentionRecorder:
+def make_recorder(pipe, family: PipelineFamily, **options) -> CrossAttentionRecorder:
     r"""The attention recorder of a family: cross-attention (UNet families) or joint attention (transformer ones)."""
-    recorder = JointAttentionRecorder if family.attention_kind == "joint" else CrossAttentionRecorder
+    recorder = CrossAttentionRecorder if family.joint_attention is None else JointAttentionRecorder
     return recorder(pipe, family=family, **options)
+
+
+def attention_recording(traced_only: bool) -> Recording:
+    r"""
+    The attention maps of a run, as a [`Recording`] named `"attention_maps"`: over the traced steps' denoiser calls
+    (`traced_only`, what the attention methods read; all of them when every step is traced), or over every call.
+    """
+
+    def recorder(plan: RunPlan, counter: StepCounter, call_kwargs) -> CrossAttentionRecorder:
+        steps = plan.traced_calls_from_end(counter) if traced_only else None
+        return make_recorder(plan.pipe, plan.family, steps=steps, counter=counter)
+
+    return Recording("attention_maps", recorder)

@@ -11,42 +11,16 @@ blocks and the recorded steps, then a softmax across concepts at each image toke
 """
 
 import inspect
-from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..families import TransformerFamily
 from .attention import query_grid
+from .maps import ConceptMaps
 from .scoped import ScopedHooks
 from .steps import StepCounter
-
-
-@dataclass
-class ConceptMaps:
-    r"""
-    Where each concept is in the image.
-
-    Args:
-        concepts (`List[str]`): The concepts, in the order of `maps`' concept axis.
-        maps (`torch.Tensor`): (images, concepts, height, width), at the image's size; at each pixel a distribution
-            over the concepts (the softmax across concepts).
-        steps (`List[int]`): The denoiser calls recorded.
-        layers (`List[str]`): The blocks whose attention outputs were compared.
-        cell_size (`float`, *optional*): Pixels per cell of the transformer's image-token grid.
-    """
-
-    concepts: List[str]
-    maps: torch.Tensor
-    steps: List[int]
-    layers: List[str]
-    cell_size: Optional[float] = None
-
-    def for_concept(self, concept: str, image_index: int = 0) -> torch.Tensor:
-        r"""The (height, width) map of one concept."""
-        if concept not in self.concepts:
-            raise KeyError(f"{concept!r} is not one of the recorded concepts {self.concepts}.")
-        return self.maps[image_index, self.concepts.index(concept)]
 
 
 def call_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> Dict[str, object]:
@@ -73,7 +47,7 @@ class ConceptAttentionRecorder(ScopedHooks):
     def __init__(
         self,
         pipe,
-        family,
+        family: TransformerFamily,
         concepts: List[str],
         concept_states: torch.Tensor,
         steps: Optional[Iterable[int]] = None,
@@ -188,6 +162,10 @@ class ConceptAttentionRecorder(ScopedHooks):
         self._sum, self._layers_this_call, self._concepts, self._recording = None, 0, None, False
 
     # -- result ---------------------------------------------------------------------------------------------------
+    def result(self) -> ConceptMaps:
+        r"""The maps, as a run's recording."""
+        return self.maps
+
     @property
     def maps(self) -> ConceptMaps:
         r"""The [`ConceptMaps`] of the calls recorded so far."""

@@ -1,6 +1,6 @@
 """Scoped hooks that make a pipeline's inputs leaves of the autograd graph, or replace them."""
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -60,14 +60,18 @@ class LeafPreprocessedImage(ScopedHooks):
     r"""
     Within the block, the image processor's `preprocess` returns its usual tensor (bit-identical values) plus a
     zero-valued term that carries the gradient to a leaf: the [0, 1] pixels of the preprocessed image, stored in
-    `store[key]` (first call only). The override is an instance attribute, deleted on exit.
+    `store[key]` (first call only) and given by `result()`. The override is an instance attribute, deleted on exit.
     """
 
-    def __init__(self, image_processor, store: Dict[str, torch.Tensor], key: str = "pixels"):
+    def __init__(self, image_processor, store: Optional[Dict[str, torch.Tensor]] = None, key: str = "pixels"):
         super().__init__()
         self.image_processor = image_processor
-        self.store = store
+        self.store = {} if store is None else store
         self.key = key
+
+    def result(self) -> Optional[torch.Tensor]:
+        r"""The pixels' leaf, (1, 3, H, W) in [0, 1] (`None` where the pipeline preprocessed no RGB image)."""
+        return self.store.get(self.key)
 
     def _install(self) -> None:
         original = self.image_processor.preprocess

@@ -4,6 +4,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..families import PipelineFamily
 from .checkpoint import recompute_in_backward
 from .scoped import ScopedHooks
 from .steps import StepCounter
@@ -46,7 +47,7 @@ class DenoiserTracer(ScopedHooks):
     def __init__(
         self,
         pipe,
-        family,
+        family: PipelineFamily,
         counter: StepCounter,
         n_traced: Optional[int],
         conditioning: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],

@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
+from ..progress import in_notebook
+
 
 def image_to_data_uri(image: Image.Image, format: str = "PNG") -> str:
     buffer = io.BytesIO()
@@ -60,16 +62,6 @@ def image_slider_html(
 }})();
 </script>
 </div>"""
-
-
-def in_notebook() -> bool:
-    r"""Whether code runs in a notebook kernel (Jupyter, Colab, VS Code), where rich output is displayed."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def standalone_page(markup: str, title: str) -> str:

@@ -144,9 +144,9 @@ def _explanation_card(
         meta.append(f"method {output.attribution_method}")
     if getattr(output, "attribution_level", None):
         meta.append(f"level {output.attribution_level}")
-    traced = getattr(output, "extras", {}).get("traced_denoiser_calls")
-    if traced is not None:
-        meta.append(f"{traced} traced denoiser calls")
+    stats = output.stats
+    if stats.denoiser_calls:  # an output the explainer made (not one put together by hand)
+        meta.append(f"{stats.traced_denoiser_calls} traced denoiser calls")
     if meta:
         parts.append(f'<div class="meta">{html.escape(", ".join(meta))}</div>')
     if image is not None:
@@ -226,7 +226,7 @@ def write_report(
         )
         body.append(f'<table class="settings">{rows}</table>')
     methods = list(dict.fromkeys(str(getattr(o, "attribution_method", "") or "") for o in outputs))
-    summaries = {str(o.attribution_method): o.extras.get("method_summary", "") for o in outputs if o.extras}
+    summaries = {str(o.attribution_method): o.method_summary for o in outputs}
     for method in filter(None, methods):
         summary = html.escape(summaries.get(method, ""))
         body.append(f'<p class="method"><strong>method {html.escape(method)}</strong>: {summary}</p>')

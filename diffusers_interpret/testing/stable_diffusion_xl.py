@@ -11,8 +11,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from .testing import freeze, tiny_clip_config, tiny_scheduler, tiny_vae
-from .tokenizer import build_word_tokenizer
+from ..tokenizer import build_word_tokenizer
+from .components import freeze, tiny_clip_config, tiny_scheduler, tiny_vae
 
 SDXL_PIPELINE_CLASSES = {
     "text2img": StableDiffusionXLPipeline,
@@ -44,6 +44,10 @@ def make_tiny_sdxl_components(
         sample_size (`int`, *optional*, defaults to 16): Latent size; images are twice as large.
         layers_per_block (`int`, *optional*, defaults to 1): UNet layers per block.
     """
+    # Adapted from diffusers' tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py
+    # (StableDiffusionXLPipelineFastTests.get_dummy_components): SDXL's added conditioning (`addition_embed_type=
+    # "text_time"`, time ids embedded in 8 dimensions) and both CLIP encoders' widths, on the smaller UNet of the
+    # Stable Diffusion tests; the tokenizers generated here instead of downloaded.
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),

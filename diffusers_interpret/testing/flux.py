@@ -11,8 +11,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModel
 
-from .testing import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
-from .tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
+from ..tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
+from .components import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 
 FLUX_PIPELINE_CLASSES = {"text2img": FluxPipeline, "img2img": FluxImg2ImgPipeline}
 # The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); Flux's default is 512.
@@ -31,6 +31,9 @@ def make_tiny_flux_components(seed: int = 0, guidance_embeds: bool = False, num_
         guidance_embeds (`bool`, *optional*, defaults to `False`): A guidance-distilled transformer (Flux-dev).
         num_layers (`int`, *optional*, defaults to 1): Double-stream blocks (and as many single-stream blocks).
     """
+    # Copied from diffusers' tests/pipelines/flux/test_pipeline_flux.py (FluxPipelineFastTests.get_dummy_components):
+    # the transformer's config, with `num_layers` and `guidance_embeds` as arguments; the VAE's (`tiny_flow_vae`) at
+    # half the sample size; the CLIP and T5 encoders and their tokenizers generated here instead of downloaded.
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,

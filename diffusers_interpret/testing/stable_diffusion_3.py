@@ -11,8 +11,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModelWithProjection
 
-from .testing import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
-from .tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
+from ..tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
+from .components import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 
 SD3_PIPELINE_CLASSES = {"text2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline}
 # The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); SD3's default is 256.
@@ -28,6 +28,10 @@ def make_tiny_sd3_components(seed: int = 0) -> dict:
     Args:
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
     """
+    # Adapted from diffusers' tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3.py
+    # (StableDiffusion3PipelineFastTests.get_dummy_components), with 2x2 patches, two blocks and CLIP encoders whose
+    # widths add up to T5's (so that every text encoder's tokens are explained through the same joint attention), and
+    # tokenizers generated here instead of downloaded.
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=16,

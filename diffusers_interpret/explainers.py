@@ -1,0 +1,70 @@
+r"""
+The explainer classes by pipeline class, as diffusers-interpret 0.5.0 named them: `StableDiffusionPipelineExplainer`,
+`StableDiffusionImg2ImgPipelineExplainer`, `StableDiffusionInpaintPipelineExplainer`, and one for every other
+supported pipeline (`<pipeline class>Explainer`). Each is a [`BasePipelineExplainer`] bound to its pipeline class; it
+is made, once, the first time its name is asked for, from the registry of `families/` (so a new family needs no line
+here). `explainer_for(pipe)` gives the right one for a loaded pipeline.
+"""
+
+from typing import Dict, List
+
+from .explainer import BasePipelineExplainer
+from .families import InputKind, supported_pipeline, supported_pipeline_named, supported_pipelines
+
+_SUFFIX = "Explainer"
+_CLASSES: Dict[str, type] = {}
+
+
+def explainer_class(pipeline_class_name: str) -> type:
+    r"""
+    The explainer class of a supported diffusers pipeline class, by the pipeline class's name.
+
+    Raises:
+        `TypeError`: for a pipeline class of no supported family, naming the supported ones.
+    """
+    if pipeline_class_name not in _CLASSES:
+        supported = supported_pipeline_named(pipeline_class_name)
+        family, kind = supported.family, supported.input_kind
+        starts = {
+            None: "a prompt",
+            InputKind.IMAGE: "a prompt and an input image",
+            InputKind.INPAINT: "a prompt, an image and a mask",
+        }
+        doc = (
+            f"Explains the images a `{pipeline_class_name}` makes from {starts[kind]}: every argument of its call "
+            f"passes through (see [`BasePipelineExplainer.__call__`]).\n\n    {family.display_name}: "
+            f"[`{type(family).__name__}`] says how its pipelines are read."
+        )
+        _CLASSES[pipeline_class_name] = type(
+            supported.explainer_name,
+            (BasePipelineExplainer,),
+            {"pipeline_class_name": pipeline_class_name, "__doc__": doc, "__module__": __name__},
+        )
+    return _CLASSES[pipeline_class_name]
+
+
+def explainer_for(pipe, **options) -> BasePipelineExplainer:
+    r"""
+    The explainer for a pipeline's class (text-to-image, img2img or inpainting, of any supported family).
+
+    Args:
+        pipe (`DiffusionPipeline`): A loaded pipeline.
+        options: The explainer's arguments (`verbose`, `gradient_checkpointing`).
+
+    Raises:
+        `TypeError`: for an unsupported pipeline, naming the supported ones.
+    """
+    return explainer_class(supported_pipeline(pipe).class_name)(pipe, **options)
+
+
+def __getattr__(name: str):
+    if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] in supported_pipelines():
+        return explainer_class(name[: -len(_SUFFIX)])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | {f"{name}{_SUFFIX}" for name in supported_pipelines()})
+
+
+__all__ = ["BasePipelineExplainer", "explainer_class", "explainer_for", "supported_pipelines"]

@@ -1,0 +1,71 @@
+"""Before a traced call grows its graph: estimate the memory it will hold, and refuse what the device cannot hold."""
+
+import warnings
+from typing import Optional, Tuple
+
+from .. import memory
+from ..families import PipelineFamily
+from .scoped import ScopedHooks
+from .steps import StepCounter
+
+
+class MemoryGuard(ScopedHooks):
+    r"""
+    At the first denoiser call of a traced pipeline run, before it runs: estimate the call's peak memory from the
+    denoiser's actual inputs (see [`MemoryEstimate`]) and raise [`NotEnoughMemoryError`] if it is more than the
+    device has free. `estimate` holds the estimate afterwards.
+
+    Args:
+        pipe: The pipeline being run.
+        family (`PipelineFamily`): Its family.
+        counter (`StepCounter`): The run's shared count of denoiser calls (entered before this guard).
+        n_traced (`int`, *optional*): Last denoising steps traced (`None`: all).
+        checkpoint (`bool`): Whether the traced calls and the decode are checkpointed.
+        size (`Tuple[int, int]`): The image's (height, width).
+        pixels (`bool`, *optional*, defaults to `False`): The input image's encoding is traced too.
+        enforce (`bool`, *optional*, defaults to `True`): Raise when it does not fit; `False` only estimates.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        family: PipelineFamily,
+        counter: StepCounter,
+        n_traced: Optional[int],
+        checkpoint: bool,
+        size: Tuple[int, int],
+        pixels: bool = False,
+        enforce: bool = True,
+    ):
+        super().__init__()
+        self.pipe = pipe
+        self.family = family
+        self.counter = counter
+        self.n_traced = n_traced
+        self.checkpoint = checkpoint
+        self.size = size
+        self.pixels = pixels
+        self.enforce = enforce
+        self.estimate: Optional[memory.MemoryEstimate] = None
+
+    def _install(self) -> None:
+        self.estimate = None
+        self.hook_forward_pre(self.family.denoiser(self.pipe), self._check)
+
+    def _check(self, module, args, kwargs):
+        if self.counter.is_recomputing or self.counter.calls != 1:  # the run's first call only
+            return None
+        first = self.counter.first_of_last(self.n_traced)
+        traced = 0 if first is None else (self.counter.total or 0) - first
+        try:
+            self.estimate = memory.estimate_memory(
+                self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels
+            )
+        except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
+            warnings.warn(
+                f"The explanation's memory could not be estimated ({error}); it is not checked.", stacklevel=2
+            )
+            return None
+        if self.enforce and not self.estimate.fits:
+            raise memory.NotEnoughMemoryError(self.estimate.message())
+        return None
