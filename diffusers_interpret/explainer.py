@@ -13,7 +13,7 @@ from .assembly import Pictures, assemble_outputs
 from .attribution import Aggregation, AttributionLevel
 from .box import BoxLike
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL
-from .families import InputKind, PipelineFamily, SupportedPipeline, supported_pipeline, supported_pipeline_named
+from .families import InputKind, PipelineFamily, SupportedPipeline, supported_pipeline
 from .methods import AttributionMethod, GradientAggregation, Scores
 from .outputs import (
     ExplanationStats,
@@ -85,12 +85,12 @@ class BasePipelineExplainer:
             the time (docs/benchmarks.md).
     """
 
-    # The pipeline class an explainer class was made for (the classes of `explainers.py`, e.g.
-    # `StableDiffusionImg2ImgPipelineExplainer`); `None` explains any supported pipeline, by its own class.
-    pipeline_class_name: Optional[str] = None
+    # The registry's entry of the pipeline class an explainer class was made for (the classes of `explainers.py`,
+    # e.g. `StableDiffusionImg2ImgPipelineExplainer`); `None` explains any supported pipeline, by its own class.
+    supported: Optional[SupportedPipeline] = None
 
     def __init__(self, pipe, verbose: bool = True, gradient_checkpointing: Optional[bool] = None):
-        supported = self._supported(pipe)
+        supported = self.supported or supported_pipeline(pipe)
         family = supported.family
         for name in family.required_components:
             if not hasattr(pipe, name):
@@ -114,12 +114,6 @@ class BasePipelineExplainer:
         self.pipe = pipe
         self.verbose = verbose
         self.gradient_checkpointing = gradient_checkpointing
-
-    def _supported(self, pipe) -> SupportedPipeline:
-        # The registry's entry of the pipeline class this explainer was made for, else of the pipeline's own class.
-        if self.pipeline_class_name is None:
-            return supported_pipeline(pipe)
-        return supported_pipeline_named(self.pipeline_class_name)
 
     def checkpoints(self, n_traced: Optional[int], keep: Optional[str] = None) -> bool:
         r"""Whether a call tracing the last `n_traced` steps (`None`: all) checkpoints them. By default: when more

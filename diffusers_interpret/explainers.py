@@ -6,41 +6,42 @@ is made, once, the first time its name is asked for, from the registry of `famil
 here). `explainer_for(pipe)` gives the right one for a loaded pipeline.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Union
 
 from .explainer import BasePipelineExplainer
-from .families import InputKind, supported_pipeline, supported_pipeline_named, supported_pipelines
+from .families import InputKind, SupportedPipeline, supported_pipeline, supported_pipeline_named, supported_pipelines
 
 _SUFFIX = "Explainer"
 _CLASSES: Dict[str, type] = {}
 
 
-def explainer_class(pipeline_class_name: str) -> type:
+def explainer_class(pipeline: Union[str, SupportedPipeline]) -> type:
     r"""
-    The explainer class of a supported diffusers pipeline class, by the pipeline class's name.
+    The explainer class of a supported pipeline class, by the pipeline class's name (a diffusers class) or by its
+    registry entry.
 
     Raises:
         `TypeError`: for a pipeline class of no supported family, naming the supported ones.
     """
-    if pipeline_class_name not in _CLASSES:
-        supported = supported_pipeline_named(pipeline_class_name)
-        family, kind = supported.family, supported.input_kind
+    supported = supported_pipeline_named(pipeline) if isinstance(pipeline, str) else pipeline
+    name = supported.class_name
+    if name not in _CLASSES:
         starts = {
             None: "a prompt",
             InputKind.IMAGE: "a prompt and an input image",
             InputKind.INPAINT: "a prompt, an image and a mask",
         }
         doc = (
-            f"Explains the images a `{pipeline_class_name}` makes from {starts[kind]}: every argument of its call "
-            f"passes through (see [`BasePipelineExplainer.__call__`]).\n\n    {family.display_name}: "
-            f"[`{type(family).__name__}`] says how its pipelines are read."
+            f"Explains the images a `{name}` makes from {starts[supported.input_kind]}: every argument of its call "
+            f"passes through (see [`BasePipelineExplainer.__call__`]).\n\n    {supported.family.display_name}: "
+            f"[`{type(supported.family).__name__}`] says how its pipelines are read."
         )
-        _CLASSES[pipeline_class_name] = type(
+        _CLASSES[name] = type(
             supported.explainer_name,
             (BasePipelineExplainer,),
-            {"pipeline_class_name": pipeline_class_name, "__doc__": doc, "__module__": __name__},
+            {"supported": supported, "__doc__": doc, "__module__": __name__},
         )
-    return _CLASSES[pipeline_class_name]
+    return _CLASSES[name]
 
 
 def explainer_for(pipe, **options) -> BasePipelineExplainer:
@@ -54,7 +55,7 @@ def explainer_for(pipe, **options) -> BasePipelineExplainer:
     Raises:
         `TypeError`: for an unsupported pipeline, naming the supported ones.
     """
-    return explainer_class(supported_pipeline(pipe).class_name)(pipe, **options)
+    return explainer_class(supported_pipeline(pipe))(pipe, **options)
 
 
 def __getattr__(name: str):

@@ -215,8 +215,9 @@ def test_explain_an_sdxl_model_folder(tmp_path, capsys):
     assert_self_contained(page)
 
 
+@pytest.mark.parametrize("method", [None, "concept_attention"])
 @pytest.mark.parametrize("family", ["flux", "sd3"])
-def test_explain_a_transformer_model_folder(tmp_path, family):
+def test_explain_a_transformer_model_folder(tmp_path, family, method):
     if family == "flux":
         from diffusers_interpret.testing.flux import make_tiny_flux_pipeline as make
     else:
@@ -226,11 +227,27 @@ def test_explain_a_transformer_model_folder(tmp_path, family):
     code = main(
         ["explain", "a cute corgi on the left", "--model", str(tmp_path / "model"), "--steps", "2", "--quiet"]
         + ["--height", "16", "--width", "16", "--box", "0,0,8,16", "--out", str(tmp_path / "out")]
+        + ([] if method is None else ["--method", method])
     )
     assert code == 0
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "corgi" in page and "16x16" in page
+    expected = method or ("grad_x_input" if family == "flux" else "word_attention")
+    assert f"method {expected}" in page
     assert_self_contained(page)
+
+
+def test_every_method_of_the_registry_is_offered_by_the_commands():
+    from diffusers_interpret.cli import build_parser
+    from diffusers_interpret.methods import method_names, parse_method
+
+    parser = build_parser()
+    for name in method_names():
+        assert parse_method(name).name == name
+        for command in (["explain", "x"], ["demo"], ["batch", "prompts.jsonl"]):
+            assert parser.parse_args([*command, "--out", "o", "--method", name]).method == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain", "x", "--out", "o", "--method", "shap"])
 
 
 def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
@@ -251,3 +268,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
     assert "usage: diffusers-interpret" in result.stdout
+    explain_help = subprocess.run(
+        [sys.executable, "-m", "diffusers_interpret", "explain", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "concept_attention" in explain_help.stdout and "word_attention" in explain_help.stdout
