@@ -3,16 +3,24 @@ Generate the explained image again from the same noise with the prompt's embeddi
 the engine of the perturbation methods and of the faithfulness metrics.
 """
 
+import copy
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .attribution import AttributionLevel
 from .progress import progress_bar
 from .target import Target
-from .text import PromptTokens, TextInputs, encode_replaced, token_blocks, token_embedding_values
-from .tracing.run import RunPlan, decode, run
+from .text import (
+    ConditioningLeaves,
+    PromptTokens,
+    TextInputs,
+    encode_replaced,
+    token_blocks,
+    token_embedding_values,
+)
+from .tracing.run import Recording, RunPlan, RunResult, decode, run
 
 
 def generator_state(generator, device: torch.device):
@@ -189,9 +197,8 @@ class Regeneration:
             return list(value) * count
         return value
 
-    def _run(self, count: int, replacement, grad: bool, grad_before_loop: bool = False, **overrides) -> torch.Tensor:
-        # The pipeline's own call for `count` rows, every row from the explained call's noise, the prompt's
-        # conditioning at the traced calls given by `replacement`; returns the decoded images.
+    def _call_kwargs(self, count: int, **overrides) -> Dict[str, Any]:
+        # The explained call's arguments for `count` rows, every row from the explained call's noise.
         kwargs = dict(self.call_kwargs)
         kwargs.update(
             {name: texts * count for name, texts in self.prompts.items() if name in kwargs or name == "prompt"},
@@ -205,9 +212,40 @@ class Regeneration:
         for name in per_row:
             if kwargs.get(name) is not None:
                 kwargs[name] = self._batched(kwargs[name], count)
+        return kwargs
+
+    def _run(self, count: int, replacement, grad: bool, grad_before_loop: bool = False, **overrides) -> torch.Tensor:
+        # The pipeline's own call for `count` rows, the prompt's conditioning at the traced calls given by
+        # `replacement`; returns the decoded images.
         plan = dataclasses.replace(self.plan, graph=grad, replace=True, pixels=grad_before_loop)
-        latents = run(plan, kwargs, conditioning=replacement).output.images
+        latents = run(plan, self._call_kwargs(count, **overrides), conditioning=replacement).output.images
         return decode(plan, latents)
+
+    def traced_run(
+        self, conditioning: ConditioningLeaves, recordings: Sequence[Recording] = (), graph: bool = True
+    ) -> Tuple[torch.Tensor, RunResult]:
+        r"""
+        The explained image made once more from the same noise, the traced calls taking `conditioning`'s leaves
+        (e.g. a perturbed prompt's), with `recordings` recorded beside it: the decoded image (with its graph back to
+        the leaves when `graph`) and the run's result. What a method wrapped by another reads as its trace.
+        """
+        plan = dataclasses.replace(self.plan, graph=graph, replace=True)
+        result = run(plan, self._call_kwargs(1), conditioning=conditioning, recordings=recordings)
+        return decode(plan, result.output.images), result
+
+    def leaves(self, embeddings: torch.Tensor) -> ConditioningLeaves:
+        r"""The conditioning leaves of one row of `embeddings` at the attribution level, for `traced_run`."""
+        blocks = token_blocks(self.family, self.pipe, self.tokens.ids)
+        return ConditioningLeaves(
+            self.family, self.pipe, self.prompts, self.call_kwargs, self.level, embeddings=embeddings, blocks=blocks
+        )
+
+    def with_inputs(self, embeddings: torch.Tensor) -> "Regeneration":
+        r"""This regeneration around other (1, rows, features) embeddings at the attribution level: its `inputs`
+        (and the baselines methods move from them towards) are these."""
+        moved = copy.copy(self)
+        moved._inputs = TextInputs(embeddings, self.slices())
+        return moved
 
     def generate(self, embeddings: torch.Tensor) -> torch.Tensor:
         r"""

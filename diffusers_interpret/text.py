@@ -422,6 +422,24 @@ def encode_replaced(
             scope.__exit__(None, None, None)
 
 
+def encode_replaced_with_graph(
+    family: PipelineFamily,
+    pipe,
+    prompts: Dict[str, List[str]],
+    call_kwargs: Dict[str, Any],
+    token_embeddings: torch.Tensor,
+    blocks: Sequence[EncoderBlock],
+) -> TextEncoding:
+    r"""The pipeline's own `encode_prompt` from the given (1, rows, features) token embeddings (each text encoder's
+    in its block of the layout), each encoder's block a leaf that requires grad: the text encoders' graph."""
+    leaves = [
+        token_embeddings[:, block.rows, block.features].detach().clone().requires_grad_(True) for block in blocks
+    ]
+    with torch.enable_grad():
+        conditioning = encode_replaced(family, pipe, prompts, call_kwargs, place(leaves, blocks), blocks)
+    return TextEncoding(leaves, conditioning, blocks)
+
+
 def token_embedding_values(family: PipelineFamily, pipe, ids: Sequence[Sequence[int]]) -> torch.Tensor:
     r"""Each encoder's input token embeddings of `ids` (one id row per encoder) in the token-level layout:
     (1, rows, features)."""
@@ -435,11 +453,11 @@ def token_embedding_values(family: PipelineFamily, pipe, ids: Sequence[Sequence[
 
 class ConditioningLeaves:
     r"""
-    The tracer's `conditioning` for an explainer call: at the first traced denoiser call, the prompt rows of the
+    The tracer's `conditioning` for a traced call: at the first traced denoiser call, the prompt rows of the
     denoiser's conditioning become leaves that require grad (`conditioning`, the `text_encoder_output` level's
     inputs). At the `token_embeddings` level the pipeline's own `encode_prompt` runs again with each text encoder's
     token embeddings as leaves (`encoding`, the text encoders' graph to the conditioning), and must give the
-    pipeline's values.
+    pipeline's values, unless `embeddings` replace the prompt's.
 
     Args:
         family (`PipelineFamily`): The pipeline's family.
@@ -447,25 +465,46 @@ class ConditioningLeaves:
         prompts (`Dict[str, List[str]]`): Each image's texts by call argument.
         call_kwargs (`dict`): The pipeline call's arguments.
         level (`AttributionLevel`): Where tokens are attributed.
+        embeddings (`torch.Tensor`, *optional*): (1, rows, features) embeddings at the level to take in place of the
+            prompt's (for one image): the input token embeddings in the layout of every text encoder's tokens, or the
+            denoiser's `encoder_hidden_states` (the other conditioning tensors stay the prompt's).
+        blocks (`Sequence[EncoderBlock]`, *optional*): With token-level `embeddings`, each text encoder's block in
+            them.
     """
 
     def __init__(
-        self, family: PipelineFamily, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], level
+        self,
+        family: PipelineFamily,
+        pipe,
+        prompts: Dict[str, List[str]],
+        call_kwargs: Dict[str, Any],
+        level,
+        embeddings: Optional[torch.Tensor] = None,
+        blocks: Optional[Sequence[EncoderBlock]] = None,
     ):
         self.family = family
         self.pipe = pipe
         self.prompts = prompts
         self.call_kwargs = call_kwargs
         self.level = AttributionLevel(level)
+        self.embeddings = embeddings
+        self.blocks = blocks
         self.conditioning: Dict[str, torch.Tensor] = {}
         self.encoding: Optional[TextEncoding] = None
 
     def __call__(self, prompt_rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        if self.level is AttributionLevel.TOKEN_EMBEDDINGS:
-            device = next(iter(prompt_rows.values())).device
+        device = next(iter(prompt_rows.values())).device
+        if self.level is AttributionLevel.TOKEN_EMBEDDINGS and self.embeddings is None:
             self.encoding = encode_with_graph(self.family, self.pipe, self.prompts, self.call_kwargs, device)
             check_same(self.encoding.conditioning, prompt_rows)
             prompt_rows = self.encoding.conditioning
+        elif self.level is AttributionLevel.TOKEN_EMBEDDINGS:
+            self.encoding = encode_replaced_with_graph(
+                self.family, self.pipe, self.prompts, self.call_kwargs, self.embeddings.to(device), self.blocks
+            )
+            prompt_rows = self.encoding.conditioning
+        elif self.embeddings is not None:
+            prompt_rows = {**prompt_rows, "encoder_hidden_states": self.embeddings.to(device)}
         self.conditioning = {name: t.detach().clone().requires_grad_(True) for name, t in prompt_rows.items()}
         return self.conditioning
 

@@ -144,6 +144,46 @@ def test_smoothgrad_without_noise_is_the_gradient(tiny_pipe64):
     assert not np.allclose(noisy.token_attributions.scores, gradient.token_attributions.scores, rtol=1e-3)
 
 
+def test_smoothgrad_wraps_any_method_as_an_average_over_noisy_prompts(tiny_pipe):
+    # Zero noise: the wrapped method's own scores (its trace made again from the call's noise).
+    for method in (JacobianNorm(), "attention", "word_attention"):
+        plain = explain(tiny_pipe, method, n_last_diffusion_steps_to_consider_for_attributions=2)
+        wrapped = explain(
+            tiny_pipe, SmoothGrad(method=method, n_samples=2, noise_level=0.0),
+            n_last_diffusion_steps_to_consider_for_attributions=2,
+        )  # fmt: skip
+        np.testing.assert_allclose(wrapped.token_attributions.scores, plain.token_attributions.scores, rtol=1e-5)
+        assert wrapped.attribution_method == "smoothgrad"
+    # With noise, computed without the library: the noisy text-encoder outputs (the same seeded draw) fed to the plain
+    # pipeline as `prompt_embeds`, their cross-attention recorded, each copy's token shares inside the box averaged.
+    from diffusers_interpret.attention import record_cross_attention
+
+    out = explain(
+        tiny_pipe, SmoothGrad(method="attention", n_samples=3, noise_level=0.3, seed=5),
+        attribution_level="text_encoder_output",
+    )  # fmt: skip
+    words = len(PROMPT.split())
+    with torch.no_grad():
+        embeds = tiny_pipe.text_encoder(torch.tensor([_ids(tiny_pipe)]))[0]
+    attributed = embeds[0, 1 : 1 + words]
+    sigma = 0.3 * float(attributed.max() - attributed.min())
+    noise = torch.randn((3, words, embeds.shape[-1]), generator=torch.Generator().manual_seed(5)) * sigma
+    (x0, y0), (x1, y1) = BOX
+    shares = []
+    for k in range(3):
+        noisy = embeds.clone()
+        noisy[0, 1 : 1 + words] += noise[k]
+        with record_cross_attention(tiny_pipe) as recorder:
+            tiny_pipe(prompt_embeds=noisy, num_inference_steps=STEPS, generator=seeded(0))
+        maps = recorder.maps.maps[0, 1 : 1 + words].double()
+        shares.append((maps[:, y0:y1, x0:x1].sum((1, 2)) / maps.sum((1, 2))).numpy())
+    np.testing.assert_allclose(out.token_attributions.scores, np.mean(shares, axis=0), rtol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        SmoothGrad(method="attention", aggregation="max_grad")
+    with pytest.raises(ValueError, match="not a SmoothGrad"):
+        SmoothGrad(method=SmoothGrad())
+
+
 def test_jacobian_norm_matches_finite_differences(tiny_pipe64):
     # ||d(box pixels)/d(token embedding)||_F by central differences along every hidden dimension, vs the estimate.
     box = ((4, 6), (8, 10))
