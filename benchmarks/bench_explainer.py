@@ -64,7 +64,7 @@ def explain():
     out = explainer(prompt, generator=torch.Generator().manual_seed(0), get_images_for_all_inference_steps=False,
                     n_last_diffusion_steps_to_consider_for_attributions=n, attribution_method="grad_x_input",
                     **common)
-    backward.append(out.extras["backward_seconds"])
+    backward.append(out.stats.backward_seconds)
 
 def timed(fn):
     fn()

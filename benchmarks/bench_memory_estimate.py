@@ -4,7 +4,7 @@ The memory guard's estimate against the measured peak, on the CPU: is the estima
 Each case runs in its own fresh subprocess (one at a time): it builds the pipeline, makes one plain `pipe(...)` call
 at the case's size (so that lazy allocations of the libraries are made), resets the process's peak RSS
 (`/proc/self/clear_refs`), runs the explanation with `attribution_method="grad_x_input"`, every step traced, and
-reports the peak RSS over the RSS before the call beside the guard's estimate (`output.extras["memory_estimate"]`).
+reports the peak RSS over the RSS before the call beside the guard's estimate (`output.stats.memory_estimate`).
 
 Pipelines: the tests' tiny SD pipeline (64x64), the shipped toy (32x32) and an SD 1.5-size UNet with random weights
 and SD's VAE (from `bench_memory_real_size.py`, 256x256 by default), each without and with gradient checkpointing.
@@ -74,7 +74,7 @@ def run_case(args) -> None:
     )
     seconds = time.perf_counter() - started
     peak = _rss("VmHWM") - before
-    estimate = output.extras["memory_estimate"]
+    estimate = output.stats.memory_estimate
     result = dict(measured=peak, estimate=estimate.peak, traced=estimate.traced_calls, seconds=seconds, size=size)
     print("RESULT " + json.dumps(result), flush=True)
 

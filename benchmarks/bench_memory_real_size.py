@@ -223,7 +223,7 @@ def run_case(args):
             **common,
         )
         image = output.image
-        extras = {"backward_seconds": output.extras.get("backward_seconds")}
+        extras = {"backward_seconds": output.stats.backward_seconds}
     seconds = time.perf_counter() - started
     result = dict(
         seconds=seconds,

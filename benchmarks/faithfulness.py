@@ -31,7 +31,7 @@ per method and level, one markdown row each:
 - mIoU @0.4 / best (threshold): the method's per-word maps of the colour and shape words of both objects, min-max
   normalized and thresholded, against the detector's pixel mask of the object each word names (as
   `benchmarks/toy_localization.py` does; x100, mean over words and scenes), at DAAM's threshold 0.4 and at the best
-  single threshold over 0.1 .. 0.9 (chosen on these same scenes, so optimistic). Maps: `output.extras["word_maps"]`
+  single threshold over 0.1 .. 0.9 (chosen on these same scenes, so optimistic). Maps: `output.word_maps`
   where the method gives it (tokens, H, W, aligned with `token_attributions`), else the recorded cross-attention maps
   (`output.attention_maps`, the attention methods); "-" for methods without maps.
 - mIoU given the image's edges: the same maps through `edge_aware_maps` (a joint bilateral filter guided by
@@ -153,10 +153,10 @@ def word_scores(output):
 
 def word_maps(output):
     # (words, H, W) maps at the image's size (each word's units' maps summed), or None for a method without maps.
-    if output.extras.get("word_maps") is not None:
-        maps = torch.as_tensor(np.asarray(output.extras["word_maps"]))
+    if output.word_maps is not None:
+        maps = torch.as_tensor(np.asarray(output.word_maps))
     elif output.attention_maps is not None:
-        maps = output.attention_maps.rows(output.image_index, list(output.extras["token_positions"]))
+        maps = output.attention_maps.rows(output.image_index, list(output.token_positions))
     else:
         return None
     maps = torch.stack([maps[group].sum(0) for group in word_units(output)])
@@ -169,8 +169,8 @@ def word_maps(output):
 
 def map_cell_size(output):
     # Pixels per cell of the grid the output's maps were made at (for edge-aware filtering), or None.
-    if output.extras.get("cell_size") is not None:
-        return float(output.extras["cell_size"])
+    if output.word_map_cell_size is not None:
+        return float(output.word_map_cell_size)
     return getattr(output.attention_maps, "cell_size", None)
 
 

@@ -93,7 +93,7 @@ def main():
             for position in positions:
                 words.append(position)
                 masks.append(check.detection.objects[side].mask)
-        explained = np.asarray(output.extras["word_maps"])
+        explained = np.asarray(output.word_maps)
         add(("explainer", "all steps"), [explained[groups[w]].sum(0) for w in words], masks)
         per_layer = {}
         for name in layers:

@@ -42,7 +42,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(OUT / "boxes.png", dpi=90)
     plt.close(fig)
-    positions = output.extras["token_positions"]
+    positions = output.token_positions
     maps = output.attention_maps.plot(output.image, positions, output.token_attributions.tokens)
     maps.savefig(OUT / "attention_maps.png", dpi=80)
     edge_aware_picture(output)
@@ -56,8 +56,8 @@ def edge_aware_picture(output) -> None:
 
     words = output.token_attributions.tokens
     chosen = [words.index(word) for word in ("red", "circle", "blue", "square")]
-    raw = np.asarray(output.extras["word_maps"])[chosen]
-    filtered = edge_aware_maps(raw, output.image, output.extras["cell_size"])
+    raw = np.asarray(output.word_maps)[chosen]
+    filtered = edge_aware_maps(raw, output.image, output.word_map_cell_size)
     image = np.asarray(output.image)
     fig, axes = plt.subplots(2, len(chosen) + 1, figsize=(2.1 * (len(chosen) + 1), 4.4))
     for row, (maps, label) in enumerate(((raw, "as made"), (filtered, "given the image's edges"))):

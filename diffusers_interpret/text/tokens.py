@@ -1,0 +1,235 @@
+r"""
+The prompt's tokens as the pipeline's own tokenizers make them, the units they are scored as, and the prompt's words
+(every tokenizer's pieces of a word merged). Where encoders share rows and tokenize their text alike (SDXL with
+`prompt_2` unset or equal to `prompt`), a token is one unit scored over all their features; otherwise each encoder's
+tokens are units of their own.
+"""
+
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..attribution import AttributionLevel
+from ..families import PipelineFamily
+from .layout import EncoderBlock, text_layout
+
+
+def clean_token(token: str) -> str:
+    """A token as text: CLIP's end-of-word marker `</w>` removed (as a suffix, not as a set of characters), and
+    sentencepiece's word-start marker `▁` (T5) where the token has more than the marker."""
+    token = token[: -len("</w>")] if token.endswith("</w>") else token
+    return token[1:] if token.startswith("▁") and len(token) > 1 else token
+
+
+@dataclass(frozen=True)
+class TokenUnit:
+    r"""
+    What one attribution score is for: a token position and the features of it that are scored.
+
+    Args:
+        label (`str`): The token as text.
+        position (`int`): Its row in the layout of every encoder's tokens (`EncoderBlock`).
+        token_id (`int`): Its id (in the first of `encoders`' tokenizer).
+        encoders (`Tuple[int, ...]`): Indices of the text encoders whose features are scored.
+        index (`int`, *optional*): Its position in its own encoder's padded token sequence (`position` when `None`:
+            the encoder's block starts at row 0).
+    """
+
+    label: str
+    position: int
+    token_id: int
+    encoders: Tuple[int, ...]
+    index: Optional[int] = None
+
+    @property
+    def token_index(self) -> int:
+        return self.position if self.index is None else self.index
+
+
+def prompt_words(text: str) -> List[Tuple[str, int, int]]:
+    r"""The words of a text (maximal runs of non-space characters) with their character spans."""
+    return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+def concept_name(word: str) -> str:
+    r"""A word as a concept: without the punctuation around it ("left," -> "left")."""
+    return word.strip(string.punctuation) or word
+
+
+@dataclass
+class PromptTokens:
+    r"""The tokens of one image's prompt, per text encoder, and the units they are scored as."""
+
+    ids: List[List[int]]
+    tokens: List[List[str]]
+    units: List[TokenUnit]
+    blocks: List[Optional[EncoderBlock]] = field(default_factory=list)
+    # Per encoder: the text it read, and each token's (start, end) characters in it (None for special tokens).
+    texts: List[str] = field(default_factory=list)
+    spans: List[List[Optional[Tuple[int, int]]]] = field(default_factory=list)
+    # The encoder whose text is the call's `prompt` (its words are the words scored by `word_scores`).
+    prompt_encoder: int = 0
+
+    def words(self) -> List[Tuple[str, int, int]]:
+        r"""The words of the prompt (maximal runs of non-space characters) with their character spans."""
+        return prompt_words(self.texts[self.prompt_encoder] if self.texts else "")
+
+    def word_units(self) -> List[List[int]]:
+        r"""
+        For each word of `words()`, the indices of the units (of every tokenizer that read the prompt's text) whose
+        characters overlap it; a unit of spaces only (sentencepiece's bare word-start marker) belongs to the word it
+        starts. Units with no characters (start, end, padding) belong to no word.
+        """
+        words = self.words()
+        groups: List[List[int]] = [[] for _ in words]
+        for index, unit in enumerate(self.units):
+            k = unit.encoders[0]
+            if not self.spans or self.texts[k] != self.texts[self.prompt_encoder]:
+                continue
+            span = self.spans[k][unit.token_index]
+            if span is None:
+                continue
+            hit = next((w for w, (_, start, end) in enumerate(words) if span[0] < end and start < span[1]), None)
+            if hit is None:
+                hit = next((w for w, (_, start, _) in enumerate(words) if start >= span[0]), None)
+            if hit is not None:
+                groups[hit].append(index)
+        return groups
+
+    def word_scores(self, scores: Sequence[float]) -> List[Tuple[str, float]]:
+        r"""
+        Scores of the prompt's words: each word's score is the sum of the scores of its units (`word_units`): T5's
+        pieces of a word, and the same word under CLIP's tokenisation, merge into one word.
+        """
+        return [
+            (word, float(sum(float(scores[i]) for i in group)))
+            for (word, _, _), group in zip(self.words(), self.word_units())
+        ]
+
+    @property
+    def positions(self) -> List[int]:
+        return [unit.position for unit in self.units]
+
+    @property
+    def labels(self) -> List[str]:
+        return [unit.label for unit in self.units]
+
+    @property
+    def slices(self) -> List[Optional[slice]]:
+        r"""Each encoder's features in the layout of `blocks` (`None` for an encoder not in it)."""
+        return [None if block is None else block.features for block in self.blocks]
+
+
+def attributed_positions(ids: Sequence[int], tokenizer, consider_special_tokens: bool) -> List[int]:
+    r"""Positions of a padded id sequence that are attributed: the prompt's tokens (and start/end ones if asked)."""
+    ids = list(ids)
+    eos = tokenizer.eos_token_id
+    end = ids.index(eos) if eos in ids else len(ids)
+    start = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
+    if consider_special_tokens:
+        return list(range(0, min(end + 1, len(ids))))
+    return list(range(start, end))
+
+
+def token_spans(tokenizer, text: str, ids: Sequence[int]) -> List[Optional[Tuple[int, int]]]:
+    r"""
+    Each token's (start, end) characters in `text` (`None` for special and padding tokens), from the tokenizer's
+    offset mapping; for a tokenizer without one, by finding each token's text in the lower-cased text, in order.
+    """
+    special = set(tokenizer.all_special_ids)
+    try:
+        offsets = tokenizer(
+            text, padding="max_length", max_length=len(ids), truncation=True, return_offsets_mapping=True
+        )
+        mapping = offsets["offset_mapping"]
+        if list(offsets["input_ids"]) == list(ids):
+            return [None if i in special or end <= start else (start, end) for i, (start, end) in zip(ids, mapping)]
+    except (NotImplementedError, TypeError, ValueError, KeyError):
+        pass
+    lowered, cursor, spans = text.lower(), 0, []
+    for i, token in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
+        piece = clean_token(token).lower()
+        found = -1 if i in special or not piece else lowered.find(piece, cursor)
+        spans.append(None if found < 0 else (found, found + len(piece)))
+        cursor = cursor if found < 0 else found + len(piece)
+    return spans
+
+
+def tokenize(
+    family: PipelineFamily,
+    pipe,
+    prompts: Dict[str, List[str]],
+    consider_special_tokens: bool,
+    clean: bool,
+    call_kwargs: Optional[Dict[str, Any]] = None,
+    level: AttributionLevel = AttributionLevel.TOKEN_EMBEDDINGS,
+) -> List[PromptTokens]:
+    r"""
+    The tokens of every image's prompt(s) as the pipeline's own tokenizers make them (padded to the length the
+    pipeline pads to), and their units at `level` (at the text-encoder-output level, only the tokens of encoders whose
+    output is in the denoiser's `encoder_hidden_states`).
+    """
+    slots = family.text_encoders(pipe)
+    per_encoder = []
+    for slot in slots:
+        tokenizer = getattr(pipe, slot.tokenizer)
+        texts = prompts.get(slot.prompt_argument) or prompts["prompt"]
+        if hasattr(pipe, "maybe_convert_prompt"):
+            texts = pipe.maybe_convert_prompt(texts, tokenizer)
+        length = family.token_length(pipe, slot, call_kwargs or {})
+        ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True).input_ids
+        per_encoder.append((tokenizer, ids, texts))
+    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _ in per_encoder], level)
+    result = []
+    for image in range(len(per_encoder[0][1])):
+        ids = [encoder_ids[image] for _, encoder_ids, _ in per_encoder]
+        texts = [encoder_texts[image] for _, _, encoder_texts in per_encoder]
+        spans = [token_spans(tokenizer, text, row) for (tokenizer, _, _), text, row in zip(per_encoder, texts, ids)]
+        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _, _), row in zip(per_encoder, ids)]
+        labels = [[clean_token(t) if clean else t for t in row] for row in tokens]
+        positions = [
+            attributed_positions(row, tokenizer, consider_special_tokens)
+            for (tokenizer, _, _), row in zip(per_encoder, ids)
+        ]
+        units: List[TokenUnit] = []
+        scored = [k for k in range(len(ids)) if blocks[k] is not None]
+        for group in dict.fromkeys(slots[k].sequence_group for k in scored):
+            members = [k for k in scored if slots[k].sequence_group == group]
+            first = members[0]
+            words = [[labels[k][p] for p in positions[k]] for k in range(len(ids))]
+            if all(positions[k] == positions[first] and words[k] == words[first] for k in members):
+                # One unit per token, scored over every member's features (SDXL's CLIP-L and CLIP-G).
+                start = blocks[first].rows.start
+                units += [
+                    TokenUnit(labels[first][p], start + p, ids[first][p], tuple(members), p) for p in positions[first]
+                ]
+            else:
+                units += [
+                    TokenUnit(labels[k][p], blocks[k].rows.start + p, ids[k][p], (k,), p)
+                    for k in members
+                    for p in positions[k]
+                ]
+        prompt_encoder = next((k for k, slot in enumerate(slots) if slot.prompt_argument == "prompt"), 0)
+        result.append(PromptTokens(ids, tokens, units, blocks, texts, spans, prompt_encoder))
+    return result
+
+
+@dataclass
+class TextInputs:
+    r"""
+    The prompt's embeddings at the attribution level, every text encoder's in its block of the layout.
+
+    Args:
+        values (`torch.Tensor`): (images, rows, features), detached.
+        slices (`List[slice]`): Each text encoder's features in `values` (`None` for an encoder not in them).
+    """
+
+    values: torch.Tensor
+    slices: List[Optional[slice]]
+
+    def unit_features(self, unit: TokenUnit) -> List[int]:
+        width = self.values.shape[-1]
+        return [i for k in unit.encoders for i in range(width)[self.slices[k]]]
