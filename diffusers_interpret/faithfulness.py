@@ -92,16 +92,11 @@ def _indices(values, count: int, name: str, what: str) -> list:
     return [int(v) for v in values]
 
 
-def _image01(output, context) -> torch.Tensor:
-    # The explained image in [0, 1] as the pipeline made it, regenerated from the same noise with nothing replaced.
-    return output.session.reference_image()
-
-
 def _changes(output, position_sets, box, baseline, batch_size) -> np.ndarray:
     if not position_sets:
         return np.zeros(0)
     context = _context(output)
-    reference = _image01(output, context)
+    reference = output.session.reference_image()
     box = normalize_box(box, reference.shape[-2], reference.shape[-1]) if box is not None else None
     changes, _ = context.box_changes(context.replaced(position_sets, baseline), reference, box, batch_size)
     return changes.numpy()
@@ -148,7 +143,7 @@ def word_ablation_effects(
         `np.ndarray` with one non-negative effect per word.
     """
     context, box = _checked(output, explanation_2d_bounding_box, batch_size)
-    reference = _image01(output, context)
+    reference = output.session.reference_image()
     box = normalize_box(box, reference.shape[-2], reference.shape[-1]) if box is not None else None
     rows = context.replaced_units(context.tokens.word_units(), baseline)
     changes, _ = context.box_changes(rows, reference, box, batch_size)

@@ -74,6 +74,18 @@ class Regeneration:
     the input token embeddings (then run through the text encoders) or the denoiser's `encoder_hidden_states`. They
     replace the prompt's conditioning at the traced denoiser calls only, the last
     `n_last_diffusion_steps_to_consider_for_attributions` (all when `None`); earlier calls see the prompt as is.
+
+    Args:
+        plan (`RunPlan`): How the explained call runs (its traced steps, checkpointing, size, memory check).
+        prompts (`Dict[str, List[str]]`): The image's texts by call argument.
+        call_kwargs (`dict`): The explained call's pipeline arguments.
+        level (`AttributionLevel`): Where the embeddings are given.
+        tokens (`PromptTokens`): The image's tokens and scored units.
+        generator_snapshot (`tuple`): The (device, state) of the generator the call started from
+            ([`generator_state`]).
+        input_pixels (`torch.Tensor`, *optional*): The input image's [0, 1] pixels, (1, 3, H, W) (img2img,
+            inpainting).
+        verbose (`bool`, *optional*, defaults to `True`): Progress bars over batches of generations.
     """
 
     def __init__(

@@ -59,31 +59,30 @@ class ReplacedInputEmbeddings(ScopedHooks):
 class LeafPreprocessedImage(ScopedHooks):
     r"""
     Within the block, the image processor's `preprocess` returns its usual tensor (bit-identical values) plus a
-    zero-valued term that carries the gradient to a leaf: the [0, 1] pixels of the preprocessed image, stored in
-    `store[key]` (first call only) and given by `result()`. The override is an instance attribute, deleted on exit.
+    zero-valued term that carries the gradient to a leaf: the [0, 1] pixels of the preprocessed image (first call
+    only), which `result()` gives. The override is an instance attribute, deleted on exit.
     """
 
-    def __init__(self, image_processor, store: Optional[Dict[str, torch.Tensor]] = None, key: str = "pixels"):
+    def __init__(self, image_processor):
         super().__init__()
         self.image_processor = image_processor
-        self.store = {} if store is None else store
-        self.key = key
+        self.pixels: Optional[torch.Tensor] = None
 
     def result(self) -> Optional[torch.Tensor]:
         r"""The pixels' leaf, (1, 3, H, W) in [0, 1] (`None` where the pipeline preprocessed no RGB image)."""
-        return self.store.get(self.key)
+        return self.pixels
 
     def _install(self) -> None:
+        self.pixels = None
         original = self.image_processor.preprocess
 
         def preprocess(*args, **kwargs):
             processed = original(*args, **kwargs)
-            if self.key in self.store or processed.shape[1] != 3:
+            if self.pixels is not None or processed.shape[1] != 3:
                 return processed
             with torch.enable_grad():
-                pixels = ((processed.detach().float() + 1) / 2).requires_grad_(True)
-                self.store[self.key] = pixels
-                normalized = pixels * 2 - 1
+                self.pixels = ((processed.detach().float() + 1) / 2).requires_grad_(True)
+                normalized = self.pixels * 2 - 1
                 return processed + (normalized - normalized.detach()).to(processed.dtype)
 
         self.override(self.image_processor, "preprocess", preprocess)
