@@ -29,7 +29,7 @@ from .session import Session
 from .text import ConditioningLeaves, tokenize
 from .trace import CallRecord, Trace, TracedGraph
 from .tracing.replay import UntracedDenoiserCache
-from .tracing.run import RunPlan, decode, run
+from .tracing.run import RunPlan, RunResult, decode, run
 from .tracing.scoped import pipeline_lock
 
 # The output class of each kind of pipeline input.
@@ -314,26 +314,51 @@ class BasePipelineExplainer:
     ) -> Tuple[Trace, CallRecord]:
         r"""Run the pipeline's own call under the plan's scopes and the request's recordings, decode its images with
         the graph, and make the [`Trace`] the method reads and the [`CallRecord`] the session keeps."""
-        pipe, family = self.pipe, self.family
         plan = self.run_plan(request)
-        prompt_leaves = None
+        leaves = None
         if request.needs_graph:
-            prompt_leaves = ConditioningLeaves(family, pipe, request.prompts, call.kwargs, request.level)
-        device = pipe._execution_device
+            leaves = ConditioningLeaves(self.family, self.pipe, request.prompts, call.kwargs, request.level)
+        # The generators' state before the run draws from them: to make the image again from the same noise.
+        device = self.pipe._execution_device
         snapshot = generator_state(call.generator, device) if request.num_images == 1 else None
         fresh_generators = generator_factory(call.generator, device) if request.keep == "latents" else None
         result = run(
             plan,
             call.kwargs,
-            conditioning=prompt_leaves,
+            conditioning=leaves,
             recordings=request.recordings(),
             keep_untraced=request.keep == "latents",
             replay=replay,
         )
-        decoded = decode(plan, result.output.images, call.generator)
+        graph = TracedGraph(decode(plan, result.output.images, call.generator), pixels=result.recordings.get("pixels"))
+        if leaves is not None:
+            graph.conditioning, graph.encoding = leaves.conditioning, leaves.encoding
+        trace = self.make_trace(request, call, plan, result, graph, snapshot)
+        # Methods that read recorded maps instead of a graph use the calls they recorded.
+        recorded = [len(result.recordings[r.name].steps) for r in request.method_recordings()]
+        record = CallRecord(
+            traced_calls=result.traced_calls or max(recorded, default=0),
+            denoiser_calls=result.denoiser_calls,
+            memory_estimate=result.memory_estimate,
+            untraced_outputs=result.untraced_outputs,
+            fresh_generators=fresh_generators,
+        )
+        return trace, record
+
+    def make_trace(
+        self,
+        request: CheckedRequest,
+        call: PipelineCall,
+        plan: RunPlan,
+        result: RunResult,
+        graph: TracedGraph,
+        snapshot,
+    ) -> Trace:
+        r"""What the method reads of a run: the graph, the tokens, the recorded maps and (one image per call, from the
+        generator state `snapshot`) how to make the image again."""
         kwargs = call.without_callbacks()
         tokens = tokenize(
-            family, pipe, request.prompts, request.request.consider_special_tokens,
+            self.family, self.pipe, request.prompts, request.request.consider_special_tokens,
             request.request.clean_token_prefixes_and_suffixes, kwargs, request.level,
         )  # fmt: skip
         regeneration = None
@@ -348,12 +373,9 @@ class BasePipelineExplainer:
                 input_pixels=request.image_input.pixels() if request.image_input is not None else None,
                 verbose=self.verbose,
             )
-        graph = TracedGraph(decoded, pixels=result.recordings.get("pixels"))
-        if prompt_leaves is not None:
-            graph.conditioning, graph.encoding = prompt_leaves.conditioning, prompt_leaves.encoding
-        trace = Trace(
-            family,
-            pipe,
+        return Trace(
+            self.family,
+            self.pipe,
             request.level,
             tokens,
             graph=graph,
@@ -365,16 +387,6 @@ class BasePipelineExplainer:
             retain_graph=request.keep is not None,
             verbose=self.verbose,
         )
-        # Methods that read recorded maps instead of a graph use the calls they recorded.
-        recorded = [len(result.recordings[r.name].steps) for r in request.method_recordings()]
-        record = CallRecord(
-            traced_calls=result.traced_calls or max(recorded, default=0),
-            denoiser_calls=result.denoiser_calls,
-            memory_estimate=result.memory_estimate,
-            untraced_outputs=result.untraced_outputs,
-            fresh_generators=fresh_generators,
-        )
-        return trace, record
 
     # -- 4. images ------------------------------------------------------------------------------------------------
     def pictures(self, request: CheckedRequest, trace: Trace, call: PipelineCall) -> Pictures:
