@@ -5,7 +5,7 @@ import inspect
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -24,10 +24,11 @@ from .outputs import (
 )
 from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
-from .request import CheckedRequest, ExplainRequest, check_inputs
+from .request import CheckedRequest, ExplainRequest, check_inputs, with_concepts
 from .session import Session
 from .text import ConditioningLeaves, tokenize
 from .trace import CallRecord, Trace, TracedGraph
+from .tracing.denoising import ImageDenoising
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import RunPlan, RunResult, decode, run
 from .tracing.scoped import pipeline_lock
@@ -261,6 +262,85 @@ class BasePipelineExplainer:
         session.finish()
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def explain_image(
+        self,
+        image,
+        prompt: Union[str, List[str]],
+        explanation_2d_bounding_box: Optional[BoxLike] = None,
+        attribution_method: Union[str, Aggregation, AttributionMethod, None] = None,
+        attribution_level: Union[str, AttributionLevel] = DEFAULT_ATTRIBUTION_LEVEL,
+        concepts: Optional[Sequence[str]] = None,
+        noise_levels: Optional[Sequence[float]] = None,
+        noise_seed: int = 0,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        consider_special_tokens: bool = False,
+        clean_token_prefixes_and_suffixes: bool = True,
+        output_type: str = "pil",
+        keep_for_reexplanation: Optional[str] = None,
+        attention_maps: bool = False,
+        check_memory: bool = True,
+        **pipeline_kwargs,
+    ):
+        r"""
+        Explain an image the user already has, with a prompt: which words of the prompt the model reads where in the
+        image, without generating anything.
+
+        The image is preprocessed by the pipeline's own image processor (resized down to a multiple of the VAE's
+        cell where it is not one, with a note), encoded by its VAE (the posterior's mode, scaled as the pipeline's
+        img2img scales it), noised to each of `noise_levels` with seeded noise, and the denoiser is called once per
+        level with the prompt (no guidance). Attention methods read the maps recorded over those calls. Gradient and
+        perturbation methods explain the *predicted clean image*: the clean latents the denoiser predicts at each
+        level, averaged and decoded; the target is that image's pixel sum inside the box (for a gradient method: how
+        much each word moves the model's reconstruction of the region; for ablation: how much the reconstruction of
+        the region changes without the word). The output is the same kind as a generated explanation's, its `image`
+        the input image as the pipeline processed it.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a path): An RGB image.
+            prompt (`str` or `List[str]`): The text to explain the image with (a list: each explained on the image).
+            explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The region, in pixels of the processed
+                image (see [`__call__`]); `None` explains the whole image.
+            attribution_method (`str` or `AttributionMethod`, *optional*): As for [`__call__`]; the family's default
+                by default (`"concept_attention"` where `concepts` are given).
+            attribution_level (`str`, *optional*, defaults to `"token_embeddings"`): As for [`__call__`].
+            concepts (`List[str]`, *optional*): Concepts beside the prompt's words for `"concept_attention"` (SD3,
+                Flux), e.g. `["background", "sky"]`.
+            noise_levels (`List[float]`, *optional*, defaults to `(0.3, 0.5, 0.7)`): Levels of the schedule's noise
+                (0: clean, 1: pure noise) the image is denoised at, one denoiser call each; the maps and predictions
+                are averaged over them.
+            noise_seed (`int`, *optional*, defaults to 0): Seed of the noise (level `k` uses `noise_seed + k`).
+            height (`int`, *optional*), width (`int`, *optional*): Resize the image to this size first.
+            output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (box drawn), `"np"` or `"pt"`.
+            keep_for_reexplanation (`str`, *optional*): `"graph"` (gradient methods) for `output.explain(box)`; the
+                attention methods need nothing kept.
+            pipeline_kwargs: The pipeline arguments that shape the conditioning (`prompt_2`, `max_sequence_length`,
+                `clip_skip`, `guidance_scale` for Flux-dev's guidance embedding, ...).
+
+        Returns:
+            The explainer's output for the image ([`PipelineExplainerOutput`] kind), or a list, one per prompt.
+        """
+        request = ExplainRequest(
+            prompt=prompt,
+            height=height,
+            width=width,
+            explanation_2d_bounding_box=explanation_2d_bounding_box,
+            attribution_method=with_concepts(attribution_method, concepts, self.family.default_method),
+            attribution_level=attribution_level,
+            consider_special_tokens=consider_special_tokens,
+            clean_token_prefixes_and_suffixes=clean_token_prefixes_and_suffixes,
+            get_images_for_all_inference_steps=False,
+            output_type=output_type,
+            keep_for_reexplanation=keep_for_reexplanation,
+            attention_maps=attention_maps,
+            check_memory=check_memory,
+            explained_image=image,
+            noise_levels=noise_levels,
+            noise_seed=noise_seed,
+            pipeline_kwargs=pipeline_kwargs,
+        )
+        return self.explain(request)
+
     # -- 2. the pipeline's arguments ------------------------------------------------------------------------------
     def prepare_call(self, request: CheckedRequest) -> PipelineCall:
         pipeline_kwargs = dict(request.pipeline_kwargs)
@@ -295,7 +375,16 @@ class BasePipelineExplainer:
 
     # -- 3. the traced run ----------------------------------------------------------------------------------------
     def run_plan(self, request: CheckedRequest) -> RunPlan:
-        r"""How the call runs: its traced steps, checkpointing, size and memory check."""
+        r"""How the call runs: its traced steps, checkpointing, size and memory check; for an existing image, the
+        denoiser on the image's encoded latents instead of the pipeline's loop."""
+        call = None
+        if request.existing is not None:
+            with torch.no_grad():
+                latents = self.family.encode_image(self.pipe, request.existing.pixels)
+            existing = request.existing
+            call = ImageDenoising(
+                self.pipe, self.family, latents, existing.levels, existing.seed, (request.height, request.width)
+            )
         return RunPlan(
             pipe=self.pipe,
             family=self.family,
@@ -307,6 +396,7 @@ class BasePipelineExplainer:
             check_memory=request.check_memory,
             # The pipeline's own bar, too, only where it redraws in place (not one line per step in a log).
             quiet=not (self.verbose and interactive_output()),
+            call=call,
         )
 
     def run_traced(
@@ -390,7 +480,10 @@ class BasePipelineExplainer:
 
     # -- 4. images ------------------------------------------------------------------------------------------------
     def pictures(self, request: CheckedRequest, trace: Trace, call: PipelineCall) -> Pictures:
-        r"""The images as the pipeline post-processes them (safety checker, watermark), and every step's image."""
+        r"""The images as the pipeline post-processes them (safety checker, watermark), and every step's image; for an
+        existing image, that image as the pipeline processed it."""
+        if request.existing is not None:
+            return Pictures([request.existing.picture(self.pipe, request.output_type)] * request.num_images)
         with torch.no_grad():
             images, nsfw = self.family.postprocess(self.pipe, trace.decoded.detach(), request.output_type)
             steps = self._step_images(request, call.step_latents, call.generator) if request.step_images else None

@@ -14,9 +14,11 @@ from .tracing.run import Recording
 
 def image_size(image) -> Optional[Tuple[int, int]]:
     r"""(height, width) of a PIL image, an (H, W[, C]) array or a ([B, ]C, H, W) tensor; None for other inputs."""
+    from PIL import Image
+
     if isinstance(image, list):
         image = image[0] if image else None
-    if hasattr(image, "size") and not callable(image.size):
+    if isinstance(image, Image.Image):
         return (image.size[1], image.size[0])
     if isinstance(image, np.ndarray):
         return (
@@ -173,3 +175,91 @@ class ImageInput:
             return None
         mask = self.pipe.mask_processor.preprocess(self.mask_image, height=self.height, width=self.width)
         return (mask[0, 0] >= 0.5).numpy()
+
+
+def _check_color_image(image, name: str) -> None:
+    # An explained image must be a colour picture as given: transparency and single channels are not guessed at.
+    from PIL import Image
+
+    if isinstance(image, Image.Image) and image.mode not in ("RGB",):
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            raise ValueError(f"`{name}` has an alpha channel: flatten it first, e.g. `{name}.convert('RGB')`.")
+        if image.mode in ("L", "1", "I", "I;16", "F"):
+            raise ValueError(f"`{name}` has one channel: give a colour image, e.g. `{name}.convert('RGB')`.")
+    if isinstance(image, np.ndarray) and (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 4))):
+        raise ValueError(f"`{name}` has shape {image.shape}: give (height, width, 3) RGB values.")
+    if isinstance(image, torch.Tensor) and (image.ndim < 3 or image.shape[-3] in (1, 4)):
+        raise ValueError(f"`{name}` has shape {tuple(image.shape)}: give (3, height, width) or (1, 3, height, width).")
+
+
+@dataclass
+class ExistingImage:
+    r"""
+    An image the user already has, explained instead of a generated one: as the pipeline's own image processor makes
+    it (resized to a size its VAE takes), and where its explanation noises it.
+
+    Args:
+        pixels (`torch.Tensor`): (1, 3, H, W) in [-1, 1], the pipeline's preprocessing of the image.
+        levels (`Tuple[float, ...]`): The noise levels it is denoised at (0 clean, 1 pure noise).
+        seed (`int`): Seed of the noise.
+        given_size (`Tuple[int, int]`, *optional*): The (height, width) it was given at, where that differs.
+    """
+
+    pixels: torch.Tensor
+    levels: Tuple[float, ...]
+    seed: int
+    given_size: Optional[Tuple[int, int]] = None
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[-2])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[-1])
+
+    @classmethod
+    def make(cls, pipe, image, height: Optional[int], width: Optional[int], levels, seed) -> "ExistingImage":
+        r"""
+        Check and preprocess an explained image (before any model runs).
+
+        Raises:
+            `ValueError` / `TypeError`: for something that is not a colour image, one the VAE cannot take, or noise
+                levels outside (0, 1).
+        """
+        if isinstance(image, list):
+            raise TypeError("`image` must be one image: explain images one at a time.")
+        _check_color_image(image, "image")
+        image = as_input_image(image, "image")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"`noise_seed` must be an integer, got {seed!r}.")
+        levels = tuple(levels) if isinstance(levels, (list, tuple)) else None
+        if not levels or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) < 1 for v in levels
+        ):
+            raise ValueError(
+                f"`noise_levels` must be a non-empty list of numbers in (0, 1) (0 is the clean image, 1 pure "
+                f"noise), e.g. [0.3, 0.5, 0.7]; got {levels!r}."
+            )
+        given = image_size(image)
+        processor = pipe.image_processor
+        factor = int(processor.config.vae_scale_factor)
+        size = (height or given[0], width or given[1])
+        if min(size) < factor:
+            raise ValueError(
+                f"`image` is {given[1]}x{given[0]} (width x height): the VAE takes sides of at least {factor} pixels "
+                "(a multiple of it): give a larger image."
+            )
+        pixels = processor.preprocess(image, height=height, width=width)[:1].float()
+        made = tuple(int(side) for side in pixels.shape[-2:])
+        if made != tuple(given):
+            warnings.warn(
+                f"`image` is {given[1]}x{given[0]} (width x height): resized to {made[1]}x{made[0]}, as the "
+                "pipeline's image processor does (a multiple of its VAE's cell).",
+                stacklevel=5,
+            )
+        return cls(pixels, tuple(float(v) for v in levels), int(seed), given_size=tuple(given))
+
+    def picture(self, pipe, output_type: str = "pil"):
+        r"""The image as the pipeline processed it, in `output_type`."""
+        return pipe.image_processor.postprocess(self.pixels, output_type=output_type)[0]

@@ -8,7 +8,7 @@ import dataclasses
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,9 +16,9 @@ import torch
 from .attribution import Aggregation, AttributionLevel, parse_attribution_level
 from .box import Box, BoxLike, normalize_box
 from .checks import finite_number, positive_int
-from .defaults import DEFAULT_ATTRIBUTION_LEVEL
+from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_NOISE_LEVELS
 from .families import InputKind, PipelineFamily
-from .image_inputs import ImageInput
+from .image_inputs import ExistingImage, ImageInput
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
 from .tracing.attention import attention_recording
@@ -32,6 +32,8 @@ class ExplainRequest:
     per call, and replayed with `dataclasses.replace` to explain another region of the same call.
 
     Args:
+        explained_image (*optional*): An image the user already has, explained instead of a generated one
+            ([`BasePipelineExplainer.explain_image`]), with `noise_levels` and `noise_seed`.
         pipeline_kwargs (`Dict[str, Any]`): Every other argument of the pipeline's `__call__`, passed through.
     """
 
@@ -53,6 +55,9 @@ class ExplainRequest:
     init_image: Any = None
     image: Any = None
     mask_image: Any = None
+    explained_image: Any = None
+    noise_levels: Optional[Sequence[float]] = None
+    noise_seed: int = 0
     pipeline_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +77,7 @@ class CheckedRequest:
         width (`int`): The image's width.
         check_memory (`bool`): Whether the memory guard refuses a call that does not fit.
         image_input (`ImageInput`, *optional*): The input image (and mask) of img2img and inpainting calls.
+        existing (`ExistingImage`, *optional*): The image explained instead of a generated one.
     """
 
     request: ExplainRequest
@@ -84,6 +90,7 @@ class CheckedRequest:
     width: int
     check_memory: bool
     image_input: Optional[ImageInput] = None
+    existing: Optional[ExistingImage] = None
 
     @property
     def pipeline_kwargs(self) -> Dict[str, Any]:
@@ -127,6 +134,27 @@ class CheckedRequest:
         if self.image_input is not None and self.needs_graph:
             found.append(self.image_input.pixel_recording())
         return found
+
+
+def with_concepts(method, concepts: Optional[Sequence[str]], default_method: str):
+    r"""
+    The method of an explanation given `concepts`: concept attention with them (where no method, or
+    `"concept_attention"`, is named).
+
+    Raises:
+        `ValueError`: for concepts beside another method, naming what to pass instead.
+    """
+    if concepts is None:
+        return method
+    from .methods import ConceptAttention
+
+    named = default_method if method is None else method
+    if isinstance(named, ConceptAttention) or str(named).lower() != "concept_attention" and method is not None:
+        raise ValueError(
+            "`concepts` are the concepts of `attribution_method='concept_attention'` (SD3, Flux): leave the method "
+            "out, name 'concept_attention', or pass `ConceptAttention(concepts=...)` alone."
+        )
+    return ConceptAttention(concepts=concepts)
 
 
 def _expand(values: Union[str, List[str], None], batch_size: int, per_prompt: int, name: str) -> Optional[List[str]]:
@@ -181,9 +209,16 @@ def check_inputs(
     chosen = request.attribution_method
     method = parse_method(family.default_method if chosen is None else chosen)
     level = parse_attribution_level(request.attribution_level)
-    image_input = _image_input(request, pipe, family, input_kind, explainer_name, height, width)
-    if image_input is not None:
-        height, width = image_input.height, image_input.width
+    image_input = existing = None
+    if request.explained_image is not None:
+        existing = _existing_image(request, pipe, family, height, width)
+    elif request.noise_levels is not None:
+        raise ValueError("`noise_levels` are for an existing image: pass them to `explain_image`.")
+    else:
+        image_input = _image_input(request, pipe, family, input_kind, explainer_name, height, width)
+    source = existing or image_input
+    if source is not None:
+        height, width = source.height, source.width
     else:
         default_height, default_width = family.default_size(pipe)
         height, width = int(height or default_height), int(width or default_width)
@@ -216,6 +251,7 @@ def check_inputs(
         width=width,
         check_memory=bool(request.check_memory) and not memory_check_disabled(),
         image_input=image_input,
+        existing=existing,
     )
 
 
@@ -375,6 +411,30 @@ def _image_input(
         default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width
     return ImageInput.make(pipe, chosen, mask_image, height, width)
+
+
+def _existing_image(
+    request: ExplainRequest, pipe, family: PipelineFamily, height: Optional[int], width: Optional[int]
+) -> ExistingImage:
+    # An image explained instead of a generated one: nothing of a generation may be asked for beside it.
+    for name in ("init_image", "image", "mask_image"):
+        if getattr(request, name) is not None:
+            raise ValueError(f"`{name}` is for generating from an input image: `explain_image` takes its image alone.")
+    if request.pipeline_kwargs.get("latents") is not None:
+        raise ValueError("`latents` start a generation: `explain_image` encodes its image instead; leave them out.")
+    if request.keep_for_reexplanation == "latents":
+        raise ValueError(
+            "`keep_for_reexplanation='latents'` replays a generation's untraced steps, which an existing image has "
+            "none of: use 'graph'."
+        )
+    channels = int(family.denoiser(pipe).config.in_channels)
+    if channels != family.denoiser_in_channels(pipe):
+        raise ValueError(
+            f"{type(pipe).__name__}'s denoiser reads {channels} channels (an inpainting model, which also reads a "
+            "mask): explain an existing image with the text-to-image pipeline of the same model."
+        )
+    levels = DEFAULT_NOISE_LEVELS if request.noise_levels is None else request.noise_levels
+    return ExistingImage.make(pipe, request.explained_image, height, width, levels, request.noise_seed)
 
 
 N_STEPS_ARG = "n_last_diffusion_steps_to_consider_for_attributions"

@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
 from ..defaults import DEFAULT_ATTRIBUTION_METHOD
 
@@ -237,6 +238,75 @@ class PipelineFamily:
         r"""The pipeline's [0, 1] output image (`postprocess(output_type="pt")`, clamp included), with the graph."""
         return pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
 
+    # -- an image the user already has ------------------------------------------------------------------------------
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        r"""
+        An image's latents as the denoiser reads them: the pipeline's VAE posterior's mode, scaled as the pipeline's
+        img2img scales them (and packed where the family packs latents).
+
+        Args:
+            pixels (`torch.Tensor`): (images, 3, H, W) in [-1, 1], as the pipeline's image processor makes them.
+        """
+        vae = pipe.vae
+        latents = retrieve_latents(vae.encode(pixels.to(vae.device, vae.dtype)), sample_mode="argmax")
+        return latents * vae.config.scaling_factor
+
+    def denoiser_in_channels(self, pipe) -> int:
+        r"""The channels the denoiser reads for an image's latents alone (an inpainting denoiser reads more)."""
+        return int(pipe.vae.config.latent_channels)
+
+    def noised(
+        self, pipe, latents: torch.Tensor, noise: torch.Tensor, level: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        `latents` noised to `level` of the schedule (0: clean, 1: pure noise) as the scheduler's training noised
+        them, and the timestep the denoiser is called with: for a denoising-diffusion schedule, timestep
+        `round(level * (num_train_timesteps - 1))` and `sqrt(a) x + sqrt(1 - a) noise` with `a` its
+        `alphas_cumprod`.
+        """
+        alpha, timestep = self._alpha(pipe, level)
+        noised = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+        return noised.to(latents.dtype), torch.tensor(timestep, device=latents.device)
+
+    def predicted_clean(self, pipe, noised: torch.Tensor, prediction: torch.Tensor, level: float) -> torch.Tensor:
+        r"""The clean latents the denoiser's `prediction` at `level` implies (by the scheduler's prediction type)."""
+        alpha, _ = self._alpha(pipe, level)
+        kind = pipe.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (noised - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+        if kind == "v_prediction":
+            return alpha.sqrt() * noised - (1 - alpha).sqrt() * prediction
+        if kind == "sample":
+            return prediction
+        raise ValueError(f"Explaining an existing image needs a known prediction type, not {kind!r}.")
+
+    def _alpha(self, pipe, level: float) -> Tuple[torch.Tensor, int]:
+        scheduler = pipe.scheduler
+        timestep = int(round(float(level) * (scheduler.config.num_train_timesteps - 1)))
+        return scheduler.alphas_cumprod[timestep].double(), timestep
+
+    def denoiser_arguments(
+        self,
+        pipe,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        conditioning: Dict[str, torch.Tensor],
+        size: Tuple[int, int],
+        call_kwargs: Dict[str, Any],
+    ) -> Dict[str, Any]:
+        r"""
+        The keyword arguments of one denoiser call on `latents` at `timestep` with the prompt's `conditioning` (by
+        `conditioning_names`), as the pipeline's own loop makes them without guidance: what an existing image's
+        explanation calls the denoiser with.
+        """
+        return {
+            "sample": latents,
+            "timestep": timestep,
+            "encoder_hidden_states": conditioning["encoder_hidden_states"],
+            "cross_attention_kwargs": call_kwargs.get("cross_attention_kwargs"),
+            "return_dict": False,
+        }
+
 
 class TransformerFamily(PipelineFamily):
     r"""
@@ -252,6 +322,24 @@ class TransformerFamily(PipelineFamily):
 
     def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
         return None  # packed (tokens, channels) latents, or spatial ones: the call's `height` and `width` decide
+
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        latents = retrieve_latents(vae.encode(pixels.to(vae.device, vae.dtype)), sample_mode="argmax")
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def noised(
+        self, pipe, latents: torch.Tensor, noise: torch.Tensor, level: float
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""Flow matching: `(1 - level) x + level noise`, at the timestep `level * num_train_timesteps` (as the
+        flow-matching scheduler's `scale_noise` and its timesteps)."""
+        sigma = float(level)
+        noised = (1 - sigma) * latents + sigma * noise
+        timestep = torch.tensor(sigma * pipe.scheduler.config.num_train_timesteps, device=latents.device)
+        return noised.to(latents.dtype), timestep
+
+    def predicted_clean(self, pipe, noised: torch.Tensor, prediction: torch.Tensor, level: float) -> torch.Tensor:
+        return noised - float(level) * prediction  # the velocity is noise - clean
 
     def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
         return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

@@ -101,6 +101,32 @@ class FluxFamily(TransformerFamily):
         )
         return {"encoder_hidden_states": embeddings, "pooled_projections": pooled}
 
+    def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
+        height, width = (2 * (int(side) // (pipe.vae_scale_factor * 2)) for side in size)
+        rows, text_length = latents.shape[0], conditioning["encoder_hidden_states"].shape[1]
+        guidance = None
+        if self.denoiser(pipe).config.guidance_embeds:
+            scale = call_kwargs.get("guidance_scale")
+            guidance = torch.full([rows], 3.5 if scale is None else float(scale), device=latents.device)
+        return {
+            "hidden_states": latents,
+            "timestep": (timestep / 1000).expand(rows).to(latents.dtype),
+            "guidance": guidance,
+            "pooled_projections": conditioning["pooled_projections"],
+            "encoder_hidden_states": conditioning["encoder_hidden_states"],
+            "txt_ids": torch.zeros(text_length, 3, device=latents.device, dtype=latents.dtype),
+            "img_ids": pipe._prepare_latent_image_ids(rows, height // 2, width // 2, latents.device, latents.dtype),
+            "joint_attention_kwargs": call_kwargs.get("joint_attention_kwargs"),
+            "return_dict": False,
+        }
+
+    def denoiser_in_channels(self, pipe) -> int:
+        return 4 * int(pipe.vae.config.latent_channels)  # one token is a 2x2 patch of latents
+
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        latents = super().encode_image(pipe, pixels)
+        return pipe._pack_latents(latents, *latents.shape)
+
     # -- images ---------------------------------------------------------------------------------------------------
     def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         if latents.dim() == 3:  # packed (images, tokens, channels x 2 x 2)

@@ -80,6 +80,16 @@ class StableDiffusion3Family(TransformerFamily):
         )
         return {"encoder_hidden_states": embeddings, "pooled_projections": pooled}
 
+    def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
+        return {
+            "hidden_states": latents,
+            "timestep": timestep.expand(latents.shape[0]),
+            "encoder_hidden_states": conditioning["encoder_hidden_states"],
+            "pooled_projections": conditioning["pooled_projections"],
+            "joint_attention_kwargs": call_kwargs.get("joint_attention_kwargs"),
+            "return_dict": False,
+        }
+
     # -- images ---------------------------------------------------------------------------------------------------
     def decode(self, pipe, latents: torch.Tensor, generator=None, size: Optional[Tuple[int, int]] = None):
         vae = pipe.vae

@@ -4,6 +4,7 @@ import copy
 from typing import Any, Dict, List, Tuple
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
 from .base import PipelineFamily, TextEncoderSlot
 from .registry import register_family
@@ -90,6 +91,33 @@ class StableDiffusionXLFamily(PipelineFamily):
         else:
             latents = latents / vae.config.scaling_factor
         return vae.decode(latents, return_dict=False)[0]
+
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        if vae.dtype == torch.float16 and vae.config.force_upcast:
+            # The pipeline upcasts its VAE in place for the encode; a float32 copy leaves the pipeline as it is.
+            vae = copy.deepcopy(vae).float()
+        latents = retrieve_latents(vae.encode(pixels.to(vae.device, vae.dtype)), sample_mode="argmax")
+        latents = latents.to(pipe.vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            return (latents - mean) * vae.config.scaling_factor / std
+        return latents * vae.config.scaling_factor
+
+    def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
+        arguments = super().denoiser_arguments(pipe, latents, timestep, conditioning, size, call_kwargs)
+        pooled = conditioning["text_embeds"]
+        if pipe.text_encoder_2 is None:
+            projection = int(pooled.shape[-1])
+        else:
+            projection = pipe.text_encoder_2.config.projection_dim
+        time_ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=pooled.dtype, text_encoder_projection_dim=projection
+        )
+        time_ids = time_ids.to(latents.device).repeat(latents.shape[0], 1)
+        return {**arguments, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
     def postprocess(self, pipe, decoded: torch.Tensor, output_type: str):
         if getattr(pipe, "watermark", None) is not None:

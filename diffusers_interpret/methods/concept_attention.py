@@ -47,6 +47,22 @@ class ConceptAttention(AttributionMethod):
     )
     needs_concept_maps = True
 
+    def __post_init__(self):
+        if self.concepts is None:
+            return
+        if isinstance(self.concepts, str) or not isinstance(self.concepts, (list, tuple)):
+            raise TypeError(f"`concepts` must be a list of words, got {self.concepts!r}.")
+        names = [concept.strip() if isinstance(concept, str) else concept for concept in self.concepts]
+        if not names or not all(isinstance(name, str) and name for name in names):
+            raise ValueError(
+                f"`concepts` must be non-empty words (or None for the prompt's words alone), got {self.concepts!r}."
+            )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(
+                f"`concepts` names {', '.join(map(repr, repeated))} more than once: name each concept once."
+            )
+
     def concept_list(self, prompts: Sequence[str]) -> List[str]:
         r"""The concepts of a call: every prompt's words (punctuation stripped), then the named ones, once each."""
         words = [concept_name(word) for text in prompts for word, _, _ in prompt_words(text)]

@@ -47,6 +47,8 @@ class RunPlan:
         check_memory (`bool`, *optional*, defaults to `True`): Refuse a traced run whose estimated peak memory the
             device has not free (`NotEnoughMemoryError`), before its first denoiser call.
         quiet (`bool`, *optional*, defaults to `True`): Hide the pipeline's own progress bar.
+        call (`Callable`, *optional*): What runs instead of the pipeline's own `__call__` (with the same arguments):
+            the denoiser on an existing image ([`ImageDenoising`]).
     """
 
     pipe: Any
@@ -59,6 +61,7 @@ class RunPlan:
     pixels: bool = False
     check_memory: bool = True
     quiet: bool = True
+    call: Optional[Callable[..., Any]] = None
 
     def traced_calls_from_end(self, counter: StepCounter) -> Optional[List[int]]:
         r"""The denoiser calls of the traced steps, counted from the end (`None`: all of them), for recorders."""
@@ -114,11 +117,11 @@ def run(
     replay: Optional[UntracedDenoiserCache] = None,
 ) -> RunResult:
     r"""
-    Run `type(pipe).__call__.__wrapped__(pipe, **call_kwargs)` under the plan's scopes: the count of denoiser calls;
-    with `conditioning`, the tracer of the last `n_traced` steps (and the memory guard, when it builds a graph); the
-    untraced calls' outputs kept (`keep_untraced`) or replayed from an earlier run (`replay`); then each recording's
-    recorder. Scopes are entered in that order and exited in reverse, also after an exception; grad mode and the
-    pipeline's progress-bar config are restored.
+    Run `type(pipe).__call__.__wrapped__(pipe, **call_kwargs)` (or the plan's `call`) under the plan's scopes: the
+    count of denoiser calls; with `conditioning`, the tracer of the last `n_traced` steps (and the memory guard, when
+    it builds a graph); the untraced calls' outputs kept (`keep_untraced`) or replayed from an earlier run
+    (`replay`); then each recording's recorder. Scopes are entered in that order and exited in reverse, also after an
+    exception; grad mode and the pipeline's progress-bar config are restored.
 
     Args:
         plan (`RunPlan`): How to run.
@@ -169,7 +172,10 @@ def run(
         with torch.set_grad_enabled(grad_before_loop):
             for scope in scopes:
                 stack.enter_context(scope)
-            output = type(pipe).__call__.__wrapped__(pipe, **call_kwargs)
+            if plan.call is not None:
+                output = plan.call(**call_kwargs)
+            else:
+                output = type(pipe).__call__.__wrapped__(pipe, **call_kwargs)
     return RunResult(
         output=output,
         traced_calls=tracer.traced_calls if tracer is not None else 0,

@@ -35,8 +35,9 @@ class ScopedHooks:
         self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs))
 
     def override(self, owner: Any, name: str, value: Any) -> Any:
-        r"""Set `owner.name = value` on the instance for the scope; returns what `owner.name` was."""
-        original = getattr(owner, name)
+        r"""Set `owner.name = value` on the instance for the scope; returns what `owner.name` was (`None` where the
+        owner had no such attribute: it is deleted again on exit)."""
+        original = getattr(owner, name, None)
         self._overrides.append((owner, name, name in vars(owner), original))
         setattr(owner, name, value)
         return original
