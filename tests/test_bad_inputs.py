@@ -210,6 +210,49 @@ def test_inpaint_explainer(inpaint, kwargs, error, name):
     refused(inpaint, lambda: explainer(**call), error, name)
 
 
+EXISTING_IMAGE = [
+    ("image-int", dict(image=5), BAD, "image"),
+    ("image-missing-file", dict(image="missing-picture.png"), FileNotFoundError, "missing-picture.png"),
+    ("image-rgba", dict(image=Image.new("RGBA", (SIZE, SIZE))), BAD, "alpha"),
+    ("image-grey", dict(image=Image.new("L", (SIZE, SIZE))), BAD, "one channel"),
+    ("image-array-4-channels", dict(image=np.zeros((SIZE, SIZE, 4), np.uint8)), BAD, "image"),
+    ("image-array-grey", dict(image=np.zeros((SIZE, SIZE), np.uint8)), BAD, "image"),
+    ("image-too-small", dict(image=Image.new("RGB", (1, 1))), BAD, "image"),
+    ("image-list", dict(image=[RGB, RGB]), BAD, "image"),
+    ("image-nan", dict(image=np.full((SIZE, SIZE, 3), np.nan, np.float32)), BAD, "image"),
+    ("noise-levels-0", dict(noise_levels=[0]), BAD, "noise_levels"),
+    ("noise-levels-above-1", dict(noise_levels=[0.5, 1.5]), BAD, "noise_levels"),
+    ("noise-levels-empty", dict(noise_levels=[]), BAD, "noise_levels"),
+    ("noise-levels-str", dict(noise_levels="0.5"), BAD, "noise_levels"),
+    ("noise-seed-str", dict(noise_seed="1"), BAD, "noise_seed"),
+    ("prompt-only-special-tokens", dict(prompt="<|endoftext|>"), BAD, "<|endoftext|>"),
+    ("prompt-empty", dict(prompt=""), BAD, "prompt"),
+    ("concepts-empty", dict(concepts=[]), BAD, "concepts"),
+    ("concepts-blank", dict(concepts=["sky", " "]), BAD, "concepts"),
+    ("concepts-duplicate", dict(concepts=["sky", "sky"]), BAD, "concepts"),
+    ("concepts-str", dict(concepts="sky"), BAD, "concepts"),
+    ("concepts-with-gradient", dict(concepts=["sky"], attribution_method="grad_x_input"), BAD, "concepts"),
+    ("concepts-on-unet", dict(concepts=["sky"]), BAD, "concept_attention"),
+    ("image-and-init-image", dict(init_image=RGB), BAD, "init_image"),
+    ("latents", dict(latents=torch.zeros(1, 4, 16, 16)), BAD, "latents"),
+    ("keep-latents", dict(keep_for_reexplanation="latents"), BAD, "keep_for_reexplanation"),
+    ("box-outside", dict(explanation_2d_bounding_box=((0, 0), (SIZE + 2, 8))), BAD, "explanation_2d_bounding_box"),
+    ("unknown-argument", dict(colour="red"), BAD, "colour"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", **table(EXISTING_IMAGE))
+def test_explain_an_existing_image(tiny_pipe, kwargs, error, name):
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    call = {"image": RGB, "prompt": PROMPT, **kwargs}
+    refused(tiny_pipe, lambda: explainer.explain_image(**call), error, name)
+
+
+def test_an_inpainting_denoiser_is_refused_for_an_existing_image(inpaint):
+    explainer = StableDiffusionInpaintPipelineExplainer(inpaint, verbose=False)
+    refused(inpaint, lambda: explainer.explain_image(RGB, PROMPT), BAD, "inpainting")
+
+
 CONSTRUCTION = [
     ("explainer-of-a-string", lambda pipes: StableDiffusionPipelineExplainer("CompVis/stable-diffusion-v1-4"), "pipe"),
     ("explainer-of-none", lambda pipes: explainer_for(None), "pipe"),
@@ -320,7 +363,8 @@ def test_command_line(argv, name, tmp_path, capsys, monkeypatch):
 
 
 def test_the_table_has_at_least_80_cases():
-    count = len(TEXT_TO_IMAGE) + len(IMG2IMG) + len(INPAINT) + len(CONSTRUCTION) + len(OUTPUTS) + len(CLI)
+    count = len(TEXT_TO_IMAGE) + len(IMG2IMG) + len(INPAINT) + len(EXISTING_IMAGE) + len(CONSTRUCTION) + len(OUTPUTS)
+    count += len(CLI)
     assert count >= 80, count
 
 

@@ -251,6 +251,11 @@ class PipelineFamily:
         latents = retrieve_latents(vae.encode(pixels.to(vae.device, vae.dtype)), sample_mode="argmax")
         return latents * vae.config.scaling_factor
 
+    def draw_noise(self, pipe, latents: torch.Tensor, generator: torch.Generator, size: Tuple[int, int]):
+        r"""Standard Gaussian noise for `latents`, drawn on the CPU from `generator` as the pipeline draws its noise
+        (alike on every device)."""
+        return torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+
     def denoiser_in_channels(self, pipe) -> int:
         r"""The channels the denoiser reads for an image's latents alone (an inpainting denoiser reads more)."""
         return int(pipe.vae.config.latent_channels)

@@ -120,6 +120,13 @@ class FluxFamily(TransformerFamily):
             "return_dict": False,
         }
 
+    def draw_noise(self, pipe, latents: torch.Tensor, generator: torch.Generator, size: Tuple[int, int]):
+        # As the pipeline: drawn on the latent grid, then packed into 2x2 patches.
+        height, width = (2 * (int(side) // (pipe.vae_scale_factor * 2)) for side in size)
+        channels = latents.shape[-1] // 4
+        noise = torch.randn((latents.shape[0], channels, height, width), generator=generator)
+        return pipe._pack_latents(noise, latents.shape[0], channels, height, width).to(latents.device, latents.dtype)
+
     def denoiser_in_channels(self, pipe) -> int:
         return 4 * int(pipe.vae.config.latent_channels)  # one token is a 2x2 patch of latents
 

@@ -55,9 +55,7 @@ class ImageDenoising:
         self.levels = [float(level) for level in levels]
         self.size: Tuple[int, int] = tuple(size)
         self.noises: List[torch.Tensor] = [
-            torch.randn(latents.shape, generator=torch.Generator().manual_seed(int(seed) + k)).to(
-                latents.device, latents.dtype
-            )
+            family.draw_noise(pipe, latents, torch.Generator().manual_seed(int(seed) + k), self.size)
             for k in range(len(self.levels))
         ]
 
