@@ -33,8 +33,10 @@ setup(
     install_requires=requirements,
     extras_require={
         "batch": BATCH_REQUIREMENTS,
-        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6"]
+        "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6", "h5py>=3"]
         + BATCH_REQUIREMENTS,
+        # `segmentation.imagenet_segmentation` reads ImageNet-Segmentation's MATLAB v7.3 file.
+        "segmentation": ["h5py>=3"],
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],
         "release": ["build>=1"],
     },

@@ -42,6 +42,7 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     r"""Set an output's attributions (tokens, pixels, raw gradients, the method's maps and values) from `scores`."""
     tokens = trace.prompt_tokens[index]
     output.token_positions = tokens.positions
+    output.word_tokens = tokens.word_units()
     output.token_ids = [unit.token_id for unit in tokens.units]
     method_fields = dict(
         word_maps=_of_image(scores.word_maps, index) if scores else None,

@@ -123,3 +123,70 @@ def edge_aware_maps(
         values = result
     values = values.reshape(shape)
     return values.numpy().astype(maps.dtype, copy=False) if as_numpy else values.to(device=device, dtype=dtype)
+
+
+def image_regions(image, tolerance: float = 0.1) -> np.ndarray:
+    r"""
+    The image's regions of like colour: pixels joined wherever two 4-neighbours' colours differ by at most `tolerance`
+    in every channel ([0, 1] RGB), and joined regions chained (a flood fill). Returns (H, W) integer labels.
+
+    Args:
+        image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): `(H, W, 3)` or `(H, W, 1)`, as
+            [`edge_aware_maps`] takes it.
+        tolerance (`float`, *optional*, defaults to 0.1): The largest step of colour within a region.
+    """
+    positive_number(tolerance, "tolerance")
+    size = (image.height, image.width) if isinstance(image, Image.Image) else tuple(np.asarray(image).shape[:2])
+    guide = _guide_tensor(image, size).numpy()
+    height, width = size
+    across = np.abs(np.diff(guide, axis=2)).max(0) <= tolerance  # (H, W - 1): joined to the right
+    down = np.abs(np.diff(guide, axis=1)).max(0) <= tolerance  # (H - 1, W): joined below
+    labels = np.arange(height * width).reshape(height, width)
+    while True:
+        # Each pixel takes the smallest label among itself and its joined neighbours, then jumps to its label's label.
+        new = labels.copy()
+        pair = np.minimum(labels[:, 1:], labels[:, :-1])
+        new[:, 1:] = np.where(across, np.minimum(new[:, 1:], pair), new[:, 1:])
+        new[:, :-1] = np.where(across, np.minimum(new[:, :-1], pair), new[:, :-1])
+        pair = np.minimum(labels[1:], labels[:-1])
+        new[1:] = np.where(down, np.minimum(new[1:], pair), new[1:])
+        new[:-1] = np.where(down, np.minimum(new[:-1], pair), new[:-1])
+        new = new.ravel()[new.ravel()].reshape(height, width)
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+
+
+def region_maps(maps: ArrayLike, image, tolerance: float = 0.1, above_median: bool = True) -> ArrayLike:
+    r"""
+    Maps given the image's regions: each map replaced, in each region of like colour ([`image_regions`]), by its mean
+    there, and (`above_median`) less its median over the image, floored at 0: what the region holds of the map above
+    the level the map has almost everywhere (a word's attention keeps a floor over much of the image). Where the map
+    points is the model's; which pixels make up a region is the image's. On images of flat colours (the toy models'
+    scenes) the regions are the objects and the background; on photographs a region follows colour, so it can split
+    an object along its texture and join neighbours of like colour.
+
+    Args:
+        maps (`np.ndarray` or `torch.Tensor`): `(H, W)` or `(N, H, W)` float maps at the image's size.
+        image: The image the maps belong to (see [`edge_aware_maps`]).
+        tolerance (`float`, *optional*, defaults to 0.1): See [`image_regions`].
+        above_median (`bool`, *optional*, defaults to `True`): Subtract each map's median and floor at 0.
+
+    Returns:
+        The maps, region by region: the same shape, kind, floating dtype and device as `maps`.
+    """
+    as_numpy = isinstance(maps, np.ndarray)
+    values = torch.from_numpy(np.ascontiguousarray(maps)) if as_numpy else maps
+    if not isinstance(values, torch.Tensor) or values.ndim not in (2, 3) or not values.is_floating_point():
+        raise ValueError("`maps` must be an (H, W) or (N, H, W) float array or tensor.")
+    shape, dtype, device = values.shape, values.dtype, values.device
+    flat = values.detach().cpu().double().reshape(-1, shape[-2] * shape[-1]).numpy()
+    labels = image_regions(image, tolerance).ravel()
+    counts = np.bincount(labels, minlength=labels.size)
+    averaged = np.stack(
+        [np.bincount(labels, weights=row, minlength=labels.size)[labels] / counts[labels] for row in flat]
+    )
+    if above_median:
+        averaged = np.maximum(averaged - np.median(averaged, axis=1, keepdims=True), 0.0)
+    result = torch.from_numpy(averaged.reshape(shape))
+    return result.numpy().astype(maps.dtype, copy=False) if as_numpy else result.to(device=device, dtype=dtype)

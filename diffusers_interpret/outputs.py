@@ -271,6 +271,8 @@ class BaseExplanationOutput:
             several text encoders (SDXL), every encoder's features side by side (CLIP-L's, then CLIP-G's).
         token_positions (`List[int]`): Each attributed token's row in the layout of every text encoder's tokens (for
             CLIP alone, its position in the padded sequence: 0 is the start token), aligned with `token_attributions`.
+        word_tokens (`List[List[int]]`): For each word of `word_attributions`, the indices of its tokens in
+            `token_attributions` (and in `word_maps`): every tokenizer's pieces of the word.
         method_summary (`str`): One sentence: what the method's numbers mean.
         attention_maps (`AttentionMaps`, *optional*): Cross-attention maps, when recorded.
         pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL): its share of the squared
@@ -315,6 +317,7 @@ class BaseExplanationOutput:
     token_gradients: Optional[torch.Tensor] = field(default=None, repr=False)
     token_embeddings: Optional[torch.Tensor] = field(default=None, repr=False)
     token_positions: List[int] = field(default_factory=list, repr=False)
+    word_tokens: List[List[int]] = field(default_factory=list, repr=False)
     method_summary: str = field(default="", repr=False)
     attention_maps: Any = field(default=None, repr=False)
     pooled_share: Optional[float] = None
