@@ -23,7 +23,7 @@ from .cli_arguments import (
     positive_int,
     traced_steps,
 )
-from .defaults import DEFAULT_ATTRIBUTION_METHOD
+from .defaults import DEFAULT_ATTRIBUTION_METHOD, DEFAULT_NOISE_LEVELS
 from .loading import TOY, load_pipeline, quiet_libraries, seeded_generator, torch_threads
 
 DEMO_PROMPTS = (
@@ -65,6 +65,17 @@ examples:
       --box 0,0,16,32 --box 16,0,32,32 --traced 20 --out out
   diffusers-interpret explain "a photo of a cat" --model ./stable-diffusion-v1-5 --height 512 --width 512 \\
       --steps 15 --traced 3 --device cuda --dtype float16 --gradient-checkpointing --out cat"""
+
+_EXPLAIN_IMAGE_EPILOG = """\
+The image is processed as the pipeline processes an input image (resized down to a multiple of its VAE's cell, with a
+note), encoded, noised at each --noise-levels level with seeded noise (--seed) and denoised once per level with the
+prompt; the maps are averaged over the levels. Gradient and ablation methods explain the model's prediction of the
+clean image.
+
+examples:
+  diffusers-interpret explain-image scene.png --prompt "a red circle on the left" --out out
+  diffusers-interpret explain-image dog.jpg --prompt "a dog on the grass" --model ./FLUX.1-schnell \\
+      --concepts background grass --box 0,0,512,256 --device cuda --dtype bfloat16 --out dog"""
 
 _DEMO_EPILOG = """\
 The demo explains three toy prompts, each for the whole image, its left half and its right half:
@@ -212,10 +223,69 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let diffusers fetch a model id that is not on disk (off by default: everything is loaded locally)",
     )
+    explain_image = commands.add_parser(
+        "explain-image",
+        help="explain an image you already have with a prompt: which words the model reads where (no generation)",
+        description="Explain IMAGE with --prompt: where the model reads each word in it (the whole image, or boxes).",
+        epilog=_EXPLAIN_IMAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain_image.add_argument("image", metavar="IMAGE", help="the image file (RGB)")
+    explain_image.add_argument("--prompt", required=True, help="the text to explain the image with")
+    explain_image.add_argument(
+        "--model",
+        default=TOY,
+        metavar="PATH_OR_ID",
+        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; 'toy' "
+        "(default) is the shipped toy model",
+    )
+    explain_image.add_argument(
+        "--box",
+        type=parse_box,
+        action="append",
+        default=None,
+        metavar="x0,y0,x1,y1",
+        help="region to explain, in pixels of the image as the pipeline processes it; repeat for several boxes "
+        "(default: the whole image)",
+    )
+    explain_image.add_argument(
+        "--concepts",
+        nargs="+",
+        default=None,
+        metavar="CONCEPT",
+        help="concepts beside the prompt's words, for concept attention (SD3, Flux), e.g. --concepts background sky",
+    )
+    explain_image.add_argument(
+        "--noise-levels",
+        type=_noise_level,
+        nargs="+",
+        default=None,
+        metavar="LEVEL",
+        help="levels of noise in (0, 1) the image is denoised at, averaged (default: 0.1 0.3 0.5)",
+    )
+    _add_common(explain_image)
+    explain_image.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    explain_image.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weights dtype"
+    )
+    _add_interactive(explain_image, 0)
+    explain_image.add_argument(
+        "--allow-download", action="store_true", help="let diffusers fetch a model id that is not on disk"
+    )
     from .batch.command import add_batch_parser
 
     add_batch_parser(commands)
     return parser
+
+
+def _noise_level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a noise level in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a noise level in (0, 1), got {text!r}")
+    return value
 
 
 def run_explanations(
@@ -363,6 +433,50 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     return outputs, settings, "diffusers-interpret explain"
 
 
+def _run_explain_image(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]:
+    from PIL import Image
+
+    if not args.prompt.strip():
+        fail("--prompt is empty")
+    path = Path(args.image).expanduser()
+    if not path.is_file():
+        fail(f"IMAGE {args.image!r} is not a file")
+    try:
+        with Image.open(path) as opened:
+            image = opened.copy()
+    except OSError:
+        fail(f"IMAGE {args.image!r} is not an image file Pillow can read")
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.allow_download)
+    from .explainers import explainer_for
+
+    explainer = explainer_for(pipe, verbose=not args.quiet)
+    options = dict(
+        attribution_method=args.method,
+        attribution_level=args.level,
+        concepts=args.concepts,
+        noise_levels=args.noise_levels,
+        noise_seed=args.seed,
+        check_memory=args.check_memory,
+    )
+    outputs = [explainer.explain_image(image, args.prompt, explanation_2d_bounding_box=box, **options)
+               for box in (args.box or [None])]  # fmt: skip
+    views: Dict[str, str] = {}
+    if args.interactive and outputs[0].word_maps is not None:
+        views[args.prompt] = outputs[0].interactive_view(min(args.interactive, *outputs[0].image.size)).to_html()
+    first = outputs[0]
+    settings = {
+        "model": "shipped toy model" if args.model == TOY else args.model,
+        "image": f"{path.name} ({first.image.width}x{first.image.height} as the pipeline processed it)",
+        "noise levels": ", ".join(f"{v:g}" for v in (args.noise_levels or DEFAULT_NOISE_LEVELS)),
+        "noise seed": args.seed,
+        "method": first.attribution_method,
+        "level": args.level,
+    }
+    if args.concepts:
+        settings["concepts"] = ", ".join(args.concepts)
+    return (outputs, views), settings, "diffusers-interpret explain-image"
+
+
 def _image_size(pipe, height: Optional[int], width: Optional[int]) -> Tuple[int, int]:
     from .families import family_for
 
@@ -384,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        fail(f"choose a command: demo or explain, or batch for a prompt set (see '{PROG} --help')")
+        fail(f"choose a command: demo, explain or explain-image, or batch for a prompt set (see '{PROG} --help')")
     if args.command == "batch":
         from .batch.command import run_batch
 
@@ -399,7 +513,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     try:
         with torch_threads(threads):
-            (outputs, views), settings, title = (_run_demo if args.command == "demo" else _run_explain)(args)
+            run = {"demo": _run_demo, "explain": _run_explain, "explain-image": _run_explain_image}[args.command]
+            (outputs, views), settings, title = run(args)
             from .views.report import write_report
 
             path = write_report(outputs, out_dir, title=title, settings=settings, interactive_views=views)

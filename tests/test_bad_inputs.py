@@ -322,7 +322,7 @@ def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch
 
 
 CLI = [
-    ("no-command", [], "demo or explain"),
+    ("no-command", [], "demo, explain or explain-image"),
     ("steps-0", ["explain", "a red circle", "--steps", "0"], "--steps"),
     ("steps-str", ["explain", "a red circle", "--steps", "many"], "--steps"),
     ("traced-negative", ["explain", "a red circle", "--traced", "-1"], "--traced"),
@@ -337,6 +337,14 @@ CLI = [
     ("seed-str", ["explain", "a red circle", "--seed", "abc"], "--seed"),
     ("guidance-str", ["explain", "a red circle", "--guidance", "high"], "--guidance"),
     ("out-is-a-file", ["explain", "a red circle", "--out", "OUT_FILE"], "--out"),
+    ("image-missing", ["explain-image", "missing.png", "--prompt", "a red circle"], "IMAGE"),
+    ("image-not-an-image", ["explain-image", "OUT_FILE", "--prompt", "a red circle"], "IMAGE"),
+    ("image-no-prompt", ["explain-image", "missing.png"], "--prompt"),
+    (
+        "image-noise-level",
+        ["explain-image", "missing.png", "--prompt", "a", "--noise-levels", "1.5"],
+        "--noise-levels",
+    ),
 ]
 
 

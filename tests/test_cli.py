@@ -70,6 +70,26 @@ def test_explain_with_boxes_on_the_toy_model(tmp_path, capsys):
     assert boxed.getpixel((16, 0)) == (255, 0, 0)  # the right box's outline, on its own border pixels
 
 
+def test_explain_an_image_file_on_the_toy_model(tmp_path, capsys):
+    from diffusers_interpret.segmentation import toy_scenes
+
+    scene = toy_scenes(1, seed=5)[0]  # "a yellow triangle on the left and a blue circle on the right", rendered
+    scene.image.save(tmp_path / "scene.png")
+    argv = ["explain-image", str(tmp_path / "scene.png"), "--prompt", scene.prompt, "--box", "0,0,16,32"]
+    argv += ["--box", "16,0,32,32", "--interactive", "4", "--noise-levels", "0.4", "0.6", "--out", str(tmp_path / "o")]
+    code, out, _ = run_cli(argv + ["--quiet"], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert "box (0, 0)-(16, 32)" in page and "box (16, 0)-(32, 32)" in page
+    assert "noise levels" in page and "0.4, 0.6" in page and "scene.png (32x32" in page
+    assert "interactive: drag a box" in page
+    assert_self_contained(page)
+    # The report's bars are the explanation's: the left box's top word is the triangle's colour.
+    left = page[page.index("box (0, 0)-(16, 32)") : page.index("box (16, 0)-(32, 32)")]
+    shares = dict(re.findall(r'<td class="token">([^<]+)</td>.*?([0-9.]+)%', left, re.S))
+    assert max(shares, key=lambda word: float(shares[word])) == "yellow"
+
+
 @needs_toy
 def test_explain_a_model_folder(tmp_path, capsys):
     from diffusers_interpret.toy import load_toy_pipeline
