@@ -7,4 +7,4 @@ DEFAULT_ATTRIBUTION_METHOD = "word_attention"
 DEFAULT_ATTRIBUTION_LEVEL = "token_embeddings"
 # Where an existing image's explanation noises the image: levels of the schedule's noise (0 clean, 1 pure noise), one
 # denoiser call each, averaged (chosen on the toy models' rendered scenes: benchmarks/segmentation.py).
-DEFAULT_NOISE_LEVELS = (0.3, 0.5, 0.7)
+DEFAULT_NOISE_LEVELS = (0.1, 0.3, 0.5)

@@ -306,7 +306,7 @@ class BasePipelineExplainer:
             attribution_level (`str`, *optional*, defaults to `"token_embeddings"`): As for [`__call__`].
             concepts (`List[str]`, *optional*): Concepts beside the prompt's words for `"concept_attention"` (SD3,
                 Flux), e.g. `["background", "sky"]`.
-            noise_levels (`List[float]`, *optional*, defaults to `(0.3, 0.5, 0.7)`): Levels of the schedule's noise
+            noise_levels (`List[float]`, *optional*, defaults to `(0.1, 0.3, 0.5)`): Levels of the schedule's noise
                 (0: clean, 1: pure noise) the image is denoised at, one denoiser call each; the maps and predictions
                 are averaged over them.
             noise_seed (`int`, *optional*, defaults to 0): Seed of the noise (level `k` uses `noise_seed + k`).
