@@ -173,21 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     explain.add_argument("prompt", metavar="PROMPT", help="the text prompt")
-    explain.add_argument(
-        "--model",
-        default=TOY,
-        metavar="PATH_OR_ID",
-        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; 'toy' "
-        "(default) is the shipped toy model",
-    )
-    explain.add_argument(
-        "--box",
-        type=parse_box,
-        action="append",
-        default=None,
-        metavar="x0,y0,x1,y1",
-        help="region to explain, in pixels; repeat for several boxes (default: the whole image)",
-    )
+    _add_model(explain)
+    _add_boxes(explain, "in pixels")
     _add_common(explain)
     explain.add_argument("--steps", type=positive_int, default=15, help="denoising steps (default: %(default)s)")
     explain.add_argument(
@@ -203,13 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     explain.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
-    explain.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
-    explain.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="weights dtype (default: %(default)s)",
-    )
     explain.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
@@ -218,11 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
         "step is traced)",
     )
     _add_interactive(explain, 0)
-    explain.add_argument(
-        "--allow-download",
-        action="store_true",
-        help="let diffusers fetch a model id that is not on disk (off by default: everything is loaded locally)",
-    )
     explain_image = commands.add_parser(
         "explain-image",
         help="explain an image you already have with a prompt: which words the model reads where (no generation)",
@@ -232,22 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain_image.add_argument("image", metavar="IMAGE", help="the image file (RGB)")
     explain_image.add_argument("--prompt", required=True, help="the text to explain the image with")
-    explain_image.add_argument(
-        "--model",
-        default=TOY,
-        metavar="PATH_OR_ID",
-        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; 'toy' "
-        "(default) is the shipped toy model",
-    )
-    explain_image.add_argument(
-        "--box",
-        type=parse_box,
-        action="append",
-        default=None,
-        metavar="x0,y0,x1,y1",
-        help="region to explain, in pixels of the image as the pipeline processes it; repeat for several boxes "
-        "(default: the whole image)",
-    )
+    _add_model(explain_image)
+    _add_boxes(explain_image, "in pixels of the image as the pipeline processes it")
     explain_image.add_argument(
         "--concepts",
         nargs="+",
@@ -264,18 +225,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="levels of noise in (0, 1) the image is denoised at, averaged (default: 0.1 0.3 0.5)",
     )
     _add_common(explain_image)
-    explain_image.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    explain_image.add_argument(
-        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weights dtype"
-    )
     _add_interactive(explain_image, 0)
-    explain_image.add_argument(
-        "--allow-download", action="store_true", help="let diffusers fetch a model id that is not on disk"
-    )
     from .batch.command import add_batch_parser
 
     add_batch_parser(commands)
     return parser
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    # Which pipeline, where it runs and whether it may be fetched (`explain`, `explain-image`).
+    parser.add_argument(
+        "--model",
+        default=TOY,
+        metavar="PATH_OR_ID",
+        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; 'toy' "
+        "(default) is the shipped toy model",
+    )
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="weights dtype (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let diffusers fetch a model id that is not on disk (off by default: everything is loaded locally)",
+    )
+
+
+def _add_boxes(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument(
+        "--box",
+        type=parse_box,
+        action="append",
+        default=None,
+        metavar="x0,y0,x1,y1",
+        help=f"region to explain, {where}; repeat for several boxes (default: the whole image)",
+    )
 
 
 def _noise_level(text: str) -> float:
