@@ -26,7 +26,7 @@ from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
 from .request import CheckedRequest, ExplainRequest, check_inputs, with_concepts
 from .session import Session
-from .text import ConditioningLeaves, tokenize
+from .text import ConditioningLeaves, PromptTokens, tokenize
 from .trace import CallRecord, Trace, TracedGraph
 from .tracing.denoising import ImageDenoising
 from .tracing.replay import UntracedDenoiserCache
@@ -374,9 +374,10 @@ class BasePipelineExplainer:
         return PipelineCall(kwargs, step_latents)
 
     # -- 3. the traced run ----------------------------------------------------------------------------------------
-    def run_plan(self, request: CheckedRequest) -> RunPlan:
-        r"""How the call runs: its traced steps, checkpointing, size and memory check; for an existing image, the
-        denoiser on the image's encoded latents instead of the pipeline's loop."""
+    def run_plan(self, request: CheckedRequest, tokens: Sequence[PromptTokens]) -> RunPlan:
+        r"""How the call runs: its traced steps, checkpointing, size and memory check, where the prompts' own tokens
+        are (`tokens`); for an existing image, the denoiser on the image's encoded latents instead of the pipeline's
+        loop."""
         call = None
         if request.existing is not None:
             with torch.no_grad():
@@ -397,6 +398,7 @@ class BasePipelineExplainer:
             # The pipeline's own bar, too, only where it redraws in place (not one line per step in a log).
             quiet=not (self.verbose and interactive_output()),
             call=call,
+            text_positions=tuple(tuple(prompt.positions) for prompt in tokens),
         )
 
     def run_traced(
@@ -404,7 +406,11 @@ class BasePipelineExplainer:
     ) -> Tuple[Trace, CallRecord]:
         r"""Run the pipeline's own call under the plan's scopes and the request's recordings, decode its images with
         the graph, and make the [`Trace`] the method reads and the [`CallRecord`] the session keeps."""
-        plan = self.run_plan(request)
+        tokens = tokenize(
+            self.family, self.pipe, request.prompts, request.request.consider_special_tokens,
+            request.request.clean_token_prefixes_and_suffixes, call.without_callbacks(), request.level,
+        )  # fmt: skip
+        plan = self.run_plan(request, tokens)
         leaves = None
         if request.needs_graph:
             leaves = ConditioningLeaves(self.family, self.pipe, request.prompts, call.kwargs, request.level)
@@ -423,7 +429,7 @@ class BasePipelineExplainer:
         graph = TracedGraph(decode(plan, result.output.images, call.generator), pixels=result.recordings.get("pixels"))
         if leaves is not None:
             graph.conditioning, graph.encoding = leaves.conditioning, leaves.encoding
-        trace = self.make_trace(request, call, plan, result, graph, snapshot)
+        trace = self.make_trace(request, call, plan, tokens, result, graph, snapshot)
         # Methods that read recorded maps instead of a graph use the calls they recorded.
         recorded = [len(result.recordings[r.name].steps) for r in request.method_recordings()]
         record = CallRecord(
@@ -440,6 +446,7 @@ class BasePipelineExplainer:
         request: CheckedRequest,
         call: PipelineCall,
         plan: RunPlan,
+        tokens: List[PromptTokens],
         result: RunResult,
         graph: TracedGraph,
         snapshot,
@@ -447,10 +454,6 @@ class BasePipelineExplainer:
         r"""What the method reads of a run: the graph, the tokens, the recorded maps and (one image per call, from the
         generator state `snapshot`) how to make the image again."""
         kwargs = call.without_callbacks()
-        tokens = tokenize(
-            self.family, self.pipe, request.prompts, request.request.consider_special_tokens,
-            request.request.clean_token_prefixes_and_suffixes, kwargs, request.level,
-        )  # fmt: skip
         regeneration = None
         if snapshot is not None:
             regeneration = Regeneration(

@@ -207,7 +207,7 @@ def test_words_merge_every_tokenizers_pieces(flux):
 
 class ExplicitJointAttention:
     r"""An independent joint-attention processor: FluxAttnProcessor's math with an explicit softmax, whose
-    probabilities it keeps (image queries x text keys, heads averaged) for the test to aggregate."""
+    probabilities it keeps (every head, every query and key) for the test to aggregate."""
 
     def __init__(self, store, name):
         self.store, self.name = store, name
@@ -228,7 +228,7 @@ class ExplicitJointAttention:
         k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) / d**0.5, dim=-1)
-        self.store.append(probs.mean(1))  # (batch, all queries, all keys)
+        self.store.append(probs)  # (batch, heads, all queries, all keys)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2, 3).to(q.dtype)
         if encoder_hidden_states is not None:
             text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
@@ -237,10 +237,15 @@ class ExplicitJointAttention:
 
 
 def test_joint_attention_maps_equal_an_independent_computation(flux):
+    from diffusers_interpret import record_cross_attention
+
     out = explain(flux, attribution_method="attention", explanation_2d_bounding_box=((0, 0), (8, 16)))
     maps = out.attention_maps.maps[0]  # (T5 tokens, H, W)
     assert maps.shape == (TINY_T5_LENGTH, SIZE, SIZE)
     assert len(out.attention_maps.layers) == 2  # one double-stream and one single-stream layer
+    with record_cross_attention(flux) as recorder:
+        flux(PROMPT, generator=seeded(0), output_type="np", **COMMON)
+    raw = recorder.maps.maps[0]
 
     processors = flux.transformer.attn_processors
     store = []
@@ -250,12 +255,29 @@ def test_joint_attention_maps_equal_an_independent_computation(flux):
     finally:
         flux.transformer.set_attn_processor(dict(processors))
     text, grid = TINY_T5_LENGTH, SIZE // 2  # packed 2x2: an 8x8 grid of image tokens
-    per_call = [torch.stack(store[i : i + 2]).mean(0) for i in range(0, len(store), 2)]  # layers averaged
-    probs = torch.stack(per_call).mean(0)[0, text:, :text]  # steps averaged; image queries x text keys
-    expected = probs.T.reshape(text, grid, grid)
-    expected = F.interpolate(expected[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+    content = [p for p in out.token_positions if p < text]  # T5's pieces of the prompt (CLIP's rows come after)
+    assert 0 < len(content) < text
+
+    def aggregate(per_layer):  # (heads, image queries, text keys) per layer and step -> (text, SIZE, SIZE)
+        per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]  # layers
+        probs = torch.stack(per_call).mean(0)  # steps
+        grid_maps = probs.T.reshape(probs.shape[-1], grid, grid)
+        return F.interpolate(grid_maps[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+
+    image_to_text = [p[0, :, text:, :text] for p in store]
+    expected_raw = aggregate([p.mean(0) for p in image_to_text])
+    np.testing.assert_allclose(raw, expected_raw, atol=1e-5)
+    assert float(raw.sum(0).max()) < 1  # the image keys take their share of each softmax
+    # The explainer leaves out the text positions that are not the prompt's tokens: each head's attention over the
+    # prompt's tokens renormalised to 1, heads averaged; the share the others took is recorded beside.
+    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    expected = torch.zeros(text, SIZE, SIZE)
+    expected[content] = aggregate([k.mean(0) for k in kept])
     np.testing.assert_allclose(maps, expected, atol=1e-5)
-    assert float(maps.sum(0).max()) < 1  # the image keys take their share of each softmax
+    np.testing.assert_allclose(maps.sum(0), 1, atol=1e-5)
+    left_out = [(1 - p[..., content].sum(-1) / p.sum(-1)).mean(0)[..., None] for p in image_to_text]
+    np.testing.assert_allclose(out.attention_maps.excluded_share[0], aggregate(left_out)[0], atol=1e-5)
+    assert 0.05 < float(out.attention_maps.excluded_share.mean()) < 0.95
 
 
 def test_every_method_and_reexplanation(flux):
@@ -424,3 +446,33 @@ def test_traced_steps_are_steps_with_true_cfg(flux):
     assert out.extras["traced_denoiser_calls"] == 1  # the step's one prompt call is recorded
     out = explain(flux, **true_cfg)
     assert out.extras["traced_denoiser_calls"] == 2
+
+
+def test_sink_columns_added_or_removed_leave_the_prompt_tokens_maps_unchanged(flux):
+    # One joint-attention layer on the same image tokens and the same prompt-token states, with 3 or 40 padding
+    # states after them (Flux's text ids are all zeros, so the padding's length moves no rotary position): the
+    # renormalised maps of the prompt's tokens are the same; the share left out grows with the padding.
+    from diffusers_interpret.tracing.attention import joint_attention_probabilities
+
+    torch.manual_seed(0)
+    transformer = flux.transformer
+    attn = transformer.transformer_blocks[0].attn
+    width = attn.to_q.in_features
+    image, prompt, pad = torch.randn(1, 16, width), torch.randn(1, 5, width), torch.randn(1, 1, width)
+    image_ids = torch.zeros(16, 3)
+    image_ids[:, 1], image_ids[:, 2] = torch.arange(16) // 4, torch.arange(16) % 4
+    results = []
+    for pads in (3, 40):
+        text = torch.cat([prompt, pad.expand(1, pads, width)], dim=1)
+        rotary = transformer.pos_embed(torch.cat([torch.zeros(text.shape[1], 3), image_ids]))
+        content = torch.zeros(1, text.shape[1], dtype=torch.bool)
+        content[0, :5] = True
+        kept, left_out = joint_attention_probabilities(attn, image, text, rotary, text.shape[1], content=content)
+        raw, none = joint_attention_probabilities(attn, image, text, rotary, text.shape[1])
+        assert none is None and torch.all(kept[..., 5:] == 0)
+        np.testing.assert_allclose(kept.sum(-1), 1, atol=1e-6)
+        assert torch.all((left_out > 0) & (left_out < 1))
+        results.append((kept[..., :5], raw[..., :5], left_out))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+    assert not torch.allclose(results[0][1], results[1][1], atol=1e-3)  # the raw maps do change
+    assert float(results[1][2].mean()) > float(results[0][2].mean())

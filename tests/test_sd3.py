@@ -142,7 +142,7 @@ def test_words_merge_clip_and_t5(sd3):
 
 class ExplicitJointAttention:
     r"""An independent SD3 joint-attention processor: JointAttnProcessor2_0's math with an explicit softmax, whose
-    probabilities (heads averaged) it keeps."""
+    probabilities (every head) it keeps."""
 
     def __init__(self, store):
         self.store = store
@@ -160,7 +160,7 @@ class ExplicitJointAttention:
         ek = split(attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)
         ev = split(attn.add_v_proj(encoder_hidden_states), None)
         q, k, v = torch.cat([q, eq], 2), torch.cat([k, ek], 2), torch.cat([v, ev], 2)
-        self.store.append(torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, -1).mean(1))
+        self.store.append(torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, -1))
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, -1, q.shape[1] * q.shape[-1])
         image, text = out[:, : hidden_states.shape[1]], out[:, hidden_states.shape[1] :]
         image = attn.to_out[1](attn.to_out[0](image))
@@ -181,9 +181,18 @@ def test_joint_attention_maps_equal_an_independent_computation(sd3):
         sd3.transformer.set_attn_processor(dict(processors))
     grid = SIZE // 2  # 16x16 latents in 2x2 patches
     layers = len(out.attention_maps.layers)
-    per_call = [torch.stack(store[i : i + layers]).mean(0) for i in range(0, len(store), layers)]
-    probs = torch.stack(per_call).mean(0)[1, : grid * grid, grid * grid :]  # the positive row (CFG), image x text
-    expected = F.interpolate(probs.T.reshape(text, grid, grid)[None], size=(SIZE, SIZE), mode="bilinear")[0]
+    # The prompt's own tokens: CLIP's (rows 0-76, CLIP-L and CLIP-G side by side) and T5's (after them). The start,
+    # end and padding positions are attention sinks, left out: each head's attention over the prompt's tokens is
+    # renormalised to 1 before the heads, layers and steps are averaged.
+    content = out.token_positions
+    assert any(p < 77 for p in content) and any(p >= 77 for p in content) and len(content) < text
+    image_to_text = [p[1, :, : grid * grid, grid * grid :] for p in store]  # the positive row (CFG)
+    kept = [(p[..., content] / p[..., content].sum(-1, keepdim=True)).mean(0) for p in image_to_text]
+    per_call = [torch.stack(kept[i : i + layers]).mean(0) for i in range(0, len(kept), layers)]
+    probs = torch.stack(per_call).mean(0)
+    expected = torch.zeros(text, SIZE, SIZE)
+    up = F.interpolate(probs.T.reshape(len(content), grid, grid)[None], size=(SIZE, SIZE), mode="bilinear")[0]
+    expected[content] = up
     np.testing.assert_allclose(maps, expected, atol=1e-5)
 
 

@@ -27,9 +27,14 @@ class JointAttention:
 
     Args:
         text_first (`bool`): `[text, image]` (Flux) rather than `[image, text]` (SD3).
+        sinks_left_out (`bool`, *optional*, defaults to `True`): The text positions that are not the prompt's own
+            tokens (padding, end and template tokens) draw much of the image's attention without carrying the words
+            (attention sinks): the recorded maps leave them out, renormalising each layer's, head's and image token's
+            attention over the prompt's tokens, and record the share left out.
     """
 
     text_first: bool
+    sinks_left_out: bool = True
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class TextEncoderSlot:
         sequence_group (`int`, *optional*, defaults to 0): Encoders of one group share token positions (rows) and sit
             side by side on the feature axis; groups follow one another on the sequence axis, in order (SD3: CLIP-L
             and CLIP-G in group 0, T5 in group 1).
+        label (`str`, *optional*, defaults to `"CLIP"`): What a reader calls it (`"T5"`, `"CLIP-G"`): the label of
+            its tokens where a view shows each encoder's tokens.
     """
 
     tokenizer: str
@@ -54,6 +61,7 @@ class TextEncoderSlot:
     prompt_argument: str
     feature_slice: Optional[slice]
     sequence_group: int = 0
+    label: str = "CLIP"
 
 
 class PipelineFamily:

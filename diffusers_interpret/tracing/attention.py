@@ -14,8 +14,9 @@ from the same query, key and value tensors, and computes the probabilities on th
 (`Attention.get_attention_scores`), detached from any autograd graph.
 """
 
+import dataclasses
 import warnings
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -419,14 +420,17 @@ class CrossAttentionRecorder(ScopedHooks):
         if self.keep_per_step:
             per_step = torch.stack([self._upsample(step, size).cpu() for step in self._per_step])
         finest = max(height for height, _ in self._total)
-        self._maps = self.maps_class(
+        self._maps = self._make_maps(maps, per_step, cell_size=size[0] / finest)
+        return self._maps
+
+    def _make_maps(self, maps: torch.Tensor, per_step: Optional[torch.Tensor], cell_size: float) -> AttentionMapsData:
+        return self.maps_class(
             maps=maps,
             per_step=per_step,
             steps=list(self._recorded_steps),
             layers=list(self._layer_names),
-            cell_size=size[0] / finest,
+            cell_size=cell_size,
         )
-        return self._maps
 
 
 @torch.no_grad()
@@ -438,10 +442,11 @@ def joint_attention_probabilities(
     text_length: int,
     text_first: bool = True,
     chunk: int = 256,
-) -> torch.Tensor:
+    content: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     r"""
     Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`, SD3's joint
-    `Attention`), averaged over heads: (batch, image tokens, text tokens).
+    `Attention`), averaged over heads: (batch, image tokens, text tokens), and with `content`, the share left out.
 
     Computed from the layer's own projections and norms, beside the layer (its processor, whatever it is or whatever
     attention backend it dispatches to, is not touched): queries and keys of the joint sequence ([text, image] for
@@ -449,6 +454,12 @@ def joint_attention_probabilities(
     and a single-stream layer gets text and image already concatenated; the rotary embedding where the model has
     one; then, for `chunk` image queries at a time, a softmax over ALL keys (text and image), of which the text
     columns are kept. The maps of all text tokens therefore sum to the share of attention the text gets, not to 1.
+
+    With `content` ((batch, text tokens) bool: the prompt's own tokens), each head's attention over the content
+    columns is renormalised to sum to 1 before the heads are averaged, the other text columns are zero, and the
+    second result is the share of each image token's attention to text that went to the other columns (averaged over
+    heads): what attention sinks (padding, end and template tokens) took. Adding or removing sink columns leaves the
+    first result unchanged.
     """
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
@@ -483,11 +494,22 @@ def joint_attention_probabilities(
     image_queries = query[:, image].transpose(1, 2).float()  # (batch, heads, image tokens, head_dim)
     keys = key.transpose(1, 2).float()  # (batch, heads, all tokens, head_dim)
     scale = getattr(attn, "scale", None) or head_dim**-0.5
-    parts = []
+    parts, left_out = [], []
+    # (batch, 1, 1, text): the text columns that are not the prompt's own tokens
+    outside = None if content is None else ~content.to(keys.device, torch.bool)[:, None, None, :]
     for start in range(0, image_queries.shape[2], chunk):
         scores = image_queries[:, :, start : start + chunk] @ keys.transpose(-1, -2) * scale
-        parts.append(scores.softmax(dim=-1)[..., text].mean(dim=1))
-    return torch.cat(parts, dim=1)
+        if outside is None:
+            parts.append(scores.softmax(dim=-1)[..., text].mean(dim=1))
+            continue
+        # A softmax over the content columns alone (the sinks' logits never enter it), and the share the other text
+        # columns took of the text's attention: 1 - exp(logsumexp(content) - logsumexp(text)).
+        text_scores = scores[..., text]
+        content_scores = text_scores.masked_fill(outside, float("-inf"))
+        parts.append(content_scores.softmax(dim=-1).nan_to_num(0.0).mean(dim=1))  # no content: zeros
+        kept = (content_scores.logsumexp(-1) - text_scores.logsumexp(-1)).exp()
+        left_out.append((1 - kept).mean(dim=1))
+    return torch.cat(parts, dim=1), (torch.cat(left_out, dim=1) if left_out else None)
 
 
 class JointAttentionRecorder(CrossAttentionRecorder):
@@ -501,6 +523,11 @@ class JointAttentionRecorder(CrossAttentionRecorder):
     probabilities beside it with [`joint_attention_probabilities`], accumulated per step at the grid's resolution
     (never every layer x step held). The transformer's output is therefore bit-identical to the pipeline's own.
     """
+
+    def __init__(self, pipe, content_positions: Optional[Sequence[Sequence[int]]] = None, **options):
+        super().__init__(pipe, **options)
+        self.content_positions = None if content_positions is None else [list(p) for p in content_positions]
+        self._content: Optional[torch.Tensor] = None
 
     def _install(self) -> None:
         self._reset()
@@ -532,24 +559,54 @@ class JointAttentionRecorder(CrossAttentionRecorder):
             encoder_hidden_states = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
             rotary = kwargs.get("image_rotary_emb", args[3] if len(args) > 3 else None)
             rows = self.kept_rows(int(hidden_states.shape[0]))
-            probs = joint_attention_probabilities(
+            probs, left_out = joint_attention_probabilities(
                 module,
                 hidden_states.detach()[rows],
                 None if encoder_hidden_states is None else encoder_hidden_states.detach()[rows],
                 rotary,
                 self._text_length,
                 text_first=self.family.joint_attention.text_first,
+                content=self._content_mask(probs_rows=int(hidden_states[rows].shape[0])),
             )
+            if left_out is not None:  # carried as one more token column, split off again in `maps`
+                probs = torch.cat([probs, left_out[..., None].to(probs.dtype)], dim=-1)
             self.add(name, probs)
             return None
 
         return hook
 
+    def _content_mask(self, probs_rows: int) -> Optional[torch.Tensor]:
+        # (rows, text tokens): the prompt's own tokens of each image's prompt, where the family leaves sinks out.
+        if self.content_positions is None or not self.family.joint_attention.sinks_left_out:
+            return None
+        if len(self.content_positions) != probs_rows:
+            raise RuntimeError(
+                f"Content positions were given for {len(self.content_positions)} images, the call has {probs_rows}."
+            )
+        if self._content is None or self._content.shape != (probs_rows, self._text_length):
+            mask = torch.zeros(probs_rows, self._text_length, dtype=torch.bool)
+            for row, positions in enumerate(self.content_positions):
+                mask[row, [p for p in positions if 0 <= p < self._text_length]] = True
+            self._content = mask
+        return self._content
 
-def make_recorder(pipe, family: PipelineFamily, **options) -> CrossAttentionRecorder:
-    r"""The attention recorder of a family: cross-attention (UNet families) or joint attention (transformer ones)."""
-    recorder = CrossAttentionRecorder if family.joint_attention is None else JointAttentionRecorder
-    return recorder(pipe, family=family, **options)
+    def _make_maps(self, maps: torch.Tensor, per_step: Optional[torch.Tensor], cell_size: float) -> AttentionMapsData:
+        if self._content is None:
+            return super()._make_maps(maps, per_step, cell_size)
+        # The last token column is the share the sinks took (see `_layer_hook`).
+        result = super()._make_maps(maps[:, :-1], None if per_step is None else per_step[:, :, :-1], cell_size)
+        return dataclasses.replace(result, excluded_share=maps[:, -1].clone())
+
+
+def make_recorder(
+    pipe, family: PipelineFamily, content_positions: Optional[Sequence[Sequence[int]]] = None, **options
+) -> CrossAttentionRecorder:
+    r"""The attention recorder of a family: cross-attention (UNet families) or joint attention (transformer ones,
+    leaving out the text positions other than `content_positions`, each image's prompt tokens, where the family
+    leaves its attention sinks out)."""
+    if family.joint_attention is None:
+        return CrossAttentionRecorder(pipe, family=family, **options)
+    return JointAttentionRecorder(pipe, content_positions=content_positions, family=family, **options)
 
 
 def attention_recording(traced_only: bool) -> Recording:
@@ -560,6 +617,8 @@ def attention_recording(traced_only: bool) -> Recording:
 
     def recorder(plan: RunPlan, counter: StepCounter, call_kwargs) -> CrossAttentionRecorder:
         steps = plan.traced_calls_from_end(counter) if traced_only else None
-        return make_recorder(plan.pipe, plan.family, steps=steps, counter=counter)
+        return make_recorder(
+            plan.pipe, plan.family, content_positions=plan.text_positions, steps=steps, counter=counter
+        )
 
     return Recording("attention_maps", recorder)

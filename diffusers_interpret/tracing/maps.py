@@ -40,6 +40,11 @@ class AttentionMapsData:
         layers (`List[str]`): Names of the recorded cross-attention layers (as in `unet.attn_processors`).
         cell_size (`float`, *optional*): Pixels per cell of the finest attention grid recorded (what
             [`~AttentionMapsData.edge_aware`] filters over).
+        excluded_share (`torch.Tensor`, *optional*): (num_images, H, W), for the transformer families: at each pixel,
+            the share of the image's attention to text that went to text positions other than the prompt's own
+            tokens (padding, end and template tokens: attention sinks), averaged like the maps. Those positions are
+            left out of `maps`: at each layer, head and image token the attention over the prompt's tokens was
+            renormalised to 1, so at each pixel the prompt tokens' maps sum to 1 and the other positions' are 0.
     """
 
     maps: torch.Tensor
@@ -47,6 +52,7 @@ class AttentionMapsData:
     steps: Optional[List[int]] = None
     layers: Optional[List[str]] = None
     cell_size: Optional[float] = None
+    excluded_share: Optional[torch.Tensor] = None
 
     @property
     def num_images(self) -> int:
@@ -84,7 +90,8 @@ class AttentionMapsData:
         self._check_index("image_index", image_index, self.num_images)
         index = slice(image_index, image_index + 1 if image_index != -1 else None)
         per_step = None if self.per_step is None else self.per_step[:, index]
-        return dataclasses.replace(self, maps=self.maps[index], per_step=per_step)
+        excluded = None if self.excluded_share is None else self.excluded_share[index]
+        return dataclasses.replace(self, maps=self.maps[index], per_step=per_step, excluded_share=excluded)
 
     def edge_aware(
         self, images, positions: Optional[Sequence[int]] = None, range_sigma: float = 0.1, iterations: int = 2
@@ -149,6 +156,22 @@ class AttentionMapsData:
         """
         self._check(position, image_index)
         return _normalize01(self.maps[image_index, position].detach().cpu().float().numpy())
+
+    def for_tokens(self, positions: Sequence[int], image_index: int = 0) -> np.ndarray:
+        r"""
+        The summed map of several tokens (a word's pieces, every encoder's), min-max normalized to [0, 1].
+
+        Args:
+            positions (`Sequence[int]`): Indices of the tokens in the padded token sequence.
+            image_index (`int`, *optional*, defaults to 0): Which image of the batch.
+
+        Returns:
+            `np.ndarray` of shape (H, W), float32.
+        """
+        for position in positions:
+            self._check(position, image_index)
+        summed = self.maps[image_index, list(positions)].sum(0) if positions else self.maps[image_index, 0] * 0
+        return _normalize01(summed.detach().cpu().float().numpy())
 
 
 @dataclass

@@ -49,6 +49,9 @@ class RunPlan:
         quiet (`bool`, *optional*, defaults to `True`): Hide the pipeline's own progress bar.
         call (`Callable`, *optional*): What runs instead of the pipeline's own `__call__` (with the same arguments):
             the denoiser on an existing image ([`ImageDenoising`]).
+        text_positions (`Tuple[Tuple[int, ...], ...]`, *optional*): For each image, the positions of its prompt's own
+            tokens in the denoiser's text sequence: where a family leaves its attention sinks out (padding, end and
+            template tokens), the attention recorders keep only these.
     """
 
     pipe: Any
@@ -62,6 +65,7 @@ class RunPlan:
     check_memory: bool = True
     quiet: bool = True
     call: Optional[Callable[..., Any]] = None
+    text_positions: Optional[Tuple[Tuple[int, ...], ...]] = None
 
     def traced_calls_from_end(self, counter: StepCounter) -> Optional[List[int]]:
         r"""The denoiser calls of the traced steps, counted from the end (`None`: all of them), for recorders."""
