@@ -57,10 +57,13 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     )
     for name, value in method_fields.items():
         setattr(output, name, value)
+    excluded = None if output.attention_maps is None else output.attention_maps.excluded_share
+    output.attention_sink_share = None if excluded is None else float(excluded[index].mean())
     if scores is None or scores.tokens[index] is None:
         output.token_attributions = None
         return
-    output.token_attributions = TokenAttributions(list(zip(tokens.labels, np.asarray(scores.tokens[index]).tolist())))
+    pairs = list(zip(tokens.labels, np.asarray(scores.tokens[index]).tolist()))
+    output.token_attributions = TokenAttributions(pairs, encoders=_encoder_labels(trace, tokens.units))
     output.token_gradients = scores.token_gradients[index] if scores.token_gradients else None
     output.token_embeddings = scores.token_embeddings[index] if scores.token_embeddings else None
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
@@ -79,6 +82,14 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
                 "pixel_attributions is None.",
                 stacklevel=5,
             )
+
+
+def _encoder_labels(trace, units) -> Optional[List[str]]:
+    # Each token's encoder(s), where the tokens of several encoders are listed one after the other (a word can then
+    # appear twice); `None` where every token is scored over the same encoders.
+    slots = trace.family.text_encoders(trace.pipe)
+    labels = ["+".join(slots[k].label for k in unit.encoders) for unit in units]
+    return labels if len(set(labels)) > 1 else None
 
 
 def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributions]]:
@@ -111,7 +122,7 @@ def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributi
             )
             pairs.append((label, float(value[0])))
         if pairs:
-            result[slot.encoder] = TokenAttributions(pairs)
+            result[slot.encoder] = TokenAttributions(pairs, encoders=[slot.label] * len(pairs))
     return result or None
 
 

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,11 +36,23 @@ class TokenAttributions(list):
     r"""
     A list of `(token, score)` pairs, one per prompt token, in prompt order.
 
-    `.normalized` gives the same pairs with scores in percent (summing to 100); `.plot()` draws them as bars.
+    `.normalized` gives the same pairs with scores in percent (summing to 100); `.plot()` draws them as bars. Where
+    the prompt is read by several text encoders whose tokens are listed one after the other (Flux's T5 and CLIP, SD3's
+    CLIP and T5), `.encoders` names each token's encoder (`"T5"`, `"CLIP-L+CLIP-G"`), and the bars say it.
     """
 
-    def __init__(self, pairs: List[Tuple[str, float]]):
+    def __init__(self, pairs: List[Tuple[str, float]], encoders: Optional[Sequence[str]] = None):
         super().__init__((str(token), float(score)) for token, score in pairs)
+        if encoders is not None and len(encoders) != len(self):
+            raise ValueError(f"Got {len(encoders)} encoder labels for {len(self)} tokens: give one per token.")
+        self.encoders: Optional[List[str]] = None if encoders is None else [str(e) for e in encoders]
+
+    @property
+    def labels(self) -> List[str]:
+        r"""The tokens as a view shows them: with their encoder where `encoders` is set (`"red (T5)"`)."""
+        if self.encoders is None:
+            return self.tokens
+        return [f"{token} ({encoder})" for token, encoder in zip(self.tokens, self.encoders)]
 
     @property
     def tokens(self) -> List[str]:
@@ -76,7 +88,15 @@ class TokenAttributions(list):
             fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(self) + 1), 3))
         else:
             fig = ax.figure
-        ax.bar(range(len(values)), values, color="tab:red")
+        if self.encoders is None:
+            ax.bar(range(len(values)), values, color="tab:red")
+        else:  # one colour per text encoder, named in the legend
+            palette = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")
+            names = list(dict.fromkeys(self.encoders))
+            for k, name in enumerate(names):
+                where = [i for i, encoder in enumerate(self.encoders) if encoder == name]
+                ax.bar(where, [values[i] for i in where], color=palette[k % len(palette)], label=f"{name} tokens")
+            ax.legend(fontsize="small")
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(self.tokens, rotation=45, ha="right")
         ax.set_ylabel("attribution (%)" if normalize else "attribution")
@@ -275,8 +295,13 @@ class BaseExplanationOutput:
             `token_attributions` (and in `word_maps`): every tokenizer's pieces of the word.
         method_summary (`str`): One sentence: what the method's numbers mean.
         attention_maps (`AttentionMaps`, *optional*): Cross-attention maps, when recorded.
-        pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL): its share of the squared
-            gradient x input norm at the text encoders' outputs (gradient methods).
+        pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL, SD3, Flux): how much of the
+            explanation came through the prompt's summary vector rather than through its words (the pooled vector's
+            share of the squared gradient x input norm at the text encoders' outputs; gradient methods).
+        attention_sink_share (`float`, *optional*): Transformer families (SD3, Flux), methods that read attention:
+            the share of the image's attention to the text that went to positions other than the prompt's tokens
+            (padding, end and template tokens: attention sinks), averaged over the image. It is left out of the
+            maps and the rankings (`attention_maps.excluded_share` has it per pixel).
         encoder_token_attributions (`Dict[str, TokenAttributions]`, *optional*): Families with several text encoders:
             each encoder's own token scores, by the encoder's pipeline attribute (SDXL: from the gradients over each
             encoder's features of shared tokens; Flux, SD3: each encoder's own tokens).
@@ -321,6 +346,7 @@ class BaseExplanationOutput:
     method_summary: str = field(default="", repr=False)
     attention_maps: Any = field(default=None, repr=False)
     pooled_share: Optional[float] = None
+    attention_sink_share: Optional[float] = None
     encoder_token_attributions: Optional[Dict[str, TokenAttributions]] = field(default=None, repr=False)
     word_attributions: Optional[TokenAttributions] = None
     word_maps: Optional[np.ndarray] = field(default=None, repr=False)

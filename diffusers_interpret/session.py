@@ -196,26 +196,39 @@ class Session:
         base = self.images[output.image_index]
         if not isinstance(base, Image.Image):
             base = Image.fromarray((np.asarray(base) * 255).round().astype(np.uint8))
-        maps = None
+        # The words once, each encoder's tokens one click away, where the tokens are not the words themselves.
+        tokens, word_scores = output.token_attributions, output.word_attributions
+        words = None
+        if word_scores and (tokens.encoders is not None or tokens.tokens != word_scores.tokens):
+            words = list(zip(word_scores.tokens, output.word_tokens))
+        maps = word_maps = None
         if output.attention_maps is not None:
             positions, index = output.token_positions, output.image_index
             attention = output.attention_maps
             if edge_aware:  # this image's maps only, given its edges
                 attention = attention.of_image(index).edge_aware(base, positions=positions)
                 index = 0
-            maps = [attention.for_token(p, image_index=index) for p in positions]
-        steps = list(output.all_images_during_generation or [])
-        tokens = output.token_attributions.tokens
+            inside = attention.num_tokens  # tokens past the maps (Flux's CLIP: its pooled vector only) have none
+            maps = [attention.for_token(p, image_index=index) if p < inside else None for p in positions]
+            if words is not None:
+                word_maps = [
+                    attention.for_tokens([positions[t] for t in group if positions[t] < inside], image_index=index)
+                    if group
+                    else None
+                    for _, group in words
+                ]
         return InteractiveView(
             base,
-            steps,
-            tokens,
+            list(output.all_images_during_generation or []),
+            tokens.labels,
             cell,
             grid,
             attention_maps=maps,
             title=title or output.prompt,
             score=score,
             whole_image_scores=whole,
+            words=words,
+            word_attention_maps=word_maps,
         )
 
     def _word_cells(self, output, cell: Tuple[int, int]):

@@ -50,8 +50,8 @@ def page(browser, data, tmp_path_factory):
     return browser, uid
 
 
-def bar_values(driver, uid):
-    elements = driver.find_elements("css selector", f'#{uid}-bars [data-role="pct"]')
+def bar_values(driver, uid, role="token"):
+    elements = driver.find_elements("css selector", f'#{uid}-bars [data-role="{role}"] [data-role="pct"]')
     return np.array([float(element.get_attribute("data-value")) for element in elements])
 
 
@@ -240,6 +240,13 @@ def test_view_of_a_real_explanation(browser, tiny_pipe, tmp_path):
     np.testing.assert_allclose(
         bar_values(browser, uid), [pct for _, pct in expected.token_attributions.normalized], rtol=1e-3, atol=1e-3
     )
+    # The script tags split one word into many tokens: the bars show the words (each its tokens' scores summed), the
+    # tokens under "each text encoder's tokens".
+    assert len(expected.word_attributions) < len(expected.token_attributions)
+    np.testing.assert_allclose(
+        bar_values(browser, uid, "word"), [pct for _, pct in expected.word_attributions.normalized], atol=1e-3
+    )
+    browser.find_element("css selector", f'#{uid}-bars details[data-role="tokens"] summary').click()
     rows = browser.find_elements("css selector", f'#{uid}-bars [data-role="token"]')
     rows[1].click()
     overlay = browser.find_element("id", f"{uid}-overlay")

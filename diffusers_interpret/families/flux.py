@@ -81,8 +81,8 @@ class FluxFamily(TransformerFamily):
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [
-            TextEncoderSlot("tokenizer_2", "text_encoder_2", "prompt_2", slice(None), sequence_group=0),
-            TextEncoderSlot("tokenizer", "text_encoder", "prompt", None, sequence_group=1),
+            TextEncoderSlot("tokenizer_2", "text_encoder_2", "prompt_2", slice(None), sequence_group=0, label="T5"),
+            TextEncoderSlot("tokenizer", "text_encoder", "prompt", None, sequence_group=1, label="CLIP"),
         ]
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:

@@ -53,12 +53,12 @@ class StableDiffusion3Family(TransformerFamily):
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         widths = [int(pipe.text_encoder.config.hidden_size), int(pipe.text_encoder_2.config.hidden_size)]
         slots = [
-            TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(0, widths[0]), sequence_group=0),
-            TextEncoderSlot("tokenizer_2", "text_encoder_2", "prompt_2", slice(widths[0], sum(widths)), 0),
+            TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(0, widths[0]), 0, "CLIP-L"),
+            TextEncoderSlot("tokenizer_2", "text_encoder_2", "prompt_2", slice(widths[0], sum(widths)), 0, "CLIP-G"),
         ]
         if getattr(pipe, "text_encoder_3", None) is not None:  # without T5 the pipeline feeds zeros in its place
             width = int(pipe.text_encoder_3.config.d_model)
-            slots.append(TextEncoderSlot("tokenizer_3", "text_encoder_3", "prompt_3", slice(0, width), 1))
+            slots.append(TextEncoderSlot("tokenizer_3", "text_encoder_3", "prompt_3", slice(0, width), 1, "T5"))
         return slots
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:

@@ -53,15 +53,15 @@ class StableDiffusionXLFamily(PipelineFamily):
 
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         slots, start = [], 0
-        for tokenizer, encoder, argument in (
-            ("tokenizer", "text_encoder", "prompt"),
-            ("tokenizer_2", "text_encoder_2", "prompt_2"),
+        for tokenizer, encoder, argument, label in (
+            ("tokenizer", "text_encoder", "prompt", "CLIP-L"),
+            ("tokenizer_2", "text_encoder_2", "prompt_2", "CLIP-G"),
         ):
             module = getattr(pipe, encoder, None)
             if module is None:  # the refiner has CLIP-G only
                 continue
             width = int(module.config.hidden_size)
-            slots.append(TextEncoderSlot(tokenizer, encoder, argument, slice(start, start + width)))
+            slots.append(TextEncoderSlot(tokenizer, encoder, argument, slice(start, start + width), label=label))
             start += width
         return slots
 

@@ -145,7 +145,9 @@ _SCRIPT = r"""
   var boxEl = document.getElementById(uid + "-box");
   var note = document.getElementById(uid + "-note");
   var rowsEl = document.getElementById(uid + "-bars").querySelectorAll('[data-role="token"]');
-  var current = [0, 0, R, C], activeToken = -1;
+  var wordEls = document.getElementById(uid + "-bars").querySelectorAll('[data-role="word"]');
+  var words = cfg.words || [];
+  var current = [0, 0, R, C], activeToken = -1, activeWord = -1;
 
   function check(r0, c0, r1, c1) {
     if (!(0 <= r0 && r0 < r1 && r1 <= R && 0 <= c0 && c0 < c1 && c1 <= C)) {
@@ -190,17 +192,29 @@ _SCRIPT = r"""
     for (var t = 0; t < T; t++) total += scores[t];
     return scores.map(function(s) { return (total > 0 && isFinite(total)) ? s / total * 100 : 0; });
   }
-  function render() {
-    var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
-    var pct = percentagesForBox(r0, c0, r1, c1);
+  // A word's score is the sum of its tokens' (every encoder's pieces of it), in percent of all the words'.
+  function wordPercentagesForBox(r0, c0, r1, c1) {
+    var scores = scoresForBox(r0, c0, r1, c1);
+    var sums = words.map(function(word) {
+      return word[1].reduce(function(total, t) { return total + scores[t]; }, 0);
+    });
+    var total = sums.reduce(function(a, b) { return a + b; }, 0);
+    return sums.map(function(s) { return (total > 0 && isFinite(total)) ? s / total * 100 : 0; });
+  }
+  function fill(rows, pct) {
     var top = Math.max.apply(null, pct.concat([1e-12]));
-    for (var t = 0; t < T; t++) {
-      var row = rowsEl[t];
+    for (var t = 0; t < rows.length; t++) {
+      var row = rows[t];
       row.querySelector('[data-role="fill"]').style.width = (100 * pct[t] / top) + "%%";
       var value = row.querySelector('[data-role="pct"]');
       value.textContent = pct[t].toFixed(2) + "%%";
       value.setAttribute("data-value", String(pct[t]));
     }
+  }
+  function render() {
+    var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
+    fill(rowsEl, percentagesForBox(r0, c0, r1, c1));
+    if (words.length) fill(wordEls, wordPercentagesForBox(r0, c0, r1, c1));
     var x0 = c0 * cfg.cellW, y0 = r0 * cfg.cellH;
     var x1 = Math.min(cfg.width, c1 * cfg.cellW), y1 = Math.min(cfg.height, r1 * cfg.cellH);
     boxEl.style.left = (x0 * cfg.scale) + "px";
@@ -253,22 +267,39 @@ _SCRIPT = r"""
   });
   stage.addEventListener("dblclick", function() { setBox(0, 0, R, C); });
 
-  function showToken(t) {
-    activeToken = (t === activeToken) ? -1 : t;
-    for (var i = 0; i < T; i++) rowsEl[i].classList.toggle("di-active", i === activeToken);
-    var uri = (activeToken >= 0 && cfg.attention) ? cfg.attention[activeToken] : null;
+  function showOverlay(uri, index) {
     if (uri) {
       overlay.src = uri;
       overlay.style.display = "block";
-      overlay.setAttribute("data-token-index", String(activeToken));
+      overlay.setAttribute("data-token-index", String(index));
     } else {
       overlay.style.display = "none";
       overlay.removeAttribute("src");
       overlay.setAttribute("data-token-index", "-1");
     }
   }
+  function highlight() {
+    for (var i = 0; i < T; i++) rowsEl[i].classList.toggle("di-active", i === activeToken);
+    for (var i = 0; i < wordEls.length; i++) wordEls[i].classList.toggle("di-active", i === activeWord);
+  }
+  function showToken(t) {
+    activeToken = (t === activeToken) ? -1 : t;
+    activeWord = -1;
+    highlight();
+    showOverlay((activeToken >= 0 && cfg.attention) ? cfg.attention[activeToken] : null, activeToken);
+  }
+  function showWord(w) {
+    activeWord = (w === activeWord) ? -1 : w;
+    activeToken = -1;
+    highlight();
+    overlay.setAttribute("data-word-index", String(activeWord));
+    showOverlay((activeWord >= 0 && cfg.wordAttention) ? cfg.wordAttention[activeWord] : null, -1);
+  }
   for (var t = 0; t < T; t++) {
     rowsEl[t].addEventListener("click", (function(index) { return function() { showToken(index); }; })(t));
+  }
+  for (var w = 0; w < wordEls.length; w++) {
+    wordEls[w].addEventListener("click", (function(index) { return function() { showWord(index); }; })(w));
   }
 
   var slider = document.getElementById(uid + "-step");
@@ -285,7 +316,9 @@ _SCRIPT = r"""
   window.diffusersInterpretViews = window.diffusersInterpretViews || {};
   window.diffusersInterpretViews[uid] = {
     scoresForBox: scoresForBox, percentagesForBox: percentagesForBox, setBox: setBox, showToken: showToken,
-    setStep: setStep, box: function() { return current.slice(); }, tokens: cfg.tokens
+    setStep: setStep, box: function() { return current.slice(); }, tokens: cfg.tokens,
+    wordPercentagesForBox: wordPercentagesForBox, showWord: showWord,
+    words: words.map(function(word) { return word[0]; })
   };
   render();
 })();
@@ -303,6 +336,8 @@ def interactive_view_html(
     scale: Optional[int] = None,
     score: str = "grad_x_input",
     whole_image_scores: Optional[Sequence[float]] = None,
+    words: Optional[Sequence[Tuple[str, Sequence[int]]]] = None,
+    word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
 ) -> str:
     r"""
     The HTML of one interactive view (a `<div>` with its own `<style>` and `<script>`), self-contained.
@@ -329,6 +364,12 @@ def interactive_view_html(
             size 1) and a box scores `sum_box(m)^2 / (pixels * sum(m))` ([`word_attention_box_scores`]).
         whole_image_scores (`Sequence[float]`, *optional*): `"word_attention"`: the scores shown for the whole image
             (the method scores the whole image differently from a box).
+        words (`Sequence[(str, Sequence[int])]`, *optional*): The prompt's words, each with the indices of its tokens
+            (every text encoder's pieces of it): the bars show the words (a word's score the sum of its tokens'), and
+            the tokens are one click away, under "each text encoder's tokens". For prompts whose tokens are their
+            words (one encoder, one token a word) leave it out: the bars are the tokens.
+        word_attention_maps (`Sequence[np.ndarray]`, *optional*): One (H, W) array in [0, 1] per word (or `None`),
+            shown when the word is clicked.
 
     Returns:
         `str`: The HTML.
@@ -354,6 +395,13 @@ def interactive_view_html(
     image_uri = image_to_data_uri(image.convert("RGB"))
     step_uris = [image_to_data_uri(step.convert("RGB")) for step in step_images]
     attention = _attention_uris(attention_maps, len(tokens), (height, width))
+    words = None if words is None else [(str(label), [int(t) for t in indices]) for label, indices in words]
+    for label, indices in words or []:
+        if any(not 0 <= t < len(tokens) for t in indices):
+            raise ValueError(f"Word {label!r} names tokens {indices} of {len(tokens)}.")
+    word_attention = None
+    if words is not None and word_attention_maps is not None:
+        word_attention = _attention_uris(word_attention_maps, len(words), (height, width))
     config = {
         "rows": rows,
         "cols": cols,
@@ -371,6 +419,8 @@ def interactive_view_html(
         "cells": _float32_base64(cells),
         "score": score,
         "whole": None if whole_image_scores is None else [float(v) for v in whole_image_scores],
+        "words": words,
+        "wordAttention": word_attention,
     }
     shown_w, shown_h = width * scale, height * scale
     bars = "\n".join(
@@ -380,6 +430,18 @@ def interactive_view_html(
         f'<span class="di-pct" data-role="pct" data-value="0"></span></div>'
         for i, token in enumerate(tokens)
     )
+    if words is not None:
+        word_bars = "\n".join(
+            f'<div class="di-row" data-role="word" data-word-index="{i}">'
+            f'<span class="di-label" data-role="word-label" title="{html.escape(label)}">{html.escape(label)}</span>'
+            f'<span class="di-track"><span class="di-fill" data-role="fill" style="display:block"></span></span>'
+            f'<span class="di-pct" data-role="pct" data-value="0"></span></div>'
+            for i, (label, _) in enumerate(words)
+        )
+        bars = (
+            f'{word_bars}\n<details data-role="tokens"><summary class="di-note" style="cursor:pointer">'
+            f"each text encoder's tokens</summary>\n{bars}\n</details>"
+        )
     slider = ""
     if step_uris:
         n = len(step_uris)
@@ -391,7 +453,8 @@ def interactive_view_html(
         f'<div class="di-title" style="flex-basis:100%;font-weight:bold">{html.escape(title)}</div>' if title else ""
     )
     has_attention = attention is not None and any(uri is not None for uri in attention)
-    hint = "Click a token to show its cross-attention map." if has_attention else ""
+    thing = "word" if words is not None else "token"
+    hint = f"Click a {thing} to show its attention map." if has_attention else ""
     return f"""<div id="{uid}" class="di-view" data-view-id="{uid}">
 <style>{_STYLE.format(uid=uid)}</style>
 {heading}
@@ -432,8 +495,12 @@ class InteractiveView:
         scale: Optional[int] = None,
         score: str = "grad_x_input",
         whole_image_scores: Optional[Sequence[float]] = None,
+        words: Optional[Sequence[Tuple[str, Sequence[int]]]] = None,
+        word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
     ):
         self.score = score
+        self.words = None if words is None else [(str(label), list(indices)) for label, indices in words]
+        self.word_attention_maps = None if word_attention_maps is None else list(word_attention_maps)
         self.whole_image_scores = None if whole_image_scores is None else list(whole_image_scores)
         self.image = image
         self.step_images = list(step_images or [])
@@ -458,6 +525,8 @@ class InteractiveView:
             scale=self.scale,
             score=self.score,
             whole_image_scores=self.whole_image_scores,
+            words=self.words,
+            word_attention_maps=self.word_attention_maps,
         )
 
     def box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
@@ -468,6 +537,13 @@ class InteractiveView:
             size = (self.image.size[1], self.image.size[0])
             return word_attention_box_scores(self.cell_grad_x_input, r0, c0, r1, c1, self.cell_size, size)
         return box_scores_from_cells(self.cell_grad_x_input, r0, c0, r1, c1)
+
+    def word_box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+        r"""The word scores of the cell box (each word's tokens' [`box_scores`] summed), where the view has words."""
+        if self.words is None:
+            raise ValueError("This view shows tokens, not words: use `box_scores`.")
+        scores = self.box_scores(r0, c0, r1, c1)
+        return np.array([float(scores[list(indices)].sum()) for _, indices in self.words])
 
     def _repr_html_(self) -> str:
         return self.to_html()

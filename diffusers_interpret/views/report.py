@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .markup import image_slider_html, image_to_data_uri
+from .summary import readings
 
 REPORT_FILE_NAME = "report.html"
 _DISPLAY_WIDTH = 256
@@ -88,7 +89,8 @@ def token_bars_html(token_attributions, max_rows: int = 77) -> str:
     """
     if token_attributions is None or len(token_attributions) == 0:
         return '<div class="note">No token attributions (no denoising step was traced).</div>'
-    pairs = list(token_attributions.normalized)[:max_rows]
+    labels = getattr(token_attributions, "labels", None) or token_attributions.tokens
+    pairs = [(label, value) for label, (_, value) in zip(labels, token_attributions.normalized)][:max_rows]
     peak = max((value for _, value in pairs), default=0.0)
     rows = []
     for token, value in pairs:
@@ -100,6 +102,22 @@ def token_bars_html(token_attributions, max_rows: int = 77) -> str:
             f'<td class="value">{value:.1f}%</td></tr>'
         )
     return '<table class="bars">' + "".join(rows) + "</table>"
+
+
+def _word_bars(output: Any) -> str:
+    # The prompt's words once (every tokenizer's pieces of a word merged); each encoder's tokens one click away,
+    # labelled, where they are not the words themselves.
+    words, tokens = getattr(output, "word_attributions", None), output.token_attributions
+    if not words or tokens is None:
+        return token_bars_html(tokens)
+    if tokens.tokens == words.tokens and getattr(tokens, "encoders", None) is None:
+        return token_bars_html(words)
+    return (
+        token_bars_html(words)
+        + '<details><summary class="meta">each text encoder\'s tokens</summary>'
+        + token_bars_html(tokens)
+        + "</details>"
+    )
 
 
 def _img_tag(image: Image.Image, alt: str, width: int = _DISPLAY_WIDTH) -> str:
@@ -152,10 +170,12 @@ def _explanation_card(
     if image is not None:
         _save_png(image, out_dir, f"{prefix}_image.png", written)
         parts.append(_img_tag(image, f"generated image, {label} outlined in red", display_width))
-    parts.append(token_bars_html(output.token_attributions))
+    parts.append(_word_bars(output))
     if save_plots and output.token_attributions is not None and len(output.token_attributions):
         fig = output.token_attributions.plot(title=f"{output.prompt} ({label})")
         _save_figure(fig, out_dir, f"{prefix}_tokens.png", written)
+    for line in readings(output):
+        parts.append(f'<div class="meta">{html.escape(line)}</div>')
     saliency = getattr(output, "input_saliency_map", None)
     if saliency is not None:
         overlay = saliency.overlay()

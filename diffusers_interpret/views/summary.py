@@ -1,6 +1,7 @@
 """An explanation at a glance, as a notebook shows an output: the image with its box, the words' bars, the method."""
 
 import html
+from typing import List
 
 import numpy as np
 from PIL import Image
@@ -49,9 +50,7 @@ def explanation_html(output) -> str:
     level = html.escape(str(output.attribution_level))
     box = output.explanation_2d_bounding_box
     region = "the whole image" if box is None else html.escape(f"the box {tuple(map(tuple, box))}")
-    extra = ""
-    if output.pooled_share is not None:
-        extra = f"<div style='color:#555'>pooled text vector's share of the gradient: {output.pooled_share:.2f}</div>"
+    extra = "".join(f"<div style='color:#555'>{html.escape(line)}</div>" for line in readings(output))
     return (
         '<div style="font-family:sans-serif;font-size:13px;display:flex;gap:16px;align-items:flex-start">'
         f'<img src="{image_to_data_uri(picture)}" style="width:{width}px;image-rendering:pixelated"/>'
@@ -59,3 +58,22 @@ def explanation_html(output) -> str:
         f'<div style="color:#555;margin-bottom:6px">{method} ({level}), explaining {region}</div>'
         f'<table style="border-collapse:collapse">{"".join(rows)}</table>{extra}</div></div>'
     )
+
+
+def readings(output) -> List[str]:
+    r"""What a reader should know beside the bars, in words: how much came through the prompt's summary vector rather
+    than its words, and how much of the image's attention went to tokens that are not the prompt's."""
+    lines = []
+    pooled = getattr(output, "pooled_share", None)
+    if pooled is not None:
+        lines.append(
+            f"{100 * pooled:.0f}% of this came through the prompt's summary vector (its pooled text embedding) rather "
+            "than through its words."
+        )
+    sinks = getattr(output, "attention_sink_share", None)
+    if sinks is not None:
+        lines.append(
+            f"{100 * sinks:.0f}% of the image's attention to the text went to padding and end tokens, which stand for "
+            "no word: left out of the maps and the ranking."
+        )
+    return lines
