@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(demo)
+    demo.add_argument(
+        "--family",
+        choices=("sd", "flux"),
+        default="sd",
+        help="which toy model: 'sd' (Stable Diffusion 32x32, default) or 'flux' (Flux 64x64, T5 in joint attention)",
+    )
     demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the toy's 20)")
     demo.add_argument(
         "--traced",
@@ -176,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(explain)
     _add_boxes(explain, "in pixels")
     _add_common(explain)
-    explain.add_argument("--steps", type=positive_int, default=15, help="denoising steps (default: %(default)s)")
+    explain.add_argument(
+        "--steps", type=positive_int, default=None, help="denoising steps (default: a toy model's own, 15 otherwise)"
+    )
     explain.add_argument(
         "--traced",
         type=traced_steps,
@@ -185,7 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="last denoising steps to back-propagate through, or 'all' (default: %(default)s)",
     )
     explain.add_argument(
-        "--guidance", type=float, default=None, help="guidance scale (default: 4 for the toy model, 7.5 otherwise)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale (default: a toy model's own, else the pipeline's: 7.5 for SD, 3.5 for Flux-dev's "
+        "guidance embedding)",
+    )
+    explain.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        default=None,
+        help="Flux: true classifier-free guidance against --negative-prompt (default: the toy Flux's 4 against the "
+        "empty prompt; off otherwise)",
+    )
+    explain.add_argument(
+        "--max-sequence-length",
+        type=positive_int,
+        default=None,
+        help="SD3, Flux: T5's padded length (default: the toy Flux's 16; the pipeline's otherwise: 256 or 512)",
     )
     explain.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
@@ -238,8 +263,9 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=TOY,
         metavar="PATH_OR_ID",
-        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; 'toy' "
-        "(default) is the shipped toy model",
+        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; the "
+        "shipped toy models: 'toy' (default, SD 32x32), 'toy-64' (SD 64x64), 'toy-flux' (Flux 64x64), each run "
+        "with its own size, steps and guidance unless you set them",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     parser.add_argument(
@@ -330,12 +356,15 @@ def run_explanations(
 
 
 def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]:
-    from .toy import TOY_GUIDANCE_SCALE, TOY_IMAGE_SIZE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
+    from .toy import TOY_MODELS
 
-    pipe = load_toy_pipeline()
-    steps = args.steps or TOY_NUM_INFERENCE_STEPS
-    half = TOY_IMAGE_SIZE // 2
-    boxes = [None, ((0, 0), (half, TOY_IMAGE_SIZE)), ((half, 0), (TOY_IMAGE_SIZE, TOY_IMAGE_SIZE))]
+    name = "toy-flux" if args.family == "flux" else TOY
+    toy = TOY_MODELS[name]
+    pipe = toy.load()
+    call = dict(toy.call)
+    call["num_inference_steps"] = args.steps or call["num_inference_steps"]
+    size = call["height"]
+    boxes = [None, ((0, 0), (size // 2, size)), ((size // 2, 0), (size, size))]
     jobs = [(prompt, box) for prompt in DEMO_PROMPTS for box in boxes]
     outputs = run_explanations(
         pipe,
@@ -343,35 +372,63 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
         args.seed,
         args.quiet,
         interactive=args.interactive,
-        num_inference_steps=steps,
         n_last_diffusion_steps_to_consider_for_attributions=args.traced,
-        guidance_scale=TOY_GUIDANCE_SCALE,
         attribution_method=args.method,
         attribution_level=args.level,
         check_memory=args.check_memory,
+        **call,
     )
     settings = {
-        "model": "shipped toy model (32x32)",
-        "steps": steps,
+        "model": toy.description,
         "traced steps": "all" if args.traced is None else args.traced,
-        "guidance scale": TOY_GUIDANCE_SCALE,
+        **_call_settings(call),
         "seed": args.seed,
         "method": outputs[0][0].attribution_method if outputs[0] else args.method,
         "level": args.level,
     }
-    return outputs, settings, "diffusers-interpret demo: the shipped toy model"
+    return outputs, settings, f"diffusers-interpret demo: the {toy.description}"
+
+
+def _call_settings(call: Dict[str, Any]) -> Dict[str, Any]:
+    # The generation arguments as a report lists them.
+    names = {
+        "num_inference_steps": "steps",
+        "guidance_scale": "guidance scale",
+        "true_cfg_scale": "true CFG scale",
+        "negative_prompt": "negative prompt",
+        "max_sequence_length": "max sequence length",
+    }
+    settings = {}
+    if "height" in call:
+        settings["image size"] = f"{call['width']}x{call['height']} (width x height)"
+    for key, label in names.items():
+        if call.get(key) is not None:
+            value = call[key]
+            settings[label] = repr(value) if key == "negative_prompt" else value
+    return settings
 
 
 def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]:
     from .box import normalize_box
+    from .toy import TOY_MODELS
 
     if not args.prompt.strip():
         fail("PROMPT is empty")
     pipe = load_pipeline(args.model, args.device, args.dtype, args.allow_download)
-    explainer_size = _image_size(pipe, args.height, args.width)
-    boxes = args.box or [None]
-    height, width = explainer_size
-    for box in boxes:  # checked before any generation
+    # A toy model's own call (size, steps, guidance), then what the command line sets.
+    toy = TOY_MODELS.get(args.model)
+    call: Dict[str, Any] = dict(toy.call) if toy else {"num_inference_steps": 15}
+    given = {
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "true_cfg_scale": args.true_cfg_scale,
+        "max_sequence_length": args.max_sequence_length,
+        "negative_prompt": args.negative_prompt,
+    }
+    call.update({key: value for key, value in given.items() if value is not None})
+    height, width = _image_size(pipe, args.height or call.get("height"), args.width or call.get("width"))
+    call.update(height=height, width=width)
+    for box in args.box or [None]:  # checked before any generation
         try:
             normalize_box(box, height, width)
         except ValueError:
@@ -380,44 +437,27 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
                 f"--box {x0},{y0},{x1},{y1} reaches outside the {width}x{height} (width x height) image: it needs "
                 f"0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}"
             )
-    guidance = args.guidance
-    if guidance is None:
-        from .toy import TOY_GUIDANCE_SCALE
-
-        guidance = TOY_GUIDANCE_SCALE if args.model == TOY else 7.5
-    kwargs: Dict[str, Any] = dict(
-        num_inference_steps=args.steps,
-        n_last_diffusion_steps_to_consider_for_attributions=args.traced,
-        guidance_scale=guidance,
-        attribution_method=args.method,
-        attribution_level=args.level,
-        check_memory=args.check_memory,
-        height=explainer_size[0],
-        width=explainer_size[1],
-    )
-    if args.negative_prompt:
-        kwargs["negative_prompt"] = args.negative_prompt
     outputs = run_explanations(
         pipe,
-        [(args.prompt, box) for box in boxes],
+        [(args.prompt, box) for box in args.box or [None]],
         args.seed,
         args.quiet,
         gradient_checkpointing=args.gradient_checkpointing,
         interactive=args.interactive,
-        **kwargs,
+        n_last_diffusion_steps_to_consider_for_attributions=args.traced,
+        attribution_method=args.method,
+        attribution_level=args.level,
+        check_memory=args.check_memory,
+        **call,
     )
     settings = {
-        "model": "shipped toy model" if args.model == TOY else args.model,
-        "image size": f"{explainer_size[1]}x{explainer_size[0]} (width x height)",
-        "steps": args.steps,
+        "model": toy.description if toy else args.model,
         "traced steps": "all" if args.traced is None else args.traced,
-        "guidance scale": guidance,
+        **_call_settings(call),
         "seed": args.seed,
         "method": outputs[0][0].attribution_method if outputs[0] else args.method,
         "level": args.level,
     }
-    if args.negative_prompt:
-        settings["negative prompt"] = args.negative_prompt
     return outputs, settings, "diffusers-interpret explain"
 
 
@@ -436,6 +476,7 @@ def _run_explain_image(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, A
         fail(f"IMAGE {args.image!r} is not an image file Pillow can read")
     pipe = load_pipeline(args.model, args.device, args.dtype, args.allow_download)
     from .explainers import explainer_for
+    from .toy import TOY_MODELS
 
     explainer = explainer_for(pipe, verbose=not args.quiet)
     options = dict(
@@ -453,7 +494,7 @@ def _run_explain_image(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, A
         views[args.prompt] = outputs[0].interactive_view(min(args.interactive, *outputs[0].image.size)).to_html()
     first = outputs[0]
     settings = {
-        "model": "shipped toy model" if args.model == TOY else args.model,
+        "model": TOY_MODELS[args.model].description if args.model in TOY_MODELS else args.model,
         "image": f"{path.name} ({first.image.width}x{first.image.height} as the pipeline processed it)",
         "noise levels": ", ".join(f"{v:g}" for v in (args.noise_levels or DEFAULT_NOISE_LEVELS)),
         "noise seed": args.seed,
@@ -496,7 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(f"--out {args.out!r} exists and is not a directory")
     quiet_libraries()
     threads = args.threads
-    if threads is None and (args.command == "demo" or args.model == TOY):
+    if threads is None and (args.command == "demo" or str(args.model).startswith(TOY)):
         threads = 1
     started = time.perf_counter()
     try:

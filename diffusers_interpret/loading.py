@@ -29,8 +29,8 @@ def quiet_libraries() -> None:
 
 def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
     r"""
-    Load the toy model (`model="toy"`) or a text-to-image pipeline of a supported family (Stable Diffusion 1.x/2.x,
-    SDXL, SD3, Flux) from a folder or a locally cached id.
+    Load a shipped toy model (`"toy"`, `"toy-64"`, `"toy-flux"`: `toy.TOY_MODELS`) or a text-to-image pipeline of a
+    supported family (Stable Diffusion 1.x/2.x, SDXL, SD3, Flux) from a folder or a locally cached id.
 
     Raises:
         `FileNotFoundError`: for a path that does not exist.
@@ -41,10 +41,10 @@ def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float3
     torch_dtype = getattr(torch, dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if model == TOY:
-        from .toy import load_toy_pipeline
+    from .toy import TOY_MODELS
 
-        return load_toy_pipeline(torch_dtype=torch_dtype, device=device)
+    if model in TOY_MODELS:
+        return TOY_MODELS[model].load(torch_dtype, device)
     path = Path(model).expanduser()
     # A hub-style id is "name" or "owner/name"; anything else that does not exist is a missing path.
     looks_like_id = not model.startswith((".", "~", "/", "\\")) and model.count("/") <= 1 and "\\" not in model

@@ -90,6 +90,39 @@ def test_explain_an_image_file_on_the_toy_model(tmp_path, capsys):
     assert max(shares, key=lambda word: float(shares[word])) == "yellow"
 
 
+def test_the_toy_flux_runs_with_its_own_settings_and_shows_each_word_once(tmp_path, capsys):
+    argv = ["explain", PROMPT, "--model", "toy-flux", "--box", "0,0,32,64", "--steps", "4", "--traced", "1"]
+    code, out, _ = run_cli(argv + ["--out", str(tmp_path / "a"), "--quiet"], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    settings = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", page))
+    assert settings["model"] == "shipped toy Flux model (64x64)" and settings["image size"].startswith("64x64")
+    assert settings["true CFG scale"] == "4.0" and settings["max sequence length"] == "16"
+    assert settings["negative prompt"] == html.escape("''") and settings["steps"] == "4"
+    card = page[page.index("box (0, 0)-(32, 64)") :]
+    words, tokens = card.split("each text encoder's tokens")[:2]
+    shown = re.findall(r'<td class="token">([^<]+)</td>', words)
+    assert shown == PROMPT.split()  # every word once, T5's and CLIP's scores merged
+    labelled = re.findall(r'<td class="token">([^<]+)</td>', tokens)
+    assert "red (T5)" in labelled and "red (CLIP)" in labelled
+    assert "summary vector" in card  # the pooled vector's share, in words
+    argv = ["explain", PROMPT, "--model", "toy-flux", "--steps", "2", "--traced", "1", "--method", "attention"]
+    argv += ["--max-sequence-length", "32", "--true-cfg-scale", "1", "--out", str(tmp_path / "b"), "--quiet"]
+    code, out, _ = run_cli(argv, capsys)
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    settings = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", page))
+    assert code == 0 and settings["max sequence length"] == "32" and settings["true CFG scale"] == "1.0"
+    assert "went to padding and end tokens" in page  # the attention left out of the maps, in words
+
+
+def test_demo_of_the_toy_flux(tmp_path, capsys):
+    argv = ["demo", "--family", "flux", "--steps", "3", "--traced", "1", "--interactive", "0", "--quiet"]
+    code, out, _ = run_cli(argv + ["--out", str(tmp_path)], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert "toy Flux" in page and page.count("<h3>box (32, 0)-(64, 64)</h3>") == len(DEMO_PROMPTS)
+
+
 @needs_toy
 def test_explain_a_model_folder(tmp_path, capsys):
     from diffusers_interpret.toy import load_toy_pipeline

@@ -14,8 +14,9 @@ draw them.
 
 import contextlib
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Callable, Dict, Union
 
 from .scenes import COLORS, IMAGE_SIZE, SHAPES, SIDES, generate_scene, render_scene, sample_scene_spec
 
@@ -33,6 +34,25 @@ TOY_FLUX_CALL = dict(
     height=64, width=64, num_inference_steps=20, max_sequence_length=16, negative_prompt="", true_cfg_scale=4.0
 )
 
+
+@dataclass(frozen=True)
+class ToyModel:
+    r"""
+    A shipped toy model by the name the command line knows it by.
+
+    Args:
+        description (`str`): What it is, for a report's settings.
+        load (`Callable`): `load(torch_dtype, device)` -> the pipeline.
+        call (`Dict[str, Any]`): The call arguments it generates with (size, steps, guidance).
+    """
+
+    description: str
+    load: Callable[..., Any]
+    call: Dict[str, Any] = field(default_factory=dict)
+
+
+TOY_MODELS: Dict[str, ToyModel] = {}  # filled below, once the loaders are defined
+
 __all__ = [
     "COLORS",
     "SHAPES",
@@ -41,6 +61,7 @@ __all__ = [
     "TOY_FLUX_MODEL_DIR",
     "TOY_GUIDANCE_SCALE",
     "TOY_IMAGE_SIZE",
+    "TOY_MODELS",
     "TOY_MODEL_DIR",
     "TOY_MODEL_DIRS",
     "TOY_PROMPT_ORDERS",
@@ -52,6 +73,7 @@ __all__ = [
     "render_scene",
     "sample_scene_spec",
     "toy_model_available",
+    "ToyModel",
 ]
 
 _REQUIRED_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json")
@@ -181,3 +203,25 @@ def load_toy_flux_pipeline(torch_dtype=None, device="cpu"):
         getattr(pipe, name).eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _sd_call(size: int) -> Dict[str, Any]:
+    steps, guidance = TOY_NUM_INFERENCE_STEPS, TOY_GUIDANCE_SCALE
+    return dict(height=size, width=size, num_inference_steps=steps, guidance_scale=guidance)
+
+
+TOY_MODELS.update(
+    {
+        "toy": ToyModel(
+            "shipped toy model (Stable Diffusion, 32x32)",
+            lambda torch_dtype=None, device="cpu": load_toy_pipeline(torch_dtype, device),
+            _sd_call(32),
+        ),
+        "toy-64": ToyModel(
+            "shipped toy model (Stable Diffusion, 64x64)",
+            lambda torch_dtype=None, device="cpu": load_toy_pipeline(torch_dtype, device, resolution=64),
+            _sd_call(64),
+        ),
+        "toy-flux": ToyModel("shipped toy Flux model (64x64)", load_toy_flux_pipeline, dict(TOY_FLUX_CALL)),
+    }
+)
