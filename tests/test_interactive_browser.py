@@ -294,3 +294,36 @@ def test_word_attention_view_is_the_methods_own(browser, tiny_pipe, tmp_path):
         bar_values(browser, uid), [pct for _, pct in expected.token_attributions.normalized], rtol=1e-3, atol=1e-3
     )
     assert severe_logs(browser) == []
+
+
+def test_a_flux_view_shows_each_word_once_and_the_tokens_one_click_away(browser, tmp_path):
+    # The toy Flux reads the prompt with T5 (where "triangle" is two pieces) and CLIP: the bars are the prompt's words,
+    # each its tokens' scores summed; a clicked word shows its tokens' maps summed; the tokens are labelled by encoder.
+    from diffusers_interpret import explainer_for
+    from diffusers_interpret.attention import colorize
+    from diffusers_interpret.toy import TOY_FLUX_CALL, load_toy_flux_pipeline
+
+    prompt = "a yellow triangle on the left and a blue circle on the right"
+    call = {**TOY_FLUX_CALL, "num_inference_steps": 4}
+    explainer = explainer_for(load_toy_flux_pipeline(), verbose=False)
+    output = explainer(prompt, generator=torch.Generator().manual_seed(0), attribution_method="word_attention", **call)
+    browser.get(output.interactive_view(8).save(tmp_path / "flux.html").resolve().as_uri())
+    uid = browser.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    shown = [e.text for e in browser.find_elements("css selector", f'#{uid}-bars [data-role="word-label"]')]
+    assert shown == prompt.split()
+    tokens = browser.find_elements("css selector", f'#{uid}-bars [data-role="token"]')
+    assert len(tokens) == len(output.token_attributions) and not tokens[0].is_displayed()
+    np.testing.assert_allclose(
+        bar_values(browser, uid, "word"), [pct for _, pct in output.word_attributions.normalized], atol=1e-3
+    )
+    browser.find_element("css selector", f'#{uid}-bars details[data-role="tokens"] summary').click()
+    labels = [e.text for e in browser.find_elements("css selector", f'#{uid}-bars [data-role="label"]')]
+    assert "tri (T5)" in labels and "angle (T5)" in labels and "triangle (CLIP)" in labels
+    word = prompt.split().index("triangle")
+    browser.find_elements("css selector", f'#{uid}-bars [data-role="word"]')[word].click()
+    positions = [output.token_positions[t] for t in output.word_tokens[word]]
+    in_maps = [p for p in positions if p < output.attention_maps.num_tokens]  # T5's two pieces; CLIP's has no map
+    assert len(in_maps) == 2
+    overlay = browser.find_element("id", f"{uid}-overlay")
+    assert overlay.get_attribute("src") == image_to_data_uri(colorize(output.attention_maps.for_tokens(in_maps)))
+    assert severe_logs(browser) == []
