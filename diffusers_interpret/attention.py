@@ -39,8 +39,9 @@ def record_cross_attention(
     ```
 
     Args:
-        pipe (`DiffusionPipeline`): A pipeline of a supported family. For a transformer family (Flux) the maps are
-            of joint attention: image queries against the text tokens, the softmax taken over all keys.
+        pipe (`DiffusionPipeline`): A pipeline of a supported family. For a transformer family (Flux, SD3) the maps
+            are of joint attention: image queries against the text tokens, the softmax taken over all keys, padding
+            and end tokens included (the explainer's own maps leave those out: docs/explore.md).
         steps (`Iterable[int]`, *optional*, defaults to `None`):
             Indices of the denoiser calls to record, counted from 0 (negative ones count from the end of the
             pipeline's schedule, `pipe.num_timesteps`). `None` records every call.

@@ -196,15 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance",
         type=float,
         default=None,
-        help="guidance scale (default: a toy model's own, else the pipeline's: 7.5 for SD, 3.5 for Flux-dev's "
+        help="guidance scale (default: a toy model's own, else the pipeline's own default; for Flux-dev, its "
         "guidance embedding)",
     )
     explain.add_argument(
         "--true-cfg-scale",
         type=float,
         default=None,
-        help="Flux: true classifier-free guidance against --negative-prompt (default: the toy Flux's 4 against the "
-        "empty prompt; off otherwise)",
+        help="Flux: true classifier-free guidance against --negative-prompt, the empty prompt when none is given "
+        "(default: the toy Flux's 4; off otherwise)",
     )
     explain.add_argument(
         "--max-sequence-length",
@@ -389,6 +389,15 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     return outputs, settings, f"diffusers-interpret demo: the {toy.description}"
 
 
+def _check_call_options(pipe, call: Dict[str, Any]) -> None:
+    import inspect
+
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt"):
+        if call.get(key) is not None and key not in accepted:
+            fail(f"--{key.replace('_', '-')} is not an argument of this model's {type(pipe).__name__}: leave it out")
+
+
 def _call_settings(call: Dict[str, Any]) -> Dict[str, Any]:
     # The generation arguments as a report lists them.
     names = {
@@ -426,6 +435,9 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         "negative_prompt": args.negative_prompt,
     }
     call.update({key: value for key, value in given.items() if value is not None})
+    _check_call_options(pipe, call)
+    if (call.get("true_cfg_scale") or 1.0) > 1 and call.get("negative_prompt") is None:
+        call["negative_prompt"] = ""  # true classifier-free guidance needs a negative prompt: the empty one
     height, width = _image_size(pipe, args.height or call.get("height"), args.width or call.get("width"))
     call.update(height=height, width=width)
     for box in args.box or [None]:  # checked before any generation
@@ -517,6 +529,12 @@ def _image_size(pipe, height: Optional[int], width: Optional[int]) -> Tuple[int,
     return int(height), int(width)
 
 
+def _toy_names() -> Sequence[str]:
+    from .toy import TOY_MODELS
+
+    return tuple(TOY_MODELS)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""
     Run `diffusers-interpret` with `argv` (the process's arguments by default).
@@ -537,7 +555,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(f"--out {args.out!r} exists and is not a directory")
     quiet_libraries()
     threads = args.threads
-    if threads is None and (args.command == "demo" or str(args.model).startswith(TOY)):
+    if threads is None and (args.command == "demo" or args.model in _toy_names()):
         threads = 1
     started = time.perf_counter()
     try:

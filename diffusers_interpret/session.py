@@ -205,10 +205,10 @@ class Session:
         if output.attention_maps is not None:
             positions, index = output.token_positions, output.image_index
             attention = output.attention_maps
-            if edge_aware:  # this image's maps only, given its edges
-                attention = attention.of_image(index).edge_aware(base, positions=positions)
-                index = 0
             inside = attention.num_tokens  # tokens past the maps (Flux's CLIP: its pooled vector only) have none
+            if edge_aware:  # this image's maps only, given its edges
+                attention = attention.of_image(index).edge_aware(base, positions=[p for p in positions if p < inside])
+                index = 0
             maps = [attention.for_token(p, image_index=index) if p < inside else None for p in positions]
             if words is not None:
                 word_maps = [

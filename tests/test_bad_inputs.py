@@ -323,6 +323,10 @@ def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch
 
 CLI = [
     ("no-command", [], "demo, explain or explain-image"),
+    ("true-cfg-on-sd", ["explain", "a red circle", "--true-cfg-scale", "2"], "--true-cfg-scale"),
+    ("sequence-length-on-sd", ["explain", "a red circle", "--max-sequence-length", "64"], "--max-sequence-length"),
+    ("sequence-length-zero", ["explain", "a red circle", "--max-sequence-length", "0"], "--max-sequence-length"),
+    ("demo-family", ["demo", "--family", "sdxl"], "--family"),
     ("steps-0", ["explain", "a red circle", "--steps", "0"], "--steps"),
     ("steps-str", ["explain", "a red circle", "--steps", "many"], "--steps"),
     ("traced-negative", ["explain", "a red circle", "--traced", "-1"], "--traced"),

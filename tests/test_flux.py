@@ -476,3 +476,26 @@ def test_sink_columns_added_or_removed_leave_the_prompt_tokens_maps_unchanged(fl
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
     assert not torch.allclose(results[0][1], results[1][1], atol=1e-3)  # the raw maps do change
     assert float(results[1][2].mean()) > float(results[0][2].mean())
+
+
+def test_each_image_of_a_batch_leaves_out_its_own_prompts_padding(flux):
+    # Two prompts of different lengths, two images each, true classifier-free guidance (a separate negative call):
+    # every image's maps are of its own prompt's tokens (summing to 1 at each pixel), zero at every other position.
+    explainer = FluxPipelineExplainer(flux, verbose=False)
+    outputs = explainer(
+        ["a cute corgi on the left", "a dog"],
+        generator=seeded(0),
+        attribution_method="attention",
+        num_images_per_prompt=2,
+        negative_prompt=["blurry", "dark"],  # one per prompt (diffusers' Flux fails on a single one for two)
+        true_cfg_scale=2.0,
+        **COMMON,
+    )
+    assert [len(o.word_attributions) for o in outputs] == [6, 6, 2, 2]
+    for index, output in enumerate(outputs):
+        maps = output.attention_maps.maps[index]
+        content = [p for p in output.token_positions if p < TINY_T5_LENGTH]
+        others = [p for p in range(TINY_T5_LENGTH) if p not in content]
+        np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
+        assert float(maps[others].abs().max()) == 0
+        assert 0 < output.attention_sink_share < 1

@@ -215,7 +215,7 @@ TOY_MODELS.update(
         "toy": ToyModel(
             "shipped toy model (Stable Diffusion, 32x32)",
             lambda torch_dtype=None, device="cpu": load_toy_pipeline(torch_dtype, device),
-            _sd_call(32),
+            _sd_call(TOY_IMAGE_SIZE),
         ),
         "toy-64": ToyModel(
             "shipped toy model (Stable Diffusion, 64x64)",

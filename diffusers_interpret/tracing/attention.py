@@ -524,13 +524,15 @@ class JointAttentionRecorder(CrossAttentionRecorder):
     (never every layer x step held). The transformer's output is therefore bit-identical to the pipeline's own.
     """
 
-    def __init__(self, pipe, content_positions: Optional[Sequence[Sequence[int]]] = None, **options):
+    def __init__(self, pipe, *, content_positions: Optional[Sequence[Sequence[int]]] = None, **options):
         super().__init__(pipe, **options)
         self.content_positions = None if content_positions is None else [list(p) for p in content_positions]
         self._content: Optional[torch.Tensor] = None
+        self._with_share = False  # the recorded grids carry the left-out share as one more token column
 
     def _install(self) -> None:
         self._reset()
+        self._content, self._with_share = None, False
         layers = self.family.attention_layers(self.unet)
         for name, module in layers:
             if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
@@ -566,32 +568,33 @@ class JointAttentionRecorder(CrossAttentionRecorder):
                 rotary,
                 self._text_length,
                 text_first=self.family.joint_attention.text_first,
-                content=self._content_mask(probs_rows=int(hidden_states[rows].shape[0])),
+                content=self._content_mask(len(range(*rows.indices(int(hidden_states.shape[0]))))),
             )
             if left_out is not None:  # carried as one more token column, split off again in `maps`
                 probs = torch.cat([probs, left_out[..., None].to(probs.dtype)], dim=-1)
+                self._with_share = True
             self.add(name, probs)
             return None
 
         return hook
 
-    def _content_mask(self, probs_rows: int) -> Optional[torch.Tensor]:
+    def _content_mask(self, rows: int) -> Optional[torch.Tensor]:
         # (rows, text tokens): the prompt's own tokens of each image's prompt, where the family leaves sinks out.
         if self.content_positions is None or not self.family.joint_attention.sinks_left_out:
             return None
-        if len(self.content_positions) != probs_rows:
+        if len(self.content_positions) != rows:
             raise RuntimeError(
-                f"Content positions were given for {len(self.content_positions)} images, the call has {probs_rows}."
+                f"Content positions were given for {len(self.content_positions)} images, the call has {rows}."
             )
-        if self._content is None or self._content.shape != (probs_rows, self._text_length):
-            mask = torch.zeros(probs_rows, self._text_length, dtype=torch.bool)
+        if self._content is None or self._content.shape != (rows, self._text_length):
+            mask = torch.zeros(rows, self._text_length, dtype=torch.bool)
             for row, positions in enumerate(self.content_positions):
                 mask[row, [p for p in positions if 0 <= p < self._text_length]] = True
             self._content = mask
         return self._content
 
     def _make_maps(self, maps: torch.Tensor, per_step: Optional[torch.Tensor], cell_size: float) -> AttentionMapsData:
-        if self._content is None:
+        if not self._with_share:
             return super()._make_maps(maps, per_step, cell_size)
         # The last token column is the share the sinks took (see `_layer_hook`).
         result = super()._make_maps(maps[:, :-1], None if per_step is None else per_step[:, :, :-1], cell_size)

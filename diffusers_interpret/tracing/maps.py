@@ -113,7 +113,8 @@ class AttentionMapsData:
             iterations (`int`, *optional*, defaults to 2): Passes of the filter.
 
         Returns:
-            New maps of the same class (without `per_step`), whose pictures show the filtered maps.
+            New maps of the same class (without `per_step`), whose pictures show the filtered maps
+            (`excluded_share` stays as recorded).
         """
         if self.cell_size is None:
             raise ValueError("These maps do not know their attention grid: set `cell_size` (pixels per cell) first.")

@@ -10,9 +10,11 @@ respect to token t's embedding times the embedding, a grid-aligned box's score f
 Everything is inline (images as data URIs, the per-cell array as base64 float32, strings as escaped JSON): no server,
 no network, no files beside it. Every element id starts with the view's own random id, so several views can live in
 one notebook. For tests and scripting, `window.diffusersInterpretViews[viewId]` exposes `scoresForBox(r0, c0, r1, c1)`,
-`percentagesForBox(r0, c0, r1, c1)`, `setBox(r0, c0, r1, c1)`, `showToken(i)`, `setStep(i)` and `box()`; each bar's
-value element `[data-role="pct"]` holds its percentage in `data-value`, and the root element holds the current box in
-`data-box` (`"r0,c0,r1,c1"`, cells, half-open).
+`percentagesForBox(r0, c0, r1, c1)`, `setBox(r0, c0, r1, c1)`, `showToken(i)`, `setStep(i)` and `box()`, and where
+the view shows words (`words=`), `wordPercentagesForBox(r0, c0, r1, c1)` (each word's tokens' scores summed, in percent
+of all the words'), `showWord(i)` and `words`; each bar's value element `[data-role="pct"]` (in a
+`[data-role="token"]` or `[data-role="word"]` row) holds its percentage in `data-value`, and the root element holds
+the current box in `data-box` (`"r0,c0,r1,c1"`, cells, half-open).
 """
 
 import base64
@@ -285,6 +287,7 @@ _SCRIPT = r"""
   function showToken(t) {
     activeToken = (t === activeToken) ? -1 : t;
     activeWord = -1;
+    overlay.setAttribute("data-word-index", "-1");
     highlight();
     showOverlay((activeToken >= 0 && cfg.attention) ? cfg.attention[activeToken] : null, activeToken);
   }

@@ -61,8 +61,14 @@ def explanation_html(output) -> str:
 
 
 def readings(output) -> List[str]:
-    r"""What a reader should know beside the bars, in words: how much came through the prompt's summary vector rather
-    than its words, and how much of the image's attention went to tokens that are not the prompt's."""
+    r"""
+    What a reader should know beside the bars, in words.
+
+    Returns:
+        `List[str]`: How much came through the prompt's summary vector rather than its words (`pooled_share`), and how
+        much of the image's attention went to text positions that are not the prompt's tokens
+        (`attention_sink_share`); nothing for an output without them.
+    """
     lines = []
     pooled = getattr(output, "pooled_share", None)
     if pooled is not None:
@@ -73,7 +79,7 @@ def readings(output) -> List[str]:
     sinks = getattr(output, "attention_sink_share", None)
     if sinks is not None:
         lines.append(
-            f"{100 * sinks:.0f}% of the image's attention to the text went to padding and end tokens, which stand for "
-            "no word: left out of the maps and the ranking."
+            f"{100 * sinks:.0f}% of the image's attention to the text went to positions that are not the prompt's "
+            "words (padding, start and end tokens): left out of the maps and the ranking."
         )
     return lines
