@@ -10,11 +10,14 @@ merging is part of the ground truth.
 
 Stages (checkpointed in `--work-dir`, so that `--resume` continues them):
 
-1. The VAE and latent pool: copied from `--sd-work-dir` (the 64x64 SD toy's run), or trained there first with
-   `python scripts/train_toy_model.py --work-dir runs/toy64 --image-size 64 --prompt-order random`.
+1. The VAE and latent pool: copied from `--sd-work-dir` (the 64x64 SD toy's run, `python scripts/train_toy_model.py
+   --work-dir runs/toy64 --image-size 64 --prompt-order random`) when it has them; otherwise the shipped 64x64 toy's
+   VAE (`diffusers_interpret/toy/model_64/vae`, the one both toys ship) encodes the same scenes afresh.
 2. Transformer + T5 + CLIP jointly, rectified flow (x_t = (1 - t) x_0 + t noise, target noise - x_0, t logit-normal),
    10% empty prompts (for true classifier-free guidance at sampling), EMA 0.999, one-object scenes only for the first
-   15% of the steps.
+   15% of the steps. As in real Flux, the words reach the image through T5 in joint attention: the pooled CLIP vector
+   is the prompt's own for only `--pooled-prompt-prob` of the examples (the empty prompt's otherwise), so that it
+   cannot carry the scene.
 3. The pipeline is assembled with the EMA weights, checked for prompt following with the independent detector
    (`negative_prompt=""`, `true_cfg_scale=TOY_FLUX_TRUE_CFG`), and saved in fp16 when rounding costs no accuracy.
 
@@ -51,6 +54,7 @@ from train_toy_model import (  # noqa: E402
     ONE_OBJECT_POOL_SEED,
     TWO_OBJECT_POOL_SEED,
     atomic_save,
+    build_latent_pool,
     build_text_encoder,
     build_tokenizer,
     build_vae,
@@ -85,6 +89,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--one-object-fraction", type=float, default=0.15)
     parser.add_argument("--empty-prompt-prob", type=float, default=0.1)
+    parser.add_argument(
+        "--pooled-prompt-prob",
+        type=float,
+        default=0.1,
+        help="share of examples whose pooled CLIP vector is their prompt's (the empty prompt's otherwise)",
+    )
+    parser.add_argument(
+        "--pad-lengths",
+        type=int,
+        nargs="+",
+        default=[T5_LENGTH],
+        help="T5 sequence lengths drawn per step (the prompt padded to it), so that `max_sequence_length` only pads",
+    )
+    parser.add_argument("--layers", type=int, default=2, help="dual-stream blocks")
+    parser.add_argument("--single-layers", type=int, default=2, help="single-stream blocks")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=16)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--time-budget-min", type=float, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=250)
@@ -114,18 +135,21 @@ def build_t5(tokenizer) -> T5EncoderModel:
     )
 
 
-def build_transformer() -> FluxTransformer2DModel:
+def build_transformer(layers: int = 2, single_layers: int = 2, heads: int = 4, head_dim: int = 16):
+    # RoPE axes (Flux's index, row, column): even, summing to the head's size ([4, 6, 6] for 16, as shipped).
+    axis = head_dim * 3 // 8 // 2 * 2
+    rope = [head_dim - 2 * axis, axis, axis]
     return FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=4,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
         joint_attention_dim=64,
         pooled_projection_dim=64,
         guidance_embeds=False,
-        axes_dims_rope=[4, 6, 6],
+        axes_dims_rope=rope,
     )
 
 
@@ -145,7 +169,8 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
 def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     path = args.work_dir / "transformer.pt"
     torch.manual_seed(args.seed + 2)
-    transformer, t5, clip = build_transformer(), build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
+    transformer = build_transformer(args.layers, args.single_layers, args.heads, args.head_dim)
+    t5, clip = build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
     params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -181,7 +206,6 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     latents = pack(pool["latents"])  # (N, 64 tokens, 16)
     grid = int(math.isqrt(latents.shape[1]))
     img_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32)
-    txt_ids = torch.zeros(T5_LENGTH, 3)
     prompts = scene_prompts(int((pool["num_objects"] == 1).sum()), int((pool["num_objects"] == 2).sum()))
     t5_ids = t5_tokenizer(prompts, padding="max_length", max_length=T5_LENGTH, truncation=True, return_tensors="pt")
     clip_ids = pool["input_ids"]
@@ -207,8 +231,11 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
             idx = torch.randint(len(latents), (args.batch_size,), generator=generator)
         x0 = latents[idx]
         ids5, idsc = t5_ids.input_ids[idx].clone(), clip_ids[idx].clone()
+        length = args.pad_lengths[int(torch.randint(len(args.pad_lengths), (1,), generator=generator))]
         drop = torch.rand(args.batch_size, generator=generator) < args.empty_prompt_prob
-        ids5[drop], idsc[drop] = empty_t5, empty_clip
+        pooled_empty = torch.rand(args.batch_size, generator=generator) >= args.pooled_prompt_prob
+        ids5[drop], idsc[drop | pooled_empty] = empty_t5, empty_clip
+        ids5 = F.pad(ids5, (0, length - T5_LENGTH), value=t5_tokenizer.pad_token_id)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.sigmoid(torch.randn(args.batch_size, generator=generator))  # logit-normal
         noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
@@ -217,7 +244,7 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
             timestep=t,
             pooled_projections=clip(idsc).pooler_output,
             encoder_hidden_states=t5(ids5)[0],
-            txt_ids=txt_ids,
+            txt_ids=torch.zeros(length, 3),
             img_ids=img_ids,
             return_dict=False,
         )[0]
@@ -252,8 +279,9 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     return states
 
 
-def assemble(vae, clip_tokenizer, t5_tokenizer, states) -> FluxPipeline:
-    transformer, t5, clip = build_transformer(), build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
+def assemble(args, vae, clip_tokenizer, t5_tokenizer, states) -> FluxPipeline:
+    transformer = build_transformer(args.layers, args.single_layers, args.heads, args.head_dim)
+    t5, clip = build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
     transformer.load_state_dict(states["transformer"])
     t5.load_state_dict(states["t5"])
     clip.load_state_dict(states["clip"])
@@ -282,22 +310,44 @@ def check(args, pipe) -> Dict[str, float]:
     )
 
 
+def vae_and_latents(args, clip_tokenizer):
+    # The 64x64 SD toy's VAE and latent pool: from its run when there is one, else from the VAE both toys ship.
+    vae = build_vae(IMAGE_SIZE)
+    if all((args.sd_work_dir / name).exists() for name in ("vae.pt", "latents.pt")):
+        for name in ("vae.pt", "latents.pt"):
+            if not (args.work_dir / name).exists():
+                shutil.copy(args.sd_work_dir / name, args.work_dir / name)
+    if not (args.work_dir / "vae.pt").exists():
+        from diffusers import AutoencoderKL
+
+        from diffusers_interpret.toy import TOY_MODEL_DIR
+
+        shipped = AutoencoderKL.from_pretrained(TOY_MODEL_DIR.with_name("model_64") / "vae", torch_dtype=torch.float32)
+        atomic_save({"vae": shipped.state_dict()}, args.work_dir / "vae.pt")
+        log(args.work_dir, "VAE: the shipped 64x64 toy's")
+    vae.load_state_dict(torch.load(args.work_dir / "vae.pt", map_location="cpu")["vae"])
+    if (args.work_dir / "latents.pt").exists():
+        pool = torch.load(args.work_dir / "latents.pt", map_location="cpu")
+    else:
+        pool_args = argparse.Namespace(
+            work_dir=args.work_dir, resume=False, image_size=IMAGE_SIZE, prompt_order="random",
+            num_one_object=6000, num_two_object=6000,
+        )  # fmt: skip
+        pool = build_latent_pool(pool_args, vae, clip_tokenizer)
+    vae.register_to_config(scaling_factor=float(pool["scaling_factor"]), shift_factor=0.0)
+    return vae, pool
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
-    for name in ("vae.pt", "latents.pt"):
-        if not (args.work_dir / name).exists():
-            shutil.copy(args.sd_work_dir / name, args.work_dir / name)
-    vae = build_vae(IMAGE_SIZE)
-    vae.load_state_dict(torch.load(args.work_dir / "vae.pt", map_location="cpu")["vae"])
-    pool = torch.load(args.work_dir / "latents.pt", map_location="cpu")
-    vae.register_to_config(scaling_factor=float(pool["scaling_factor"]), shift_factor=0.0)
     clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
+    vae, pool = vae_and_latents(args, clip_tokenizer)
     states = train(args, pool, clip_tokenizer, t5_tokenizer)
-    pipe = assemble(vae, clip_tokenizer, t5_tokenizer, states)
+    pipe = assemble(args, vae, clip_tokenizer, t5_tokenizer, states)
     round_to_fp16(pipe)  # saved in fp16 (the SD toys lost no accuracy to the rounding); checked as saved
     result = check(args, pipe)
     log(args.work_dir, f"Check, fp16-rounded weights: {json.dumps(result)}")
