@@ -17,15 +17,18 @@ Stages (checkpointed in `--work-dir`, so that `--resume` continues them):
    10% empty prompts (for true classifier-free guidance at sampling), EMA 0.999, one-object scenes only for the first
    15% of the steps. As in real Flux, the words reach the image through T5 in joint attention: the pooled CLIP vector
    is the prompt's own for only `--pooled-prompt-prob` of the examples (the empty prompt's otherwise), so that it
-   cannot carry the scene.
+   cannot carry the scene; T5 is padded to 16 or 32 tokens per step (`--pad-lengths`: diffusers gives T5 no attention
+   mask, so the padding is read), so that a longer `max_sequence_length` changes the image less.
 3. The pipeline is assembled with the EMA weights, checked for prompt following with the independent detector
-   (`negative_prompt=""`, `true_cfg_scale=TOY_FLUX_TRUE_CFG`), and saved in fp16 when rounding costs no accuracy.
+   (`negative_prompt=""`, `**TOY_FLUX_CALL`: true CFG 4), and saved in fp16 when rounding costs no accuracy.
 
 Usage:
 
 ```bash
-python scripts/train_toy_flux.py --work-dir runs/toyflux --sd-work-dir runs/toy64 --time-budget-min 40
+python scripts/train_toy_flux.py --work-dir runs/toyflux   # the shipped toy: 26000 steps, 54 min on 2 CPU cores
 ```
+
+An interrupted run continues with `--resume` (the schedule, EMA and data order are those of an uninterrupted one).
 """
 
 import argparse
@@ -82,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--steps", type=int, default=6000, help="steps of the learning-rate schedule")
+    parser.add_argument("--steps", type=int, default=26000, help="steps of the learning-rate schedule")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--min-lr", type=float, default=1e-4)
@@ -99,11 +102,11 @@ def parse_args() -> argparse.Namespace:
         "--pad-lengths",
         type=int,
         nargs="+",
-        default=[T5_LENGTH],
+        default=[T5_LENGTH, 2 * T5_LENGTH],
         help="T5 sequence lengths drawn per step (the prompt padded to it), so that `max_sequence_length` only pads",
     )
-    parser.add_argument("--layers", type=int, default=2, help="dual-stream blocks")
-    parser.add_argument("--single-layers", type=int, default=2, help="single-stream blocks")
+    parser.add_argument("--layers", type=int, default=3, help="dual-stream blocks")
+    parser.add_argument("--single-layers", type=int, default=3, help="single-stream blocks")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=16)
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -135,7 +138,7 @@ def build_t5(tokenizer) -> T5EncoderModel:
     )
 
 
-def build_transformer(layers: int = 2, single_layers: int = 2, heads: int = 4, head_dim: int = 16):
+def build_transformer(layers: int = 3, single_layers: int = 3, heads: int = 4, head_dim: int = 16):
     # RoPE axes (Flux's index, row, column): even, summing to the head's size ([4, 6, 6] for 16, as shipped).
     axis = head_dim * 3 // 8 // 2 * 2
     rope = [head_dim - 2 * axis, axis, axis]
@@ -268,13 +271,13 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     bar.close()
     save()
     log(args.work_dir, f"Transformer: stopped at step {step} after {elapsed / 60:.1f} min of training")
-    states, offset = {}, 0
+    # The EMA weights, copied into the models so that tied weights (T5's shared embedding) stay one tensor.
+    states, weights = {}, iter(ema)
     for name, model in (("transformer", transformer), ("t5", t5), ("clip", clip)):
-        state = dict(model.state_dict())
-        for i, (key, _) in enumerate(model.named_parameters()):
-            state[key] = ema[offset + i].clone()
-        offset += len(list(model.parameters()))
-        states[name] = state
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(next(weights))
+        states[name] = {key: value.clone() for key, value in model.state_dict().items()}
     states.update(step=step, elapsed=elapsed)
     return states
 
