@@ -89,8 +89,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--method",
         choices=METHODS,
         default=None,
-        help=f"attribution method (default: the model family's: {DEFAULT_ATTRIBUTION_METHOD} for SD, SDXL and SD3, "
-        "grad_x_input for Flux; see the docs for what each costs and how truthful it is)",
+        help=f"attribution method (default: {DEFAULT_ATTRIBUTION_METHOD}, for every family; see the docs for what "
+        "each costs and how truthful it is)",
     )
     parser.add_argument(
         "--level",

@@ -30,10 +30,10 @@ class FluxFamily(TransformerFamily):
     display_name = "Flux"
     required_components = ("transformer", "vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
     pipeline_class_names = ("FluxPipeline", "FluxImg2ImgPipeline")
-    # On the toy Flux its joint attention is nearly flat over the image (the pooled CLIP vector carries most of the
-    # prompt): word_attention ranks content words above function words for 31% of one-object images, grad_x_input for
-    # 94%, with a better Spearman against ablation (0.75 vs 0.49): `benchmarks/faithfulness.py --family flux`.
-    default_method = "grad_x_input"
+    # The default is the package's (word_attention), chosen again on the retrained toy Flux (issue #25), whose words
+    # reach the image through T5 in joint attention: within 2x a plain generation it ranks best (colour first 21%,
+    # Spearman 0.56 with ablation); grad_x_input, the earlier default, costs 3.2x and ranks worse (3%, 0.50):
+    # `benchmarks/faithfulness.py --family flux`, docs/methods.md.
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
