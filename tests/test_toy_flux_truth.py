@@ -1,7 +1,8 @@
 r"""
 The toy Flux as a stand-in for real Flux: its words reach the image through T5 in joint attention (not through CLIP's
-pooled vector), the README's snippet draws the scene it names with the seed it shows, and more padding leaves the
-word ranking where it was while the attention it takes is reported.
+pooled vector), the default's rankings on fixed two-object scenes read as the benchmark measured them, the README's
+snippet draws the scene it names with the seed it shows and reads as it says, and more padding leaves the word
+ranking where it was while the attention it takes is reported.
 """
 
 import re
@@ -16,6 +17,7 @@ from scipy.stats import spearmanr
 from diffusers_interpret import explainer_for
 from diffusers_interpret.toy import TOY_FLUX_CALL, TOY_FLUX_MODEL_DIR, load_toy_flux_pipeline
 from diffusers_interpret.toy.detector import check_prompt
+from diffusers_interpret.toy.scenes import COLORS, SHAPES, sample_scene_spec
 
 pytestmark = pytest.mark.skipif(
     not (TOY_FLUX_MODEL_DIR / "model_index.json").is_file(), reason="the toy Flux model's files are missing"
@@ -44,13 +46,25 @@ def one_thread():
 
 def test_the_prompt_reaches_the_image_through_t5_not_the_pooled_vector(flux_pipe, one_thread):
     # Real Flux carries the content through T5's tokens in joint attention. The first toy Flux carried it through the
-    # pooled CLIP vector (its share of the gradient 0.91-0.99 on these prompts); the shipped one measures 0.00-0.30.
-    explainer = explainer_for(flux_pipe, verbose=False)
-    shares = []
-    for seed, prompt in enumerate(PROMPTS):
-        out = explainer(prompt, generator=seeded(seed), attribution_method="grad_x_input", **TOY_FLUX_CALL)
-        shares.append(out.pooled_share)
-    assert max(shares) < 0.5 and np.mean(shares) < 0.25, shares
+    # pooled CLIP vector. Measured causally: the empty prompt's pooled vector in place of the prompt's leaves the
+    # scene drawn right; the empty prompt's T5 states in place of the prompt's do not.
+    rng = np.random.default_rng(5)
+    prompts = [sample_scene_spec(rng, 2, 64, order="random").prompt for _ in range(4)]
+    settings = dict(TOY_FLUX_CALL, output_type="np")
+    length = settings["max_sequence_length"]
+    empty_states, empty_pooled, _ = flux_pipe.encode_prompt("", "", max_sequence_length=length)
+    drawn = {"prompt's": 0, "empty pooled": 0, "empty T5": 0}
+    for seed, prompt in enumerate(prompts):
+        states, pooled, _ = flux_pipe.encode_prompt(prompt, prompt, max_sequence_length=length)
+        for name, (t5, clip) in (
+            ("prompt's", (states, pooled)),
+            ("empty pooled", (states, empty_pooled)),
+            ("empty T5", (empty_states, pooled)),
+        ):
+            embeds = dict(prompt_embeds=t5, pooled_prompt_embeds=clip)
+            image = flux_pipe(generator=seeded(seed), **embeds, **settings).images[0]
+            drawn[name] += check_prompt(image, prompt).correct
+    assert drawn["prompt's"] >= 3 and drawn["empty pooled"] >= drawn["prompt's"] - 1 and drawn["empty T5"] == 0, drawn
 
 
 def test_the_readme_flux_snippet_draws_its_scene(one_thread):
@@ -64,10 +78,13 @@ def test_the_readme_flux_snippet_draws_its_scene(one_thread):
     check = check_prompt(image, prompt)
     assert check.correct, check.detection.describe()  # the seed it shows draws the scene it names
     assert np.array_equal(np.asarray(output.image)[:, 33:], (image[:, 33:] * 255).round())  # pipe()'s, box aside
-    for explained in (output, right):
+    ranked = {}
+    for side, explained in (("left", output), ("right", right)):
         assert explained.word_attributions.tokens == prompt.split()  # every word once
         assert 0 < explained.attention_sink_share < 1
-    assert right.explanation_2d_bounding_box != output.explanation_2d_bounding_box
+        ranked[side] = [word for word, _ in sorted(explained.word_attributions, key=lambda pair: -pair[1])]
+    # What the README says it reads: "red" first on the left, "square" and "blue" on top on the right.
+    assert ranked["left"][0] == "red" and set(ranked["right"][:2]) == {"square", "blue"}, ranked
 
 
 def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
@@ -79,7 +96,7 @@ def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
         runs = {}
         for length in (16, 32):
             settings = dict(TOY_FLUX_CALL, max_sequence_length=length)
-            runs[length] = explainer(prompt, generator=seeded(seed), attribution_method="attention", **settings)
+            runs[length] = explainer(prompt, generator=seeded(seed), **settings)  # the default, word_attention
         short, long = runs[16], runs[32]
         assert long.attention_sink_share > short.attention_sink_share
         for out, length in ((short, 16), (long, 32)):
@@ -89,4 +106,57 @@ def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
             assert int(prompt_rows.sum()) == len(flux_pipe.tokenizer_2(prompt).input_ids) - 1  # not the end token
             np.testing.assert_allclose(maps.sum(0).numpy(), 1, atol=1e-4)
         scores = [[score for _, score in out.word_attributions] for out in (short, long)]
-        assert spearmanr(*scores)[0] >= 0.95, (prompt, short.word_attributions, long.word_attributions)
+        # Not 0.99: the image itself changes with the padding (by up to 235 of 255 in a pixel here), so the model's
+        # reading of the words moves a little; with the model's states held fixed the maps are equal within 1e-6
+        # (tests/test_flux.py). Measured here: 0.94-1.0.
+        assert spearmanr(*scores)[0] >= 0.9, (prompt, short.word_attributions, long.word_attributions)
+
+
+SCENE_SEED = 4141
+NUM_SCENES = 4
+MAX_TRIED = 8
+
+
+def object_words(prompt: str, side: str):
+    # "a C1 S1 on the SIDE1 and a C2 S2 on the SIDE2": the colour and shape words of the object on `side`.
+    words = prompt.split()
+    first = 0 if words[5] == side else 7
+    return words[first + 1], words[first + 2]
+
+
+def test_the_flux_default_reads_fixed_two_object_scenes_as_measured(flux_pipe, one_thread):
+    # The first two-object prompts of one seed, in order; a scene the independent detector finds drawn wrong is passed
+    # over, never one the explanation gets wrong. What the benchmark measured of the default on this toy
+    # (docs/methods.md): the whole image ranks every colour and shape word above every function word (94% of
+    # prompts), the boxes pass the swapped-box control on the colour words (81%) and put the object's colour and
+    # shape words on top (68%).
+    explainer = explainer_for(flux_pipe, verbose=False)
+    rng = np.random.default_rng(SCENE_SEED)
+    scenes = tried = controls = both_on_top = 0
+    while scenes < NUM_SCENES:
+        assert tried < MAX_TRIED, f"the toy drew only {scenes} of {tried} two-object scenes right"
+        prompt, seed = sample_scene_spec(rng, 2, 64, order="random").prompt, SCENE_SEED + tried
+        tried += 1
+        image = flux_pipe(prompt, generator=seeded(seed), output_type="np", **TOY_FLUX_CALL).images[0]
+        check = check_prompt(image, prompt)
+        if not check.correct:
+            continue
+        scenes += 1
+        whole = explainer(prompt, generator=seeded(seed), output_type="np", **TOY_FLUX_CALL)
+        np.testing.assert_array_equal(whole.image, image)
+        words = dict(whole.word_attributions)
+        content = [w for w in prompt.split() if w in COLORS + SHAPES]
+        assert min(words[w] for w in content) > max(words[w] for w in ("a", "the", "on", "and")), (prompt, words)
+        scores = {}
+        for side in ("left", "right"):
+            top, left, bottom, right = check.detection.objects[side].bbox
+            box = whole.explain(((left, top), (right, bottom)))
+            scores[side] = dict(box.word_attributions)
+            ranked = sorted(scores[side], key=lambda word: -scores[side][word])
+            both_on_top += set(ranked[:2]) == set(object_words(prompt, side))
+        left_colour, right_colour = object_words(prompt, "left")[0], object_words(prompt, "right")[0]
+        controls += (
+            scores["left"][left_colour] > scores["left"][right_colour]
+            and scores["right"][right_colour] > scores["right"][left_colour]
+        )
+    assert controls >= NUM_SCENES - 1 and both_on_top >= NUM_SCENES, (controls, both_on_top)

@@ -31,8 +31,8 @@ class FluxFamily(TransformerFamily):
     required_components = ("transformer", "vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
     pipeline_class_names = ("FluxPipeline", "FluxImg2ImgPipeline")
     # The default is the package's (word_attention), chosen again on the retrained toy Flux (issue #25), whose words
-    # reach the image through T5 in joint attention: within 2x a plain generation it ranks best (colour first 21%,
-    # Spearman 0.56 with ablation); grad_x_input, the earlier default, costs 3.2x and ranks worse (3%, 0.50):
+    # reach the image through T5 in joint attention: within 2x a plain generation it ranks best (colour+shape top two
+    # 68%, Spearman 0.85 with ablation); grad_x_input, the earlier default, costs 3.4x and ranks worse (50%):
     # `benchmarks/faithfulness.py --family flux`, docs/methods.md.
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
