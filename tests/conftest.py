@@ -35,6 +35,17 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture
+def one_thread():
+    # One torch thread for the test: the toy models' layers are too small to gain from threads (which stall on a busy
+    # 2-core machine), and the behaviour cases were recorded with one thread (the same reduction order, the same
+    # rounding).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _find(candidates):
     for candidate in candidates:
         path = shutil.which(candidate) if os.sep not in candidate else candidate

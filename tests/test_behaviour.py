@@ -2,22 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 from behaviour_cases import FAMILIES, FIXTURE, run_family
 
 
 @pytest.fixture(scope="module")
 def recorded():
     return np.load(FIXTURE)
-
-
-@pytest.fixture
-def one_thread():
-    # The cases were recorded with one thread: the same reduction order gives the same rounding.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import seeded
 from scipy.stats import spearmanr
 
@@ -34,14 +33,6 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def flux_pipe():
     return load_toy_flux_pipeline()
-
-
-@pytest.fixture
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def test_the_prompt_reaches_the_image_through_t5_not_the_pooled_vector(flux_pipe, one_thread):

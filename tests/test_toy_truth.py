@@ -77,15 +77,6 @@ def colour_ratios(pipe, prompt: str, seed: int, method="mean_grad"):
     return ratios
 
 
-@pytest.fixture
-def one_thread():
-    # The toy model's layers are too small to gain from threads (and threads stall on a busy 2-core machine).
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def test_boxes_move_the_colour_ranking(toy_pipe, one_thread):
     flips = 0
     for prompt, seed in SCENES:
