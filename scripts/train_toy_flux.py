@@ -18,7 +18,7 @@ Stages (checkpointed in `--work-dir`, so that `--resume` continues them):
    15% of the steps. As in real Flux, the words reach the image through T5 in joint attention: the pooled CLIP vector
    is the prompt's own for only `--pooled-prompt-prob` of the examples (the empty prompt's otherwise), so that it
    cannot carry the scene; T5 is padded to 16 or 32 tokens per step (`--pad-lengths`: diffusers gives T5 no attention
-   mask, so the padding is read), so that a longer `max_sequence_length` changes the image less. A small head on T5's
+   mask, so the padding is read), so that the model meets more than one padding length. A small head on T5's
    states learns, beside the images, which object's colour, shape and side each colour, shape and side word belongs
    to (`--bind-loss-weight`; the head is not shipped): real T5 arrives pretrained with states that know which noun an
    adjective modifies, and without this the toy's T5 gave a word the same state in every prompt, so the transformer
