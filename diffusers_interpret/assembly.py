@@ -9,6 +9,7 @@ import numpy as np
 
 from .attribution import aggregate
 from .box import draw_box
+from .dependence import DependenceMap
 from .methods import Scores
 from .outputs import ExplanationOutputList, ExplanationStats, GeneratedImages, PixelAttributions, TokenAttributions
 from .request import CheckedRequest
@@ -57,6 +58,9 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     )
     for name, value in method_fields.items():
         setattr(output, name, value)
+    changed = output.prompt_dependence_map
+    box = output.explanation_2d_bounding_box
+    output.prompt_dependence = None if changed is None else DependenceMap(changed).share(box)
     excluded = None if output.attention_maps is None else output.attention_maps.excluded_share
     output.attention_sink_share = None if excluded is None else float(excluded[index].mean())
     if scores is None or scores.tokens[index] is None:
@@ -68,7 +72,10 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     output.token_embeddings = scores.token_embeddings[index] if scores.token_embeddings else None
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
-    output.word_attributions = TokenAttributions(tokens.word_scores(np.asarray(scores.tokens[index]).tolist()))
+    output.word_attributions = TokenAttributions(
+        tokens.word_scores(np.asarray(scores.tokens[index]).tolist()), prompt_dependence=output.prompt_dependence
+    )
+    output.token_attributions.prompt_dependence = output.prompt_dependence
     if hasattr(output, "pixel_attributions"):
         pixels = _of_image(scores.pixels, index)
         output.pixel_gradients = scores.pixel_gradients[index] if scores.pixel_gradients else None
@@ -134,6 +141,7 @@ def assemble_outputs(
     pictures: Pictures,
     stats: ExplanationStats,
     session,
+    dependence: Optional[List[DependenceMap]] = None,
 ) -> ExplanationOutputList:
     r"""One output per image of the call, in the pipeline's order."""
     outputs = ExplanationOutputList()
@@ -159,6 +167,8 @@ def assemble_outputs(
             session=session,
             image_index=index,
         )
+        if dependence is not None:
+            output.prompt_dependence_map = dependence[index].changed
         if image_input is not None:
             output.input_image = input_image
             if hasattr(output, "mask"):

@@ -113,6 +113,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="explain even when the estimated memory of a gradient method's graph is more than the device has free",
     )
+    parser.add_argument(
+        "--no-prompt-dependence",
+        dest="prompt_dependence",
+        action="store_false",
+        help="skip measuring how much each box depends on the prompt at all (12 denoiser calls of two rows and their "
+        "decodes per image)",
+    )
 
 
 def _add_interactive(parser: argparse.ArgumentParser, default: int) -> None:
@@ -376,6 +383,7 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
         attribution_method=args.method,
         attribution_level=args.level,
         check_memory=args.check_memory,
+        prompt_dependence=args.prompt_dependence,
         **call,
     )
     settings = {
@@ -460,6 +468,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         attribution_method=args.method,
         attribution_level=args.level,
         check_memory=args.check_memory,
+        prompt_dependence=args.prompt_dependence,
         **call,
     )
     settings = {
@@ -498,6 +507,7 @@ def _run_explain_image(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, A
         noise_levels=args.noise_levels,
         noise_seed=args.seed,
         check_memory=args.check_memory,
+        prompt_dependence=args.prompt_dependence,
     )
     outputs = [explainer.explain_image(image, args.prompt, explanation_2d_bounding_box=box, **options)
                for box in (args.box or [None])]  # fmt: skip

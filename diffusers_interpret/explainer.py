@@ -13,6 +13,7 @@ from .assembly import Pictures, assemble_outputs
 from .attribution import Aggregation, AttributionLevel
 from .box import BoxLike
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL
+from .dependence import DependenceMap
 from .families import InputKind, PipelineFamily, SupportedPipeline, supported_pipeline
 from .methods import AttributionMethod, GradientAggregation, Scores
 from .outputs import (
@@ -29,6 +30,7 @@ from .session import Session
 from .text import ConditioningLeaves, PromptTokens, tokenize
 from .trace import CallRecord, Trace, TracedGraph
 from .tracing.denoising import ImageDenoising
+from .tracing.redraw import redraw_changes
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import RunPlan, RunResult, decode, run
 from .tracing.scoped import pipeline_lock
@@ -141,6 +143,7 @@ class BasePipelineExplainer:
         keep_for_reexplanation: Optional[str] = None,
         attention_maps: bool = False,
         check_memory: bool = True,
+        prompt_dependence: bool = True,
         init_image=None,
         image=None,
         mask_image=None,
@@ -198,6 +201,10 @@ class BasePipelineExplainer:
                 Before the first denoising step of a call that keeps a graph, estimate its peak memory and raise
                 `NotEnoughMemoryError` (a `MemoryError`) with the estimate and the ways out when the device has less
                 free; `False` goes on anyway. The estimate is in `output.stats.memory_estimate`.
+            prompt_dependence (`bool`, *optional*, defaults to `True`):
+                Measure how much the box depends on the prompt at all (`output.prompt_dependence`: the share of it
+                the model redraws differently without the prompt, see [`~dependence`]): 12 denoiser calls of two
+                rows and their decodes after the generation, whatever the method. `False` skips it.
             init_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
                 Img2img and inpainting explainers: the input image (the original 0.5.0's name); `image=` (diffusers'
                 name) is the same. Give one of them.
@@ -229,6 +236,7 @@ class BasePipelineExplainer:
             keep_for_reexplanation=keep_for_reexplanation,
             attention_maps=attention_maps,
             check_memory=check_memory,
+            prompt_dependence=prompt_dependence,
             init_image=init_image,
             image=image,
             mask_image=mask_image,
@@ -255,10 +263,12 @@ class BasePipelineExplainer:
             started = time.perf_counter()
             scores = self.attribute(checked, trace)
             seconds = time.perf_counter() - started
-            # 6. Assemble the outputs, and keep what the call's re-explanations need.
+            # 6. How much each image depends on the prompt at all: redrawn with and without it.
+            dependence = self.dependence_maps(checked, trace)
+            # 7. Assemble the outputs, and keep what the call's re-explanations need.
             stats = ExplanationStats(record.traced_calls, record.denoiser_calls, seconds, record.memory_estimate)
             session = Session(self, trace, checked, pictures.images, record)
-            outputs = assemble_outputs(self.output_class, checked, trace, scores, pictures, stats, session)
+            outputs = assemble_outputs(self.output_class, checked, trace, scores, pictures, stats, session, dependence)
         session.finish()
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -280,6 +290,7 @@ class BasePipelineExplainer:
         keep_for_reexplanation: Optional[str] = None,
         attention_maps: bool = False,
         check_memory: bool = True,
+        prompt_dependence: bool = True,
         **pipeline_kwargs,
     ):
         r"""
@@ -314,6 +325,8 @@ class BasePipelineExplainer:
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (box drawn), `"np"` or `"pt"`.
             keep_for_reexplanation (`str`, *optional*): `"graph"` (gradient methods) for `output.explain(box)`; the
                 attention methods need nothing kept.
+            prompt_dependence (`bool`, *optional*, defaults to `True`): Measure how much the box depends on the prompt
+                (`output.prompt_dependence`), as for [`__call__`].
             pipeline_kwargs: The pipeline arguments that shape the conditioning (`prompt_2`, `max_sequence_length`,
                 `clip_skip`, `guidance_scale` for Flux-dev's guidance embedding, ...).
 
@@ -334,6 +347,7 @@ class BasePipelineExplainer:
             keep_for_reexplanation=keep_for_reexplanation,
             attention_maps=attention_maps,
             check_memory=check_memory,
+            prompt_dependence=prompt_dependence,
             explained_image=image,
             noise_levels=noise_levels,
             noise_seed=noise_seed,
@@ -525,3 +539,24 @@ class BasePipelineExplainer:
             if not method.scores_pixels and trace.has_graph and trace.pixels is not None:
                 GradientAggregation().attribute_pixels(trace, target, scores)
         return scores
+
+    # -- 6. prompt dependence -------------------------------------------------------------------------------------
+    def dependence_maps(self, request: CheckedRequest, trace: Trace) -> Optional[List[DependenceMap]]:
+        r"""Each image's [`DependenceMap`]: the image (generated, or the user's) redrawn from noised copies with its
+        prompt and with the empty prompt. `None` where it is not asked for, or where the denoiser also reads a mask
+        (an inpainting model, which cannot redraw an image alone)."""
+        if not request.request.prompt_dependence:
+            return None
+        if int(self.family.denoiser(self.pipe).config.in_channels) != self.family.denoiser_in_channels(self.pipe):
+            return None
+        if request.existing is not None:
+            images = request.existing.pixels.expand(request.num_images, -1, -1, -1)
+        else:
+            with torch.no_grad():
+                images = self.family.unit_image(self.pipe, trace.decoded.detach()).float() * 2 - 1
+        kwargs = {k: v for k, v in request.pipeline_kwargs.items() if not k.startswith("callback")}
+        maps = []
+        for index in progress_bar(range(request.num_images), "Prompt dependence", disable=not self.verbose):
+            prompts = {name: [texts[index]] for name, texts in request.prompts.items()}
+            maps.append(redraw_changes(self.pipe, self.family, images[index : index + 1], prompts, kwargs))
+        return maps

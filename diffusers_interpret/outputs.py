@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from textwrap import fill
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -15,9 +16,10 @@ from PIL import Image
 
 from .box import Box
 from .checks import positive_int
+from .dependence import depends, describe_dependence
 from .memory import MemoryEstimate
 from .progress import in_notebook
-from .views.markup import image_slider_html, show_html, standalone_page
+from .views.markup import image_slider_html, plain_text, show_html, standalone_page
 
 
 def _percentages(scores: np.ndarray) -> np.ndarray:
@@ -38,14 +40,22 @@ class TokenAttributions(list):
 
     `.normalized` gives the same pairs with scores in percent (summing to 100); `.plot()` draws them as bars. Where
     the prompt is read by several text encoders whose tokens are listed one after the other (Flux's T5 and CLIP, SD3's
-    CLIP and T5), `.encoders` names each token's encoder (`"T5"`, `"CLIP-L+CLIP-G"`), and the bars say it.
+    CLIP and T5), `.encoders` names each token's encoder (`"T5"`, `"CLIP-L+CLIP-G"`), and the bars say it. An
+    explainer's scores carry their region's `.prompt_dependence` (see [`~dependence`]): the plot says it under the bars
+    and dims them where the region depends little on the prompt.
     """
 
-    def __init__(self, pairs: List[Tuple[str, float]], encoders: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        pairs: List[Tuple[str, float]],
+        encoders: Optional[Sequence[str]] = None,
+        prompt_dependence: Optional[float] = None,
+    ):
         super().__init__((str(token), float(score)) for token, score in pairs)
         if encoders is not None and len(encoders) != len(self):
             raise ValueError(f"Got {len(encoders)} encoder labels for {len(self)} tokens: give one per token.")
         self.encoders: Optional[List[str]] = None if encoders is None else [str(e) for e in encoders]
+        self.prompt_dependence = prompt_dependence
 
     @property
     def labels(self) -> List[str]:
@@ -88,20 +98,24 @@ class TokenAttributions(list):
             fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(self) + 1), 3))
         else:
             fig = ax.figure
+        alpha = 0.3 if depends(self.prompt_dependence) is False else 1.0
         if self.encoders is None:
-            ax.bar(range(len(values)), values, color="tab:red")
+            ax.bar(range(len(values)), values, color="tab:red", alpha=alpha)
         else:  # one colour per text encoder, named in the legend
             palette = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")
             names = list(dict.fromkeys(self.encoders))
             for k, name in enumerate(names):
                 where = [i for i, encoder in enumerate(self.encoders) if encoder == name]
-                ax.bar(where, [values[i] for i in where], color=palette[k % len(palette)], label=f"{name} tokens")
+                colour = palette[k % len(palette)]
+                ax.bar(where, [values[i] for i in where], color=colour, alpha=alpha, label=f"{name} tokens")
             ax.legend(fontsize="small")
         ax.set_xticks(range(len(values)))
-        ax.set_xticklabels(self.tokens, rotation=45, ha="right")
-        ax.set_ylabel("attribution (%)" if normalize else "attribution")
+        ax.set_xticklabels([plain_text(token) for token in self.tokens], rotation=45, ha="right")
+        ax.set_ylabel("share of the scores (%)" if normalize else "score")
         if title:
-            ax.set_title(title)
+            ax.set_title(plain_text(title))
+        if self.prompt_dependence is not None:
+            ax.set_xlabel(plain_text(fill(describe_dependence(self.prompt_dependence), 70)), fontsize="small")
         fig.tight_layout()
         if own_figure:
             plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result
@@ -298,6 +312,14 @@ class BaseExplanationOutput:
         pooled_share (`float`, *optional*): Families with a pooled text embedding (SDXL, SD3, Flux): how much of the
             explanation came through the prompt's summary vector rather than through its words (the pooled vector's
             share of the squared gradient x input norm at the text encoders' outputs; gradient methods).
+        prompt_dependence (`float`, *optional*): How much the explained region depends on the prompt at all, in
+            [0, 1]: the share of its pixels the model redraws differently without the prompt (see
+            [`~dependence`]), comparable across boxes, prompts and images. At or above
+            `dependence.DEPENDS_THRESHOLD` (0.22) the region "depends on the prompt"; below it the shares of the
+            scores, which add up to 100% in every box, say which words shape the little the prompt does there.
+            `None` with `prompt_dependence=False`.
+        prompt_dependence_map (`np.ndarray`, *optional*): (H, W): at each pixel the share of the redraws in which it
+            changes without the prompt; a box's `prompt_dependence` is its mean over the box.
         attention_sink_share (`float`, *optional*): Transformer families (SD3, Flux), methods that read attention:
             the share of the image's attention to the text that went to positions other than the prompt's tokens
             (padding, end and template tokens: attention sinks), averaged over the image. It is left out of the
@@ -346,6 +368,8 @@ class BaseExplanationOutput:
     method_summary: str = field(default="", repr=False)
     attention_maps: Any = field(default=None, repr=False)
     pooled_share: Optional[float] = None
+    prompt_dependence: Optional[float] = None
+    prompt_dependence_map: Optional[np.ndarray] = field(default=None, repr=False)
     attention_sink_share: Optional[float] = None
     encoder_token_attributions: Optional[Dict[str, TokenAttributions]] = field(default=None, repr=False)
     word_attributions: Optional[TokenAttributions] = None

@@ -52,6 +52,7 @@ class ExplainRequest:
     keep_for_reexplanation: Optional[str] = None
     attention_maps: bool = False
     check_memory: bool = True
+    prompt_dependence: bool = True
     init_image: Any = None
     image: Any = None
     mask_image: Any = None
@@ -194,6 +195,8 @@ def check_inputs(
     keep = request.keep_for_reexplanation
     if keep not in (None, "graph", "latents"):
         raise ValueError(f"`keep_for_reexplanation` must be None, 'graph' or 'latents', got {keep!r}.")
+    if not isinstance(request.prompt_dependence, bool):
+        raise TypeError(f"`prompt_dependence` must be True or False, got {request.prompt_dependence!r}.")
     if request.output_type not in ("pil", "np", "pt"):
         raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {request.output_type!r}.")
     prompt = request.prompt

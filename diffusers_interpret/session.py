@@ -14,6 +14,7 @@ from PIL import Image
 from . import checks
 from .assembly import reexplained
 from .box import normalize_box
+from .dependence import DependenceMap
 from .methods import GradientAggregation, WordAttention, parse_method
 from .progress import progress_bar
 from .regeneration import Regeneration
@@ -21,6 +22,7 @@ from .request import CheckedRequest
 from .trace import CallRecord, Trace
 from .tracing.scoped import pipeline_lock
 from .views.interactive import InteractiveView
+from .views.summary import what_was_explained
 
 
 class Session:
@@ -123,12 +125,19 @@ class Session:
             explanation_2d_bounding_box=box,
             get_images_for_all_inference_steps=False,
             keep_for_reexplanation=None,
+            prompt_dependence=False,  # the call's map serves every box
             pipeline_kwargs={**request.pipeline_kwargs, "generator": self.record.fresh_generators()},
         )
         outputs = self.explainer.explain(request, replay=self.record.untraced_outputs)
         new = outputs[output.image_index] if isinstance(outputs, list) else outputs
         new.all_images_during_generation = output.all_images_during_generation
         new.attention_maps = output.attention_maps
+        new.prompt_dependence_map = output.prompt_dependence_map
+        if output.prompt_dependence_map is not None:
+            new.prompt_dependence = DependenceMap(output.prompt_dependence_map).share(new.explanation_2d_bounding_box)
+            for scores in (new.token_attributions, new.word_attributions):
+                if scores is not None:
+                    scores.prompt_dependence = new.prompt_dependence
         new.session = self
         return new
 
@@ -229,6 +238,8 @@ class Session:
             whole_image_scores=whole,
             words=words,
             word_attention_maps=word_maps,
+            dependence_map=output.prompt_dependence_map,
+            method_description=what_was_explained(output),
         )
 
     def _word_cells(self, output, cell: Tuple[int, int]):

@@ -46,7 +46,7 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     for prompt in DEMO_PROMPTS:
         assert f"<h2>{html.escape(prompt)}</h2>" in page
     # Per prompt: the whole image, the left half and the right half, each with its own image and bars.
-    assert page.count('class="bars"') == 3 * len(DEMO_PROMPTS)
+    assert page.count('<table class="bars') == 3 * len(DEMO_PROMPTS)
     for label in ("whole image", "box (0, 0)-(16, 32)", "box (16, 0)-(32, 32)"):
         assert page.count(f"<h3>{label}</h3>") == len(DEMO_PROMPTS)
     assert page.count("data:image/png;base64,") >= 4 * len(DEMO_PROMPTS)
@@ -63,8 +63,8 @@ def test_explain_with_boxes_on_the_toy_model(tmp_path, capsys):
     assert code == 0
     page = Path(out.strip()).read_text(encoding="utf-8")
     assert "box (0, 0)-(16, 32)" in page and "box (16, 0)-(32, 32)" in page and "whole image" not in page
-    assert "method mean_grad" in page and "2 traced denoiser calls" in page
-    assert page.count('class="bars"') == 2
+    assert "mean_grad on the words of the prompt" in page and "2 denoiser calls read" in page
+    assert page.count('<table class="bars') == 2
     assert_self_contained(page)
     boxed = Image.open(next(tmp_path.glob("*_e2_image.png"))).convert("RGB")
     assert boxed.getpixel((16, 0)) == (255, 0, 0)  # the right box's outline, on its own border pixels

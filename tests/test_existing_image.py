@@ -60,7 +60,13 @@ def test_the_noised_image_is_the_pipelines_own_img2img_start(family, monkeypatch
     extra = {"max_sequence_length": TINY_SD3_T5_LENGTH if family == "sd3" else TINY_T5_LENGTH} if size == 16 else {}
     try:
         explainer.explain_image(
-            image, "a", noise_levels=[level], noise_seed=7, attribution_method="attention", **extra
+            image,
+            "a",
+            noise_levels=[level],
+            noise_seed=7,
+            attribution_method="attention",
+            prompt_dependence=False,
+            **extra,
         )
     finally:
         handle.remove()

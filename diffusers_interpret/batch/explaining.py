@@ -169,6 +169,8 @@ def _scores(output) -> Dict[str, Any]:
     if words is not None:
         row["words"] = [str(word) for word, _ in words]
         row["word_scores"] = [float(score) for _, score in words]
+    if output.prompt_dependence is not None:
+        row["prompt_dependence"] = float(output.prompt_dependence)
     return row
 
 

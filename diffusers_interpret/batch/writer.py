@@ -34,6 +34,7 @@ def schema():
             ("normalized_scores", floats),
             ("words", strings),
             ("word_scores", floats),
+            ("prompt_dependence", pa.float64()),
             ("maps", pa.binary()),
             ("map_shape", pa.list_(pa.int32())),
             ("seconds", pa.float64()),

@@ -1,6 +1,7 @@
 """Stable Diffusion XL: two CLIP text encoders on the feature axis, and the pooled embedding as micro-conditioning."""
 
 import copy
+import inspect
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -113,9 +114,16 @@ class StableDiffusionXLFamily(PipelineFamily):
             projection = int(pooled.shape[-1])
         else:
             projection = pipe.text_encoder_2.config.projection_dim
-        time_ids = pipe._get_add_time_ids(
-            size, (0, 0), size, dtype=pooled.dtype, text_encoder_projection_dim=projection
-        )
+        if "aesthetic_score" in inspect.signature(pipe._get_add_time_ids).parameters:
+            # The img2img and inpainting pipelines' own, with their call's default aesthetic scores: the prompt's row.
+            time_ids = pipe._get_add_time_ids(
+                size, (0, 0), size, 6.0, 2.5, size, (0, 0), size, dtype=pooled.dtype,
+                text_encoder_projection_dim=projection,
+            )[0]  # fmt: skip
+        else:
+            time_ids = pipe._get_add_time_ids(
+                size, (0, 0), size, dtype=pooled.dtype, text_encoder_projection_dim=projection
+            )
         time_ids = time_ids.to(latents.device).repeat(latents.shape[0], 1)
         return {**arguments, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 

@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..dependence import DEPENDS_THRESHOLD
 from .markup import image_to_data_uri, json_for_script, show_html, standalone_page
 
 
@@ -126,6 +127,8 @@ _STYLE = """
 #{uid} .di-label {{width:110px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;text-align:right}}
 #{uid} .di-track {{display:inline-block;width:160px;height:12px;background:#eee}}
 #{uid} .di-fill {{height:12px;background:#d62728;width:0}}
+#{uid} .di-dim .di-fill {{opacity:0.3}}
+#{uid} .di-dependence {{font-weight:bold;max-width:360px;margin:4px 0}}
 #{uid} .di-pct {{width:64px;font-variant-numeric:tabular-nums}}
 #{uid} .di-note {{color:#555;margin:4px 0}}
 """
@@ -213,8 +216,30 @@ _SCRIPT = r"""
       value.setAttribute("data-value", String(pct[t]));
     }
   }
+  // How much the box depends on the prompt: the mean over its pixels of the share of redraws that change them.
+  function dependenceForBox(r0, c0, r1, c1) {
+    if (!cfg.dependence) return null;
+    check(r0, c0, r1, c1);
+    var changed = 0;
+    for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) changed += cfg.dependence[r * C + c];
+    return changed / pixelsOf(r0, c0, r1, c1);
+  }
+  var dependenceEl = document.getElementById(uid + "-dependence");
+  var barsEl = document.getElementById(uid + "-bars");
+  function showDependence(share) {
+    if (!dependenceEl || share === null) return;
+    var percent = Math.round(100 * share) + "%%";
+    var low = share < cfg.dependsThreshold;
+    dependenceEl.textContent = low ?
+      "Depends little on the prompt: the model redraws only " + percent + " of this region differently without " +
+      "it; the words below shape that part." :
+      "Depends on the prompt: the model redraws " + percent + " of this region differently without it.";
+    dependenceEl.setAttribute("data-value", String(share));
+    barsEl.classList.toggle("di-dim", low);
+  }
   function render() {
     var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
+    showDependence(dependenceForBox(r0, c0, r1, c1));
     fill(rowsEl, percentagesForBox(r0, c0, r1, c1));
     if (words.length) fill(wordEls, wordPercentagesForBox(r0, c0, r1, c1));
     var x0 = c0 * cfg.cellW, y0 = r0 * cfg.cellH;
@@ -320,7 +345,7 @@ _SCRIPT = r"""
   window.diffusersInterpretViews[uid] = {
     scoresForBox: scoresForBox, percentagesForBox: percentagesForBox, setBox: setBox, showToken: showToken,
     setStep: setStep, box: function() { return current.slice(); }, tokens: cfg.tokens,
-    wordPercentagesForBox: wordPercentagesForBox, showWord: showWord,
+    wordPercentagesForBox: wordPercentagesForBox, showWord: showWord, dependenceForBox: dependenceForBox,
     words: words.map(function(word) { return word[0]; })
   };
   render();
@@ -341,6 +366,8 @@ def interactive_view_html(
     whole_image_scores: Optional[Sequence[float]] = None,
     words: Optional[Sequence[Tuple[str, Sequence[int]]]] = None,
     word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
+    dependence_map: Optional[np.ndarray] = None,
+    method_description: Optional[str] = None,
 ) -> str:
     r"""
     The HTML of one interactive view (a `<div>` with its own `<style>` and `<script>`), self-contained.
@@ -373,6 +400,9 @@ def interactive_view_html(
             words (one encoder, one token a word) leave it out: the bars are the tokens.
         word_attention_maps (`Sequence[np.ndarray]`, *optional*): One (H, W) array in [0, 1] per word (or `None`),
             shown when the word is clicked.
+        dependence_map (`np.ndarray`, *optional*): (H, W), the output's `prompt_dependence_map`: the view says how
+            much the drawn box depends on the prompt, and dims the bars below `DEPENDS_THRESHOLD`.
+        method_description (`str`, *optional*): What was explained and how, in words (shown above the bars).
 
     Returns:
         `str`: The HTML.
@@ -405,7 +435,17 @@ def interactive_view_html(
     word_attention = None
     if words is not None and word_attention_maps is not None:
         word_attention = _attention_uris(word_attention_maps, len(words), (height, width))
+    dependence = None
+    if dependence_map is not None:
+        changed = np.asarray(dependence_map, dtype=np.float64)
+        if changed.shape != (height, width):
+            raise ValueError(f"`dependence_map` must have shape ({height}, {width}), got {changed.shape}.")
+        padded = np.zeros((rows * cell_h, cols * cell_w))
+        padded[:height, :width] = changed
+        dependence = padded.reshape(rows, cell_h, cols, cell_w).sum((1, 3)).ravel().tolist()
     config = {
+        "dependence": dependence,
+        "dependsThreshold": DEPENDS_THRESHOLD,
         "rows": rows,
         "cols": cols,
         "numTokens": len(tokens),
@@ -450,7 +490,9 @@ def interactive_view_html(
         n = len(step_uris)
         slider = (
             f'<div><input id="{uid}-step" data-role="step" type="range" min="0" max="{n}" value="{n}" step="1" '
-            f'style="width:{shown_w}px"/><div id="{uid}-step-label" class="di-note">final image</div></div>'
+            f'style="width:{shown_w}px"/><div id="{uid}-step-label" class="di-note">final image</div>'
+            '<div class="di-note">The slider moves the picture only: the bars and maps are the final image\'s.</div>'
+            "</div>"
         )
     heading = (
         f'<div class="di-title" style="flex-basis:100%;font-weight:bold">{html.escape(title)}</div>' if title else ""
@@ -471,10 +513,12 @@ height="{shown_h}" alt=""/>
 {slider}
 </div>
 <div class="di-bars" id="{uid}-bars">
-<div class="di-note" data-role="method">Method: {html.escape(score)}</div>
+<div class="di-note" data-role="method">{html.escape(method_description or "Method: " + score)}</div>
 <div id="{uid}-note" class="di-note" data-role="note"></div>
+<div id="{uid}-dependence" class="di-dependence" data-role="dependence"></div>
 {bars}
-<div class="di-note">{hint}</div>
+<div class="di-note">Bars: each {thing}'s share of the scores in the box (they add up to 100% in every box). {hint}\
+</div>
 </div>
 <script>{_SCRIPT % {"uid": json_for_script(uid), "config": json_for_script(config)}}</script>
 </div>"""
@@ -500,8 +544,12 @@ class InteractiveView:
         whole_image_scores: Optional[Sequence[float]] = None,
         words: Optional[Sequence[Tuple[str, Sequence[int]]]] = None,
         word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
+        dependence_map: Optional[np.ndarray] = None,
+        method_description: Optional[str] = None,
     ):
         self.score = score
+        self.dependence_map = dependence_map
+        self.method_description = method_description
         self.words = None if words is None else [(str(label), list(indices)) for label, indices in words]
         self.word_attention_maps = None if word_attention_maps is None else list(word_attention_maps)
         self.whole_image_scores = None if whole_image_scores is None else list(whole_image_scores)
@@ -530,7 +578,20 @@ class InteractiveView:
             whole_image_scores=self.whole_image_scores,
             words=self.words,
             word_attention_maps=self.word_attention_maps,
+            dependence_map=self.dependence_map,
+            method_description=self.method_description,
         )
+
+    def box_dependence(self, r0: int, c0: int, r1: int, c1: int) -> Optional[float]:
+        r"""The prompt dependence of the cell box rows [r0, r1) x columns [c0, c1), as the view shows it (`None`
+        without a dependence map)."""
+        if self.dependence_map is None:
+            return None
+        cell_h, cell_w = self.cell_size
+        region = np.asarray(self.dependence_map, dtype=np.float64)[
+            r0 * cell_h : r1 * cell_h, c0 * cell_w : c1 * cell_w
+        ]
+        return float(region.mean())
 
     def box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
         r"""The token scores of the cell box rows [r0, r1) x columns [c0, c1) (see [`box_scores_from_cells`])."""

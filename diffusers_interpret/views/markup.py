@@ -12,6 +12,11 @@ from PIL import Image
 from ..progress import in_notebook
 
 
+def plain_text(text: str) -> str:
+    r"""`text` as matplotlib should draw it: as written, never as mathtext (a prompt with two `$` is not math)."""
+    return str(text).replace("$", r"\$")
+
+
 def image_to_data_uri(image: Image.Image, format: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=format)

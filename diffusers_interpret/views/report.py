@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..dependence import DEPENDS_THRESHOLD, depends, describe_dependence
 from .markup import image_slider_html, image_to_data_uri
-from .summary import readings
+from .summary import readings, what_was_explained
 
 REPORT_FILE_NAME = "report.html"
 _DISPLAY_WIDTH = 256
@@ -38,6 +39,9 @@ table.bars td.token { text-align: right; font-family: monospace; }
 table.bars td.value { text-align: right; color: #555; }
 .bar { height: 12px; background: #d62728; }
 .bar.top { background: #8b0000; }
+.dim .bar { opacity: 0.3; }
+.dependence { font-size: 13px; font-weight: bold; margin: 6px 0; max-width: 320px; }
+.meaning { font-size: 12px; color: #555; margin-top: 4px; max-width: 320px; }
 .note { font-size: 12px; color: #555; }
 """
 
@@ -79,13 +83,14 @@ def describe_box(box) -> str:
     return f"box ({x0}, {y0})-({x1}, {y1})"
 
 
-def token_bars_html(token_attributions, max_rows: int = 77) -> str:
+def token_bars_html(token_attributions, max_rows: int = 77, dim: bool = False) -> str:
     r"""
     HTML/CSS bars of token attributions in percent (no script, no image; tokens escaped).
 
     Args:
         token_attributions (`TokenAttributions`, *optional*): The `(token, score)` pairs; `None` gives a note.
         max_rows (`int`, *optional*, defaults to 77): Show at most this many tokens.
+        dim (`bool`, *optional*, defaults to `False`): Dim the bars (a region that depends little on the prompt).
     """
     if token_attributions is None or len(token_attributions) == 0:
         return '<div class="note">No token attributions (no denoising step was traced).</div>'
@@ -101,21 +106,22 @@ def token_bars_html(token_attributions, max_rows: int = 77) -> str:
             f'<td><div class="bar{top}" style="width:{width:.1f}px"></div></td>'
             f'<td class="value">{value:.1f}%</td></tr>'
         )
-    return '<table class="bars">' + "".join(rows) + "</table>"
+    return f'<table class="bars{" dim" if dim else ""}">' + "".join(rows) + "</table>"
 
 
 def _word_bars(output: Any) -> str:
     # The prompt's words once (every tokenizer's pieces of a word merged); each encoder's tokens one click away,
     # labelled, where they are not the words themselves.
     words, tokens = getattr(output, "word_attributions", None), output.token_attributions
+    dim = depends(getattr(output, "prompt_dependence", None)) is False
     if not words or tokens is None:
-        return token_bars_html(tokens)
+        return token_bars_html(tokens, dim=dim)
     if tokens.tokens == words.tokens and getattr(tokens, "encoders", None) is None:
-        return token_bars_html(words)
+        return token_bars_html(words, dim=dim)
     return (
-        token_bars_html(words)
+        token_bars_html(words, dim=dim)
         + '<details><summary class="meta">each text encoder\'s tokens</summary>'
-        + token_bars_html(tokens)
+        + token_bars_html(tokens, dim=dim)
         + "</details>"
     )
 
@@ -157,20 +163,19 @@ def _explanation_card(
     label = describe_box(box)
     image = _as_pil(output.image)
     parts = [f"<h3>{html.escape(label)}</h3>"]
-    meta = []
-    if getattr(output, "attribution_method", None):
-        meta.append(f"method {output.attribution_method}")
-    if getattr(output, "attribution_level", None):
-        meta.append(f"level {output.attribution_level}")
-    stats = output.stats
-    if stats.denoiser_calls:  # an output the explainer made (not one put together by hand)
-        meta.append(f"{stats.traced_denoiser_calls} traced denoiser calls")
-    if meta:
-        parts.append(f'<div class="meta">{html.escape(", ".join(meta))}</div>')
+    if getattr(output, "attribution_method", None) and output.stats.denoiser_calls:
+        parts.append(f'<div class="meta">{html.escape(what_was_explained(output))}</div>')
     if image is not None:
         _save_png(image, out_dir, f"{prefix}_image.png", written)
-        parts.append(_img_tag(image, f"generated image, {label} outlined in red", display_width))
+        parts.append(_img_tag(image, f"the image, {label} outlined in red", display_width))
+    dependence = describe_dependence(getattr(output, "prompt_dependence", None))
+    if dependence:
+        parts.append(f'<div class="dependence">{html.escape(dependence)}</div>')
     parts.append(_word_bars(output))
+    parts.append(
+        '<div class="meaning">Bars: each word\'s share of the scores in this region (they add up to 100% in every '
+        "region; the darkest is the largest).</div>"
+    )
     if save_plots and output.token_attributions is not None and len(output.token_attributions):
         fig = output.token_attributions.plot(title=f"{output.prompt} ({label})")
         _save_figure(fig, out_dir, f"{prefix}_tokens.png", written)
@@ -251,8 +256,12 @@ def write_report(
         summary = html.escape(summaries.get(method, ""))
         body.append(f'<p class="method"><strong>method {html.escape(method)}</strong>: {summary}</p>')
     body.append(
-        '<p class="note">Token attributions are in percent of the explanation\'s total. The explained region is '
-        "outlined in red on the image (on the region's own border pixels).</p>"
+        '<p class="note">Each card explains one region of the image, outlined in red (on the region\'s own border '
+        "pixels). Its first line says how much the region depends on the prompt at all: the share of it the model "
+        f"redraws differently without the prompt (a region at {100 * DEPENDS_THRESHOLD:.0f}% or more depends on it; "
+        "below, the bars are dimmed). "
+        "The bars say which words shape what the prompt does there, as shares that add up to 100% in every "
+        "region.</p>"
     )
     for p_index, group in enumerate(_group_by_prompt(outputs), start=1):
         prompt = str(getattr(group[0], "prompt", None) or "")

@@ -6,6 +6,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from ..dependence import depends, describe_dependence
 from .markup import image_to_data_uri
 
 DISPLAY_SIZE = 256
@@ -31,6 +32,7 @@ def explanation_html(output) -> str:
     width = picture.width * scale
     pairs = output.word_attributions or output.token_attributions
     rows = []
+    opacity = 0.3 if depends(output.prompt_dependence) is False else 1.0
     if pairs:
         percent = [value for _, value in pairs.normalized]
         top = set(np.argsort(percent)[::-1][:3].tolist())
@@ -41,23 +43,42 @@ def explanation_html(output) -> str:
             label = html.escape(str(word))
             rows.append(
                 f'<tr><td style="text-align:right;padding-right:6px;font-weight:{weight}">{label}</td>'
-                f'<td style="width:160px"><div style="background:#d62728;height:10px;width:{bar:.1f}%"></div></td>'
+                f'<td style="width:160px"><div style="background:#d62728;opacity:{opacity};height:10px;'
+                f'width:{bar:.1f}%"></div></td>'
                 f'<td style="padding-left:6px;color:#555">{value:.1f}%</td></tr>'
             )
     else:
         rows.append('<tr><td style="color:#555">No attributions (no step was traced).</td></tr>')
-    method = html.escape(str(output.attribution_method))
-    level = html.escape(str(output.attribution_level))
     box = output.explanation_2d_bounding_box
     region = "the whole image" if box is None else html.escape(f"the box {tuple(map(tuple, box))}")
+    how = html.escape(what_was_explained(output))
+    dependence = describe_dependence(output.prompt_dependence)
+    headline = f'<div style="margin-bottom:6px;font-weight:bold">{html.escape(dependence)}</div>' if dependence else ""
+    meaning = html.escape(output.method_summary or "")
     extra = "".join(f"<div style='color:#555'>{html.escape(line)}</div>" for line in readings(output))
     return (
         '<div style="font-family:sans-serif;font-size:13px;display:flex;gap:16px;align-items:flex-start">'
         f'<img src="{image_to_data_uri(picture)}" style="width:{width}px;image-rendering:pixelated"/>'
         f'<div><div style="margin-bottom:4px">{html.escape(str(output.prompt or ""))}</div>'
-        f'<div style="color:#555;margin-bottom:6px">{method} ({level}), explaining {region}</div>'
-        f'<table style="border-collapse:collapse">{"".join(rows)}</table>{extra}</div></div>'
+        f'<div style="color:#555;margin-bottom:6px">Explaining {region}: {how}</div>{headline}'
+        f'<table style="border-collapse:collapse">{"".join(rows)}</table>'
+        f'<div style="color:#555;margin-top:4px;max-width:420px">{meaning} Bars: each word\'s share of the '
+        f"scores in this region (they add up to 100% in every region).</div>{extra}</div></div>"
     )
+
+
+LEVELS_IN_WORDS = {
+    "token_embeddings": "the words of the prompt, through the text encoder",
+    "text_encoder_output": "the text encoder's output at each word",
+}
+
+
+def what_was_explained(output) -> str:
+    r"""What was explained and how, in words: the method, what it scores, the denoising steps it read."""
+    level = LEVELS_IN_WORDS.get(str(output.attribution_level), str(output.attribution_level))
+    steps = output.stats.traced_denoiser_calls if output.stats is not None else 0
+    read = f"; {steps} denoiser calls read" if steps else ""
+    return f"{output.attribution_method} on {level}{read}."
 
 
 def readings(output) -> List[str]:

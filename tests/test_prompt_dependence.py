@@ -1,0 +1,152 @@
+r"""
+`output.prompt_dependence`: how much a box depends on the prompt at all (the share of it the model redraws
+differently without the prompt).
+
+- On fixed toy scenes (the first scenes of the held-out seed of `benchmarks/prompt_dependence.py`, generated and
+  rendered), every box around an object reads "depends on the prompt" and every box of the same size over empty
+  background "depends little", by the one documented threshold; the raw total of the default method's scores over
+  the box's area, the issue's floor, is printed beside it.
+- The measure is what it says: the empty prompt depends on nothing (0 everywhere); a box's number is the mean of the
+  map over it, for a new box as for the call's; the map is the same for a generated image and for that image
+  explained as an existing one; `prompt_dependence=False` skips it.
+- The views say it in words and dim the bars below the threshold; the interactive view computes it for a drawn box as
+  Python does.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_interpret import explainer_for
+from diffusers_interpret.dependence import DEPENDS_THRESHOLD, describe_dependence
+from diffusers_interpret.toy import TOY_MODELS, toy_model_available
+from diffusers_interpret.toy.scenes import render_scene, sample_scene_spec
+from diffusers_interpret.tracing.redraw import redraw_changes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from prompt_dependence import auroc, scene_boxes  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not toy_model_available(), reason="the shipped toy model's files are missing")
+
+HELD_OUT_SEED = 999
+NUM_SCENES = 6
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = TOY_MODELS["toy"]
+    return model.load(), dict(model.call)
+
+
+@pytest.fixture(scope="module")
+def explainer(toy):
+    return explainer_for(toy[0], verbose=False)
+
+
+def scene_rows(explainer, call, kind):
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    rows = []
+    for i in range(NUM_SCENES):
+        spec = sample_scene_spec(rng)
+        if kind == "gen":
+            generator = torch.Generator().manual_seed(HELD_OUT_SEED + i)
+            output = explainer(
+                spec.prompt, generator=generator, get_images_for_all_inference_steps=False, output_type="np", **call
+            )
+            image = (output.image * 255).round().astype(np.uint8)
+        else:
+            image = render_scene(spec).image
+            output = explainer.explain_image(image, spec.prompt, output_type="np")
+        for box_kind, box in scene_boxes(image):
+            explained = output.explain(box)
+            (x0, y0), (x1, y1) = box
+            raw = float(np.sum(explained.token_attributions.scores)) / ((x1 - x0) * (y1 - y0))
+            rows.append((box_kind, explained.prompt_dependence, raw))
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["gen", "rendered"])
+def test_object_boxes_depend_on_the_prompt_and_empty_boxes_little(one_thread, explainer, toy, kind):
+    rows = scene_rows(explainer, toy[1], kind)
+    objects = [value for box_kind, value, _ in rows if box_kind == "obj"]
+    empty = [value for box_kind, value, _ in rows if box_kind == "empty"]
+    assert len(objects) >= 8 and len(empty) >= 8, (len(objects), len(empty))
+    raw = auroc([r for k, _, r in rows if k == "obj"], [r for k, _, r in rows if k == "empty"])
+    print(f"{kind}: AUROC {auroc(objects, empty):.3f} (raw total / area {raw:.3f})")
+    assert auroc(objects, empty) == 1.0
+    assert min(objects) >= DEPENDS_THRESHOLD > max(empty), (sorted(objects)[:3], sorted(empty)[-3:])
+
+
+def test_the_empty_prompt_depends_on_nothing_and_boxes_read_the_map(one_thread, explainer, toy):
+    call = toy[1]
+    generator = torch.Generator().manual_seed(0)
+    output = explainer(
+        "a red square on the left", generator=generator, attribution_method="attention", keep_for_reexplanation=None,
+        get_images_for_all_inference_steps=False, **call,
+    )  # fmt: skip
+    changed = output.prompt_dependence_map
+    assert changed.shape == (32, 32) and 0 <= changed.min() and changed.max() <= 1
+    assert output.prompt_dependence == pytest.approx(changed.mean())
+    box = ((3, 5), (19, 17))
+    assert output.explain(box).prompt_dependence == pytest.approx(changed[5:17, 3:19].mean())
+    assert output.explain(box).word_attributions.prompt_dependence == output.explain(box).prompt_dependence
+    # The empty prompt itself: both redraws see the same conditioning, nothing changes.
+    pixels = torch.from_numpy(np.asarray(output.image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    nothing = redraw_changes(toy[0], explainer.family, pixels, {"prompt": [""]}, {})
+    assert nothing.changed.max() == 0.0
+    assert redraw_changes(toy[0], explainer.family, pixels, {"prompt": [output.prompt]}, {}).changed.max() > 0.5
+    # The map reads the image, not how it was made: the same image explained as an existing one.
+    again = explainer.explain_image(output.image, "a red square on the left", attribution_method="attention")
+    assert np.abs(again.prompt_dependence_map - changed).mean() < 0.02
+    skipped = explainer(
+        "a red square on the left", generator=torch.Generator().manual_seed(0), attribution_method="attention",
+        prompt_dependence=False, get_images_for_all_inference_steps=False, **call,
+    )  # fmt: skip
+    assert skipped.prompt_dependence is None and skipped.prompt_dependence_map is None
+    with pytest.raises(TypeError, match="prompt_dependence"):
+        explainer("a red square", prompt_dependence="yes", **call)
+
+
+def test_views_say_it_and_dim_low_boxes(one_thread, explainer, toy, tmp_path):
+    from diffusers_interpret.views.report import write_report
+
+    output = explainer(
+        "a yellow triangle on the right", generator=torch.Generator().manual_seed(0),
+        get_images_for_all_inference_steps=False, **toy[1],
+    )  # fmt: skip
+    empty_corner = output.explain(((0, 0), (8, 8)))
+    assert empty_corner.prompt_dependence < DEPENDS_THRESHOLD
+    markup = empty_corner._repr_html_()
+    assert "Depends little on the prompt" in markup and "opacity:0.3" in markup
+    assert describe_dependence(empty_corner.prompt_dependence) in markup
+    page = write_report([output, empty_corner], tmp_path).read_text()
+    assert page.count("Depends little on the prompt") == 1 + (output.prompt_dependence < DEPENDS_THRESHOLD)
+    assert 'class="bars dim"' in page
+    figure = empty_corner.word_attributions.plot(title="a $x^$ prompt")  # matplotlib would parse it as math
+    assert all(bar.get_alpha() == 0.3 for bar in figure.axes[0].patches)
+    assert "Depends little" in figure.axes[0].get_xlabel()
+
+
+def test_interactive_view_computes_the_box_dependence(one_thread, browser, explainer, toy, tmp_path):
+    output = explainer(
+        "a yellow triangle on the right", generator=torch.Generator().manual_seed(0),
+        get_images_for_all_inference_steps=False, **toy[1],
+    )  # fmt: skip
+    view = output.interactive_view(cell_size=4)
+    browser.get(view.save(tmp_path / "view.html").resolve().as_uri())
+    uid = browser.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    for r0, c0, r1, c1 in [(0, 0, 8, 8), (0, 0, 2, 2), (2, 4, 6, 8)]:
+        shown = browser.execute_script(
+            f"return window.diffusersInterpretViews[{uid!r}].dependenceForBox({r0}, {c0}, {r1}, {c1})"
+        )
+        expected = output.explain(((c0 * 4, r0 * 4), (c1 * 4, r1 * 4))).prompt_dependence
+        assert shown == pytest.approx(expected, abs=1e-6)
+        assert view.box_dependence(r0, c0, r1, c1) == pytest.approx(expected, abs=1e-6)
+        browser.execute_script(f"window.diffusersInterpretViews[{uid!r}].setBox({r0}, {c0}, {r1}, {c1})")
+        text = browser.find_element("css selector", f"#{uid}-dependence").text
+        assert text == describe_dependence(expected)
+        dimmed = "di-dim" in browser.find_element("css selector", f"#{uid}-bars").get_attribute("class")
+        assert dimmed == (expected < DEPENDS_THRESHOLD)
