@@ -30,24 +30,13 @@ import torch  # noqa: E402
 from diffusers_interpret import explainer_for  # noqa: E402
 from diffusers_interpret.dependence import DEPENDS_THRESHOLD  # noqa: E402
 from diffusers_interpret.toy import TOY_MODELS  # noqa: E402
-from diffusers_interpret.toy.detector import detect_objects  # noqa: E402
+from diffusers_interpret.toy.detector import detect_objects, empty_box_like  # noqa: E402
 from diffusers_interpret.toy.scenes import render_scene, sample_scene_spec  # noqa: E402
 
 
 def auroc(positives, negatives) -> float:
     p, n = np.asarray(positives, float)[:, None], np.asarray(negatives, float)[None]
     return float(((p > n) + 0.5 * (p == n)).mean())
-
-
-def empty_box_like(occupied: np.ndarray, height: int, width: int):
-    r"""The (top, left) of a `height` x `width` box that overlaps no occupied pixel nor its one-pixel rim, or None."""
-    size = occupied.shape[0]
-    for top in range(size - height + 1):
-        for left in range(size - width + 1):
-            rim = occupied[max(0, top - 1) : top + height + 1, max(0, left - 1) : left + width + 1]
-            if not rim.any():
-                return top, left
-    return None
 
 
 def scene_boxes(image: np.ndarray):

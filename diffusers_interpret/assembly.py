@@ -72,10 +72,9 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     output.token_embeddings = scores.token_embeddings[index] if scores.token_embeddings else None
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
-    output.word_attributions = TokenAttributions(
-        tokens.word_scores(np.asarray(scores.tokens[index]).tolist()), prompt_dependence=output.prompt_dependence
-    )
-    output.token_attributions.prompt_dependence = output.prompt_dependence
+    output.word_attributions = TokenAttributions(tokens.word_scores(np.asarray(scores.tokens[index]).tolist()))
+    for attributions in (output.token_attributions, output.word_attributions):
+        attributions.prompt_dependence, attributions.whole_image = output.prompt_dependence, box is None
     if hasattr(output, "pixel_attributions"):
         pixels = _of_image(scores.pixels, index)
         output.pixel_gradients = scores.pixel_gradients[index] if scores.pixel_gradients else None

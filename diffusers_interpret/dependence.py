@@ -37,22 +37,38 @@ PIXEL_CHANGE = 0.1
 DEPENDS_THRESHOLD = 0.22
 
 
-def describe_dependence(share: Optional[float]) -> str:
-    r"""One sentence for a person: how much the region depends on the prompt."""
+def describe_dependence(share: Optional[float], whole_image: bool = False) -> str:
+    r"""
+    One sentence for a person: how much the region depends on the prompt.
+
+    A box reads "depends on the prompt" at `DEPENDS_THRESHOLD` or more and "depends little" below it. The whole image
+    only says its share: most of a picture is often background the prompt does not make, and a person asking about
+    the whole picture does not ask whether it depends on the prompt.
+    """
     if share is None:
         return ""
     percent = f"{100 * share:.0f}%"
+    if whole_image:
+        return f"The model redraws {percent} of the image differently without the prompt."
     if share >= DEPENDS_THRESHOLD:
         return f"Depends on the prompt: the model redraws {percent} of this region differently without it."
     return (
-        f"Depends little on the prompt: the model redraws only {percent} of this region differently without it; "
-        "the words below shape that part."
+        f"Depends little on the prompt: the model redraws only {percent} of this region differently without it (a "
+        "box drawn tight around one thing reads that thing alone)."
     )
 
 
 def depends(share: Optional[float]) -> Optional[bool]:
     r"""Whether a prompt dependence reads "depends on the prompt" (`None` where there is none)."""
     return None if share is None else bool(share >= DEPENDS_THRESHOLD)
+
+
+def bar_opacity(share: Optional[float], whole_image: bool = False) -> float:
+    r"""How opaque a region's bars are drawn: fully at `DEPENDS_THRESHOLD` or more (and for the whole image, or
+    without a measure), fading to 0.25 as the region's dependence on the prompt falls to 0."""
+    if share is None or whole_image:
+        return 1.0
+    return round(0.25 + 0.75 * min(1.0, share / DEPENDS_THRESHOLD), 3)
 
 
 @dataclass(frozen=True)

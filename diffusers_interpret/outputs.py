@@ -16,7 +16,7 @@ from PIL import Image
 
 from .box import Box
 from .checks import positive_int
-from .dependence import depends, describe_dependence
+from .dependence import bar_opacity, describe_dependence
 from .memory import MemoryEstimate
 from .progress import in_notebook
 from .views.markup import image_slider_html, plain_text, show_html, standalone_page
@@ -41,8 +41,8 @@ class TokenAttributions(list):
     `.normalized` gives the same pairs with scores in percent (summing to 100); `.plot()` draws them as bars. Where
     the prompt is read by several text encoders whose tokens are listed one after the other (Flux's T5 and CLIP, SD3's
     CLIP and T5), `.encoders` names each token's encoder (`"T5"`, `"CLIP-L+CLIP-G"`), and the bars say it. An
-    explainer's scores carry their region's `.prompt_dependence` (see [`~dependence`]): the plot says it under the bars
-    and dims them where the region depends little on the prompt.
+    explainer's scores carry their region's `.prompt_dependence` (see [`~dependence`]) and `.whole_image`: the plot
+    says it under the bars and, for a box, dims them as the box depends less on the prompt.
     """
 
     def __init__(
@@ -50,12 +50,14 @@ class TokenAttributions(list):
         pairs: List[Tuple[str, float]],
         encoders: Optional[Sequence[str]] = None,
         prompt_dependence: Optional[float] = None,
+        whole_image: bool = False,
     ):
         super().__init__((str(token), float(score)) for token, score in pairs)
         if encoders is not None and len(encoders) != len(self):
             raise ValueError(f"Got {len(encoders)} encoder labels for {len(self)} tokens: give one per token.")
         self.encoders: Optional[List[str]] = None if encoders is None else [str(e) for e in encoders]
         self.prompt_dependence = prompt_dependence
+        self.whole_image = whole_image
 
     @property
     def labels(self) -> List[str]:
@@ -98,7 +100,7 @@ class TokenAttributions(list):
             fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(self) + 1), 3))
         else:
             fig = ax.figure
-        alpha = 0.3 if depends(self.prompt_dependence) is False else 1.0
+        alpha = bar_opacity(self.prompt_dependence, self.whole_image)
         if self.encoders is None:
             ax.bar(range(len(values)), values, color="tab:red", alpha=alpha)
         else:  # one colour per text encoder, named in the legend
@@ -115,7 +117,8 @@ class TokenAttributions(list):
         if title:
             ax.set_title(plain_text(title))
         if self.prompt_dependence is not None:
-            ax.set_xlabel(plain_text(fill(describe_dependence(self.prompt_dependence), 70)), fontsize="small")
+            sentence = describe_dependence(self.prompt_dependence, self.whole_image)
+            ax.set_xlabel(plain_text(fill(sentence, 70)), fontsize="small")
         fig.tight_layout()
         if own_figure:
             plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result

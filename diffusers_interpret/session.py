@@ -138,6 +138,7 @@ class Session:
             for scores in (new.token_attributions, new.word_attributions):
                 if scores is not None:
                     scores.prompt_dependence = new.prompt_dependence
+                    scores.whole_image = new.explanation_2d_bounding_box is None
         new.session = self
         return new
 

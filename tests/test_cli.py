@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffusers_interpret import PipelineImg2ImgExplainerOutput, SaliencyMap, TokenAttributions
 from diffusers_interpret.cli import DEMO_PROMPTS, main, parse_box
-from diffusers_interpret.toy import toy_model_available
+from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, load_toy_pipeline, toy_model_available
+from diffusers_interpret.toy.detector import object_boxes
 from diffusers_interpret.views.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,14 +47,27 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     page = report.read_text(encoding="utf-8")
     for prompt in DEMO_PROMPTS:
         assert f"<h2>{html.escape(prompt)}</h2>" in page
-    # Per prompt: the whole image, the left half and the right half, each with its own image and bars.
-    assert page.count('<table class="bars') == 3 * len(DEMO_PROMPTS)
-    for label in ("whole image", "box (0, 0)-(16, 32)", "box (16, 0)-(32, 32)"):
-        assert page.count(f"<h3>{label}</h3>") == len(DEMO_PROMPTS)
-    assert page.count("data:image/png;base64,") >= 4 * len(DEMO_PROMPTS)
+    # Per prompt: the whole image, a box around each object the toy drew and one over empty background (found by
+    # the independent detector on the same image), each with its bars and how much it depends on the prompt.
+    pipe = load_toy_pipeline()
+    call = dict(height=32, width=32, num_inference_steps=10, guidance_scale=TOY_GUIDANCE_SCALE, output_type="np")
+    boxes = []
+    for prompt in DEMO_PROMPTS:
+        image = pipe(prompt, generator=torch.Generator().manual_seed(0), **call).images[0]
+        boxes += object_boxes(image)
+    assert sum(kind == "object" for kind, _ in boxes) >= len(DEMO_PROMPTS)
+    for _, ((x0, y0), (x1, y1)) in boxes:
+        assert f"<h3>box ({x0}, {y0})-({x1}, {y1})</h3>" in page
+    assert page.count("<h3>whole image</h3>") == len(DEMO_PROMPTS)
+    assert page.count('<table class="bars') == len(DEMO_PROMPTS) + len(boxes)
+    cards = re.findall(r'<div class="dependence">([^<]*)</div>', page)
+    assert sum(line.startswith("Depends on the prompt:") for line in cards) == sum(k == "object" for k, _ in boxes)
+    assert sum(line.startswith("Depends little on the prompt:") for line in cards) == sum(
+        k == "empty" for k, _ in boxes
+    )
     assert_self_contained(page)
     pngs = sorted(tmp_path.glob("*.png"))
-    assert len(pngs) == len(DEMO_PROMPTS) * 7  # final step + (image + token plot) per explanation
+    assert len(pngs) == len(DEMO_PROMPTS) + 2 * (len(DEMO_PROMPTS) + len(boxes))  # final step, image + plot per card
     assert Image.open(pngs[0]).size[0] > 0
 
 
@@ -121,7 +136,7 @@ def test_demo_of_the_toy_flux(tmp_path, capsys):
     code, out, _ = run_cli(argv + ["--out", str(tmp_path)], capsys)
     assert code == 0
     page = Path(out.strip()).read_text(encoding="utf-8")
-    assert "toy Flux" in page and page.count("<h3>box (32, 0)-(64, 64)</h3>") == len(DEMO_PROMPTS)
+    assert "toy Flux" in page and page.count("<h3>whole image</h3>") == len(DEMO_PROMPTS)
 
 
 @needs_toy

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from diffusers_interpret import explainer_for
-from diffusers_interpret.dependence import DEPENDS_THRESHOLD, describe_dependence
+from diffusers_interpret.dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
 from diffusers_interpret.toy import TOY_MODELS, toy_model_available
 from diffusers_interpret.toy.scenes import render_scene, sample_scene_spec
 from diffusers_interpret.tracing.redraw import redraw_changes
@@ -119,15 +119,25 @@ def test_views_say_it_and_dim_low_boxes(one_thread, explainer, toy, tmp_path):
     )  # fmt: skip
     empty_corner = output.explain(((0, 0), (8, 8)))
     assert empty_corner.prompt_dependence < DEPENDS_THRESHOLD
+    triangle = output.explain(((18, 14), (30, 28)))
+    assert triangle.prompt_dependence >= DEPENDS_THRESHOLD
+    opacity = bar_opacity(empty_corner.prompt_dependence)
+    assert opacity < 0.5 and bar_opacity(triangle.prompt_dependence) == 1.0
     markup = empty_corner._repr_html_()
-    assert "Depends little on the prompt" in markup and "opacity:0.3" in markup
+    assert "Depends little on the prompt" in markup and f"opacity:{opacity}" in markup
     assert describe_dependence(empty_corner.prompt_dependence) in markup
-    page = write_report([output, empty_corner], tmp_path).read_text()
-    assert page.count("Depends little on the prompt") == 1 + (output.prompt_dependence < DEPENDS_THRESHOLD)
-    assert 'class="bars dim"' in page
+    assert describe_dependence(triangle.prompt_dependence) in triangle._repr_html_()
+    assert "Depends on the prompt" in triangle._repr_html_()
+    # The whole image only says its share (no call, no fading).
+    assert describe_dependence(output.prompt_dependence, whole_image=True) in output._repr_html_()
+    page = write_report([output, empty_corner, triangle], tmp_path).read_text()
+    assert page.count("Depends little on the prompt") == 1 and page.count("Depends on the prompt") == 1
+    assert page.count(f'<table class="bars" style="opacity:{opacity}">') == 1
     figure = empty_corner.word_attributions.plot(title="a $x^$ prompt")  # matplotlib would parse it as math
-    assert all(bar.get_alpha() == 0.3 for bar in figure.axes[0].patches)
+    assert all(bar.get_alpha() == opacity for bar in figure.axes[0].patches)
     assert "Depends little" in figure.axes[0].get_xlabel()
+    figure = triangle.word_attributions.plot()
+    assert all(bar.get_alpha() == 1.0 for bar in figure.axes[0].patches)
 
 
 def test_interactive_view_computes_the_box_dependence(one_thread, browser, explainer, toy, tmp_path):
@@ -147,6 +157,7 @@ def test_interactive_view_computes_the_box_dependence(one_thread, browser, expla
         assert view.box_dependence(r0, c0, r1, c1) == pytest.approx(expected, abs=1e-6)
         browser.execute_script(f"window.diffusersInterpretViews[{uid!r}].setBox({r0}, {c0}, {r1}, {c1})")
         text = browser.find_element("css selector", f"#{uid}-dependence").text
-        assert text == describe_dependence(expected)
-        dimmed = "di-dim" in browser.find_element("css selector", f"#{uid}-bars").get_attribute("class")
-        assert dimmed == (expected < DEPENDS_THRESHOLD)
+        whole = (r0, c0, r1, c1) == (0, 0, 8, 8)
+        assert text == describe_dependence(expected, whole_image=whole)
+        shown_opacity = browser.find_element("css selector", f"#{uid}-bars").get_attribute("data-opacity")
+        assert float(shown_opacity) == pytest.approx(bar_opacity(expected, whole), abs=1e-3)

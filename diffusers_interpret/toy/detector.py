@@ -198,6 +198,43 @@ def detect_objects(image: ImageLike, min_area: Optional[int] = None, fringe_rati
     return Detection(objects=objects, strays=strays, background=background, fringes=fringes)
 
 
+def object_boxes(image: ImageLike) -> List[Tuple[str, Tuple[Tuple[int, int], Tuple[int, int]]]]:
+    r"""
+    Boxes to ask a toy image about: `("object", box)` around each main object the detector finds (its bounding box,
+    left side first), and `("empty", box)`, a box of the first object's size over empty background (overlapping no
+    blob nor its one-pixel rim), where there is room. Boxes are `((x0, y0), (x1, y1))`, x1 and y1 exclusive.
+    """
+    array = to_uint8_array(image)
+    detection = detect_objects(array)
+    found = [obj for obj in detection.objects.values() if obj is not None]
+    occupied = np.zeros(array.shape[:2], bool)
+    for obj in found + detection.strays + detection.fringes:
+        occupied |= obj.mask
+    boxes = []
+    for obj in found:
+        top, left, bottom, right = obj.bbox
+        boxes.append(("object", ((left, top), (right, bottom))))
+    if found:
+        top, left, bottom, right = found[0].bbox
+        place = empty_box_like(occupied, bottom - top, right - left)
+        if place is not None:
+            y, x = place
+            boxes.append(("empty", ((x, y), (x + right - left, y + bottom - top))))
+    return boxes
+
+
+def empty_box_like(occupied: np.ndarray, height: int, width: int) -> Optional[Tuple[int, int]]:
+    r"""The `(top, left)` of the first `height` x `width` box (row by row) that overlaps no `occupied` pixel nor its
+    one-pixel rim, or `None`."""
+    rows, cols = occupied.shape
+    for top in range(rows - height + 1):
+        for left in range(cols - width + 1):
+            rim = occupied[max(0, top - 1) : top + height + 1, max(0, left - 1) : left + width + 1]
+            if not rim.any():
+                return top, left
+    return None
+
+
 def _dilate(mask: np.ndarray) -> np.ndarray:
     # 8-neighbourhood dilation by one pixel.
     padded = np.pad(mask, 1)

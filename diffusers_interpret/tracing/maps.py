@@ -39,7 +39,7 @@ class AttentionMapsData:
         steps (`List[int]`): Indices of the recorded denoiser calls, in order.
         layers (`List[str]`): Names of the recorded cross-attention layers (as in `unet.attn_processors`).
         cell_size (`float`, *optional*): Pixels per cell of the finest attention grid recorded (what
-            [`~AttentionMapsData.edge_aware`] filters over).
+            [`~AttentionMaps.edge_aware`] filters over).
         excluded_share (`torch.Tensor`, *optional*): (num_images, H, W), for the transformer families: at each pixel,
             the share of the image's attention to text that went to text positions other than the prompt's own
             tokens (padding, end and template tokens: attention sinks), averaged like the maps. Those positions are

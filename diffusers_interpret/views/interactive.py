@@ -127,7 +127,7 @@ _STYLE = """
 #{uid} .di-label {{width:110px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;text-align:right}}
 #{uid} .di-track {{display:inline-block;width:160px;height:12px;background:#eee}}
 #{uid} .di-fill {{height:12px;background:#d62728;width:0}}
-#{uid} .di-dim .di-fill {{opacity:0.3}}
+#{uid} .di-bars .di-fill {{opacity:var(--di-opacity, 1)}}
 #{uid} .di-dependence {{font-weight:bold;max-width:360px;margin:4px 0}}
 #{uid} .di-pct {{width:64px;font-variant-numeric:tabular-nums}}
 #{uid} .di-note {{color:#555;margin:4px 0}}
@@ -226,20 +226,24 @@ _SCRIPT = r"""
   }
   var dependenceEl = document.getElementById(uid + "-dependence");
   var barsEl = document.getElementById(uid + "-bars");
-  function showDependence(share) {
+  // The same words and fading as the library's `describe_dependence` and `bar_opacity`.
+  function showDependence(share, whole) {
     if (!dependenceEl || share === null) return;
     var percent = Math.round(100 * share) + "%%";
     var low = share < cfg.dependsThreshold;
-    dependenceEl.textContent = low ?
+    dependenceEl.textContent = whole ?
+      "The model redraws " + percent + " of the image differently without the prompt." : low ?
       "Depends little on the prompt: the model redraws only " + percent + " of this region differently without " +
-      "it; the words below shape that part." :
+      "it (a box drawn tight around one thing reads that thing alone)." :
       "Depends on the prompt: the model redraws " + percent + " of this region differently without it.";
     dependenceEl.setAttribute("data-value", String(share));
-    barsEl.classList.toggle("di-dim", low);
+    var opacity = whole ? 1 : Math.round(1000 * (0.25 + 0.75 * Math.min(1, share / cfg.dependsThreshold))) / 1000;
+    barsEl.style.setProperty("--di-opacity", String(opacity));
+    barsEl.setAttribute("data-opacity", String(opacity));
   }
   function render() {
     var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
-    showDependence(dependenceForBox(r0, c0, r1, c1));
+    showDependence(dependenceForBox(r0, c0, r1, c1), r0 === 0 && c0 === 0 && r1 === R && c1 === C);
     fill(rowsEl, percentagesForBox(r0, c0, r1, c1));
     if (words.length) fill(wordEls, wordPercentagesForBox(r0, c0, r1, c1));
     var x0 = c0 * cfg.cellW, y0 = r0 * cfg.cellH;
@@ -401,7 +405,7 @@ def interactive_view_html(
         word_attention_maps (`Sequence[np.ndarray]`, *optional*): One (H, W) array in [0, 1] per word (or `None`),
             shown when the word is clicked.
         dependence_map (`np.ndarray`, *optional*): (H, W), the output's `prompt_dependence_map`: the view says how
-            much the drawn box depends on the prompt, and dims the bars below `DEPENDS_THRESHOLD`.
+            much the drawn box depends on the prompt, and fades the bars as `dependence.bar_opacity` does.
         method_description (`str`, *optional*): What was explained and how, in words (shown above the bars).
 
     Returns:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from ..dependence import DEPENDS_THRESHOLD, depends, describe_dependence
+from ..dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
 from .markup import image_slider_html, image_to_data_uri
 from .summary import readings, what_was_explained
 
@@ -39,7 +39,6 @@ table.bars td.token { text-align: right; font-family: monospace; }
 table.bars td.value { text-align: right; color: #555; }
 .bar { height: 12px; background: #d62728; }
 .bar.top { background: #8b0000; }
-.dim .bar { opacity: 0.3; }
 .dependence { font-size: 13px; font-weight: bold; margin: 6px 0; max-width: 320px; }
 .meaning { font-size: 12px; color: #555; margin-top: 4px; max-width: 320px; }
 .note { font-size: 12px; color: #555; }
@@ -83,14 +82,15 @@ def describe_box(box) -> str:
     return f"box ({x0}, {y0})-({x1}, {y1})"
 
 
-def token_bars_html(token_attributions, max_rows: int = 77, dim: bool = False) -> str:
+def token_bars_html(token_attributions, max_rows: int = 77, opacity: float = 1.0) -> str:
     r"""
     HTML/CSS bars of token attributions in percent (no script, no image; tokens escaped).
 
     Args:
         token_attributions (`TokenAttributions`, *optional*): The `(token, score)` pairs; `None` gives a note.
         max_rows (`int`, *optional*, defaults to 77): Show at most this many tokens.
-        dim (`bool`, *optional*, defaults to `False`): Dim the bars (a region that depends little on the prompt).
+        opacity (`float`, *optional*, defaults to 1): Opacity of the bars (a box that depends little on the prompt
+            has them faded, [`~dependence.bar_opacity`]).
     """
     if token_attributions is None or len(token_attributions) == 0:
         return '<div class="note">No token attributions (no denoising step was traced).</div>'
@@ -106,22 +106,24 @@ def token_bars_html(token_attributions, max_rows: int = 77, dim: bool = False) -
             f'<td><div class="bar{top}" style="width:{width:.1f}px"></div></td>'
             f'<td class="value">{value:.1f}%</td></tr>'
         )
-    return f'<table class="bars{" dim" if dim else ""}">' + "".join(rows) + "</table>"
+    style = "" if opacity >= 1 else f' style="opacity:{opacity}"'
+    return f'<table class="bars"{style}>' + "".join(rows) + "</table>"
 
 
 def _word_bars(output: Any) -> str:
     # The prompt's words once (every tokenizer's pieces of a word merged); each encoder's tokens one click away,
     # labelled, where they are not the words themselves.
     words, tokens = getattr(output, "word_attributions", None), output.token_attributions
-    dim = depends(getattr(output, "prompt_dependence", None)) is False
+    whole = getattr(output, "explanation_2d_bounding_box", None) is None
+    opacity = bar_opacity(getattr(output, "prompt_dependence", None), whole)
     if not words or tokens is None:
-        return token_bars_html(tokens, dim=dim)
+        return token_bars_html(tokens, opacity=opacity)
     if tokens.tokens == words.tokens and getattr(tokens, "encoders", None) is None:
-        return token_bars_html(words, dim=dim)
+        return token_bars_html(words, opacity=opacity)
     return (
-        token_bars_html(words, dim=dim)
+        token_bars_html(words, opacity=opacity)
         + '<details><summary class="meta">each text encoder\'s tokens</summary>'
-        + token_bars_html(tokens, dim=dim)
+        + token_bars_html(tokens, opacity=opacity)
         + "</details>"
     )
 
@@ -157,7 +159,13 @@ def _group_by_prompt(outputs: Sequence[Any]) -> List[List[Any]]:
 
 
 def _explanation_card(
-    output: Any, prefix: str, out_dir: Path, written: _Written, save_plots: bool, display_width: int
+    output: Any,
+    prefix: str,
+    out_dir: Path,
+    written: _Written,
+    save_plots: bool,
+    display_width: int,
+    show_image: bool = True,
 ) -> str:
     box = getattr(output, "explanation_2d_bounding_box", None)
     label = describe_box(box)
@@ -167,8 +175,11 @@ def _explanation_card(
         parts.append(f'<div class="meta">{html.escape(what_was_explained(output))}</div>')
     if image is not None:
         _save_png(image, out_dir, f"{prefix}_image.png", written)
-        parts.append(_img_tag(image, f"the image, {label} outlined in red", display_width))
-    dependence = describe_dependence(getattr(output, "prompt_dependence", None))
+        if show_image:
+            parts.append(_img_tag(image, f"the image, {label} outlined in red", display_width))
+        else:
+            parts.append('<div class="meta">The image is the denoising steps\' last (beside).</div>')
+    dependence = describe_dependence(getattr(output, "prompt_dependence", None), box is None)
     if dependence:
         parts.append(f'<div class="dependence">{html.escape(dependence)}</div>')
     parts.append(_word_bars(output))
@@ -258,8 +269,8 @@ def write_report(
     body.append(
         '<p class="note">Each card explains one region of the image, outlined in red (on the region\'s own border '
         "pixels). Its first line says how much the region depends on the prompt at all: the share of it the model "
-        f"redraws differently without the prompt (a region at {100 * DEPENDS_THRESHOLD:.0f}% or more depends on it; "
-        "below, the bars are dimmed). "
+        f"redraws differently without the prompt (a box at {100 * DEPENDS_THRESHOLD:.0f}% or more depends on it; "
+        "below, its bars fade with it). "
         "The bars say which words shape what the prompt does there, as shares that add up to 100% in every "
         "region.</p>"
     )
@@ -275,7 +286,10 @@ def write_report(
             )
             _save_png(steps[-1], out_dir, f"{prefix}_final.png", written)
         for e_index, output in enumerate(group, start=1):
-            row.append(_explanation_card(output, f"{prefix}_e{e_index}", out_dir, written, save_plots, display_width))
+            # The whole image's card leaves the picture to the steps' card, which ends on it.
+            show = not (steps and getattr(output, "explanation_2d_bounding_box", None) is None)
+            card = _explanation_card(output, f"{prefix}_e{e_index}", out_dir, written, save_plots, display_width, show)
+            row.append(card)
         body.append('<div class="row">' + "".join(row) + "</div>")
         view = (interactive_views or {}).get(prompt)
         if view:

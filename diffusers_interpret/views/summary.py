@@ -6,7 +6,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from ..dependence import depends, describe_dependence
+from ..dependence import bar_opacity, describe_dependence
 from .markup import image_to_data_uri
 
 DISPLAY_SIZE = 256
@@ -32,7 +32,8 @@ def explanation_html(output) -> str:
     width = picture.width * scale
     pairs = output.word_attributions or output.token_attributions
     rows = []
-    opacity = 0.3 if depends(output.prompt_dependence) is False else 1.0
+    whole = output.explanation_2d_bounding_box is None
+    opacity = bar_opacity(output.prompt_dependence, whole)
     if pairs:
         percent = [value for _, value in pairs.normalized]
         top = set(np.argsort(percent)[::-1][:3].tolist())
@@ -52,7 +53,7 @@ def explanation_html(output) -> str:
     box = output.explanation_2d_bounding_box
     region = "the whole image" if box is None else html.escape(f"the box {tuple(map(tuple, box))}")
     how = html.escape(what_was_explained(output))
-    dependence = describe_dependence(output.prompt_dependence)
+    dependence = describe_dependence(output.prompt_dependence, whole)
     headline = f'<div style="margin-bottom:6px;font-weight:bold">{html.escape(dependence)}</div>' if dependence else ""
     meaning = html.escape(output.method_summary or "")
     extra = "".join(f"<div style='color:#555'>{html.escape(line)}</div>" for line in readings(output))
