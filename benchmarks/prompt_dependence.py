@@ -16,6 +16,10 @@ the image. With `--thresholds` the best single threshold over all conditions.
 
     python benchmarks/prompt_dependence.py                   # tuning scenes (seed 777), about 6 minutes
     python benchmarks/prompt_dependence.py --seed 999        # held-out scenes
+    python benchmarks/prompt_dependence.py --part cost       # what the measure adds to an explanation
+
+`--part cost` times the default explanation of a two-object prompt with and without `prompt_dependence` (and a plain
+generation) on each toy, interleaved, median of 7, and prints the ratios.
 """
 
 import argparse
@@ -110,8 +114,37 @@ def report(condition: str, rows, threshold: float) -> None:
         )
 
 
+def cost(models) -> None:
+    import statistics
+    import time
+
+    prompt = "a red circle on the left and a blue square on the right"
+    for name in models:
+        toy = TOY_MODELS[name]
+        pipe = toy.load()
+        call = dict(toy.call)
+        explainer = explainer_for(pipe, verbose=False)
+        runs = {
+            "plain generation": (pipe, {}),
+            "explanation": (explainer, {}),
+            "explanation without prompt dependence": (explainer, {"prompt_dependence": False}),
+        }
+        times = {key: [] for key in runs}
+        for _ in range(7):
+            for key, (function, options) in runs.items():
+                started = time.perf_counter()
+                function(prompt, generator=torch.Generator().manual_seed(0), **options, **call)
+                times[key].append(time.perf_counter() - started)
+        medians = {key: statistics.median(values) for key, values in times.items()}
+        base = medians["plain generation"]
+        print(
+            f"{name:9s} " + ", ".join(f"{key} {value:.3f} s ({value / base:.2f}x)" for key, value in medians.items())
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["separation", "cost"], default="separation")
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--num-scenes", type=int, default=None, help="per model (default: 40 for 32x32, 20 for 64)")
     parser.add_argument("--models", nargs="+", default=["toy", "toy-64", "toy-flux"])
@@ -119,6 +152,9 @@ def main():
     parser.add_argument("--thresholds", action="store_true", help="also print the best single threshold")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.part == "cost":
+        cost(args.models)
+        return
     measured = {}
     for name in args.models:
         for kind in args.kinds:
