@@ -166,12 +166,11 @@ class BasePipelineExplainer:
                 image. The box is drawn in red on `output.image`, on the box's own border pixels.
             attribution_method (`str` or `AttributionMethod`, *optional*):
                 How tokens are scored. `None` (the default) is the family's default, chosen by the faithfulness
-                benchmark on its toy model (docs/methods.md): `"word_attention"` for SD, SDXL and SD3,
-                `"grad_x_input"` for Flux. Otherwise `"word_attention"`, `"attention"`, `"jacobian_norm"`,
-                `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`, `"linearized_ablation"` (the closest to
-                ablation without generating again), the original's gradient aggregations
-                `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`, or a method object with parameters
-                (e.g. `IntegratedGradients(n_steps=32)`), see [`~methods`] for what each costs.
+                benchmark on the toy models (docs/methods.md): `"word_attention"` for every family. Otherwise
+                `"attention"`, `"jacobian_norm"`, `"integrated_gradients"`, `"smoothgrad"`, `"ablation"`,
+                `"linearized_ablation"` (the closest to ablation without generating again), the original's gradient
+                aggregations `"grad_x_input"`, `"max_grad"`, `"mean_grad"`, `"min_grad"`, or a method object with
+                parameters (e.g. `IntegratedGradients(n_steps=32)`), see [`~methods`] for what each costs.
                 Perturbation methods (integrated gradients, SmoothGrad, ablation, linearized ablation) explain one
                 image per call.
             attribution_level (`str` or `AttributionLevel`, *optional*, defaults to `"token_embeddings"`):

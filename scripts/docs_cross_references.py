@@ -1,8 +1,11 @@
 r"""
-A mkdocs hook: the docstrings' cross-references, written as diffusers writes them (``[`ClassName`]``,
-``[`~module.function`]``, ``[`Class.method`]``), become links to the API reference's entries, on every page; a
-reference that names nothing documented fails the build (`mkdocs build --strict` in CI), naming the page and the
-reference.
+A mkdocs hook for docstrings written as diffusers writes them.
+
+- Cross-references (``[`ClassName`]``, ``[`~module.function`]``, ``[`Class.method`]``) become links to the API
+  reference's entries, on every page; a reference that names nothing documented fails the build (`mkdocs build
+  --strict` in CI), naming the page and the reference.
+- Argument types (``name (`int`, *optional*, defaults to 50):``) are shown as their markdown reads (`int` as code,
+  *optional* in italics), not as one literal code span with its backticks and asterisks.
 """
 
 import html
@@ -15,6 +18,18 @@ from mkdocs.exceptions import PluginError
 
 _REFERENCE = re.compile(r"\[<code>(~?[A-Za-z_][\w.]*)</code>\]")
 _ANCHOR = re.compile(r'id="(diffusers_interpret\.[\w.]+)"')
+_TYPE = re.compile(r"<code>(`[^<]*?)</code>")
+_TICKS = re.compile(r"`([^`]+)`")
+_STARS = re.compile(r"\*([^*]+)\*")
+
+
+def _type_markup(match) -> str:
+    text = _TICKS.sub(r"<code>\1</code>", match.group(1))
+    return _STARS.sub(r"<em>\1</em>", text)
+
+
+def on_post_page(output, page, config):
+    return _TYPE.sub(_type_markup, output)
 
 
 def _anchors(site: Path) -> Dict[str, str]:

@@ -79,9 +79,11 @@ class AttentionMaps(AttentionMapsData):
         image_index: int = 0,
         alpha: float = 0.5,
         cmap: str = "jet",
+        title: Optional[str] = None,
     ):
         r"""
-        One panel per token: the image, then each token's map overlaid on it.
+        One panel per token: the image, then each token's map overlaid on it, with a colour bar (each map is scaled
+        from its own minimum, 0, to its own maximum, 1).
 
         Args:
             image (`PIL.Image.Image`): The generated image.
@@ -90,25 +92,32 @@ class AttentionMaps(AttentionMapsData):
             image_index (`int`, *optional*, defaults to 0): Which image of the batch.
             alpha (`float`, *optional*, defaults to 0.5): Weight of the heatmaps.
             cmap (`str`, *optional*, defaults to `"jet"`): Name of a matplotlib colormap.
+            title (`str`, *optional*): The figure's title.
 
         Returns:
             The `matplotlib.figure.Figure`.
         """
         import matplotlib.pyplot as plt
 
+        from .markup import plain_text
+
         positions = list(positions)
         labels = list(labels) if labels is not None else [f"token {p}" for p in positions]
         if len(labels) != len(positions):
             raise ValueError(f"Got {len(labels)} labels for {len(positions)} positions.")
-        fig, axes = plt.subplots(1, len(positions) + 1, figsize=(2.2 * (len(positions) + 1), 2.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(positions) + 1, figsize=(2.2 * (len(positions) + 1) + 0.6, 2.8), squeeze=False)
         axes = axes[0]
         axes[0].imshow(image)
         axes[0].set_title("image")
         for ax, position, label in zip(axes[1:], positions, labels):
             ax.imshow(self.overlay(image, position, image_index=image_index, alpha=alpha, cmap=cmap))
-            ax.set_title(str(label))
+            ax.set_title(plain_text(label))
         for ax in axes:
             ax.axis("off")
-        fig.tight_layout()
+        mappable = plt.cm.ScalarMappable(cmap=cmap)
+        mappable.set_clim(0, 1)
+        fig.colorbar(mappable, ax=list(axes), fraction=0.02, pad=0.01, label="attention (map's min to max)")
+        if title:
+            fig.suptitle(plain_text(title))
         plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result
         return fig

@@ -616,6 +616,11 @@ class InteractiveView:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def __repr__(self) -> str:
+        rows, cols = self.cell_grad_x_input.shape[:2]
+        title = f"{self.title!r}, " if self.title else ""
+        return f"InteractiveView({title}{rows}x{cols} cells of {self.cell_size[0]}x{self.cell_size[1]} px)"
+
     def show(self) -> None:
         r"""Display the view once: inline in a notebook; elsewhere it is saved to a temporary HTML page whose path is
         printed (or use `.save(path)`)."""

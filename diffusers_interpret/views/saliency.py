@@ -66,9 +66,12 @@ class SaliencyMap:
             blend[self.mask] = 0.5 * blend[self.mask] + 0.25
         return Image.fromarray((blend * 255).round().astype(np.uint8))
 
-    def plot(self, cmap: str = "jet", image_weight: float = 0.5, apply_mask: bool = True):
-        r"""Three panels (image, attributions, overlay) as a matplotlib figure."""
+    def plot(self, cmap: str = "jet", image_weight: float = 0.5, apply_mask: bool = True, title: Optional[str] = None):
+        r"""Three panels (image, attributions, overlay) as a matplotlib figure, with a colour bar and an optional
+        `title`."""
         import matplotlib.pyplot as plt
+
+        from .markup import plain_text
 
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
         panels = [
@@ -83,11 +86,15 @@ class SaliencyMap:
         mappable = plt.cm.ScalarMappable(cmap=cmap)
         mappable.set_array(self.scaled())
         fig.colorbar(mappable, ax=axes[1], fraction=0.046, pad=0.04, label="scaled attribution")
+        if title:
+            fig.suptitle(plain_text(title))
         fig.tight_layout()
         plt.close(fig)  # returned, not left to pyplot: a notebook displays it once, as the cell's result
         return fig
 
-    def show(self, cmap: str = "jet", image_weight: float = 0.5, apply_mask: bool = True) -> None:
+    def show(
+        self, cmap: str = "jet", image_weight: float = 0.5, apply_mask: bool = True, title: Optional[str] = None
+    ) -> None:
         r"""
         Show image / attributions / overlay once: inline in a notebook; elsewhere saved to a temporary PNG whose path
         is printed (`.plot()` returns the figure to save or place yourself).
@@ -96,8 +103,9 @@ class SaliencyMap:
             cmap (`str`, *optional*, defaults to `"jet"`): A matplotlib colour map name.
             image_weight (`float`, *optional*, defaults to 0.5): Weight of the image in the overlay, in [0, 1].
             apply_mask (`bool`, *optional*, defaults to `True`): Grey out the inpainting mask's area.
+            title (`str`, *optional*): The figure's title.
         """
-        show_figure(self.plot(cmap, image_weight, apply_mask), "saliency map")
+        show_figure(self.plot(cmap, image_weight, apply_mask, title), "saliency map")
 
     def _repr_png_(self) -> bytes:
         import io
