@@ -542,8 +542,9 @@ class BasePipelineExplainer:
     # -- 6. prompt dependence -------------------------------------------------------------------------------------
     def dependence_maps(self, request: CheckedRequest, trace: Trace) -> Optional[List[DependenceMap]]:
         r"""Each image's [`DependenceMap`]: the image (generated, or the user's) redrawn from noised copies with its
-        prompt and with the empty prompt. `None` where it is not asked for, or where the denoiser also reads a mask
-        (an inpainting model, which cannot redraw an image alone)."""
+        prompt and with the empty prompt, zero outside an inpainting mask (the pipeline keeps those pixels). `None`
+        where it is not asked for, or where the denoiser also reads a mask (an inpainting model, which cannot redraw
+        an image alone)."""
         if not request.request.prompt_dependence:
             return None
         if int(self.family.denoiser(self.pipe).config.in_channels) != self.family.denoiser_in_channels(self.pipe):
@@ -554,8 +555,11 @@ class BasePipelineExplainer:
             with torch.no_grad():
                 images = self.family.unit_image(self.pipe, trace.decoded.detach()).float() * 2 - 1
         kwargs = {k: v for k, v in request.pipeline_kwargs.items() if not k.startswith("callback")}
+        # Inpainting keeps the pixels outside its mask: they depend on nothing.
+        kept = None if request.image_input is None else request.image_input.mask()
         maps = []
         for index in progress_bar(range(request.num_images), "Prompt dependence", disable=not self.verbose):
             prompts = {name: [texts[index]] for name, texts in request.prompts.items()}
-            maps.append(redraw_changes(self.pipe, self.family, images[index : index + 1], prompts, kwargs))
+            made = redraw_changes(self.pipe, self.family, images[index : index + 1], prompts, kwargs)
+            maps.append(made if kept is None else DependenceMap(made.changed * kept))
         return maps

@@ -161,3 +161,32 @@ def test_interactive_view_computes_the_box_dependence(one_thread, browser, expla
         assert text == describe_dependence(expected, whole_image=whole)
         shown_opacity = browser.find_element("css selector", f"#{uid}-bars").get_attribute("data-opacity")
         assert float(shown_opacity) == pytest.approx(bar_opacity(expected, whole), abs=1e-3)
+
+
+def test_inpainting_keeps_what_is_outside_its_mask(one_thread, toy):
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    from diffusers_interpret.testing.stable_diffusion import make_tiny_pipeline
+    from diffusers_interpret.toy.scenes import generate_scene
+
+    pipe = StableDiffusionInpaintPipeline(**toy[0].components, requires_safety_checker=False)
+    explainer = explainer_for(pipe, verbose=False)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, 16:] = 255
+    call = dict(strength=0.9, num_inference_steps=20, guidance_scale=toy[1]["guidance_scale"])
+    scene = generate_scene(5, num_objects=2)
+    output = explainer(
+        "a red square on the right", init_image=scene.to_pil(), mask_image=Image.fromarray(mask),
+        generator=torch.Generator().manual_seed(0), get_images_for_all_inference_steps=False, **call,
+    )  # fmt: skip
+    changed = output.prompt_dependence_map
+    assert changed[:, :16].max() == 0.0  # kept by the pipeline: depends on nothing
+    assert changed[:, 16:].mean() > 0.1  # repainted with the prompt's red square
+    # A 9-channel inpainting UNet reads the mask too: it cannot redraw the image alone, and says nothing.
+    tiny = make_tiny_pipeline(kind="inpaint")
+    tiny_output = explainer_for(tiny, verbose=False)(
+        "a red square", init_image=Image.new("RGB", (64, 64), "white"), mask_image=Image.new("L", (64, 64), 255),
+        num_inference_steps=2, generator=torch.Generator().manual_seed(0), attribution_method="attention",
+    )  # fmt: skip
+    assert tiny_output.prompt_dependence is None and tiny_output.prompt_dependence_map is None

@@ -79,9 +79,9 @@ class SaliencyMap:
             (self.heatmap(cmap, apply_mask), "pixel attributions"),
             (self.overlay(cmap, image_weight, apply_mask), "overlay"),
         ]
-        for ax, (picture, title) in zip(axes, panels):
+        for ax, (picture, name) in zip(axes, panels):
             ax.imshow(picture)
-            ax.set_title(title)
+            ax.set_title(name)
             ax.axis("off")
         mappable = plt.cm.ScalarMappable(cmap=cmap)
         mappable.set_array(self.scaled())
