@@ -8,6 +8,7 @@ on any supported text-to-image model on disk (the toy model by default). See `do
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -557,6 +558,20 @@ def _toy_names() -> Sequence[str]:
     return tuple(TOY_MODELS)
 
 
+def _boxes_joined(argv: List[str]) -> List[str]:
+    # `--box -1,0,16,16` reads to argparse as two options; joined as `--box=-1,0,16,16` the box is parsed (and a box
+    # outside the image is refused for what it is).
+    joined, k = [], 0
+    while k < len(argv):
+        if argv[k] == "--box" and k + 1 < len(argv) and argv[k + 1].startswith("-") and "," in argv[k + 1]:
+            joined.append(f"--box={argv[k + 1]}")
+            k += 2
+            continue
+        joined.append(argv[k])
+        k += 1
+    return joined
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     r"""
     Run `diffusers-interpret` with `argv` (the process's arguments by default).
@@ -565,7 +580,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         `int`: 0 on success. Bad arguments print one `diffusers-interpret: error: ...` line and exit with code 2.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_boxes_joined(list(sys.argv[1:] if argv is None else argv)))
     if args.command is None:
         fail(f"choose a command: demo, explain or explain-image, or batch for a prompt set (see '{PROG} --help')")
     if args.command == "batch":
@@ -575,6 +590,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {args.out!r} exists and is not a directory")
+    # Before any model loads: a folder that cannot be made is refused at once (nothing is created yet).
+    existing = next(parent for parent in [out_dir.absolute(), *out_dir.absolute().parents] if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        why = "is a file" if not existing.is_dir() else "is not writable"
+        fail(f"--out {args.out!r} cannot be created: {str(existing)!r} {why}; choose another folder")
     quiet_libraries()
     threads = args.threads
     if threads is None and (args.command == "demo" or args.model in _toy_names()):

@@ -33,7 +33,7 @@ from .tracing.denoising import ImageDenoising
 from .tracing.redraw import redraw_changes
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import RunPlan, RunResult, decode, run
-from .tracing.scoped import pipeline_lock
+from .tracing.scoped import pipeline_lock, truncation_noted_once
 
 # The output class of each kind of pipeline input.
 OUTPUT_CLASSES = {
@@ -63,6 +63,14 @@ class PipelineCall:
 
     def without_callbacks(self) -> Dict[str, Any]:
         return {k: v for k, v in self.kwargs.items() if not k.startswith("callback")}
+
+
+def _own_entry(pipe) -> Optional[SupportedPipeline]:
+    # The registry's entry of the pipeline's own class, where it has one.
+    try:
+        return supported_pipeline(pipe)
+    except (TypeError, ValueError):
+        return None
 
 
 class BasePipelineExplainer:
@@ -104,6 +112,12 @@ class BasePipelineExplainer:
             raise TypeError(
                 f"{type(self).__name__} explains {kind} pipeline; {type(pipe).__name__} takes no `{needed}`: use "
                 "`explainer_for(pipe)` to get the explainer of this pipeline."
+            )
+        own = _own_entry(pipe)
+        if self.supported is not None and own is not None and own.input_kind is not supported.input_kind:
+            raise TypeError(
+                f"{type(self).__name__} explains {supported.class_name}; {type(pipe).__name__} is another kind of "
+                f"pipeline: use {own.explainer_name} (or `explainer_for(pipe)`)."
             )
         if not hasattr(type(pipe).__call__, "__wrapped__"):
             raise TypeError(f"{type(pipe).__name__}.__call__ is not a decorated diffusers pipeline call.")
@@ -252,7 +266,7 @@ class BasePipelineExplainer:
         # 1. Check the inputs (before any model runs) and resolve the method, level, box and input image.
         checked = check_inputs(request, self.pipe, self.family, self.input_kind, type(self).__name__)
         # The pipeline's hooks are seen by every thread: calls on one pipeline from several threads take turns.
-        with pipeline_lock(self.pipe):
+        with pipeline_lock(self.pipe), truncation_noted_once(self.pipe):
             # 2. The pipeline's call arguments, with a step callback that keeps every step's latents.
             call = self.prepare_call(checked)
             # 3. Run the pipeline's own call, traced, and decode its images with their graph.

@@ -27,6 +27,25 @@ def quiet_libraries() -> None:
         pass
 
 
+def _check_supported(index: Path, model: str) -> None:
+    # Before the weights load: the pipeline class the folder names must be one this library explains.
+    import json
+
+    from .families import supported_pipeline_named, supported_pipelines
+
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        raise ValueError(f"{model!r}: its model_index.json is not a diffusers pipeline index (JSON)") from None
+    try:
+        supported_pipeline_named(str(class_name))
+    except TypeError:
+        raise ValueError(
+            f"{model!r} holds a {class_name}, which diffusers-interpret does not explain; it explains "
+            f"{', '.join(supported_pipelines())}"
+        ) from None
+
+
 def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
     r"""
     Load a shipped toy model (`"toy"`, `"toy-64"`, `"toy-flux"`: `toy.TOY_MODELS`) or a text-to-image pipeline of a
@@ -55,6 +74,8 @@ def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float3
             f"{model!r} is not a diffusers pipeline folder (no model_index.json in it); save one with "
             "pipe.save_pretrained(path)"
         )
+    if path.exists():
+        _check_supported(path / "model_index.json", model)
     from diffusers import DiffusionPipeline
 
     source = str(path) if path.exists() else model

@@ -6,6 +6,7 @@ size, each image's prompts, the input image).
 
 import dataclasses
 import inspect
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -296,6 +297,20 @@ def _check_call(request: ExplainRequest, pipe, family: PipelineFamily, num_promp
         or (isinstance(negative, (list, tuple)) and all(isinstance(n, str) for n in negative))
     ):
         raise ValueError(f"`negative_prompt` must be a string or a list of strings, got {negative!r}.")
+    for name in family.negative_prompt_arguments(pipe):
+        given = pipeline_kwargs.get(name)
+        if isinstance(given, (list, tuple)) and len(given) != num_prompts:
+            raise ValueError(
+                f"`{name}` is a list of {len(given)} for {num_prompts} prompt(s): give one text, or one per prompt."
+            )
+    factor = _size_multiple(pipe, family)
+    for name in ("height", "width"):
+        value = getattr(request, name)
+        if value is not None and factor and value % factor:
+            raise ValueError(
+                f"`{name}` must be a multiple of {factor} for this pipeline, got {value}: e.g. "
+                f"{max(factor, round(value / factor) * factor)}."
+            )
     strength = pipeline_kwargs.get("strength")
     if strength is not None:
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -323,6 +338,20 @@ def _check_call(request: ExplainRequest, pipe, family: PipelineFamily, num_promp
             "`torch.inference_mode()` (`torch.no_grad()` around it is fine)."
         )
     return height, width
+
+
+def _size_multiple(pipe, family: PipelineFamily) -> Optional[int]:
+    # The multiple an image side must be, as the pipeline checks it: the VAE's cell times the transformer's patch
+    # (SD3) or the 2x2 packing (Flux); the UNet pipelines ask for a multiple of 8 whatever their VAE.
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if not factor:
+        return None
+    config = family.denoiser(pipe).config
+    if family.denoiser_in_channels(pipe) != int(pipe.vae.config.latent_channels):
+        return int(factor) * 2
+    if getattr(config, "patch_size", None):
+        return int(factor) * int(config.patch_size)
+    return math.lcm(int(factor), 8)
 
 
 def _check_known(pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -410,6 +439,13 @@ def _image_input(
                     f"{name} takes its size from the input image, not `{size_name}=`: resize the image instead."
                 )
     chosen = init_image if init_image is not None else image
+    num_prompts = 1 if isinstance(request.prompt, str) else len(request.prompt)
+    for given, given_name in ((chosen, "image"), (mask_image, "mask_image")):
+        if isinstance(given, (list, tuple)) and len(given) not in (1, num_prompts):
+            raise ValueError(
+                f"`{given_name}` is a list of {len(given)} images for {num_prompts} prompt(s): give one image, or one "
+                "per prompt."
+            )
     if sized_by_call:
         default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width

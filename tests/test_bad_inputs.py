@@ -105,6 +105,8 @@ TEXT_TO_IMAGE = [
     ("latents-wrong-size", dict(latents=torch.zeros(1, 4, 8, 8), height=SIZE), BAD, "latents"),
     ("latents-wrong-rank", dict(latents=torch.zeros(4, 16, 16)), BAD, "latents"),
     ("latents-not-tensor", dict(latents=[[0.0]]), BAD, "latents"),
+    ("latents-wrong-channels", dict(latents=torch.zeros(1, 3, SIZE // 8, SIZE // 8)), BAD, "latents"),
+    ("height-not-multiple-of-8", dict(height=SIZE - 2), BAD, "height"),
     # images per prompt, generator, callbacks
     ("images-per-prompt-0", dict(num_images_per_prompt=0), BAD, "num_images_per_prompt"),
     ("images-per-prompt-negative", dict(num_images_per_prompt=-1), BAD, "num_images_per_prompt"),
@@ -184,6 +186,8 @@ IMG2IMG = [
     ("strength-str", dict(image=RGB, strength="0.5"), BAD, "strength"),
     ("strength-leaves-no-step", dict(image=RGB, strength=0.2), BAD, "strength"),
     ("mask-to-img2img", dict(image=RGB, mask_image=MASK), BAD, "mask_image"),
+    ("two-images-for-one-prompt", dict(image=[RGB, RGB]), BAD, "image"),
+    ("negative-two-for-one-prompt", dict(image=RGB, negative_prompt=["a", "b"]), BAD, "negative_prompt"),
 ]
 
 
@@ -263,6 +267,11 @@ CONSTRUCTION = [
     ),
     ("inpaint-explainer-of-img2img", lambda pipes: StableDiffusionInpaintPipelineExplainer(pipes[1]), "mask_image"),
     (
+        "text-explainer-of-img2img",
+        lambda pipes: StableDiffusionPipelineExplainer(pipes[1]),
+        "StableDiffusionImg2ImgPipelineExplainer",
+    ),
+    (
         "checkpointing-str",
         lambda pipes: StableDiffusionPipelineExplainer(pipes[0], gradient_checkpointing="yes"),
         "gradient_checkpointing",
@@ -341,6 +350,12 @@ CLI = [
     ("seed-str", ["explain", "a red circle", "--seed", "abc"], "--seed"),
     ("guidance-str", ["explain", "a red circle", "--guidance", "high"], "--guidance"),
     ("out-is-a-file", ["explain", "a red circle", "--out", "OUT_FILE"], "--out"),
+    ("out-under-a-file", ["explain", "a red circle", "--out", "OUT_FILE/report"], "cannot be created"),
+    (
+        "model-unsupported-pipeline",
+        ["explain", "a red circle", "--model", "UNSUPPORTED"],
+        "StableVideoDiffusionPipeline",
+    ),
     ("image-missing", ["explain-image", "missing.png", "--prompt", "a red circle"], "IMAGE"),
     ("image-not-an-image", ["explain-image", "OUT_FILE", "--prompt", "a red circle"], "IMAGE"),
     ("image-no-prompt", ["explain-image", "missing.png"], "--prompt"),
@@ -357,7 +372,10 @@ def test_command_line(argv, name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out_file = tmp_path / "report.txt"
     out_file.write_text("")
-    argv = [str(out_file) if a == "OUT_FILE" else a for a in argv]
+    unsupported = tmp_path / "video-model"
+    unsupported.mkdir()
+    (unsupported / "model_index.json").write_text('{"_class_name": "StableVideoDiffusionPipeline"}')
+    argv = [a.replace("OUT_FILE", str(out_file)).replace("UNSUPPORTED", str(unsupported)) for a in argv]
     if argv and "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     calls = []
@@ -382,3 +400,38 @@ def test_the_table_has_at_least_80_cases():
 
 def test_no_case_file_is_left_in_the_working_directory():
     assert not Path(os.getcwd(), "x.gif").exists()
+
+
+def test_a_long_prompt_is_noted_once_and_words_show_as_written(tiny_pipe):
+    import logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger(type(tiny_pipe).__module__)
+    handler = Keep()
+    logger.addHandler(handler)
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    try:
+        with pytest.warns(UserWarning, match="tokens long"):
+            explainer(" ".join(["red"] * 100), num_inference_steps=2, generator=seeded(0))
+    finally:
+        logger.removeHandler(handler)
+    truncated = [message for message in records if message.startswith("The following part of your input")]
+    assert len(truncated) == 1, truncated  # once, not once per text-encoder pass
+    prompt = "a 🐱 cat и кошка café"
+    output = explainer(prompt, num_inference_steps=2, generator=seeded(0))
+    assert output.word_attributions.tokens == prompt.split()  # as written, not as byte-level pieces
+
+
+def test_a_prompt_with_dollar_signs_reports(tmp_path, capsys):
+    from diffusers_interpret.toy import toy_model_available
+
+    if not toy_model_available():
+        pytest.skip("the shipped toy model's files are missing")
+    code = main(["explain", "a $x^$ red circle", "--steps", "2", "--quiet", "--out", str(tmp_path)])
+    assert code == 0 and (tmp_path / "report.html").is_file()
+    assert "a $x^$ red circle" in (tmp_path / "report.html").read_text()

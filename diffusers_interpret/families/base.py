@@ -129,6 +129,13 @@ class PipelineFamily:
                 f"`latents` must be (batch, channels, height / {factor}, width / {factor}), got shape "
                 f"{tuple(latents.shape)}."
             )
+        channels = int(getattr(self.denoiser(pipe).config, "in_channels", latents.shape[1]))
+        expected = min(channels, self.denoiser_in_channels(pipe))  # an inpainting UNet reads the mask's beside
+        if int(latents.shape[1]) != expected:
+            raise ValueError(
+                f"`latents` have {int(latents.shape[1])} channels; this pipeline's latents have {expected}: give "
+                f"(batch, {expected}, height / {factor}, width / {factor})."
+            )
         if not factor:
             return None
         return int(latents.shape[-2]) * factor, int(latents.shape[-1]) * factor

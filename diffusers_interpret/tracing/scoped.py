@@ -1,6 +1,7 @@
 """The one base of every scoped change to a pipeline: installed on enter, removed on exit, also after an exception."""
 
 import contextlib
+import logging
 import threading
 import weakref
 from typing import Any, Callable, List, Tuple
@@ -94,6 +95,39 @@ def progress_bar_disabled(pipe, disable: bool):
             pipe._progress_bar_config = saved
         elif hasattr(pipe, "_progress_bar_config"):
             del pipe._progress_bar_config
+
+
+_TRUNCATION_NOTE = "The following part of your input was truncated"
+
+
+class _OnceFilter(logging.Filter):
+    # Lets the first truncation note through, drops the repeats (one per text-encoder pass of the same prompt).
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.getMessage()).startswith(_TRUNCATION_NOTE):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+@contextlib.contextmanager
+def truncation_noted_once(pipe):
+    r"""Within the block, diffusers' note that a prompt was truncated is printed once, not once per text-encoder pass
+    (an explanation encodes the prompt many times: forward-mode passes, regenerations, redraws)."""
+    once = _OnceFilter()
+    loggers = [
+        logging.getLogger(cls.__module__) for cls in type(pipe).__mro__ if cls.__module__.startswith("diffusers.")
+    ]
+    for logger in loggers:
+        logger.addFilter(once)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(once)
 
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
