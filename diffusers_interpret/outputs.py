@@ -101,8 +101,10 @@ class TokenAttributions(list):
         else:
             fig = ax.figure
         alpha = bar_opacity(self.prompt_dependence, self.whole_image)
-        if self.encoders is None:
-            ax.bar(range(len(values)), values, color="tab:red", alpha=alpha)
+        if self.encoders is None:  # the views' bar style: red, the largest bar dark red
+            top = max(values, default=0.0)
+            colours = ["#8b0000" if value == top else "#d62728" for value in values]
+            ax.bar(range(len(values)), values, color=colours, alpha=alpha)
         else:  # one colour per text encoder, named in the legend
             palette = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")
             names = list(dict.fromkeys(self.encoders))

@@ -67,8 +67,10 @@ def test_map_views(non_square):
     assert maps.heatmap(1).size == (48, SIZE)
     assert maps.overlay(pil, 1, alpha=0.0).tobytes() == pil.tobytes()
     assert maps.overlay(pil, 1, alpha=1.0).tobytes() == maps.heatmap(1).tobytes()
-    fig = maps.plot(pil, positions=[1, 2], labels=["a", "</script>"])
-    assert len(fig.axes) == 3
+    fig = maps.plot(pil, positions=[1, 2], labels=["a", "</script>"], title="a $x^$ prompt")
+    assert len(fig.axes) == 4  # the image, two maps, and the colour bar
+    assert fig.axes[-1].get_ylabel() == "attention (map's min to max)"
+    assert fig._suptitle.get_text() == r"a \$x^\$ prompt"  # drawn as written, not parsed as math
     with pytest.raises(IndexError):
         maps.for_token(maps.num_tokens)
 

@@ -411,15 +411,20 @@ def test_a_long_prompt_is_noted_once_and_words_show_as_written(tiny_pipe):
         def emit(self, record):
             records.append(record.getMessage())
 
+    from diffusers.utils import logging as diffusers_logging
+
     logger = logging.getLogger(type(tiny_pipe).__module__)
     handler = Keep()
     logger.addHandler(handler)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_warning()  # as a user's session has it (other tests quiet diffusers)
     explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
     try:
         with pytest.warns(UserWarning, match="tokens long"):
             explainer(" ".join(["red"] * 100), num_inference_steps=2, generator=seeded(0))
     finally:
         logger.removeHandler(handler)
+        diffusers_logging.set_verbosity(verbosity)
     truncated = [message for message in records if message.startswith("The following part of your input")]
     assert len(truncated) == 1, truncated  # once, not once per text-encoder pass
     prompt = "a 🐱 cat и кошка café"

@@ -210,7 +210,9 @@ _SCRIPT = r"""
     var top = Math.max.apply(null, pct.concat([1e-12]));
     for (var t = 0; t < rows.length; t++) {
       var row = rows[t];
-      row.querySelector('[data-role="fill"]').style.width = (100 * pct[t] / top) + "%%";
+      var bar = row.querySelector('[data-role="fill"]');
+      bar.style.width = (100 * pct[t] / top) + "%%";
+      bar.style.background = pct[t] === top ? "#8b0000" : "#d62728";
       var value = row.querySelector('[data-role="pct"]');
       value.textContent = pct[t].toFixed(2) + "%%";
       value.setAttribute("data-value", String(pct[t]));
@@ -446,7 +448,7 @@ def interactive_view_html(
             raise ValueError(f"`dependence_map` must have shape ({height}, {width}), got {changed.shape}.")
         padded = np.zeros((rows * cell_h, cols * cell_w))
         padded[:height, :width] = changed
-        dependence = padded.reshape(rows, cell_h, cols, cell_w).sum((1, 3)).ravel().tolist()
+        dependence = [round(v, 4) for v in padded.reshape(rows, cell_h, cols, cell_w).sum((1, 3)).ravel().tolist()]
     config = {
         "dependence": dependence,
         "dependsThreshold": DEPENDS_THRESHOLD,
@@ -502,6 +504,16 @@ def interactive_view_html(
         f'<div class="di-title" style="flex-basis:100%;font-weight:bold">{html.escape(title)}</div>' if title else ""
     )
     has_attention = attention is not None and any(uri is not None for uri in attention)
+    has_attention = has_attention or (word_attention is not None and any(uri is not None for uri in word_attention))
+    # The maps' colour scale (matplotlib's jet, as the overlays are drawn), under the image.
+    legend = (
+        f'<div class="di-note" data-role="legend" style="width:{shown_w}px">attention map: '
+        '<span style="display:inline-block;width:120px;height:8px;vertical-align:middle;background:linear-gradient('
+        'to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)"></span> '
+        "low to high (each map scaled to its own maximum)</div>"
+        if has_attention
+        else ""
+    )
     thing = "word" if words is not None else "token"
     hint = f"Click a {thing} to show its attention map." if has_attention else ""
     return f"""<div id="{uid}" class="di-view" data-view-id="{uid}">
@@ -514,6 +526,7 @@ def interactive_view_html(
 height="{shown_h}" alt=""/>
 <div id="{uid}-box" class="di-box" data-role="box"></div>
 </div>
+{legend}
 {slider}
 </div>
 <div class="di-bars" id="{uid}-bars">

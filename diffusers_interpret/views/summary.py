@@ -10,6 +10,8 @@ from ..dependence import bar_opacity, describe_dependence
 from .markup import image_to_data_uri
 
 DISPLAY_SIZE = 256
+# One bar style for every view (report cards, notebook card, interactive view): red, the largest bar dark red.
+BAR, BAR_TOP = "#d62728", "#8b0000"
 
 
 def _picture(image) -> Image.Image:
@@ -36,15 +38,15 @@ def explanation_html(output) -> str:
     opacity = bar_opacity(output.prompt_dependence, whole)
     if pairs:
         percent = [value for _, value in pairs.normalized]
-        top = set(np.argsort(percent)[::-1][:3].tolist())
         largest = max(max(percent), 1e-12)
-        for k, (word, value) in enumerate(zip(pairs.tokens, percent)):
-            weight = "bold" if k in top else "normal"
+        for word, value in zip(pairs.tokens, percent):
+            # The report's bar style: the largest bar dark red, the others red, in percent of the box's total.
+            colour = BAR_TOP if value == largest else BAR
             bar = max(0.0, value) / largest * 100
             label = html.escape(str(word))
             rows.append(
-                f'<tr><td style="text-align:right;padding-right:6px;font-weight:{weight}">{label}</td>'
-                f'<td style="width:160px"><div style="background:#d62728;opacity:{opacity};height:10px;'
+                f'<tr><td style="text-align:right;padding-right:6px;font-family:monospace">{label}</td>'
+                f'<td style="width:160px"><div style="background:{colour};opacity:{opacity};height:10px;'
                 f'width:{bar:.1f}%"></div></td>'
                 f'<td style="padding-left:6px;color:#555">{value:.1f}%</td></tr>'
             )
