@@ -27,6 +27,7 @@ from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
 from .request import CheckedRequest, ExplainRequest, check_inputs, with_concepts
 from .session import Session
+from .step_images import lazy_step_images
 from .text import ConditioningLeaves, PromptTokens, tokenize
 from .trace import CallRecord, Trace, TracedGraph
 from .tracing.denoising import ImageDenoising
@@ -521,19 +522,10 @@ class BasePipelineExplainer:
         return Pictures(images, nsfw, steps)
 
     def _step_images(self, request: CheckedRequest, step_latents, generator) -> List[GeneratedImages]:
-        per_image: List[GeneratedImages] = []
-        for latents in progress_bar(step_latents, "Decoding step images", disable=not self.verbose):
-            decoded = self.family.decode(self.pipe, latents, generator, (request.height, request.width))
-            pictures = self.pipe.image_processor.postprocess(decoded, output_type="pil")
-            if not per_image:
-                per_image = [GeneratedImages() for _ in pictures]
-            for sequence, picture in zip(per_image, pictures):
-                sequence.append(picture)
-        if request.image_input is not None:
-            start = request.image_input.picture()
-            for sequence in per_image:
-                sequence.insert(0, start)
-        return per_image
+        # Kept as latents, decoded when first looked at (the slider, the GIF, the report).
+        start = request.image_input.picture() if request.image_input is not None else None
+        size = (request.height, request.width)
+        return lazy_step_images(self.pipe, self.family, step_latents, size, generator, start, self.verbose)
 
     # -- 5. attribution -------------------------------------------------------------------------------------------
     def attribute(self, request: CheckedRequest, trace: Trace) -> Optional[Scores]:

@@ -143,8 +143,70 @@ class GeneratedImages(list):
     The images of every denoising step, as a list of PIL images.
 
     `.show()` renders a self-contained slider inline in Jupyter, Colab and VS Code (the same HTML as `_repr_html_`),
-    and `.gif()` writes an animated GIF.
+    and `.gif()` writes an animated GIF. An explainer's step images are decoded when first looked at (indexed,
+    iterated, shown, written): the call keeps only the steps' latents, so a call whose steps nobody looks at does not
+    pay for decoding them.
+
+    Args:
+        images (`Sequence[PIL.Image.Image]`, *optional*): The images.
+        source (`Callable`, *optional*): Instead of `images`: returns them when first needed.
+        length (`int`, *optional*): With `source`, how many it will return (`len()` without decoding).
     """
+
+    def __init__(self, images=(), source=None, length: Optional[int] = None):
+        super().__init__(images)
+        self._source = source
+        self._length = length
+
+    def _filled(self) -> "GeneratedImages":
+        if self._source is not None:
+            source, self._source = self._source, None
+            super().extend(source())
+        return self
+
+    def __len__(self) -> int:
+        if self._source is not None and self._length is not None:
+            return self._length
+        return super(GeneratedImages, self._filled()).__len__()
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __iter__(self):
+        return super(GeneratedImages, self._filled()).__iter__()
+
+    def __reversed__(self):
+        return super(GeneratedImages, self._filled()).__reversed__()
+
+    def __getitem__(self, index):
+        return super(GeneratedImages, self._filled()).__getitem__(index)
+
+    def __contains__(self, item) -> bool:
+        return super(GeneratedImages, self._filled()).__contains__(item)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, GeneratedImages):
+            other._filled()
+        return super(GeneratedImages, self._filled()).__eq__(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        if self._source is not None:
+            return f"GeneratedImages({self._length} step images, decoded when first looked at)"
+        return super().__repr__()
+
+    def copy(self) -> "GeneratedImages":
+        return GeneratedImages(list(self._filled()))
+
+    def index(self, *args):
+        return super(GeneratedImages, self._filled()).index(*args)
+
+    def count(self, item) -> int:
+        return super(GeneratedImages, self._filled()).count(item)
+
+    def __reduce__(self):
+        return (GeneratedImages, (list(self._filled()),))
 
     def to_html(self, width: Optional[int] = None) -> str:
         positive_int(width, "width")

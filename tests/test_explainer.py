@@ -303,6 +303,37 @@ def test_several_prompts_and_images_each_get_their_own_explanation(tiny_pipe):
     assert not np.allclose(outs[0].token_attributions.scores, outs[1].token_attributions.scores)
 
 
+def test_step_images_are_decoded_when_first_looked_at(tiny_pipe):
+    # The call decodes its final image only; the steps' images are the pipeline's own step latents decoded, all
+    # images of the call at once, the first time one is looked at.
+    decodes = []
+    handle = tiny_pipe.vae.decoder.register_forward_pre_hook(lambda *a: decodes.append(1))
+    try:
+        outs = explain(
+            tiny_pipe, prompt=[PROMPT, "a yellow triangle"], prompt_dependence=False,
+            get_images_for_all_inference_steps=True, n_last_diffusion_steps_to_consider_for_attributions=1,
+        )  # fmt: skip
+        assert len(decodes) == 1  # the images themselves, one batch
+        assert len(outs[0].all_images_during_generation) == STEPS and len(decodes) == 1  # len() decodes nothing
+        frames = [list(out.all_images_during_generation) for out in outs]
+        assert len(decodes) == 1 + STEPS  # every step once, for both images
+        frames[0][2], outs[1].all_images_during_generation[4]  # noqa: B018 (read again: nothing more decoded)
+        assert len(decodes) == 1 + STEPS
+    finally:
+        handle.remove()
+    latents = []
+
+    def keep(pipe, step, timestep, callback_kwargs):
+        latents.append(callback_kwargs["latents"].detach().clone())
+        return {}
+
+    tiny_pipe([PROMPT, "a yellow triangle"], num_inference_steps=STEPS, generator=seeded(0), callback_on_step_end=keep)
+    for step, step_latents in enumerate(latents):
+        decoded = tiny_pipe.vae.decode(step_latents / tiny_pipe.vae.config.scaling_factor).sample
+        for index, expected in enumerate(tiny_pipe.image_processor.postprocess(decoded.detach(), "pil")):
+            assert np.array_equal(np.asarray(frames[index][step]), np.asarray(expected)), (index, step)
+
+
 def test_images_during_generation_slider_and_gif(tiny_pipe, tmp_path):
     out = explain(
         tiny_pipe, get_images_for_all_inference_steps=True, n_last_diffusion_steps_to_consider_for_attributions=1
