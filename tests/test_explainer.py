@@ -480,3 +480,21 @@ def test_checkpointing_is_on_by_default_where_traced_steps_pile_up(tiny_pipe):
         handle.remove()
     assert out.token_attributions is not None
     assert len(calls) == STEPS + 2  # every step once, and the two traced steps again in the backward pass
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "linearized_ablation", "jacobian_norm"])
+def test_weights_that_require_grad_get_no_gradient(method):
+    # A model loaded with `from_pretrained` has every weight requiring grad: gradients still reach the inputs only
+    # (no `.grad` on any weight), the weights are left as they were, and the scores are those of frozen weights.
+    from diffusers_interpret.testing import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    frozen = explain(pipe, attribution_method=method, n_last_diffusion_steps_to_consider_for_attributions=2)
+    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    for module in modules:
+        module.requires_grad_(True)
+    thawed = explain(pipe, attribution_method=method, n_last_diffusion_steps_to_consider_for_attributions=2)
+    parameters = [p for module in modules for p in module.parameters()]
+    assert all(p.grad is None for p in parameters)
+    assert all(p.requires_grad for p in parameters)
+    np.testing.assert_allclose(thawed.token_attributions.scores, frozen.token_attributions.scores, rtol=1e-5)
