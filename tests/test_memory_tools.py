@@ -1,0 +1,104 @@
+r"""
+diffusers' memory tools under the explainer (issue #27), on the tiny SD pipeline, on the CPU: with each tool the
+explained image is still `pipe()`'s under the same tool, no weight gets a gradient, and the scores are those without
+the tool where the tool does not change the arithmetic (offloading, VAE slicing), or rank the words as they do
+without it where it does (VAE tiling blends tiles, layerwise casting stores weights in bfloat16).
+`torch.compile` is checked by `benchmarks/memory_tools.py` (its compilation takes about a minute on the CPU).
+Sequential CPU offload fails in `pipe()` itself on this stack (accelerate with torch 2.13), so it is not tested here.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_interpret import explainer_for
+from diffusers_interpret.faithfulness import spearman
+from diffusers_interpret.testing import make_tiny_pipeline
+
+CPU = torch.device("cpu")
+TOOLS = {
+    "vae_tiling": (lambda pipe: pipe.vae.enable_tiling(), False),
+    "vae_slicing": (lambda pipe: pipe.vae.enable_slicing(), True),
+    "model_cpu_offload": (lambda pipe: pipe.enable_model_cpu_offload(device="cpu"), True),
+    "group_offload": (
+        lambda pipe: pipe.unet.enable_group_offload(
+            onload_device=CPU, offload_device=CPU, offload_type="block_level", num_blocks_per_group=1
+        ),
+        True,
+    ),
+    "layerwise_casting": (
+        lambda pipe: pipe.unet.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32),
+        False,
+    ),
+}
+CALL = dict(num_inference_steps=3, output_type="np", height=64, width=64, get_images_for_all_inference_steps=False)
+PROMPT = "a red circle on the left and a blue square on the right"
+
+
+def explained(pipe, method):
+    explainer = explainer_for(pipe, verbose=False)
+    return explainer(PROMPT, generator=torch.Generator().manual_seed(0), attribution_method=method, **CALL)
+
+
+@pytest.fixture(scope="module")
+def without_tools():
+    pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    return {method: explained(pipe, method) for method in ("grad_x_input", "word_attention")}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+@pytest.mark.parametrize("method", ["grad_x_input", "word_attention"])
+def test_memory_tool(tool, method, without_tools):
+    apply, exact = TOOLS[tool]
+    pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    apply(pipe)
+    if tool == "vae_tiling":  # tiles smaller than the image, so that the decode is tiled
+        pipe.vae.tile_sample_min_size = 32
+        pipe.vae.tile_latent_min_size = 32 // pipe.vae_scale_factor
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(True)  # as `from_pretrained` leaves them
+    expected = pipe(PROMPT, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np",
+                    height=64, width=64).images[0]  # fmt: skip
+    output = explained(pipe, method)
+    assert np.array_equal(output.image, expected)  # the image is pipe()'s, under the same tool
+    weights = [p for c in pipe.components.values() if isinstance(c, torch.nn.Module) for p in c.parameters()]
+    assert all(p.grad is None for p in weights)
+    scores, reference = output.token_attributions.scores, without_tools[method].token_attributions.scores
+    assert np.isfinite(scores).all()
+    if exact:
+        np.testing.assert_allclose(scores, reference, rtol=1e-4)
+    else:
+        assert spearman(scores, reference) > 0.9
+
+
+def test_gradients_through_the_tiled_decode_match_finite_differences():
+    # VAE tiling changes the arithmetic (tiles decoded apart and blended): the gradient through it is checked against
+    # a central finite difference of the box's sum through `pipe()` with the same tiling, in float64.
+    pipe = make_tiny_pipeline("text2img", dtype=torch.float64, sample_size=16, layers_per_block=1)
+    pipe.vae.enable_tiling()
+    pipe.vae.tile_sample_min_size = 32
+    pipe.vae.tile_latent_min_size = 32 // pipe.vae_scale_factor
+    box, steps, eps, prompt = ((5, 20), (50, 60)), 3, 1e-3, "a blue square on the left"
+    call = dict(num_inference_steps=steps, height=64, width=64)
+    output = explainer_for(pipe, verbose=False)(
+        prompt, generator=torch.Generator().manual_seed(0), explanation_2d_bounding_box=box,
+        attribution_method="grad_x_input", attribution_level="text_encoder_output", prompt_dependence=False,
+        get_images_for_all_inference_steps=False, **call,
+    )  # fmt: skip
+    positive, negative = pipe.encode_prompt(prompt, "cpu", 1, True)
+    (x0, y0), (x1, y1) = box
+
+    def box_sum(direction):
+        images = pipe(
+            prompt_embeds=positive + direction, negative_prompt_embeds=negative, output_type="pt",
+            generator=torch.Generator().manual_seed(0), **call,
+        ).images  # fmt: skip
+        return float(images[0, :, y0:y1, x0:x1].sum())
+
+    for row, position in enumerate(output.token_positions[:4]):
+        direction = torch.zeros_like(positive)
+        direction[0, position] = positive[0, position] * eps
+        finite = (box_sum(direction) - box_sum(-direction)) / (2 * eps)
+        ours = float((output.token_gradients[row] * output.token_embeddings[row]).sum())
+        assert ours == pytest.approx(finite, rel=1e-3, abs=1e-9), (row, ours, finite)
