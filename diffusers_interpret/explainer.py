@@ -197,7 +197,8 @@ class BasePipelineExplainer:
             clean_token_prefixes_and_suffixes (`bool`, *optional*, defaults to `True`):
                 Remove the tokenizer's `</w>` end-of-word marker from the token strings.
             get_images_for_all_inference_steps (`bool`, *optional*, defaults to `True`):
-                Decode the latents after every step into `output.all_images_during_generation`.
+                Keep the latents after every step for `output.all_images_during_generation`, decoded when it is
+                first looked at (the slider, the GIF, the report).
             output_type (`str`, *optional*, defaults to `"pil"`): `"pil"` (box drawn), `"np"` or `"pt"`.
             keep_for_reexplanation (`str`, *optional*):
                 What to keep so that `output.explain(explanation_2d_bounding_box=...)` explains another region without

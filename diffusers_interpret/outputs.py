@@ -356,7 +356,8 @@ class BaseExplanationOutput:
         nsfw_content_detected (`bool`, *optional*):
             The pipeline's safety checker verdict, `None` without a checker.
         all_images_during_generation (`GeneratedImages`, *optional*):
-            The decoded latents after every denoising step (`None` with `get_images_for_all_inference_steps=False`).
+            The image after every denoising step, decoded when first looked at (`None` with
+            `get_images_for_all_inference_steps=False`).
         token_attributions (`TokenAttributions`, *optional*):
             `(token, score)` pairs; `None` when no step was traced.
         explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*):
