@@ -45,6 +45,14 @@ table.bars td.value { text-align: right; color: #555; }
 """
 
 
+# The heatmaps' colour scale (matplotlib's jet, as the overlays are drawn).
+_COLOUR_LEGEND = (
+    '<div class="meta">low <span style="display:inline-block;width:120px;height:8px;vertical-align:middle;'
+    "background:linear-gradient(to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)"
+    '"></span> high</div>'
+)
+
+
 @dataclass
 class _Written:
     # Paths written next to the report (relative to its directory), for the caller.
@@ -198,6 +206,7 @@ def _explanation_card(
         _save_png(overlay, out_dir, f"{prefix}_saliency.png", written)
         _save_png(saliency.image, out_dir, f"{prefix}_input.png", written)
         parts.append('<div class="meta">input image / pixel attributions (scaled to their maximum)</div>')
+        parts.append(_COLOUR_LEGEND)
         parts.append(
             '<div class="row">'
             + _img_tag(saliency.image, "input image", display_width // 2)
