@@ -174,9 +174,8 @@ def attention_mass(num_scenes: int, seed: int) -> None:
             f"{auroc([r[1] for r in p], [r[1] for r in n]):.3f}, attention mass to the words "
             f"{auroc([r[2] for r in p], [r[2] for r in n]):.3f}"
         )
-    print(
-        f"Spearman(attention mass to the words, prompt dependence), all boxes: {spearman([r[2] for r in rows], [r[1] for r in rows]):.2f}"
-    )
+    agreement = spearman([r[2] for r in rows], [r[1] for r in rows])
+    print(f"Spearman(attention mass to the words, prompt dependence), all boxes: {agreement:.2f}")
 
 
 def main():
