@@ -499,3 +499,27 @@ def test_each_image_of_a_batch_leaves_out_its_own_prompts_padding(flux):
         np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
         assert float(maps[others].abs().max()) == 0
         assert 0 < output.attention_sink_share < 1
+
+
+def test_record_cross_attention_leaves_out_true_cfg_negative_calls():
+    # `record_cross_attention(pipe)` never sees the call's arguments: with true CFG it must still record the
+    # prompt's calls only (one per step), as a recorder told the calls per step does.
+    from diffusers_interpret.attention import record_cross_attention
+    from diffusers_interpret.families import family_for
+    from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+    from diffusers_interpret.tracing.attention import make_recorder
+    from diffusers_interpret.tracing.steps import StepCounter
+
+    pipe = make_tiny_flux_pipeline()
+    call = dict(
+        negative_prompt="a blurry photo", true_cfg_scale=2.0, num_inference_steps=3, height=16, width=16,
+        max_sequence_length=TINY_T5_LENGTH,
+    )  # fmt: skip
+    with record_cross_attention(pipe, keep_per_step=True) as recorder:
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **call)
+    family = family_for(pipe)
+    counter = StepCounter(pipe, family.denoiser(pipe), calls_per_step=2)
+    with counter, make_recorder(pipe, family, keep_per_step=True, counter=counter) as told:
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **call)
+    assert recorder.maps.steps == [0, 2, 4] == told.maps.steps
+    torch.testing.assert_close(recorder.maps.maps, told.maps.maps)

@@ -238,6 +238,8 @@ class CrossAttentionRecorder(ScopedHooks):
         self.enabled = True
         self._own_counter = counter is None
         self.counter = counter or StepCounter(pipe, self.unet, self.family.calls_per_step(pipe))
+        guided = {"true_cfg_scale": 2.0, "negative_prompt": "", "negative_prompt_embeds": None}
+        self._separate_negative_calls = self.family.calls_per_step(pipe, guided) > 1
         self._saved: Optional[Dict] = None
         self._reset()
 
@@ -259,6 +261,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self._recorded_steps: List[int] = []
         self._layer_names: List[str] = []
         self._maps: Optional[AttentionMapsData] = None
+        self._last_timestep: Optional[torch.Tensor] = None
 
     @property
     def calls(self) -> int:
@@ -348,6 +351,16 @@ class CrossAttentionRecorder(ScopedHooks):
         self._rows = self.family.positive_rows(self.pipe, int(sample.shape[0]))
         self._current_call = index
         prompt_call = self.family.is_prompt_call(self.pipe, index, self.counter.calls_per_step)
+        if self._own_counter and self._separate_negative_calls:
+            # Recording a call whose arguments it never saw (`record_cross_attention`), the recorder cannot know the
+            # denoiser calls per step: in a family that may call the denoiser a second time per step for the negative
+            # prompt (Flux's true CFG), a call at the timestep of the call before it is that second call.
+            timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+            if isinstance(timestep, torch.Tensor):
+                timestep = timestep.detach().flatten()[:1].float().cpu()
+                repeat = self._last_timestep is not None and torch.equal(timestep, self._last_timestep)
+                prompt_call = prompt_call and not repeat
+                self._last_timestep = timestep
         self._current_recorded = prompt_call and (self.steps is None or index in self._step_set)
         self._text_length = int(self.family.read_conditioning(args, kwargs)["encoder_hidden_states"].shape[1])
         return None
