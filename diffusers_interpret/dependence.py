@@ -58,11 +58,6 @@ def describe_dependence(share: Optional[float], whole_image: bool = False) -> st
     )
 
 
-def depends(share: Optional[float]) -> Optional[bool]:
-    r"""Whether a prompt dependence reads "depends on the prompt" (`None` where there is none)."""
-    return None if share is None else bool(share >= DEPENDS_THRESHOLD)
-
-
 def bar_opacity(share: Optional[float], whole_image: bool = False) -> float:
     r"""How opaque a region's bars are drawn: fully at `DEPENDS_THRESHOLD` or more (and for the whole image, or
     without a measure), fading to 0.25 as the region's dependence on the prompt falls to 0."""

@@ -27,7 +27,7 @@ from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
 from .request import CheckedRequest, ExplainRequest, check_inputs, with_concepts
 from .session import Session
-from .step_images import lazy_step_images
+from .step_images import StepImageDecoder
 from .text import ConditioningLeaves, PromptTokens, tokenize
 from .trace import CallRecord, Trace, TracedGraph
 from .tracing.denoising import ImageDenoising
@@ -526,7 +526,7 @@ class BasePipelineExplainer:
         # Kept as latents, decoded when first looked at (the slider, the GIF, the report).
         start = request.image_input.picture() if request.image_input is not None else None
         size = (request.height, request.width)
-        return lazy_step_images(self.pipe, self.family, step_latents, size, generator, start, self.verbose)
+        return StepImageDecoder(self.pipe, self.family, step_latents, size, generator, start, self.verbose).sequences()
 
     # -- 5. attribution -------------------------------------------------------------------------------------------
     def attribute(self, request: CheckedRequest, trace: Trace) -> Optional[Scores]:

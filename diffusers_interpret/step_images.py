@@ -4,7 +4,7 @@ decodes them, all images of the call at once, the first time any of its `all_ima
 (the slider, the GIF, the report).
 """
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -65,8 +65,3 @@ class StepImageDecoder:
             for sequence in per_image:
                 sequence.insert(0, self.start)
         return per_image
-
-
-def lazy_step_images(*args: Any, **kwargs: Any) -> List[GeneratedImages]:
-    r"""[`StepImageDecoder`]`(*args, **kwargs).sequences()`: one lazy sequence per image of the call."""
-    return StepImageDecoder(*args, **kwargs).sequences()
