@@ -58,9 +58,7 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     )
     for name, value in method_fields.items():
         setattr(output, name, value)
-    changed = output.prompt_dependence_map
-    box = output.explanation_2d_bounding_box
-    output.prompt_dependence = None if changed is None else DependenceMap(changed).share(box)
+    fill_dependence(output)
     excluded = None if output.attention_maps is None else output.attention_maps.excluded_share
     output.attention_sink_share = None if excluded is None else float(excluded[index].mean())
     if scores is None or scores.tokens[index] is None:
@@ -73,8 +71,7 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
     output.word_attributions = TokenAttributions(tokens.word_scores(np.asarray(scores.tokens[index]).tolist()))
-    for attributions in (output.token_attributions, output.word_attributions):
-        attributions.prompt_dependence, attributions.whole_image = output.prompt_dependence, box is None
+    fill_dependence(output)
     if hasattr(output, "pixel_attributions"):
         pixels = _of_image(scores.pixels, index)
         output.pixel_gradients = scores.pixel_gradients[index] if scores.pixel_gradients else None
@@ -88,6 +85,16 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
                 "pixel_attributions is None.",
                 stacklevel=5,
             )
+
+
+def fill_dependence(output) -> None:
+    r"""Set `output.prompt_dependence` from its `prompt_dependence_map` and its box, and pass it (with whether the box
+    is the whole image) to its token and word attributions, which plot it."""
+    changed, box = output.prompt_dependence_map, output.explanation_2d_bounding_box
+    output.prompt_dependence = None if changed is None else DependenceMap(changed).share(box)
+    for attributions in (output.token_attributions, output.word_attributions):
+        if attributions is not None:
+            attributions.prompt_dependence, attributions.whole_image = output.prompt_dependence, box is None
 
 
 def _encoder_labels(trace, units) -> Optional[List[str]]:

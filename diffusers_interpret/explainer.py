@@ -555,7 +555,7 @@ class BasePipelineExplainer:
         an image alone)."""
         if not request.request.prompt_dependence:
             return None
-        if int(self.family.denoiser(self.pipe).config.in_channels) != self.family.denoiser_in_channels(self.pipe):
+        if self.family.denoiser_reads_mask(self.pipe):
             return None
         if request.existing is not None:
             images = request.existing.pixels.expand(request.num_images, -1, -1, -1)

@@ -466,8 +466,8 @@ def _existing_image(
             "`keep_for_reexplanation='latents'` replays a generation's untraced steps, which an existing image has "
             "none of: use 'graph'."
         )
-    channels = int(family.denoiser(pipe).config.in_channels)
-    if channels != family.denoiser_in_channels(pipe):
+    if family.denoiser_reads_mask(pipe):
+        channels = int(family.denoiser(pipe).config.in_channels)
         raise ValueError(
             f"{type(pipe).__name__}'s denoiser reads {channels} channels (an inpainting model, which also reads a "
             "mask): explain an existing image with the text-to-image pipeline of the same model."

@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from . import checks
-from .assembly import reexplained
+from .assembly import fill_dependence, reexplained
 from .box import normalize_box
-from .dependence import DependenceMap
 from .methods import GradientAggregation, WordAttention, parse_method
 from .progress import progress_bar
 from .regeneration import Regeneration
@@ -133,12 +132,7 @@ class Session:
         new.all_images_during_generation = output.all_images_during_generation
         new.attention_maps = output.attention_maps
         new.prompt_dependence_map = output.prompt_dependence_map
-        if output.prompt_dependence_map is not None:
-            new.prompt_dependence = DependenceMap(output.prompt_dependence_map).share(new.explanation_2d_bounding_box)
-            for scores in (new.token_attributions, new.word_attributions):
-                if scores is not None:
-                    scores.prompt_dependence = new.prompt_dependence
-                    scores.whole_image = new.explanation_2d_bounding_box is None
+        fill_dependence(new)
         new.session = self
         return new
 

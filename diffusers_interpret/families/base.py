@@ -275,6 +275,11 @@ class PipelineFamily:
         r"""The channels the denoiser reads for an image's latents alone (an inpainting denoiser reads more)."""
         return int(pipe.vae.config.latent_channels)
 
+    def denoiser_reads_mask(self, pipe) -> bool:
+        r"""Whether the denoiser reads more than an image's latents (an inpainting model: the mask and the masked
+        image beside them), so that it cannot denoise an image alone."""
+        return int(self.denoiser(pipe).config.in_channels) != self.denoiser_in_channels(pipe)
+
     def noised(
         self, pipe, latents: torch.Tensor, noise: torch.Tensor, level: float
     ) -> Tuple[torch.Tensor, torch.Tensor]:
