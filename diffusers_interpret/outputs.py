@@ -19,7 +19,7 @@ from .checks import positive_int
 from .dependence import bar_opacity, describe_dependence
 from .memory import MemoryEstimate
 from .progress import in_notebook
-from .views.markup import image_slider_html, plain_text, show_html, standalone_page
+from .views.markup import BAR, BAR_TOP, image_slider_html, plain_text, show_html, standalone_page
 
 
 def _percentages(scores: np.ndarray) -> np.ndarray:
@@ -103,7 +103,7 @@ class TokenAttributions(list):
         alpha = bar_opacity(self.prompt_dependence, self.whole_image)
         if self.encoders is None:  # the views' bar style: red, the largest bar dark red
             top = max(values, default=0.0)
-            colours = ["#8b0000" if value == top else "#d62728" for value in values]
+            colours = [BAR_TOP if value == top else BAR for value in values]
             ax.bar(range(len(values)), values, color=colours, alpha=alpha)
         else:  # one colour per text encoder, named in the legend
             palette = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple")

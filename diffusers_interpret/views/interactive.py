@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..dependence import DEPENDS_THRESHOLD
-from .markup import image_to_data_uri, json_for_script, show_html, standalone_page
+from .markup import BAR, BAR_TOP, colour_legend, image_to_data_uri, json_for_script, show_html, standalone_page
 
 
 def box_scores_from_cells(cell_grad_x_input: np.ndarray, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
@@ -126,12 +126,12 @@ _STYLE = """
 #{uid} .di-row.di-active .di-label {{font-weight:bold;text-decoration:underline}}
 #{uid} .di-label {{width:110px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;text-align:right}}
 #{uid} .di-track {{display:inline-block;width:160px;height:12px;background:#eee}}
-#{uid} .di-fill {{height:12px;background:#d62728;width:0}}
+#{uid} .di-fill {{height:12px;background:BAR_COLOUR;width:0}}
 #{uid} .di-bars .di-fill {{opacity:var(--di-opacity, 1)}}
 #{uid} .di-dependence {{font-weight:bold;max-width:360px;margin:4px 0}}
 #{uid} .di-pct {{width:64px;font-variant-numeric:tabular-nums}}
 #{uid} .di-note {{color:#555;margin:4px 0}}
-"""
+""".replace("BAR_COLOUR", BAR)
 
 _SCRIPT = r"""
 (function() {
@@ -212,7 +212,7 @@ _SCRIPT = r"""
       var row = rows[t];
       var bar = row.querySelector('[data-role="fill"]');
       bar.style.width = (100 * pct[t] / top) + "%%";
-      bar.style.background = pct[t] === top ? "#8b0000" : "#d62728";
+      bar.style.background = pct[t] === top ? cfg.barTop : cfg.bar;
       var value = row.querySelector('[data-role="pct"]');
       value.textContent = pct[t].toFixed(2) + "%%";
       value.setAttribute("data-value", String(pct[t]));
@@ -452,6 +452,8 @@ def interactive_view_html(
     config = {
         "dependence": dependence,
         "dependsThreshold": DEPENDS_THRESHOLD,
+        "bar": BAR,
+        "barTop": BAR_TOP,
         "rows": rows,
         "cols": cols,
         "numTokens": len(tokens),
@@ -507,10 +509,10 @@ def interactive_view_html(
     has_attention = has_attention or (word_attention is not None and any(uri is not None for uri in word_attention))
     # The maps' colour scale (matplotlib's jet, as the overlays are drawn), under the image.
     legend = (
-        f'<div class="di-note" data-role="legend" style="width:{shown_w}px">attention map: '
-        '<span style="display:inline-block;width:120px;height:8px;vertical-align:middle;background:linear-gradient('
-        'to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)"></span> '
-        "low to high (each map scaled to its own maximum)</div>"
+        colour_legend(
+            f'<div class="di-note" data-role="legend" style="width:{shown_w}px">attention map: {{scale}} low to high '
+            "(each map scaled to its own maximum)</div>"
+        )
         if has_attention
         else ""
     )

@@ -11,6 +11,20 @@ from PIL import Image
 
 from ..progress import in_notebook
 
+# One bar style for every view (report cards, notebook card, interactive view, `.plot()`): red, the largest dark red.
+BAR, BAR_TOP = "#d62728", "#8b0000"
+# matplotlib's "jet" (the maps' colour map) as a CSS gradient, for the legends under the overlays.
+JET_GRADIENT = "linear-gradient(to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)"
+
+
+def colour_legend(text: str, width: int = 120) -> str:
+    r"""A small HTML colour scale (jet, low to high) with `text` around it (`{scale}` marks where it goes)."""
+    scale = (
+        f'<span style="display:inline-block;width:{width}px;height:8px;vertical-align:middle;'
+        f'background:{JET_GRADIENT}"></span>'
+    )
+    return text.format(scale=scale)
+
 
 def plain_text(text: str) -> str:
     r"""`text` as matplotlib should draw it: as written, never as mathtext (a prompt with two `$` is not math)."""

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
-from .markup import image_slider_html, image_to_data_uri
+from .markup import BAR, BAR_TOP, colour_legend, image_slider_html, image_to_data_uri
 from .summary import readings, what_was_explained
 
 REPORT_FILE_NAME = "report.html"
@@ -37,20 +37,15 @@ table.bars { border-collapse: collapse; font-size: 12px; }
 table.bars td { padding: 1px 4px; }
 table.bars td.token { text-align: right; font-family: monospace; }
 table.bars td.value { text-align: right; color: #555; }
-.bar { height: 12px; background: #d62728; }
-.bar.top { background: #8b0000; }
+.bar { height: 12px; background: BAR_COLOUR; }
+.bar.top { background: BAR_TOP_COLOUR; }
 .dependence { font-size: 13px; font-weight: bold; margin: 6px 0; max-width: 320px; }
 .meaning { font-size: 12px; color: #555; margin-top: 4px; max-width: 320px; }
 .note { font-size: 12px; color: #555; }
-"""
-
+""".replace("BAR_TOP_COLOUR", BAR_TOP).replace("BAR_COLOUR", BAR)
 
 # The heatmaps' colour scale (matplotlib's jet, as the overlays are drawn).
-_COLOUR_LEGEND = (
-    '<div class="meta">low <span style="display:inline-block;width:120px;height:8px;vertical-align:middle;'
-    "background:linear-gradient(to right,#00007f,#0000ff,#007fff,#00ffff,#7fff7f,#ffff00,#ff7f00,#ff0000,#7f0000)"
-    '"></span> high</div>'
-)
+_COLOUR_LEGEND = colour_legend('<div class="meta">low {scale} high</div>')
 
 
 @dataclass

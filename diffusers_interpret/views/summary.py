@@ -7,11 +7,9 @@ import numpy as np
 from PIL import Image
 
 from ..dependence import bar_opacity, describe_dependence
-from .markup import image_to_data_uri
+from .markup import BAR, BAR_TOP, image_to_data_uri
 
 DISPLAY_SIZE = 256
-# One bar style for every view (report cards, notebook card, interactive view): red, the largest bar dark red.
-BAR, BAR_TOP = "#d62728", "#8b0000"
 
 
 def _picture(image) -> Image.Image:
