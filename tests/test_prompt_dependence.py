@@ -23,11 +23,10 @@ import torch
 from diffusers_interpret import explainer_for
 from diffusers_interpret.dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
 from diffusers_interpret.toy import TOY_MODELS, toy_model_available
-from diffusers_interpret.toy.scenes import render_scene, sample_scene_spec
 from diffusers_interpret.tracing.redraw import redraw_changes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from prompt_dependence import auroc, scene_boxes  # noqa: E402
+from prompt_dependence import auroc, measure  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not toy_model_available(), reason="the shipped toy model's files are missing")
 
@@ -46,35 +45,14 @@ def explainer(toy):
     return explainer_for(toy[0], verbose=False)
 
 
-def scene_rows(explainer, call, kind):
-    rng = np.random.default_rng(HELD_OUT_SEED)
-    rows = []
-    for i in range(NUM_SCENES):
-        spec = sample_scene_spec(rng)
-        if kind == "gen":
-            generator = torch.Generator().manual_seed(HELD_OUT_SEED + i)
-            output = explainer(
-                spec.prompt, generator=generator, get_images_for_all_inference_steps=False, output_type="np", **call
-            )
-            image = (output.image * 255).round().astype(np.uint8)
-        else:
-            image = render_scene(spec).image
-            output = explainer.explain_image(image, spec.prompt, output_type="np")
-        for box_kind, box in scene_boxes(image):
-            explained = output.explain(box)
-            (x0, y0), (x1, y1) = box
-            raw = float(np.sum(explained.token_attributions.scores)) / ((x1 - x0) * (y1 - y0))
-            rows.append((box_kind, explained.prompt_dependence, raw))
-    return rows
-
-
 @pytest.mark.parametrize("kind", ["gen", "rendered"])
-def test_object_boxes_depend_on_the_prompt_and_empty_boxes_little(one_thread, explainer, toy, kind):
-    rows = scene_rows(explainer, toy[1], kind)
-    objects = [value for box_kind, value, _ in rows if box_kind == "obj"]
-    empty = [value for box_kind, value, _ in rows if box_kind == "empty"]
+def test_object_boxes_depend_on_the_prompt_and_empty_boxes_little(one_thread, kind):
+    # The benchmark's own measurement, on its first held-out scenes.
+    rows = measure("toy", kind, NUM_SCENES, HELD_OUT_SEED)
+    objects = [row["dependence"] for row in rows if row["kind"] == "obj"]
+    empty = [row["dependence"] for row in rows if row["kind"] == "empty"]
     assert len(objects) >= 8 and len(empty) >= 8, (len(objects), len(empty))
-    raw = auroc([r for k, _, r in rows if k == "obj"], [r for k, _, r in rows if k == "empty"])
+    raw = auroc([r["raw"] for r in rows if r["kind"] == "obj"], [r["raw"] for r in rows if r["kind"] == "empty"])
     print(f"{kind}: AUROC {auroc(objects, empty):.3f} (raw total / area {raw:.3f})")
     assert auroc(objects, empty) == 1.0
     assert min(objects) >= DEPENDS_THRESHOLD > max(empty), (sorted(objects)[:3], sorted(empty)[-3:])
