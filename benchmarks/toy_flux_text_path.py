@@ -53,6 +53,8 @@ def load(model):
 
 
 def causal_text_path(pipe, num_prompts: int):
+    r"""How many of `num_prompts` two-object prompts (seeded) the pipeline draws right, by the detector, as they are,
+    with the empty prompt's pooled CLIP vector in place of theirs, and with the empty prompt's T5 states."""
     from diffusers_interpret.toy import TOY_FLUX_CALL
     from diffusers_interpret.toy.detector import check_prompt
     from diffusers_interpret.toy.scenes import sample_scene_spec
@@ -69,7 +71,7 @@ def causal_text_path(pipe, num_prompts: int):
             embeds = dict(prompt_embeds=t5, pooled_prompt_embeds=clip)
             image = pipe(generator=torch.Generator().manual_seed(seed), **embeds, **settings).images[0]
             drawn[name] += check_prompt(image, prompt).correct
-    return {name: f"{count} of {num_prompts}" for name, count in drawn.items()}
+    return drawn
 
 
 def binding_cosines(pipe):
@@ -199,7 +201,11 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     pipe = load(args.model)
-    print("causal text path, two-object prompts drawn right:", causal_text_path(pipe, args.num_prompts))
+    drawn = causal_text_path(pipe, args.num_prompts)
+    print(
+        "causal text path, two-object prompts drawn right:",
+        {k: f"{v} of {args.num_prompts}" for k, v in drawn.items()},
+    )
     print("T5 state of a word, cosine across the colour swap:", binding_cosines(pipe))
     print("pooled_share (gradient x input) on three prompts:", pooled_shares(pipe))
     for name, row in padding(pipe).items():

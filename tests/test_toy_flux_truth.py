@@ -6,6 +6,7 @@ ranking where it was while the attention it takes is reported.
 """
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from diffusers_interpret import explainer_for
 from diffusers_interpret.toy import TOY_FLUX_CALL, TOY_FLUX_MODEL_DIR, load_toy_flux_pipeline
 from diffusers_interpret.toy.detector import check_prompt
 from diffusers_interpret.toy.scenes import COLORS, SHAPES, sample_scene_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from toy_flux_text_path import causal_text_path  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (TOY_FLUX_MODEL_DIR / "model_index.json").is_file(), reason="the toy Flux model's files are missing"
@@ -39,22 +43,9 @@ def test_the_prompt_reaches_the_image_through_t5_not_the_pooled_vector(flux_pipe
     # Real Flux carries the content through T5's tokens in joint attention. The first toy Flux carried it through the
     # pooled CLIP vector. Measured causally: the empty prompt's pooled vector in place of the prompt's leaves the
     # scene drawn right; the empty prompt's T5 states in place of the prompt's do not.
-    rng = np.random.default_rng(5)
-    prompts = [sample_scene_spec(rng, 2, 64, order="random").prompt for _ in range(4)]
-    settings = dict(TOY_FLUX_CALL, output_type="np")
-    length = settings["max_sequence_length"]
-    empty_states, empty_pooled, _ = flux_pipe.encode_prompt("", "", max_sequence_length=length)
-    drawn = {"prompt's": 0, "empty pooled": 0, "empty T5": 0}
-    for seed, prompt in enumerate(prompts):
-        states, pooled, _ = flux_pipe.encode_prompt(prompt, prompt, max_sequence_length=length)
-        for name, (t5, clip) in (
-            ("prompt's", (states, pooled)),
-            ("empty pooled", (states, empty_pooled)),
-            ("empty T5", (empty_states, pooled)),
-        ):
-            embeds = dict(prompt_embeds=t5, pooled_prompt_embeds=clip)
-            image = flux_pipe(generator=seeded(seed), **embeds, **settings).images[0]
-            drawn[name] += check_prompt(image, prompt).correct
+    drawn = causal_text_path(flux_pipe, 4)  # the benchmark's own measurement, on its first 4 prompts
+    drawn = {"prompt's": drawn["as they are"], "empty pooled": drawn["empty prompt's pooled vector"],
+             "empty T5": drawn["empty prompt's T5 states"]}  # fmt: skip
     assert drawn["prompt's"] >= 3 and drawn["empty pooled"] >= drawn["prompt's"] - 1 and drawn["empty T5"] == 0, drawn
 
 
