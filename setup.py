@@ -8,6 +8,7 @@ here = Path(__file__).parent
 version = re.search(r'^__version__ = "([^"]+)"', (here / "diffusers_interpret" / "__init__.py").read_text(), re.M)[1]
 # `diffusers-interpret batch` / `explain_dataset`: processes, Parquet shards, saved datasets as input.
 BATCH_REQUIREMENTS = ["accelerate>=0.26", "pyarrow>=12", "datasets>=2.14"]
+QUANTIZATION_REQUIREMENTS = ["torchao>=0.12", "gguf>=0.10"]
 requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
 
 setup(
@@ -34,7 +35,10 @@ setup(
     extras_require={
         "batch": BATCH_REQUIREMENTS,
         "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6", "h5py>=3"]
-        + BATCH_REQUIREMENTS,
+        + BATCH_REQUIREMENTS
+        + QUANTIZATION_REQUIREMENTS,
+        # diffusers' quantization backends that run on the CPU (tests/test_quantization.py).
+        "quantization": QUANTIZATION_REQUIREMENTS,
         # `segmentation.imagenet_segmentation` reads ImageNet-Segmentation's MATLAB v7.3 file.
         "segmentation": ["h5py>=3"],
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],

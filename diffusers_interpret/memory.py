@@ -133,8 +133,12 @@ def saved_activation_bytes(module: torch.nn.Module, call, *inputs: torch.Tensor,
         module (`torch.nn.Module`): A diffusers model (`ConfigMixin`): UNet, transformer or VAE.
         call (`Callable`): `call(model, *inputs, **kwargs)` runs the forward pass to count.
     """
+    from .tracing.stored_weights import StoredWeightsRecomputed, stored_weight_layer_names
+
     shapes = tuple(_shape_key(x) for x in (*inputs, *kwargs.values()))
-    key = (_config_key(module), getattr(call, "__name__", repr(call)), shapes, tuple(kwargs))
+    # Quantized, layerwise-cast and group-offloaded layers are recomputed in the backward pass: they keep their inputs.
+    recomputed = tuple(stored_weight_layer_names(module))
+    key = (_config_key(module), getattr(call, "__name__", repr(call)), shapes, tuple(kwargs), recomputed)
     if key in _COUNTS:
         return _COUNTS[key]
     mode, fake = _fake_model(module)
@@ -151,10 +155,12 @@ def saved_activation_bytes(module: torch.nn.Module, call, *inputs: torch.Tensor,
             saved[storage._cdata] = int(storage.nbytes() * (scale if tensor.is_floating_point() else 1))
         return tensor
 
+    layers = [fake.get_submodule(name) for name in recomputed]
     with mode, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         fake_inputs = [_fake_like(x) for x in inputs]
         fake_kwargs = {name: _fake_like(value) for name, value in kwargs.items()}
-        call(fake, *fake_inputs, **fake_kwargs)
+        with StoredWeightsRecomputed([fake], layers):
+            call(fake, *fake_inputs, **fake_kwargs)
     _COUNTS[key] = sum(saved.values())
     return _COUNTS[key]
 

@@ -18,6 +18,7 @@ from .guard import MemoryGuard
 from .replay import UntracedDenoiserCache
 from .scoped import ScopedHooks, progress_bar_disabled
 from .steps import StepCounter
+from .stored_weights import StoredWeightsRecomputed
 from .tracer import DenoiserTracer
 
 # Given the prompt rows of the denoiser's conditioning tensors (by name), the tensors the traced calls take (see
@@ -158,6 +159,8 @@ def run(
             untraced = UntracedDenoiserCache()
             scopes.append(untraced.recording(tracer))
         if plan.graph:
+            models = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+            scopes.append(StoredWeightsRecomputed(models))
             guard = MemoryGuard(
                 pipe,
                 family,
