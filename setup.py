@@ -29,6 +29,8 @@ setup(
             "toy/model_64/*",
             "toy/model_flux/**/*",
             "toy/model_flux/*",
+            "toy/model_sd3/**/*",
+            "toy/model_sd3/*",
         ]
     },
     install_requires=requirements,

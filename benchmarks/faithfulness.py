@@ -192,6 +192,9 @@ def deletion_ratio(output, scores, box, curves, num_random_orders=2, seed=0) -> 
     return float(ordered / reference) if reference > 0 else float("nan")
 
 
+TRANSFORMER_TOYS = {"flux": "toy-flux", "sd3": "toy-sd3"}  # --family -> the shipped toy's name (64x64 scenes)
+
+
 class Rejected(Exception):
     """The installed package does not know this method (or level)."""
 
@@ -204,14 +207,15 @@ class ToyRun:
         from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
 
         self.args = args
-        if args.family == "flux":
+        if args.family in TRANSFORMER_TOYS:
             from diffusers_interpret import explainer_for
-            from diffusers_interpret.toy import TOY_FLUX_CALL, load_toy_flux_pipeline
+            from diffusers_interpret.toy import TOY_MODELS
 
-            self.pipe = load_toy_flux_pipeline()
+            toy = TOY_MODELS[TRANSFORMER_TOYS[args.family]]
+            self.pipe = toy.load()
             self.explainer = explainer_for(self.pipe, verbose=False)
-            self.steps = TOY_FLUX_CALL["num_inference_steps"]
-            self.common = dict(TOY_FLUX_CALL, output_type="np")
+            self.steps = toy.call["num_inference_steps"]
+            self.common = dict(toy.call, output_type="np")
         else:
             self.pipe = load_toy_pipeline(resolution=args.resolution)
             self.explainer = StableDiffusionPipelineExplainer(self.pipe, verbose=False)
@@ -278,7 +282,8 @@ class ToyRun:
                     if side not in truth:  # measured once per box, with the first method's output
                         truth[side], truth_outputs[side] = word_ablation_effects(output, box), output
                     r["spearman"].append(spearman(values, truth[side]))
-                    if index < self.args.deletion_scenes and self.args.family != "flux":  # deletion: token order
+                    # deletion, in token order (the SD toys)
+                    if index < self.args.deletion_scenes and self.args.family == "stable_diffusion":
                         r["deletion"].append(deletion_ratio(truth_outputs[side], values, box, curves[side]))
                     if side == "left":  # the maps do not depend on the box
                         self.record_ious(name, output, check, positions)
@@ -416,7 +421,7 @@ def run_toy(args):
 
     run = ToyRun(args)
     rng = np.random.default_rng(args.seed)
-    order = "random" if args.family == "flux" else TOY_PROMPT_ORDERS[args.resolution]
+    order = "random" if args.family in TRANSFORMER_TOYS else TOY_PROMPT_ORDERS[args.resolution]
     prompts = [sample_scene_spec(rng, 2, order=order).prompt for _ in range(args.num_scenes)]
     rng = np.random.default_rng([args.seed, 1])
     one_object_prompts = [sample_scene_spec(rng, 1).prompt for _ in range(args.one_object_scenes)]
@@ -455,7 +460,7 @@ def run_toy(args):
     summary = run.summary(plain_seconds)
     wall = time.perf_counter() - started
     print(
-        f"\n{'Flux 64x64' if args.family == 'flux' else f'{args.resolution}x{args.resolution} SD'} toy, "
+        f"\n{TRANSFORMER_TOYS.get(args.family, f'{args.resolution}x{args.resolution} SD')} toy, "
         f"seed {args.seed}: {kept} of {len(prompts)} two-object and "
         f"{kept_one} of {len(one_object_prompts)} "
         f"one-object scenes drawn correctly; plain pipe() median {plain_seconds:.3f} s; traced: "
@@ -570,9 +575,9 @@ def main():
     )
     parser.add_argument(
         "--family",
-        choices=["stable_diffusion", "flux"],
+        choices=["stable_diffusion", *TRANSFORMER_TOYS],
         default="stable_diffusion",
-        help="the SD toys or the Flux toy",
+        help="the SD toys, the Flux toy or the SD3 toy",
     )
     parser.add_argument("--traced", type=int, default=None, help="traced steps (default: all)")
     parser.add_argument("--repeats", type=int, default=3)

@@ -79,7 +79,8 @@ examples:
       --concepts background grass --box 0,0,512,256 --device cuda --dtype bfloat16 --out dog"""
 
 _DEMO_EPILOG = """\
-The demo explains three toy prompts, each for the whole image, its left half and its right half:
+The demo explains three toy prompts, each for the whole image, a box around each object the toy drew and one box
+over empty background:
 """ + "\n".join(f'  "{prompt}"' for prompt in DEMO_PROMPTS)
 
 
@@ -165,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.add_argument(
         "--family",
-        choices=("sd", "flux"),
+        choices=("sd", "flux", "sd3"),
         default="sd",
-        help="which toy model: 'sd' (Stable Diffusion 32x32, default) or 'flux' (Flux 64x64, T5 in joint attention)",
+        help="which toy model: 'sd' (Stable Diffusion 32x32, default), 'flux' (Flux 64x64, T5 in joint attention) or "
+        "'sd3' (SD3 64x64, two CLIPs and T5 in one sequence)",
     )
     demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the toy's 20)")
     demo.add_argument(
@@ -272,8 +274,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         default=TOY,
         metavar="PATH_OR_ID",
         help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; the "
-        "shipped toy models: 'toy' (default, SD 32x32), 'toy-64' (SD 64x64), 'toy-flux' (Flux 64x64), each run "
-        "with its own size, steps and guidance unless you set them",
+        "shipped toy models: 'toy' (default, SD 32x32), 'toy-64' (SD 64x64), 'toy-flux' (Flux 64x64), 'toy-sd3' "
+        "(SD3 64x64), each with its own size, steps and guidance unless you set them",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     parser.add_argument(
@@ -376,7 +378,7 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     from .toy import TOY_MODELS
     from .toy.detector import object_boxes
 
-    name = "toy-flux" if args.family == "flux" else TOY
+    name = {"flux": "toy-flux", "sd3": "toy-sd3"}.get(args.family, TOY)
     toy = TOY_MODELS[name]
     pipe = toy.load()
     call = dict(toy.call)

@@ -131,6 +131,23 @@ def test_the_toy_flux_runs_with_its_own_settings_and_shows_each_word_once(tmp_pa
     assert "are not the prompt's words (padding" in html.unescape(page)  # the attention left out of the maps, in words
 
 
+def test_demo_of_the_toy_sd3_shows_each_word_once(tmp_path, capsys):
+    argv = ["demo", "--family", "sd3", "--steps", "3", "--traced", "1", "--interactive", "0", "--quiet"]
+    argv += ["--method", "grad_x_input"]
+    code, out, _ = run_cli(argv + ["--out", str(tmp_path)], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    settings = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", page))
+    assert settings["model"] == "shipped toy Stable Diffusion 3 model (64x64)" and settings["steps"] == "3"
+    assert page.count("<h3>whole image</h3>") == len(DEMO_PROMPTS)
+    card = page[page.index("<h3>whole image</h3>") :]
+    words, tokens = card.split("each text encoder's tokens")[:2]
+    shown = re.findall(r'<td class="token">([^<]+)</td>', words)
+    assert shown == DEMO_PROMPTS[0].split()  # every word once: the CLIP tokens' and T5's pieces' scores merged
+    labelled = re.findall(r'<td class="token">([^<]+)</td>', tokens.split("<h3>")[0])
+    assert any(label.endswith("(T5)") for label in labelled) and any("(CLIP-L" in label for label in labelled)
+
+
 def test_demo_of_the_toy_flux(tmp_path, capsys):
     argv = ["demo", "--family", "flux", "--steps", "3", "--traced", "1", "--interactive", "0", "--quiet"]
     code, out, _ = run_cli(argv + ["--out", str(tmp_path)], capsys)

@@ -33,6 +33,10 @@ TOY_FLUX_MODEL_DIR = TOY_MODEL_DIR.with_name("model_flux")
 TOY_FLUX_CALL = dict(
     height=64, width=64, num_inference_steps=20, max_sequence_length=16, negative_prompt="", true_cfg_scale=4.0
 )
+# The toy SD3 model (the toy Flux's scenes and latents; CLIP-L, CLIP-G and T5 tokens in one sequence): SD3 samples with
+# classifier-free guidance against the empty prompt.
+TOY_SD3_MODEL_DIR = TOY_MODEL_DIR.with_name("model_sd3")
+TOY_SD3_CALL = dict(height=64, width=64, num_inference_steps=20, max_sequence_length=16, guidance_scale=4.0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ __all__ = [
     "SIDES",
     "TOY_FLUX_CALL",
     "TOY_FLUX_MODEL_DIR",
+    "TOY_SD3_CALL",
+    "TOY_SD3_MODEL_DIR",
     "TOY_GUIDANCE_SCALE",
     "TOY_IMAGE_SIZE",
     "TOY_MODELS",
@@ -68,6 +74,7 @@ __all__ = [
     "TOY_NUM_INFERENCE_STEPS",
     "generate_scene",
     "load_toy_flux_pipeline",
+    "load_toy_sd3_pipeline",
     "load_toy_pipeline",
     "quiet_loading",
     "render_scene",
@@ -184,23 +191,43 @@ def load_toy_flux_pipeline(torch_dtype=None, device="cpu"):
         torch_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): Dtype of the loaded weights.
         device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): Device to move the pipeline to.
     """
+    return _load_transformer_toy("FluxPipeline", TOY_FLUX_MODEL_DIR, "train_toy_flux.py", torch_dtype, device)
+
+
+def load_toy_sd3_pipeline(torch_dtype=None, device="cpu"):
+    r"""
+    Load the shipped toy `StableDiffusion3Pipeline` (the toy Flux's 64x64 scenes; two CLIPs and T5, whose tokens stand
+    side by side in one sequence, so that every word is read twice) from the package directory, offline. Generate with
+    `**TOY_SD3_CALL` (64x64, 20 steps, T5 length 16, classifier-free guidance 4 against the empty prompt).
+
+    Args:
+        torch_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): Dtype of the loaded weights.
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): Device to move the pipeline to.
+    """
+    return _load_transformer_toy(
+        "StableDiffusion3Pipeline", TOY_SD3_MODEL_DIR, "train_toy_sd3.py", torch_dtype, device
+    )
+
+
+def _load_transformer_toy(class_name: str, model_dir: Path, script: str, torch_dtype, device):
     import torch
 
-    if not (TOY_FLUX_MODEL_DIR / "model_index.json").is_file():
+    if not (model_dir / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"The toy Flux model's files are missing from {TOY_FLUX_MODEL_DIR}. Reinstall diffusers-interpret, or "
-            "train it with `python scripts/train_toy_flux.py`."
+            f"The toy model's files are missing from {model_dir}. Reinstall diffusers-interpret, or train it with "
+            f"`python scripts/{script}`."
         )
     with warnings.catch_warnings(), quiet_loading():
-        from diffusers import FluxPipeline
+        import diffusers
 
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        pipe = FluxPipeline.from_pretrained(
-            str(TOY_FLUX_MODEL_DIR), torch_dtype=torch_dtype or torch.float32, local_files_only=True
+        pipe = getattr(diffusers, class_name).from_pretrained(
+            str(model_dir), torch_dtype=torch_dtype or torch.float32, local_files_only=True
         )
     pipe = pipe.to(device)
-    for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
-        getattr(pipe, name).eval().requires_grad_(False)
+    for model in pipe.components.values():
+        if isinstance(model, torch.nn.Module):
+            model.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -223,5 +250,6 @@ TOY_MODELS.update(
             _sd_call(64),
         ),
         "toy-flux": ToyModel("shipped toy Flux model (64x64)", load_toy_flux_pipeline, dict(TOY_FLUX_CALL)),
+        "toy-sd3": ToyModel("shipped toy Stable Diffusion 3 model (64x64)", load_toy_sd3_pipeline, dict(TOY_SD3_CALL)),
     }
 )
