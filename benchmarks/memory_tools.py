@@ -5,8 +5,13 @@ tool, how far the scores are from those without the tool, and the time of the ex
 without the tool (the second of two runs each: the tools' own overhead on a tiny model, not their savings on a large
 one).
 
+`--part transfers` counts what group offloading moves: the denoiser's weights brought to the device (every group's
+`onload_`, in bytes) per denoising step, for `pipe()` and for explanations with `grad_x_input` (every step traced),
+with gradient checkpointing (the default) and without it.
+
     python benchmarks/memory_tools.py                 # about 30 s
     python benchmarks/memory_tools.py --no-compile
+    python benchmarks/memory_tools.py --part transfers
 """
 
 import argparse
@@ -55,12 +60,49 @@ def tools(compile_denoiser: bool):
         yield "torch.compile(unet)", lambda pipe: setattr(pipe, "unet", torch.compile(pipe.unet))
 
 
+def transfers():
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    moved = []
+    onload = ModuleGroup.onload_
+
+    def counted(group):
+        moved.append(sum(p.numel() * p.element_size() for m in group.modules for p in m.parameters()))
+        return onload(group)
+
+    ModuleGroup.onload_ = counted
+    try:
+        pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+        weights = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
+        pipe.unet.enable_group_offload(
+            onload_device=CPU, offload_device=CPU, offload_type="block_level", num_blocks_per_group=1
+        )
+        steps = CALL["num_inference_steps"]
+        runs = {"pipe()": lambda: pipe(PROMPT, generator=torch.Generator().manual_seed(0), **CALL)}
+        for checkpointing in (True, False):
+            explainer = explainer_for(pipe, verbose=False, gradient_checkpointing=checkpointing)
+            runs[f"explain, grad_x_input, checkpointing {'on' if checkpointing else 'off'}"] = lambda e=explainer: e(
+                PROMPT, generator=torch.Generator().manual_seed(0), attribution_method="grad_x_input",
+                prompt_dependence=False, **CALL,
+            )  # fmt: skip
+        for name, call in runs.items():
+            moved.clear()
+            call()
+            print(f"{name:50s} the UNet's weights moved to the device {sum(moved) / weights / steps:.2f} times a step")
+    finally:
+        ModuleGroup.onload_ = onload
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--part", choices=["tools", "transfers"], default="tools")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
+    if args.part == "transfers":
+        transfers()
+        return
     reference, seconds = {}, {}
     for name, apply in tools(not args.no_compile):
         pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)

@@ -18,7 +18,7 @@ from .guard import MemoryGuard
 from .replay import UntracedDenoiserCache
 from .scoped import ScopedHooks, progress_bar_disabled
 from .steps import StepCounter
-from .stored_weights import StoredWeightsRecomputed
+from .stored_weights import stored_weights_recomputed
 from .tracer import DenoiserTracer
 
 # Given the prompt rows of the denoiser's conditioning tensors (by name), the tensors the traced calls take (see
@@ -151,6 +151,7 @@ def run(
             checkpoint=plan.checkpoint,
             replace=plan.replace,
             grad=plan.graph,
+            recompute_under=lambda: stored_weights_recomputed(pipe),
         )
         scopes.append(tracer)
         if replay is not None:
@@ -159,8 +160,7 @@ def run(
             untraced = UntracedDenoiserCache()
             scopes.append(untraced.recording(tracer))
         if plan.graph:
-            models = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
-            scopes.append(StoredWeightsRecomputed(models))
+            scopes.append(stored_weights_recomputed(pipe))
             guard = MemoryGuard(
                 pipe,
                 family,
@@ -200,7 +200,8 @@ def decode(plan: RunPlan, latents: torch.Tensor, generator=None) -> torch.Tensor
     """
 
     def run_decode(z: torch.Tensor) -> torch.Tensor:
-        return plan.family.decode(plan.pipe, z, generator, plan.size)
+        with stored_weights_recomputed(plan.pipe):  # also when the backward pass recomputes it
+            return plan.family.decode(plan.pipe, z, generator, plan.size)
 
     with torch.set_grad_enabled(plan.graph and latents.requires_grad):
         if plan.checkpoint and torch.is_grad_enabled():

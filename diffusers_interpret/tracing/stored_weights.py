@@ -5,8 +5,9 @@ A quantized layer (torchao, GGUF) dequantizes its weight and a layerwise-cast on
 it up before its matmul; a group-offloaded block (`enable_group_offload`) brings its weights to the device. Autograd
 keeps that computed copy for the backward pass (the gradient to the layer's input needs it), so a traced call would
 hold a full-precision, on-device copy of every such weight until the backward pass, which undoes what the tool saves.
-In traced calls each such layer (the outermost one) runs under `torch.utils.checkpoint`: the graph keeps its inputs,
-and the backward pass dequantizes, casts or brings back its weights again and lets them go after it.
+In traced calls, and in their recomputation when the call is checkpointed, each such layer (the outermost one) runs
+under `torch.utils.checkpoint`: the graph keeps its inputs, and the backward pass dequantizes, casts or brings back its
+weights again and lets them go after it.
 """
 
 from typing import Iterable, List, Optional
@@ -69,6 +70,11 @@ class StoredWeightsRecomputed(ScopedHooks):
         self.layers = stored_weight_layers(self.models) if self.given is None else list(self.given)
         for layer in self.layers:
             self.override(layer, "forward", _recomputed(layer.forward))
+
+
+def stored_weights_recomputed(pipe) -> StoredWeightsRecomputed:
+    r"""A [`StoredWeightsRecomputed`] scope over `pipe`'s models."""
+    return StoredWeightsRecomputed(c for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
 def _recomputed(forward):

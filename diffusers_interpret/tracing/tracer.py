@@ -1,6 +1,7 @@
 """Scoped hooks on the denoiser that give the last N calls of the pipeline's own loop a graph back to the prompt."""
 
-from typing import Callable, Dict, Optional
+import contextlib
+from typing import Callable, ContextManager, Dict, Optional
 
 import torch
 
@@ -42,6 +43,8 @@ class DenoiserTracer(ScopedHooks):
             Make the traced calls see the values `conditioning()` returns (which may differ from the pipeline's, e.g.
             interpolated or ablated embeddings) instead of adding a zero-valued term.
         grad (`bool`, *optional*, defaults to `True`): Build the traced calls' graph; `False` only swaps values.
+        recompute_under (`Callable[[], ContextManager]`, *optional*): With `checkpoint=True`, a scope each call's
+            recomputation in the backward pass runs under (it runs after this scope has exited).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class DenoiserTracer(ScopedHooks):
         checkpoint: bool = False,
         replace: bool = False,
         grad: bool = True,
+        recompute_under: Optional[Callable[[], ContextManager]] = None,
     ):
         super().__init__()
         self.pipe = pipe
@@ -65,6 +69,7 @@ class DenoiserTracer(ScopedHooks):
         self.checkpoint = checkpoint
         self.replace = replace
         self.grad = grad
+        self.recompute_under = recompute_under or contextlib.nullcontext
         self.first_traced: Optional[int] = None
         self._swapped: Optional[Dict[str, torch.Tensor]] = None
         self._saved = None
@@ -148,7 +153,7 @@ class DenoiserTracer(ScopedHooks):
         def run(sample_, *conditioning_):
             call_args, call_kwargs = family.write_sample(saved_args, saved_kwargs, sample_)
             call_args, call_kwargs = family.write_conditioning(call_args, call_kwargs, dict(zip(names, conditioning_)))
-            with self.counter.recomputing():
+            with self.counter.recomputing(), self.recompute_under():
                 return family.denoiser_output(module(*call_args, **call_kwargs))
 
         inputs = [sample, *conditioning.values()]
