@@ -12,6 +12,12 @@ with gradient checkpointing (the default) and without it.
     python benchmarks/memory_tools.py                 # about 30 s
     python benchmarks/memory_tools.py --no-compile
     python benchmarks/memory_tools.py --part transfers
+    python benchmarks/memory_tools.py --part decoder      # a few minutes, up to 8 GB
+
+`--part decoder` measures the decode's backward pass at real size: SD's VAE (its real config, random weights, float32)
+decodes 512 px and 1024 px latents with grad and back-propagates a sum, each case in a fresh subprocess, which reports
+its peak RSS over the loaded VAE: the plain decode, and the decode under `BlockCheckpointing` (the VAE's own gradient
+checkpointing, which the explainer's decode turns on). 1024 px without it is left out (over 20 GB here).
 """
 
 import argparse
@@ -93,15 +99,53 @@ def transfers():
         ModuleGroup.onload_ = onload
 
 
+DECODER_CASE = """
+import contextlib, resource, sys, time, torch
+sys.path.insert(0, {root!r})
+from diffusers import AutoencoderKL
+from diffusers_interpret.tracing.checkpoint import BlockCheckpointing
+torch.set_num_threads(2)
+torch.manual_seed(0)
+vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4).eval()
+vae.requires_grad_(False)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+z = torch.randn(1, 4, {size} // 8, {size} // 8, requires_grad=True)
+started = time.perf_counter()
+with BlockCheckpointing(vae) if {checkpointed} else contextlib.nullcontext():
+    image = vae.decode(z).sample
+image.sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - loaded) / 1024**2, time.perf_counter() - started)
+"""
+
+
+def decoder():
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[1])
+    for size, checkpointed in ((512, False), (512, True), (1024, True)):
+        code = DECODER_CASE.format(root=root, size=size, checkpointed=checkpointed)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        gib, seconds = map(float, out.split()[-2:])
+        name = "checkpointed by block" if checkpointed else "plain"
+        print(
+            f"SD VAE decode + backward, {size} px, {name:22s} peak over the loaded VAE {gib:5.2f} GiB, "
+            f"{seconds:5.1f} s"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--part", choices=["tools", "transfers"], default="tools")
+    parser.add_argument("--part", choices=["tools", "transfers", "decoder"], default="tools")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
     if args.part == "transfers":
         transfers()
+        return
+    if args.part == "decoder":
+        decoder()
         return
     reference, seconds = {}, {}
     for name, apply in tools(not args.no_compile):

@@ -1,5 +1,6 @@
 """How much memory a traced call will hold, estimated before it grows its graph (`tracing/guard.py` refuses it)."""
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -123,7 +124,9 @@ def _fake_model(module: torch.nn.Module):
     return _MODELS[key]
 
 
-def saved_activation_bytes(module: torch.nn.Module, call, *inputs: torch.Tensor, **kwargs) -> int:
+def saved_activation_bytes(
+    module: torch.nn.Module, call, *inputs: torch.Tensor, blocks_checkpointed: bool = False, **kwargs
+) -> int:
     r"""
     Bytes of the tensors autograd saves for the backward pass of `call(module_like, *inputs, **kwargs)`, with every
     floating input requiring grad, counted on a shape-only copy of `module` (fake tensors: nothing is computed or
@@ -132,13 +135,20 @@ def saved_activation_bytes(module: torch.nn.Module, call, *inputs: torch.Tensor,
     Args:
         module (`torch.nn.Module`): A diffusers model (`ConfigMixin`): UNet, transformer or VAE.
         call (`Callable`): `call(model, *inputs, **kwargs)` runs the forward pass to count.
+        blocks_checkpointed (`bool`, *optional*, defaults to `False`): With the model's own gradient checkpointing on
+            ([`BlockCheckpointing`]): the checkpointed blocks' inputs, what runs outside them, and the largest block's
+            own saved tensors, which its backward pass recomputes and holds.
     """
+    from .tracing.checkpoint import BlockCheckpointing
     from .tracing.stored_weights import StoredWeightsRecomputed, stored_weight_layer_names
 
     shapes = tuple(_shape_key(x) for x in (*inputs, *kwargs.values()))
     # Quantized, layerwise-cast and group-offloaded layers are recomputed in the backward pass: they keep their inputs.
     recomputed = tuple(stored_weight_layer_names(module))
-    key = (_config_key(module), getattr(call, "__name__", repr(call)), shapes, tuple(kwargs), recomputed)
+    key = (
+        _config_key(module), getattr(call, "__name__", repr(call)), shapes, tuple(kwargs), recomputed,
+        blocks_checkpointed,
+    )  # fmt: skip
     if key in _COUNTS:
         return _COUNTS[key]
     mode, fake = _fake_model(module)
@@ -148,20 +158,36 @@ def saved_activation_bytes(module: torch.nn.Module, call, *inputs: torch.Tensor,
         b.untyped_storage()._cdata for b in fake.buffers()
     }
     saved: Dict[int, int] = {}
+    largest_block = [0]
 
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage._cdata not in weights:
-            saved[storage._cdata] = int(storage.nbytes() * (scale if tensor.is_floating_point() else 1))
-        return tensor
+    def packer(into: Dict[int, int]):
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage._cdata not in weights:
+                into[storage._cdata] = int(storage.nbytes() * (scale if tensor.is_floating_point() else 1))
+            return tensor
+
+        return pack
+
+    def counted_block(block, *args):
+        # What a checkpointed block keeps (its tensor inputs) and what its recomputation holds (its own saved tensors).
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                packer(saved)(arg)
+        inner: Dict[int, int] = {}
+        with torch.autograd.graph.saved_tensors_hooks(packer(inner), lambda tensor: tensor):
+            output = block(*args)
+        largest_block[0] = max(largest_block[0], sum(inner.values()))
+        return output
 
     layers = [fake.get_submodule(name) for name in recomputed]
-    with mode, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    blocks = BlockCheckpointing(fake, counted_block) if blocks_checkpointed else contextlib.nullcontext()
+    with mode, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(packer(saved), lambda tensor: tensor):
         fake_inputs = [_fake_like(x) for x in inputs]
         fake_kwargs = {name: _fake_like(value) for name, value in kwargs.items()}
-        with StoredWeightsRecomputed([fake], layers):
+        with StoredWeightsRecomputed([fake], layers), blocks:
             call(fake, *fake_inputs, **fake_kwargs)
-    _COUNTS[key] = sum(saved.values())
+    _COUNTS[key] = sum(saved.values()) + largest_block[0]
     return _COUNTS[key]
 
 
@@ -261,7 +287,8 @@ def estimate_memory(
     pixels: bool = False,
 ) -> MemoryEstimate:
     r"""The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`."""
-    per_call = saved_activation_bytes(denoiser, _call_module, *args, **kwargs)
+    # A checkpointed call's recomputation runs with the denoiser's own block checkpointing (`tracing.run`).
+    per_call = saved_activation_bytes(denoiser, _call_module, *args, blocks_checkpointed=checkpoint, **kwargs)
     # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
     rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
     vae = pipe.vae
@@ -272,7 +299,7 @@ def estimate_memory(
         dtype=vae.dtype,
         device="meta",
     )
-    decoder = saved_activation_bytes(vae, _decode, latents)
+    decoder = saved_activation_bytes(vae, _decode, latents, blocks_checkpointed=checkpoint)  # as `tracing.decode` does
     encoder = 0
     if pixels:
         images = torch.empty((latents.shape[0], 3, height, width), dtype=vae.dtype, device="meta")

@@ -27,10 +27,43 @@ def measured_saved_bytes(module, run, *inputs) -> int:
     return sum(saved.values())
 
 
-def test_estimate_counts_the_tensors_a_real_traced_call_keeps(tiny_pipe):
+def most_held_bytes(module, run, *inputs) -> int:
+    # Independent of the estimate: the most bytes of saved tensors (weights left out) held at once over the real
+    # forward and backward pass (a checkpointed block's recomputation saves and frees its own in the backward pass).
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    held, most = {}, [0]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in weights:
+            return tensor
+        held[storage.data_ptr()] = storage.nbytes()
+        most[0] = max(most[0], sum(held.values()))
+        return (tensor, storage.data_ptr())
+
+    def unpack(packed):
+        if isinstance(packed, tuple):
+            held.pop(packed[1], None)
+            return packed[0]
+        return packed
+
+    inputs = [x.detach().clone().requires_grad_(True) if x.is_floating_point() else x for x in inputs]
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        run(*inputs).square().sum().backward()
+    return most[0]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_estimate_counts_the_tensors_a_real_traced_call_keeps(tiny_pipe, checkpointing):
     # The guard captures the first denoiser call's real inputs; its per-call and decoder counts must equal what a
-    # real forward pass with grad saves for the backward pass.
-    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)
+    # real forward pass with grad saves for the backward pass. With checkpointing, a traced call and the decode are
+    # recomputed in the backward pass with the model's own block checkpointing on: their counts (the blocks' inputs,
+    # what runs outside the blocks, and the largest block's recomputation) are then at least the most a real forward
+    # and backward pass under it holds at once as this hook sees it (it does not see what a block's recomputation
+    # saves: torch's checkpoint keeps that with hooks of its own), and well under the whole call's activations.
+    from diffusers_interpret.tracing.checkpoint import BlockCheckpointing
+
+    explainer = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False, gradient_checkpointing=checkpointing)
     captured = {}
 
     def capture(module, args, kwargs):
@@ -42,17 +75,27 @@ def test_estimate_counts_the_tensors_a_real_traced_call_keeps(tiny_pipe):
     finally:
         handle.remove()
     estimate = out.extras["memory_estimate"]
+    assert estimate.traced_calls == 3 and estimate.checkpointed == checkpointing
+    assert estimate.available is not None and estimate.available > 0
     args, kwargs = captured["call"]
     sample, timestep = args[:2] if len(args) > 1 else (args[0], kwargs["timestep"])
     hidden = kwargs["encoder_hidden_states"]
-    real_call = measured_saved_bytes(
-        tiny_pipe.unet, lambda x, h: tiny_pipe.unet(x, timestep, encoder_hidden_states=h), sample, hidden
-    )
-    assert estimate.per_call == real_call
     latents = torch.randn(1, 4, SIZE // tiny_pipe.vae_scale_factor, SIZE // tiny_pipe.vae_scale_factor)
-    assert estimate.decoder == measured_saved_bytes(tiny_pipe.vae, lambda z: tiny_pipe.vae.decode(z).sample, latents)
-    assert estimate.traced_calls == 3 and estimate.checkpointed  # the default checkpoints more than one traced step
-    assert estimate.available is not None and estimate.available > 0
+    unet_call = (
+        tiny_pipe.unet,
+        lambda x, h: tiny_pipe.unet(x, timestep, encoder_hidden_states=h).sample,
+        sample,
+        hidden,
+    )
+    decode = (tiny_pipe.vae, lambda z: tiny_pipe.vae.decode(z).sample, latents)
+    if not checkpointing:
+        assert estimate.per_call == measured_saved_bytes(*unet_call)
+        assert estimate.decoder == measured_saved_bytes(*decode)
+        return
+    for counted, (model, *call) in ((estimate.per_call, unet_call), (estimate.decoder, decode)):
+        with BlockCheckpointing(model):
+            held = most_held_bytes(model, *call)
+        assert held <= counted < 0.8 * measured_saved_bytes(model, *call), (counted, held)
 
 
 def test_a_call_that_does_not_fit_is_refused_before_its_first_step(tiny_pipe, monkeypatch):

@@ -7,6 +7,8 @@ without it where it does (VAE tiling blends tiles, layerwise casting stores weig
 Sequential CPU offload fails in `pipe()` itself on this stack (accelerate with torch 2.13), so it is not tested here.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,29 @@ def test_gradients_through_the_tiled_decode_match_finite_differences():
         finite = (box_sum(direction) - box_sum(-direction)) / (2 * eps)
         ours = float((output.token_gradients[row] * output.token_embeddings[row]).sum())
         assert ours == pytest.approx(finite, rel=1e-3, abs=1e-9), (row, ours, finite)
+
+
+def test_the_decoder_checkpointed_by_block_keeps_less_and_gives_the_same_gradient():
+    # The explainer's decode turns on the VAE's own gradient checkpointing for its length: the graph keeps the
+    # decoder blocks' inputs, the backward pass recomputes one block at a time; the gradient is the same.
+    from diffusers_interpret.tracing.checkpoint import BlockCheckpointing
+
+    vae = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1).vae
+    latents = torch.randn(1, vae.config.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    results = []
+    for scope in (contextlib.nullcontext(), BlockCheckpointing(vae)):
+        z = latents.clone().requires_grad_(True)
+        saved = {}
+
+        def pack(tensor, saved=saved):
+            saved[tensor.untyped_storage()._cdata] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with scope, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            image = vae.decode(z).sample
+        image.square().sum().backward()
+        results.append((sum(saved.values()), z.grad))
+    (plain_bytes, plain_grad), (checkpointed_bytes, checkpointed_grad) = results
+    torch.testing.assert_close(checkpointed_grad, plain_grad, rtol=1e-5, atol=1e-6)
+    assert checkpointed_bytes < 0.5 * plain_bytes, (checkpointed_bytes, plain_bytes)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in vae.modules())  # put back

@@ -1,38 +1,53 @@
-"""Gradient checkpointing of a whole call: keep its inputs, recompute its activations in the backward pass."""
+"""Gradient checkpointing of a whole call (keep its inputs, recompute it in backward), and of a model's blocks."""
 
-from typing import Callable
+import contextlib
+from typing import Callable, ContextManager, Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+from .scoped import ScopedHooks
 
 
 class _Recompute(torch.autograd.Function):
     # The forward result was computed without a graph; the backward runs the call again with grad on, from the saved
-    # inputs, and back-propagates through that fresh graph alone. Memory per checkpointed call is its inputs.
+    # inputs, and back-propagates through that fresh graph alone. Memory per checkpointed call is its inputs. The
+    # recomputation and its backward pass both run under `under()`, so that checkpoints nested in the recomputation
+    # (the model's own blocks, quantized layers) recompute what they saved under the same settings.
 
     @staticmethod
-    def forward(ctx, run, output, *inputs):
-        ctx.run = run
+    def forward(ctx, run, under, output, *inputs):
+        ctx.run, ctx.under = run, under
         ctx.save_for_backward(*inputs)
         return output.detach()
 
     @staticmethod
     def backward(ctx, grad_output):
         inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
-        with torch.enable_grad():
-            output = ctx.run(*inputs)
         needs = [x for x in inputs if x.requires_grad]
-        grads = iter(torch.autograd.grad(output, needs, grad_output, allow_unused=True)) if needs else iter(())
-        return (None, None, *(next(grads) if x.requires_grad else None for x in inputs))
+        with ctx.under(), torch.enable_grad():
+            output = ctx.run(*inputs)
+            grads = iter(torch.autograd.grad(output, needs, grad_output, allow_unused=True)) if needs else iter(())
+        return (None, None, None, *(next(grads) if x.requires_grad else None for x in inputs))
 
 
-def recompute_in_backward(run: Callable[..., torch.Tensor], output: torch.Tensor, *inputs: torch.Tensor):
-    r"""`output` (computed by `run(*inputs)` without a graph) joined to `inputs` by a node that recomputes it."""
-    return _Recompute.apply(run, output, *inputs)
+Scope = Callable[[], ContextManager]
 
 
-def checkpointed(run: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+def recompute_in_backward(
+    run: Callable[..., torch.Tensor], output: torch.Tensor, *inputs: torch.Tensor, under: Optional[Scope] = None
+):
+    r"""`output` (computed by `run(*inputs)` without a graph) joined to `inputs` by a node that recomputes it, under
+    the scope `under()` makes (none by default)."""
+    return _Recompute.apply(run, under or contextlib.nullcontext, output, *inputs)
+
+
+def checkpointed(
+    run: Callable[..., torch.Tensor], *inputs: torch.Tensor, under: Optional[Scope] = None
+) -> torch.Tensor:
     r"""
-    `run(*inputs)` computed without keeping its activations; its backward recomputes them.
+    `run(*inputs)` computed without keeping its activations; its backward recomputes them (under the scope `under()`
+    makes).
 
     `run` must be deterministic (models in eval mode, no dropout) and return one tensor.
     """
@@ -40,4 +55,33 @@ def checkpointed(run: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> tor
         output = run(*inputs)
     if not any(x.requires_grad for x in inputs if isinstance(x, torch.Tensor)) or not torch.is_grad_enabled():
         return output
-    return _Recompute.apply(run, output, *inputs)
+    return recompute_in_backward(run, output, *inputs, under=under)
+
+
+class BlockCheckpointing(ScopedHooks):
+    r"""
+    For the scope, a diffusers model's own gradient checkpointing is on (the `gradient_checkpointing` flag of each of
+    its modules that has one, with a non-reentrant `torch.utils.checkpoint`): a call with grad keeps its blocks'
+    inputs, and its backward pass recomputes one block at a time, instead of holding every block's activations (the
+    VAE's decoder at full image size). The model's own setting is put back on exit.
+
+    Args:
+        model (`torch.nn.Module`): A diffusers model (e.g. the pipeline's VAE).
+        checkpoint_call (`Callable`, *optional*): `checkpoint_call(block, *args)` runs a block in place of
+            `torch.utils.checkpoint` (the memory estimate counts with it).
+    """
+
+    def __init__(self, model: torch.nn.Module, checkpoint_call: Optional[Callable] = None):
+        super().__init__()
+        self.model = model
+        self.checkpoint_call = checkpoint_call or _checkpoint_call
+
+    def _install(self) -> None:
+        for module in self.model.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                self.override(module, "_gradient_checkpointing_func", self.checkpoint_call)
+                self.override(module, "gradient_checkpointing", True)
+
+
+def _checkpoint_call(module, *args):
+    return checkpoint(module.__call__, *args, use_reentrant=False, preserve_rng_state=False)

@@ -13,7 +13,7 @@ import torch
 
 from ..families import PipelineFamily
 from ..memory import MemoryEstimate
-from .checkpoint import checkpointed
+from .checkpoint import BlockCheckpointing, checkpointed
 from .guard import MemoryGuard
 from .replay import UntracedDenoiserCache
 from .scoped import ScopedHooks, progress_bar_disabled
@@ -151,7 +151,7 @@ def run(
             checkpoint=plan.checkpoint,
             replace=plan.replace,
             grad=plan.graph,
-            recompute_under=lambda: stored_weights_recomputed(pipe),
+            recompute_under=lambda: _recomputation(pipe, family.denoiser(pipe)),
         )
         scopes.append(tracer)
         if replay is not None:
@@ -193,6 +193,15 @@ def run(
     )
 
 
+@contextlib.contextmanager
+def _recomputation(pipe, model: torch.nn.Module):
+    # A checkpointed call's recomputation in the backward pass (a traced denoiser call, the decode): the model's own
+    # gradient checkpointing on (it then keeps its blocks' inputs, and the backward pass recomputes one block at a
+    # time), quantized and offloaded layers recomputed.
+    with stored_weights_recomputed(pipe), BlockCheckpointing(model):
+        yield
+
+
 def decode(plan: RunPlan, latents: torch.Tensor, generator=None) -> torch.Tensor:
     r"""
     The family's decode of a run's final latents to [-1, 1] images, with the graph back through the traced calls where
@@ -200,10 +209,10 @@ def decode(plan: RunPlan, latents: torch.Tensor, generator=None) -> torch.Tensor
     """
 
     def run_decode(z: torch.Tensor) -> torch.Tensor:
-        with stored_weights_recomputed(plan.pipe):  # also when the backward pass recomputes it
-            return plan.family.decode(plan.pipe, z, generator, plan.size)
+        return plan.family.decode(plan.pipe, z, generator, plan.size)
 
     with torch.set_grad_enabled(plan.graph and latents.requires_grad):
         if plan.checkpoint and torch.is_grad_enabled():
-            return checkpointed(run_decode, latents)
-        return run_decode(latents)
+            return checkpointed(run_decode, latents, under=lambda: _recomputation(plan.pipe, plan.pipe.vae))
+        with stored_weights_recomputed(plan.pipe):
+            return run_decode(latents)

@@ -44,7 +44,7 @@ class DenoiserTracer(ScopedHooks):
             interpolated or ablated embeddings) instead of adding a zero-valued term.
         grad (`bool`, *optional*, defaults to `True`): Build the traced calls' graph; `False` only swaps values.
         recompute_under (`Callable[[], ContextManager]`, *optional*): With `checkpoint=True`, a scope each call's
-            recomputation in the backward pass runs under (it runs after this scope has exited).
+            recomputation and its backward pass run under (they run after this scope has exited).
     """
 
     def __init__(
@@ -153,11 +153,11 @@ class DenoiserTracer(ScopedHooks):
         def run(sample_, *conditioning_):
             call_args, call_kwargs = family.write_sample(saved_args, saved_kwargs, sample_)
             call_args, call_kwargs = family.write_conditioning(call_args, call_kwargs, dict(zip(names, conditioning_)))
-            with self.counter.recomputing(), self.recompute_under():
+            with self.counter.recomputing():
                 return family.denoiser_output(module(*call_args, **call_kwargs))
 
         inputs = [sample, *conditioning.values()]
         if not any(x.requires_grad for x in inputs):
             return None
-        noise = recompute_in_backward(run, family.denoiser_output(output), *inputs)
+        noise = recompute_in_backward(run, family.denoiser_output(output), *inputs, under=self.recompute_under)
         return family.with_denoiser_output(output, noise)
