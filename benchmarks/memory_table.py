@@ -210,7 +210,9 @@ def estimate(spec, size):
 
     denoiser, vae = spec["denoiser"](), spec["vae"]()
     inputs = spec["inputs"](size)
-    per_call = saved_activation_bytes(denoiser, lambda model, **kw: model(**kw), **inputs)
+    # As the explainer recomputes a checkpointed call: with the denoiser's own block checkpointing; and without it.
+    per_call = saved_activation_bytes(denoiser, lambda model, **kw: model(**kw), blocks_checkpointed=True, **inputs)
+    whole_call = saved_activation_bytes(denoiser, lambda model, **kw: model(**kw), **inputs)
     latent = size // 8
     channels = vae.config.latent_channels if not spec.get("qwen_vae") else vae.config.z_dim
     shape = (1, channels, 1, latent, latent) if spec.get("qwen_vae") else (1, channels, latent, latent)
@@ -226,7 +228,7 @@ def estimate(spec, size):
         decoder=decoder,
         encoder=0,
     )
-    return denoiser, vae, result
+    return denoiser, vae, result, whole_call
 
 
 def main() -> None:
@@ -241,7 +243,7 @@ def main() -> None:
             continue
         encoders = sum(_parameters(make()) for make in spec["encoders"]) * 2
         for size in args.sizes:
-            denoiser, vae, est = estimate(spec, size)
+            denoiser, vae, est, whole_call = estimate(spec, size)
             parameters = _parameters(denoiser)
             weights, vae_bytes = parameters * 2, _parameters(vae) * 2
             blocks = [b for attr in spec["blocks"] for b in (getattr(denoiser, attr) if isinstance(
@@ -255,17 +257,21 @@ def main() -> None:
                 "model offload + 4-bit": int(parameters * 0.56) + vae_bytes,
                 "group offload": (weights - in_blocks) + largest + vae_bytes,
             }
-            rows.append((name, size, parameters, encoders, est, device))
+            rows.append((name, size, parameters, encoders, est, device, whole_call))
     print("bfloat16; gradient methods, every step traced, checkpointing on; GB = 1e9 bytes\n")
-    print(f"{'model':12s} {'px':>5s} {'denoiser':>9s} {'encoders':>9s} {'per call':>9s} {'decode':>8s} "
+    print("per call: a traced call's recomputation in the backward pass, with the denoiser's own block checkpointing")
+    print("(as the explainer runs it) and, in brackets, without it; decode: the same for the VAE's decode\n")
+    print(f"{'model':12s} {'px':>5s} {'denoiser':>9s} {'encoders':>9s} {'per call':>17s} {'decode':>8s} "
           f"{'graph':>7s} {'peak':>7s}")  # fmt: skip
-    for name, size, parameters, encoders, est, _ in rows:
-        print(f"{name:12s} {size:5d} {parameters * 2 / GB:8.1f}G {encoders / GB:8.1f}G {est.per_call / GB:8.2f}G "
-              f"{est.decoder / GB:7.2f}G {est.graph / GB:6.2f}G {est.peak / GB:6.2f}G")  # fmt: skip
+    for name, size, parameters, encoders, est, _, whole in rows:
+        print(
+            f"{name:12s} {size:5d} {parameters * 2 / GB:8.1f}G {encoders / GB:8.1f}G {est.per_call / GB:6.2f}G "
+            f"({whole / GB:6.2f}G) {est.decoder / GB:7.2f}G {est.graph / GB:6.2f}G {est.peak / GB:6.2f}G"
+        )
     print("\nsmallest card (of " + ", ".join(f"{c}" for c in CARDS) + " GB) that holds the device's weights + peak:\n")
     tools = list(rows[0][5])
     print(f"{'model':12s} {'px':>5s} " + " ".join(f"{t:>22s}" for t in tools))
-    for name, size, _, _, est, device in rows:
+    for name, size, _, _, est, device, _ in rows:
         cells = []
         for tool in tools:
             need = (device[tool] + est.peak) / GB
