@@ -90,9 +90,10 @@ class BasePipelineExplainer:
         verbose (`bool`, *optional*, defaults to `True`): Show progress bars.
         gradient_checkpointing (`bool`, *optional*):
             Keep no activations of the traced steps (and of the VAE decoder) during generation and recompute them, one
-            step at a time, in the backward pass, with the model's own gradient checkpointing on (one block's
-            activations at a time): peak memory no longer grows with the number of traced steps, at the cost of two
-            more forward passes per traced step. By default (`None`) it is on when more than one step is
+            step at a time, in the backward pass: peak memory no longer grows with the number of traced steps, at the
+            cost of one more forward pass per traced step. Where even one step's recomputation would not fit in free
+            memory, the memory guard turns the denoiser's own gradient checkpointing on for it (one block's
+            activations at a time, the blocks run once more). By default (`None`) it is on when more than one step is
             traced (e.g. pixel attributions, which trace every step) and the graph is not kept for re-explanation:
             on SD 1.5 at 512x512, 20 traced steps took 32 GiB of CUDA memory without it and 2.9 GiB with it, for 1.4x
             the time (docs/benchmarks.md).

@@ -33,6 +33,8 @@ class MemoryEstimate:
         call_inputs (`int`): Bytes a checkpointed denoiser call keeps instead (its inputs).
         traced_calls (`int`): Denoiser calls traced.
         checkpointed (`bool`): Whether the traced calls (and the decode) are recomputed in the backward pass.
+        blocks (`bool`, *optional*, defaults to `False`): Whether that recomputation runs with the denoiser's own block
+            checkpointing (`per_call` is then one recomputation's blocks' inputs and largest block).
         decoder (`int`): Bytes of activations the VAE's decode keeps (the box's pixels back to the latents).
         encoder (`int`): Bytes of activations the VAE's encode keeps (pixel attributions of an input image).
         device (`str`): The device the call runs on.
@@ -47,6 +49,7 @@ class MemoryEstimate:
     encoder: int
     device: str = "cpu"
     available: Optional[int] = None
+    blocks: bool = False
 
     @property
     def graph(self) -> int:
@@ -285,10 +288,13 @@ def estimate_memory(
     checkpoint: bool,
     size: Tuple[int, int],
     pixels: bool = False,
+    blocks: bool = False,
 ) -> MemoryEstimate:
-    r"""The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`."""
-    # A checkpointed call's recomputation runs with the denoiser's own block checkpointing (`tracing.run`).
-    per_call = saved_activation_bytes(denoiser, _call_module, *args, blocks_checkpointed=checkpoint, **kwargs)
+    r"""
+    The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`;
+    with `blocks`, a checkpointed call's recomputation runs with the denoiser's own block checkpointing.
+    """
+    per_call = saved_activation_bytes(denoiser, _call_module, *args, blocks_checkpointed=blocks, **kwargs)
     # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
     rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
     vae = pipe.vae
@@ -314,6 +320,7 @@ def estimate_memory(
         encoder=encoder,
         device=str(device),
         available=available_memory(device),
+        blocks=blocks,
     )
 
 

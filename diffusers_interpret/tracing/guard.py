@@ -13,7 +13,9 @@ class MemoryGuard(ScopedHooks):
     r"""
     At the first denoiser call of a traced pipeline run, before it runs: estimate the call's peak memory from the
     denoiser's actual inputs (see [`MemoryEstimate`]) and raise [`NotEnoughMemoryError`] if it is more than the
-    device has free. `estimate` holds the estimate afterwards.
+    device has free. A checkpointed run whose calls' recomputation would not fit whole is estimated again with the
+    denoiser's own block checkpointing in that recomputation, and `blocks` says to use it (it costs time: the blocks
+    run once more). `estimate` holds the estimate afterwards.
 
     Args:
         pipe: The pipeline being run.
@@ -47,9 +49,10 @@ class MemoryGuard(ScopedHooks):
         self.pixels = pixels
         self.enforce = enforce
         self.estimate: Optional[memory.MemoryEstimate] = None
+        self.blocks = False
 
     def _install(self) -> None:
-        self.estimate = None
+        self.estimate, self.blocks = None, False
         self.hook_forward_pre(self.family.denoiser(self.pipe), self._check)
 
     def _check(self, module, args, kwargs):
@@ -58,9 +61,11 @@ class MemoryGuard(ScopedHooks):
         first = self.counter.first_of_last(self.n_traced)
         traced = 0 if first is None else (self.counter.total or 0) - first
         try:
-            self.estimate = memory.estimate_memory(
-                self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels
-            )
+            arguments = (self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels)
+            self.estimate = memory.estimate_memory(*arguments)
+            if self.checkpoint and not self.estimate.fits:
+                self.estimate = memory.estimate_memory(*arguments, blocks=True)
+                self.blocks = True
         except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
             warnings.warn(
                 f"The explanation's memory could not be estimated ({error}); it is not checked.", stacklevel=2

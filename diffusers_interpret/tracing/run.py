@@ -151,7 +151,7 @@ def run(
             checkpoint=plan.checkpoint,
             replace=plan.replace,
             grad=plan.graph,
-            recompute_under=lambda: _recomputation(pipe, family.denoiser(pipe)),
+            recompute_under=lambda: _recomputation(pipe, family.denoiser(pipe), guard is not None and guard.blocks),
         )
         scopes.append(tracer)
         if replay is not None:
@@ -194,11 +194,11 @@ def run(
 
 
 @contextlib.contextmanager
-def _recomputation(pipe, model: torch.nn.Module):
-    # A checkpointed call's recomputation in the backward pass (a traced denoiser call, the decode): the model's own
-    # gradient checkpointing on (it then keeps its blocks' inputs, and the backward pass recomputes one block at a
-    # time), quantized and offloaded layers recomputed.
-    with stored_weights_recomputed(pipe), BlockCheckpointing(model):
+def _recomputation(pipe, model: torch.nn.Module, blocks: bool = True):
+    # A checkpointed call's recomputation in the backward pass (a traced denoiser call, the decode): quantized and
+    # offloaded layers recomputed; with `blocks`, the model's own gradient checkpointing on (it then keeps its blocks'
+    # inputs, and the backward pass recomputes one block at a time).
+    with stored_weights_recomputed(pipe), BlockCheckpointing(model) if blocks else contextlib.nullcontext():
         yield
 
 
