@@ -203,13 +203,15 @@ def pack(latents: torch.Tensor) -> torch.Tensor:
     return FluxPipeline._pack_latents(latents, latents.shape[0], latents.shape[1], latents.shape[2], latents.shape[3])
 
 
-def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
+def train_jointly(args, models: Dict[str, torch.nn.Module], bind_head: torch.nn.Module, batch_loss) -> Dict:
+    r"""
+    The training loop of the toy Flux and the toy SD3: `models` (their order is the EMA's and the checkpoint's) and
+    the binding head trained together by AdamW on `batch_loss(step, generator)`, with the learning-rate schedule,
+    gradient clipping, EMA, checkpoints in `args.work_dir / "transformer.pt"` (`--resume` continues them), the time
+    budget and `--stop-at`. Returns the models' EMA weights by name, and the step and minutes trained.
+    """
     path = args.work_dir / "transformer.pt"
-    torch.manual_seed(args.seed + 2)
-    transformer = build_transformer(args.layers, args.single_layers, args.heads, args.head_dim)
-    t5, clip = build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
-    params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
-    bind_head = torch.nn.Linear(t5.config.d_model, len(COLORS) + len(SHAPES) + 2)  # trained, not shipped
+    params = [p for model in models.values() for p in model.parameters()]
     optimizer = torch.optim.AdamW(params + list(bind_head.parameters()), lr=args.lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, args.warmup_steps, args.steps, args.min_lr / args.lr)
@@ -218,9 +220,8 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     step, elapsed = 0, 0.0
     if args.resume and path.exists():
         state = torch.load(path, map_location="cpu")
-        transformer.load_state_dict(state["transformer"])
-        t5.load_state_dict(state["t5"])
-        clip.load_state_dict(state["clip"])
+        for name, model in models.items():
+            model.load_state_dict(state[name])
         if "bind_head" in state:
             bind_head.load_state_dict(state["bind_head"])
         optimizer.load_state_dict(state["optimizer"])
@@ -231,9 +232,7 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     def save():
         atomic_save(
             dict(
-                transformer=transformer.state_dict(),
-                t5=t5.state_dict(),
-                clip=clip.state_dict(),
+                {name: model.state_dict() for name, model in models.items()},
                 bind_head=bind_head.state_dict(),
                 optimizer=optimizer.state_dict(),
                 schedule=schedule.state_dict(),
@@ -244,6 +243,60 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
             path,
         )
 
+    budget = None if args.time_budget_min is None else args.time_budget_min * 60
+    for model in models.values():
+        model.train()
+    started, elapsed_start, running = time.time(), elapsed, None
+    bar = tqdm(total=args.steps, initial=step, desc="Transformer")
+    while step < args.steps and not args.skip_training:
+        if args.stop_at is not None and step >= args.stop_at:
+            break
+        if budget is not None and elapsed >= budget:
+            log(args.work_dir, f"Transformer: time budget reached at step {step}")
+            break
+        loss = batch_loss(step, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        step += 1
+        elapsed = elapsed_start + time.time() - started
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", min=f"{elapsed / 60:.1f}")
+        if step % args.checkpoint_every == 0:
+            save()
+            log(args.work_dir, f"Transformer: step {step}, loss {running:.4f}, {elapsed / 60:.1f} min")
+    bar.close()
+    save()
+    log(args.work_dir, f"Transformer: stopped at step {step} after {elapsed / 60:.1f} min of training")
+    # The EMA weights, copied into the models so that tied weights (T5's shared embedding) stay one tensor.
+    states, weights = {}, iter(ema)
+    for name, model in models.items():
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(next(weights))
+        states[name] = {key: value.clone() for key, value in model.state_dict().items()}
+    states.update(step=step, elapsed=elapsed)
+    return states
+
+
+def bind_loss(bind_head, t5_states, targets) -> torch.Tensor:
+    r"""The binding head's cross-entropies (colour, shape and side of each T5 state's object: `binding_labels`),
+    summed."""
+    logits = bind_head(t5_states[:, :T5_LENGTH]).split([len(COLORS), len(SHAPES), 2], dim=-1)
+    return sum(F.cross_entropy(lg.flatten(0, 1), targets[..., k].flatten()) for k, lg in enumerate(logits))
+
+
+def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
+    torch.manual_seed(args.seed + 2)
+    transformer = build_transformer(args.layers, args.single_layers, args.heads, args.head_dim)
+    t5, clip = build_t5(t5_tokenizer), build_text_encoder(clip_tokenizer)
+    bind_head = torch.nn.Linear(t5.config.d_model, len(COLORS) + len(SHAPES) + 2)  # trained, not shipped
     latents = pack(pool["latents"])  # (N, 64 tokens, 16)
     grid = int(math.isqrt(latents.shape[1]))
     img_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32)
@@ -257,18 +310,8 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     ).input_ids
     one_object = torch.nonzero(pool["num_objects"] == 1).squeeze(1)
     one_object_steps = int(args.one_object_fraction * args.steps)
-    budget = None if args.time_budget_min is None else args.time_budget_min * 60
-    for model in (transformer, t5, clip):
-        model.train()
-    started, elapsed_start, running = time.time(), elapsed, None
-    bar = tqdm(total=args.steps, initial=step, desc="Transformer")
-    while step < args.steps and not args.skip_training:
-        if args.stop_at is not None and step >= args.stop_at:
-            break
-        if budget is not None and elapsed >= budget:
-            log(args.work_dir, f"Transformer: time budget reached at step {step}")
-            break
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+
+    def batch_loss(step, generator):
         if step < one_object_steps:
             idx = one_object[torch.randint(len(one_object), (args.batch_size,), generator=generator)]
         else:
@@ -297,37 +340,10 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
         if args.bind_loss_weight > 0:
             targets = bind_targets[idx].clone()
             targets[drop] = -100
-            logits = bind_head(text_states[:, :T5_LENGTH]).split([len(COLORS), len(SHAPES), 2], dim=-1)
-            bind = sum(F.cross_entropy(lg.flatten(0, 1), targets[..., k].flatten()) for k, lg in enumerate(logits))
-            loss = loss + args.bind_loss_weight * bind / 3
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        step += 1
-        elapsed = elapsed_start + time.time() - started
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", min=f"{elapsed / 60:.1f}")
-        if step % args.checkpoint_every == 0:
-            save()
-            log(args.work_dir, f"Transformer: step {step}, loss {running:.4f}, {elapsed / 60:.1f} min")
-    bar.close()
-    save()
-    log(args.work_dir, f"Transformer: stopped at step {step} after {elapsed / 60:.1f} min of training")
-    # The EMA weights, copied into the models so that tied weights (T5's shared embedding) stay one tensor.
-    states, weights = {}, iter(ema)
-    for name, model in (("transformer", transformer), ("t5", t5), ("clip", clip)):
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.copy_(next(weights))
-        states[name] = {key: value.clone() for key, value in model.state_dict().items()}
-    states.update(step=step, elapsed=elapsed)
-    return states
+            loss = loss + args.bind_loss_weight * bind_loss(bind_head, text_states, targets) / 3
+        return loss
+
+    return train_jointly(args, {"transformer": transformer, "t5": t5, "clip": clip}, bind_head, batch_loss)
 
 
 def assemble(args, vae, clip_tokenizer, t5_tokenizer, states) -> FluxPipeline:

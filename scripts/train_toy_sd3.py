@@ -37,13 +37,11 @@ An interrupted run continues with `--resume`.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other training scripts, next to this one
@@ -55,18 +53,18 @@ from diffusers import (  # noqa: E402
 )
 from train_toy_flux import (  # noqa: E402
     T5_LENGTH,
+    bind_loss,
     binding_labels,
     build_t5,
     build_t5_tokenizer,
     scene_prompts,
+    train_jointly,
     vae_and_latents,
 )
 from train_toy_model import (  # noqa: E402
     TOKENIZER_MAX_LENGTH,
-    atomic_save,
     build_tokenizer,
     log,
-    lr_lambda,
     round_to_fp16,
     write_tokenizer_files,
 )
@@ -168,44 +166,12 @@ def text_conditioning(clips, t5, clip_ids, t5_ids, keep):
 
 
 def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
-    path = args.work_dir / "transformer.pt"
     torch.manual_seed(args.seed + 2)
     transformer = build_transformer(args.layers, args.heads, args.head_dim)
     clips = [build_clip(clip_tokenizer, width) for width in CLIP_WIDTHS]
     t5 = build_t5(t5_tokenizer)
     models = {"transformer": transformer, "clip_l": clips[0], "clip_g": clips[1], "t5": t5}
-    params = [p for model in models.values() for p in model.parameters()]
     bind_head = torch.nn.Linear(t5.config.d_model, len(COLORS) + len(SHAPES) + 2)  # trained, not shipped
-    optimizer = torch.optim.AdamW(params + list(bind_head.parameters()), lr=args.lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, args.warmup_steps, args.steps, args.min_lr / args.lr)
-    )
-    ema = [p.detach().clone() for p in params]
-    step, elapsed = 0, 0.0
-    if args.resume and path.exists():
-        state = torch.load(path, map_location="cpu")
-        for name, model in models.items():
-            model.load_state_dict(state[name])
-        bind_head.load_state_dict(state["bind_head"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        ema, step, elapsed = state["ema"], state["step"], state["elapsed"]
-        log(args.work_dir, f"Transformer: resumed from step {step} ({elapsed / 60:.1f} min trained)")
-
-    def save():
-        atomic_save(
-            dict(
-                {name: model.state_dict() for name, model in models.items()},
-                bind_head=bind_head.state_dict(),
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                ema=ema,
-                step=step,
-                elapsed=elapsed,
-            ),
-            path,
-        )
-
     latents = pool["latents"]  # (N, 4, 16, 16)
     prompts = scene_prompts(int((pool["num_objects"] == 1).sum()), int((pool["num_objects"] == 2).sum()))
     t5_ids = t5_tokenizer(prompts, padding="max_length", max_length=T5_LENGTH, truncation=True, return_tensors="pt")
@@ -217,18 +183,8 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     ).input_ids
     one_object = torch.nonzero(pool["num_objects"] == 1).squeeze(1)
     one_object_steps = int(args.one_object_fraction * args.steps)
-    budget = None if args.time_budget_min is None else args.time_budget_min * 60
-    for model in models.values():
-        model.train()
-    started, elapsed_start, running = time.time(), elapsed, None
-    bar = tqdm(total=args.steps, initial=step, desc="Transformer")
-    while step < args.steps and not args.skip_training:
-        if args.stop_at is not None and step >= args.stop_at:
-            break
-        if budget is not None and elapsed >= budget:
-            log(args.work_dir, f"Transformer: time budget reached at step {step}")
-            break
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+
+    def batch_loss(step, generator):
         if step < one_object_steps:
             idx = one_object[torch.randint(len(one_object), (args.batch_size,), generator=generator)]
         else:
@@ -261,36 +217,10 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
         if args.bind_loss_weight > 0:
             targets = bind_targets[idx].clone()
             targets[drop] = -100
-            logits = bind_head(t5_states[:, :T5_LENGTH]).split([len(COLORS), len(SHAPES), 2], dim=-1)
-            bind = sum(F.cross_entropy(lg.flatten(0, 1), targets[..., k].flatten()) for k, lg in enumerate(logits))
-            loss = loss + args.bind_loss_weight * bind / 3
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        step += 1
-        elapsed = elapsed_start + time.time() - started
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", min=f"{elapsed / 60:.1f}")
-        if step % args.checkpoint_every == 0:
-            save()
-            log(args.work_dir, f"Transformer: step {step}, loss {running:.4f}, {elapsed / 60:.1f} min")
-    bar.close()
-    save()
-    log(args.work_dir, f"Transformer: stopped at step {step} after {elapsed / 60:.1f} min of training")
-    states, weights = {}, iter(ema)
-    for name, model in models.items():
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.copy_(next(weights))
-        states[name] = {key: value.clone() for key, value in model.state_dict().items()}
-    states.update(step=step, elapsed=elapsed)
-    return states
+            loss = loss + args.bind_loss_weight * bind_loss(bind_head, t5_states, targets) / 3
+        return loss
+
+    return train_jointly(args, models, bind_head, batch_loss)
 
 
 def assemble(args, vae, clip_tokenizer, t5_tokenizer, states) -> StableDiffusion3Pipeline:
