@@ -206,7 +206,7 @@ def models():
 
 
 def estimate(spec, size):
-    from diffusers_interpret.memory import MemoryEstimate, _tensor_bytes, saved_activation_bytes
+    from diffusers_interpret.memory import MemoryEstimate, saved_activation_bytes
 
     denoiser, vae = spec["denoiser"](), spec["vae"]()
     inputs = spec["inputs"](size)
@@ -222,7 +222,7 @@ def estimate(spec, size):
     steps = spec["steps"]
     result = MemoryEstimate(
         per_call=per_call,
-        call_inputs=_tensor_bytes(inputs),
+        call_inputs=sum(x.numel() * x.element_size() for x in inputs.values() if isinstance(x, torch.Tensor)),
         traced_calls=steps,
         checkpointed=True,
         decoder=decoder,
