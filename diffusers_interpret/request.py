@@ -172,6 +172,26 @@ def _expand(values: Union[str, List[str], None], batch_size: int, per_prompt: in
     return [value for value in values for _ in range(per_prompt)]
 
 
+def _refuse_offloading_hooks_of_accelerate(pipe) -> None:
+    # accelerate's offloading hooks (`enable_sequential_cpu_offload()`, a `device_map` that offloads layers) move each
+    # layer's weights to the device for its call; the explainer cannot have them recomputed in the backward pass as it
+    # does diffusers' group offloading, so a traced step would keep every weight on the device. Not tested: `pipe()`
+    # itself fails under sequential offload on the CPU with torch 2.13.
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            hook = getattr(module, "_hf_hook", None)
+            if any(getattr(h, "offload", False) for h in getattr(hook, "hooks", [hook])):
+                raise ValueError(
+                    "This pipeline's weights are offloaded by accelerate's hooks (`enable_sequential_cpu_offload()` "
+                    "or an offloading `device_map`), which the explainer does not support. Use diffusers' group "
+                    "offloading instead, the same memory: `pipe.remove_all_hooks()`, then "
+                    "`pipe.transformer.enable_group_offload(onload_device=device, offload_type='leaf_level')` (or "
+                    "`pipe.unet`), or `pipe.enable_model_cpu_offload()`."
+                )
+
+
 def check_inputs(
     request: ExplainRequest, pipe, family: PipelineFamily, input_kind: Optional[InputKind], explainer_name: str
 ) -> CheckedRequest:
@@ -192,6 +212,7 @@ def check_inputs(
     pipeline_kwargs = request.pipeline_kwargs
     if "prompt_embeds" in pipeline_kwargs:
         raise ValueError("Pass `prompt` (text) instead of `prompt_embeds`: tokens are needed to attribute them.")
+    _refuse_offloading_hooks_of_accelerate(pipe)
     family.check_arguments(pipe, pipeline_kwargs)
     keep = request.keep_for_reexplanation
     if keep not in (None, "graph", "latents"):

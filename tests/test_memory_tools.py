@@ -4,7 +4,8 @@ explained image is still `pipe()`'s under the same tool, no weight gets a gradie
 the tool where the tool does not change the arithmetic (offloading, VAE slicing), or rank the words as they do
 without it where it does (VAE tiling blends tiles, layerwise casting stores weights in bfloat16).
 `torch.compile` is checked by `benchmarks/memory_tools.py` (its compilation takes about a minute on the CPU).
-Sequential CPU offload fails in `pipe()` itself on this stack (accelerate with torch 2.13), so it is not tested here.
+Sequential CPU offload fails in `pipe()` itself on this stack (accelerate with torch 2.13): the explainer refuses it
+with a message that names diffusers' group offloading instead (tested below).
 """
 
 import contextlib
@@ -130,3 +131,17 @@ def test_the_decoder_checkpointed_by_block_keeps_less_and_gives_the_same_gradien
     torch.testing.assert_close(checkpointed_grad, plain_grad, rtol=1e-5, atol=1e-6)
     assert checkpointed_bytes < 0.5 * plain_bytes, (checkpointed_bytes, plain_bytes)
     assert not any(getattr(m, "gradient_checkpointing", False) for m in vae.modules())  # put back
+
+
+def test_accelerates_sequential_offload_is_refused_with_what_to_use_instead():
+    # `pipe()` itself fails under sequential CPU offload on this stack, so the explainer cannot be tested with it; its
+    # hooks (accelerate's) cannot be told to recompute in the backward pass either: the call is refused at the door,
+    # before any model runs, naming the tool and diffusers' group offloading instead.
+    pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    pipe.enable_sequential_cpu_offload(device="cpu")
+    ran = []
+    pipe.text_encoder.register_forward_pre_hook(lambda *a: ran.append(1))
+    with pytest.raises(ValueError) as refused:
+        explainer_for(pipe, verbose=False)(PROMPT, generator=torch.Generator().manual_seed(0), **CALL)
+    message = str(refused.value)
+    assert "enable_sequential_cpu_offload()" in message and "enable_group_offload(" in message and not ran
