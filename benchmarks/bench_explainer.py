@@ -14,6 +14,11 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py --family sdxl       # the tiny SDXL pipeline (any --kind)
     python benchmarks/bench_explainer.py --family flux       # the tiny Flux pipeline (text2img or img2img)
     python benchmarks/bench_explainer.py --family sd3        # the tiny SD3 pipeline (text2img or img2img)
+    python benchmarks/bench_explainer.py --family sd15-size --size 256 --traced 10 --repeats 1 --no-prompt-dependence
+
+`--family sd15-size` builds a UNet and VAE of Stable Diffusion 1.5's size (random weights, `bench_memory_real_size.py`)
+for the explanation's time at real size on the CPU; `--size` sets the image size, `--no-prompt-dependence` leaves the
+prompt-dependence redraws out (the "ideal" never includes them).
 """
 
 import argparse
@@ -21,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CASE_SCRIPT = r"""
 import json, resource, statistics, sys, time, warnings
@@ -36,7 +42,12 @@ from diffusers_interpret.testing.flux import make_tiny_flux_pipeline
 from diffusers_interpret.testing.stable_diffusion_3 import make_tiny_sd3_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
-if family == "sd":
+size, dependence = {size!r}, {dependence!r}
+if family == "sd15-size":
+    sys.path.insert(0, {benchmarks!r})
+    from bench_memory_real_size import build_pipeline
+    pipe = build_pipeline("sd")
+elif family == "sd":
     pipe = make_tiny_pipeline(kind)
 elif family == "sdxl":
     pipe = make_tiny_sdxl_pipeline(kind, sample_size=32, layers_per_block=2)
@@ -45,9 +56,9 @@ elif family == "flux":
 else:
     pipe = make_tiny_sd3_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
-common = dict(num_inference_steps=steps, guidance_scale=7.5)
+common = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size)
 if family in ("flux", "sd3"):
-    common.update(height=64, width=64, max_sequence_length=16)
+    common.update(max_sequence_length=16)
 rng = np.random.default_rng(0)
 if kind != "text2img":
     common["image"] = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -63,7 +74,7 @@ backward = []
 def explain():
     out = explainer(prompt, generator=torch.Generator().manual_seed(0), get_images_for_all_inference_steps=False,
                     n_last_diffusion_steps_to_consider_for_attributions=n, attribution_method="grad_x_input",
-                    **common)
+                    prompt_dependence=dependence, **common)
     backward.append(out.stats.backward_seconds)
 
 def timed(fn):
@@ -84,8 +95,11 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def run_case(family, kind, n, ckpt, steps, repeats, threads):
-    code = CASE_SCRIPT.format(family=family, kind=kind, n=n, ckpt=ckpt, steps=steps, repeats=repeats, threads=threads)
+def run_case(family, kind, n, ckpt, steps, repeats, threads, size=64, dependence=True):
+    code = CASE_SCRIPT.format(
+        family=family, kind=kind, n=n, ckpt=ckpt, steps=steps, repeats=repeats, threads=threads, size=size,
+        dependence=dependence, benchmarks=str(Path(__file__).resolve().parent),
+    )  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -100,14 +114,19 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--traced", type=int, nargs="+", default=[0, 2, 5, 10])
     parser.add_argument("--kind", default="text2img", choices=["text2img", "img2img", "inpaint"])
-    parser.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux"])
+    parser.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux", "sd15-size"])
+    parser.add_argument("--size", type=int, default=64, help="image size")
+    parser.add_argument("--no-prompt-dependence", action="store_true")
+    parser.add_argument("--no-checkpointing-cases", action="store_true", help="only the checkpointed cases")
     args = parser.parse_args()
+    extra = dict(size=args.size, dependence=not args.no_prompt_dependence)
 
     started = time.time()
-    plain = run_case(args.family, args.kind, "plain", False, args.steps, args.repeats, args.threads)
+    plain = run_case(args.family, args.kind, "plain", False, args.steps, args.repeats, args.threads, **extra)
+    name = "SD 1.5-size" if args.family == "sd15-size" else f"tiny {args.family}"
     print(
-        f"tiny {args.family} {args.kind} pipeline, 64x64, {args.steps} steps, CFG 7.5, {args.threads} threads,"
-        f" median of {args.repeats}"
+        f"{name} {args.kind} pipeline, {args.size}x{args.size}, {args.steps} steps, CFG 7.5, {args.threads} threads,"
+        f" median of {args.repeats}, prompt dependence {'off' if args.no_prompt_dependence else 'on'}"
     )
     print(f"plain pipe(): {plain['seconds']:.3f} s, peak RSS {plain['peak_rss_mb']:.0f} MB\n")
     header = f"{'N':>3} {'ckpt':>5} {'explain s':>10} {'x plain':>8} {'ideal s':>8} {'x ideal':>8}"
@@ -115,8 +134,8 @@ def main():
     print(header)
     print("-" * len(header))
     for n in args.traced:
-        for ckpt in (False, True):
-            r = run_case(args.family, args.kind, n, ckpt, args.steps, args.repeats, args.threads)
+        for ckpt in (True,) if args.no_checkpointing_cases else (False, True):
+            r = run_case(args.family, args.kind, n, ckpt, args.steps, args.repeats, args.threads, **extra)
             ideal = r["plain"] + r["backward"]
             print(
                 f"{n:>3} {str(ckpt):>5} {r['seconds']:>10.3f} {r['seconds'] / r['plain']:>8.2f} {ideal:>8.3f} "
