@@ -140,7 +140,14 @@ def run(
     pipe, family = plan.pipe, plan.family
     counter = StepCounter(pipe, family.denoiser(pipe), family.calls_per_step(pipe, call_kwargs))
     scopes: List[ScopedHooks] = [counter]
-    tracer = guard = untraced = None
+    tracer = guard = untraced = stored = None
+
+    def recomputation():
+        # A checkpointed traced call's recomputation, in the backward pass: the stored-weight layers the run's scope
+        # found, block checkpointing where the guard asked for it.
+        blocks = guard is not None and guard.blocks
+        return _recomputation(pipe, family.denoiser(pipe), blocks, stored.layers if stored is not None else None)
+
     if conditioning is not None:
         tracer = DenoiserTracer(
             pipe,
@@ -151,7 +158,7 @@ def run(
             checkpoint=plan.checkpoint,
             replace=plan.replace,
             grad=plan.graph,
-            recompute_under=lambda: _recomputation(pipe, family.denoiser(pipe), guard is not None and guard.blocks),
+            recompute_under=recomputation,
         )
         scopes.append(tracer)
         if replay is not None:
@@ -160,7 +167,8 @@ def run(
             untraced = UntracedDenoiserCache()
             scopes.append(untraced.recording(tracer))
         if plan.graph:
-            scopes.append(stored_weights_recomputed(pipe))
+            stored = stored_weights_recomputed(pipe)
+            scopes.append(stored)
             guard = MemoryGuard(
                 pipe,
                 family,
@@ -194,11 +202,11 @@ def run(
 
 
 @contextlib.contextmanager
-def _recomputation(pipe, model: torch.nn.Module, blocks: bool = True):
+def _recomputation(pipe, model: torch.nn.Module, blocks: bool = True, layers=None):
     # A checkpointed call's recomputation in the backward pass (a traced denoiser call, the decode): quantized and
-    # offloaded layers recomputed; with `blocks`, the model's own gradient checkpointing on (it then keeps its blocks'
-    # inputs, and the backward pass recomputes one block at a time).
-    with stored_weights_recomputed(pipe), BlockCheckpointing(model) if blocks else contextlib.nullcontext():
+    # offloaded layers recomputed (`layers`, where already found); with `blocks`, the model's own gradient
+    # checkpointing on (it then keeps its blocks' inputs, and the backward pass recomputes one block at a time).
+    with stored_weights_recomputed(pipe, layers), BlockCheckpointing(model) if blocks else contextlib.nullcontext():
         yield
 
 

@@ -72,9 +72,9 @@ class StoredWeightsRecomputed(ScopedHooks):
             self.override(layer, "forward", _recomputed(layer.forward))
 
 
-def stored_weights_recomputed(pipe) -> StoredWeightsRecomputed:
-    r"""A [`StoredWeightsRecomputed`] scope over `pipe`'s models."""
-    return StoredWeightsRecomputed(c for c in pipe.components.values() if isinstance(c, torch.nn.Module))
+def stored_weights_recomputed(pipe, layers: Optional[List[torch.nn.Module]] = None) -> StoredWeightsRecomputed:
+    r"""A [`StoredWeightsRecomputed`] scope over `pipe`'s models (over `layers` where an earlier scope found them)."""
+    return StoredWeightsRecomputed((c for c in pipe.components.values() if isinstance(c, torch.nn.Module)), layers)
 
 
 def _recomputed(forward):

@@ -1,6 +1,5 @@
 """Scoped hooks on the denoiser that give the last N calls of the pipeline's own loop a graph back to the prompt."""
 
-import contextlib
 from typing import Callable, ContextManager, Dict, Optional
 
 import torch
@@ -69,7 +68,7 @@ class DenoiserTracer(ScopedHooks):
         self.checkpoint = checkpoint
         self.replace = replace
         self.grad = grad
-        self.recompute_under = recompute_under or contextlib.nullcontext
+        self.recompute_under = recompute_under
         self.first_traced: Optional[int] = None
         self._swapped: Optional[Dict[str, torch.Tensor]] = None
         self._saved = None
