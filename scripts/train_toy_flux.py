@@ -83,11 +83,13 @@ T5_LENGTH = 16
 SPLIT_WORDS = {"triangle": ("▁tri", "angle")}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/toyflux"))
+def joint_training_parser(description: str, work_dir: str, output_dir: str) -> argparse.ArgumentParser:
+    r"""The arguments of `train_jointly` and of the data, shared by the toy Flux's and the toy SD3's training scripts;
+    each script adds its model's."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work-dir", type=Path, default=Path(work_dir))
     parser.add_argument("--sd-work-dir", type=Path, default=Path("runs/toy64"), help="VAE and latents of the SD toy")
-    parser.add_argument("--output-dir", type=Path, default=Path("diffusers_interpret/toy/model_flux"))
+    parser.add_argument("--output-dir", type=Path, default=Path(output_dir))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
@@ -111,10 +113,6 @@ def parse_args() -> argparse.Namespace:
         default=[T5_LENGTH, 2 * T5_LENGTH],
         help="T5 sequence lengths drawn per step (the prompt padded to it), so that `max_sequence_length` only pads",
     )
-    parser.add_argument("--layers", type=int, default=3, help="dual-stream blocks")
-    parser.add_argument("--single-layers", type=int, default=3, help="single-stream blocks")
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=16)
     parser.add_argument(
         "--bind-loss-weight",
         type=float,
@@ -127,6 +125,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--eval-prompts", type=int, default=40)
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = joint_training_parser(__doc__.split("\n\n")[1], "runs/toyflux", "diffusers_interpret/toy/model_flux")
+    parser.add_argument("--layers", type=int, default=3, help="dual-stream blocks")
+    parser.add_argument("--single-layers", type=int, default=3, help="single-stream blocks")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=16)
     return parser.parse_args()
 
 

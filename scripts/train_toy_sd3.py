@@ -57,6 +57,7 @@ from train_toy_flux import (  # noqa: E402
     binding_labels,
     build_t5,
     build_t5_tokenizer,
+    joint_training_parser,
     scene_prompts,
     train_jointly,
     vae_and_latents,
@@ -78,38 +79,16 @@ JOINT_WIDTH = 64
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/toysd3"))
-    parser.add_argument("--sd-work-dir", type=Path, default=Path("runs/toy64"), help="VAE and latents of the SD toy")
-    parser.add_argument("--output-dir", type=Path, default=Path("diffusers_interpret/toy/model_sd3"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--steps", type=int, default=20000, help="steps of the learning-rate schedule")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--min-lr", type=float, default=1e-4)
-    parser.add_argument("--warmup-steps", type=int, default=200)
-    parser.add_argument("--one-object-fraction", type=float, default=0.15)
-    parser.add_argument("--empty-prompt-prob", type=float, default=0.1)
-    parser.add_argument("--pooled-prompt-prob", type=float, default=0.1)
+    parser = joint_training_parser(__doc__.split("\n\n")[1], "runs/toysd3", "diffusers_interpret/toy/model_sd3")
     parser.add_argument(
         "--encoder-drop-prob",
         type=float,
         default=0.2,
         help="probability that one text encoder's sequence is zeroed for an example (each encoder independently)",
     )
-    parser.add_argument("--pad-lengths", type=int, nargs="+", default=[T5_LENGTH, 2 * T5_LENGTH])
     parser.add_argument("--layers", type=int, default=6, help="joint transformer blocks")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=16)
-    parser.add_argument("--bind-loss-weight", type=float, default=0.1)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--stop-at", type=int, default=10000, help="stop at this step (the schedule is --steps')")
-    parser.add_argument("--time-budget-min", type=float, default=None)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--eval-prompts", type=int, default=40)
     return parser.parse_args()
 
 
