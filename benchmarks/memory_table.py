@@ -30,6 +30,18 @@ import torch  # noqa: E402
 
 GB = 1e9
 CARDS = (12, 16, 24, 48, 80)
+FLUX_DEV_CONFIG = dict(  # FLUX.1-dev's transformer
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
 DTYPE = torch.bfloat16
 
 
@@ -172,19 +184,7 @@ def models():
             blocks=("transformer_blocks",),
         ),  # fmt: skip
         "FLUX.1-dev": dict(
-            denoiser=lambda: _meta(
-                FluxTransformer2DModel,
-                patch_size=1,
-                in_channels=64,
-                num_layers=19,
-                num_single_layers=38,
-                attention_head_dim=128,
-                num_attention_heads=24,
-                joint_attention_dim=4096,
-                pooled_projection_dim=768,
-                guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56),
-            ),
+            denoiser=lambda: _meta(FluxTransformer2DModel, **FLUX_DEV_CONFIG),
             inputs=flux_inputs,
             encoders=[clip_l, t5_xxl],
             vae=lambda: sd_vae(16),

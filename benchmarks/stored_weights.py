@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory_table, next to this script
 
 import torch  # noqa: E402
 
@@ -28,24 +29,12 @@ MB = 1024**2
 
 def flux_slice():
     from diffusers import FluxTransformer2DModel
+    from memory_table import FLUX_DEV_CONFIG
 
     torch.manual_seed(0)
-    return (
-        FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=64,
-            num_layers=1,
-            num_single_layers=2,
-            attention_head_dim=128,
-            num_attention_heads=24,
-            joint_attention_dim=4096,
-            pooled_projection_dim=768,
-            guidance_embeds=False,
-            axes_dims_rope=(16, 56, 56),
-        )
-        .eval()
-        .requires_grad_(False)
-    )
+    # FLUX.1-dev's config with 1 + 2 of its blocks, called without the guidance embedding (no guidance input).
+    config = dict(FLUX_DEV_CONFIG, num_layers=1, num_single_layers=2, guidance_embeds=False)
+    return FluxTransformer2DModel(**config).eval().requires_grad_(False)
 
 
 def kept_bytes(model, image_tokens: int, text_tokens: int, recompute: bool) -> int:
