@@ -25,6 +25,14 @@ def main() -> None:
     # nor transformers' note that torchvision is missing (both about the machine that ran them, not the library).
     env.update(PYTHONWARNINGS="ignore:IProgress not found", TRANSFORMERS_VERBOSITY="error")
     with tempfile.TemporaryDirectory() as scratch:
+        # Nor the notes importing torchao (when it is installed) prints: its CUDA kernels not loading on this machine
+        # (with paths), torch's note on its enums, diffusers' on its tensor classes.
+        startup = Path(scratch) / "ipython" / "profile_default" / "startup"
+        startup.mkdir(parents=True)
+        quiet = [f"logging.getLogger({name!r}).setLevel(logging.ERROR)" for name in ("torchao", "torch.utils._pytree")]
+        (startup / "00-quiet.py").write_text("\n".join(["import logging", *quiet]) + "\n")
+        env["DIFFUSERS_VERBOSITY"] = "error"
+        env["IPYTHONDIR"] = str(startup.parents[1])
         for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
             started = time.perf_counter()
             where = ["--output-dir", scratch] if args.check else ["--inplace"]
