@@ -8,7 +8,7 @@ here = Path(__file__).parent
 version = re.search(r'^__version__ = "([^"]+)"', (here / "diffusers_interpret" / "__init__.py").read_text(), re.M)[1]
 # `diffusers-interpret batch` / `explain_dataset`: processes, Parquet shards, saved datasets as input.
 BATCH_REQUIREMENTS = ["accelerate>=0.26", "pyarrow>=12", "datasets>=2.14"]
-QUANTIZATION_REQUIREMENTS = ["torchao>=0.12", "gguf>=0.10"]
+QUANTIZATION_REQUIREMENTS = ["torchao>=0.12", "gguf>=0.10", "bitsandbytes>=0.48"]
 requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
 
 setup(

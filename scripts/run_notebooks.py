@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes", "kernels")
 
 
 def main() -> None:
@@ -25,11 +26,11 @@ def main() -> None:
     # nor transformers' note that torchvision is missing (both about the machine that ran them, not the library).
     env.update(PYTHONWARNINGS="ignore:IProgress not found", TRANSFORMERS_VERBOSITY="error")
     with tempfile.TemporaryDirectory() as scratch:
-        # Nor the notes importing torchao (when it is installed) prints: its CUDA kernels not loading on this machine
-        # (with paths), torch's note on its enums, diffusers' on its tensor classes.
+        # Nor the notes importing torchao or bitsandbytes (when installed) prints: their kernels not loading on this
+        # machine (with paths, or offline), torch's note on its enums, diffusers' on its tensor classes.
         startup = Path(scratch) / "ipython" / "profile_default" / "startup"
         startup.mkdir(parents=True)
-        quiet = [f"logging.getLogger({name!r}).setLevel(logging.ERROR)" for name in ("torchao", "torch.utils._pytree")]
+        quiet = [f"logging.getLogger({name!r}).setLevel(logging.ERROR)" for name in QUIET_LOGGERS]
         (startup / "00-quiet.py").write_text("\n".join(["import logging", *quiet]) + "\n")
         env["DIFFUSERS_VERBOSITY"] = "error"
         env["IPYTHONDIR"] = str(startup.parents[1])

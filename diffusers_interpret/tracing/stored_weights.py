@@ -5,6 +5,7 @@ A quantized layer (torchao, GGUF) dequantizes its weight and a layerwise-cast on
 it up before its matmul; a group-offloaded block (`enable_group_offload`) brings its weights to the device. Autograd
 keeps that computed copy for the backward pass (the gradient to the layer's input needs it), so a traced call would
 hold a full-precision, on-device copy of every such weight until the backward pass, which undoes what the tool saves.
+(bitsandbytes' layers need none of this: their own autograd functions keep the packed weight.)
 In traced calls, and in their recomputation when the call is checkpointed, each such layer (the outermost one) runs
 under `torch.utils.checkpoint`: the graph keeps its inputs, and the backward pass dequantizes, casts or brings back its
 weights again and lets them go after it.
@@ -26,7 +27,14 @@ def _stored_differently(parameter: torch.Tensor) -> bool:
     return type(parameter) not in (torch.nn.Parameter, torch.Tensor) or not parameter.dtype.is_floating_point
 
 
+def _recomputes_its_own_weights(module: torch.nn.Module) -> bool:
+    # bitsandbytes' layers run autograd functions that keep the packed weight and dequantize it again in the backward.
+    return type(module).__module__.startswith("bitsandbytes.")
+
+
 def _stores_weights(module: torch.nn.Module) -> bool:
+    if _recomputes_its_own_weights(module):
+        return False
     registry = getattr(module, "_diffusers_hook", None)
     if registry is not None and any(registry.get_hook(name) is not None for name in _STORING_HOOKS):
         return True
