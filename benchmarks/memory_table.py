@@ -206,7 +206,8 @@ def models():
 
 
 def estimate(spec, size):
-    from diffusers_interpret.memory import MemoryEstimate, saved_activation_bytes
+    from diffusers_interpret.memory import MemoryEstimate
+    from diffusers_interpret.tracing.estimate import saved_activation_bytes
 
     denoiser, vae = spec["denoiser"](), spec["vae"]()
     inputs = spec["inputs"](size)

@@ -1,13 +1,10 @@
-"""How much memory a traced call will hold, estimated before it grows its graph (`tracing/guard.py` refuses it)."""
+"""How much memory a traced call will hold ([`MemoryEstimate`], counted in `tracing/estimate.py`); how much is free."""
 
-import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional
 
 import torch
-
-from .families import PipelineFamily
 
 GiB = 1024**3
 
@@ -100,142 +97,6 @@ def _gib(size: int) -> str:
     return f"{size / GiB:.2f} GiB"
 
 
-# -- activations, counted without computing them ------------------------------------------------------------------
-_MODELS: Dict[Tuple[Any, ...], Any] = {}
-_COUNTS: Dict[Tuple[Any, ...], int] = {}
-
-
-def _fake_mode():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    return FakeTensorMode(allow_non_fake_inputs=True)
-
-
-def _config_key(module: torch.nn.Module) -> Tuple[Any, ...]:
-    return (type(module), repr(sorted(dict(module.config).items())), module.dtype)
-
-
-def _fake_model(module: torch.nn.Module):
-    # The module's class built from its config with fake (shape-only) float32 weights: no memory, and none of the
-    # hooks or processors the explainer sets on the real one. Kept with its fake-tensor mode, per config.
-    key = _config_key(module)
-    if key not in _MODELS:
-        mode = _fake_mode()
-        with mode:
-            fake = type(module).from_config(module.config).eval().requires_grad_(False)
-        _MODELS[key] = (mode, fake)
-    return _MODELS[key]
-
-
-def saved_activation_bytes(
-    module: torch.nn.Module, call, *inputs: torch.Tensor, blocks_checkpointed: bool = False, **kwargs
-) -> int:
-    r"""
-    Bytes of the tensors autograd saves for the backward pass of `call(module_like, *inputs, **kwargs)`, with every
-    floating input requiring grad, counted on a shape-only copy of `module` (fake tensors: nothing is computed or
-    allocated). The module's own weights are not counted.
-
-    Args:
-        module (`torch.nn.Module`): A diffusers model (`ConfigMixin`): UNet, transformer or VAE.
-        call (`Callable`): `call(model, *inputs, **kwargs)` runs the forward pass to count.
-        blocks_checkpointed (`bool`, *optional*, defaults to `False`): With the model's own gradient checkpointing on
-            ([`BlockCheckpointing`]): the checkpointed blocks' inputs, what runs outside them, and the largest block's
-            own saved tensors, which its backward pass recomputes and holds.
-    """
-    from .tracing.checkpoint import BlockCheckpointing
-    from .tracing.stored_weights import StoredWeightsRecomputed, stored_weight_layer_names
-
-    shapes = tuple(_shape_key(x) for x in (*inputs, *kwargs.values()))
-    # Quantized, layerwise-cast and group-offloaded layers are recomputed in the backward pass: they keep their inputs.
-    recomputed = tuple(stored_weight_layer_names(module))
-    key = (
-        _config_key(module), getattr(call, "__name__", repr(call)), shapes, tuple(kwargs), recomputed,
-        blocks_checkpointed,
-    )  # fmt: skip
-    if key in _COUNTS:
-        return _COUNTS[key]
-    mode, fake = _fake_model(module)
-    # Counted in float32 (a fake model cannot change dtype), scaled to the module's floating dtype.
-    scale = torch.empty((), dtype=module.dtype).element_size() / 4
-    weights = {p.untyped_storage()._cdata for p in fake.parameters()} | {
-        b.untyped_storage()._cdata for b in fake.buffers()
-    }
-    saved: Dict[int, int] = {}
-    largest_block = [0]
-
-    def packer(into: Dict[int, int]):
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            if storage._cdata not in weights:
-                into[storage._cdata] = int(storage.nbytes() * (scale if tensor.is_floating_point() else 1))
-            return tensor
-
-        return pack
-
-    def counted_block(block, *args):
-        # What a checkpointed block keeps (its tensor inputs) and what its recomputation holds (its own saved tensors).
-        for arg in args:
-            if isinstance(arg, torch.Tensor):
-                packer(saved)(arg)
-        inner: Dict[int, int] = {}
-        with torch.autograd.graph.saved_tensors_hooks(packer(inner), lambda tensor: tensor):
-            output = block(*args)
-        largest_block[0] = max(largest_block[0], sum(inner.values()))
-        return output
-
-    layers = [fake.get_submodule(name) for name in recomputed]
-    blocks = BlockCheckpointing(fake, counted_block) if blocks_checkpointed else contextlib.nullcontext()
-    with mode, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(packer(saved), lambda tensor: tensor):
-        fake_inputs = [_fake_like(x) for x in inputs]
-        fake_kwargs = {name: _fake_like(value) for name, value in kwargs.items()}
-        with StoredWeightsRecomputed([fake], layers), blocks:
-            call(fake, *fake_inputs, **fake_kwargs)
-    _COUNTS[key] = sum(saved.values()) + largest_block[0]
-    return _COUNTS[key]
-
-
-def _shape_key(value):
-    if isinstance(value, torch.Tensor):
-        return (tuple(value.shape), value.dtype)
-    if isinstance(value, dict):
-        return tuple((k, _shape_key(v)) for k, v in sorted(value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_shape_key(v) for v in value)
-    return repr(value)
-
-
-def _fake_like(value):
-    # Inside the fake mode: an uninitialised tensor of the same shape and dtype on the CPU (floating ones requiring
-    # grad, as a traced call's sample and conditioning do), recursing into dicts and lists.
-    if isinstance(value, torch.Tensor):
-        dtype = torch.float32 if value.is_floating_point() else value.dtype
-        tensor = torch.empty(value.shape, dtype=dtype)
-        return tensor.requires_grad_(True) if tensor.is_floating_point() else tensor
-    if isinstance(value, dict):
-        return {k: _fake_like(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_fake_like(v) for v in value)
-    return value
-
-
-def _tensor_bytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_tensor_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in value)
-    return 0
-
-
-def _decode(vae, latents):
-    return vae.decode(latents).sample
-
-
-def _encode(vae, pixels):
-    return vae.encode(pixels).latent_dist.mean
-
-
 # -- free memory ----------------------------------------------------------------------------------------------------
 def available_memory(device: torch.device) -> Optional[int]:
     r"""
@@ -276,56 +137,6 @@ def _cgroup_room() -> Optional[int]:
     if limit == "max":
         return None
     return max(int(limit) - int(current), 0)
-
-
-def estimate_memory(
-    pipe,
-    family: PipelineFamily,
-    denoiser: torch.nn.Module,
-    args: tuple,
-    kwargs: dict,
-    traced_calls: int,
-    checkpoint: bool,
-    size: Tuple[int, int],
-    pixels: bool = False,
-    blocks: bool = False,
-) -> MemoryEstimate:
-    r"""
-    The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`;
-    with `blocks`, a checkpointed call's recomputation runs with the denoiser's own block checkpointing.
-    """
-    per_call = saved_activation_bytes(denoiser, _call_module, *args, blocks_checkpointed=blocks, **kwargs)
-    # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
-    rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
-    vae = pipe.vae
-    factor = getattr(pipe, "vae_scale_factor", 8)
-    height, width = size
-    latents = torch.empty(
-        (rows.stop - rows.start, vae.config.latent_channels, height // factor, width // factor),
-        dtype=vae.dtype,
-        device="meta",
-    )
-    decoder = saved_activation_bytes(vae, _decode, latents, blocks_checkpointed=checkpoint)  # as `tracing.decode` does
-    encoder = 0
-    if pixels:
-        images = torch.empty((latents.shape[0], 3, height, width), dtype=vae.dtype, device="meta")
-        encoder = saved_activation_bytes(vae, _encode, images)
-    device = getattr(pipe, "_execution_device", None) or denoiser.device
-    return MemoryEstimate(
-        per_call=per_call,
-        call_inputs=_tensor_bytes(args) + _tensor_bytes(kwargs),
-        traced_calls=traced_calls,
-        checkpointed=checkpoint,
-        decoder=decoder,
-        encoder=encoder,
-        device=str(device),
-        available=available_memory(device),
-        blocks=blocks,
-    )
-
-
-def _call_module(model, *args, **kwargs):
-    return model(*args, **kwargs)
 
 
 def memory_check_disabled() -> bool:

@@ -7,7 +7,8 @@ from conftest import PROMPT, SIZE, seeded
 from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 
 from diffusers_interpret import StableDiffusionPipelineExplainer, explainer_for, memory
-from diffusers_interpret.memory import GiB, MemoryEstimate, NotEnoughMemoryError, estimate_memory
+from diffusers_interpret.memory import GiB, MemoryEstimate, NotEnoughMemoryError
+from diffusers_interpret.tracing.estimate import estimate_memory
 
 
 def measured_saved_bytes(module, run, *inputs) -> int:

@@ -274,7 +274,7 @@ def test_the_memory_estimate_counts_what_a_traced_call_keeps(tool, tmp_path):
     # The memory guard counts a traced call's saved tensors on a shape-only copy of the transformer built from its
     # config (plain weights), with the same layers recomputed in the backward pass: about the bytes the real quantized
     # or layerwise-cast transformer keeps, counted as it runs.
-    from diffusers_interpret.memory import saved_activation_bytes
+    from diffusers_interpret.tracing.estimate import saved_activation_bytes
     from diffusers_interpret.tracing.stored_weights import StoredWeightsRecomputed
 
     pipe = make_tiny_flux_pipeline()

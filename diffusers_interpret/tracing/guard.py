@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 from .. import memory
 from ..families import PipelineFamily
+from .estimate import estimate_memory
 from .scoped import ScopedHooks
 from .steps import StepCounter
 
@@ -62,9 +63,9 @@ class MemoryGuard(ScopedHooks):
         traced = 0 if first is None else (self.counter.total or 0) - first
         try:
             arguments = (self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels)
-            self.estimate = memory.estimate_memory(*arguments)
+            self.estimate = estimate_memory(*arguments)
             if self.checkpoint and not self.estimate.fits:
-                self.estimate = memory.estimate_memory(*arguments, blocks=True)
+                self.estimate = estimate_memory(*arguments, blocks=True)
                 self.blocks = True
         except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
             warnings.warn(
