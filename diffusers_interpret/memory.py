@@ -36,6 +36,9 @@ class MemoryEstimate:
         encoder (`int`): Bytes of activations the VAE's encode keeps (pixel attributions of an input image).
         device (`str`): The device the call runs on.
         available (`int`, *optional*): Bytes free on that device when the estimate was made (`None`: unknown).
+        weights_arriving (`int`, *optional*, defaults to 0): Bytes of weights that model CPU offload will bring to the
+            device during the run, less those it will take away (the denoiser and the VAE, both on the device in the
+            backward pass, in place of the text encoders); 0 without it.
     """
 
     per_call: int
@@ -47,6 +50,7 @@ class MemoryEstimate:
     device: str = "cpu"
     available: Optional[int] = None
     blocks: bool = False
+    weights_arriving: int = 0
 
     @property
     def graph(self) -> int:
@@ -57,10 +61,14 @@ class MemoryEstimate:
 
     @property
     def peak(self) -> int:
-        r"""Estimated peak bytes over what is loaded: the graph, and the backward pass's working memory."""
+        r"""
+        Estimated peak bytes over what is on the device now: the graph, the backward pass's working memory, and the
+        weights model offload brings.
+        """
         largest = max(self.per_call, self.decoder)
         recomputed = largest if self.checkpointed else 0
-        return int(self.graph + recomputed + BACKWARD_WORKING_SHARE * largest + RUNTIME_OVERHEAD)
+        working = recomputed + BACKWARD_WORKING_SHARE * largest + RUNTIME_OVERHEAD
+        return int(self.graph + working + self.weights_arriving)
 
     def replace(self, **changes) -> "MemoryEstimate":
         return MemoryEstimate(**dict(vars(self), **changes))
@@ -82,14 +90,19 @@ class MemoryEstimate:
             ways.append(
                 f"fewer traced steps (`n_last_diffusion_steps_to_consider_for_attributions=1`): {_gib(one.peak)}"
             )
+        if self.weights_arriving:
+            ways.append("group offloading (`enable_group_offload(...)`: the denoiser's weights a block at a time)")
         ways.append("a smaller image (`height=`, `width=`), or a method that keeps no graph (`'word_attention'`)")
         ways.append("`check_memory=False` to go on anyway")
+        brought = ""
+        if self.weights_arriving:
+            brought = f", and {_gib(self.weights_arriving)} of weights model offload brings"
         return (
             f"This explanation would need about {_gib(self.peak)} on {self.device} beyond the loaded model "
             f"({self.traced_calls} traced denoiser calls of {_gib(self.per_call)} each"
-            f"{', checkpointed' if self.checkpointed else ''}), and {_gib(self.available or 0)} is free. Ways out: "
-            + "; ".join(ways)
-            + "."
+            f"{', checkpointed' if self.checkpointed else ''}"
+            f"{brought}"
+            f"), and {_gib(self.available or 0)} is free. Ways out: " + "; ".join(ways) + "."
         )
 
 

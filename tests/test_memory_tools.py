@@ -145,3 +145,48 @@ def test_accelerates_sequential_offload_is_refused_with_what_to_use_instead():
         explainer_for(pipe, verbose=False)(PROMPT, generator=torch.Generator().manual_seed(0), **CALL)
     message = str(refused.value)
     assert "enable_sequential_cpu_offload()" in message and "enable_group_offload(" in message and not ran
+
+
+def test_the_guard_counts_the_weights_model_offload_brings_to_the_device():
+    # Under model CPU offload the guard runs before the denoiser's offload hook brings its weights, and the VAE's come
+    # for the decode: both are on the device through the backward pass, in place of the text encoders. Here the
+    # device is "meta" (a stand-in for an accelerator: the CPU is the offload device) and the sums are counted apart.
+    from diffusers_interpret.tracing.estimate import weights_arriving
+
+    pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    pipe.enable_model_cpu_offload(device="cpu")
+
+    def size(model):
+        return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+    needed = [pipe.unet, pipe.vae]
+    meta = torch.device("meta")
+    # The offload device is the device itself: nothing moves.
+    assert weights_arriving(pipe, needed, torch.device("cpu")) == 0
+    assert weights_arriving(pipe, needed, meta) == size(pipe.unet) + size(pipe.vae)
+    pipe.text_encoder.to(meta)  # on the device: it leaves as the denoiser arrives
+    assert weights_arriving(pipe, needed, meta) == size(pipe.unet) + size(pipe.vae) - size(pipe.text_encoder)
+    pipe.unet.to(meta)
+    assert weights_arriving(pipe, needed, meta) == max(size(pipe.vae) - size(pipe.text_encoder), 0)
+    # Without model offload, nothing is counted whatever is where.
+    plain = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    assert weights_arriving(plain, [plain.unet, plain.vae], meta) == 0
+
+
+def test_an_explanation_under_model_offload_says_what_its_weights_add(monkeypatch):
+    # The estimate's peak and refusal message carry the weights model offload brings, as read at the first call.
+    from diffusers_interpret import memory
+    from diffusers_interpret.tracing import estimate
+
+    pipe = make_tiny_pipeline("text2img", sample_size=16, layers_per_block=1)
+    TOOLS["model_cpu_offload"][0](pipe)
+    explainer = explainer_for(pipe, verbose=False)
+    call = dict(CALL, attribution_method="grad_x_input", generator=torch.Generator().manual_seed(0))
+    plain = explainer(PROMPT, **call).extras["memory_estimate"]
+    assert plain.weights_arriving == 0  # the offload device is the device: nothing moves on the CPU
+    monkeypatch.setattr(estimate, "weights_arriving", lambda pipe, needed, device: 3 * memory.GiB)
+    monkeypatch.setattr(memory, "available_memory", lambda device: plain.peak + memory.GiB)
+    with pytest.raises(memory.NotEnoughMemoryError) as refused:
+        explainer(PROMPT, **call)
+    assert "3.00 GiB of weights model offload brings" in str(refused.value)
+    assert "enable_group_offload" in str(refused.value)

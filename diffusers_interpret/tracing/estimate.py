@@ -190,7 +190,39 @@ def estimate_memory(
         device=str(device),
         available=memory.available_memory(device),  # read through the module: tests set it there
         blocks=blocks,
+        weights_arriving=weights_arriving(pipe, [denoiser, vae], torch.device(device)),
     )
+
+
+def weights_arriving(pipe, needed, device: torch.device) -> int:
+    r"""
+    Under model CPU offload (accelerate's `CpuOffload` hooks, `enable_model_cpu_offload()`): the bytes of the `needed`
+    models' weights not on `device` now, less those of the other offloaded models on it, which leave as they arrive.
+    At the denoiser's first call its own weights are still off the device (the guard runs before the offload hook
+    brings them), and the VAE's come for the decode; both are on the device through the backward pass. 0 without
+    model offload, and where the offload device is the device itself.
+    """
+    offloaded = [
+        c
+        for c in pipe.components.values()
+        if isinstance(c, torch.nn.Module) and type(getattr(c, "_hf_hook", None)).__name__ == "CpuOffload"
+    ]
+    arriving = sum(_weight_bytes(m) for m in offloaded if m in needed and not _on(m, device))
+    leaving = sum(_weight_bytes(m) for m in offloaded if m not in needed and _on(m, device))
+    return max(arriving - leaving, 0)
+
+
+def _on(model: torch.nn.Module, device: torch.device) -> bool:
+    parameter = next(model.parameters(), None)
+    return parameter is not None and _same_device(parameter.device, device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def _call_module(model, *args, **kwargs):
