@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import PROMPT, SIZE, TINY, seeded
 from diffusers import (
+    ChromaImg2ImgPipeline,
     FluxImg2ImgPipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusionImg2ImgPipeline,
@@ -16,6 +17,7 @@ from PIL import Image
 
 from diffusers_interpret import explainer_for
 from diffusers_interpret.testing import make_tiny_pipeline
+from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline
 from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
 from diffusers_interpret.testing.stable_diffusion_3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
 from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
@@ -28,7 +30,7 @@ def picture(size: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux", "chroma"])
 def test_the_noised_image_is_the_pipelines_own_img2img_start(family, monkeypatch):
     # With the VAE posterior read at its mode (as the explanation reads it), the family's img2img pipeline's own
     # `prepare_latents` (its encoding, scaling and shift, its noise drawn from the generator, its packing) gives the
@@ -38,6 +40,7 @@ def test_the_noised_image_is_the_pipelines_own_img2img_start(family, monkeypatch
         "sdxl": (lambda: make_tiny_sdxl_pipeline("text2img"), StableDiffusionXLImg2ImgPipeline, SIZE, {}),
         "sd3": (lambda: make_tiny_sd3_pipeline("text2img"), StableDiffusion3Img2ImgPipeline, 16, {}),
         "flux": (lambda: make_tiny_flux_pipeline("text2img"), FluxImg2ImgPipeline, 16, {}),
+        "chroma": (lambda: make_tiny_chroma_pipeline("text2img"), ChromaImg2ImgPipeline, 16, {}),
     }[family]
     pipe = make()
     explainer = explainer_for(pipe, verbose=False)
@@ -72,7 +75,7 @@ def test_the_noised_image_is_the_pipelines_own_img2img_start(family, monkeypatch
         handle.remove()
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     with torch.no_grad():
-        if family == "flux":
+        if family in ("flux", "chroma"):
             expected, _ = reference.prepare_latents(
                 pixels, timestep, 1, 1, size, size, torch.float32, "cpu", seeded(7)
             )  # fmt: skip
@@ -150,13 +153,14 @@ def test_attention_maps_are_the_denoisers_own_over_the_noised_image(tiny_pipe):
     assert out.stats.denoiser_calls == 2 and out.all_images_during_generation is None
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "flux_dev"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "flux_dev", "chroma"])
 def test_every_family_explains_an_existing_image_with_every_kind_of_method(family):
     make = {
         "sdxl": lambda: make_tiny_sdxl_pipeline("text2img"),
         "sd3": lambda: make_tiny_sd3_pipeline("text2img"),
         "flux": lambda: make_tiny_flux_pipeline("text2img"),
         "flux_dev": lambda: make_tiny_flux_pipeline("text2img", guidance_embeds=True),
+        "chroma": lambda: make_tiny_chroma_pipeline("text2img"),
     }[family]
     pipe = make()
     size = SIZE if family == "sdxl" else 16

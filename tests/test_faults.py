@@ -13,6 +13,7 @@ from PIL import Image
 
 from diffusers_interpret import explainer_for
 from diffusers_interpret.testing import make_tiny_pipeline
+from diffusers_interpret.testing.chroma import TINY_CHROMA_T5_LENGTH, make_tiny_chroma_pipeline
 from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
 from diffusers_interpret.testing.stable_diffusion_3 import TINY_SD3_T5_LENGTH, make_tiny_sd3_pipeline
 from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
@@ -28,6 +29,12 @@ PIPELINES = {
     "sd3-img2img": lambda: (make_tiny_sd3_pipeline("img2img"), 16, dict(max_sequence_length=TINY_SD3_T5_LENGTH)),
     "flux": lambda: (make_tiny_flux_pipeline("text2img"), 16, dict(max_sequence_length=TINY_T5_LENGTH)),
     "flux-img2img": lambda: (make_tiny_flux_pipeline("img2img"), 16, dict(max_sequence_length=TINY_T5_LENGTH)),
+    "chroma": lambda: (make_tiny_chroma_pipeline("text2img"), 16, dict(max_sequence_length=TINY_CHROMA_T5_LENGTH)),
+    "chroma-img2img": lambda: (
+        make_tiny_chroma_pipeline("img2img"),
+        16,
+        dict(max_sequence_length=TINY_CHROMA_T5_LENGTH),
+    ),
 }
 
 

@@ -224,7 +224,8 @@ class PipelineFamily:
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
         r"""
         The prompt rows of the denoiser's conditioning, made by the pipeline's own `encode_prompt` (no guidance, one
-        image per prompt), keyed by `conditioning_names`.
+        image per prompt), keyed by `conditioning_names`; other entries (e.g. an attention mask) may ride along for
+        `denoiser_arguments`, and are no gradient path.
 
         Args:
             prompts (`Dict[str, List[str]]`): The texts by call argument (`"prompt"`, `"prompt_2"`).

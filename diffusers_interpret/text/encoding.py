@@ -197,16 +197,20 @@ class ConditioningLeaves:
         if self.level is AttributionLevel.TOKEN_EMBEDDINGS and self.embeddings is None:
             self.encoding = encode_with_graph(self.family, self.pipe, self.prompts, self.call_kwargs, device)
             check_same(self.encoding.conditioning, prompt_rows)
-            prompt_rows = self.encoding.conditioning
+            prompt_rows = self._conditioning(self.encoding)
         elif self.level is AttributionLevel.TOKEN_EMBEDDINGS:
             self.encoding = encode_replaced_with_graph(
                 self.family, self.pipe, self.prompts, self.call_kwargs, self.embeddings.to(device), self.blocks
             )
-            prompt_rows = self.encoding.conditioning
+            prompt_rows = self._conditioning(self.encoding)
         elif self.embeddings is not None:
             prompt_rows = {**prompt_rows, "encoder_hidden_states": self.embeddings.to(device)}
         self.conditioning = {name: t.detach().clone().requires_grad_(True) for name, t in prompt_rows.items()}
         return self.conditioning
+
+    def _conditioning(self, encoding: TextEncoding) -> Dict[str, torch.Tensor]:
+        # The gradient paths alone (an encoding may carry more, e.g. Chroma's attention mask).
+        return {name: encoding.conditioning[name] for name in self.family.conditioning_names}
 
 
 def check_same(conditioning: Dict[str, torch.Tensor], pipeline: Dict[str, torch.Tensor]) -> None:

@@ -456,6 +456,7 @@ def joint_attention_probabilities(
     text_first: bool = True,
     chunk: int = 256,
     content: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     r"""
     Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`, SD3's joint
@@ -473,6 +474,10 @@ def joint_attention_probabilities(
     second result is the share of each image token's attention to text that went to the other columns (averaged over
     heads): what attention sinks (padding, end and template tokens) took. Adding or removing sink columns leaves the
     first result unchanged.
+
+    `attention_mask` is the layer's own (as its processor gets it: (batch, keys) or (batch, 1, queries, keys)), applied
+    as the attention kernel applies it: a boolean mask keeps the keys it marks, a floating one is added to the scores
+    (Chroma's 0/1 mask is floating: diffusers adds it).
     """
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
@@ -510,8 +515,16 @@ def joint_attention_probabilities(
     parts, left_out = [], []
     # (batch, 1, 1, text): the text columns that are not the prompt's own tokens
     outside = None if content is None else ~content.to(keys.device, torch.bool)[:, None, None, :]
+    if attention_mask is not None:  # (batch, 1, image queries or 1, keys)
+        attention_mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, :, image]
     for start in range(0, image_queries.shape[2], chunk):
         scores = image_queries[:, :, start : start + chunk] @ keys.transpose(-1, -2) * scale
+        if attention_mask is not None:
+            part = attention_mask[:, :, start : start + chunk] if attention_mask.shape[2] > 1 else attention_mask
+            if part.dtype == torch.bool:
+                scores = scores.masked_fill(~part, float("-inf"))
+            else:
+                scores = scores + part.float()
         if outside is None:
             parts.append(scores.softmax(dim=-1)[..., text].mean(dim=1))
             continue
@@ -573,6 +586,7 @@ class JointAttentionRecorder(CrossAttentionRecorder):
             hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             encoder_hidden_states = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
             rotary = kwargs.get("image_rotary_emb", args[3] if len(args) > 3 else None)
+            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
             rows = self.kept_rows(int(hidden_states.shape[0]))
             probs, left_out = joint_attention_probabilities(
                 module,
@@ -582,6 +596,7 @@ class JointAttentionRecorder(CrossAttentionRecorder):
                 self._text_length,
                 text_first=self.family.joint_attention.text_first,
                 content=self._content_mask(len(range(*rows.indices(int(hidden_states.shape[0]))))),
+                attention_mask=None if mask is None else mask.detach()[rows],
             )
             if left_out is not None:  # carried as one more token column, split off again in `maps`
                 probs = torch.cat([probs, left_out[..., None].to(probs.dtype)], dim=-1)
