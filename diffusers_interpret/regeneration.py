@@ -176,7 +176,8 @@ class Regeneration:
                         if k in unit.encoders:
                             row[unit.token_index] = pad
                 elif baseline == "empty":
-                    row = tokenizer("", padding="max_length", max_length=len(row), truncation=True).input_ids
+                    empty, _ = self.family.encoder_text(self.pipe, slot, "")
+                    row = tokenizer(empty, padding="max_length", max_length=len(row), truncation=True).input_ids
                 else:
                     raise ValueError(f"`baseline` must be 'pad', 'empty' or a tensor, got {baseline!r}.")
                 ids.append(row)

@@ -409,6 +409,8 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
         if tokenizer is None or getattr(pipe, slot.encoder, None) is None:
             continue
         room = family.token_length(pipe, slot, pipeline_kwargs) - tokenizer.num_special_tokens_to_add()
+        if slot.template:  # the template's own tokens take their room first
+            room -= len(tokenizer(family.encoder_text(pipe, slot, "")[0]).input_ids)
         texts = pipeline_kwargs.get(slot.prompt_argument) or prompts
         for text in [texts] if isinstance(texts, str) else texts:
             tokens = tokenizer.tokenize(text)
@@ -435,6 +437,8 @@ def _image_input(
     name = type(pipe).__name__
     if input_kind is None:
         if init_image is not None or image is not None or mask_image is not None:
+            # A family whose text-to-image call takes an image of another kind (Flux 2's reference images) says why.
+            family.check_arguments(pipe, {"image": image if image is not None else init_image})
             raise ValueError(
                 f"{explainer_name} explains text-to-image calls: use the img2img or inpainting explainer "
                 "(or `explainer_for(pipe)`) for an input image."

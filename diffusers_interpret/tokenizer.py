@@ -125,3 +125,80 @@ def build_sentencepiece_tokenizer(
         extra_ids=0,
         model_max_length=model_max_length,
     )
+
+
+# Qwen3's chat format (`<|im_start|>role\ncontent<|im_end|>\n`, then the assistant's turn; with thinking off, an empty
+# think block), as its own template renders it for the messages the diffusers pipelines build.
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+# Words the generated chat tokenizer splits into several byte-level pieces (to exercise word merging).
+CHAT_SPLIT_WORDS = {"corgi": ("Ġcor", "gi"), "landscape": ("Ġland", "scape"), "artstation": ("Ġart", "station")}
+
+
+def build_chat_tokenizer(
+    words: Iterable[str] = DEFAULT_WORDS,
+    split_words: dict = CHAT_SPLIT_WORDS,
+    chat_template: str = QWEN_CHAT_TEMPLATE,
+    model_max_length: int = 512,
+):
+    r"""
+    A `Qwen2TokenizerFast` (byte-level BPE, `Ġ` marking a leading space, Qwen's special tokens and chat template)
+    built in memory: each of `words`, with and without a leading space, is one token, each word of `split_words`
+    (after a space) the pieces given, the chat roles one token each, any other text bytes.
+
+    Args:
+        words (`Iterable[str]`, *optional*, defaults to `DEFAULT_WORDS`): Words that are one token each.
+        split_words (`dict`, *optional*, defaults to `CHAT_SPLIT_WORDS`): Word -> the pieces it splits into.
+        chat_template (`str`, *optional*, defaults to `QWEN_CHAT_TEMPLATE`): The Jinja chat template.
+        model_max_length (`int`, *optional*, defaults to 512): Maximum sequence length.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    chars = _bytes_to_unicode()
+    merges: List[Tuple[str, str]] = []
+    ranks: dict = {}
+    tokens = list(chars)
+
+    def learn(target: List[str]) -> None:
+        # Merges (each ranked after every earlier one) that join `target`'s characters into its pieces, in order.
+        for piece in target:
+            parts = _bpe(list(piece), ranks)
+            while len(parts) > 1:
+                pair = (parts[0], parts[1])
+                ranks[pair] = len(merges)
+                merges.append(pair)
+                tokens.append(pair[0] + pair[1])
+                parts = _bpe(parts, ranks)
+
+    lowered = [w.lower() for w in dict.fromkeys(words)] + ["user", "assistant", "system"]
+    for word in dict.fromkeys(lowered):
+        if word in split_words:
+            learn(list(split_words[word]))
+        else:
+            learn(["Ġ" + word])
+            learn([word])
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Tokenizer(models.BPE(vocab, merges, ignore_merges=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    special = [t for t in CHAT_SPECIAL_TOKENS]
+    fast = Qwen2TokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=special[1:],
+        model_max_length=model_max_length,
+    )
+    fast.add_special_tokens({"additional_special_tokens": special[1:]})
+    fast.chat_template = chat_template
+    return fast

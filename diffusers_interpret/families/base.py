@@ -54,6 +54,9 @@ class TextEncoderSlot:
             and CLIP-G in group 0, T5 in group 1).
         label (`str`, *optional*, defaults to `"CLIP"`): What a reader calls it (`"T5"`, `"CLIP-G"`): the label of
             its tokens where a view shows each encoder's tokens.
+        template (`bool`, *optional*, defaults to `False`): The encoder reads the prompt inside a chat template (the
+            family's `encoder_text`): only the tokens of the prompt's own characters are attributed, the template's
+            (role markers, system message, thinking block) and the padding never are.
     """
 
     tokenizer: str
@@ -62,6 +65,7 @@ class TextEncoderSlot:
     feature_slice: Optional[slice]
     sequence_group: int = 0
     label: str = "CLIP"
+    template: bool = False
 
 
 class PipelineFamily:
@@ -216,6 +220,11 @@ class PipelineFamily:
     def negative_prompt_arguments(self, pipe) -> Tuple[str, ...]:
         r"""The call arguments of the negative prompts that go with `prompt_arguments` (`"negative_prompt"`, ...)."""
         return tuple(f"negative_{name}" for name in self.prompt_arguments(pipe))
+
+    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
+        r"""The text `slot`'s tokenizer reads for the prompt `text` (inside a chat template where the slot has one),
+        and the character where `text` starts in it."""
+        return text, 0
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
         r"""The length the pipeline pads `slot`'s token sequence to."""

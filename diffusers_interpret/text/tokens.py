@@ -19,9 +19,10 @@ from .layout import EncoderBlock, text_layout
 
 def clean_token(token: str) -> str:
     """A token as text: CLIP's end-of-word marker `</w>` removed (as a suffix, not as a set of characters), and
-    sentencepiece's word-start marker `▁` (T5) where the token has more than the marker."""
+    sentencepiece's word-start marker `▁` (T5) or byte-level BPE's leading-space `Ġ` (Qwen, Mistral) where the token
+    has more than the marker."""
     token = token[: -len("</w>")] if token.endswith("</w>") else token
-    return token[1:] if token.startswith("▁") and len(token) > 1 else token
+    return token[1:] if token[:1] in ("▁", "Ġ") and len(token) > 1 else token
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,31 @@ def attributed_positions(ids: Sequence[int], tokenizer, consider_special_tokens:
     return list(range(start, end))
 
 
+def templated_positions(
+    ids: Sequence[int], spans: Sequence[Optional[Tuple[int, int]]], tokenizer, consider_special_tokens: bool
+) -> List[int]:
+    r"""Positions of a padded id sequence of a prompt inside a chat template that are attributed: the tokens of the
+    prompt's own characters (with `consider_special_tokens`, every token before the padding: the template's too)."""
+    if consider_special_tokens:
+        pad = tokenizer.pad_token_id
+        return [p for p, i in enumerate(ids) if i != pad]
+    return [p for p, span in enumerate(spans) if span is not None]
+
+
+def prompt_spans(
+    spans: Sequence[Optional[Tuple[int, int]]], start: int, length: int
+) -> List[Optional[Tuple[int, int]]]:
+    r"""Token spans in a text that holds the prompt at `start` (a chat template), as spans in the prompt: `None`
+    for tokens outside it (as given where the prompt is the whole text)."""
+    moved: List[Optional[Tuple[int, int]]] = []
+    for span in spans:
+        if span is None or span[1] <= start or span[0] >= start + length:
+            moved.append(None)
+        else:
+            moved.append((max(span[0] - start, 0), min(span[1] - start, length)))
+    return moved
+
+
 def token_spans(tokenizer, text: str, ids: Sequence[int]) -> List[Optional[Tuple[int, int]]]:
     r"""
     Each token's (start, end) characters in `text` (`None` for special and padding tokens), from the tokenizer's
@@ -180,19 +206,25 @@ def tokenize(
         if hasattr(pipe, "maybe_convert_prompt"):
             texts = pipe.maybe_convert_prompt(texts, tokenizer)
         length = family.token_length(pipe, slot, call_kwargs or {})
-        ids = tokenizer(texts, padding="max_length", max_length=length, truncation=True).input_ids
-        per_encoder.append((tokenizer, ids, texts))
-    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _ in per_encoder], level)
+        read = [family.encoder_text(pipe, slot, text) for text in texts]  # (what the tokenizer reads, where)
+        ids = tokenizer([full for full, _ in read], padding="max_length", max_length=length, truncation=True).input_ids
+        per_encoder.append((tokenizer, ids, texts, read))
+    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _, _ in per_encoder], level)
     result = []
     for image in range(len(per_encoder[0][1])):
-        ids = [encoder_ids[image] for _, encoder_ids, _ in per_encoder]
-        texts = [encoder_texts[image] for _, _, encoder_texts in per_encoder]
-        spans = [token_spans(tokenizer, text, row) for (tokenizer, _, _), text, row in zip(per_encoder, texts, ids)]
-        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _, _), row in zip(per_encoder, ids)]
+        ids = [encoder_ids[image] for _, encoder_ids, _, _ in per_encoder]
+        texts = [encoder_texts[image] for _, _, encoder_texts, _ in per_encoder]
+        spans = [
+            prompt_spans(token_spans(tokenizer, read[image][0], row), read[image][1], len(text))
+            for (tokenizer, _, _, read), text, row in zip(per_encoder, texts, ids)
+        ]
+        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _, _, _), row in zip(per_encoder, ids)]
         labels = [[clean_token(t) if clean else t for t in row] for row in tokens]
         positions = [
-            attributed_positions(row, tokenizer, consider_special_tokens)
-            for (tokenizer, _, _), row in zip(per_encoder, ids)
+            templated_positions(row, row_spans, tokenizer, consider_special_tokens)
+            if slot.template
+            else attributed_positions(row, tokenizer, consider_special_tokens)
+            for (tokenizer, _, _, _), row, row_spans, slot in zip(per_encoder, ids, spans, slots)
         ]
         units: List[TokenUnit] = []
         scored = [k for k in range(len(ids)) if blocks[k] is not None]

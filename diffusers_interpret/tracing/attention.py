@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 from ..families import PipelineFamily
 from .maps import AttentionMapsData
 from .run import Recording, RunPlan
-from .scoped import ScopedHooks
+from .scoped import ScopedHooks, call_arguments
 from .steps import StepCounter
 
 _PROCESSOR_SUFFIX = ".processor"
@@ -481,7 +481,10 @@ def joint_attention_probabilities(
     """
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
-    if fused:
+    if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
+        qkv = attn.to_qkv_mlp_proj(hidden_states)[..., : 3 * int(attn.inner_dim)]
+        query, key, _ = qkv.chunk(3, dim=-1)
+    elif fused:
         query, key, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
     else:
         query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
@@ -583,10 +586,10 @@ class JointAttentionRecorder(CrossAttentionRecorder):
         def hook(module, args, kwargs):
             if not self.recording_now():
                 return None
-            hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            encoder_hidden_states = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-            rotary = kwargs.get("image_rotary_emb", args[3] if len(args) > 3 else None)
-            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+            arguments = call_arguments(module, args, kwargs)  # by name: the layers' signatures differ (Flux 2's)
+            hidden_states = arguments["hidden_states"]
+            encoder_hidden_states = arguments.get("encoder_hidden_states")
+            rotary, mask = arguments.get("image_rotary_emb"), arguments.get("attention_mask")
             rows = self.kept_rows(int(hidden_states.shape[0]))
             probs, left_out = joint_attention_probabilities(
                 module,

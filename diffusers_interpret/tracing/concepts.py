@@ -10,8 +10,7 @@ attention output with each image token's attention output (both before the outpu
 blocks and the recorded steps, then a softmax across concepts at each image token.
 """
 
-import inspect
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +18,8 @@ import torch.nn.functional as F
 from ..families import TransformerFamily
 from .attention import query_grid
 from .maps import ConceptMaps
-from .scoped import ScopedHooks
+from .scoped import ScopedHooks, call_arguments
 from .steps import StepCounter
-
-
-def call_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> Dict[str, object]:
-    r"""A module call's arguments by name (positional ones included), defaults left out."""
-    return dict(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
 
 
 class ConceptAttentionRecorder(ScopedHooks):

@@ -1,10 +1,11 @@
 """The one base of every scoped change to a pipeline: installed on enter, removed on exit, also after an exception."""
 
 import contextlib
+import inspect
 import logging
 import threading
 import weakref
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
@@ -144,3 +145,8 @@ def pipeline_lock(pipe) -> threading.RLock:
         if lock is None:
             lock = _LOCKS[pipe] = threading.RLock()
         return lock
+
+
+def call_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> Dict[str, object]:
+    r"""A module call's arguments by name (positional ones included), defaults left out."""
+    return dict(inspect.signature(module.forward).bind(*args, **kwargs).arguments)

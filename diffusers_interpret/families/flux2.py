@@ -1,0 +1,195 @@
+"""Flux 2 [klein]: a chat LLM (Qwen3) reads the prompt in its chat template; its layers' states, stacked, carry it."""
+
+import inspect
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .base import InputKind, TextEncoderSlot, TransformerFamily
+from .registry import register_family
+
+
+class Flux2KleinFamily(TransformerFamily):
+    r"""
+    `Flux2KleinPipeline` (FLUX.2 [klein]).
+
+    `encode_prompt` wraps the prompt as a user message in the tokenizer's chat template (Qwen3's, thinking off:
+    `<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n`), pads it to
+    `max_sequence_length` and runs the causal LLM (`text_encoder`, `Qwen3ForCausalLM`) over it; the hidden states of
+    the layers `text_encoder_out_layers` ((9, 18, 27) by default) are stacked on the feature axis into the
+    transformer's `encoder_hidden_states`, every position of the template and the padding included. There is no
+    pooled vector and no CLIP. Guidance is true classifier-free guidance: with `guidance_scale > 1` (4 by default)
+    and a model that is not step-distilled, every step makes two transformer calls, the prompt's first, then the
+    negative prompt's; the explanation traces both and attributes the prompt's. Joint attention runs on [text,
+    image] (double-stream blocks, then single-stream ones whose query, key, value and MLP projections are one
+    layer). Latents are 2x2 patches packed into tokens and normalised by the VAE's batch-norm statistics; the
+    pipeline unpacks them itself before its decode.
+
+    Only the tokens of the prompt's own characters are attributed and shown: the template's (role markers, the
+    thinking block) and the padding are left out of rankings and word maps, and the attention they take is reported
+    (`output.attention_sink_share`). The LLM is causal: a token's state carries the words before it, which
+    `word_attention` hands back to the words.
+    """
+
+    name = "flux2_klein"
+    display_name = "Flux 2 [klein]"
+    required_components = ("transformer", "vae", "tokenizer", "text_encoder")
+    pipeline_class_names = ("Flux2KleinPipeline",)
+    conditioning_names = ("encoder_hidden_states",)
+    pooled_name = None
+
+    def input_kind(self, pipeline_class: type) -> Optional[InputKind]:
+        return None  # its `image` is optional reference images (not explained yet), not an img2img start
+
+    # -- the denoiser call ----------------------------------------------------------------------------------------
+    def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+        if pipeline_kwargs.get("image") is not None:
+            raise ValueError(
+                "Reference images (`image=`) of Flux 2 [klein] are not explained yet: explain the text-to-image call "
+                "without them."
+            )
+
+    def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
+        if call_kwargs is None:  # a call not seen (`record_cross_attention`): its recorder tells the calls apart
+            return 1
+        scale = call_kwargs.get("guidance_scale")
+        if scale is None:
+            scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+        return 2 if float(scale) > 1 and not pipe.config.is_distilled else 1
+
+    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
+        return call_index % calls_per_step == 0  # the prompt's call first, then the negative prompt's
+
+    def positive_rows(self, pipe, batch_size: int) -> slice:
+        return slice(0, batch_size)
+
+    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
+        # The packed latent grid, from the image tokens' (t, row, column, l) ids.
+        ids = kwargs["img_ids"]
+        ids = ids[0] if ids.dim() == 3 else ids
+        return int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1
+
+    def attention_grid_scale(self, pipe) -> int:
+        return 2 * int(pipe.vae_scale_factor)  # one image token is a 2x2 patch of latents
+
+    def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        from diffusers.models.transformers.transformer_flux2 import Flux2Attention, Flux2ParallelSelfAttention
+
+        kinds = (Flux2Attention, Flux2ParallelSelfAttention)
+        return [(name, module) for name, module in denoiser.named_modules() if isinstance(module, kinds)]
+
+    def concept_block_arguments(
+        self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
+    ) -> Dict[str, Any]:
+        # The concept tokens take the text stream's place, each at the first text token's rotary position.
+        result = {**arguments, "hidden_states": arguments["hidden_states"][rows], "encoder_hidden_states": concepts}
+        for name in ("temb_mod_img", "temb_mod_txt"):
+            value = arguments.get(name)
+            if isinstance(value, torch.Tensor) and value.shape[0] == arguments["hidden_states"].shape[0]:
+                result[name] = value[rows]
+        rotary = arguments.get("image_rotary_emb")
+        if rotary is not None:
+            text_length = int(arguments["encoder_hidden_states"].shape[1])
+            count = int(concepts.shape[1])
+            result["image_rotary_emb"] = tuple(
+                torch.cat([part[:1].expand(count, *part.shape[1:]), part[text_length:]]) for part in rotary
+            )
+        return result
+
+    # -- text -----------------------------------------------------------------------------------------------------
+    def text_encoders(self, pipe) -> List[TextEncoderSlot]:
+        return [
+            TextEncoderSlot(
+                "tokenizer", "text_encoder", "prompt", slice(None), sequence_group=0, label="Qwen3", template=True
+            )
+        ]
+
+    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
+        return chat_template_text(getattr(pipe, slot.tokenizer), text, enable_thinking=False)
+
+    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
+        return int(call_kwargs.get("max_sequence_length") or 512)
+
+    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
+        layers = call_kwargs.get("text_encoder_out_layers")
+        if layers is None:
+            layers = inspect.signature(type(pipe).__call__).parameters["text_encoder_out_layers"].default
+        embeddings, _ = pipe.encode_prompt(
+            prompt=prompts["prompt"],
+            device=device,
+            num_images_per_prompt=1,
+            max_sequence_length=int(call_kwargs.get("max_sequence_length") or 512),
+            text_encoder_out_layers=tuple(layers),
+        )
+        return {"encoder_hidden_states": embeddings}
+
+    # -- an image the user already has (and the redraws that say how much a region depends on the prompt) ----------
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        # The pipeline's own encoding of a reference image (posterior mode, 2x2 patches, batch-norm normalised),
+        # packed.
+        vae = pipe.vae
+        return pipe._pack_latents(pipe._encode_vae_image(pixels.to(vae.device, vae.dtype), generator=None))
+
+    def draw_noise(self, pipe, latents: torch.Tensor, generator: torch.Generator, size: Tuple[int, int]):
+        # As the pipeline: drawn on the patch grid, then packed into tokens.
+        rows, columns = (int(side) // (pipe.vae_scale_factor * 2) for side in size)
+        noise = torch.randn((latents.shape[0], latents.shape[-1], rows, columns), generator=generator)
+        return pipe._pack_latents(noise).to(latents.device, latents.dtype)
+
+    def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
+        rows, columns = (int(side) // (pipe.vae_scale_factor * 2) for side in size)
+        embeddings = conditioning["encoder_hidden_states"]
+        grid = torch.empty(latents.shape[0], latents.shape[-1], rows, columns, device="meta")
+        return {
+            "hidden_states": latents,
+            "timestep": (timestep / 1000).expand(latents.shape[0]).to(latents.dtype),
+            "guidance": None,
+            "encoder_hidden_states": embeddings,
+            "txt_ids": pipe._prepare_text_ids(embeddings).to(latents.device),
+            "img_ids": pipe._prepare_latent_ids(grid).to(latents.device),
+            "joint_attention_kwargs": call_kwargs.get("attention_kwargs"),
+            "return_dict": False,
+        }
+
+    def denoiser_in_channels(self, pipe) -> int:
+        return int(self.denoiser(pipe).config.in_channels)  # one token is a 2x2 patch of latents
+
+    # -- images ---------------------------------------------------------------------------------------------------
+    def default_size(self, pipe) -> Tuple[int, int]:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        return size, size
+
+    def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
+        if latents.dim() == 3:  # packed, normalised (a step's latents): as the pipeline's own end of call
+            height, width = size if size is not None else self.default_size(pipe)
+            rows, columns = (int(side) // (pipe.vae_scale_factor * 2) for side in (height, width))
+            grid = torch.empty(latents.shape[0], latents.shape[-1], rows, columns, device="meta")
+            ids = pipe._prepare_latent_ids(grid).to(latents.device)
+            latents = pipe._unpack_latents_with_ids(latents, ids, rows, columns)
+            bn = pipe.vae.bn
+            mean = bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+            latents = pipe._unpatchify_latents(latents * std.to(latents.device, latents.dtype) + mean)
+        # The pipeline's `output_type="latent"` latents are unpacked, de-normalised and unpatchified already.
+        return pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+
+
+def chat_template_text(tokenizer, text: str, **template_arguments) -> Tuple[str, int]:
+    r"""
+    The text a chat tokenizer reads for the user message `text` (its chat template, with the generation prompt), and
+    the character where `text` starts in it (found by rendering the template once more around a marker, so that a
+    system message holding the same words cannot be taken for it).
+    """
+    messages = [{"role": "user", "content": text}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_arguments)
+    marker = "\ue000"  # a private-use character no template adds
+    probe = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True, **template_arguments
+    )
+    start = probe.find(marker)
+    if start < 0 or full[start : start + len(text)] != text:
+        start = full.rfind(text)
+    return full, max(start, 0)
+
+
+FLUX2_KLEIN = register_family(Flux2KleinFamily())

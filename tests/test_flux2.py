@@ -1,0 +1,270 @@
+"""Flux 2 [klein] through the family seam: a chat LLM's template left out, gradients through Qwen3, joint attention."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import seeded
+
+from diffusers_interpret import Flux2KleinPipelineExplainer, explainer_for
+from diffusers_interpret.testing.flux2 import TINY_FLUX2_CALL, make_tiny_flux2_klein_pipeline
+
+PROMPT = "a cute corgi on the left"
+SIZE, STEPS = 16, 3
+COMMON = dict(height=SIZE, width=SIZE, num_inference_steps=STEPS, **TINY_FLUX2_CALL)
+LENGTH = TINY_FLUX2_CALL["max_sequence_length"]
+
+
+@pytest.fixture(scope="module")
+def klein():
+    return make_tiny_flux2_klein_pipeline()
+
+
+@pytest.fixture(scope="module")
+def klein64():
+    return make_tiny_flux2_klein_pipeline(dtype=torch.float64)
+
+
+def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
+    kwargs.setdefault("attribution_method", "grad_x_input")
+    return explainer_for(pipe, verbose=False)(prompt, generator=seeded(seed), **{**COMMON, **kwargs})
+
+
+def templated_ids(pipe, prompt=PROMPT, length=LENGTH):
+    # What the pipeline's own `_get_qwen3_prompt_embeds` tokenizes: the prompt inside the chat template, padded.
+    messages = [{"role": "user", "content": prompt}]
+    text = pipe.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    return text, pipe.tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+
+
+def box_sum(images: torch.Tensor, box) -> torch.Tensor:
+    (x0, y0), (x1, y1) = box
+    return images[0, :, y0:y1, x0:x1].sum()
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "concept_attention", "ablation"])
+def test_image_is_the_pipelines_image(klein, method):
+    # Guidance 4 (the default: a prompt call and a call for the empty prompt per step), 3, and 1 (one call a step).
+    for seed, extra in (
+        (1, {}),
+        (2, {"guidance_scale": 3.0}),
+        (3, {"guidance_scale": 1.0}),
+    ):
+        expected = klein(prompt=PROMPT, generator=seeded(seed), output_type="np", **COMMON, **extra).images[0]
+        out = explain(klein, seed=seed, attribution_method=method, output_type="np", **extra)
+        np.testing.assert_array_equal(out.image, expected)
+        assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.any()
+    assert isinstance(explainer_for(klein), Flux2KleinPipelineExplainer)
+
+
+def test_only_the_prompts_own_tokens_are_attributed(klein):
+    # The template (role markers, the empty thinking block) and the padding are never ranked; the prompt's tokens are
+    # exactly those of its characters in the templated text, and a word split into pieces is one word.
+    out = explain(klein)
+    text, ids = templated_ids(klein)
+    start = text.index(PROMPT)
+    tokens = klein.tokenizer.convert_ids_to_tokens(ids.input_ids[0])
+    offsets = klein.tokenizer(
+        text, padding="max_length", max_length=LENGTH, truncation=True, return_offsets_mapping=True
+    ).offset_mapping
+    inside = [p for p, (a, b) in enumerate(offsets) if b > a and a < start + len(PROMPT) and b > start]
+    assert list(out.token_positions) == inside and len(inside) == 7 < LENGTH
+    assert [label for label, _ in out.token_attributions] == ["a", "cute", "cor", "gi", "on", "the", "left"]
+    assert [tokens[p] for p in inside][2:4] == ["Ġcor", "gi"]
+    scores = out.token_attributions.scores
+    assert [w for w, _ in out.word_attributions] == PROMPT.split()
+    assert out.word_attributions[2][1] == pytest.approx(scores[2] + scores[3], rel=1e-6)
+    # Asked for, the template's tokens are attributed too (the padding never).
+    every = explain(klein, consider_special_tokens=True)
+    pad = klein.tokenizer.pad_token_id
+    assert list(every.token_positions) == [p for p, i in enumerate(ids.input_ids[0].tolist()) if i != pad]
+    assert out.pooled_share is None
+
+
+def test_token_gradients_equal_an_independent_autograd_and_finite_differences(klein64):
+    # The LLM's token embedding output of the templated prompt replaced by a leaf, the pipeline's own __call__ with
+    # grad (with guidance: the empty prompt's call is left alone), the box sum differentiated; then the directional
+    # derivative along that gradient by central differences.
+    # The tiny LLM's embeddings are small (init std 0.02; 0.40 for the whole prompt) and its RMS norms scale them up:
+    # the box sum bends within 1e-3 of them (measured: 21.0 at eps 1e-3, 186 at 1e-4, 679 at 1e-5, 762.8 at 1e-6,
+    # 763.78 at 3e-7 for a gradient of norm 763.72).
+    pipe, box, eps = klein64, ((0, 0), (8, 16)), 3e-7
+    call = dict(guidance_scale=3.0)
+    out = explain(pipe, explanation_2d_bounding_box=box, **call)
+    ids, leaf = templated_ids(pipe)[1].input_ids, {}
+    embed = pipe.text_encoder.get_input_embeddings()
+
+    def replace(module, args, output):
+        if torch.equal(args[0], ids):
+            leaf["e"] = output.detach().clone().requires_grad_(True)
+            return leaf["e"]
+        return output
+
+    handle = embed.register_forward_hook(replace)
+    try:
+        with torch.enable_grad():
+            run = type(pipe).__call__.__wrapped__
+            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **call).images
+            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
+    finally:
+        handle.remove()
+    units = out.session.trace.prompt_tokens[0].units
+    for row, unit in enumerate(units):
+        np.testing.assert_allclose(
+            out.token_gradients[row], grad[0, unit.token_index], rtol=1e-5, atol=1e-7 * float(grad.abs().max())
+        )
+    # The template's tokens carry gradient too (the LLM is causal, the transformer attends to every position): the
+    # explanation leaves them out of its rows, it does not lose them from the model.
+    template = [p for p in range(ids.shape[1]) if p not in {u.token_index for u in units}]
+    assert float(grad[0, template].abs().sum()) > 0
+    norm = float(grad.norm())
+
+    def shifted(sign):
+        def add(module, args, output):
+            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
+
+        handle = embed.register_forward_hook(add)
+        try:
+            images = pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **call).images
+            return float(box_sum(images, box))
+        finally:
+            handle.remove()
+
+    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+
+
+class ExplicitFlux2Attention:
+    r"""An independent processor for both of Flux 2's attention layers: their processors' math with an explicit
+    softmax, keeping the probabilities (every head, query and key) for the test to aggregate."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, *args, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        # (hidden, encoder hidden, mask, rotary) for the double-stream layers, (hidden, mask, rotary) for the others.
+        single = hasattr(attn, "to_qkv_mlp_proj")
+        encoder_hidden_states = None if single else args[0]
+        image_rotary_emb = args[-1] if image_rotary_emb is None else image_rotary_emb
+        d, mlp = attn.head_dim, None
+        if hasattr(attn, "to_qkv_mlp_proj"):
+            projected = attn.to_qkv_mlp_proj(hidden_states)
+            q, k, v = projected[..., : 3 * attn.inner_dim].chunk(3, dim=-1)
+            mlp = projected[..., 3 * attn.inner_dim :]
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = (x.unflatten(-1, (-1, d)) for x in (q, k, v))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if encoder_hidden_states is not None:
+            eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
+            ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
+            ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, d))
+            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) / d**0.5, dim=-1)
+        self.store.append(probs)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3)
+        if mlp is not None:
+            return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
+        text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
+        return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
+
+
+def test_joint_attention_maps_equal_an_independent_computation(klein):
+    call = dict(guidance_scale=1.0)
+    out = explain(klein, attribution_method="attention", output_type="np", **call)
+    maps = out.attention_maps.maps[0]  # (template tokens, H, W)
+    assert maps.shape == (LENGTH, SIZE, SIZE)
+    processors = klein.transformer.attn_processors
+    store = []
+    klein.transformer.set_attn_processor({name: ExplicitFlux2Attention(store) for name in processors})
+    try:
+        replayed = klein(prompt=PROMPT, generator=seeded(0), output_type="np", **COMMON, **call).images[0]
+    finally:
+        klein.transformer.set_attn_processor(dict(processors))
+    np.testing.assert_allclose(replayed, out.image, atol=1e-5)  # the independent processors are the model's math
+    grid = SIZE // 2  # the tiny VAE keeps the size, the 2x2 patches halve it: 8x8 image tokens
+    content = list(out.token_positions)
+    image_to_text = [p[0, :, LENGTH:, :LENGTH] for p in store]
+    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+
+    def aggregate(per_layer):
+        per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]
+        probs = torch.stack(per_call).mean(0)
+        grid_maps = probs.T.reshape(probs.shape[-1], grid, grid)
+        return F.interpolate(grid_maps[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+
+    expected = torch.zeros(LENGTH, SIZE, SIZE)
+    expected[content] = aggregate([k.mean(0) for k in kept])
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    left_out = [(1 - p[..., content].sum(-1) / p.sum(-1)).mean(0)[..., None] for p in image_to_text]
+    np.testing.assert_allclose(out.attention_maps.excluded_share[0], aggregate(left_out)[0], atol=1e-5)
+    assert 0.5 < out.attention_sink_share < 1  # the template and padding take most of the image's text attention
+
+
+def test_a_reference_image_is_refused_with_what_to_do(klein):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="Reference images"):
+        explain(klein, image=Image.new("RGB", (SIZE, SIZE)))
+
+
+def test_state_restored_after_an_injected_exception(klein):
+    explainer = Flux2KleinPipelineExplainer(klein, verbose=True)
+    processors = klein.transformer.attn_processors
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    # transformers keeps hooks of its own on the LLM's layers (its hidden-state capture): those before are those after.
+    def hooks():
+        modules = [*klein.transformer.modules(), *klein.text_encoder.modules()]
+        return [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules]
+
+    explain(klein)
+    before = hooks()
+    for method in ("grad_x_input", "word_attention", "concept_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explainer(PROMPT, callback_on_step_end=boom, attribution_method=method, **COMMON)
+        assert torch.is_grad_enabled()
+        assert hooks() == before
+        assert all(klein.transformer.attn_processors[k] is v for k, v in processors.items())
+    expected = klein(prompt=PROMPT, generator=seeded(3), output_type="np", **COMMON).images[0]
+    np.testing.assert_array_equal(explain(klein, seed=3, output_type="np").image, expected)
+
+
+def test_an_existing_image_is_explained(klein):
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    explainer = explainer_for(klein, verbose=False)
+    for method in ("word_attention", "grad_x_input", "concept_attention"):
+        out = explainer.explain_image(image, PROMPT, attribution_method=method, **TINY_FLUX2_CALL)
+        assert [w for w, _ in out.word_attributions] == PROMPT.split()
+        assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.max() > 0, method
+
+
+def test_record_cross_attention_leaves_out_the_empty_prompts_calls(klein):
+    # With guidance the pipeline calls the transformer for the empty prompt after the prompt each step:
+    # `record_cross_attention(pipe)`, which never sees the call's arguments, records the prompt's calls only.
+    from diffusers_interpret.attention import record_cross_attention
+    from diffusers_interpret.families import family_for
+    from diffusers_interpret.tracing.attention import make_recorder
+    from diffusers_interpret.tracing.steps import StepCounter
+
+    family = family_for(klein)
+    for guidance, steps, calls in ((4.0, [0, 2, 4], 2), (1.0, [0, 1, 2], 1)):
+        with record_cross_attention(klein, keep_per_step=True) as recorder:
+            klein(prompt=PROMPT, generator=seeded(0), guidance_scale=guidance, **COMMON)
+        counter = StepCounter(klein, family.denoiser(klein), calls_per_step=calls)
+        with counter, make_recorder(klein, family, keep_per_step=True, counter=counter) as told:
+            klein(prompt=PROMPT, generator=seeded(0), guidance_scale=guidance, **COMMON)
+        assert recorder.maps.steps == steps == told.maps.steps
+        torch.testing.assert_close(recorder.maps.maps, told.maps.maps)
