@@ -14,6 +14,8 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py --family sdxl       # the tiny SDXL pipeline (any --kind)
     python benchmarks/bench_explainer.py --family flux       # the tiny Flux pipeline (text2img or img2img)
     python benchmarks/bench_explainer.py --family sd3        # the tiny SD3 pipeline (text2img or img2img)
+    python benchmarks/bench_explainer.py --family chroma     # the tiny Chroma pipeline (text2img or img2img)
+    python benchmarks/bench_explainer.py --family flux2_klein  # the tiny Flux 2 [klein] pipeline (text2img)
     python benchmarks/bench_explainer.py --family sd15-size --size 256 --traced 10 --repeats 1 --no-prompt-dependence
 
 `--family sd15-size` builds a UNet and VAE of Stable Diffusion 1.5's size (random weights, `bench_memory_real_size.py`)
@@ -40,6 +42,8 @@ from diffusers_interpret.testing import make_tiny_pipeline
 from diffusers_interpret.testing.stable_diffusion_xl import make_tiny_sdxl_pipeline
 from diffusers_interpret.testing.flux import make_tiny_flux_pipeline
 from diffusers_interpret.testing.stable_diffusion_3 import make_tiny_sd3_pipeline
+from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline
+from diffusers_interpret.testing.flux2 import make_tiny_flux2_klein_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 size, dependence = {size!r}, {dependence!r}
@@ -53,12 +57,18 @@ elif family == "sdxl":
     pipe = make_tiny_sdxl_pipeline(kind, sample_size=32, layers_per_block=2)
 elif family == "flux":
     pipe = make_tiny_flux_pipeline(kind)
+elif family == "chroma":
+    pipe = make_tiny_chroma_pipeline(kind)
+elif family == "flux2_klein":
+    pipe = make_tiny_flux2_klein_pipeline()
 else:
     pipe = make_tiny_sd3_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
 common = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size)
-if family in ("flux", "sd3"):
+if family in ("flux", "sd3", "chroma"):
     common.update(max_sequence_length=16)
+if family == "flux2_klein":
+    common.update(max_sequence_length=40)  # the chat template's 14 tokens and the prompt's
 rng = np.random.default_rng(0)
 if kind != "text2img":
     common["image"] = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -67,7 +77,7 @@ if kind == "inpaint":
     mask = np.zeros((64, 64), np.uint8); mask[16:48, 16:48] = 255
     common["mask_image"] = Image.fromarray(mask)
 def plain():
-    pipe(prompt, generator=torch.Generator().manual_seed(0), **common)
+    pipe(prompt=prompt, generator=torch.Generator().manual_seed(0), **common)
 
 explainer = explainer_for(pipe, verbose=False, gradient_checkpointing=ckpt)
 backward = []
@@ -114,7 +124,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--traced", type=int, nargs="+", default=[0, 2, 5, 10])
     parser.add_argument("--kind", default="text2img", choices=["text2img", "img2img", "inpaint"])
-    parser.add_argument("--family", default="sd", choices=["sd", "sdxl", "sd3", "flux", "sd15-size"])
+    parser.add_argument(
+        "--family", default="sd", choices=["sd", "sdxl", "sd3", "flux", "chroma", "flux2_klein", "sd15-size"]
+    )
     parser.add_argument("--size", type=int, default=64, help="image size")
     parser.add_argument("--no-prompt-dependence", action="store_true")
     parser.add_argument("--no-checkpointing-cases", action="store_true", help="only the checkpointed cases")

@@ -4,8 +4,9 @@ Which card a gradient explanation fits, for real model sizes, from the memory gu
 Each model's denoiser and VAE are built on the meta device from their real configs (written out below; nothing is
 downloaded or allocated), their text encoders' sizes counted the same way, and the guard's estimate
 ([`MemoryEstimate`]: a traced call's saved activations counted on a shape-only copy, gradient checkpointing on, every
-step traced, the decode's graph) is taken for the model's usual call at 512 and 1024 px, in bfloat16. The device then
-holds the weights a tool leaves on it during a traced step's backward pass, plus that estimate:
+step traced, the decode's graph, the text encoders' graph at the `token_embeddings` level) is taken for the model's
+usual call at 512 and 1024 px, in bfloat16. The device then holds the weights a tool leaves on it during a traced
+step's backward pass, plus that estimate:
 
 - `all on device`: every model;
 - `model offload` (`enable_model_cpu_offload()`): the denoiser and the VAE (the text encoders have run);
@@ -146,6 +147,7 @@ def models():
             denoiser=lambda: _meta(UNet2DConditionModel, **sd15_unet_config()),
             inputs=unet_inputs(768),
             encoders=[clip_l],
+            text_lengths=[77],
             vae=lambda: sd_vae(4),
             steps=50,
             rows=2,
@@ -155,6 +157,7 @@ def models():
             denoiser=lambda: _meta(UNet2DConditionModel, **sdxl_unet_config()),
             inputs=unet_inputs(2048, pooled=True),
             encoders=[clip_l, clip_g],
+            text_lengths=[77, 77],
             vae=lambda: sd_vae(4),
             steps=50,
             rows=2,
@@ -178,6 +181,7 @@ def models():
             ),
             inputs=sd3_inputs,
             encoders=[clip_l, clip_g, t5_xxl],
+            text_lengths=[77, 77, 256],
             vae=lambda: sd_vae(16),
             steps=28,
             rows=2,
@@ -187,6 +191,7 @@ def models():
             denoiser=lambda: _meta(FluxTransformer2DModel, **FLUX_DEV_CONFIG),
             inputs=flux_inputs,
             encoders=[clip_l, t5_xxl],
+            text_lengths=[77, 512],
             vae=lambda: sd_vae(16),
             steps=28,
             rows=1,
@@ -196,6 +201,7 @@ def models():
             denoiser=lambda: _meta(QwenImageTransformer2DModel),
             inputs=qwen_inputs,
             encoders=[qwen_vl_text],
+            text_lengths=[34 + 256],  # the describing template's 34 tokens (dropped after encoding) and the prompt's
             vae=lambda: _meta(AutoencoderKLQwenImage),
             steps=50,
             rows=1,
@@ -207,7 +213,7 @@ def models():
 
 def estimate(spec, size):
     from diffusers_interpret.memory import MemoryEstimate
-    from diffusers_interpret.tracing.estimate import saved_activation_bytes
+    from diffusers_interpret.tracing.estimate import _encode_text, saved_activation_bytes
 
     denoiser, vae = spec["denoiser"](), spec["vae"]()
     inputs = spec["inputs"](size)
@@ -220,6 +226,11 @@ def estimate(spec, size):
     decoder = saved_activation_bytes(
         vae, lambda model, z: model.decode(z).sample, torch.empty(shape, dtype=DTYPE), blocks_checkpointed=True
     )
+    # The text encoders' graph back to the token embeddings (the token_embeddings level), once a run.
+    text = sum(
+        saved_activation_bytes(make(), _encode_text, torch.zeros((1, length), dtype=torch.long, device="meta"))
+        for make, length in zip(spec["encoders"], spec["text_lengths"])
+    )
     steps = spec["steps"]
     result = MemoryEstimate(
         per_call=per_call,
@@ -228,6 +239,7 @@ def estimate(spec, size):
         checkpointed=True,
         decoder=decoder,
         encoder=0,
+        text=text,
     )
     return denoiser, vae, result, whole_call
 
@@ -263,12 +275,15 @@ def main() -> None:
     print("per call: a traced call's recomputation in the backward pass, with the denoiser's own block checkpointing")
     print("(as the explainer runs it) and, in brackets, without it; decode: the same for the VAE's decode\n")
     print(f"{'model':12s} {'px':>5s} {'denoiser':>9s} {'encoders':>9s} {'per call':>17s} {'decode':>8s} "
-          f"{'graph':>7s} {'peak':>7s}")  # fmt: skip
+          f"{'text':>7s} {'graph':>7s} {'peak':>7s}")  # fmt: skip
     for name, size, parameters, encoders, est, _, whole in rows:
         print(
             f"{name:12s} {size:5d} {parameters * 2 / GB:8.1f}G {encoders / GB:8.1f}G {est.per_call / GB:6.2f}G "
-            f"({whole / GB:6.2f}G) {est.decoder / GB:7.2f}G {est.graph / GB:6.2f}G {est.peak / GB:6.2f}G"
+            f"({whole / GB:6.2f}G) {est.decoder / GB:7.2f}G {est.text / GB:6.2f}G {est.graph / GB:6.2f}G "
+            f"{est.peak / GB:6.2f}G"
         )
+    print("\n(text: the text encoders' graph back to the prompt's token embeddings, kept once a run at the")
+    print("token_embeddings level; attribution_level='text_encoder_output' keeps none of it)")
     print("\nsmallest card (of " + ", ".join(f"{c}" for c in CARDS) + " GB) that holds the device's weights + peak:\n")
     tools = list(rows[0][5])
     print(f"{'model':12s} {'px':>5s} " + " ".join(f"{t:>22s}" for t in tools))

@@ -33,7 +33,8 @@ DEMO_PROMPTS = (
     "a green square on the left and a yellow circle on the right",
 )
 _DESCRIPTION = """\
-Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux): which prompt words made the image.
+Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2 [klein]): which prompt
+words made the image.
 Writes one self-contained report.html (images inlined, open it anywhere) and PNG files into --out."""
 
 _EPILOG = """\
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser(
         "explain",
-        help="explain one prompt on any supported model on disk: SD, SDXL, SD3, Flux (the toy model by default)",
+        help="explain one prompt on any supported model on disk: SD, SDXL, SD3, Flux, Chroma, Flux 2 [klein] (the toy "
+        "model by default)",
         description="Generate an image for PROMPT and explain it (the whole image, or boxes of it).",
         epilog=_EXPLAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -220,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sequence-length",
         type=positive_int,
         default=None,
-        help="SD3, Flux: T5's padded length (default: the toy Flux's 16; the pipeline's otherwise: 256 or 512)",
+        help="SD3, Flux, Chroma, Flux 2: the text encoder's padded length (default: the toy Flux's 16; the pipeline's "
+        "otherwise: 256 or 512)",
     )
     explain.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
@@ -249,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="CONCEPT",
-        help="concepts beside the prompt's words, for concept attention (SD3, Flux), e.g. --concepts background sky",
+        help="concepts beside the prompt's words, for concept attention (SD3, Flux, Chroma, Flux 2), e.g. --concepts "
+        "background sky",
     )
     explain_image.add_argument(
         "--noise-levels",
@@ -273,7 +277,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=TOY,
         metavar="PATH_OR_ID",
-        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux), or a model id in the local cache; the "
+        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2 [klein]), or a model id in the "
+        "local cache; the "
         "shipped toy models: 'toy' (default, SD 32x32), 'toy-64' (SD 64x64), 'toy-flux' (Flux 64x64), 'toy-sd3' "
         "(SD3 64x64), each with its own size, steps and guidance unless you set them",
     )

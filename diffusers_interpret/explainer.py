@@ -431,6 +431,11 @@ class BasePipelineExplainer:
             quiet=not (self.verbose and interactive_output()),
             call=call,
             text_positions=tuple(tuple(prompt.positions) for prompt in tokens),
+            text_lengths=(
+                tuple(len(ids) for ids in tokens[0].ids)
+                if request.needs_graph and request.level is AttributionLevel.TOKEN_EMBEDDINGS
+                else None
+            ),
         )
 
     def run_traced(

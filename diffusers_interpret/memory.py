@@ -39,6 +39,8 @@ class MemoryEstimate:
         weights_arriving (`int`, *optional*, defaults to 0): Bytes of weights that model CPU offload will bring to the
             device during the run, less those it will take away (the denoiser and the VAE, both on the device in the
             backward pass, in place of the text encoders); 0 without it.
+        text (`int`, *optional*, defaults to 0): Bytes of activations the text encoders keep for the gradient to the
+            prompt's token embeddings (the `token_embeddings` level; once a run, whatever the traced calls).
     """
 
     per_call: int
@@ -51,13 +53,14 @@ class MemoryEstimate:
     available: Optional[int] = None
     blocks: bool = False
     weights_arriving: int = 0
+    text: int = 0
 
     @property
     def graph(self) -> int:
         r"""Bytes the graph holds when the backward pass starts."""
         if self.checkpointed:
-            return self.traced_calls * self.call_inputs + self.encoder
-        return self.traced_calls * self.per_call + self.decoder + self.encoder
+            return self.traced_calls * self.call_inputs + self.encoder + self.text
+        return self.traced_calls * self.per_call + self.decoder + self.encoder + self.text
 
     @property
     def peak(self) -> int:
@@ -92,6 +95,11 @@ class MemoryEstimate:
             )
         if self.weights_arriving:
             ways.append("group offloading (`enable_group_offload(...)`: the denoiser's weights a block at a time)")
+        if self.text > 0.1 * self.peak:
+            ways.append(
+                f"no gradient through the text encoders (`attribution_level='text_encoder_output'`): saves "
+                f"{_gib(self.text)}"
+            )
         ways.append("a smaller image (`height=`, `width=`), or a method that keeps no graph (`'word_attention'`)")
         ways.append("`check_memory=False` to go on anyway")
         brought = ""
@@ -101,6 +109,7 @@ class MemoryEstimate:
             f"This explanation would need about {_gib(self.peak)} on {self.device} beyond the loaded model "
             f"({self.traced_calls} traced denoiser calls of {_gib(self.per_call)} each"
             f"{', checkpointed' if self.checkpointed else ''}"
+            f"{f', the text encoders {_gib(self.text)}' if self.text else ''}"
             f"{brought}"
             f"), and {_gib(self.available or 0)} is free. Ways out: " + "; ".join(ways) + "."
         )

@@ -5,7 +5,7 @@ run's own scopes recompute. The guard (`guard.py`) compares the [`MemoryEstimate
 """
 
 import contextlib
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -13,6 +13,7 @@ from .. import memory
 from ..families import PipelineFamily
 from ..memory import MemoryEstimate
 from .checkpoint import BlockCheckpointing
+from .leaves import input_embeddings
 from .stored_weights import StoredWeightsRecomputed, stored_weight_layer_names
 
 _MODELS: Dict[Tuple[Any, ...], Any] = {}
@@ -26,7 +27,10 @@ def _fake_mode():
 
 
 def _config_key(module: torch.nn.Module) -> Tuple[Any, ...]:
-    return (type(module), repr(sorted(dict(module.config).items())), module.dtype)
+    config = module.config
+    if hasattr(config, "to_json_string"):  # a transformers model's
+        return (type(module), config.to_json_string(use_diff=False), module.dtype)
+    return (type(module), repr(sorted(dict(config).items())), module.dtype)
 
 
 def _fake_model(module: torch.nn.Module):
@@ -36,7 +40,9 @@ def _fake_model(module: torch.nn.Module):
     if key not in _MODELS:
         mode = _fake_mode()
         with mode:
-            fake = type(module).from_config(module.config).eval().requires_grad_(False)
+            kind = type(module)
+            fake = kind.from_config(module.config) if hasattr(kind, "from_config") else kind(module.config)
+            fake = fake.eval().requires_grad_(False)
         _MODELS[key] = (mode, fake)
     return _MODELS[key]
 
@@ -147,6 +153,32 @@ def _encode(vae, pixels):
     return vae.encode(pixels).latent_dist.mean
 
 
+def _encode_text(encoder, ids):
+    # A text encoder's forward pass from its token embeddings made leaves (as `tracing.leaves` makes them).
+    layer = input_embeddings(encoder)
+    handle = layer.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
+    try:
+        return encoder(input_ids=ids)
+    finally:
+        handle.remove()
+
+
+def text_encoder_bytes(pipe, family: PipelineFamily, rows: int, lengths: Sequence[int]) -> int:
+    r"""
+    Bytes of activations the text encoders keep for the backward pass to the prompt's token embeddings (attribution
+    at the `token_embeddings` level), each encoder run on `rows` prompts of its padded length in `lengths`: what a
+    gradient through a large LLM encoder costs.
+    """
+    total = 0
+    for slot, length in zip(family.text_encoders(pipe), lengths):
+        encoder = getattr(pipe, slot.encoder, None)
+        if encoder is None:
+            continue
+        ids = torch.zeros((rows, int(length)), dtype=torch.long, device="meta")
+        total += saved_activation_bytes(encoder, _encode_text, ids)
+    return total
+
+
 def estimate_memory(
     pipe,
     family: PipelineFamily,
@@ -158,10 +190,12 @@ def estimate_memory(
     size: Tuple[int, int],
     pixels: bool = False,
     blocks: bool = False,
+    text_lengths: Optional[Sequence[int]] = None,
 ) -> MemoryEstimate:
     r"""
     The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`;
-    with `blocks`, a checkpointed call's recomputation runs with the denoiser's own block checkpointing.
+    with `blocks`, a checkpointed call's recomputation runs with the denoiser's own block checkpointing; with
+    `text_lengths` (each text encoder's padded length), the run keeps the text encoders' graph too.
     """
     per_call = saved_activation_bytes(denoiser, _call_module, *args, blocks_checkpointed=blocks, **kwargs)
     # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
@@ -179,6 +213,7 @@ def estimate_memory(
     if pixels:
         images = torch.empty((latents.shape[0], 3, height, width), dtype=vae.dtype, device="meta")
         encoder = saved_activation_bytes(vae, _encode, images)
+    text = 0 if text_lengths is None else text_encoder_bytes(pipe, family, rows.stop - rows.start, text_lengths)
     device = getattr(pipe, "_execution_device", None) or denoiser.device
     return MemoryEstimate(
         per_call=per_call,
@@ -191,6 +226,7 @@ def estimate_memory(
         available=memory.available_memory(device),  # read through the module: tests set it there
         blocks=blocks,
         weights_arriving=weights_arriving(pipe, [denoiser, vae], torch.device(device)),
+        text=text,
     )
 
 

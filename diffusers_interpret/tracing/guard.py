@@ -26,6 +26,8 @@ class MemoryGuard(ScopedHooks):
         checkpoint (`bool`): Whether the traced calls and the decode are checkpointed.
         size (`Tuple[int, int]`): The image's (height, width).
         pixels (`bool`, *optional*, defaults to `False`): The input image's encoding is traced too.
+        text_lengths (`Tuple[int, ...]`, *optional*): Each text encoder's padded token length where the run keeps the
+            text encoders' graph (attribution at the `token_embeddings` level); `None` where it does not.
         enforce (`bool`, *optional*, defaults to `True`): Raise when it does not fit; `False` only estimates.
     """
 
@@ -39,6 +41,7 @@ class MemoryGuard(ScopedHooks):
         size: Tuple[int, int],
         pixels: bool = False,
         enforce: bool = True,
+        text_lengths: Optional[Tuple[int, ...]] = None,
     ):
         super().__init__()
         self.pipe = pipe
@@ -49,6 +52,7 @@ class MemoryGuard(ScopedHooks):
         self.size = size
         self.pixels = pixels
         self.enforce = enforce
+        self.text_lengths = text_lengths
         self.estimate: Optional[memory.MemoryEstimate] = None
         self.blocks = False
 
@@ -63,9 +67,9 @@ class MemoryGuard(ScopedHooks):
         traced = 0 if first is None else (self.counter.total or 0) - first
         try:
             arguments = (self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels)
-            self.estimate = estimate_memory(*arguments)
+            self.estimate = estimate_memory(*arguments, text_lengths=self.text_lengths)
             if self.checkpoint and not self.estimate.fits:
-                self.estimate = estimate_memory(*arguments, blocks=True)
+                self.estimate = estimate_memory(*arguments, blocks=True, text_lengths=self.text_lengths)
                 self.blocks = True
         except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
             warnings.warn(

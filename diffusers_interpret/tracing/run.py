@@ -53,6 +53,8 @@ class RunPlan:
         text_positions (`Tuple[Tuple[int, ...], ...]`, *optional*): For each image, the positions of its prompt's own
             tokens in the denoiser's text sequence: where a family leaves its attention sinks out (padding, end and
             template tokens), the attention recorders keep only these.
+        text_lengths (`Tuple[int, ...]`, *optional*): Each text encoder's padded token length, where the traced calls
+            keep the text encoders' graph (attribution at the `token_embeddings` level): the memory guard counts it.
     """
 
     pipe: Any
@@ -67,6 +69,7 @@ class RunPlan:
     quiet: bool = True
     call: Optional[Callable[..., Any]] = None
     text_positions: Optional[Tuple[Tuple[int, ...], ...]] = None
+    text_lengths: Optional[Tuple[int, ...]] = None
 
     def traced_calls_from_end(self, counter: StepCounter) -> Optional[List[int]]:
         r"""The denoiser calls of the traced steps, counted from the end (`None`: all of them), for recorders."""
@@ -178,6 +181,7 @@ def run(
                 plan.size,
                 pixels=plan.pixels,
                 enforce=plan.check_memory,
+                text_lengths=plan.text_lengths,
             )
             scopes.append(guard)
     recorders = {recording.name: recording.recorder(plan, counter, call_kwargs) for recording in recordings}
