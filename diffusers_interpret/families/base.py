@@ -57,6 +57,8 @@ class TextEncoderSlot:
         template (`bool`, *optional*, defaults to `False`): The encoder reads the prompt inside a chat template (the
             family's `encoder_text`): only the tokens of the prompt's own characters are attributed, the template's
             (role markers, system message, thinking block) and the padding never are.
+        causal (`bool`, *optional*, defaults to `False`): The encoder is causal (an LLM): its state at a position
+            depends on the tokens up to it only (what `word_attention`'s hand-back of positions to words uses).
     """
 
     tokenizer: str
@@ -66,6 +68,7 @@ class TextEncoderSlot:
     sequence_group: int = 0
     label: str = "CLIP"
     template: bool = False
+    causal: bool = False
 
 
 class PipelineFamily:

@@ -100,7 +100,14 @@ class Flux2KleinFamily(TransformerFamily):
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [
             TextEncoderSlot(
-                "tokenizer", "text_encoder", "prompt", slice(None), sequence_group=0, label="Qwen3", template=True
+                "tokenizer",
+                "text_encoder",
+                "prompt",
+                slice(None),
+                sequence_group=0,
+                label="Qwen3",
+                template=True,
+                causal=True,
             )
         ]
 

@@ -24,7 +24,10 @@ class TokenMixing:
     Args:
         weights (`torch.Tensor`): (positions, columns): `weights[j, c]` is the share of conditioning position `j` that
             column `c`'s input token makes, `||(d h_j / d e_c) e_c||` normalised over the columns of row `j`.
-        columns (`List[Tuple[Tuple[int, ...], int]]`): Each column's (text encoders, token position).
+        columns (`List[Tuple[Tuple[int, ...], int]]`): Each column's (text encoders, token position). For a causal
+            encoder whose positions are read only at the prompt's own tokens (a family that leaves its attention
+            sinks out), the columns stop at the prompt's last token: the rows after it are not complete, and never
+            read.
     """
 
     weights: torch.Tensor
@@ -54,9 +57,7 @@ def token_mixing(
     slots = family.text_encoders(pipe)
     blocks = token_blocks(family, pipe, tokens.ids)
     groups = list(dict.fromkeys(unit.encoders for unit in tokens.units))
-    columns = [
-        (group, row) for group in groups for row in range(blocks[group[0]].rows.start, blocks[group[0]].rows.stop)
-    ]
+    columns = [(group, row) for group in groups for row in range(*_feeding_rows(family, slots, blocks, group, tokens))]
     values = token_embedding_values(family, pipe, tokens.ids)
     parts = []
     encoders = [getattr(pipe, slot.encoder) for slot in slots]
@@ -80,6 +81,19 @@ def token_mixing(
         if own:
             weights[position, own[0]] = 1.0
     return TokenMixing(weights / weights.sum(1, keepdim=True).clamp_min(1e-30), columns)
+
+
+def _feeding_rows(family: PipelineFamily, slots, blocks, group, tokens: PromptTokens) -> Tuple[int, int]:
+    # The rows of `group`'s encoders whose tokens can feed a position the explanation reads. Where a family's maps
+    # leave out every position but the prompt's own tokens (its attention sinks), only those positions are read, and a
+    # causal encoder's position depends on the tokens up to it: the tokens after the prompt's last one feed none of
+    # them (for an LLM at 512 tokens, 20-odd forward passes become one). Otherwise every row.
+    rows = blocks[group[0]].rows
+    joint = family.joint_attention
+    if joint is None or not joint.sinks_left_out or not all(slots[k].causal for k in group):
+        return rows.start, rows.stop
+    last = max((unit.position for unit in tokens.units if unit.encoders == group), default=rows.start)
+    return rows.start, min(last + 1, rows.stop)
 
 
 def concept_states(
