@@ -408,7 +408,7 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     )
     settings = {
         "model": toy.description,
-        "traced steps": "all" if args.traced is None else args.traced,
+        "traced steps": _traced_setting(args.traced, call),
         **_call_settings(call),
         "seed": args.seed,
         "method": outputs[0][0].attribution_method if outputs[0] else args.method,
@@ -424,6 +424,14 @@ def _check_call_options(pipe, call: Dict[str, Any]) -> None:
     for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt"):
         if call.get(key) is not None and key not in accepted:
             fail(f"--{key.replace('_', '-')} is not an argument of this model's {type(pipe).__name__}: leave it out")
+
+
+def _traced_setting(traced, call) -> object:
+    # The steps traced, as the call runs them: "all", or N where the call makes at least N steps.
+    steps = call.get("num_inference_steps")
+    if traced is None or (steps is not None and traced >= steps):
+        return "all"
+    return traced
 
 
 def _call_settings(call: Dict[str, Any]) -> Dict[str, Any]:
@@ -493,7 +501,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     )
     settings = {
         "model": toy.description if toy else args.model,
-        "traced steps": "all" if args.traced is None else args.traced,
+        "traced steps": _traced_setting(args.traced, call),
         **_call_settings(call),
         "seed": args.seed,
         "method": outputs[0][0].attribution_method if outputs[0] else args.method,

@@ -102,6 +102,6 @@ def readings(output) -> List[str]:
     if sinks is not None:
         lines.append(
             f"{100 * sinks:.0f}% of the image's attention to the text went to positions that are not the prompt's "
-            "words (padding, start and end tokens): left out of the maps and the ranking."
+            "words (padding, start and end tokens, a chat template's tokens): left out of the maps and the ranking."
         )
     return lines
