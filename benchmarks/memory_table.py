@@ -87,6 +87,24 @@ def qwen_vl_text():
     return _meta(Qwen2Model, config=config)
 
 
+def qwen3(hidden, intermediate):
+    # Qwen3-4B (2560, 9728) and Qwen3-8B (4096, 12288): 36 layers, 32 query heads, 8 key-value heads of 128.
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(vocab_size=151936, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=36,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128)  # fmt: skip
+    return _meta(Qwen3Model, config=config)
+
+
+def mistral_small():
+    # Mistral-Small-3.2-24B's language model (FLUX.2 [dev]'s encoder; its vision tower reads no text prompt).
+    from transformers import MistralConfig, MistralModel
+
+    config = MistralConfig(vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
+                           num_attention_heads=32, num_key_value_heads=8, head_dim=128)  # fmt: skip
+    return _meta(MistralModel, config=config)
+
+
 def sd_vae(latent_channels):
     from diffusers import AutoencoderKL
 
@@ -97,7 +115,9 @@ def sd_vae(latent_channels):
 
 def models():
     from diffusers import (
+        AutoencoderKLFlux2,
         AutoencoderKLQwenImage,
+        Flux2Transformer2DModel,
         FluxTransformer2DModel,
         QwenImageTransformer2DModel,
         SD3Transformer2DModel,
@@ -135,6 +155,18 @@ def models():
                     guidance=torch.tensor([3.5]), pooled_projections=torch.empty(1, 768, dtype=DTYPE),
                     encoder_hidden_states=torch.empty(1, 512, 4096, dtype=DTYPE), txt_ids=torch.zeros(512, 3),
                     img_ids=torch.zeros(tokens, 3))  # fmt: skip
+
+    def flux2_inputs(text_width, guidance):
+        def make(size):
+            tokens = (size // 16) ** 2
+            inputs = dict(hidden_states=torch.empty(1, tokens, 128, dtype=DTYPE), timestep=torch.tensor([0.5]),
+                          encoder_hidden_states=torch.empty(1, 512, text_width, dtype=DTYPE),
+                          txt_ids=torch.zeros(1, 512, 4), img_ids=torch.zeros(1, tokens, 4))  # fmt: skip
+            if guidance:
+                inputs["guidance"] = torch.tensor([4.0])
+            return inputs
+
+        return make
 
     def qwen_inputs(size):
         side = size // 16
@@ -197,6 +229,33 @@ def models():
             rows=1,
             blocks=("transformer_blocks", "single_transformer_blocks"),
         ),  # fmt: skip
+        "FLUX.2 klein": dict(  # FLUX.2 [klein] 4B: step-distilled (4 steps), no guidance embedding
+            denoiser=lambda: _meta(
+                Flux2Transformer2DModel,
+                num_layers=5,
+                num_single_layers=20,
+                num_attention_heads=24,
+                joint_attention_dim=7680,
+                guidance_embeds=False,
+            ),  # fmt: skip
+            inputs=flux2_inputs(7680, guidance=False),
+            encoders=[lambda: qwen3(2560, 9728)],
+            text_lengths=[512],
+            vae=lambda: _meta(AutoencoderKLFlux2),
+            steps=4,
+            rows=1,
+            blocks=("transformer_blocks", "single_transformer_blocks"),
+        ),
+        "FLUX.2 dev": dict(  # the transformer's defaults are FLUX.2 [dev]'s: 8 + 48 blocks, 48 heads, text 3 x 5120
+            denoiser=lambda: _meta(Flux2Transformer2DModel),
+            inputs=flux2_inputs(15360, guidance=True),
+            encoders=[mistral_small],
+            text_lengths=[512],
+            vae=lambda: _meta(AutoencoderKLFlux2),
+            steps=50,
+            rows=1,
+            blocks=("transformer_blocks", "single_transformer_blocks"),
+        ),
         "Qwen-Image": dict(
             denoiser=lambda: _meta(QwenImageTransformer2DModel),
             inputs=qwen_inputs,
