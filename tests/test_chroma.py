@@ -262,3 +262,14 @@ def test_record_cross_attention_leaves_out_the_negative_calls(chroma):
             chroma(PROMPT, generator=seeded(0), guidance_scale=guidance, **COMMON)
         assert recorder.maps.steps == steps == told.maps.steps
         torch.testing.assert_close(recorder.maps.maps, told.maps.maps)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(chroma):
+    box = ((0, 0), (8, 16))
+    plain = explain(chroma, explanation_2d_bounding_box=box)
+    explainer = ChromaPipelineExplainer(chroma, verbose=False, gradient_checkpointing=True)
+    checkpointed = explainer(
+        PROMPT, generator=seeded(0), attribution_method="grad_x_input", explanation_2d_bounding_box=box, **COMMON
+    )
+    np.testing.assert_array_equal(np.asarray(checkpointed.image), np.asarray(plain.image))
+    np.testing.assert_allclose(checkpointed.token_gradients, plain.token_gradients, rtol=1e-4, atol=1e-7)

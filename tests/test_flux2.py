@@ -288,3 +288,14 @@ def test_word_attention_reads_the_causal_llm_only_up_to_the_prompts_last_token(k
     full = explain(klein, attribution_method="word_attention", prompt_dependence=False)
     assert computed and computed[0][1] == max(fast.token_positions) + 1 < LENGTH
     np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(klein):
+    box = ((0, 0), (8, 16))
+    plain = explain(klein, explanation_2d_bounding_box=box)
+    explainer = Flux2KleinPipelineExplainer(klein, verbose=False, gradient_checkpointing=True)
+    checkpointed = explainer(
+        PROMPT, generator=seeded(0), attribution_method="grad_x_input", explanation_2d_bounding_box=box, **COMMON
+    )
+    np.testing.assert_array_equal(np.asarray(checkpointed.image), np.asarray(plain.image))
+    np.testing.assert_allclose(checkpointed.token_gradients, plain.token_gradients, rtol=1e-4, atol=1e-7)
