@@ -33,7 +33,7 @@ DEMO_PROMPTS = (
     "a green square on the left and a yellow circle on the right",
 )
 _DESCRIPTION = """\
-Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2 [klein]): which prompt
+Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2): which prompt
 words made the image.
 Writes one self-contained report.html (images inlined, open it anywhere) and PNG files into --out."""
 
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser(
         "explain",
-        help="explain one prompt on any supported model on disk: SD, SDXL, SD3, Flux, Chroma, Flux 2 [klein] (the toy "
+        help="explain one prompt on any supported model on disk: SD, SDXL, SD3, Flux, Chroma, Flux 2 (the toy "
         "model by default)",
         description="Generate an image for PROMPT and explain it (the whole image, or boxes of it).",
         epilog=_EXPLAIN_EPILOG,
@@ -277,7 +277,7 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=TOY,
         metavar="PATH_OR_ID",
-        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2 [klein]), or a model id in the "
+        help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2), or a model id in the "
         "local cache; the "
         "shipped toy models: 'toy' (default, SD 32x32), 'toy-64' (SD 64x64), 'toy-flux' (Flux 64x64), 'toy-sd3' "
         "(SD3 64x64), each with its own size, steps and guidance unless you set them",

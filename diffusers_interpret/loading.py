@@ -49,7 +49,7 @@ def _check_supported(index: Path, model: str) -> None:
 def load_pipeline(model: str, device: Optional[str] = None, dtype: str = "float32", allow_download: bool = False):
     r"""
     Load a shipped toy model (`"toy"`, `"toy-64"`, `"toy-flux"`, `"toy-sd3"`: `toy.TOY_MODELS`) or a text-to-image
-    pipeline of a supported family (Stable Diffusion 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2 [klein]) from a folder
+    pipeline of a supported family (Stable Diffusion 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2) from a folder
     or a locally cached id.
 
     Raises:

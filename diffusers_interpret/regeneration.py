@@ -168,7 +168,7 @@ class Regeneration:
         if baseline not in self._baselines:
             ids = []
             for k, slot in enumerate(self.family.text_encoders(self.pipe)):
-                tokenizer = getattr(self.pipe, slot.tokenizer)
+                tokenizer = self.family.tokenizer(self.pipe, slot)
                 row = list(self.tokens.ids[k])
                 if baseline == "pad":
                     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -177,7 +177,9 @@ class Regeneration:
                             row[unit.token_index] = pad
                 elif baseline == "empty":
                     empty, _ = self.family.encoder_text(self.pipe, slot, "")
-                    row = tokenizer(empty, padding="max_length", max_length=len(row), truncation=True).input_ids
+                    extra = self.family.tokenizer_arguments(self.pipe, slot, empty)
+                    row = tokenizer(empty, padding="max_length", max_length=len(row), truncation=True, **extra)
+                    row = row.input_ids
                 else:
                     raise ValueError(f"`baseline` must be 'pad', 'empty' or a tensor, got {baseline!r}.")
                 ids.append(row)

@@ -390,7 +390,7 @@ def _check_special_tokens(pipe, family: PipelineFamily, prompts) -> None:
     # A special token typed as text would be read as that token (CLIP's end-of-text cuts the prompt there) and could
     # not be attributed as words: refused, rather than silently cut.
     for slot in family.text_encoders(pipe):
-        tokenizer = getattr(pipe, slot.tokenizer, None)
+        tokenizer = family.tokenizer(pipe, slot)
         special = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 1]
         found = sorted({t for t in special for p in prompts if t in p})
         if found:
@@ -405,7 +405,7 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
     # The pipelines cut a prompt at its text encoder's length: say which words the model (and so the explanation)
     # never sees.
     for slot in family.text_encoders(pipe):
-        tokenizer = getattr(pipe, slot.tokenizer, None)
+        tokenizer = family.tokenizer(pipe, slot)
         if tokenizer is None or getattr(pipe, slot.encoder, None) is None:
             continue
         room = family.token_length(pipe, slot, pipeline_kwargs) - tokenizer.num_special_tokens_to_add()

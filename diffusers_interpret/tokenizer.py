@@ -142,25 +142,47 @@ CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>",
 CHAT_SPLIT_WORDS = {"corgi": ("Ġcor", "gi"), "landscape": ("Ġland", "scape"), "artstation": ("Ġart", "station")}
 
 
+# Mistral Small 3's chat format (what FLUX.2 [dev]'s processor renders): the start token, the system prompt, the user's
+# message, each message's content a list of parts.
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- set text = message['content'] if message['content'] is string "
+    "else message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- else %}{{- text + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+MISTRAL_SPECIAL_TOKENS = (
+    "<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]",
+    "[IMG_END]",
+)  # fmt: skip
+
+
 def build_chat_tokenizer(
     words: Iterable[str] = DEFAULT_WORDS,
     split_words: dict = CHAT_SPLIT_WORDS,
     chat_template: str = QWEN_CHAT_TEMPLATE,
     model_max_length: int = 512,
+    style: str = "qwen",
 ):
     r"""
-    A `Qwen2TokenizerFast` (byte-level BPE, `Ġ` marking a leading space, Qwen's special tokens and chat template)
-    built in memory: each of `words`, with and without a leading space, is one token, each word of `split_words`
-    (after a space) the pieces given, the chat roles one token each, any other text bytes.
+    A byte-level BPE chat tokenizer (`Ġ` marking a leading space) built in memory: each of `words`, with and without a
+    leading space, is one token, each word of `split_words` (after a space) the pieces given, the chat roles one
+    token each, any other text bytes. `style="qwen"`: a `Qwen2TokenizerFast` with Qwen's special tokens and chat
+    template; `style="mistral"`: a tokenizer with Mistral's special tokens and Mistral Small 3's chat template (`<s>`
+    starting every text; the template given, if not Qwen's).
 
     Args:
         words (`Iterable[str]`, *optional*, defaults to `DEFAULT_WORDS`): Words that are one token each.
         split_words (`dict`, *optional*, defaults to `CHAT_SPLIT_WORDS`): Word -> the pieces it splits into.
-        chat_template (`str`, *optional*, defaults to `QWEN_CHAT_TEMPLATE`): The Jinja chat template.
+        chat_template (`str`, *optional*, defaults to `QWEN_CHAT_TEMPLATE`): The Jinja chat template (Qwen style).
         model_max_length (`int`, *optional*, defaults to 512): Maximum sequence length.
+        style (`str`, *optional*, defaults to `"qwen"`): `"qwen"` or `"mistral"`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import Qwen2TokenizerFast
+    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
     chars = _bytes_to_unicode()
     merges: List[Tuple[str, str]] = []
@@ -189,6 +211,18 @@ def build_chat_tokenizer(
     tokenizer = Tokenizer(models.BPE(vocab, merges, ignore_merges=False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
+    if style == "mistral":
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            bos_token="<s>",
+            eos_token="</s>",
+            pad_token="<pad>",
+            additional_special_tokens=list(MISTRAL_SPECIAL_TOKENS[3:]),
+            model_max_length=model_max_length,
+        )
+        fast.add_special_tokens({"additional_special_tokens": list(MISTRAL_SPECIAL_TOKENS[3:])})
+        fast.chat_template = MISTRAL_CHAT_TEMPLATE if chat_template == QWEN_CHAT_TEMPLATE else chat_template
+        return fast
     special = [t for t in CHAT_SPECIAL_TOKENS]
     fast = Qwen2TokenizerFast(
         tokenizer_object=tokenizer,

@@ -224,6 +224,17 @@ class PipelineFamily:
         r"""The call arguments of the negative prompts that go with `prompt_arguments` (`"negative_prompt"`, ...)."""
         return tuple(f"negative_{name}" for name in self.prompt_arguments(pipe))
 
+    def tokenizer(self, pipe, slot: TextEncoderSlot):
+        r"""`slot`'s tokenizer (the tokenizer inside a processor, where the pipeline holds a processor)."""
+        from transformers import ProcessorMixin
+
+        held = getattr(pipe, slot.tokenizer, None)
+        return held.tokenizer if isinstance(held, ProcessorMixin) else held
+
+    def tokenizer_arguments(self, pipe, slot: TextEncoderSlot, text: str) -> Dict[str, Any]:
+        r"""Arguments the pipeline tokenizes `slot`'s text `text` with, beside padding and truncation."""
+        return {}
+
     def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
         r"""The text `slot`'s tokenizer reads for the prompt `text` (inside a chat template where the slot has one),
         and the character where `text` starts in it."""
@@ -231,7 +242,7 @@ class PipelineFamily:
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
         r"""The length the pipeline pads `slot`'s token sequence to."""
-        return int(getattr(pipe, slot.tokenizer).model_max_length)
+        return int(self.tokenizer(pipe, slot).model_max_length)
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
         r"""

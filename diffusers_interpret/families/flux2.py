@@ -4,6 +4,7 @@ import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from diffusers import Flux2KleinPipeline
 
 from .base import InputKind, TextEncoderSlot, TransformerFamily
 from .registry import register_family
@@ -112,7 +113,7 @@ class Flux2KleinFamily(TransformerFamily):
         ]
 
     def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
-        return chat_template_text(getattr(pipe, slot.tokenizer), text, enable_thinking=False)
+        return chat_template_text(self.tokenizer(pipe, slot), text, enable_thinking=False)
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
         return int(call_kwargs.get("max_sequence_length") or 512)
@@ -167,36 +168,117 @@ class Flux2KleinFamily(TransformerFamily):
         return size, size
 
     def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
-        if latents.dim() == 3:  # packed, normalised (a step's latents): as the pipeline's own end of call
+        if latents.dim() == 3:  # packed, normalised (a step's, or [dev]'s final ones): as the pipeline's end of call
             height, width = size if size is not None else self.default_size(pipe)
             rows, columns = (int(side) // (pipe.vae_scale_factor * 2) for side in (height, width))
             grid = torch.empty(latents.shape[0], latents.shape[-1], rows, columns, device="meta")
             ids = pipe._prepare_latent_ids(grid).to(latents.device)
-            latents = pipe._unpack_latents_with_ids(latents, ids, rows, columns)
+            # Flux2KleinPipeline's own (Flux2Pipeline's takes no size; both scatter the tokens alike).
+            latents = Flux2KleinPipeline._unpack_latents_with_ids(latents, ids, rows, columns)
             bn = pipe.vae.bn
             mean = bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
             std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
             latents = pipe._unpatchify_latents(latents * std.to(latents.device, latents.dtype) + mean)
-        # The pipeline's `output_type="latent"` latents are unpacked, de-normalised and unpatchified already.
+        # [klein]'s `output_type="latent"` latents are unpacked, de-normalised and unpatchified already.
         return pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
 
 
 def chat_template_text(tokenizer, text: str, **template_arguments) -> Tuple[str, int]:
     r"""
     The text a chat tokenizer reads for the user message `text` (its chat template, with the generation prompt), and
-    the character where `text` starts in it (found by rendering the template once more around a marker, so that a
-    system message holding the same words cannot be taken for it).
+    the character where `text` starts in it.
     """
-    messages = [{"role": "user", "content": text}]
-    full = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_arguments)
-    marker = "\ue000"  # a private-use character no template adds
-    probe = tokenizer.apply_chat_template(
-        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True, **template_arguments
-    )
-    start = probe.find(marker)
+
+    def render(content: str) -> str:
+        messages = [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **template_arguments
+        )
+
+    return _located(render, text)
+
+
+FLUX2_KLEIN = register_family(Flux2KleinFamily())
+
+
+class Flux2DevFamily(Flux2KleinFamily):
+    r"""
+    `Flux2Pipeline` (FLUX.2 [dev]).
+
+    As [klein], with another encoder: Mistral Small 3 (`Mistral3ForConditionalGeneration`, through its processor's
+    chat template) reads the prompt as a user message after the pipeline's system message
+    (`<s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]{prompt}[/INST]`, padded to `max_sequence_length`), and the states of
+    its layers `text_encoder_out_layers` ((10, 20, 30)) are stacked into the transformer's text. FLUX.2 [dev] is
+    guidance-distilled: one transformer call per step, `guidance_scale` (4 by default) entering as the guidance
+    embedding. Only the prompt's own tokens are attributed: the system message, the instruction markers and the
+    padding never are, and the attention they take is reported. Caption upsampling (`caption_upsample_temperature`)
+    rewrites the prompt with the LLM before the call and is refused.
+    """
+
+    name = "flux2_dev"
+    display_name = "Flux 2 [dev]"
+    pipeline_class_names = ("Flux2Pipeline",)
+
+    def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+        super().check_arguments(pipe, pipeline_kwargs)
+        if pipeline_kwargs.get("caption_upsample_temperature"):
+            raise ValueError(
+                "Caption upsampling (`caption_upsample_temperature`) rewrites the prompt with the text encoder before "
+                "the image is made, so the words explained would not be the ones the model read: explain without it "
+                "(or explain the upsampled caption itself)."
+            )
+
+    def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
+        return 1  # guidance-distilled: the guidance scale is an input of the one call
+
+    def text_encoders(self, pipe) -> List[TextEncoderSlot]:
+        return [
+            TextEncoderSlot(
+                "tokenizer",
+                "text_encoder",
+                "prompt",
+                slice(None),
+                sequence_group=0,
+                label="Mistral 3",
+                template=True,
+                causal=True,
+            )
+        ]
+
+    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
+        from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+        processor = getattr(pipe, slot.tokenizer)  # the processor (or tokenizer) whose template the pipeline renders
+
+        def render(content: str) -> str:
+            messages = format_input(prompts=[content], system_message=pipe.system_message)[0]
+            return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+        return _located(render, text)
+
+    def tokenizer_arguments(self, pipe, slot: TextEncoderSlot, text: str) -> Dict[str, Any]:
+        # A chat template's text is tokenized without adding special tokens (its `<s>` is in the text).
+        return {"add_special_tokens": False}
+
+    def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
+        arguments = super().denoiser_arguments(pipe, latents, timestep, conditioning, size, call_kwargs)
+        scale = call_kwargs.get("guidance_scale")
+        if scale is None:
+            scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+        arguments["guidance"] = torch.full(
+            [latents.shape[0]], float(scale), device=latents.device, dtype=torch.float32
+        )
+        return arguments
+
+
+def _located(render, text: str) -> Tuple[str, int]:
+    # `render(text)`, and where `text` starts in it: found by rendering once more around a marker (a private-use
+    # character no template adds), so that a system message holding the same words cannot be taken for it.
+    full, probe = render(text), render("\ue000")
+    start = probe.find("\ue000")
     if start < 0 or full[start : start + len(text)] != text:
         start = full.rfind(text)
     return full, max(start, 0)
 
 
-FLUX2_KLEIN = register_family(Flux2KleinFamily())
+FLUX2_DEV = register_family(Flux2DevFamily())

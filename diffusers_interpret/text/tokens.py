@@ -160,15 +160,21 @@ def prompt_spans(
     return moved
 
 
-def token_spans(tokenizer, text: str, ids: Sequence[int]) -> List[Optional[Tuple[int, int]]]:
+def token_spans(tokenizer, text: str, ids: Sequence[int], **arguments) -> List[Optional[Tuple[int, int]]]:
     r"""
     Each token's (start, end) characters in `text` (`None` for special and padding tokens), from the tokenizer's
-    offset mapping; for a tokenizer without one, by finding each token's text in the lower-cased text, in order.
+    offset mapping (the text tokenized with `arguments` besides); for a tokenizer without one, by finding each token's
+    text in the lower-cased text, in order.
     """
     special = set(tokenizer.all_special_ids)
     try:
         offsets = tokenizer(
-            text, padding="max_length", max_length=len(ids), truncation=True, return_offsets_mapping=True
+            text,
+            padding="max_length",
+            max_length=len(ids),
+            truncation=True,
+            return_offsets_mapping=True,
+            **arguments,
         )
         mapping = offsets["offset_mapping"]
         if list(offsets["input_ids"]) == list(ids):
@@ -201,30 +207,34 @@ def tokenize(
     slots = family.text_encoders(pipe)
     per_encoder = []
     for slot in slots:
-        tokenizer = getattr(pipe, slot.tokenizer)
+        tokenizer = family.tokenizer(pipe, slot)
         texts = prompts.get(slot.prompt_argument) or prompts["prompt"]
         if hasattr(pipe, "maybe_convert_prompt"):
             texts = pipe.maybe_convert_prompt(texts, tokenizer)
         length = family.token_length(pipe, slot, call_kwargs or {})
         read = [family.encoder_text(pipe, slot, text) for text in texts]  # (what the tokenizer reads, where)
-        ids = tokenizer([full for full, _ in read], padding="max_length", max_length=length, truncation=True).input_ids
-        per_encoder.append((tokenizer, ids, texts, read))
-    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _, _ in per_encoder], level)
+        extra = [family.tokenizer_arguments(pipe, slot, full) for full, _ in read]
+        ids = [
+            tokenizer(full, padding="max_length", max_length=length, truncation=True, **arguments).input_ids
+            for (full, _), arguments in zip(read, extra)
+        ]
+        per_encoder.append((tokenizer, ids, texts, read, extra))
+    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _, _, _ in per_encoder], level)
     result = []
     for image in range(len(per_encoder[0][1])):
-        ids = [encoder_ids[image] for _, encoder_ids, _, _ in per_encoder]
-        texts = [encoder_texts[image] for _, _, encoder_texts, _ in per_encoder]
+        ids = [encoder_ids[image] for _, encoder_ids, _, _, _ in per_encoder]
+        texts = [encoder_texts[image] for _, _, encoder_texts, _, _ in per_encoder]
         spans = [
-            prompt_spans(token_spans(tokenizer, read[image][0], row), read[image][1], len(text))
-            for (tokenizer, _, _, read), text, row in zip(per_encoder, texts, ids)
+            prompt_spans(token_spans(tokenizer, read[image][0], row, **extra[image]), read[image][1], len(text))
+            for (tokenizer, _, _, read, extra), text, row in zip(per_encoder, texts, ids)
         ]
-        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _, _, _), row in zip(per_encoder, ids)]
+        tokens = [tokenizer.convert_ids_to_tokens(row) for (tokenizer, _, _, _, _), row in zip(per_encoder, ids)]
         labels = [[clean_token(t) if clean else t for t in row] for row in tokens]
         positions = [
             templated_positions(row, row_spans, tokenizer, consider_special_tokens)
             if slot.template
             else attributed_positions(row, tokenizer, consider_special_tokens)
-            for (tokenizer, _, _, _), row, row_spans, slot in zip(per_encoder, ids, spans, slots)
+            for (tokenizer, _, _, _, _), row, row_spans, slot in zip(per_encoder, ids, spans, slots)
         ]
         units: List[TokenUnit] = []
         scored = [k for k in range(len(ids)) if blocks[k] is not None]

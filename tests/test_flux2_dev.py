@@ -1,0 +1,151 @@
+"""FLUX.2 [dev] through the family seam: Mistral 3 behind a system message, the system message never attributed."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import seeded
+from test_flux2 import ExplicitFlux2Attention, box_sum
+
+from diffusers_interpret import Flux2PipelineExplainer, explainer_for
+from diffusers_interpret.testing.flux2 import TINY_FLUX2_DEV_LENGTH, make_tiny_flux2_dev_pipeline
+
+PROMPT = "a cute corgi on the left"
+SIZE = 16
+COMMON = dict(height=SIZE, width=SIZE, num_inference_steps=3, max_sequence_length=TINY_FLUX2_DEV_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return make_tiny_flux2_dev_pipeline()
+
+
+def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
+    kwargs.setdefault("attribution_method", "grad_x_input")
+    return explainer_for(pipe, verbose=False)(prompt, generator=seeded(seed), **{**COMMON, **kwargs})
+
+
+def templated_ids(pipe, prompt=PROMPT):
+    # What the pipeline's own `_get_mistral_3_small_prompt_embeds` tokenizes: system message and prompt, padded.
+    from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+    messages = format_input(prompts=[prompt], system_message=pipe.system_message)
+    inputs = pipe.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=False, tokenize=True, return_dict=True, return_tensors="pt",
+        padding="max_length", truncation=True, max_length=TINY_FLUX2_DEV_LENGTH,
+    )  # fmt: skip
+    return inputs["input_ids"]
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "concept_attention", "ablation"])
+def test_image_is_the_pipelines_image(dev, method):
+    for seed, extra in ((1, {}), (2, {"guidance_scale": 2.5})):
+        expected = dev(prompt=PROMPT, generator=seeded(seed), output_type="np", **COMMON, **extra).images[0]
+        out = explain(dev, seed=seed, attribution_method=method, output_type="np", **extra)
+        np.testing.assert_array_equal(out.image, expected)
+        assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.any()
+    assert isinstance(explainer_for(dev), Flux2PipelineExplainer)
+
+
+def test_the_system_message_is_never_attributed(dev):
+    out = explain(dev, attribution_method="attention")
+    ids = templated_ids(dev)[0].tolist()
+    tokens = dev.tokenizer.convert_ids_to_tokens(ids)
+    start, end = tokens.index("[INST]") + 1, tokens.index("[/INST]")
+    assert list(out.token_positions) == list(range(start, end)) and start > 30  # after the 33-token system message
+    assert [label for label, _ in out.token_attributions] == ["a", "cute", "cor", "gi", "on", "the", "left"]
+    assert [w for w, _ in out.word_attributions] == PROMPT.split()
+    assert 0.5 < out.attention_sink_share < 1
+
+
+def test_token_gradients_equal_an_independent_autograd_and_finite_differences():
+    # Measured along the gradient (norm 1.0041): 0.9446 at eps 1e-2, 1.0031 at 1e-3, 1.0045 at 1e-4, then the
+    # scheduler's float32 steps' rounding (0.997 at 1e-5, 1.029 at 1e-6).
+    pipe = make_tiny_flux2_dev_pipeline(dtype=torch.float64)
+    box, eps = ((0, 0), (8, 16)), 1e-4
+    out = explain(pipe, explanation_2d_bounding_box=box)
+    ids, leaf = templated_ids(pipe), {}
+    embed = pipe.text_encoder.get_input_embeddings()
+
+    def replace(module, args, output):
+        if torch.equal(args[0], ids):
+            leaf["e"] = output.detach().clone().requires_grad_(True)
+            return leaf["e"]
+        return output
+
+    handle = embed.register_forward_hook(replace)
+    try:
+        with torch.enable_grad():
+            run = type(pipe).__call__.__wrapped__
+            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images
+            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
+    finally:
+        handle.remove()
+    for row, unit in enumerate(out.session.trace.prompt_tokens[0].units):
+        np.testing.assert_allclose(
+            out.token_gradients[row], grad[0, unit.token_index], rtol=1e-5, atol=1e-7 * float(grad.abs().max())
+        )
+    norm = float(grad.norm())
+
+    def shifted(sign):
+        def add(module, args, output):
+            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
+
+        handle = embed.register_forward_hook(add)
+        try:
+            return float(box_sum(pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images, box))
+        finally:
+            handle.remove()
+
+    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+
+
+def test_joint_attention_maps_equal_an_independent_computation(dev):
+    out = explain(dev, attribution_method="attention", output_type="np")
+    processors = dev.transformer.attn_processors
+    store = []
+    dev.transformer.set_attn_processor({name: ExplicitFlux2Attention(store) for name in processors})
+    try:
+        replayed = dev(prompt=PROMPT, generator=seeded(0), output_type="np", **COMMON).images[0]
+    finally:
+        dev.transformer.set_attn_processor(dict(processors))
+    np.testing.assert_allclose(replayed, out.image, atol=1e-5)
+    content, length = list(out.token_positions), TINY_FLUX2_DEV_LENGTH
+    kept = [p[0, :, length:, content] / p[0, :, length:, content].sum(-1, keepdim=True) for p in store]
+    per_call = [torch.stack(kept[i : i + 2]).mean(0).mean(0) for i in range(0, len(kept), 2)]  # layers, then heads
+    probs = torch.stack(per_call).mean(0)  # steps: (image tokens, content)
+    grid = SIZE // 2
+    expected = torch.nn.functional.interpolate(
+        probs.T.reshape(len(content), grid, grid)[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False
+    )[0]
+    np.testing.assert_allclose(out.attention_maps.maps[0][content], expected, atol=1e-5)
+
+
+def test_caption_upsampling_and_reference_images_are_refused(dev):
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="Caption upsampling"):
+        explain(dev, caption_upsample_temperature=0.15)
+    with pytest.raises(ValueError, match="Reference images"):
+        explain(dev, image=Image.new("RGB", (SIZE, SIZE)))
+
+
+def test_state_restored_after_an_injected_exception(dev):
+    explainer = Flux2PipelineExplainer(dev, verbose=True)
+
+    def hooks():
+        modules = [*dev.transformer.modules(), *dev.text_encoder.modules()]
+        return [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules]
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    explain(dev)
+    before = hooks()
+    for method in ("grad_x_input", "word_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explainer(PROMPT, callback_on_step_end=boom, attribution_method=method, **COMMON)
+        assert torch.is_grad_enabled() and hooks() == before
+    expected = dev(prompt=PROMPT, generator=seeded(3), output_type="np", **COMMON).images[0]
+    np.testing.assert_array_equal(explain(dev, seed=3, output_type="np").image, expected)
