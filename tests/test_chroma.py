@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded
+from explicit_attention import ExplicitJointAttention
 from PIL import Image
 
 from diffusers_interpret import ChromaImg2ImgPipelineExplainer, ChromaPipelineExplainer, explainer_for
@@ -119,44 +120,6 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(ch
     assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
 
 
-class ExplicitMaskedJointAttention:
-    r"""An independent joint-attention processor: FluxAttnProcessor's math with an explicit softmax over scores plus
-    the layer's attention mask as the SDPA kernel applies it (boolean: kept keys; floating: added), keeping the
-    probabilities for the test to aggregate."""
-
-    def __init__(self, store):
-        self.store = store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        d = attn.head_dim
-        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, d)))
-        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, d)))
-        v = attn.to_v(hidden_states).unflatten(-1, (-1, d))
-        if encoder_hidden_states is not None:
-            eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
-            ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
-            ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, d))
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        scores = q.float() @ k.float().transpose(-1, -2) / d**0.5
-        if attention_mask is not None:
-            if attention_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~attention_mask, float("-inf"))
-            else:
-                scores = scores + attention_mask
-        probs = torch.softmax(scores, dim=-1)
-        self.store.append(probs)  # (batch, heads, all queries, all keys)
-        out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3)
-        if encoder_hidden_states is not None:
-            text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
-            return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
-        return out
-
-
 def test_joint_attention_maps_equal_an_independent_computation_with_the_mask(chroma):
     # Chroma's transformer gets a (batch, 1, tokens, tokens) 0/1 mask in the layers' dtype, which the attention
     # kernel adds to the scores: the recorder must compute the attention the model computes, mask included.
@@ -165,7 +128,7 @@ def test_joint_attention_maps_equal_an_independent_computation_with_the_mask(chr
     maps = out.attention_maps.maps[0]  # (T5 tokens, H, W)
     processors = chroma.transformer.attn_processors
     store = []
-    chroma.transformer.set_attn_processor({name: ExplicitMaskedJointAttention(store) for name in processors})
+    chroma.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
     try:
         replayed = chroma(PROMPT, generator=seeded(0), output_type="np", **COMMON, **call).images[0]
     finally:

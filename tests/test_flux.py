@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded
+from explicit_attention import ExplicitJointAttention
 from PIL import Image
 
 from diffusers_interpret import FluxImg2ImgPipelineExplainer, FluxPipelineExplainer, explainer_for
@@ -205,37 +206,6 @@ def test_words_merge_every_tokenizers_pieces(flux):
     assert sum(s for _, s in out.word_attributions) == pytest.approx(sum(out.token_attributions.scores), rel=1e-6)
 
 
-class ExplicitJointAttention:
-    r"""An independent joint-attention processor: FluxAttnProcessor's math with an explicit softmax, whose
-    probabilities it keeps (every head, every query and key) for the test to aggregate."""
-
-    def __init__(self, store, name):
-        self.store, self.name = store, name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        d = attn.head_dim
-        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, d)))
-        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, d)))
-        v = attn.to_v(hidden_states).unflatten(-1, (-1, d))
-        if encoder_hidden_states is not None:
-            eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
-            ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
-            ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, d))
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) / d**0.5, dim=-1)
-        self.store.append(probs)  # (batch, heads, all queries, all keys)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2, 3).to(q.dtype)
-        if encoder_hidden_states is not None:
-            text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
-            return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
-        return out
-
-
 def test_joint_attention_maps_equal_an_independent_computation(flux):
     from diffusers_interpret import record_cross_attention
 
@@ -249,7 +219,7 @@ def test_joint_attention_maps_equal_an_independent_computation(flux):
 
     processors = flux.transformer.attn_processors
     store = []
-    flux.transformer.set_attn_processor({name: ExplicitJointAttention(store, name) for name in processors})
+    flux.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
     try:
         flux(PROMPT, generator=seeded(0), output_type="np", **COMMON)
     finally:

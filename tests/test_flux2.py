@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded
+from explicit_attention import ExplicitFlux2Attention
 
 from diffusers_interpret import Flux2KleinPipelineExplainer, explainer_for
 from diffusers_interpret.testing.flux2 import TINY_FLUX2_CALL, make_tiny_flux2_klein_pipeline
@@ -133,46 +134,6 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(kl
             handle.remove()
 
     assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
-
-
-class ExplicitFlux2Attention:
-    r"""An independent processor for both of Flux 2's attention layers: their processors' math with an explicit
-    softmax, keeping the probabilities (every head, query and key) for the test to aggregate."""
-
-    def __init__(self, store):
-        self.store = store
-
-    def __call__(self, attn, hidden_states, *args, image_rotary_emb=None):
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        # (hidden, encoder hidden, mask, rotary) for the double-stream layers, (hidden, mask, rotary) for the others.
-        single = hasattr(attn, "to_qkv_mlp_proj")
-        encoder_hidden_states = None if single else args[0]
-        image_rotary_emb = args[-1] if image_rotary_emb is None else image_rotary_emb
-        d, mlp = attn.head_dim, None
-        if hasattr(attn, "to_qkv_mlp_proj"):
-            projected = attn.to_qkv_mlp_proj(hidden_states)
-            q, k, v = projected[..., : 3 * attn.inner_dim].chunk(3, dim=-1)
-            mlp = projected[..., 3 * attn.inner_dim :]
-        else:
-            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        q, k, v = (x.unflatten(-1, (-1, d)) for x in (q, k, v))
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        if encoder_hidden_states is not None:
-            eq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
-            ek = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
-            ev = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, d))
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-        q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-        k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        probs = torch.softmax(q.float() @ k.float().transpose(-1, -2) / d**0.5, dim=-1)
-        self.store.append(probs)
-        out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3)
-        if mlp is not None:
-            return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
-        text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
-        return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
 
 
 def test_joint_attention_maps_equal_an_independent_computation(klein):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded
-from test_flux2 import ExplicitFlux2Attention, box_sum
+from explicit_attention import ExplicitFlux2Attention
+from test_flux2 import box_sum
 
 from diffusers_interpret import Flux2PipelineExplainer, explainer_for
 from diffusers_interpret.testing.flux2 import TINY_FLUX2_DEV_LENGTH, make_tiny_flux2_dev_pipeline

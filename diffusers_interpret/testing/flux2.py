@@ -34,19 +34,7 @@ def make_tiny_flux2_klein_components(seed: int = 0, num_layers: int = 1) -> dict
     # From diffusers' tests/pipelines/flux2/test_pipeline_flux2_klein.py (get_dummy_components): the transformer's
     # and the VAE's configs (the transformer's text width 3 x 16 for three stacked layers); the Qwen3 config with 28
     # layers, head_dim 8 and the generated tokenizer's vocabulary instead of a downloaded tokenizer.
-    torch.manual_seed(seed)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=num_layers,
-        num_single_layers=num_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=48,
-        timestep_guidance_channels=256,
-        axes_dims_rope=[4, 4, 4, 4],
-        guidance_embeds=False,
-    )
+    transformer = tiny_flux2_transformer(seed, num_layers, guidance_embeds=False)
     tokenizer = build_chat_tokenizer()
     torch.manual_seed(seed)
     text_encoder = Qwen3ForCausalLM(
@@ -72,6 +60,23 @@ def make_tiny_flux2_klein_components(seed: int = 0, num_layers: int = 1) -> dict
         "tokenizer": tokenizer,
         "transformer": transformer,
     }
+
+
+def tiny_flux2_transformer(seed: int, num_layers: int, guidance_embeds: bool) -> Flux2Transformer2DModel:
+    r"""The transformer of diffusers' own Flux 2 tests, reading 3 x 16 text features (three stacked LLM layers)."""
+    torch.manual_seed(seed)
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=num_layers,
+        num_single_layers=num_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=48,
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=guidance_embeds,
+    )
 
 
 def tiny_flux2_vae(seed: int = 0) -> AutoencoderKLFlux2:
@@ -126,18 +131,7 @@ def make_tiny_flux2_dev_components(seed: int = 0, num_layers: int = 1) -> dict:
     # tokenizer's vocabulary and special tokens.
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 
-    torch.manual_seed(seed)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=num_layers,
-        num_single_layers=num_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=48,
-        timestep_guidance_channels=256,
-        axes_dims_rope=[4, 4, 4, 4],
-    )
+    transformer = tiny_flux2_transformer(seed, num_layers, guidance_embeds=True)
     words = [*DEFAULT_WORDS, *(w.strip(".,").lower() for w in SYSTEM_MESSAGE.split())]
     tokenizer = build_chat_tokenizer(words=words, style="mistral")
     special = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
