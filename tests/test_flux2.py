@@ -260,3 +260,24 @@ def test_gradient_checkpointing_gives_the_same_gradients(klein):
     )
     np.testing.assert_array_equal(np.asarray(checkpointed.image), np.asarray(plain.image))
     np.testing.assert_allclose(checkpointed.token_gradients, plain.token_gradients, rtol=1e-4, atol=1e-7)
+
+
+def test_each_image_of_a_batch_reads_its_own_prompts_tokens(klein):
+    # Two prompts of different lengths inside the template, two images each, guidance (an empty-prompt call per
+    # step): every image's words are its own prompt's, and its maps are of its own prompt's tokens only.
+    explainer = Flux2KleinPipelineExplainer(klein, verbose=False)
+    outputs = explainer(
+        ["a cute corgi on the left", "a dog"],
+        generator=seeded(0),
+        attribution_method="attention",
+        num_images_per_prompt=2,
+        **COMMON,
+    )
+    assert [[w for w, _ in o.word_attributions] for o in outputs] == [PROMPT.split()] * 2 + [["a", "dog"]] * 2
+    for index, output in enumerate(outputs):
+        maps = output.attention_maps.maps[index]
+        content = list(output.token_positions)
+        others = [p for p in range(LENGTH) if p not in content]
+        np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
+        assert float(maps[others].abs().max()) == 0
+        assert 0 < output.attention_sink_share < 1
