@@ -521,6 +521,18 @@ class BaseExplanationOutput:
         """
         return self._session().interactive_view(self, cell_size, title, edge_aware)
 
+    def export_maps(
+        self, folder: Union[str, Path], cmap: str = "jet", alpha: float = 0.5, pictures: bool = True
+    ) -> Dict[str, Path]:
+        r"""
+        Write this image's maps (word, attention, concept and prompt-dependence maps) to `folder` as `maps.npz`, the
+        settings that made them as `maps.json`, and each word's map over the image as a PNG (see
+        [`~views.export.export_maps`]). Returns the files written, by name.
+        """
+        from .views.export import export_maps
+
+        return export_maps(self, folder, cmap=cmap, alpha=alpha, pictures=pictures)
+
     def release(self) -> None:
         r"""Free what was kept for `explain()` (shared by every output of the same call)."""
         if self.session is not None:
