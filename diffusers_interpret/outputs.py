@@ -527,7 +527,7 @@ class BaseExplanationOutput:
         r"""
         Write this image's maps (word, attention, concept and prompt-dependence maps) to `folder` as `maps.npz`, the
         settings that made them as `maps.json`, and each word's map over the image as a PNG (see
-        [`~views.export.export_maps`]). Returns the files written, by name.
+        `diffusers_interpret.views.export.export_maps`). Returns the files written, by name.
         """
         from .views.export import export_maps
 
