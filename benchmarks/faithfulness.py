@@ -74,6 +74,7 @@ from toy_localization import THRESHOLDS, iou, normalize  # noqa: E402
 METHODS = {
     "word_attention": ("word_attention", "token_embeddings"),
     "concept_attention": ("concept_attention", "token_embeddings"),
+    "concept_attention_raw": ("concept_attention:raw", "token_embeddings"),  # without the softmax across concepts
     "grad_x_input": ("grad_x_input", "token_embeddings"),
     "mean_grad": ("mean_grad", "token_embeddings"),
     "max_grad": ("max_grad", "token_embeddings"),
@@ -98,8 +99,10 @@ FUNCTION_WORDS = ("a", "the", "on", "and")
 
 
 def method_object(method: str):
-    from diffusers_interpret.methods import AttentionScore, IntegratedGradients
+    from diffusers_interpret.methods import AttentionScore, ConceptAttention, IntegratedGradients
 
+    if method == "concept_attention:raw":
+        return ConceptAttention(softmax=False)
     if method == "integrated_gradients:change":
         return IntegratedGradients(target="change")
     return AttentionScore(normalization="probability") if method == "attention:probability" else method

@@ -300,7 +300,7 @@ def test_the_family_default_method(flux):
     assert out.attribution_method == "word_attention"
 
 
-def reference_concept_maps(pipe, concepts, block_inputs, calls):
+def reference_concept_maps(pipe, concepts, block_inputs, calls, softmax=True):
     from diffusers.models.embeddings import apply_rotary_emb
 
     # ConceptAttention written out with explicit softmax attention from the blocks' parts, independent of the
@@ -355,7 +355,9 @@ def reference_concept_maps(pipe, concepts, block_inputs, calls):
                 stream = stream + c_gate_mlp[:, None] * block.ff_context(normed)
             scores.append(torch.stack(per_block).mean(0))
         grid = SIZE // 2
-        probs = torch.stack(scores).mean(0).softmax(dim=1).reshape(1, len(concepts), grid, grid)
+        mean = torch.stack(scores).mean(0)
+        probs = mean.softmax(dim=1) if softmax else mean - mean.min()
+        probs = probs.reshape(1, len(concepts), grid, grid)
         return F.interpolate(probs, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
 
 
@@ -388,6 +390,16 @@ def test_concept_attention_equals_an_independent_computation():
     recorded = np.stack([out.extras["concept_maps"][c] for c in concepts])
     np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-6)
     np.testing.assert_allclose(recorded.sum(0), 1.0, atol=1e-6)  # a softmax across concepts at each pixel
+    # Without the softmax: each concept's own dot products, less their least value.
+    raw = explain(
+        pipe,
+        attribution_method=ConceptAttention(concepts=["sky"], softmax=False),
+        n_last_diffusion_steps_to_consider_for_attributions=2,
+    )
+    expected = reference_concept_maps(pipe, concepts, inputs, calls=[STEPS - 2, STEPS - 1], softmax=False)
+    recorded = np.stack([raw.extras["concept_maps"][c] for c in concepts])
+    np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-6 * float(expected.abs().max()))
+    assert not np.allclose(recorded.sum(0), 1.0, atol=1e-3)
 
 
 def test_concept_attention_scores_words_and_reexplains_from_its_maps(flux):

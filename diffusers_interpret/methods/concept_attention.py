@@ -34,12 +34,17 @@ class ConceptAttention(AttributionMethod):
         concepts (`Sequence[str]`, *optional*): More concepts beside the prompt's words (e.g. `["background",
             "sky"]`): they compete in the softmax, their maps and scores are in `output.concept_maps` and
             `output.concept_scores`.
+        softmax (`bool`, *optional*, defaults to `True`): The published softmax across the concepts at each image
+            token. `False` keeps each concept's own similarity (the dot products, less their least value over the
+            concepts and image tokens): on the toy Flux the dot products find the objects better than their softmax
+            does (docs/methods.md).
 
     Cost: one generation plus one extra call of each dual-stream block per traced step on the concepts (no backward
     pass); the concepts are encoded once, in one batch.
     """
 
     concepts: Optional[Sequence[str]] = None
+    softmax: bool = True
     name = "concept_attention"
     summary = (
         "Where each word is in the image by the transformer's own text stream (ConceptAttention): each word, encoded "
@@ -48,6 +53,8 @@ class ConceptAttention(AttributionMethod):
     needs_concept_maps = True
 
     def __post_init__(self):
+        if not isinstance(self.softmax, bool):
+            raise TypeError(f"`softmax` must be True or False, got {self.softmax!r}.")
         if self.concepts is None:
             return
         if isinstance(self.concepts, str) or not isinstance(self.concepts, (list, tuple)):
@@ -75,7 +82,9 @@ class ConceptAttention(AttributionMethod):
             pipe, family = plan.pipe, plan.family
             states = concept_states(family, pipe, names, call_kwargs, pipe._execution_device)
             steps = plan.traced_calls_from_end(counter)
-            return ConceptAttentionRecorder(pipe, family, names, states, steps=steps, counter=counter)
+            return ConceptAttentionRecorder(
+                pipe, family, names, states, steps=steps, counter=counter, softmax=self.softmax
+            )
 
         return [Recording("concept_maps", recorder)]
 

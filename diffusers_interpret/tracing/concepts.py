@@ -36,6 +36,9 @@ class ConceptAttentionRecorder(ScopedHooks):
             the transformer's `encoder_hidden_states` (before its `context_embedder`).
         steps (`Iterable[int]`, *optional*): Denoiser calls to record (negative: from the end); all by default.
         counter (`StepCounter`, *optional*): The explainer's shared call counter.
+        softmax (`bool`, *optional*, defaults to `True`): A softmax across the concepts at each image token (the
+            published method); `False`: the dot products themselves, less their least value over the concepts and
+            image tokens.
     """
 
     def __init__(
@@ -46,8 +49,10 @@ class ConceptAttentionRecorder(ScopedHooks):
         concept_states: torch.Tensor,
         steps: Optional[Iterable[int]] = None,
         counter: Optional[StepCounter] = None,
+        softmax: bool = True,
     ):
         super().__init__()
+        self.softmax = softmax
         self.pipe = pipe
         self.family = family
         self.transformer = family.denoiser(pipe)
@@ -170,7 +175,11 @@ class ConceptAttentionRecorder(ScopedHooks):
             raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
         scores = torch.stack(self._step_sums).mean(0)  # (images, concepts, image tokens)
         height, width = query_grid(scores.shape[-1], self._grid)
-        grid = scores.softmax(dim=1).reshape(scores.shape[0], scores.shape[1], height, width)
+        if self.softmax:
+            scores = scores.softmax(dim=1)
+        else:  # each concept's own similarity, shifted so that the least similar pixel of any concept is 0
+            scores = scores - scores.amin(dim=(1, 2), keepdim=True)
+        grid = scores.reshape(scores.shape[0], scores.shape[1], height, width)
         scale = self.family.attention_grid_scale(self.pipe)
         size = (self._grid[0] * scale, self._grid[1] * scale)
         maps = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
