@@ -28,6 +28,7 @@ def record_cross_attention(
     steps: Optional[Iterable[int]] = None,
     keep_per_step: bool = False,
     layers: Optional[Iterable[str]] = None,
+    heads: Optional[Iterable[int]] = None,
 ) -> CrossAttentionRecorder:
     r"""
     Record the cross-attention maps of the pipeline calls made inside a `with` block.
@@ -51,6 +52,9 @@ def record_cross_attention(
         layers (`Iterable[str]`, *optional*, defaults to `None`):
             Names of the cross-attention layers to record, as in `pipe.unet.attn_processors` (the `.processor`
             suffix may be left out). `None` records all of them.
+        heads (`Iterable[int]`, *optional*, defaults to `None`):
+            Indices of the attention heads to average (each recorded layer must have them); `None` averages all of
+            a layer's heads. A map of one head: `heads=[3]`.
 
     Returns:
         A [`CrossAttentionRecorder`] (a [`JointAttentionRecorder`] for Flux) to enter; `.maps` gives the
@@ -58,7 +62,13 @@ def record_cross_attention(
         (or calls) of the denoiser are recorded.
     """
     return make_recorder(
-        pipe, family_for(pipe), steps=steps, keep_per_step=keep_per_step, layers=layers, maps_class=AttentionMaps
+        pipe,
+        family_for(pipe),
+        steps=steps,
+        keep_per_step=keep_per_step,
+        layers=layers,
+        heads=heads,
+        maps_class=AttentionMaps,
     )
 
 

@@ -63,12 +63,17 @@ _SAME_MATH_PROCESSORS = {
 
 @torch.no_grad()
 def cross_attention_probabilities(
-    attn: Attention, hidden_states: torch.Tensor, context: Optional[torch.Tensor], attention_mask, rows: slice
+    attn: Attention,
+    hidden_states: torch.Tensor,
+    context: Optional[torch.Tensor],
+    attention_mask,
+    rows: slice,
+    heads: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     r"""
     Head-averaged cross-attention probabilities (images, queries, tokens) of one layer for the batch rows `rows`,
     computed beside it with `AttnProcessor`'s math from the layer's own projections (`to_q`, `to_k`, their LoRA
-    layers included), whatever processor computes the layer's output.
+    layers included), whatever processor computes the layer's output; averaged over `heads` only, where given.
     """
     hidden_states = hidden_states.detach()[rows]
     batch = hidden_states.shape[0]
@@ -84,7 +89,17 @@ def cross_attention_probabilities(
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask.detach()[rows], key.shape[1], batch)
     probs = attn.get_attention_scores(query, key, mask)
-    return probs.view(batch, attn.heads, *probs.shape[1:]).float().mean(dim=1)
+    return mean_over_heads(probs.view(batch, attn.heads, *probs.shape[1:]).float(), heads)
+
+
+def mean_over_heads(probs: torch.Tensor, heads: Optional[Sequence[int]]) -> torch.Tensor:
+    r"""The mean over dimension 1 (heads) of `probs`, over `heads` only where given."""
+    if heads is None:
+        return probs.mean(dim=1)
+    count = probs.shape[1]
+    if any(h >= count or h < -count for h in heads):
+        raise ValueError(f"`heads` {list(heads)} name a head this layer has not: it has {count} (0 to {count - 1}).")
+    return probs[:, list(heads)].mean(dim=1)
 
 
 class CrossAttentionRecordingProcessor:
@@ -200,7 +215,8 @@ class CrossAttentionRecordingProcessor:
             key.reshape(kept * heads, key.shape[2], key.shape[3]),
             mask,
         )
-        self.recorder.add(self.name, probs.view(kept, heads, *probs.shape[1:]).float().mean(dim=1))
+        per_head = probs.view(kept, heads, *probs.shape[1:]).float()
+        self.recorder.add(self.name, mean_over_heads(per_head, self.recorder.heads))
 
 
 class CrossAttentionRecorder(ScopedHooks):
@@ -224,6 +240,7 @@ class CrossAttentionRecorder(ScopedHooks):
         family: Optional[PipelineFamily] = None,
         counter: Optional[StepCounter] = None,
         maps_class: type = AttentionMapsData,
+        heads: Optional[Iterable[int]] = None,
     ):
         super().__init__()
         if family is None:
@@ -235,6 +252,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self.steps = None if steps is None else [int(s) for s in steps]
         self.keep_per_step = keep_per_step
         self.layer_filter = None if layers is None else {self._layer_key(name) for name in layers}
+        self.heads = None if heads is None else _head_list(heads)
         self.enabled = True
         self._own_counter = counter is None
         self.counter = counter or StepCounter(pipe, self.unet, self.family.calls_per_step(pipe))
@@ -326,7 +344,7 @@ class CrossAttentionRecorder(ScopedHooks):
             context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
             mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
             rows = self.kept_rows(int(hidden_states.shape[0]))
-            self.add(name, cross_attention_probabilities(module, hidden_states, context, mask, rows))
+            self.add(name, cross_attention_probabilities(module, hidden_states, context, mask, rows, self.heads))
             return None
 
         return hook
@@ -457,6 +475,7 @@ def joint_attention_probabilities(
     chunk: int = 256,
     content: Optional[torch.Tensor] = None,
     attention_mask: Optional[torch.Tensor] = None,
+    heads: Optional[Sequence[int]] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     r"""
     Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`, SD3's joint
@@ -477,9 +496,9 @@ def joint_attention_probabilities(
 
     `attention_mask` is the layer's own (as its processor gets it: (batch, keys) or (batch, 1, queries, keys)), applied
     as the attention kernel applies it: a boolean mask keeps the keys it marks, a floating one is added to the scores
-    (Chroma's 0/1 mask is floating: diffusers adds it).
+    (Chroma's 0/1 mask is floating: diffusers adds it). With `heads`, only those heads are averaged.
     """
-    heads = int(attn.heads)
+    selected, heads = heads, int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
     if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
         qkv = attn.to_qkv_mlp_proj(hidden_states)[..., : 3 * int(attn.inner_dim)]
@@ -529,15 +548,15 @@ def joint_attention_probabilities(
             else:
                 scores = scores + part.float()
         if outside is None:
-            parts.append(scores.softmax(dim=-1)[..., text].mean(dim=1))
+            parts.append(mean_over_heads(scores.softmax(dim=-1)[..., text], selected))
             continue
         # A softmax over the content columns alone (the sinks' logits never enter it), and the share the other text
         # columns took of the text's attention: 1 - exp(logsumexp(content) - logsumexp(text)).
         text_scores = scores[..., text]
         content_scores = text_scores.masked_fill(outside, float("-inf"))
-        parts.append(content_scores.softmax(dim=-1).nan_to_num(0.0).mean(dim=1))  # no content: zeros
+        parts.append(mean_over_heads(content_scores.softmax(dim=-1).nan_to_num(0.0), selected))  # no content: zeros
         kept = (content_scores.logsumexp(-1) - text_scores.logsumexp(-1)).exp()
-        left_out.append((1 - kept).mean(dim=1))
+        left_out.append(mean_over_heads(1 - kept, selected))
     return torch.cat(parts, dim=1), (torch.cat(left_out, dim=1) if left_out else None)
 
 
@@ -600,6 +619,7 @@ class JointAttentionRecorder(CrossAttentionRecorder):
                 text_first=self.family.joint_attention.text_first,
                 content=self._content_mask(len(range(*rows.indices(int(hidden_states.shape[0]))))),
                 attention_mask=None if mask is None else mask.detach()[rows],
+                heads=self.heads,
             )
             if left_out is not None:  # carried as one more token column, split off again in `maps`
                 probs = torch.cat([probs, left_out[..., None].to(probs.dtype)], dim=-1)
@@ -630,6 +650,15 @@ class JointAttentionRecorder(CrossAttentionRecorder):
         # The last token column is the share the sinks took (see `_layer_hook`).
         result = super()._make_maps(maps[:, :-1], None if per_step is None else per_step[:, :, :-1], cell_size)
         return dataclasses.replace(result, excluded_share=maps[:, -1].clone())
+
+
+def _head_list(heads: Iterable[int]) -> List[int]:
+    chosen = list(heads)
+    if not chosen or not all(isinstance(h, int) and not isinstance(h, bool) for h in chosen):
+        raise ValueError(f"`heads` must be a non-empty list of head indices, got {heads!r}.")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"`heads` names a head more than once: {chosen}.")
+    return chosen
 
 
 def make_recorder(
