@@ -29,6 +29,8 @@ def record_cross_attention(
     keep_per_step: bool = False,
     layers: Optional[Iterable[str]] = None,
     heads: Optional[Iterable[int]] = None,
+    keep_per_layer: bool = False,
+    max_record_bytes: int = 2 * 1024**3,
 ) -> CrossAttentionRecorder:
     r"""
     Record the cross-attention maps of the pipeline calls made inside a `with` block.
@@ -55,6 +57,12 @@ def record_cross_attention(
         heads (`Iterable[int]`, *optional*, defaults to `None`):
             Indices of the attention heads to average (each recorded layer must have them); `None` averages all of
             a layer's heads. A map of one head: `heads=[3]`.
+        keep_per_layer (`bool`, *optional*, defaults to `False`):
+            Also keep each layer's own maps at every recorded step (`AttentionMaps.per_layer`: by layer name, steps x
+            images x tokens x h x w at the layer's attention grid): raw records of layer x step, over the `heads`
+            chosen. What they would hold is checked at the first step against `max_record_bytes`.
+        max_record_bytes (`int`, *optional*, defaults to 2 GiB):
+            The most memory `keep_per_layer` records may take; more is refused at the first step with what to select.
 
     Returns:
         A [`CrossAttentionRecorder`] (a [`JointAttentionRecorder`] for Flux) to enter; `.maps` gives the
@@ -68,6 +76,8 @@ def record_cross_attention(
         keep_per_step=keep_per_step,
         layers=layers,
         heads=heads,
+        keep_per_layer=keep_per_layer,
+        max_record_bytes=max_record_bytes,
         maps_class=AttentionMaps,
     )
 

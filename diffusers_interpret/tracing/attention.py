@@ -241,6 +241,8 @@ class CrossAttentionRecorder(ScopedHooks):
         counter: Optional[StepCounter] = None,
         maps_class: type = AttentionMapsData,
         heads: Optional[Iterable[int]] = None,
+        keep_per_layer: bool = False,
+        max_record_bytes: int = 2 * 1024**3,
     ):
         super().__init__()
         if family is None:
@@ -253,6 +255,8 @@ class CrossAttentionRecorder(ScopedHooks):
         self.keep_per_step = keep_per_step
         self.layer_filter = None if layers is None else {self._layer_key(name) for name in layers}
         self.heads = None if heads is None else _head_list(heads)
+        self.keep_per_layer = keep_per_layer
+        self.max_record_bytes = int(max_record_bytes)
         self.enabled = True
         self._own_counter = counter is None
         self.counter = counter or StepCounter(pipe, self.unet, self.family.calls_per_step(pipe))
@@ -276,6 +280,8 @@ class CrossAttentionRecorder(ScopedHooks):
         self._current_layers = 0
         self._total: Dict[Tuple[int, int], torch.Tensor] = {}
         self._per_step: List[Dict[Tuple[int, int], torch.Tensor]] = []
+        self._layer_grids: Dict[str, torch.Tensor] = {}
+        self._per_layer: List[Dict[str, torch.Tensor]] = []
         self._recorded_steps: List[int] = []
         self._layer_names: List[str] = []
         self._maps: Optional[AttentionMapsData] = None
@@ -399,6 +405,8 @@ class CrossAttentionRecorder(ScopedHooks):
             self._current[key] += grid
         else:
             self._current[key] = grid.clone()
+        if self.keep_per_layer:
+            self._layer_grids[name] = grid.detach().float().cpu().clone()
         self._current_layers += 1
         self._maps = None
 
@@ -414,9 +422,27 @@ class CrossAttentionRecorder(ScopedHooks):
                 self._total[key] = value.clone()
         if self.keep_per_step:
             self._per_step.append(step)
+        if self.keep_per_layer:
+            self._keep_layer_grids()
         self._recorded_steps.append(self._current_call)
         self._current = {}
         self._current_layers = 0
+
+    def _keep_layer_grids(self) -> None:
+        # One step's per-layer grids; at the first, what the whole recording would hold is checked against the bound.
+        if not self._per_layer:
+            step_bytes = sum(grid.numel() * grid.element_size() for grid in self._layer_grids.values())
+            total = self.counter.total or 0
+            planned = len(self._step_set or ()) if self.steps is not None else total // self.counter.calls_per_step
+            if step_bytes * max(planned, 1) > self.max_record_bytes:
+                raise ValueError(
+                    f"Keeping every layer's maps would hold about {step_bytes * max(planned, 1) / 1024**3:.2f} GiB "
+                    f"({len(self._layer_grids)} layers x {max(planned, 1)} steps), over `max_record_bytes` "
+                    f"({self.max_record_bytes / 1024**3:.2f} GiB): choose `layers=`, `steps=` or `heads=`, or raise "
+                    "`max_record_bytes`."
+                )
+        self._per_layer.append(self._layer_grids)
+        self._layer_grids = {}
 
     # -- result ---------------------------------------------------------------------------------------------------
     def image_size(self) -> Tuple[int, int]:
@@ -452,6 +478,11 @@ class CrossAttentionRecorder(ScopedHooks):
             per_step = torch.stack([self._upsample(step, size).cpu() for step in self._per_step])
         finest = max(height for height, _ in self._total)
         self._maps = self._make_maps(maps, per_step, cell_size=size[0] / finest)
+        if self.keep_per_layer:
+            names = list(self._per_layer[0]) if self._per_layer else []
+            tokens = self._maps.num_tokens  # the joint recorder's extra column (the left-out share) dropped
+            per_layer = {name: torch.stack([step[name][:, :tokens] for step in self._per_layer]) for name in names}
+            self._maps = dataclasses.replace(self._maps, per_layer=per_layer)
         return self._maps
 
     def _make_maps(self, maps: torch.Tensor, per_step: Optional[torch.Tensor], cell_size: float) -> AttentionMapsData:

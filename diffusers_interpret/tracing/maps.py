@@ -5,7 +5,7 @@ pictures of them are drawn by `views/`.
 
 import dataclasses
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ class AttentionMapsData:
             tokens (padding, end and template tokens: attention sinks), averaged like the maps. Those positions are
             left out of `maps`: at each layer, head and image token the attention over the prompt's tokens was
             renormalised to 1, so at each pixel the prompt tokens' maps sum to 1 and the other positions' are 0.
+        per_layer (`Dict[str, torch.Tensor]`, *optional*): With `keep_per_layer=True`: each recorded layer's own
+            maps, (steps, num_images, num_tokens, h, w) at the layer's own attention grid (not upsampled), by layer
+            name, over the heads chosen; `maps` is their upsampled mean over layers and steps.
     """
 
     maps: torch.Tensor
@@ -53,6 +56,7 @@ class AttentionMapsData:
     layers: Optional[List[str]] = None
     cell_size: Optional[float] = None
     excluded_share: Optional[torch.Tensor] = None
+    per_layer: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def num_images(self) -> int:
@@ -85,13 +89,16 @@ class AttentionMapsData:
             image_index (`int`): Which image of the batch (negative counts from the end).
 
         Returns:
-            Maps of the same class, of that image only (its `per_step` too, when kept).
+            Maps of the same class, of that image only (its `per_step` and `per_layer` too, when kept).
         """
         self._check_index("image_index", image_index, self.num_images)
         index = slice(image_index, image_index + 1 if image_index != -1 else None)
         per_step = None if self.per_step is None else self.per_step[:, index]
         excluded = None if self.excluded_share is None else self.excluded_share[index]
-        return dataclasses.replace(self, maps=self.maps[index], per_step=per_step, excluded_share=excluded)
+        per_layer = None if self.per_layer is None else {k: v[:, index] for k, v in self.per_layer.items()}
+        return dataclasses.replace(
+            self, maps=self.maps[index], per_step=per_step, excluded_share=excluded, per_layer=per_layer
+        )
 
     def edge_aware(
         self, images, positions: Optional[Sequence[int]] = None, range_sigma: float = 0.1, iterations: int = 2
@@ -131,7 +138,7 @@ class AttentionMapsData:
         for index, image in enumerate(images if positions else []):
             filtered = edge_aware_maps(self.maps[index, positions], image, self.cell_size, range_sigma, iterations)
             maps[index, positions] = filtered.to(maps.dtype)
-        return dataclasses.replace(self, maps=maps, per_step=None)
+        return dataclasses.replace(self, maps=maps, per_step=None, per_layer=None)
 
     @staticmethod
     def _check_index(name: str, value: int, count: int) -> None:
