@@ -495,6 +495,50 @@ class CrossAttentionRecorder(ScopedHooks):
         )
 
 
+def joint_queries_keys(
+    attn: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: Optional[torch.Tensor],
+    image_rotary_emb,
+    text_first: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    r"""
+    The queries and keys (batch, tokens, heads, head_dim) of a joint-attention layer's whole sequence, from its own
+    projections, norms and rotary embedding (see [`joint_attention_probabilities`]), and the head size.
+    """
+    heads = int(attn.heads)
+    fused = getattr(attn, "fused_projections", False)
+    if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
+        qkv = attn.to_qkv_mlp_proj(hidden_states)[..., : 3 * int(attn.inner_dim)]
+        query, key, _ = qkv.chunk(3, dim=-1)
+    elif fused:
+        query, key, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    head_dim = key.shape[-1] // heads
+
+    def split(x, norm):
+        x = x.unflatten(-1, (heads, head_dim))  # (batch, tokens, heads, head_dim)
+        return x if norm is None else norm(x)
+
+    query, key = split(query, getattr(attn, "norm_q", None)), split(key, getattr(attn, "norm_k", None))
+    if encoder_hidden_states is not None:
+        if fused and hasattr(attn, "to_added_qkv"):
+            text_query, text_key, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+        else:
+            text_query, text_key = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
+        text_query = split(text_query, getattr(attn, "norm_added_q", None))
+        text_key = split(text_key, getattr(attn, "norm_added_k", None))
+        pairs = ((text_query, query), (text_key, key)) if text_first else ((query, text_query), (key, text_key))
+        query, key = torch.cat(pairs[0], dim=1), torch.cat(pairs[1], dim=1)
+    if image_rotary_emb is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    return query, key, head_dim
+
+
 @torch.no_grad()
 def joint_attention_probabilities(
     attn: torch.nn.Module,
@@ -529,36 +573,8 @@ def joint_attention_probabilities(
     as the attention kernel applies it: a boolean mask keeps the keys it marks, a floating one is added to the scores
     (Chroma's 0/1 mask is floating: diffusers adds it). With `heads`, only those heads are averaged.
     """
-    selected, heads = heads, int(attn.heads)
-    fused = getattr(attn, "fused_projections", False)
-    if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
-        qkv = attn.to_qkv_mlp_proj(hidden_states)[..., : 3 * int(attn.inner_dim)]
-        query, key, _ = qkv.chunk(3, dim=-1)
-    elif fused:
-        query, key, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-    else:
-        query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
-    head_dim = key.shape[-1] // heads
-
-    def split(x, norm):
-        x = x.unflatten(-1, (heads, head_dim))  # (batch, tokens, heads, head_dim)
-        return x if norm is None else norm(x)
-
-    query, key = split(query, getattr(attn, "norm_q", None)), split(key, getattr(attn, "norm_k", None))
-    if encoder_hidden_states is not None:
-        if fused and hasattr(attn, "to_added_qkv"):
-            text_query, text_key, _ = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-        else:
-            text_query, text_key = attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states)
-        text_query = split(text_query, getattr(attn, "norm_added_q", None))
-        text_key = split(text_key, getattr(attn, "norm_added_k", None))
-        pairs = ((text_query, query), (text_key, key)) if text_first else ((query, text_query), (key, text_key))
-        query, key = torch.cat(pairs[0], dim=1), torch.cat(pairs[1], dim=1)
-    if image_rotary_emb is not None:
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    selected = heads
+    query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
     total = query.shape[1]
     image = slice(text_length, total) if text_first else slice(0, total - text_length)
     text = slice(0, text_length) if text_first else slice(total - text_length, total)
