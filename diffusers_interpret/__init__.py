@@ -36,6 +36,7 @@ _EXPORTS = {
     "explainer_for": ".explainers",
     "load_toy_pipeline": ".toy",
     "record_cross_attention": ".attention",
+    "record_self_attention": ".attention",
     "supported_pipelines": ".explainers",
 }
 

@@ -20,6 +20,7 @@ from .tracing.attention import (
     JointAttentionRecorder,
     make_recorder,
 )
+from .tracing.self_attention import SelfAttentionRecorder
 from .views.attention_maps import AttentionMaps, colorize
 
 
@@ -82,11 +83,58 @@ def record_cross_attention(
     )
 
 
+def record_self_attention(
+    pipe,
+    box,
+    steps: Optional[Iterable[int]] = None,
+    keep_per_step: bool = False,
+    layers: Optional[Iterable[str]] = None,
+    heads: Optional[Iterable[int]] = None,
+) -> SelfAttentionRecorder:
+    r"""
+    Record where a region of the image looks in the image (its image-to-image, self-attention relation map) during
+    the pipeline calls made inside a `with` block.
+
+    ```python
+    from diffusers_interpret.attention import record_self_attention
+
+    with record_self_attention(pipe, box=((0, 0), (256, 512))) as recorder:
+        image = pipe(prompt).images[0]
+    recorder.maps.overlay(image, position=0)  # where the left half's pixels attend
+    ```
+
+    Args:
+        pipe (`DiffusionPipeline`): A pipeline of a supported family: the self-attention layers of a UNet family
+            (`attn1`), the image-to-image block of a transformer family's joint attention (the softmax over all keys,
+            text included, of which the image keys are kept: the map sums to the share of attention the image gets).
+        box (`((x0, y0), (x1, y1))`): The query region in pixels of the generated image (x the column, the lower
+            right corner exclusive); the attention grid's cells whose centres fall in it are its queries.
+        steps, keep_per_step, layers, heads: As for [`record_cross_attention`] (layer names: the denoiser's
+            self-attention modules, e.g. `"down_blocks.0.attentions.0.transformer_blocks.0.attn1"`).
+
+    Returns:
+        A [`SelfAttentionRecorder`] to enter; `.maps` gives [`AttentionMaps`] with one row per image: `maps.maps[i, 0]`
+        is image `i`'s map (H, W), the layers upsampled to the image's size and averaged, then the steps.
+    """
+    return SelfAttentionRecorder(
+        pipe,
+        box,
+        family=family_for(pipe),
+        steps=steps,
+        keep_per_step=keep_per_step,
+        layers=layers,
+        heads=heads,
+        maps_class=AttentionMaps,
+    )
+
+
 __all__ = [
     "AttentionMaps",
     "CrossAttentionRecorder",
     "CrossAttentionRecordingProcessor",
     "JointAttentionRecorder",
+    "SelfAttentionRecorder",
     "colorize",
     "record_cross_attention",
+    "record_self_attention",
 ]

@@ -1,0 +1,180 @@
+r"""
+Where a region of the image looks in the image: the image-to-image (self-attention) relation map of a query region,
+recorded beside the denoiser's own layers (a UNet's self-attention `attn1`, a DiT's joint attention's image-to-image
+block), with the cross-attention recorder's counting of steps, rows and grids.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from ..box import normalize_box
+from .attention import CrossAttentionRecorder, joint_queries_keys, mean_over_heads, query_grid
+from .scoped import call_arguments
+
+_UNBOUNDED = 1 << 30
+
+
+def region_cells(box, grid: Tuple[int, int], image_size: Tuple[int, int]) -> List[int]:
+    r"""
+    The cells (flat indices) of an attention grid whose centres fall in `box` ((x0, y0), (x1, y1)) pixels of an image
+    of `image_size` (H, W); the cell under the box's centre where no centre does (a box smaller than a cell).
+    """
+    (x0, y0), (x1, y1) = box
+    rows, columns = grid
+    height, width = image_size
+    cells = [
+        r * columns + c
+        for r in range(rows)
+        for c in range(columns)
+        if y0 <= (r + 0.5) * height / rows < y1 and x0 <= (c + 0.5) * width / columns < x1
+    ]
+    if cells:
+        return cells
+    r = min(int((y0 + y1) / 2 * rows / height), rows - 1)
+    c = min(int((x0 + x1) / 2 * columns / width), columns - 1)
+    return [r * columns + c]
+
+
+@torch.no_grad()
+def self_attention_region(
+    attn: Attention, hidden_states: torch.Tensor, queries: Sequence[int], heads: Optional[Sequence[int]] = None
+) -> torch.Tensor:
+    r"""
+    A UNet self-attention layer's attention from the image tokens `queries` to every image token, averaged over the
+    queries and the heads (`heads` only, where given): (batch, image tokens). `AttnProcessor`'s math from the layer's
+    own projections, beside the layer.
+    """
+    batch = hidden_states.shape[0]
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.head_to_batch_dim(attn.to_q(hidden_states[:, list(queries)]))
+    key = attn.head_to_batch_dim(attn.to_k(hidden_states))
+    probs = attn.get_attention_scores(query, key, None)
+    return mean_over_heads(probs.view(batch, attn.heads, *probs.shape[1:]).float(), heads).mean(dim=1)
+
+
+@torch.no_grad()
+def joint_self_attention_region(
+    attn: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: Optional[torch.Tensor],
+    image_rotary_emb,
+    text_length: int,
+    queries: Sequence[int],
+    text_first: bool = True,
+    attention_mask: Optional[torch.Tensor] = None,
+    heads: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    r"""
+    A joint-attention layer's attention from the image tokens `queries` (indices among the image tokens) to the image
+    tokens: the softmax over ALL keys (text and image, the layer's mask applied as its kernel applies it), of which
+    the image columns are kept, averaged over the queries and the heads: (batch, image tokens).
+    """
+    query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
+    total = query.shape[1]
+    image = slice(text_length, total) if text_first else slice(0, total - text_length)
+    picked = torch.arange(total)[image][list(queries)]
+    scale = getattr(attn, "scale", None) or head_dim**-0.5
+    scores = query[:, picked].transpose(1, 2).float() @ key.transpose(1, 2).float().transpose(-1, -2) * scale
+    if attention_mask is not None:
+        mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, :, picked]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    probs = scores.softmax(dim=-1)[..., image]  # (batch, heads, queries, image tokens)
+    return mean_over_heads(probs, heads).mean(dim=1)
+
+
+class SelfAttentionRecorder(CrossAttentionRecorder):
+    r"""
+    Records where the image tokens of `box` attend among the image tokens, at every self-attention layer (UNet
+    families: the transformer blocks' `attn1`; DiT families: the joint-attention layers' image-to-image block), while
+    the pipeline runs: one map per image, averaged over the region's queries, the heads (or `heads`), the layers and
+    the recorded steps, in the maps' single token row. The layers' processors stay as they are (forward pre-hooks
+    compute the probabilities beside them): the image is the pipeline's own. See [`record_self_attention`].
+
+    Args:
+        box (`((x0, y0), (x1, y1))`): The query region, in pixels of the generated image.
+        (the other arguments as [`CrossAttentionRecorder`]'s)
+    """
+
+    def __init__(self, pipe, box, **options):
+        super().__init__(pipe, **options)
+        self.box = normalize_box(box, _UNBOUNDED, _UNBOUNDED)  # malformed, empty or inverted: refused now
+        if self.box is None:
+            raise ValueError("`box` must be the query region ((x0, y0), (x1, y1)) in pixels, not None.")
+        self._checked = False
+
+    def _pre_hook(self, module, args, kwargs):
+        result = super()._pre_hook(module, args, kwargs)
+        if not self._checked and self._latent_size is not None:
+            self.box = normalize_box(self.box, *self.image_size())  # inside the image: checked at the first call
+            self._checked = True
+        return result
+
+    def _install(self) -> None:
+        self._reset()
+        for name, module in self._layers():
+            if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
+                continue
+            self.hook_forward_pre(module, self._region_hook(self._layer_key(name)))
+            self._layer_names.append(self._layer_key(name))
+        if self.layer_filter is not None:
+            unknown = self.layer_filter - set(self._layer_names)
+            if unknown:
+                raise ValueError(f"Not self-attention layers of this denoiser: {sorted(unknown)}.")
+        if not self._layer_names:
+            raise ValueError("This denoiser has no self-attention layer to record.")
+        if self._own_counter:
+            self.counter.__enter__()
+        self.hook_forward_pre(self.unet, self._pre_hook)
+
+    def _remove(self) -> None:
+        if self._own_counter and self.counter.active:
+            self.counter.__exit__(None, None, None)
+        self._finish_step()
+
+    def _layers(self) -> List[Tuple[str, torch.nn.Module]]:
+        if self.family.joint_attention is not None:
+            return self.family.attention_layers(self.unet)
+        return [
+            (name, module)
+            for name, module in self.unet.named_modules()
+            if isinstance(module, Attention) and not module.is_cross_attention and name.endswith("attn1")
+        ]
+
+    def _cells(self, image_tokens: int) -> List[int]:
+        grid = query_grid(image_tokens, self._latent_size)
+        return region_cells(self.box, grid, self.image_size())
+
+    def _region_hook(self, name: str):
+        def hook(module, args, kwargs):
+            if not self.recording_now():
+                return None
+            arguments = call_arguments(module, args, kwargs)
+            hidden_states = arguments["hidden_states"]
+            rows = self.kept_rows(int(hidden_states.shape[0]))
+            if self.family.joint_attention is None:
+                tokens = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states[0, 0].numel()
+                probs = self_attention_region(module, hidden_states.detach()[rows], self._cells(tokens), self.heads)
+            else:
+                text = arguments.get("encoder_hidden_states")
+                mask = arguments.get("attention_mask")
+                image_tokens = int(hidden_states.shape[1]) - (0 if text is not None else self._text_length)
+                probs = joint_self_attention_region(
+                    module,
+                    hidden_states.detach()[rows],
+                    None if text is None else text.detach()[rows],
+                    arguments.get("image_rotary_emb"),
+                    self._text_length,
+                    self._cells(image_tokens),
+                    text_first=self.family.joint_attention.text_first,
+                    attention_mask=None if mask is None else mask.detach()[rows],
+                    heads=self.heads,
+                )
+            self.add(name, probs[:, :, None])  # the image tokens as the grid, one "token" row: the map
+            return None
+
+        return hook
