@@ -37,6 +37,7 @@ _EXPORTS = {
     "load_toy_pipeline": ".toy",
     "record_cross_attention": ".attention",
     "record_self_attention": ".attention",
+    "record_text_relations": ".attention",
     "supported_pipelines": ".explainers",
 }
 

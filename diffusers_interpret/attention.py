@@ -20,7 +20,7 @@ from .tracing.attention import (
     JointAttentionRecorder,
     make_recorder,
 )
-from .tracing.self_attention import SelfAttentionRecorder
+from .tracing.self_attention import SelfAttentionRecorder, TextRelationRecorder
 from .views.attention_maps import AttentionMaps, colorize
 
 
@@ -128,13 +128,44 @@ def record_self_attention(
     )
 
 
+def record_text_relations(
+    pipe,
+    steps: Optional[Iterable[int]] = None,
+    layers: Optional[Iterable[str]] = None,
+    heads: Optional[Iterable[int]] = None,
+) -> TextRelationRecorder:
+    r"""
+    Record how the prompt's tokens attend to one another inside a transformer's joint attention (SD3, Flux, Chroma,
+    Flux 2) during the pipeline calls made inside a `with` block.
+
+    ```python
+    with record_text_relations(pipe) as recorder:
+        pipe(prompt)
+    relations = recorder.relations  # (images, text tokens, text tokens), each row a token's look at the others
+    ```
+
+    Args:
+        pipe (`DiffusionPipeline`): A pipeline of a transformer family (a UNet family's tokens meet only in the text
+            encoder: refused).
+        steps, layers, heads: As for [`record_cross_attention`].
+
+    Returns:
+        A [`TextRelationRecorder`] to enter; `.relations` gives the (images, text tokens, text tokens) attention, the
+        softmax over all keys (text and image) of which the text columns are kept, averaged over the heads, the
+        layers and the steps.
+    """
+    return TextRelationRecorder(pipe, family=family_for(pipe), steps=steps, layers=layers, heads=heads)
+
+
 __all__ = [
     "AttentionMaps",
     "CrossAttentionRecorder",
     "CrossAttentionRecordingProcessor",
     "JointAttentionRecorder",
     "SelfAttentionRecorder",
+    "TextRelationRecorder",
     "colorize",
     "record_cross_attention",
     "record_self_attention",
+    "record_text_relations",
 ]

@@ -99,3 +99,29 @@ def test_bad_regions_and_layers_are_refused():
     with pytest.raises(ValueError, match="Not self-attention layers"):
         with record_self_attention(pipe, box=((0, 0), (8, 8)), layers=["nope"]):
             pass
+
+
+def test_text_relations_are_the_joint_attentions_text_block():
+    from diffusers_interpret import record_text_relations
+
+    pipe = make_tiny_flux_pipeline("text2img")
+    call = dict(num_inference_steps=3, height=16, width=16, max_sequence_length=TINY_T5_LENGTH)
+    with record_text_relations(pipe) as recorder:
+        pipe(PROMPT, generator=seeded(0), **call)
+    relations = recorder.relations
+    assert relations.shape == (1, TINY_T5_LENGTH, TINY_T5_LENGTH)
+    processors = pipe.transformer.attn_processors
+    store = []
+    pipe.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
+    try:
+        pipe(PROMPT, generator=seeded(0), **call)
+    finally:
+        pipe.transformer.set_attn_processor(dict(processors))
+    text = TINY_T5_LENGTH
+    blocks = [p[:, :, :text, :text].mean(1) for p in store]  # [text, image]: text queries x text keys, heads averaged
+    per_call = [torch.stack(blocks[i : i + 2]).mean(0) for i in range(0, len(blocks), 2)]
+    np.testing.assert_allclose(relations, torch.stack(per_call).mean(0), atol=1e-6)
+    assert float(relations.sum(-1).max()) < 1  # the image keys take their share of each text token's attention
+    with pytest.raises(ValueError, match="text encoder"):
+        with record_text_relations(make_tiny_pipeline("text2img")):
+            pass

@@ -178,3 +178,106 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
             return None
 
         return hook
+
+
+@torch.no_grad()
+def joint_text_relations(
+    attn: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: Optional[torch.Tensor],
+    image_rotary_emb,
+    text_length: int,
+    text_first: bool = True,
+    attention_mask: Optional[torch.Tensor] = None,
+    heads: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    r"""
+    A joint-attention layer's text-to-text block: each text token's attention to each text token, the softmax over
+    ALL keys (text and image, the layer's mask applied as its kernel applies it), averaged over the heads: (batch,
+    text tokens, text tokens).
+    """
+    query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
+    total = query.shape[1]
+    text = slice(0, text_length) if text_first else slice(total - text_length, total)
+    scale = getattr(attn, "scale", None) or head_dim**-0.5
+    scores = query[:, text].transpose(1, 2).float() @ key.transpose(1, 2).float().transpose(-1, -2) * scale
+    if attention_mask is not None:
+        mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, :, text]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    return mean_over_heads(scores.softmax(dim=-1)[..., text], heads)
+
+
+class TextRelationRecorder(CrossAttentionRecorder):
+    r"""
+    Records how the prompt's tokens attend to one another inside a transformer's joint attention (its text-to-text
+    block) while the pipeline runs: (images, text tokens, text tokens), averaged over the heads (or `heads`), the
+    layers and the recorded steps; `relations` gives it. The layers' processors stay as they are. A UNet family has no
+    such block (its text tokens meet only in the text encoder): refused. See [`record_text_relations`].
+    """
+
+    def _install(self) -> None:
+        if self.family.joint_attention is None:
+            raise ValueError(
+                f"{self.family.display_name} pipelines have no text-to-text attention in the denoiser (the prompt's "
+                "tokens meet only in the text encoder): text relations are for the transformer families."
+            )
+        self._reset()
+        self._relations: Optional[torch.Tensor] = None
+        self._relation_layers = 0
+        self._relation_steps = 0
+        for name, module in self.family.attention_layers(self.unet):
+            if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
+                continue
+            self.hook_forward_pre(module, self._relation_hook)
+            self._layer_names.append(self._layer_key(name))
+        if not self._layer_names:
+            raise ValueError("No joint-attention layer of this transformer is selected.")
+        if self._own_counter:
+            self.counter.__enter__()
+        self.hook_forward_pre(self.unet, self._pre_hook)
+
+    def _remove(self) -> None:
+        if self._own_counter and self.counter.active:
+            self.counter.__exit__(None, None, None)
+        self._finish_step()
+
+    def _relation_hook(self, module, args, kwargs):
+        if not self.recording_now():
+            return None
+        arguments = call_arguments(module, args, kwargs)
+        hidden_states = arguments["hidden_states"]
+        text = arguments.get("encoder_hidden_states")
+        mask = arguments.get("attention_mask")
+        rows = self.kept_rows(int(hidden_states.shape[0]))
+        relations = joint_text_relations(
+            module,
+            hidden_states.detach()[rows],
+            None if text is None else text.detach()[rows],
+            arguments.get("image_rotary_emb"),
+            self._text_length,
+            text_first=self.family.joint_attention.text_first,
+            attention_mask=None if mask is None else mask.detach()[rows],
+            heads=self.heads,
+        ).cpu()
+        self._step_relations = relations if self._current_layers == 0 else self._step_relations + relations
+        self._current_layers += 1
+        return None
+
+    def _finish_step(self) -> None:
+        if self._current_layers:
+            step = self._step_relations / self._current_layers
+            self._relations = step if self._relations is None else self._relations + step
+            self._relation_steps += 1
+            self._recorded_steps.append(self._current_call)
+        self._current_layers = 0
+
+    @property
+    def relations(self) -> torch.Tensor:
+        r"""(images, text tokens, text tokens): row `i` is where text token `i` looks among the text tokens."""
+        self._finish_step()
+        if not self._relation_steps:
+            raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
+        return self._relations / self._relation_steps
+
+    def result(self) -> torch.Tensor:
+        return self.relations
