@@ -6,11 +6,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from diffusers import Flux2KleinPipeline
 
-from .base import InputKind, TextEncoderSlot, TransformerFamily
+from .base import InputKind, TextEncoderSlot
+from .flux import FluxFamily
 from .registry import register_family
 
 
-class Flux2KleinFamily(TransformerFamily):
+class Flux2KleinFamily(FluxFamily):
     r"""
     `Flux2KleinPipeline` (FLUX.2 [klein]).
 
@@ -58,21 +59,6 @@ class Flux2KleinFamily(TransformerFamily):
             scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
         return 2 if float(scale) > 1 and not pipe.config.is_distilled else 1
 
-    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
-        return call_index % calls_per_step == 0  # the prompt's call first, then the negative prompt's
-
-    def positive_rows(self, pipe, batch_size: int) -> slice:
-        return slice(0, batch_size)
-
-    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
-        # The packed latent grid, from the image tokens' (t, row, column, l) ids.
-        ids = kwargs["img_ids"]
-        ids = ids[0] if ids.dim() == 3 else ids
-        return int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1
-
-    def attention_grid_scale(self, pipe) -> int:
-        return 2 * int(pipe.vae_scale_factor)  # one image token is a 2x2 patch of latents
-
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         from diffusers.models.transformers.transformer_flux2 import Flux2Attention, Flux2ParallelSelfAttention
 
@@ -99,18 +85,7 @@ class Flux2KleinFamily(TransformerFamily):
 
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
-        return [
-            TextEncoderSlot(
-                "tokenizer",
-                "text_encoder",
-                "prompt",
-                slice(None),
-                sequence_group=0,
-                label="Qwen3",
-                template=True,
-                causal=True,
-            )
-        ]
+        return [_chat_llm("Qwen3")]
 
     def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
         return chat_template_text(self.tokenizer(pipe, slot), text, enable_thinking=False)
@@ -163,10 +138,6 @@ class Flux2KleinFamily(TransformerFamily):
         return int(self.denoiser(pipe).config.in_channels)  # one token is a 2x2 patch of latents
 
     # -- images ---------------------------------------------------------------------------------------------------
-    def default_size(self, pipe) -> Tuple[int, int]:
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        return size, size
-
     def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         if latents.dim() == 3:  # packed, normalised (a step's, or [dev]'s final ones): as the pipeline's end of call
             height, width = size if size is not None else self.default_size(pipe)
@@ -181,6 +152,14 @@ class Flux2KleinFamily(TransformerFamily):
             latents = pipe._unpatchify_latents(latents * std.to(latents.device, latents.dtype) + mean)
         # [klein]'s `output_type="latent"` latents are unpacked, de-normalised and unpatchified already.
         return pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+
+
+def _chat_llm(label: str) -> TextEncoderSlot:
+    # FLUX.2's one text encoder: a causal chat LLM reading the prompt inside its template; every position (template,
+    # prompt and padding) reaches the transformer's text sequence.
+    return TextEncoderSlot(
+        "tokenizer", "text_encoder", "prompt", slice(None), sequence_group=0, label=label, template=True, causal=True
+    )
 
 
 def chat_template_text(tokenizer, text: str, **template_arguments) -> Tuple[str, int]:
@@ -232,18 +211,7 @@ class Flux2DevFamily(Flux2KleinFamily):
         return 1  # guidance-distilled: the guidance scale is an input of the one call
 
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
-        return [
-            TextEncoderSlot(
-                "tokenizer",
-                "text_encoder",
-                "prompt",
-                slice(None),
-                sequence_group=0,
-                label="Mistral 3",
-                template=True,
-                causal=True,
-            )
-        ]
+        return [_chat_llm("Mistral 3")]
 
     def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
         from diffusers.pipelines.flux2.pipeline_flux2 import format_input

@@ -342,6 +342,29 @@ class CrossAttentionRecorder(ScopedHooks):
             self._saved = None
         self._finish_step()
 
+    def _install_beside(self, layers, make_hook, kind: str) -> None:
+        # Forward pre-hooks beside `layers` ((name, module) pairs, their processors untouched), the denoiser call's
+        # own pre-hook and the counter: what every recorder that reads its layers' inputs installs.
+        for name, module in layers:
+            key = self._layer_key(name)
+            if self.layer_filter is not None and key not in self.layer_filter:
+                continue
+            self.hook_forward_pre(module, make_hook(key))
+            self._layer_names.append(key)
+        if self.layer_filter is not None:
+            unknown = self.layer_filter - set(self._layer_names)
+            if unknown:
+                raise ValueError(f"Not {kind} layers of this denoiser: {sorted(unknown)}.")
+        if not self._layer_names:
+            raise ValueError(f"This denoiser has no {kind} layer to record.")
+        if self._own_counter:
+            self.counter.__enter__()
+        self.hook_forward_pre(self.unet, self._pre_hook)
+
+    def _leave_counter(self) -> None:
+        if self._own_counter and self.counter.active:
+            self.counter.__exit__(None, None, None)
+
     def _side_hook(self, name: str):
         def hook(module, args, kwargs):
             if not self.recording_now():
@@ -628,25 +651,10 @@ class JointAttentionRecorder(CrossAttentionRecorder):
     def _install(self) -> None:
         self._reset()
         self._content, self._with_share = None, False
-        layers = self.family.attention_layers(self.unet)
-        for name, module in layers:
-            if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
-                continue
-            self.hook_forward_pre(module, self._layer_hook(self._layer_key(name)))
-            self._layer_names.append(self._layer_key(name))
-        if self.layer_filter is not None:
-            unknown = self.layer_filter - set(self._layer_names)
-            if unknown:
-                raise ValueError(f"Not joint-attention layers of this transformer: {sorted(unknown)}.")
-        if not self._layer_names:
-            raise ValueError("This transformer has no joint-attention layer to record.")
-        if self._own_counter:
-            self.counter.__enter__()
-        self.hook_forward_pre(self.unet, self._pre_hook)
+        self._install_beside(self.family.attention_layers(self.unet), self._layer_hook, "joint-attention")
 
     def _remove(self) -> None:
-        if self._own_counter and self.counter.active:
-            self.counter.__exit__(None, None, None)
+        self._leave_counter()
 
     def _layer_hook(self, name: str):
         def hook(module, args, kwargs):

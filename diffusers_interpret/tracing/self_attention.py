@@ -116,24 +116,10 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
 
     def _install(self) -> None:
         self._reset()
-        for name, module in self._layers():
-            if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
-                continue
-            self.hook_forward_pre(module, self._region_hook(self._layer_key(name)))
-            self._layer_names.append(self._layer_key(name))
-        if self.layer_filter is not None:
-            unknown = self.layer_filter - set(self._layer_names)
-            if unknown:
-                raise ValueError(f"Not self-attention layers of this denoiser: {sorted(unknown)}.")
-        if not self._layer_names:
-            raise ValueError("This denoiser has no self-attention layer to record.")
-        if self._own_counter:
-            self.counter.__enter__()
-        self.hook_forward_pre(self.unet, self._pre_hook)
+        self._install_beside(self._layers(), self._region_hook, "self-attention")
 
     def _remove(self) -> None:
-        if self._own_counter and self.counter.active:
-            self.counter.__exit__(None, None, None)
+        self._leave_counter()
         self._finish_step()
 
     def _layers(self) -> List[Tuple[str, torch.nn.Module]]:
@@ -223,22 +209,13 @@ class TextRelationRecorder(CrossAttentionRecorder):
             )
         self._reset()
         self._relations: Optional[torch.Tensor] = None
-        self._relation_layers = 0
         self._relation_steps = 0
-        for name, module in self.family.attention_layers(self.unet):
-            if self.layer_filter is not None and self._layer_key(name) not in self.layer_filter:
-                continue
-            self.hook_forward_pre(module, self._relation_hook)
-            self._layer_names.append(self._layer_key(name))
-        if not self._layer_names:
-            raise ValueError("No joint-attention layer of this transformer is selected.")
-        if self._own_counter:
-            self.counter.__enter__()
-        self.hook_forward_pre(self.unet, self._pre_hook)
+        self._install_beside(
+            self.family.attention_layers(self.unet), lambda name: self._relation_hook, "joint-attention"
+        )
 
     def _remove(self) -> None:
-        if self._own_counter and self.counter.active:
-            self.counter.__exit__(None, None, None)
+        self._leave_counter()
         self._finish_step()
 
     def _relation_hook(self, module, args, kwargs):
