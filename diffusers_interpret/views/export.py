@@ -28,7 +28,8 @@ def export_maps(
       the recorded steps and layers, the maps' cell size, the image size, the call's settings (steps, size, traced
       steps, guidance and the other pipeline arguments that are plain values), the pipeline's class and this
       library's version; and which array of `maps.npz` holds what.
-    - `word-<k>-<word>.png` (with `pictures`): each word's map over the image.
+    - `word-<k>-<word>.png` (with `pictures`): each word's map over the image, every word on one colour scale (the
+      largest value of any word's map), so that a word read weakly everywhere looks weak.
 
     Args:
         output (`BaseExplanationOutput`): The explanation.
@@ -57,10 +58,13 @@ def export_maps(
     written[SETTINGS_FILE].write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if pictures and "words" in arrays:
         base = _picture(_unmarked_image(output))
+        # One scale for every word (the largest value of any): a word read weakly everywhere looks weak, not as red
+        # as the word the region is about.
+        top = float(arrays["words"].max()) if arrays["words"].size else 0.0
         for k, (word, _) in enumerate(output.word_attributions or []):
             name = f"word-{k:02d}-{_slug(word)}.png"
             written[name] = folder / name
-            _overlay(base, arrays["words"][k], cmap, float(alpha)).save(written[name])
+            _overlay(base, arrays["words"][k], top, cmap, float(alpha)).save(written[name])
     return written
 
 
@@ -169,8 +173,7 @@ def _picture(image) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
-def _overlay(base: Image.Image, values: np.ndarray, cmap: str, alpha: float) -> Image.Image:
-    top = float(values.max()) if values.size else 0.0
+def _overlay(base: Image.Image, values: np.ndarray, top: float, cmap: str, alpha: float) -> Image.Image:
     normalized = values / top if top > 0 else values
     heat = colorize(normalized, cmap=cmap)
     if heat.size != base.size:
