@@ -408,11 +408,21 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
         tokenizer = family.tokenizer(pipe, slot)
         if tokenizer is None or getattr(pipe, slot.encoder, None) is None:
             continue
-        room = family.token_length(pipe, slot, pipeline_kwargs) - tokenizer.num_special_tokens_to_add()
-        if slot.template:  # the template's own tokens take their room first
-            room -= len(tokenizer(family.encoder_text(pipe, slot, "")[0]).input_ids)
+        length = family.token_length(pipe, slot, pipeline_kwargs)
+        room = length - tokenizer.num_special_tokens_to_add()
         texts = pipeline_kwargs.get(slot.prompt_argument) or prompts
         for text in [texts] if isinstance(texts, str) else texts:
+            if slot.template:  # the template's tokens before the prompt take their room first (truncation cuts after)
+                full, start = family.encoder_text(pipe, slot, text)
+                arguments = family.tokenizer_arguments(pipe, slot, full)
+                before = len(tokenizer(full[:start], **arguments).input_ids)
+                room = length - before
+                if room < 1:
+                    raise ValueError(
+                        f"`max_sequence_length={length}` leaves no room for the prompt: the chat template takes "
+                        f"{before} tokens before it. Use at least {before + len(tokenizer.tokenize(text))} (the "
+                        "pipeline's default is 512)."
+                    )
             tokens = tokenizer.tokenize(text)
             if len(tokens) > room:
                 cut = " ".join(tokenizer.convert_tokens_to_string(tokens[room:]).replace("</w>", " ").split())

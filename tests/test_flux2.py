@@ -281,3 +281,25 @@ def test_each_image_of_a_batch_reads_its_own_prompts_tokens(klein):
         np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
         assert float(maps[others].abs().max()) == 0
         assert 0 < output.attention_sink_share < 1
+
+
+def test_a_length_that_cuts_into_the_prompt_says_which_words_and_none_is_refused(klein):
+    # Truncation cuts the end of the templated text: the template's tokens after the prompt go first, then the
+    # prompt's last words; a length that leaves no prompt token after the template's first tokens is refused.
+    calls = []
+    handle = klein.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.warns(UserWarning, match="'corgi on the left' are cut"):
+            out = explain(klein, max_sequence_length=5, prompt_dependence=False)
+        assert [s > 0 for _, s in out.word_attributions] == [True, True, False, False, False, False]
+        calls.clear()
+        with pytest.raises(ValueError, match="leaves no room for the prompt: the chat template takes 3 tokens"):
+            explain(klein, max_sequence_length=3)
+        assert not calls
+    finally:
+        handle.remove()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the template's suffix cut, the prompt whole: nothing to say
+        explain(klein, max_sequence_length=12, prompt_dependence=False)

@@ -150,3 +150,8 @@ def test_state_restored_after_an_injected_exception(dev):
         assert torch.is_grad_enabled() and hooks() == before
     expected = dev(prompt=PROMPT, generator=seeded(3), output_type="np", **COMMON).images[0]
     np.testing.assert_array_equal(explain(dev, seed=3, output_type="np").image, expected)
+
+
+def test_a_length_shorter_than_the_system_message_is_refused(dev):
+    with pytest.raises(ValueError, match=r"the chat template takes 38 tokens before it. Use at least 45"):
+        explain(dev, max_sequence_length=30)
