@@ -426,9 +426,7 @@ class TransformerFamily(PipelineFamily):
     ) -> Dict[str, Any]:
         r"""The arguments of a dual-stream block's call with the concept tokens in place of the text stream, for the
         prompt rows `rows` of the batch."""
-        return {
-            **arguments,
-            "hidden_states": arguments["hidden_states"][rows],
-            "encoder_hidden_states": concepts,
-            "temb": arguments["temb"][rows],
-        }
+        result = {**arguments, "hidden_states": arguments["hidden_states"][rows], "encoder_hidden_states": concepts}
+        if "temb" in arguments:  # FLUX.2's blocks take their modulation under other names
+            result["temb"] = arguments["temb"][rows]
+        return result

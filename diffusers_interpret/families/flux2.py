@@ -68,19 +68,12 @@ class Flux2KleinFamily(FluxFamily):
     def concept_block_arguments(
         self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
     ) -> Dict[str, Any]:
-        # The concept tokens take the text stream's place, each at the first text token's rotary position.
-        result = {**arguments, "hidden_states": arguments["hidden_states"][rows], "encoder_hidden_states": concepts}
+        # As Flux's (the concepts at the first text token's rotary position), with FLUX.2's modulation inputs.
+        result = super().concept_block_arguments(arguments, concepts, rows)
         for name in ("temb_mod_img", "temb_mod_txt"):
             value = arguments.get(name)
             if isinstance(value, torch.Tensor) and value.shape[0] == arguments["hidden_states"].shape[0]:
                 result[name] = value[rows]
-        rotary = arguments.get("image_rotary_emb")
-        if rotary is not None:
-            text_length = int(arguments["encoder_hidden_states"].shape[1])
-            count = int(concepts.shape[1])
-            result["image_rotary_emb"] = tuple(
-                torch.cat([part[:1].expand(count, *part.shape[1:]), part[text_length:]]) for part in rotary
-            )
         return result
 
     # -- text -----------------------------------------------------------------------------------------------------

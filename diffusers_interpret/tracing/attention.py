@@ -562,6 +562,30 @@ def joint_queries_keys(
     return query, key, head_dim
 
 
+def joint_scores(
+    attn: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_dim: int,
+    queries,
+    attention_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    r"""
+    The scaled scores (batch, heads, queries, all keys) of the joint sequence's positions `queries` (a slice or
+    indices) against every key, with the layer's `attention_mask` ((batch, keys) or (batch, 1, queries or 1, keys))
+    applied as its attention kernel applies it: a boolean mask keeps the keys it marks, a floating one is added.
+    """
+    scale = getattr(attn, "scale", None) or head_dim**-0.5
+    scores = query[:, queries].transpose(1, 2).float() @ key.transpose(1, 2).float().transpose(-1, -2) * scale
+    if attention_mask is None:
+        return scores
+    if attention_mask.dim() == 2:
+        mask = attention_mask[:, None, None, :]
+    else:
+        mask = attention_mask[:, :, queries] if attention_mask.shape[2] > 1 else attention_mask
+    return scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+
+
 @torch.no_grad()
 def joint_attention_probabilities(
     attn: torch.nn.Module,
@@ -601,22 +625,11 @@ def joint_attention_probabilities(
     total = query.shape[1]
     image = slice(text_length, total) if text_first else slice(0, total - text_length)
     text = slice(0, text_length) if text_first else slice(total - text_length, total)
-    image_queries = query[:, image].transpose(1, 2).float()  # (batch, heads, image tokens, head_dim)
-    keys = key.transpose(1, 2).float()  # (batch, heads, all tokens, head_dim)
-    scale = getattr(attn, "scale", None) or head_dim**-0.5
     parts, left_out = [], []
     # (batch, 1, 1, text): the text columns that are not the prompt's own tokens
-    outside = None if content is None else ~content.to(keys.device, torch.bool)[:, None, None, :]
-    if attention_mask is not None:  # (batch, 1, image queries or 1, keys)
-        attention_mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, :, image]
-    for start in range(0, image_queries.shape[2], chunk):
-        scores = image_queries[:, :, start : start + chunk] @ keys.transpose(-1, -2) * scale
-        if attention_mask is not None:
-            part = attention_mask[:, :, start : start + chunk] if attention_mask.shape[2] > 1 else attention_mask
-            if part.dtype == torch.bool:
-                scores = scores.masked_fill(~part, float("-inf"))
-            else:
-                scores = scores + part.float()
+    outside = None if content is None else ~content.to(key.device, torch.bool)[:, None, None, :]
+    for start in range(image.start, image.stop, chunk):
+        scores = joint_scores(attn, query, key, head_dim, slice(start, min(start + chunk, image.stop)), attention_mask)
         if outside is None:
             parts.append(mean_over_heads(scores.softmax(dim=-1)[..., text], selected))
             continue

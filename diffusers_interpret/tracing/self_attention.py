@@ -10,7 +10,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ..box import normalize_box
-from .attention import CrossAttentionRecorder, joint_queries_keys, mean_over_heads, query_grid
+from .attention import CrossAttentionRecorder, joint_queries_keys, joint_scores, mean_over_heads, query_grid
 from .scoped import call_arguments
 
 _UNBOUNDED = 1 << 30
@@ -78,11 +78,7 @@ def joint_self_attention_region(
     total = query.shape[1]
     image = slice(text_length, total) if text_first else slice(0, total - text_length)
     picked = torch.arange(total)[image][list(queries)]
-    scale = getattr(attn, "scale", None) or head_dim**-0.5
-    scores = query[:, picked].transpose(1, 2).float() @ key.transpose(1, 2).float().transpose(-1, -2) * scale
-    if attention_mask is not None:
-        mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, :, picked]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    scores = joint_scores(attn, query, key, head_dim, picked, attention_mask)
     probs = scores.softmax(dim=-1)[..., image]  # (batch, heads, queries, image tokens)
     return mean_over_heads(probs, heads).mean(dim=1)
 
@@ -185,11 +181,7 @@ def joint_text_relations(
     query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
     total = query.shape[1]
     text = slice(0, text_length) if text_first else slice(total - text_length, total)
-    scale = getattr(attn, "scale", None) or head_dim**-0.5
-    scores = query[:, text].transpose(1, 2).float() @ key.transpose(1, 2).float().transpose(-1, -2) * scale
-    if attention_mask is not None:
-        mask = attention_mask[:, None, None, :] if attention_mask.dim() == 2 else attention_mask[:, :, text]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    scores = joint_scores(attn, query, key, head_dim, text, attention_mask)
     return mean_over_heads(scores.softmax(dim=-1)[..., text], heads)
 
 
