@@ -272,7 +272,7 @@ def models():
 
 def estimate(spec, size):
     from diffusers_interpret.memory import MemoryEstimate
-    from diffusers_interpret.tracing.estimate import _encode_text, saved_activation_bytes
+    from diffusers_interpret.tracing.estimate import encoder_graph_bytes, saved_activation_bytes
 
     denoiser, vae = spec["denoiser"](), spec["vae"]()
     inputs = spec["inputs"](size)
@@ -286,10 +286,7 @@ def estimate(spec, size):
         vae, lambda model, z: model.decode(z).sample, torch.empty(shape, dtype=DTYPE), blocks_checkpointed=True
     )
     # The text encoders' graph back to the token embeddings (the token_embeddings level), once a run.
-    text = sum(
-        saved_activation_bytes(make(), _encode_text, torch.zeros((1, length), dtype=torch.long, device="meta"))
-        for make, length in zip(spec["encoders"], spec["text_lengths"])
-    )
+    text = sum(encoder_graph_bytes(make(), 1, length) for make, length in zip(spec["encoders"], spec["text_lengths"]))
     steps = spec["steps"]
     result = MemoryEstimate(
         per_call=per_call,

@@ -27,7 +27,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from diffusers_interpret.tracing.estimate import _encode_text, saved_activation_bytes
+from diffusers_interpret.tracing.estimate import encoder_graph_bytes
 
 GB = 1e9
 
@@ -98,8 +98,7 @@ def main():
         weights = sum(p.numel() for p in encoder.parameters()) * 2
         cells = []
         for tokens in args.tokens:
-            ids = torch.zeros((1, tokens), dtype=torch.long, device="meta")
-            cells.append(saved_activation_bytes(encoder, _encode_text, ids))
+            cells.append(encoder_graph_bytes(encoder, 1, tokens))
         print(f"{model:<26} {name:<40} {weights / GB:>10.1f}" + "".join(f" {c / GB:>14.2f}" for c in cells))
     print(f"\n({time.time() - started:.0f} s)")
 

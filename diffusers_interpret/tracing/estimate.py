@@ -174,9 +174,15 @@ def text_encoder_bytes(pipe, family: PipelineFamily, rows: int, lengths: Sequenc
         encoder = getattr(pipe, slot.encoder, None)
         if encoder is None:
             continue
-        ids = torch.zeros((rows, int(length)), dtype=torch.long, device="meta")
-        total += saved_activation_bytes(encoder, _encode_text, ids)
+        total += encoder_graph_bytes(encoder, rows, int(length))
     return total
+
+
+def encoder_graph_bytes(encoder: torch.nn.Module, rows: int, length: int) -> int:
+    r"""Bytes of activations one text encoder keeps for the backward pass to its token embeddings, run on `rows`
+    prompts of `length` tokens (counted on a shape-only copy: the encoder may live on the meta device)."""
+    ids = torch.zeros((rows, length), dtype=torch.long, device="meta")
+    return saved_activation_bytes(encoder, _encode_text, ids)
 
 
 def estimate_memory(
