@@ -148,5 +148,11 @@ def pipeline_lock(pipe) -> threading.RLock:
 
 
 def call_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> Dict[str, object]:
-    r"""A module call's arguments by name (positional ones included), defaults left out."""
-    return dict(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
+    r"""A module call's arguments by name (positional ones included, those its `**kwargs` took among them), defaults
+    left out."""
+    signature = inspect.signature(module.forward)
+    arguments = dict(signature.bind(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:  # e.g. `Attention`'s `**cross_attention_kwargs`
+            arguments.update(arguments.pop(name, {}))
+    return arguments
