@@ -312,6 +312,8 @@ def _check_call(request: ExplainRequest, pipe, family: PipelineFamily, num_promp
     for name in ("guidance_scale", "true_cfg_scale", "eta", "guidance_rescale"):
         if name in pipeline_kwargs:
             finite_number(pipeline_kwargs[name], name)
+    if "max_sequence_length" in pipeline_kwargs:  # a length of 0 reached T5 as an obscure einsum error
+        positive_int(pipeline_kwargs["max_sequence_length"], "max_sequence_length")
     negative = pipeline_kwargs.get("negative_prompt")
     if negative is not None and not (
         isinstance(negative, str)
@@ -368,7 +370,7 @@ def _size_multiple(pipe, family: PipelineFamily) -> Optional[int]:
     if not factor:
         return None
     config = family.denoiser(pipe).config
-    if family.denoiser_in_channels(pipe) != int(pipe.vae.config.latent_channels):
+    if family.denoiser_in_channels(pipe) != family.latent_channels(pipe):
         return int(factor) * 2
     if getattr(config, "patch_size", None):
         return int(factor) * int(config.patch_size)
@@ -424,6 +426,7 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
                         "pipeline's default is 512)."
                     )
             tokens = tokenizer.tokenize(text)
+            _check_rows_kept(pipe, family, slot, text, pipeline_kwargs)
             if len(tokens) > room:
                 cut = " ".join(tokenizer.convert_tokens_to_string(tokens[room:]).replace("</w>", " ").split())
                 warnings.warn(
@@ -432,6 +435,23 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
                     "attributed.",
                     stacklevel=5,
                 )
+
+
+def _check_rows_kept(pipe, family: PipelineFamily, slot, text: str, pipeline_kwargs: Dict[str, Any]) -> None:
+    # A pipeline that cuts the encoder's states after encoding (Qwen-Image's `max_sequence_length`) would drop the
+    # prompt's last words and the template's end from the model's text: refused, naming the length that keeps them.
+    kept = family.text_rows_kept(pipe, slot, pipeline_kwargs)
+    if kept is None:
+        return
+    full, _ = family.encoder_text(pipe, slot, text)
+    tokenizer = family.tokenizer(pipe, slot)
+    rows = len(tokenizer(full, **family.tokenizer_arguments(pipe, slot, full)).input_ids)
+    rows -= family.dropped_positions(pipe, slot)
+    if rows > kept:
+        raise ValueError(
+            f"The prompt in its template is {rows} tokens long and `max_sequence_length={kept}` keeps {kept}: the "
+            f"model would not see the prompt's end. Use `max_sequence_length={rows}` or more, or a shorter prompt."
+        )
 
 
 def _image_input(

@@ -200,8 +200,8 @@ def build_chat_tokenizer(
                 tokens.append(pair[0] + pair[1])
                 parts = _bpe(parts, ranks)
 
-    lowered = [w.lower() for w in dict.fromkeys(words)] + ["user", "assistant", "system"]
-    for word in dict.fromkeys(lowered):
+    known = [*dict.fromkeys(words), "user", "assistant", "system"]  # as given: a capitalised word is its own token
+    for word in dict.fromkeys(known):
         if word in split_words:
             learn(list(split_words[word]))
         else:

@@ -79,3 +79,46 @@ class ExplicitFlux2Attention:
             return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
         text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
         return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
+
+
+class ExplicitQwenImageAttention:
+    r"""The math of Qwen-Image's dual-stream attention processor with an explicit softmax: each stream's projections
+    and norms, each stream rotated by its own complex frequencies, [text, image] attended jointly (the padding of a
+    batch's shorter prompts masked out)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        encoder_hidden_states_mask=None,
+        attention_mask=None,
+        image_rotary_emb=None,
+    ):
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+        d = attn.inner_dim // attn.heads
+        q, k, v = (f(hidden_states).unflatten(-1, (-1, d)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        eq, ek, ev = (
+            f(encoder_hidden_states).unflatten(-1, (-1, d))
+            for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+        )
+        q, k, eq, ek = attn.norm_q(q), attn.norm_k(k), attn.norm_added_q(eq), attn.norm_added_k(ek)
+        image_freqs, text_freqs = image_rotary_emb
+        q, k = (apply_rotary_emb_qwen(x, image_freqs, use_real=False) for x in (q, k))
+        eq, ek = (apply_rotary_emb_qwen(x, text_freqs, use_real=False) for x in (eq, ek))
+        q, k, v = (torch.cat(pair, 1).transpose(1, 2) for pair in ((eq, q), (ek, k), (ev, v)))
+        scores = q.float() @ k.float().transpose(-1, -2) / d**0.5
+        if encoder_hidden_states_mask is not None:
+            keep = torch.cat(
+                [encoder_hidden_states_mask.bool(), torch.ones_like(hidden_states[..., 0], dtype=torch.bool)], 1
+            )
+            scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        self.store.append(probs)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3)
+        text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
+        return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)

@@ -302,9 +302,14 @@ def test_explain_an_sdxl_model_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", [None, "concept_attention"])
-@pytest.mark.parametrize("family", ["flux", "sd3", "chroma", "flux2_klein", "flux2_dev"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "chroma", "flux2_klein", "flux2_dev", "qwenimage"])
 def test_explain_a_transformer_model_folder(tmp_path, family, method):
-    if family == "flux":
+    if family == "qwenimage":
+        from diffusers_interpret.testing.qwenimage import make_tiny_qwenimage_pipeline
+
+        def make(kind):
+            return make_tiny_qwenimage_pipeline()
+    elif family == "flux":
         from diffusers_interpret.testing.flux import make_tiny_flux_pipeline as make
     elif family == "chroma":
         from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline as make
@@ -321,7 +326,7 @@ def test_explain_a_transformer_model_folder(tmp_path, family, method):
         ["explain", "a cute corgi on the left", "--model", str(tmp_path / "model"), "--steps", "2", "--quiet"]
         + ["--height", "16", "--width", "16", "--box", "0,0,8,16", "--out", str(tmp_path / "out")]
         + ([] if method is None else ["--method", method])
-        + (["--max-sequence-length", "64"] if family in ("chroma", "flux2_klein", "flux2_dev") else [])  # flux: 512
+        + (["--max-sequence-length", "64"] if family not in ("flux", "sd3") else [])  # flux: 512
     )
     assert code == 0
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")

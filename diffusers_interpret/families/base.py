@@ -59,6 +59,8 @@ class TextEncoderSlot:
             (role markers, system message, thinking block) and the padding never are.
         causal (`bool`, *optional*, defaults to `False`): The encoder is causal (an LLM): its state at a position
             depends on the tokens up to it only (what `word_attention`'s hand-back of positions to words uses).
+        pad_to_longest (`bool`, *optional*, defaults to `False`): The pipeline pads a batch's token sequences to the
+            longest of them (at most `token_length`), not to a fixed length (Qwen-Image).
     """
 
     tokenizer: str
@@ -69,6 +71,7 @@ class TextEncoderSlot:
     label: str = "CLIP"
     template: bool = False
     causal: bool = False
+    pad_to_longest: bool = False
 
 
 class PipelineFamily:
@@ -196,6 +199,10 @@ class PipelineFamily:
         r"""The joint-attention layers to record (families with a `joint_attention`), by module name."""
         raise NotImplementedError
 
+    def text_embedder(self, denoiser) -> torch.nn.Module:
+        r"""The denoiser's own projection of text states into its text stream (what concept tokens are made with)."""
+        return denoiser.context_embedder
+
     def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         r"""The dual-stream blocks (a text stream with its own weights beside the image stream) that concept tokens
         are carried through, by module name (the `"concept_attention"` method)."""
@@ -241,8 +248,18 @@ class PipelineFamily:
         return text, 0
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
-        r"""The length the pipeline pads `slot`'s token sequence to."""
+        r"""The length the pipeline pads `slot`'s token sequence to (cuts it at, for a `pad_to_longest` slot)."""
         return int(self.tokenizer(pipe, slot).model_max_length)
+
+    def text_rows_kept(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> Optional[int]:
+        r"""The most positions of `slot`'s states (after `dropped_positions`) the pipeline keeps for the denoiser,
+        where it cuts them after encoding (Qwen-Image's `max_sequence_length`); `None` where it cuts the tokens."""
+        return None
+
+    def dropped_positions(self, pipe, slot: TextEncoderSlot) -> int:
+        r"""The first positions of `slot`'s token sequence whose states the pipeline drops after encoding (the
+        denoiser's text starts after them: Qwen-Image's template prefix); they are never attributed."""
+        return 0
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
         r"""
@@ -295,9 +312,19 @@ class PipelineFamily:
         (alike on every device)."""
         return torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
 
+    def vae_shapes(self, pipe, images: int, size: Tuple[int, int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        r"""The shapes of the VAE's latents and of its pixels for `images` images of `size` (height, width)."""
+        factor = int(getattr(pipe, "vae_scale_factor", 8))
+        height, width = size
+        return (images, self.latent_channels(pipe), height // factor, width // factor), (images, 3, height, width)
+
+    def latent_channels(self, pipe) -> int:
+        r"""The channels of the VAE's latents."""
+        return int(pipe.vae.config.latent_channels)
+
     def denoiser_in_channels(self, pipe) -> int:
         r"""The channels the denoiser reads for an image's latents alone (an inpainting denoiser reads more)."""
-        return int(pipe.vae.config.latent_channels)
+        return self.latent_channels(pipe)
 
     def denoiser_reads_mask(self, pipe) -> bool:
         r"""Whether the denoiser reads more than an image's latents (an inpainting model: the mask and the masked

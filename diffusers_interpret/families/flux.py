@@ -128,7 +128,7 @@ class FluxFamily(TransformerFamily):
         return pipe._pack_latents(noise, latents.shape[0], channels, height, width).to(latents.device, latents.dtype)
 
     def denoiser_in_channels(self, pipe) -> int:
-        return 4 * int(pipe.vae.config.latent_channels)  # one token is a 2x2 patch of latents
+        return 4 * self.latent_channels(pipe)  # one token is a 2x2 patch of latents
 
     def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
         latents = super().encode_image(pipe, pixels)

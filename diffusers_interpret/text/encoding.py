@@ -3,6 +3,7 @@ The text encoders run with a graph: the pipeline's own `encode_prompt` from leaf
 ones) to the conditioning the denoiser reads, and the tracer's conditioning leaves of a traced call.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -105,11 +106,14 @@ def encode_replaced(
     blocks: Sequence[EncoderBlock],
 ) -> Dict[str, torch.Tensor]:
     r"""The pipeline's own `encode_prompt` with each encoder's token embeddings replaced by its block of
-    `token_embeddings` (rows, length, features); the prompts are repeated to the number of rows."""
+    `token_embeddings` (rows, length, features) (the positions before the block's rows, which the pipeline drops after
+    encoding, keep their own); the prompts are repeated to the number of rows."""
     slots = family.text_encoders(pipe)
     rows = token_embeddings.shape[0]
     scopes = [
-        ReplacedInputEmbeddings(getattr(pipe, slot.encoder), token_embeddings[:, block.rows, block.features])
+        ReplacedInputEmbeddings(
+            getattr(pipe, slot.encoder), token_embeddings[:, block.rows, block.features], skip=block.skip
+        )
         for slot, block in zip(slots, blocks)
     ]
     repeated = {name: [texts[0]] * rows for name, texts in prompts.items()}
@@ -135,9 +139,10 @@ def encode_replaced_with_graph(
     leaves = [
         token_embeddings[:, block.rows, block.features].detach().clone().requires_grad_(True) for block in blocks
     ]
+    in_rows = [dataclasses.replace(block, skip=0) for block in blocks]  # the leaves hold the rows alone
     with torch.enable_grad():
-        conditioning = encode_replaced(family, pipe, prompts, call_kwargs, place(leaves, blocks), blocks)
-    return TextEncoding(leaves, conditioning, blocks)
+        conditioning = encode_replaced(family, pipe, prompts, call_kwargs, place(leaves, in_rows), blocks)
+    return TextEncoding(leaves, conditioning, in_rows)
 
 
 def token_embedding_values(family: PipelineFamily, pipe, ids: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -22,10 +22,14 @@ class EncoderBlock:
     Args:
         rows (`slice`): Its token positions (rows of the layout's sequence axis).
         features (`slice`): Its features (of the layout's feature axis).
+        skip (`int`, *optional*, defaults to 0): The encoder's first positions that are in no row: the pipeline drops
+            their states before the denoiser reads the rest (Qwen-Image's template prefix). Its position `skip + r`
+            is row `rows.start + r`.
     """
 
     rows: slice
     features: slice
+    skip: int = 0
 
 
 def text_layout(
@@ -35,7 +39,8 @@ def text_layout(
     Each text encoder's block in the layout at `level`, given its padded token length: at the token level, encoders of
     a sequence group side by side on the features of shared rows, groups one after the other on the rows; at the
     text-encoder-output level, the rows and features its output occupies in the denoiser's `encoder_hidden_states`
-    (`None` for an encoder that conditions through a pooled vector only).
+    (`None` for an encoder that conditions through a pooled vector only). At both levels a row is a position of the
+    denoiser's text: the positions whose states the pipeline drops (`family.dropped_positions`) are in no row.
     """
     output = AttributionLevel(level) is AttributionLevel.TEXT_ENCODER_OUTPUT
     blocks: List[Optional[EncoderBlock]] = []
@@ -47,6 +52,8 @@ def text_layout(
             blocks.append(None)
             continue
         group = slot.sequence_group
+        skip = family.dropped_positions(pipe, slot)
+        length -= skip
         if group not in group_rows:
             group_rows[group], group_width[group] = slice(next_row, next_row + length), 0
             next_row += length
@@ -58,7 +65,7 @@ def text_layout(
             width = int(input_embeddings(getattr(pipe, slot.encoder)).weight.shape[-1])
             features = slice(group_width[group], group_width[group] + width)
             group_width[group] += width
-        blocks.append(EncoderBlock(group_rows[group], features))
+        blocks.append(EncoderBlock(group_rows[group], features, skip))
     return blocks
 
 
@@ -69,9 +76,10 @@ def layout_shape(blocks: Sequence[Optional[EncoderBlock]]) -> Tuple[int, int]:
 
 
 def place(parts: Sequence[Optional[torch.Tensor]], blocks: Sequence[Optional[EncoderBlock]]) -> torch.Tensor:
-    r"""Each encoder's (..., length, width) tensor in its block of one (..., rows, features) tensor (zeros elsewhere).
-    With one block at the origin, the tensor itself."""
+    r"""Each encoder's (..., length, width) tensor in its block of one (..., rows, features) tensor (zeros elsewhere),
+    its first `block.skip` positions left out. With one block at the origin, the tensor itself."""
     present = [(part, block) for part, block in zip(parts, blocks) if block is not None and part is not None]
+    present = [(part[..., block.skip :, :] if block.skip else part, block) for part, block in present]
     rows, width = layout_shape(blocks)
     if len(present) == 1 and tuple(present[0][0].shape[-2:]) == (rows, width):
         return present[0][0]

@@ -214,6 +214,9 @@ def tokenize(
         length = family.token_length(pipe, slot, call_kwargs or {})
         read = [family.encoder_text(pipe, slot, text) for text in texts]  # (what the tokenizer reads, where)
         extra = [family.tokenizer_arguments(pipe, slot, full) for full, _ in read]
+        if slot.pad_to_longest:
+            longest = max(len(tokenizer(full, **arguments).input_ids) for (full, _), arguments in zip(read, extra))
+            length = min(length, longest)
         ids = [
             tokenizer(full, padding="max_length", max_length=length, truncation=True, **arguments).input_ids
             for (full, _), arguments in zip(read, extra)
@@ -236,6 +239,9 @@ def tokenize(
             else attributed_positions(row, tokenizer, consider_special_tokens)
             for (tokenizer, _, _, _, _), row, row_spans, slot in zip(per_encoder, ids, spans, slots)
         ]
+        # Positions whose states the pipeline drops reach the denoiser as no row: never attributed.
+        skips = [0 if block is None else block.skip for block in blocks]
+        positions = [[p for p in row if p >= skip] for row, skip in zip(positions, skips)]
         units: List[TokenUnit] = []
         scored = [k for k in range(len(ids)) if blocks[k] is not None]
         for group in dict.fromkeys(slots[k].sequence_group for k in scored):
@@ -244,13 +250,13 @@ def tokenize(
             words = [[labels[k][p] for p in positions[k]] for k in range(len(ids))]
             if all(positions[k] == positions[first] and words[k] == words[first] for k in members):
                 # One unit per token, scored over every member's features (SDXL's CLIP-L and CLIP-G).
-                start = blocks[first].rows.start
+                start = blocks[first].rows.start - blocks[first].skip
                 units += [
                     TokenUnit(labels[first][p], start + p, ids[first][p], tuple(members), p) for p in positions[first]
                 ]
             else:
                 units += [
-                    TokenUnit(labels[k][p], blocks[k].rows.start + p, ids[k][p], (k,), p)
+                    TokenUnit(labels[k][p], blocks[k].rows.start - blocks[k].skip + p, ids[k][p], (k,), p)
                     for k in members
                     for p in positions[k]
                 ]

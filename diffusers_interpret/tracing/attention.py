@@ -16,12 +16,13 @@ from the same query, key and value tensors, and computes the probabilities on th
 
 import dataclasses
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
+from ..checks import int_list, positive_int
 from ..families import PipelineFamily
 from .maps import AttentionMapsData
 from .run import Recording, RunPlan
@@ -251,11 +252,12 @@ class CrossAttentionRecorder(ScopedHooks):
         self.maps_class = maps_class
         self.family = family
         self.unet = self.family.denoiser(pipe)
-        self.steps = None if steps is None else [int(s) for s in steps]
+        self.steps = None if steps is None else int_list(steps, "steps")
         self.keep_per_step = keep_per_step
         self.layer_filter = None if layers is None else {self._layer_key(name) for name in layers}
         self.heads = None if heads is None else _head_list(heads)
         self.keep_per_layer = keep_per_layer
+        positive_int(max_record_bytes, "max_record_bytes", allow_none=False)
         self.max_record_bytes = int(max_record_bytes)
         self.enabled = True
         self._own_counter = counter is None
@@ -554,12 +556,37 @@ def joint_queries_keys(
         text_key = split(text_key, getattr(attn, "norm_added_k", None))
         pairs = ((text_query, query), (text_key, key)) if text_first else ((query, text_query), (key, text_key))
         query, key = torch.cat(pairs[0], dim=1), torch.cat(pairs[1], dim=1)
-    if image_rotary_emb is not None:
-        from diffusers.models.embeddings import apply_rotary_emb
+    if image_rotary_emb is None:
+        return query, key, head_dim
+    if isinstance(image_rotary_emb, (tuple, list)) and image_rotary_emb[0].is_complex():
+        # Qwen-Image's: complex frequencies of the image's and of the text's positions, each stream rotated apart.
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
-        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        image_freqs, text_freqs = image_rotary_emb
+        freqs = torch.cat([text_freqs, image_freqs] if text_first else [image_freqs, text_freqs])
+        query = apply_rotary_emb_qwen(query, freqs, use_real=False)
+        key = apply_rotary_emb_qwen(key, freqs, use_real=False)
+        return query, key, head_dim
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+    key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
     return query, key, head_dim
+
+
+def layer_mask(arguments: Dict[str, Any], text_first: bool = True) -> Optional[torch.Tensor]:
+    r"""
+    A joint-attention layer's mask over its whole sequence, from its call's arguments: its `attention_mask`, or one
+    made from an `encoder_hidden_states_mask` over the text alone as Qwen-Image's processor makes it (the text's
+    marks, every image token kept): (batch, keys) bool.
+    """
+    mask = arguments.get("attention_mask")
+    text_mask = arguments.get("encoder_hidden_states_mask")
+    if mask is not None or text_mask is None:
+        return mask
+    image = torch.ones(text_mask.shape[0], arguments["hidden_states"].shape[1], dtype=torch.bool)
+    parts = [text_mask.bool(), image.to(text_mask.device)]
+    return torch.cat(parts if text_first else parts[::-1], dim=1)
 
 
 def joint_scores(
@@ -676,7 +703,8 @@ class JointAttentionRecorder(CrossAttentionRecorder):
             arguments = call_arguments(module, args, kwargs)  # by name: the layers' signatures differ (Flux 2's)
             hidden_states = arguments["hidden_states"]
             encoder_hidden_states = arguments.get("encoder_hidden_states")
-            rotary, mask = arguments.get("image_rotary_emb"), arguments.get("attention_mask")
+            rotary = arguments.get("image_rotary_emb")
+            mask = layer_mask(arguments, self.family.joint_attention.text_first)
             rows = self.kept_rows(int(hidden_states.shape[0]))
             probs, left_out = joint_attention_probabilities(
                 module,

@@ -15,6 +15,7 @@ from typing import Iterable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..checks import int_list
 from ..families import TransformerFamily
 from .attention import query_grid
 from .maps import ConceptMaps
@@ -33,7 +34,7 @@ class ConceptAttentionRecorder(ScopedHooks):
         family (`TransformerFamily`): Its family.
         concepts (`List[str]`): The concepts' names.
         concept_states (`torch.Tensor`): (concepts, features): each concept's text-encoder states, in the space of
-            the transformer's `encoder_hidden_states` (before its `context_embedder`).
+            the transformer's `encoder_hidden_states` (before the family's `text_embedder`).
         steps (`Iterable[int]`, *optional*): Denoiser calls to record (negative: from the end); all by default.
         counter (`StepCounter`, *optional*): The explainer's shared call counter.
         softmax (`bool`, *optional*, defaults to `True`): A softmax across the concepts at each image token (the
@@ -58,7 +59,7 @@ class ConceptAttentionRecorder(ScopedHooks):
         self.transformer = family.denoiser(pipe)
         self.concepts = list(concepts)
         self.concept_states = concept_states
-        self.steps = None if steps is None else [int(s) for s in steps]
+        self.steps = None if steps is None else int_list(steps, "steps")
         self._own_counter = counter is None
         self.counter = counter or StepCounter(pipe, self.transformer, family.calls_per_step(pipe))
         self._reset()
@@ -116,9 +117,9 @@ class ConceptAttentionRecorder(ScopedHooks):
         sample = self.family.read_sample(args, kwargs)
         self._rows = self.family.positive_rows(self.pipe, int(sample.shape[0]))
         images = len(range(*self._rows.indices(int(sample.shape[0]))))
-        embedder = self.transformer.context_embedder
+        embedder = self.family.text_embedder(self.transformer)
         with torch.no_grad():
-            states = self.concept_states.to(device=sample.device, dtype=embedder.weight.dtype)
+            states = self.concept_states.to(device=sample.device, dtype=next(embedder.parameters()).dtype)
             self._concepts = embedder(states).unsqueeze(0).expand(images, -1, -1)
         self._current_call = index
         return None

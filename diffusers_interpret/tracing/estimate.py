@@ -207,17 +207,12 @@ def estimate_memory(
     # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
     rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
     vae = pipe.vae
-    factor = getattr(pipe, "vae_scale_factor", 8)
-    height, width = size
-    latents = torch.empty(
-        (rows.stop - rows.start, vae.config.latent_channels, height // factor, width // factor),
-        dtype=vae.dtype,
-        device="meta",
-    )
+    latent_shape, pixel_shape = family.vae_shapes(pipe, rows.stop - rows.start, size)
+    latents = torch.empty(latent_shape, dtype=vae.dtype, device="meta")
     decoder = saved_activation_bytes(vae, _decode, latents, blocks_checkpointed=checkpoint)  # as `tracing.decode` does
     encoder = 0
     if pixels:
-        images = torch.empty((latents.shape[0], 3, height, width), dtype=vae.dtype, device="meta")
+        images = torch.empty(pixel_shape, dtype=vae.dtype, device="meta")
         encoder = saved_activation_bytes(vae, _encode, images)
     text = 0 if text_lengths is None else text_encoder_bytes(pipe, family, rows.stop - rows.start, text_lengths)
     device = getattr(pipe, "_execution_device", None) or denoiser.device

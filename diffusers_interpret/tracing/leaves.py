@@ -37,23 +37,28 @@ class LeafInputEmbeddings(ScopedHooks):
 
 
 class ReplacedInputEmbeddings(ScopedHooks):
-    r"""Within the block, the text encoder's token embedding layer returns `embeddings` (same shape) instead."""
+    r"""Within the block, the text encoder's token embedding layer returns `embeddings` (same shape) instead; with
+    `skip`, its own embeddings of the first `skip` positions, then `embeddings`."""
 
-    def __init__(self, text_encoder: torch.nn.Module, embeddings: torch.Tensor):
+    def __init__(self, text_encoder: torch.nn.Module, embeddings: torch.Tensor, skip: int = 0):
         super().__init__()
         self.layer = input_embeddings(text_encoder)
         self.embeddings = embeddings
+        self.skip = skip
 
     def _install(self) -> None:
         self.hook_forward(self.layer, self._replace, with_kwargs=False)
 
     def _replace(self, module, args, output):
-        if output.shape != self.embeddings.shape:
+        shape = (*output.shape[:-2], output.shape[-2] - self.skip, output.shape[-1])
+        if tuple(shape) != tuple(self.embeddings.shape):
             raise RuntimeError(
                 f"Replacement token embeddings have shape {tuple(self.embeddings.shape)}, the text encoder made "
-                f"{tuple(output.shape)}."
+                f"{tuple(output.shape)}" + (f" (its first {self.skip} positions kept)." if self.skip else ".")
             )
-        return self.embeddings.to(output.dtype)
+        if not self.skip:
+            return self.embeddings.to(output.dtype)
+        return torch.cat([output[:, : self.skip], self.embeddings.to(output.dtype)], dim=1)
 
 
 class LeafPreprocessedImage(ScopedHooks):

@@ -10,7 +10,14 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ..box import normalize_box
-from .attention import CrossAttentionRecorder, joint_queries_keys, joint_scores, mean_over_heads, query_grid
+from .attention import (
+    CrossAttentionRecorder,
+    joint_queries_keys,
+    joint_scores,
+    layer_mask,
+    mean_over_heads,
+    query_grid,
+)
 from .scoped import call_arguments
 
 _UNBOUNDED = 1 << 30
@@ -143,7 +150,7 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
                 probs = self_attention_region(module, hidden_states.detach()[rows], self._cells(tokens), self.heads)
             else:
                 text = arguments.get("encoder_hidden_states")
-                mask = arguments.get("attention_mask")
+                mask = layer_mask(arguments, self.family.joint_attention.text_first)
                 image_tokens = int(hidden_states.shape[1]) - (0 if text is not None else self._text_length)
                 probs = joint_self_attention_region(
                     module,
@@ -216,7 +223,7 @@ class TextRelationRecorder(CrossAttentionRecorder):
         arguments = call_arguments(module, args, kwargs)
         hidden_states = arguments["hidden_states"]
         text = arguments.get("encoder_hidden_states")
-        mask = arguments.get("attention_mask")
+        mask = layer_mask(arguments, self.family.joint_attention.text_first)
         rows = self.kept_rows(int(hidden_states.shape[0]))
         relations = joint_text_relations(
             module,

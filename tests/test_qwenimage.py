@@ -1,0 +1,264 @@
+"""Qwen-Image through the family seam: a dropped template prefix, gradients through Qwen2.5-VL, MMDiT attention."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import seeded
+from explicit_attention import ExplicitQwenImageAttention
+
+from diffusers_interpret import QwenImagePipelineExplainer, explainer_for
+from diffusers_interpret.testing.qwenimage import TINY_QWEN_IMAGE_CALL, make_tiny_qwenimage_pipeline
+
+PROMPT = "a cute corgi on the left"
+SIZE, STEPS = 32, 3
+COMMON = dict(height=SIZE, width=SIZE, num_inference_steps=STEPS, **TINY_QWEN_IMAGE_CALL)
+TRUE_CFG = dict(negative_prompt="blurry", true_cfg_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return make_tiny_qwenimage_pipeline()
+
+
+@pytest.fixture(scope="module")
+def qwen64():
+    return make_tiny_qwenimage_pipeline(dtype=torch.float64)
+
+
+def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
+    kwargs.setdefault("attribution_method", "grad_x_input")
+    return explainer_for(pipe, verbose=False)(prompt, generator=seeded(seed), **{**COMMON, **kwargs})
+
+
+def templated_ids(pipe, prompt=PROMPT):
+    # What the pipeline's own `_get_qwen_prompt_embeds` tokenizes: the prompt in its describing template (a single
+    # prompt: no padding); it drops the first `prompt_template_encode_start_idx` positions' states.
+    text = pipe.prompt_template_encode.format(prompt)
+    return text, pipe.tokenizer(text, return_tensors="pt")
+
+
+def box_sum(images: torch.Tensor, box) -> torch.Tensor:
+    (x0, y0), (x1, y1) = box
+    return images[0, :, y0:y1, x0:x1].sum()
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "concept_attention", "ablation"])
+def test_image_is_the_pipelines_image(qwen, method):
+    # One transformer call a step (no negative prompt), and true CFG (the negative prompt's call after the prompt's).
+    for seed, extra in ((1, {}), (2, TRUE_CFG)):
+        expected = qwen(prompt=PROMPT, generator=seeded(seed), output_type="np", **COMMON, **extra).images[0]
+        out = explain(qwen, seed=seed, attribution_method=method, output_type="np", **extra)
+        np.testing.assert_array_equal(out.image, expected)
+        assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.any()
+    assert isinstance(explainer_for(qwen), QwenImagePipelineExplainer)
+
+
+def test_only_the_prompts_own_tokens_are_attributed_at_the_rows_the_transformer_reads(qwen):
+    # The dropped prefix (system message, the user's marker) has no row; the template's end (end marker, the
+    # assistant's marker) reaches the transformer and is not ranked; a word split into pieces is one word.
+    out = explain(qwen)
+    text, ids = templated_ids(qwen)
+    drop = qwen.prompt_template_encode_start_idx
+    start = text.index(PROMPT)
+    offsets = qwen.tokenizer(text, return_offsets_mapping=True).offset_mapping
+    inside = [p for p, (a, b) in enumerate(offsets) if b > a and a < start + len(PROMPT) and b > start]
+    assert inside[0] == drop  # the prompt starts where the dropped prefix ends
+    assert list(out.token_positions) == [p - drop for p in inside]
+    assert [label for label, _ in out.token_attributions] == ["a", "cute", "cor", "gi", "on", "the", "left"]
+    scores = out.token_attributions.scores
+    assert [w for w, _ in out.word_attributions] == PROMPT.split()
+    assert out.word_attributions[2][1] == pytest.approx(scores[2] + scores[3], rel=1e-6)
+    # The rows are those of the transformer's text: the states the pipeline hands it.
+    states, _ = qwen.encode_prompt(prompt=PROMPT, max_sequence_length=COMMON["max_sequence_length"])
+    assert states.shape[1] == ids.input_ids.shape[1] - drop
+    # Asked for, the template's end is attributed too (the dropped prefix never: the transformer never reads it).
+    every = explain(qwen, consider_special_tokens=True)
+    assert list(every.token_positions) == list(range(ids.input_ids.shape[1] - drop))
+    assert out.pooled_share is None
+
+
+def test_token_gradients_equal_an_independent_autograd_and_finite_differences(qwen64):
+    # The LLM's token embedding output of the templated prompt replaced by a leaf, the pipeline's own __call__ with
+    # grad (true CFG: the negative prompt's call left alone), the box sum differentiated; then the directional
+    # derivative along that gradient by central differences. (The transformer's rotary embedding computes in float32
+    # whatever the model's dtype: the differences are taken at a step that float32 rounding does not swamp.)
+    pipe, box, eps = qwen64, ((0, 0), (16, 32)), 1e-4
+    out = explain(pipe, explanation_2d_bounding_box=box, **TRUE_CFG)
+    ids, leaf = templated_ids(pipe)[1].input_ids, {}
+    embed = pipe.text_encoder.get_input_embeddings()
+
+    def replace(module, args, output):
+        if torch.equal(args[0], ids):
+            leaf["e"] = output.detach().clone().requires_grad_(True)
+            return leaf["e"]
+        return output
+
+    handle = embed.register_forward_hook(replace)
+    try:
+        with torch.enable_grad():
+            run = type(pipe).__call__.__wrapped__
+            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **TRUE_CFG).images
+            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
+    finally:
+        handle.remove()
+    units = out.session.trace.prompt_tokens[0].units
+    for row, unit in enumerate(units):
+        np.testing.assert_allclose(
+            out.token_gradients[row], grad[0, unit.token_index], rtol=1e-5, atol=1e-7 * float(grad.abs().max())
+        )
+    # The dropped prefix carries gradient too (the LLM is causal: the prompt's states read it), and is not a row.
+    drop = pipe.prompt_template_encode_start_idx
+    assert float(grad[0, :drop].abs().sum()) > 0 and min(u.token_index for u in units) >= drop
+    norm = float(grad.norm())
+
+    def shifted(sign):
+        def add(module, args, output):
+            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
+
+        handle = embed.register_forward_hook(add)
+        try:
+            images = pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **TRUE_CFG).images
+            return float(box_sum(images, box))
+        finally:
+            handle.remove()
+
+    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+
+
+def test_joint_attention_maps_equal_an_independent_computation(qwen):
+    out = explain(qwen, attribution_method="attention", output_type="np")
+    maps = out.attention_maps.maps[0]  # (text rows, H, W)
+    _, ids = templated_ids(qwen)
+    length = ids.input_ids.shape[1] - qwen.prompt_template_encode_start_idx
+    assert maps.shape == (length, SIZE, SIZE)
+    processors = qwen.transformer.attn_processors
+    store = []
+    qwen.transformer.set_attn_processor({name: ExplicitQwenImageAttention(store) for name in processors})
+    try:
+        replayed = qwen(prompt=PROMPT, generator=seeded(0), output_type="np", **COMMON).images[0]
+    finally:
+        qwen.transformer.set_attn_processor(dict(processors))
+    np.testing.assert_allclose(replayed, out.image, atol=1e-5)  # the independent processors are the model's math
+    grid = SIZE // qwen.vae_scale_factor // 2  # 2x2 patches of the latents: 4x4 image tokens
+    content = list(out.token_positions)
+    image_to_text = [p[0, :, length:, :length] for p in store]
+    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    layers = len(qwen.transformer.transformer_blocks)
+
+    def aggregate(per_layer):
+        per_call = [torch.stack(per_layer[i : i + layers]).mean(0) for i in range(0, len(per_layer), layers)]
+        probs = torch.stack(per_call).mean(0)
+        grid_maps = probs.T.reshape(probs.shape[-1], grid, grid)
+        return F.interpolate(grid_maps[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+
+    expected = torch.zeros(length, SIZE, SIZE)
+    expected[content] = aggregate([k.mean(0) for k in kept])
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    left_out = [(1 - p[..., content].sum(-1) / p.sum(-1)).mean(0)[..., None] for p in image_to_text]
+    np.testing.assert_allclose(out.attention_maps.excluded_share[0], aggregate(left_out)[0], atol=1e-5)
+    assert 0 < out.attention_sink_share < 1
+
+
+def test_each_image_of_a_batch_reads_its_own_prompts_tokens(qwen):
+    # Two prompts of different lengths: the pipeline pads the shorter one's template and masks its padding out of the
+    # transformer's attention. The images are the pipeline's; every image's words are its own prompt's; its maps are
+    # of its own prompt's tokens only; the padding's rows get no attention (the mask), and no gradient.
+    prompts = ["a cute corgi on the left", "a dog"]
+    expected = qwen(prompt=prompts, generator=seeded(0), output_type="np", **COMMON).images
+    explainer = QwenImagePipelineExplainer(qwen, verbose=False)
+    for method in ("attention", "grad_x_input"):
+        outputs = explainer(prompts, generator=seeded(0), attribution_method=method, output_type="np", **COMMON)
+        for index, output in enumerate(outputs):
+            np.testing.assert_array_equal(output.image, expected[index])
+        assert [[w for w, _ in o.word_attributions] for o in outputs] == [PROMPT.split(), ["a", "dog"]]
+        if method == "attention":
+            for index, output in enumerate(outputs):
+                maps = output.attention_maps.maps[index]
+                content = list(output.token_positions)
+                others = [p for p in range(maps.shape[0]) if p not in content]
+                np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
+                assert float(maps[others].abs().max()) == 0
+        assert all(
+            np.isfinite(o.token_attributions.scores).all() and o.token_attributions.scores.any() for o in outputs
+        )
+
+
+def test_a_length_that_cuts_the_prompts_states_is_refused_before_any_model_runs(qwen):
+    # The pipeline keeps `max_sequence_length` of the states after the dropped prefix: a prompt longer than that
+    # would lose its end (and the explanation its rows) silently. Refused, naming the length that keeps it whole.
+    _, ids = templated_ids(qwen)
+    needed = ids.input_ids.shape[1] - qwen.prompt_template_encode_start_idx
+    calls = []
+    handle = qwen.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=f"Use `max_sequence_length={needed}` or more"):
+            explain(qwen, max_sequence_length=needed - 1)
+        assert not calls
+    finally:
+        handle.remove()
+    assert [w for w, _ in explain(qwen, max_sequence_length=needed).word_attributions] == PROMPT.split()
+
+
+def test_state_restored_after_an_injected_exception(qwen):
+    explainer = QwenImagePipelineExplainer(qwen, verbose=True)
+    processors = qwen.transformer.attn_processors
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    def hooks():
+        modules = [*qwen.transformer.modules(), *qwen.text_encoder.modules()]
+        return [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules]
+
+    explain(qwen)
+    before = hooks()
+    for method in ("grad_x_input", "word_attention", "concept_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explainer(PROMPT, callback_on_step_end=boom, attribution_method=method, **COMMON)
+        assert torch.is_grad_enabled()
+        assert hooks() == before
+        assert all(qwen.transformer.attn_processors[k] is v for k, v in processors.items())
+    expected = qwen(prompt=PROMPT, generator=seeded(3), output_type="np", **COMMON).images[0]
+    np.testing.assert_array_equal(explain(qwen, seed=3, output_type="np").image, expected)
+
+
+def test_an_existing_image_is_explained(qwen):
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    explainer = explainer_for(qwen, verbose=False)
+    for method in ("word_attention", "grad_x_input", "concept_attention"):
+        out = explainer.explain_image(image, PROMPT, attribution_method=method, **TINY_QWEN_IMAGE_CALL)
+        assert [w for w, _ in out.word_attributions] == PROMPT.split()
+        assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.max() > 0, method
+
+
+def test_word_attention_reads_the_causal_llm_only_up_to_the_prompts_last_token(qwen, monkeypatch):
+    from diffusers_interpret.text import mixing
+
+    fast = explain(qwen, attribution_method="word_attention", prompt_dependence=False)
+    computed = []
+    original = mixing._feeding_rows
+
+    def every_row(family, slots, blocks, group, tokens):
+        computed.append(original(family, slots, blocks, group, tokens))
+        return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
+
+    monkeypatch.setattr(mixing, "_feeding_rows", every_row)
+    full = explain(qwen, attribution_method="word_attention", prompt_dependence=False)
+    assert computed and computed[0][1] == max(fast.token_positions) + 1
+    np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(qwen):
+    box = ((0, 0), (16, 32))
+    plain = explain(qwen, explanation_2d_bounding_box=box)
+    explainer = QwenImagePipelineExplainer(qwen, verbose=False, gradient_checkpointing=True)
+    checkpointed = explainer(
+        PROMPT, generator=seeded(0), attribution_method="grad_x_input", explanation_2d_bounding_box=box, **COMMON
+    )
+    np.testing.assert_array_equal(np.asarray(checkpointed.image), np.asarray(plain.image))
+    np.testing.assert_allclose(checkpointed.token_gradients, plain.token_gradients, rtol=1e-4, atol=1e-7)
