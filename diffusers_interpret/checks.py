@@ -12,6 +12,14 @@ def positive_int(value, name: str, allow_none: bool = True) -> None:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+def int_list(value, name: str) -> list:
+    r"""`value` (an iterable of integers) as a list; a `ValueError` naming `name` for anything else."""
+    items = list(value) if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") else None
+    if items is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"`{name}` must be a list of integers, got {value!r}.")
+    return items
+
+
 def finite_number(value, name: str, low: Optional[float] = None, high: Optional[float] = None) -> None:
     r"""Raise a `ValueError` unless `value` is a finite real number (within [low, high] where given)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -21,6 +21,7 @@ from diffusers_interpret import (
     explainer_for,
     faithfulness,
 )
+from diffusers_interpret.attention import record_cross_attention, record_self_attention, record_text_relations
 from diffusers_interpret.cli import main
 from diffusers_interpret.testing import make_tiny_pipeline
 from diffusers_interpret.views.report import write_report
@@ -53,8 +54,10 @@ def kept(tiny_pipe):
 
 
 def denoiser_calls(pipe):
+    from diffusers_interpret.families import family_for
+
     calls = []
-    handle = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    handle = family_for(pipe).denoiser(pipe).register_forward_pre_hook(lambda *a: calls.append(1))
     return calls, handle
 
 
@@ -330,6 +333,84 @@ def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch
     assert not list(tmp_path.iterdir()), "a refused call wrote a file"
 
 
+def _tiny(family):
+    # The newer families' tiny pipelines, with the call settings their tests use.
+    if family == "qwenimage":
+        from diffusers_interpret.testing.qwenimage import TINY_QWEN_IMAGE_CALL, make_tiny_qwenimage_pipeline
+
+        return make_tiny_qwenimage_pipeline(), dict(height=32, width=32, **TINY_QWEN_IMAGE_CALL)
+    if family == "chroma":
+        from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline
+
+        return make_tiny_chroma_pipeline("text2img"), dict(height=16, width=16, max_sequence_length=16)
+    from diffusers_interpret.testing import flux2
+
+    if family == "flux2_klein":
+        return flux2.make_tiny_flux2_klein_pipeline(), dict(height=16, width=16, **flux2.TINY_FLUX2_CALL)
+    return flux2.make_tiny_flux2_dev_pipeline(), dict(height=16, width=16, max_sequence_length=64)
+
+
+@pytest.fixture(scope="module")
+def family_pipes():
+    return {}
+
+
+FAMILIES = [
+    ("qwen-length-cuts-prompt", "qwenimage", dict(max_sequence_length=4), BAD, "max_sequence_length=12"),
+    ("qwen-length-over-1024", "qwenimage", dict(max_sequence_length=2000), BAD, "max_sequence_length"),
+    ("qwen-length-0", "qwenimage", dict(max_sequence_length=0), BAD, "max_sequence_length"),
+    ("qwen-special-token", "qwenimage", dict(prompt="a dog <|im_end|>"), BAD, "<|im_end|>"),
+    ("qwen-size", "qwenimage", dict(height=30), BAD, "height"),
+    ("qwen-true-cfg-str", "qwenimage", dict(true_cfg_scale="4", negative_prompt="x"), BAD, "true_cfg_scale"),
+    ("qwen-image", "qwenimage", dict(image=Image.new("RGB", (32, 32))), BAD, "image"),
+    ("chroma-length-0", "chroma", dict(max_sequence_length=0), BAD, "max_sequence_length"),
+    ("chroma-length-str", "chroma", dict(max_sequence_length="64"), BAD, "max_sequence_length"),
+    ("klein-reference-image", "flux2_klein", dict(image=Image.new("RGB", (16, 16))), BAD, "image="),
+    ("klein-length-no-room", "flux2_klein", dict(max_sequence_length=3), BAD, "max_sequence_length=3"),
+    ("dev-caption-upsampling", "flux2_dev", dict(caption_upsample_temperature=0.7), BAD, "caption_upsample"),
+]
+
+
+@pytest.mark.parametrize("family, kwargs, error, name", **table(FAMILIES))
+def test_newer_families(family_pipes, family, kwargs, error, name):
+    if family not in family_pipes:
+        family_pipes[family] = _tiny(family)
+    pipe, common = family_pipes[family]
+    call = {"prompt": "a cute corgi on the left", "num_inference_steps": 2, **common, **kwargs}
+    refused(pipe, lambda: explainer_for(pipe, verbose=False)(**call), error, name)
+
+
+def _record(pipe, make):
+    with make(pipe):
+        pipe(PROMPT, num_inference_steps=1, generator=seeded(0))
+
+
+RECORDERS = [
+    ("heads-str", lambda p: _record(p, lambda q: record_cross_attention(q, heads="all")), BAD, "heads"),
+    ("heads-empty", lambda p: _record(p, lambda q: record_cross_attention(q, heads=[])), BAD, "heads"),
+    ("heads-twice", lambda p: _record(p, lambda q: record_cross_attention(q, heads=[1, 1])), BAD, "heads"),
+    ("steps-str", lambda p: _record(p, lambda q: record_cross_attention(q, steps="all")), BAD, "steps"),
+    ("layers-unknown", lambda p: _record(p, lambda q: record_cross_attention(q, layers=["nope"])), BAD, "nope"),
+    ("record-bytes-0", lambda p: _record(p, lambda q: record_cross_attention(q, max_record_bytes=0)), BAD, "max_rec"),
+    ("self-box-str", lambda p: _record(p, lambda q: record_self_attention(q, box="left")), BAD, "bounding_box"),
+    ("text-relations-unet", lambda p: _record(p, record_text_relations), BAD, "text relations"),
+]
+
+
+@pytest.mark.parametrize("run, error, name", **table(RECORDERS))
+def test_recorders(tiny_pipe, run, error, name):
+    refused(tiny_pipe, lambda: run(tiny_pipe), error, name)
+
+
+def test_exporting_maps_an_output_has_not(tiny_pipe, tmp_path):
+    # A gradient explanation without its prompt-dependence map and without recorded attention has no map.
+    output = StableDiffusionPipelineExplainer(tiny_pipe, verbose=False)(
+        PROMPT, num_inference_steps=1, attribution_method="grad_x_input", prompt_dependence=False, generator=seeded(0)
+    )
+    refused(tiny_pipe, lambda: output.export_maps(tmp_path / "maps"), BAD, "attention_maps")
+    assert not list(tmp_path.iterdir()), "a refused call wrote a file"
+
+
 CLI = [
     ("no-command", [], "demo, explain or explain-image"),
     ("true-cfg-on-sd", ["explain", "a red circle", "--true-cfg-scale", "2"], "--true-cfg-scale"),
@@ -394,7 +475,7 @@ def test_command_line(argv, name, tmp_path, capsys, monkeypatch):
 
 def test_the_table_has_at_least_80_cases():
     count = len(TEXT_TO_IMAGE) + len(IMG2IMG) + len(INPAINT) + len(EXISTING_IMAGE) + len(CONSTRUCTION) + len(OUTPUTS)
-    count += len(CLI)
+    count += len(CLI) + len(FAMILIES) + len(RECORDERS)
     assert count >= 80, count
 
 

@@ -44,14 +44,14 @@ def export_maps(
     check_colormap(cmap)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(output)
     if not arrays:
         raise ValueError(
             "This explanation has no maps to export: use a method that makes them ('word_attention', "
             "'concept_attention', 'attention') or `attention_maps=True`."
         )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     written = {MAPS_FILE: folder / MAPS_FILE, SETTINGS_FILE: folder / SETTINGS_FILE}
     np.savez_compressed(written[MAPS_FILE], **arrays)
     settings = _settings(output, arrays)
