@@ -9,6 +9,8 @@ version = re.search(r'^__version__ = "([^"]+)"', (here / "diffusers_interpret" /
 # `diffusers-interpret batch` / `explain_dataset`: processes, Parquet shards, saved datasets as input.
 BATCH_REQUIREMENTS = ["accelerate>=0.26", "pyarrow>=12", "datasets>=2.14"]
 QUANTIZATION_REQUIREMENTS = ["torchao>=0.12", "gguf>=0.10", "bitsandbytes>=0.48"]
+# PRXPipeline cleans every prompt with ftfy (diffusers imports it only where it is installed).
+PRX_REQUIREMENTS = ["ftfy>=6"]
 requirements = [line.strip() for line in (here / "requirements.txt").read_text().splitlines() if line.strip()]
 
 setup(
@@ -38,9 +40,11 @@ setup(
         "batch": BATCH_REQUIREMENTS,
         "test": ["pytest>=7", "scipy>=1.10", "ruff>=0.5", "selenium>=4.10", "nbconvert>=7", "ipykernel>=6", "h5py>=3"]
         + BATCH_REQUIREMENTS
-        + QUANTIZATION_REQUIREMENTS,
+        + QUANTIZATION_REQUIREMENTS
+        + PRX_REQUIREMENTS,
         # diffusers' quantization backends that run on the CPU (tests/test_quantization.py).
         "quantization": QUANTIZATION_REQUIREMENTS,
+        "prx": PRX_REQUIREMENTS,
         # `segmentation.imagenet_segmentation` reads ImageNet-Segmentation's MATLAB v7.3 file.
         "segmentation": ["h5py>=3"],
         "docs": ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.25"],

@@ -176,7 +176,7 @@ class Regeneration:
                         if k in unit.encoders:
                             row[unit.token_index] = pad
                 elif baseline == "empty":
-                    empty, _ = self.family.encoder_text(self.pipe, slot, "")
+                    empty, _ = self.family.encoder_text(self.pipe, slot, "", self.call_kwargs)
                     extra = self.family.tokenizer_arguments(self.pipe, slot, empty)
                     row = tokenizer(empty, padding="max_length", max_length=len(row), truncation=True, **extra)
                     row = row.input_ids
@@ -269,6 +269,10 @@ class Regeneration:
         Gradients flow from the returned decoded images back to `embeddings` when it requires grad (through the traced
         denoiser calls only). Returns the VAE's decoded images, (rows, 3, H, W), in [-1, 1] before any clamp.
         """
+
+        limit = self.family.images_per_call(self.pipe, self.call_kwargs)
+        if limit and embeddings.shape[0] > limit:  # a pipeline that cannot make more images in one call
+            return torch.cat([self.generate(embeddings[i : i + limit]) for i in range(0, embeddings.shape[0], limit)])
 
         def replacement(present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
             return {**present, **self.conditioning(embeddings)}

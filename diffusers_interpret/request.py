@@ -228,6 +228,7 @@ def check_inputs(
     _check_special_tokens(pipe, family, prompts)
     _warn_truncated(pipe, family, prompts, pipeline_kwargs)
     height, width = _check_call(request, pipe, family, len(prompts))
+    family.check_request(pipe, prompts, (height, width), pipeline_kwargs)
     n_traced = request.n_last_diffusion_steps_to_consider_for_attributions
     if n_traced is not None and (isinstance(n_traced, bool) or not isinstance(n_traced, int) or n_traced < 0):
         raise ValueError(f"`{N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")
@@ -415,7 +416,7 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
         texts = pipeline_kwargs.get(slot.prompt_argument) or prompts
         for text in [texts] if isinstance(texts, str) else texts:
             if slot.template:  # the template's tokens before the prompt take their room first (truncation cuts after)
-                full, start = family.encoder_text(pipe, slot, text)
+                full, start = family.encoder_text(pipe, slot, text, pipeline_kwargs)
                 arguments = family.tokenizer_arguments(pipe, slot, full)
                 before = len(tokenizer(full[:start], **arguments).input_ids)
                 room = length - before
@@ -443,7 +444,7 @@ def _check_rows_kept(pipe, family: PipelineFamily, slot, text: str, pipeline_kwa
     kept = family.text_rows_kept(pipe, slot, pipeline_kwargs)
     if kept is None:
         return
-    full, _ = family.encoder_text(pipe, slot, text)
+    full, _ = family.encoder_text(pipe, slot, text, pipeline_kwargs)
     tokenizer = family.tokenizer(pipe, slot)
     rows = len(tokenizer(full, **family.tokenizer_arguments(pipe, slot, full)).input_ids)
     rows -= family.dropped_positions(pipe, slot)

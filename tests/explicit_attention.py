@@ -122,3 +122,28 @@ class ExplicitQwenImageAttention:
         out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3)
         text, image = out[:, : encoder_hidden_states.shape[1]], out[:, encoder_hidden_states.shape[1] :]
         return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
+
+
+class ExplicitPRXAttention:
+    r"""The math of PRX's attention processor with an explicit softmax: the image's queries over [text, image] keys,
+    the text's padding masked out."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.transformers.transformer_prx import apply_rope
+
+        b, n, h, d = hidden_states.shape[0], hidden_states.shape[1], attn.heads, attn.head_dim
+        q, k, v = attn.img_qkv_proj(hidden_states).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(attn.norm_q(q), image_rotary_emb), apply_rope(attn.norm_k(k), image_rotary_emb)
+        tk, tv = attn.txt_kv_proj(encoder_hidden_states).reshape(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)
+        k, v = torch.cat([attn.norm_added_k(tk), k], 2), torch.cat([tv, v], 2)
+        scores = q.float() @ k.float().transpose(-1, -2) / d**0.5
+        if attention_mask is not None:
+            keep = torch.cat([attention_mask.bool(), torch.ones(b, n, dtype=torch.bool)], 1)
+            scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        self.store.append(probs)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, h * d)
+        return attn.to_out[0](out)

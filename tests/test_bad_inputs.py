@@ -343,6 +343,10 @@ def _tiny(family):
         from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline
 
         return make_tiny_chroma_pipeline("text2img"), dict(height=16, width=16, max_sequence_length=16)
+    if family == "prx":
+        from diffusers_interpret.testing.prx import TINY_PRX_CALL, make_tiny_prx_pipeline
+
+        return make_tiny_prx_pipeline(), dict(height=16, width=16, **TINY_PRX_CALL)
     from diffusers_interpret.testing import flux2
 
     if family == "flux2_klein":
@@ -368,6 +372,10 @@ FAMILIES = [
     ("klein-reference-image", "flux2_klein", dict(image=Image.new("RGB", (16, 16))), BAD, "image="),
     ("klein-length-no-room", "flux2_klein", dict(max_sequence_length=3), BAD, "max_sequence_length=3"),
     ("dev-caption-upsampling", "flux2_dev", dict(caption_upsample_temperature=0.7), BAD, "caption_upsample"),
+    ("prx-cleaning-rewrites", "prx", dict(prompt="a dog at www.example.com"), BAD, "skip_text_cleaning"),
+    ("prx-two-prompts-guided", "prx", dict(prompt=["a dog", "a cat"]), BAD, "one prompt"),
+    ("prx-two-images-guided", "prx", dict(num_images_per_prompt=2), BAD, "one image"),
+    ("prx-concept-attention", "prx", dict(attribution_method="concept_attention"), BAD, "text stream"),
 ]
 
 

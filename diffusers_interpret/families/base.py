@@ -31,10 +31,13 @@ class JointAttention:
             tokens (padding, end and template tokens) draw much of the image's attention without carrying the words
             (attention sinks): the recorded maps leave them out, renormalising each layer's, head's and image token's
             attention over the prompt's tokens, and record the share left out.
+        text_queries (`bool`, *optional*, defaults to `True`): The text has queries of its own (a text stream that
+            attends and is updated); `False` where only the image's queries attend over [text, image] keys (PRX).
     """
 
     text_first: bool
     sinks_left_out: bool = True
+    text_queries: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,12 @@ class PipelineFamily:
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
         r"""Raise a `ValueError` for a pipeline argument the explanation of this family does not support."""
 
+    def check_request(
+        self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
+    ) -> None:
+        r"""Raise a `ValueError` for a call (its prompts, its image `size` as (height, width), its other arguments)
+        the explanation of this family cannot give, once the arguments are checked."""
+
     def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
         r"""
         The (height, width) of the image that user-given `latents` make, or `None` where the latents do not carry it
@@ -149,6 +158,11 @@ class PipelineFamily:
         if not factor:
             return None
         return int(latents.shape[-2]) * factor, int(latents.shape[-1]) * factor
+
+    def images_per_call(self, pipe, call_kwargs: Dict[str, Any]) -> Optional[int]:
+        r"""The most images one call of the pipeline with `call_kwargs` can make (`None`: any number); regenerations
+        of more rows are made in calls of that many."""
+        return None
 
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         r"""Denoiser calls per denoising step of a call with `call_kwargs` (the pipeline's call arguments)."""
@@ -242,9 +256,12 @@ class PipelineFamily:
         r"""Arguments the pipeline tokenizes `slot`'s text `text` with, beside padding and truncation."""
         return {}
 
-    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
-        r"""The text `slot`'s tokenizer reads for the prompt `text` (inside a chat template where the slot has one),
-        and the character where `text` starts in it."""
+    def encoder_text(
+        self, pipe, slot: TextEncoderSlot, text: str, call_kwargs: Optional[Dict[str, Any]] = None
+    ) -> Tuple[str, int]:
+        r"""The text `slot`'s tokenizer reads for the prompt `text` in a call with `call_kwargs` (inside a chat
+        template where the slot has one, cleaned where the pipeline cleans it), and the character where `text` starts
+        in it."""
         return text, 0
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:

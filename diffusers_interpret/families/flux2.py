@@ -80,7 +80,9 @@ class Flux2KleinFamily(FluxFamily):
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [_chat_llm("Qwen3")]
 
-    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
+    def encoder_text(
+        self, pipe, slot: TextEncoderSlot, text: str, call_kwargs: Optional[Dict[str, Any]] = None
+    ) -> Tuple[str, int]:
         return chat_template_text(self.tokenizer(pipe, slot), text, enable_thinking=False)
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
@@ -206,7 +208,9 @@ class Flux2DevFamily(Flux2KleinFamily):
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [_chat_llm("Mistral 3")]
 
-    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
+    def encoder_text(
+        self, pipe, slot: TextEncoderSlot, text: str, call_kwargs: Optional[Dict[str, Any]] = None
+    ) -> Tuple[str, int]:
         from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 
         processor = getattr(pipe, slot.tokenizer)  # the processor (or tokenizer) whose template the pipeline renders

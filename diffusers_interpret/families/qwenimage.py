@@ -105,7 +105,9 @@ class QwenImageFamily(FluxFamily):
             )
         ]
 
-    def encoder_text(self, pipe, slot: TextEncoderSlot, text: str) -> Tuple[str, int]:
+    def encoder_text(
+        self, pipe, slot: TextEncoderSlot, text: str, call_kwargs: Optional[Dict[str, Any]] = None
+    ) -> Tuple[str, int]:
         template = pipe.prompt_template_encode
         return template.format(text), template.index("{}")
 

@@ -212,7 +212,9 @@ def tokenize(
         if hasattr(pipe, "maybe_convert_prompt"):
             texts = pipe.maybe_convert_prompt(texts, tokenizer)
         length = family.token_length(pipe, slot, call_kwargs or {})
-        read = [family.encoder_text(pipe, slot, text) for text in texts]  # (what the tokenizer reads, where)
+        read = [
+            family.encoder_text(pipe, slot, text, call_kwargs) for text in texts
+        ]  # (what the tokenizer reads, where)
         extra = [family.tokenizer_arguments(pipe, slot, full) for full, _ in read]
         if slot.pad_to_longest:
             longest = max(len(tokenizer(full, **arguments).input_ids) for (full, _), arguments in zip(read, extra))

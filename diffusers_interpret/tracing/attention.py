@@ -531,6 +531,8 @@ def joint_queries_keys(
     The queries and keys (batch, tokens, heads, head_dim) of a joint-attention layer's whole sequence, from its own
     projections, norms and rotary embedding (see [`joint_attention_probabilities`]), and the head size.
     """
+    if hasattr(attn, "img_qkv_proj"):
+        return _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
     if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
@@ -574,15 +576,37 @@ def joint_queries_keys(
     return query, key, head_dim
 
 
+def _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb):
+    # PRX's layers: the image's queries over [text, image] keys (the text has keys and values, no queries: its rows
+    # of the queries are zeros, never read), each head's query and key RMS-normed, the image's rotated.
+    from diffusers.models.transformers.transformer_prx import apply_rope
+
+    heads, head_dim = int(attn.heads), int(attn.head_dim)
+    query, key, _ = attn.img_qkv_proj(hidden_states).unflatten(-1, (3, heads, head_dim)).unbind(2)
+    query, key = attn.norm_q(query), attn.norm_k(key)  # (batch, tokens, heads, head_dim)
+    if image_rotary_emb is not None:
+        # (batch, 1, tokens, head_dim / 2, 2, 2), alike for every row (the image's positions): one row of it, moved to
+        # the tokens-first layout (the recorders pass some rows of the batch only).
+        rotary = image_rotary_emb[:1, 0, :, None]
+        query, key = apply_rope(query, rotary), apply_rope(key, rotary)
+    text_key = attn.norm_added_k(attn.txt_kv_proj(encoder_hidden_states).unflatten(-1, (2, heads, head_dim))[:, :, 0])
+    query = torch.cat([torch.zeros_like(text_key), query], dim=1)
+    return query, torch.cat([text_key, key], dim=1), head_dim
+
+
 def layer_mask(arguments: Dict[str, Any], text_first: bool = True) -> Optional[torch.Tensor]:
     r"""
-    A joint-attention layer's mask over its whole sequence, from its call's arguments: its `attention_mask`, or one
-    made from an `encoder_hidden_states_mask` over the text alone as Qwen-Image's processor makes it (the text's
-    marks, every image token kept): (batch, keys) bool.
+    A joint-attention layer's mask over its whole sequence, from its call's arguments: its `attention_mask` (over every
+    key), or a mask over the text alone (an `encoder_hidden_states_mask`, as Qwen-Image's layers get it, or an
+    `attention_mask` of the text's length, as PRX's do) extended as their processors extend it, every image token
+    kept: (batch, keys) bool.
     """
     mask = arguments.get("attention_mask")
+    text = arguments.get("encoder_hidden_states")
     text_mask = arguments.get("encoder_hidden_states_mask")
-    if mask is not None or text_mask is None:
+    if mask is not None and mask.dim() == 2 and text is not None and mask.shape[1] == text.shape[1]:
+        text_mask = mask.bool()
+    elif mask is not None or text_mask is None:
         return mask
     image = torch.ones(text_mask.shape[0], arguments["hidden_states"].shape[1], dtype=torch.bool)
     parts = [text_mask.bool(), image.to(text_mask.device)]

@@ -201,6 +201,11 @@ class TextRelationRecorder(CrossAttentionRecorder):
     """
 
     def _install(self) -> None:
+        if self.family.joint_attention is not None and not self.family.joint_attention.text_queries:
+            raise ValueError(
+                f"{self.family.display_name}'s prompt tokens have no queries in the denoiser (only the image's attend "
+                "over [text, image]): it has no text-to-text attention to record."
+            )
         if self.family.joint_attention is None:
             raise ValueError(
                 f"{self.family.display_name} pipelines have no text-to-text attention in the denoiser (the prompt's "
