@@ -127,13 +127,13 @@ class Regeneration:
         return tokens
 
     def _encode(self, token_embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
-        blocks = token_blocks(self.family, self.pipe, self.tokens.ids)
+        blocks = token_blocks(self.family, self.pipe, self.tokens.ids, self.call_kwargs)
         return encode_replaced(self.family, self.pipe, self.prompts, self.call_kwargs, token_embeddings, blocks)
 
     def slices(self) -> List[Optional[slice]]:
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
             return self.tokens.slices
-        return [block.features for block in token_blocks(self.family, self.pipe, self.tokens.ids)]
+        return [block.features for block in token_blocks(self.family, self.pipe, self.tokens.ids, self.call_kwargs)]
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -250,7 +250,7 @@ class Regeneration:
 
     def leaves(self, embeddings: torch.Tensor) -> ConditioningLeaves:
         r"""The conditioning leaves of one row of `embeddings` at the attribution level, for `traced_run`."""
-        blocks = token_blocks(self.family, self.pipe, self.tokens.ids)
+        blocks = token_blocks(self.family, self.pipe, self.tokens.ids, self.call_kwargs)
         return ConditioningLeaves(
             self.family, self.pipe, self.prompts, self.call_kwargs, self.level, embeddings=embeddings, blocks=blocks
         )

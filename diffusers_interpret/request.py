@@ -446,8 +446,9 @@ def _check_rows_kept(pipe, family: PipelineFamily, slot, text: str, pipeline_kwa
         return
     full, _ = family.encoder_text(pipe, slot, text, pipeline_kwargs)
     tokenizer = family.tokenizer(pipe, slot)
-    rows = len(tokenizer(full, **family.tokenizer_arguments(pipe, slot, full)).input_ids)
-    rows -= family.dropped_positions(pipe, slot)
+    length = len(tokenizer(full, **family.tokenizer_arguments(pipe, slot, full)).input_ids)
+    positions = family.kept_positions(pipe, slot, length, pipeline_kwargs)
+    rows = length if positions is None else len(positions)
     if rows > kept:
         raise ValueError(
             f"The prompt in its template is {rows} tokens long and `max_sequence_length={kept}` keeps {kept}: the "

@@ -3,7 +3,7 @@
 import inspect
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
@@ -269,14 +269,17 @@ class PipelineFamily:
         return int(self.tokenizer(pipe, slot).model_max_length)
 
     def text_rows_kept(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> Optional[int]:
-        r"""The most positions of `slot`'s states (after `dropped_positions`) the pipeline keeps for the denoiser,
-        where it cuts them after encoding (Qwen-Image's `max_sequence_length`); `None` where it cuts the tokens."""
+        r"""The most positions of `slot`'s states (of `kept_positions`) the pipeline keeps for the denoiser, where it
+        cuts them after encoding (Qwen-Image's `max_sequence_length`); `None` where it cuts the tokens."""
         return None
 
-    def dropped_positions(self, pipe, slot: TextEncoderSlot) -> int:
-        r"""The first positions of `slot`'s token sequence whose states the pipeline drops after encoding (the
-        denoiser's text starts after them: Qwen-Image's template prefix); they are never attributed."""
-        return 0
+    def kept_positions(
+        self, pipe, slot: TextEncoderSlot, length: int, call_kwargs: Dict[str, Any]
+    ) -> Optional[Sequence[int]]:
+        r"""The positions of `slot`'s `length` token states that the denoiser reads, in order, where the pipeline keeps
+        some only (Qwen-Image drops its template's prefix; Sana keeps the first and the last ones); `None`: all. The
+        others are never attributed."""
+        return None
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
         r"""

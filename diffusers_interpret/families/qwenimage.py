@@ -111,11 +111,11 @@ class QwenImageFamily(FluxFamily):
         template = pipe.prompt_template_encode
         return template.format(text), template.index("{}")
 
-    def dropped_positions(self, pipe, slot: TextEncoderSlot) -> int:
-        return int(pipe.prompt_template_encode_start_idx)
+    def kept_positions(self, pipe, slot: TextEncoderSlot, length: int, call_kwargs: Dict[str, Any]) -> List[int]:
+        return list(range(int(pipe.prompt_template_encode_start_idx), length))
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
-        return int(pipe.tokenizer_max_length) + self.dropped_positions(pipe, slot)
+        return int(pipe.tokenizer_max_length) + int(pipe.prompt_template_encode_start_idx)
 
     def text_rows_kept(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> Optional[int]:
         return _max_sequence_length(pipe, call_kwargs)

@@ -93,7 +93,8 @@ def encode_with_graph(
     if any(len(store) != 1 for store in leaves):
         raise RuntimeError(f"Expected one call of each text encoder, saw {[len(store) for store in leaves]}.")
     token_leaves = [store[0] for store in leaves]
-    blocks = text_layout(family, pipe, [leaf.shape[1] for leaf in token_leaves], AttributionLevel.TOKEN_EMBEDDINGS)
+    lengths = [leaf.shape[1] for leaf in token_leaves]
+    blocks = text_layout(family, pipe, lengths, AttributionLevel.TOKEN_EMBEDDINGS, call_kwargs)
     return TextEncoding(token_leaves, conditioning, blocks)
 
 
@@ -112,7 +113,7 @@ def encode_replaced(
     rows = token_embeddings.shape[0]
     scopes = [
         ReplacedInputEmbeddings(
-            getattr(pipe, slot.encoder), token_embeddings[:, block.rows, block.features], skip=block.skip
+            getattr(pipe, slot.encoder), token_embeddings[:, block.rows, block.features], positions=block.positions
         )
         for slot, block in zip(slots, blocks)
     ]
@@ -139,21 +140,23 @@ def encode_replaced_with_graph(
     leaves = [
         token_embeddings[:, block.rows, block.features].detach().clone().requires_grad_(True) for block in blocks
     ]
-    in_rows = [dataclasses.replace(block, skip=0) for block in blocks]  # the leaves hold the rows alone
+    in_rows = [dataclasses.replace(block, positions=None) for block in blocks]  # the leaves hold the rows alone
     with torch.enable_grad():
         conditioning = encode_replaced(family, pipe, prompts, call_kwargs, place(leaves, in_rows), blocks)
     return TextEncoding(leaves, conditioning, in_rows)
 
 
-def token_embedding_values(family: PipelineFamily, pipe, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    r"""Each encoder's input token embeddings of `ids` (one id row per encoder) in the token-level layout:
-    (1, rows, features)."""
+def token_embedding_values(
+    family: PipelineFamily, pipe, ids: Sequence[Sequence[int]], call_kwargs: Optional[Dict[str, Any]] = None
+) -> torch.Tensor:
+    r"""Each encoder's input token embeddings of `ids` (one id row per encoder) in the token-level layout of a call
+    with `call_kwargs`: (1, rows, features)."""
     parts = []
     for slot, row in zip(family.text_encoders(pipe), ids):
         layer = input_embeddings(getattr(pipe, slot.encoder))
         with torch.no_grad():
             parts.append(layer(torch.tensor([list(row)], device=layer.weight.device)).detach())
-    return place(parts, token_blocks(family, pipe, ids))
+    return place(parts, token_blocks(family, pipe, ids, call_kwargs))
 
 
 class ConditioningLeaves:

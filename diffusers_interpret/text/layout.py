@@ -5,7 +5,7 @@ and CLIP-G); groups follow one another on the rows (SD3's T5 after CLIP; Flux's 
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,25 +22,41 @@ class EncoderBlock:
     Args:
         rows (`slice`): Its token positions (rows of the layout's sequence axis).
         features (`slice`): Its features (of the layout's feature axis).
-        skip (`int`, *optional*, defaults to 0): The encoder's first positions that are in no row: the pipeline drops
-            their states before the denoiser reads the rest (Qwen-Image's template prefix). Its position `skip + r`
-            is row `rows.start + r`.
+        positions (`Tuple[int, ...]`, *optional*): Each row's position in the encoder's token sequence, where the
+            pipeline keeps some positions' states only (Qwen-Image drops its template's prefix, Sana keeps the first
+            position and the last ones); `None`: row `rows.start + r` is position `r`.
     """
 
     rows: slice
     features: slice
-    skip: int = 0
+    positions: Optional[Tuple[int, ...]] = None
+
+    def row_of(self, position: int) -> Optional[int]:
+        r"""The layout row of the encoder's token `position` (`None` for a position the pipeline drops)."""
+        if self.positions is None:
+            return self.rows.start + position
+        index = {p: r for r, p in enumerate(self.positions)}.get(position)
+        return None if index is None else self.rows.start + index
+
+    def of_rows(self, part: torch.Tensor) -> torch.Tensor:
+        r"""An encoder's (..., length, width) tensor at the positions of this block's rows."""
+        return part if self.positions is None else part[..., list(self.positions), :]
 
 
 def text_layout(
-    family: PipelineFamily, pipe, lengths: Sequence[int], level: AttributionLevel
+    family: PipelineFamily,
+    pipe,
+    lengths: Sequence[int],
+    level: AttributionLevel,
+    call_kwargs: Optional[Dict[str, Any]] = None,
 ) -> List[Optional[EncoderBlock]]:
     r"""
     Each text encoder's block in the layout at `level`, given its padded token length: at the token level, encoders of
     a sequence group side by side on the features of shared rows, groups one after the other on the rows; at the
     text-encoder-output level, the rows and features its output occupies in the denoiser's `encoder_hidden_states`
     (`None` for an encoder that conditions through a pooled vector only). At both levels a row is a position of the
-    denoiser's text: the positions whose states the pipeline drops (`family.dropped_positions`) are in no row.
+    denoiser's text: the positions whose states the pipeline drops (see `family.kept_positions`, for a call with
+    `call_kwargs`) are in no row.
     """
     output = AttributionLevel(level) is AttributionLevel.TEXT_ENCODER_OUTPUT
     blocks: List[Optional[EncoderBlock]] = []
@@ -52,8 +68,9 @@ def text_layout(
             blocks.append(None)
             continue
         group = slot.sequence_group
-        skip = family.dropped_positions(pipe, slot)
-        length -= skip
+        kept = family.kept_positions(pipe, slot, length, call_kwargs or {})
+        kept = None if kept is None else tuple(int(p) for p in kept)
+        length = length if kept is None else len(kept)
         if group not in group_rows:
             group_rows[group], group_width[group] = slice(next_row, next_row + length), 0
             next_row += length
@@ -65,7 +82,7 @@ def text_layout(
             width = int(input_embeddings(getattr(pipe, slot.encoder)).weight.shape[-1])
             features = slice(group_width[group], group_width[group] + width)
             group_width[group] += width
-        blocks.append(EncoderBlock(group_rows[group], features, skip))
+        blocks.append(EncoderBlock(group_rows[group], features, kept))
     return blocks
 
 
@@ -77,9 +94,9 @@ def layout_shape(blocks: Sequence[Optional[EncoderBlock]]) -> Tuple[int, int]:
 
 def place(parts: Sequence[Optional[torch.Tensor]], blocks: Sequence[Optional[EncoderBlock]]) -> torch.Tensor:
     r"""Each encoder's (..., length, width) tensor in its block of one (..., rows, features) tensor (zeros elsewhere),
-    its first `block.skip` positions left out. With one block at the origin, the tensor itself."""
+    at its rows' positions. With one block at the origin, the tensor itself."""
     present = [(part, block) for part, block in zip(parts, blocks) if block is not None and part is not None]
-    present = [(part[..., block.skip :, :] if block.skip else part, block) for part, block in present]
+    present = [(block.of_rows(part), block) for part, block in present]
     rows, width = layout_shape(blocks)
     if len(present) == 1 and tuple(present[0][0].shape[-2:]) == (rows, width):
         return present[0][0]
@@ -90,6 +107,9 @@ def place(parts: Sequence[Optional[torch.Tensor]], blocks: Sequence[Optional[Enc
     return out
 
 
-def token_blocks(family: PipelineFamily, pipe, ids: Sequence[Sequence[int]]) -> List[EncoderBlock]:
-    r"""Each text encoder's block in the token-level layout, for its padded token ids (one row per encoder)."""
-    return text_layout(family, pipe, [len(row) for row in ids], AttributionLevel.TOKEN_EMBEDDINGS)
+def token_blocks(
+    family: PipelineFamily, pipe, ids: Sequence[Sequence[int]], call_kwargs: Optional[Dict[str, Any]] = None
+) -> List[EncoderBlock]:
+    r"""Each text encoder's block in the token-level layout, for its padded token ids (one row per encoder) in a call
+    with `call_kwargs`."""
+    return text_layout(family, pipe, [len(row) for row in ids], AttributionLevel.TOKEN_EMBEDDINGS, call_kwargs)

@@ -55,10 +55,10 @@ def token_mixing(
     import torch.autograd.forward_ad as forward_ad
 
     slots = family.text_encoders(pipe)
-    blocks = token_blocks(family, pipe, tokens.ids)
+    blocks = token_blocks(family, pipe, tokens.ids, call_kwargs)
     groups = list(dict.fromkeys(unit.encoders for unit in tokens.units))
     columns = [(group, row) for group in groups for row in range(*_feeding_rows(family, slots, blocks, group, tokens))]
-    values = token_embedding_values(family, pipe, tokens.ids)
+    values = token_embedding_values(family, pipe, tokens.ids, call_kwargs)
     parts = []
     encoders = [getattr(pipe, slot.encoder) for slot in slots]
     with torch.no_grad(), EagerAttention(encoders), Float32Compute(encoders):

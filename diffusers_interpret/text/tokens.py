@@ -224,7 +224,7 @@ def tokenize(
             for (full, _), arguments in zip(read, extra)
         ]
         per_encoder.append((tokenizer, ids, texts, read, extra))
-    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _, _, _ in per_encoder], level)
+    blocks = text_layout(family, pipe, [len(ids[0]) for _, ids, _, _, _ in per_encoder], level, call_kwargs)
     result = []
     for image in range(len(per_encoder[0][1])):
         ids = [encoder_ids[image] for _, encoder_ids, _, _, _ in per_encoder]
@@ -242,8 +242,10 @@ def tokenize(
             for (tokenizer, _, _, _, _), row, row_spans, slot in zip(per_encoder, ids, spans, slots)
         ]
         # Positions whose states the pipeline drops reach the denoiser as no row: never attributed.
-        skips = [0 if block is None else block.skip for block in blocks]
-        positions = [[p for p in row if p >= skip] for row, skip in zip(positions, skips)]
+        positions = [
+            row if block is None else [p for p in row if block.row_of(p) is not None]
+            for row, block in zip(positions, blocks)
+        ]
         units: List[TokenUnit] = []
         scored = [k for k in range(len(ids)) if blocks[k] is not None]
         for group in dict.fromkeys(slots[k].sequence_group for k in scored):
@@ -252,13 +254,13 @@ def tokenize(
             words = [[labels[k][p] for p in positions[k]] for k in range(len(ids))]
             if all(positions[k] == positions[first] and words[k] == words[first] for k in members):
                 # One unit per token, scored over every member's features (SDXL's CLIP-L and CLIP-G).
-                start = blocks[first].rows.start - blocks[first].skip
                 units += [
-                    TokenUnit(labels[first][p], start + p, ids[first][p], tuple(members), p) for p in positions[first]
+                    TokenUnit(labels[first][p], blocks[first].row_of(p), ids[first][p], tuple(members), p)
+                    for p in positions[first]
                 ]
             else:
                 units += [
-                    TokenUnit(labels[k][p], blocks[k].rows.start - blocks[k].skip + p, ids[k][p], (k,), p)
+                    TokenUnit(labels[k][p], blocks[k].row_of(p), ids[k][p], (k,), p)
                     for k in members
                     for p in positions[k]
                 ]

@@ -38,27 +38,28 @@ class LeafInputEmbeddings(ScopedHooks):
 
 class ReplacedInputEmbeddings(ScopedHooks):
     r"""Within the block, the text encoder's token embedding layer returns `embeddings` (same shape) instead; with
-    `skip`, its own embeddings of the first `skip` positions, then `embeddings`."""
+    `positions`, its own embeddings with those positions' replaced by `embeddings`' (one row of it per position)."""
 
-    def __init__(self, text_encoder: torch.nn.Module, embeddings: torch.Tensor, skip: int = 0):
+    def __init__(self, text_encoder: torch.nn.Module, embeddings: torch.Tensor, positions=None):
         super().__init__()
         self.layer = input_embeddings(text_encoder)
         self.embeddings = embeddings
-        self.skip = skip
+        self.positions = None if positions is None else list(positions)
 
     def _install(self) -> None:
         self.hook_forward(self.layer, self._replace, with_kwargs=False)
 
     def _replace(self, module, args, output):
-        shape = (*output.shape[:-2], output.shape[-2] - self.skip, output.shape[-1])
-        if tuple(shape) != tuple(self.embeddings.shape):
+        length = output.shape[-2] if self.positions is None else len(self.positions)
+        if (output.shape[0], length, output.shape[-1]) != tuple(self.embeddings.shape):
             raise RuntimeError(
                 f"Replacement token embeddings have shape {tuple(self.embeddings.shape)}, the text encoder made "
-                f"{tuple(output.shape)}" + (f" (its first {self.skip} positions kept)." if self.skip else ".")
+                f"{tuple(output.shape)}" + ("." if self.positions is None else f" ({length} positions replaced).")
             )
-        if not self.skip:
+        if self.positions is None:
             return self.embeddings.to(output.dtype)
-        return torch.cat([output[:, : self.skip], self.embeddings.to(output.dtype)], dim=1)
+        index = torch.tensor(self.positions, device=output.device)
+        return output.index_copy(1, index, self.embeddings.to(output.dtype))
 
 
 class LeafPreprocessedImage(ScopedHooks):
