@@ -222,8 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sequence-length",
         type=positive_int,
         default=None,
-        help="SD3, Flux, Chroma, Flux 2: the text encoder's padded length (default: the toy Flux's 16; the pipeline's "
-        "otherwise: 256 or 512)",
+        help="SD3, Flux, Chroma, Flux 2, Qwen-Image, Sana: the text encoder's padded (or kept) length (default: the "
+        "toy Flux's 16; the pipeline's otherwise: 256, 300 or 512)",
+    )
+    explain.add_argument(
+        "--no-resolution-binning",
+        action="store_true",
+        help="PRX, Sana: make the image at the size asked for, not at the nearest trained aspect ratio resized (a "
+        "size binning would change is refused otherwise)",
     )
     explain.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
@@ -421,9 +427,10 @@ def _check_call_options(pipe, call: Dict[str, Any]) -> None:
     import inspect
 
     accepted = inspect.signature(type(pipe).__call__).parameters
-    for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt"):
+    for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt", "use_resolution_binning"):
         if call.get(key) is not None and key not in accepted:
-            fail(f"--{key.replace('_', '-')} is not an argument of this model's {type(pipe).__name__}: leave it out")
+            option = "no-resolution-binning" if key == "use_resolution_binning" else key.replace("_", "-")
+            fail(f"--{option} is not an argument of this model's {type(pipe).__name__}: leave it out")
 
 
 def _traced_setting(traced, call) -> object:
@@ -442,6 +449,7 @@ def _call_settings(call: Dict[str, Any]) -> Dict[str, Any]:
         "true_cfg_scale": "true CFG scale",
         "negative_prompt": "negative prompt",
         "max_sequence_length": "max sequence length",
+        "use_resolution_binning": "resolution binning",
     }
     settings = {}
     if "height" in call:
@@ -469,6 +477,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         "true_cfg_scale": args.true_cfg_scale,
         "max_sequence_length": args.max_sequence_length,
         "negative_prompt": args.negative_prompt,
+        "use_resolution_binning": False if args.no_resolution_binning else None,
     }
     call.update({key: value for key, value in given.items() if value is not None})
     _check_call_options(pipe, call)

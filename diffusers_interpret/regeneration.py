@@ -120,7 +120,7 @@ class Regeneration:
 
     # -- embeddings -----------------------------------------------------------------------------------------------
     def _at_level(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        tokens = token_embedding_values(self.family, self.pipe, ids)
+        tokens = token_embedding_values(self.family, self.pipe, ids, self.call_kwargs)
         if self.level is AttributionLevel.TEXT_ENCODER_OUTPUT:
             with torch.no_grad():
                 return self._encode(tokens)["encoder_hidden_states"].detach()

@@ -368,8 +368,8 @@ def _size_multiple(pipe, family: PipelineFamily) -> Optional[int]:
     # The multiple an image side must be, as the pipeline checks it: the VAE's cell times the transformer's patch
     # (SD3) or the 2x2 packing (Flux); the UNet pipelines ask for a multiple of 8 whatever their VAE.
     factor = getattr(pipe, "vae_scale_factor", None)
-    if not factor:
-        return None
+    if family.size_multiple(pipe) or not factor:
+        return family.size_multiple(pipe)
     config = family.denoiser(pipe).config
     if family.denoiser_in_channels(pipe) != family.latent_channels(pipe):
         return int(factor) * 2

@@ -91,31 +91,51 @@ SPLIT_WORDS = {"corgi": ("▁cor", "gi"), "landscape": ("▁land", "sca", "pe"),
 
 
 def build_sentencepiece_tokenizer(
-    words: Iterable[str] = DEFAULT_WORDS, split_words: dict = SPLIT_WORDS, model_max_length: int = 32
+    words: Iterable[str] = DEFAULT_WORDS,
+    split_words: dict = SPLIT_WORDS,
+    model_max_length: int = 32,
+    style: str = "t5",
 ):
     r"""
     A `T5TokenizerFast` (a sentencepiece-style unigram model, `▁` marking word starts, `</s>` appended) built in
     memory: each of `words` is one piece, each word of `split_words` several pieces, any other text single characters.
+    With `style="gemma"`, a `GemmaTokenizer` instead: `<bos>` first, nothing appended, padded on the right.
 
     Args:
         words (`Iterable[str]`, *optional*, defaults to `DEFAULT_WORDS`): Words that are one piece each.
         split_words (`dict`, *optional*, defaults to `SPLIT_WORDS`): Word -> the pieces it splits into.
         model_max_length (`int`, *optional*, defaults to 32): Maximum sequence length.
+        style (`str`, *optional*, defaults to `"t5"`): `"t5"` or `"gemma"`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    from transformers import GemmaTokenizer, T5TokenizerFast
 
-    pieces = ["<pad>", "</s>", "<unk>"]
+    gemma = style == "gemma"
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>"] if gemma else ["<pad>", "</s>", "<unk>"]
     pieces += ["▁" + w for w in dict.fromkeys(w.lower() for w in words) if w.lower() not in split_words]
     for parts in split_words.values():
         pieces += [p for p in parts if p not in pieces]
     pieces += ["▁"] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-")
+    pieces += list(':;\n"()>') if gemma else []  # (the T5 style's vocabulary, and so its tiny models, unchanged)
     pieces = list(dict.fromkeys(pieces))
     # Unigram scores: whole words beat their pieces, multi-character pieces beat single characters.
-    vocab = [(p, 0.0 if p in ("<pad>", "</s>", "<unk>") else (-1.0 if len(p) > 1 else -8.0)) for p in pieces]
-    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    special = ("<pad>", "<eos>", "<bos>", "<unk>", "</s>")
+    vocab = [(p, 0.0 if p in special else (-1.0 if len(p) > 1 else -8.0)) for p in pieces]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=pieces.index("<unk>"), byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    if gemma:
+        tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+        made = GemmaTokenizer(
+            tokenizer_object=tokenizer,
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            model_max_length=model_max_length,
+        )
+        made.padding_side = "right"
+        return made
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(
         tokenizer_object=tokenizer,

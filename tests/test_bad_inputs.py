@@ -343,6 +343,10 @@ def _tiny(family):
         from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline
 
         return make_tiny_chroma_pipeline("text2img"), dict(height=16, width=16, max_sequence_length=16)
+    if family == "sana":
+        from diffusers_interpret.testing.sana import TINY_SANA_CALL, make_tiny_sana_pipeline
+
+        return make_tiny_sana_pipeline(), dict(height=32, width=32, **TINY_SANA_CALL)
     if family == "prx":
         from diffusers_interpret.testing.prx import TINY_PRX_CALL, make_tiny_prx_pipeline
 
@@ -376,6 +380,11 @@ FAMILIES = [
     ("prx-two-prompts-guided", "prx", dict(prompt=["a dog", "a cat"]), BAD, "one prompt"),
     ("prx-two-images-guided", "prx", dict(num_images_per_prompt=2), BAD, "one image"),
     ("prx-concept-attention", "prx", dict(attribution_method="concept_attention"), BAD, "text stream"),
+    ("sana-clean-caption", "sana", dict(clean_caption=True), BAD, "clean_caption"),
+    ("sana-binning-resizes", "sana", dict(use_resolution_binning=True), BAD, "use_resolution_binning"),
+    ("sana-size-not-32", "sana", dict(height=48), BAD, "height"),
+    ("sana-concept-attention", "sana", dict(attribution_method="concept_attention"), BAD, "text stream"),
+    ("sana-length-0", "sana", dict(max_sequence_length=0), BAD, "max_sequence_length"),
 ]
 
 

@@ -134,6 +134,11 @@ class PipelineFamily:
         r"""Raise a `ValueError` for a call (its prompts, its image `size` as (height, width), its other arguments)
         the explanation of this family cannot give, once the arguments are checked."""
 
+    def size_multiple(self, pipe) -> Optional[int]:
+        r"""The multiple an image side must be, where the pipeline asks for another than its VAE's and patches' (Sana:
+        32); `None` where those decide."""
+        return None
+
     def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
         r"""
         The (height, width) of the image that user-given `latents` make, or `None` where the latents do not carry it
@@ -222,7 +227,8 @@ class PipelineFamily:
         are carried through, by module name (the `"concept_attention"` method)."""
         raise ValueError(
             f"`attribution_method='concept_attention'` needs a text stream to carry concept tokens through, which "
-            f"{self.display_name} pipelines have not (it is for SD3 and Flux): use 'word_attention' or 'attention'."
+            f"{self.display_name} pipelines have not (it is for SD3, Flux, Chroma, Flux 2 and Qwen-Image): use "
+            "'word_attention' or 'attention'."
         )
 
     def positive_rows(self, pipe, batch_size: int) -> slice:
@@ -477,3 +483,15 @@ class TransformerFamily(PipelineFamily):
         if "temb" in arguments:  # FLUX.2's blocks take their modulation under other names
             result["temb"] = arguments["temb"][rows]
         return result
+
+
+def check_binned_size(name: str, asked: Tuple[int, int], made) -> None:
+    r"""Refuse a size that a pipeline's resolution binning makes at another size (`made`) and resizes: the maps and
+    boxes would be of another image than the one shown."""
+    made = tuple(int(side) for side in made)
+    if made != tuple(asked):
+        raise ValueError(
+            f"{name} makes a {asked[0]}x{asked[1]} (height x width) image at {made[0]}x{made[1]} and resizes it "
+            f"(`use_resolution_binning`): explain it at `height={made[0]}, width={made[1]}`, or pass "
+            "`use_resolution_binning=False`."
+        )

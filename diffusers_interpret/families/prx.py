@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot
+from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot, check_binned_size
 from .registry import register_family
 
 
@@ -77,13 +77,7 @@ class PRXFamily(PipelineFamily):
             return  # the pipeline itself refuses binning for a sample size it has no bins for
         default = int(pipe.get_default_resolution())
         asked = (int(size[0] or default), int(size[1] or default))
-        made = tuple(int(side) for side in pipe.image_processor.classify_height_width_bin(*asked, ratios=bins))
-        if made != asked:
-            raise ValueError(
-                f"PRX makes a {asked[0]}x{asked[1]} (height x width) image at {made[0]}x{made[1]} and resizes it "
-                f"(`use_resolution_binning`): explain it at `height={made[0]}, width={made[1]}`, or pass "
-                "`use_resolution_binning=False`."
-            )
+        check_binned_size(self.display_name, asked, pipe.image_processor.classify_height_width_bin(*asked, bins))
 
     def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
         return None  # with resolution binning the latents are made at another size than the image's

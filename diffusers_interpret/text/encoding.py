@@ -147,7 +147,7 @@ def encode_replaced_with_graph(
 
 
 def token_embedding_values(
-    family: PipelineFamily, pipe, ids: Sequence[Sequence[int]], call_kwargs: Optional[Dict[str, Any]] = None
+    family: PipelineFamily, pipe, ids: Sequence[Sequence[int]], call_kwargs: Optional[Dict[str, Any]]
 ) -> torch.Tensor:
     r"""Each encoder's input token embeddings of `ids` (one id row per encoder) in the token-level layout of a call
     with `call_kwargs`: (1, rows, features)."""

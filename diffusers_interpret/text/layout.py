@@ -48,7 +48,7 @@ def text_layout(
     pipe,
     lengths: Sequence[int],
     level: AttributionLevel,
-    call_kwargs: Optional[Dict[str, Any]] = None,
+    call_kwargs: Optional[Dict[str, Any]],
 ) -> List[Optional[EncoderBlock]]:
     r"""
     Each text encoder's block in the layout at `level`, given its padded token length: at the token level, encoders of
@@ -108,7 +108,7 @@ def place(parts: Sequence[Optional[torch.Tensor]], blocks: Sequence[Optional[Enc
 
 
 def token_blocks(
-    family: PipelineFamily, pipe, ids: Sequence[Sequence[int]], call_kwargs: Optional[Dict[str, Any]] = None
+    family: PipelineFamily, pipe, ids: Sequence[Sequence[int]], call_kwargs: Optional[Dict[str, Any]]
 ) -> List[EncoderBlock]:
     r"""Each text encoder's block in the token-level layout, for its padded token ids (one row per encoder) in a call
     with `call_kwargs`."""

@@ -59,6 +59,7 @@ _SAME_MATH_PROCESSORS = {
     "LoRAAttnProcessor2_0",
     "LoRAAttnProcessor",
     "XFormersAttnProcessor",
+    "SanaAttnProcessor2_0",
 }
 
 
@@ -85,12 +86,24 @@ def cross_attention_probabilities(
     context = hidden_states if context is None else context.detach()[rows]
     if attn.norm_cross and context is not hidden_states:
         context = attn.norm_encoder_hidden_states(context)
-    query, key = attn.head_to_batch_dim(attn.to_q(hidden_states)), attn.head_to_batch_dim(attn.to_k(context))
+    query = _qk_normed(attn, attn.norm_q, attn.to_q(hidden_states))
+    key = _qk_normed(attn, attn.norm_k, attn.to_k(context))
     mask = None
     if attention_mask is not None:
         mask = attn.prepare_attention_mask(attention_mask.detach()[rows], key.shape[1], batch)
     probs = attn.get_attention_scores(query, key, mask)
     return mean_over_heads(probs.view(batch, attn.heads, *probs.shape[1:]).float(), heads)
+
+
+def _qk_normed(attn: Attention, norm, projected: torch.Tensor) -> torch.Tensor:
+    # A layer's query or key (batch, tokens, heads x head_dim), its norm applied (over each head, or over all heads
+    # together where the norm is that wide: Sana's "rms_norm_across_heads"), split into heads (batch x heads, ...).
+    width = getattr(norm, "normalized_shape", None) or getattr(norm, "dim", None)
+    width = int(width[-1]) if isinstance(width, (tuple, list, torch.Size)) else width
+    if norm is not None and width == projected.shape[-1]:
+        return attn.head_to_batch_dim(norm(projected))
+    split = attn.head_to_batch_dim(projected)
+    return split if norm is None else norm(split)
 
 
 def mean_over_heads(probs: torch.Tensor, heads: Optional[Sequence[int]]) -> torch.Tensor:
