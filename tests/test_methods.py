@@ -80,7 +80,7 @@ def test_method_names_and_errors(tiny_pipe):
         explainer(PROMPT, num_inference_steps=2, attribution_method="ablation", keep_for_reexplanation="graph")
     with pytest.raises(ValueError, match="n_steps"):
         IntegratedGradients(n_steps=0)
-    with pytest.raises(ValueError, match="it is for SD3 and Flux"):
+    with pytest.raises(ValueError, match="it is for SD3, Flux"):
         explainer(PROMPT, num_inference_steps=2, attribution_method="concept_attention")
 
 
