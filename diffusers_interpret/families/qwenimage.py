@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, TextEncoderSlot
+from .base import TextEncoderSlot
 from .flux import FluxFamily
 from .registry import register_family
 
@@ -36,12 +36,9 @@ class QwenImageFamily(FluxFamily):
     name = "qwenimage"
     display_name = "Qwen-Image"
     required_components = ("transformer", "vae", "tokenizer", "text_encoder")
-    pipeline_class_names = ("QwenImagePipeline",)
+    pipeline_class_names = ("QwenImagePipeline", "QwenImageImg2ImgPipeline")
     conditioning_names = ("encoder_hidden_states",)
     pooled_name = None
-
-    def input_kind(self, pipeline_class: type) -> Optional[InputKind]:
-        return None
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:

@@ -6,6 +6,7 @@ import torch
 from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
+    QwenImageImg2ImgPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
@@ -97,7 +98,9 @@ def make_tiny_qwenimage_components(seed: int = 0, num_layers: int = 2) -> dict:
     }
 
 
-def make_tiny_qwenimage_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2):
+def make_tiny_qwenimage_pipeline(
+    seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2, kind: str = "text2img"
+):
     r"""
     A tiny offline Qwen-Image pipeline with random weights, for tests and benchmarks. Call it with
     `**TINY_QWEN_IMAGE_CALL` and `height=width=32`.
@@ -110,8 +113,11 @@ def make_tiny_qwenimage_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = N
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
         num_layers (`int`, *optional*, defaults to 2): Dual-stream transformer blocks.
+        kind (`str`, *optional*, defaults to `"text2img"`): `"text2img"` (`QwenImagePipeline`) or `"img2img"`
+            (`QwenImageImg2ImgPipeline`, the same components).
     """
-    pipe = QwenImagePipeline(**make_tiny_qwenimage_components(seed, num_layers))
+    pipeline_class = {"text2img": QwenImagePipeline, "img2img": QwenImageImg2ImgPipeline}[kind]
+    pipe = pipeline_class(**make_tiny_qwenimage_components(seed, num_layers))
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
