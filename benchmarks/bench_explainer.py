@@ -19,6 +19,7 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py --family qwenimage  # the tiny Qwen-Image pipeline (text2img)
     python benchmarks/bench_explainer.py --family prx        # the tiny PRX pipeline (text2img)
     python benchmarks/bench_explainer.py --family sana       # the tiny Sana pipeline (text2img)
+    python benchmarks/bench_explainer.py --family z_image    # the tiny Z-Image pipeline (text2img)
     python benchmarks/bench_explainer.py --family sd15-size --size 256 --traced 10 --repeats 1 --no-prompt-dependence
 
 `--family sd15-size` builds a UNet and VAE of Stable Diffusion 1.5's size (random weights, `bench_memory_real_size.py`)
@@ -50,6 +51,7 @@ from diffusers_interpret.testing.flux2 import make_tiny_flux2_klein_pipeline
 from diffusers_interpret.testing.prx import make_tiny_prx_pipeline
 from diffusers_interpret.testing.qwenimage import make_tiny_qwenimage_pipeline
 from diffusers_interpret.testing.sana import make_tiny_sana_pipeline
+from diffusers_interpret.testing.z_image import make_tiny_z_image_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 size, dependence = {size!r}, {dependence!r}
@@ -73,6 +75,8 @@ elif family == "prx":
     pipe = make_tiny_prx_pipeline()
 elif family == "sana":
     pipe = make_tiny_sana_pipeline()
+elif family == "z_image":
+    pipe = make_tiny_z_image_pipeline()
 else:
     pipe = make_tiny_sd3_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
@@ -87,6 +91,8 @@ if family == "prx":
     common.update(use_resolution_binning=False)  # the tiny pipeline's sizes have no bin
 if family == "sana":
     common.update(use_resolution_binning=False, max_sequence_length=24)
+if family == "z_image":
+    common.update(max_sequence_length=32)
 rng = np.random.default_rng(0)
 if kind != "text2img":
     common["image"] = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -145,7 +151,19 @@ def main():
     parser.add_argument(
         "--family",
         default="sd",
-        choices=["sd", "sdxl", "sd3", "flux", "chroma", "flux2_klein", "qwenimage", "prx", "sana", "sd15-size"],
+        choices=[
+            "sd",
+            "sdxl",
+            "sd3",
+            "flux",
+            "chroma",
+            "flux2_klein",
+            "qwenimage",
+            "prx",
+            "sana",
+            "z_image",
+            "sd15-size",
+        ],
     )
     parser.add_argument("--size", type=int, default=64, help="image size")
     parser.add_argument("--no-prompt-dependence", action="store_true")

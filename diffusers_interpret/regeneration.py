@@ -206,6 +206,8 @@ class Regeneration:
 
     # -- generation -----------------------------------------------------------------------------------------------
     def _batched(self, value, count: int):
+        if isinstance(value, str):  # a negative prompt: one per row (Z-Image asserts as many as prompts)
+            return [value] * count
         if isinstance(value, torch.Tensor) and value.shape[0] == 1:
             return value.repeat(count, *[1] * (value.dim() - 1))
         if isinstance(value, (list, tuple)) and len(value) == 1:

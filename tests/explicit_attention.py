@@ -147,3 +147,29 @@ class ExplicitPRXAttention:
         self.store.append(probs)
         out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, h * d)
         return attn.to_out[0](out)
+
+
+class ExplicitZImageAttention:
+    r"""The math of Z-Image's single-stream attention processor with an explicit softmax: each head's query and key
+    RMS-normed and rotated by the row's complex frequencies, the batch's padding masked out."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, freqs_cis=None):
+        q, k, v = (f(hidden_states).unflatten(-1, (attn.heads, -1)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+
+        def rotate(x):
+            pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+            return torch.view_as_real(pairs * freqs_cis.unsqueeze(2)).flatten(3).type_as(x)
+
+        q, k = rotate(q), rotate(k)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        scores = q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        self.store.append(probs)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3)
+        return attn.to_out[0](out)

@@ -343,6 +343,10 @@ def _tiny(family):
         from diffusers_interpret.testing.chroma import make_tiny_chroma_pipeline
 
         return make_tiny_chroma_pipeline("text2img"), dict(height=16, width=16, max_sequence_length=16)
+    if family == "z_image":
+        from diffusers_interpret.testing.z_image import TINY_Z_IMAGE_CALL, make_tiny_z_image_pipeline
+
+        return make_tiny_z_image_pipeline(), dict(height=32, width=32, **TINY_Z_IMAGE_CALL)
     if family == "sana":
         from diffusers_interpret.testing.sana import TINY_SANA_CALL, make_tiny_sana_pipeline
 
@@ -385,6 +389,10 @@ FAMILIES = [
     ("sana-size-not-32", "sana", dict(height=48), BAD, "height"),
     ("sana-concept-attention", "sana", dict(attribution_method="concept_attention"), BAD, "text stream"),
     ("sana-length-0", "sana", dict(max_sequence_length=0), BAD, "max_sequence_length"),
+    ("z-image-cfg-truncation", "z_image", dict(cfg_truncation=0.5), BAD, "cfg_truncation"),
+    ("z-image-concept-attention", "z_image", dict(attribution_method="concept_attention"), BAD, "text stream"),
+    ("z-image-special-token", "z_image", dict(prompt="a dog <|im_start|>"), BAD, "<|im_start|>"),
+    ("z-image-size", "z_image", dict(height=30), BAD, "height"),
 ]
 
 

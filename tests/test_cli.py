@@ -305,7 +305,7 @@ def test_explain_an_sdxl_model_folder(tmp_path, capsys):
 @pytest.mark.parametrize("family", ["flux", "sd3", "chroma", "flux2_klein", "flux2_dev", "qwenimage", "prx", "sana"])
 def test_explain_a_transformer_model_folder(tmp_path, family, method, capsys):
     # (PRX is left out: transformers 5.25 reloads a saved T5GemmaEncoder with the default, 2B config.)
-    if family in ("qwenimage", "sana"):
+    if family in ("qwenimage", "sana", "z_image"):
         import importlib
 
         module = importlib.import_module(f"diffusers_interpret.testing.{family}")
@@ -326,7 +326,7 @@ def test_explain_a_transformer_model_folder(tmp_path, family, method, capsys):
 
     make("text2img").save_pretrained(tmp_path / "model")
     size = 32 if family == "sana" else 16  # Sana's sides are multiples of 32
-    if family == "sana" and method == "concept_attention":  # no text stream: refused, saying what to use
+    if family in ("sana", "z_image") and method == "concept_attention":  # no text stream: refused, saying so
         with pytest.raises(SystemExit):
             model, out = str(tmp_path / "model"), str(tmp_path / "out")
             main(["explain", "a dog", "--model", model, "--method", method, "--quiet", "--out", out, "--height", "32"]

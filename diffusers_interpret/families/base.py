@@ -181,11 +181,13 @@ class PipelineFamily:
             return args, {**kwargs, "sample": sample}
         return (sample, *args[1:]), kwargs
 
-    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+    def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
         hidden = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
         return {"encoder_hidden_states": hidden}
 
-    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+    def write_conditioning(
+        self, pipe, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]
+    ) -> Tuple[tuple, dict]:
         hidden = values["encoder_hidden_states"]
         if "encoder_hidden_states" in kwargs:
             return args, {**kwargs, "encoder_hidden_states": hidden}
@@ -221,6 +223,13 @@ class PipelineFamily:
     def text_embedder(self, denoiser) -> torch.nn.Module:
         r"""The denoiser's own projection of text states into its text stream (what concept tokens are made with)."""
         return denoiser.context_embedder
+
+    def joint_layout(
+        self, denoiser, tokens: int, text_length: int, latent_size: Optional[Tuple[int, int]]
+    ) -> Optional[Tuple[slice, slice]]:
+        r"""The image queries' and the text's positions in a joint-attention layer's sequence of `tokens` positions,
+        where they are not simply [text, image] or [image, text] by `joint_attention.text_first` (`None`)."""
+        return None
 
     def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         r"""The dual-stream blocks (a text stream with its own weights beside the image stream) that concept tokens
@@ -451,10 +460,12 @@ class TransformerFamily(PipelineFamily):
             return args, {**kwargs, "hidden_states": sample}
         return (sample, *args[1:]), kwargs
 
-    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+    def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
         return {name: kwargs[name] for name in self.conditioning_names}
 
-    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+    def write_conditioning(
+        self, pipe, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]
+    ) -> Tuple[tuple, dict]:
         return args, {**kwargs, **{name: values[name] for name in self.conditioning_names}}
 
     def default_size(self, pipe) -> Tuple[int, int]:

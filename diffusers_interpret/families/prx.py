@@ -90,10 +90,12 @@ class PRXFamily(PipelineFamily):
             return args, {**kwargs, "hidden_states": sample}
         return (sample, *args[1:]), kwargs
 
-    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+    def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
         return {"encoder_hidden_states": kwargs["encoder_hidden_states"]}
 
-    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
+    def write_conditioning(
+        self, pipe, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]
+    ) -> Tuple[tuple, dict]:
         return args, {**kwargs, "encoder_hidden_states": values["encoder_hidden_states"]}
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:

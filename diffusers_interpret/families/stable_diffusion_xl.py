@@ -42,13 +42,15 @@ class StableDiffusionXLFamily(PipelineFamily):
     conditioning_names = ("encoder_hidden_states", "text_embeds")
     pooled_name = "text_embeds"
 
-    def read_conditioning(self, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
-        values = super().read_conditioning(args, kwargs)
+    def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
+        values = super().read_conditioning(pipe, args, kwargs)
         values["text_embeds"] = kwargs["added_cond_kwargs"]["text_embeds"]
         return values
 
-    def write_conditioning(self, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]) -> Tuple[tuple, dict]:
-        args, kwargs = super().write_conditioning(args, kwargs, values)
+    def write_conditioning(
+        self, pipe, args: tuple, kwargs: dict, values: Dict[str, torch.Tensor]
+    ) -> Tuple[tuple, dict]:
+        args, kwargs = super().write_conditioning(pipe, args, kwargs, values)
         added = {**kwargs["added_cond_kwargs"], "text_embeds": values["text_embeds"]}
         return args, {**kwargs, "added_cond_kwargs": added}
 

@@ -424,7 +424,9 @@ class CrossAttentionRecorder(ScopedHooks):
                 prompt_call = prompt_call and not repeat
                 self._last_timestep = timestep
         self._current_recorded = prompt_call and (self.steps is None or index in self._step_set)
-        self._text_length = int(self.family.read_conditioning(args, kwargs)["encoder_hidden_states"].shape[1])
+        self._text_length = int(
+            self.family.read_conditioning(self.pipe, args, kwargs)["encoder_hidden_states"].shape[1]
+        )
         return None
 
     def recording_now(self) -> bool:
@@ -573,6 +575,13 @@ def joint_queries_keys(
         query, key = torch.cat(pairs[0], dim=1), torch.cat(pairs[1], dim=1)
     if image_rotary_emb is None:
         return query, key, head_dim
+    if isinstance(image_rotary_emb, torch.Tensor) and image_rotary_emb.is_complex():
+        # Z-Image's: complex frequencies of each row's every position, (batch, tokens, head_dim / 2).
+        def rotate(x):
+            pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+            return torch.view_as_real(pairs * image_rotary_emb.unsqueeze(2)).flatten(3).type_as(x)
+
+        return rotate(query), rotate(key), head_dim
     if isinstance(image_rotary_emb, (tuple, list)) and image_rotary_emb[0].is_complex():
         # Qwen-Image's: complex frequencies of the image's and of the text's positions, each stream rotated apart.
         from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
@@ -605,6 +614,16 @@ def _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_e
     text_key = attn.norm_added_k(attn.txt_kv_proj(encoder_hidden_states).unflatten(-1, (2, heads, head_dim))[:, :, 0])
     query = torch.cat([torch.zeros_like(text_key), query], dim=1)
     return query, torch.cat([text_key, key], dim=1), head_dim
+
+
+def layer_rotary(arguments: Dict[str, Any], rows: slice):
+    r"""A joint-attention layer's rotary embedding from its call's arguments (`image_rotary_emb`, or Z-Image's
+    `freqs_cis`), at the batch rows `rows` where it has a row per image (Z-Image's, PRX's)."""
+    rotary = arguments.get("image_rotary_emb", arguments.get("freqs_cis"))
+    batch = int(arguments["hidden_states"].shape[0])
+    if isinstance(rotary, torch.Tensor) and rotary.dim() >= 3 and rotary.shape[0] == batch:
+        return rotary[rows]
+    return rotary
 
 
 def layer_mask(arguments: Dict[str, Any], text_first: bool = True) -> Optional[torch.Tensor]:
@@ -662,6 +681,7 @@ def joint_attention_probabilities(
     content: Optional[torch.Tensor] = None,
     attention_mask: Optional[torch.Tensor] = None,
     heads: Optional[Sequence[int]] = None,
+    layout: Optional[Tuple[slice, slice]] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     r"""
     Image-query x text-key attention probabilities of one joint-attention layer (Flux's `FluxAttention`, SD3's joint
@@ -682,13 +702,17 @@ def joint_attention_probabilities(
 
     `attention_mask` is the layer's own (as its processor gets it: (batch, keys) or (batch, 1, queries, keys)), applied
     as the attention kernel applies it: a boolean mask keeps the keys it marks, a floating one is added to the scores
-    (Chroma's 0/1 mask is floating: diffusers adds it). With `heads`, only those heads are averaged.
+    (Chroma's 0/1 mask is floating: diffusers adds it). With `heads`, only those heads are averaged. `layout` (the
+    image queries' and the text's positions in the sequence) is for a sequence laid out otherwise than [text, image]
+    or [image, text] (Z-Image pads each part, see the family's `joint_layout`).
     """
     selected = heads
     query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
     total = query.shape[1]
     image = slice(text_length, total) if text_first else slice(0, total - text_length)
     text = slice(0, text_length) if text_first else slice(total - text_length, total)
+    if layout is not None:
+        image, text = layout
     parts, left_out = [], []
     # (batch, 1, 1, text): the text columns that are not the prompt's own tokens
     outside = None if content is None else ~content.to(key.device, torch.bool)[:, None, None, :]
@@ -740,9 +764,12 @@ class JointAttentionRecorder(CrossAttentionRecorder):
             arguments = call_arguments(module, args, kwargs)  # by name: the layers' signatures differ (Flux 2's)
             hidden_states = arguments["hidden_states"]
             encoder_hidden_states = arguments.get("encoder_hidden_states")
-            rotary = arguments.get("image_rotary_emb")
-            mask = layer_mask(arguments, self.family.joint_attention.text_first)
             rows = self.kept_rows(int(hidden_states.shape[0]))
+            rotary = layer_rotary(arguments, rows)
+            mask = layer_mask(arguments, self.family.joint_attention.text_first)
+            layout = self.family.joint_layout(
+                self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
+            )
             probs, left_out = joint_attention_probabilities(
                 module,
                 hidden_states.detach()[rows],
@@ -753,6 +780,7 @@ class JointAttentionRecorder(CrossAttentionRecorder):
                 content=self._content_mask(len(range(*rows.indices(int(hidden_states.shape[0]))))),
                 attention_mask=None if mask is None else mask.detach()[rows],
                 heads=self.heads,
+                layout=layout,
             )
             if left_out is not None:  # carried as one more token column, split off again in `maps`
                 probs = torch.cat([probs, left_out[..., None].to(probs.dtype)], dim=-1)

@@ -191,6 +191,10 @@ def run(
         with torch.set_grad_enabled(grad_before_loop):
             for scope in scopes:
                 stack.enter_context(scope)
+            # Lists handed over as copies: a pipeline may rewrite them in place (Z-Image templates its prompts).
+            call_kwargs = {
+                name: list(value) if isinstance(value, list) else value for name, value in call_kwargs.items()
+            }
             if plan.call is not None:
                 output = plan.call(**call_kwargs)
             else:

@@ -15,6 +15,7 @@ from .attention import (
     joint_queries_keys,
     joint_scores,
     layer_mask,
+    layer_rotary,
     mean_over_heads,
     query_grid,
 )
@@ -75,15 +76,18 @@ def joint_self_attention_region(
     text_first: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
     heads: Optional[Sequence[int]] = None,
+    layout: Optional[Tuple[slice, slice]] = None,
 ) -> torch.Tensor:
     r"""
     A joint-attention layer's attention from the image tokens `queries` (indices among the image tokens) to the image
     tokens: the softmax over ALL keys (text and image, the layer's mask applied as its kernel applies it), of which
-    the image columns are kept, averaged over the queries and the heads: (batch, image tokens).
+    the image columns are kept, averaged over the queries and the heads: (batch, image tokens). `layout`: as
+    [`~tracing.attention.joint_attention_probabilities`]'.
     """
     query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
     total = query.shape[1]
     image = slice(text_length, total) if text_first else slice(0, total - text_length)
+    image = image if layout is None else layout[0]
     picked = torch.arange(total)[image][list(queries)]
     scores = joint_scores(attn, query, key, head_dim, picked, attention_mask)
     probs = scores.softmax(dim=-1)[..., image]  # (batch, heads, queries, image tokens)
@@ -151,17 +155,23 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
             else:
                 text = arguments.get("encoder_hidden_states")
                 mask = layer_mask(arguments, self.family.joint_attention.text_first)
+                layout = self.family.joint_layout(
+                    self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
+                )
                 image_tokens = int(hidden_states.shape[1]) - (0 if text is not None else self._text_length)
+                if layout is not None:
+                    image_tokens = len(range(*layout[0].indices(int(hidden_states.shape[1]))))
                 probs = joint_self_attention_region(
                     module,
                     hidden_states.detach()[rows],
                     None if text is None else text.detach()[rows],
-                    arguments.get("image_rotary_emb"),
+                    layer_rotary(arguments, rows),
                     self._text_length,
                     self._cells(image_tokens),
                     text_first=self.family.joint_attention.text_first,
                     attention_mask=None if mask is None else mask.detach()[rows],
                     heads=self.heads,
+                    layout=layout,
                 )
             self.add(name, probs[:, :, None])  # the image tokens as the grid, one "token" row: the map
             return None
@@ -179,15 +189,17 @@ def joint_text_relations(
     text_first: bool = True,
     attention_mask: Optional[torch.Tensor] = None,
     heads: Optional[Sequence[int]] = None,
+    layout: Optional[Tuple[slice, slice]] = None,
 ) -> torch.Tensor:
     r"""
     A joint-attention layer's text-to-text block: each text token's attention to each text token, the softmax over
     ALL keys (text and image, the layer's mask applied as its kernel applies it), averaged over the heads: (batch,
-    text tokens, text tokens).
+    text tokens, text tokens). `layout`: as [`~tracing.attention.joint_attention_probabilities`]'.
     """
     query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
     total = query.shape[1]
     text = slice(0, text_length) if text_first else slice(total - text_length, total)
+    text = text if layout is None else layout[1]
     scores = joint_scores(attn, query, key, head_dim, text, attention_mask)
     return mean_over_heads(scores.softmax(dim=-1)[..., text], heads)
 
@@ -234,11 +246,14 @@ class TextRelationRecorder(CrossAttentionRecorder):
             module,
             hidden_states.detach()[rows],
             None if text is None else text.detach()[rows],
-            arguments.get("image_rotary_emb"),
+            layer_rotary(arguments, rows),
             self._text_length,
             text_first=self.family.joint_attention.text_first,
             attention_mask=None if mask is None else mask.detach()[rows],
             heads=self.heads,
+            layout=self.family.joint_layout(
+                self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
+            ),
         ).cpu()
         self._step_relations = relations if self._current_layers == 0 else self._step_relations + relations
         self._current_layers += 1

@@ -106,8 +106,8 @@ class DenoiserTracer(ScopedHooks):
         if self.family.is_prompt_call(
             self.pipe, index, self.counter.calls_per_step
         ):  # not, e.g., true CFG's separate negative-prompt call
-            present = self.family.read_conditioning(args, kwargs)
-            args, kwargs = self.family.write_conditioning(args, kwargs, self._swap(present))
+            present = self.family.read_conditioning(self.pipe, args, kwargs)
+            args, kwargs = self.family.write_conditioning(self.pipe, args, kwargs, self._swap(present))
         if self.checkpoint and self.grad:
             self._saved = (args, kwargs)
             torch.set_grad_enabled(False)
@@ -146,12 +146,14 @@ class DenoiserTracer(ScopedHooks):
         self._saved = None
         family = self.family
         sample = family.read_sample(saved_args, saved_kwargs)
-        conditioning = family.read_conditioning(saved_args, saved_kwargs)
+        conditioning = family.read_conditioning(self.pipe, saved_args, saved_kwargs)
         names = list(conditioning)
 
         def run(sample_, *conditioning_):
             call_args, call_kwargs = family.write_sample(saved_args, saved_kwargs, sample_)
-            call_args, call_kwargs = family.write_conditioning(call_args, call_kwargs, dict(zip(names, conditioning_)))
+            call_args, call_kwargs = family.write_conditioning(
+                self.pipe, call_args, call_kwargs, dict(zip(names, conditioning_))
+            )
             with self.counter.recomputing():
                 return family.denoiser_output(module(*call_args, **call_kwargs))
 
