@@ -175,43 +175,6 @@ def test_a_reference_image_is_refused_with_what_to_do(klein):
         explain(klein, image=Image.new("RGB", (SIZE, SIZE)))
 
 
-def test_state_restored_after_an_injected_exception(klein):
-    explainer = Flux2KleinPipelineExplainer(klein, verbose=True)
-    processors = klein.transformer.attn_processors
-
-    def boom(pipe, step, timestep, kwargs):
-        if step == 1:
-            raise KeyError("injected")
-        return {}
-
-    # transformers keeps hooks of its own on the LLM's layers (its hidden-state capture): those before are those after.
-    def hooks():
-        modules = [*klein.transformer.modules(), *klein.text_encoder.modules()]
-        return [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules]
-
-    explain(klein)
-    before = hooks()
-    for method in ("grad_x_input", "word_attention", "concept_attention"):
-        with pytest.raises(KeyError, match="injected"):
-            explainer(PROMPT, callback_on_step_end=boom, attribution_method=method, **COMMON)
-        assert torch.is_grad_enabled()
-        assert hooks() == before
-        assert all(klein.transformer.attn_processors[k] is v for k, v in processors.items())
-    expected = klein(prompt=PROMPT, generator=seeded(3), output_type="np", **COMMON).images[0]
-    np.testing.assert_array_equal(explain(klein, seed=3, output_type="np").image, expected)
-
-
-def test_an_existing_image_is_explained(klein):
-    from PIL import Image
-
-    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
-    explainer = explainer_for(klein, verbose=False)
-    for method in ("word_attention", "grad_x_input", "concept_attention"):
-        out = explainer.explain_image(image, PROMPT, attribution_method=method, **TINY_FLUX2_CALL)
-        assert [w for w, _ in out.word_attributions] == PROMPT.split()
-        assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.max() > 0, method
-
-
 def test_record_cross_attention_leaves_out_the_empty_prompts_calls(klein):
     # With guidance the pipeline calls the transformer for the empty prompt after the prompt each step:
     # `record_cross_attention(pipe)`, which never sees the call's arguments, records the prompt's calls only.
@@ -249,17 +212,6 @@ def test_word_attention_reads_the_causal_llm_only_up_to_the_prompts_last_token(k
     full = explain(klein, attribution_method="word_attention", prompt_dependence=False)
     assert computed and computed[0][1] == max(fast.token_positions) + 1 < LENGTH
     np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)
-
-
-def test_gradient_checkpointing_gives_the_same_gradients(klein):
-    box = ((0, 0), (8, 16))
-    plain = explain(klein, explanation_2d_bounding_box=box)
-    explainer = Flux2KleinPipelineExplainer(klein, verbose=False, gradient_checkpointing=True)
-    checkpointed = explainer(
-        PROMPT, generator=seeded(0), attribution_method="grad_x_input", explanation_2d_bounding_box=box, **COMMON
-    )
-    np.testing.assert_array_equal(np.asarray(checkpointed.image), np.asarray(plain.image))
-    np.testing.assert_allclose(checkpointed.token_gradients, plain.token_gradients, rtol=1e-4, atol=1e-7)
 
 
 def test_each_image_of_a_batch_reads_its_own_prompts_tokens(klein):
