@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import seeded
 from explicit_attention import ExplicitFlux2Attention
+from independent_gradients import central_difference, leaf_gradient
 
 from diffusers_interpret import Flux2KleinPipelineExplainer, explainer_for
 from diffusers_interpret.testing.flux2 import TINY_FLUX2_CALL, make_tiny_flux2_klein_pipeline
@@ -38,11 +39,6 @@ def templated_ids(pipe, prompt=PROMPT, length=LENGTH):
         messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
     )
     return text, pipe.tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-
-
-def box_sum(images: torch.Tensor, box) -> torch.Tensor:
-    (x0, y0), (x1, y1) = box
-    return images[0, :, y0:y1, x0:x1].sum()
 
 
 @pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "concept_attention", "ablation"])
@@ -94,23 +90,9 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(kl
     pipe, box, eps = klein64, ((0, 0), (8, 16)), 3e-7
     call = dict(guidance_scale=3.0)
     out = explain(pipe, explanation_2d_bounding_box=box, **call)
-    ids, leaf = templated_ids(pipe)[1].input_ids, {}
+    ids = templated_ids(pipe)[1].input_ids
     embed = pipe.text_encoder.get_input_embeddings()
-
-    def replace(module, args, output):
-        if torch.equal(args[0], ids):
-            leaf["e"] = output.detach().clone().requires_grad_(True)
-            return leaf["e"]
-        return output
-
-    handle = embed.register_forward_hook(replace)
-    try:
-        with torch.enable_grad():
-            run = type(pipe).__call__.__wrapped__
-            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **call).images
-            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-    finally:
-        handle.remove()
+    grad = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **COMMON, **call)
     units = out.session.trace.prompt_tokens[0].units
     for row, unit in enumerate(units):
         np.testing.assert_allclose(
@@ -120,20 +102,8 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(kl
     # explanation leaves them out of its rows, it does not lose them from the model.
     template = [p for p in range(ids.shape[1]) if p not in {u.token_index for u in units}]
     assert float(grad[0, template].abs().sum()) > 0
-    norm = float(grad.norm())
-
-    def shifted(sign):
-        def add(module, args, output):
-            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
-
-        handle = embed.register_forward_hook(add)
-        try:
-            images = pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **call).images
-            return float(box_sum(images, box))
-        finally:
-            handle.remove()
-
-    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+    difference = central_difference(pipe, embed, ids, grad, eps, box, prompt=PROMPT, **COMMON, **call)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
 
 
 def test_joint_attention_maps_equal_an_independent_computation(klein):

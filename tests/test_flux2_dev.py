@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import seeded
 from explicit_attention import ExplicitFlux2Attention
-from test_flux2 import box_sum
+from independent_gradients import central_difference, leaf_gradient
 
 from diffusers_interpret import Flux2PipelineExplainer, explainer_for
 from diffusers_interpret.testing.flux2 import TINY_FLUX2_DEV_LENGTH, make_tiny_flux2_dev_pipeline
@@ -64,40 +64,15 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences():
     pipe = make_tiny_flux2_dev_pipeline(dtype=torch.float64)
     box, eps = ((0, 0), (8, 16)), 1e-4
     out = explain(pipe, explanation_2d_bounding_box=box)
-    ids, leaf = templated_ids(pipe), {}
+    ids = templated_ids(pipe)
     embed = pipe.text_encoder.get_input_embeddings()
-
-    def replace(module, args, output):
-        if torch.equal(args[0], ids):
-            leaf["e"] = output.detach().clone().requires_grad_(True)
-            return leaf["e"]
-        return output
-
-    handle = embed.register_forward_hook(replace)
-    try:
-        with torch.enable_grad():
-            run = type(pipe).__call__.__wrapped__
-            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images
-            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-    finally:
-        handle.remove()
+    grad = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **COMMON)
     for row, unit in enumerate(out.session.trace.prompt_tokens[0].units):
         np.testing.assert_allclose(
             out.token_gradients[row], grad[0, unit.token_index], rtol=1e-5, atol=1e-7 * float(grad.abs().max())
         )
-    norm = float(grad.norm())
-
-    def shifted(sign):
-        def add(module, args, output):
-            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
-
-        handle = embed.register_forward_hook(add)
-        try:
-            return float(box_sum(pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images, box))
-        finally:
-            handle.remove()
-
-    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+    difference = central_difference(pipe, embed, ids, grad, eps, box, prompt=PROMPT, **COMMON)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
 
 
 def test_joint_attention_maps_equal_an_independent_computation(dev):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import seeded
 from explicit_attention import ExplicitQwenImageAttention
+from independent_gradients import central_difference, leaf_gradient
 
 from diffusers_interpret import QwenImagePipelineExplainer, explainer_for
 from diffusers_interpret.testing.qwenimage import TINY_QWEN_IMAGE_CALL, make_tiny_qwenimage_pipeline
@@ -36,11 +37,6 @@ def templated_ids(pipe, prompt=PROMPT):
     # prompt: no padding); it drops the first `prompt_template_encode_start_idx` positions' states.
     text = pipe.prompt_template_encode.format(prompt)
     return text, pipe.tokenizer(text, return_tensors="pt")
-
-
-def box_sum(images: torch.Tensor, box) -> torch.Tensor:
-    (x0, y0), (x1, y1) = box
-    return images[0, :, y0:y1, x0:x1].sum()
 
 
 @pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "concept_attention", "ablation"])
@@ -85,23 +81,9 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(qw
     # whatever the model's dtype: the differences are taken at a step that float32 rounding does not swamp.)
     pipe, box, eps = qwen64, ((0, 0), (16, 32)), 1e-4
     out = explain(pipe, explanation_2d_bounding_box=box, **TRUE_CFG)
-    ids, leaf = templated_ids(pipe)[1].input_ids, {}
+    ids = templated_ids(pipe)[1].input_ids
     embed = pipe.text_encoder.get_input_embeddings()
-
-    def replace(module, args, output):
-        if torch.equal(args[0], ids):
-            leaf["e"] = output.detach().clone().requires_grad_(True)
-            return leaf["e"]
-        return output
-
-    handle = embed.register_forward_hook(replace)
-    try:
-        with torch.enable_grad():
-            run = type(pipe).__call__.__wrapped__
-            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **TRUE_CFG).images
-            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-    finally:
-        handle.remove()
+    grad = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **COMMON, **TRUE_CFG)
     units = out.session.trace.prompt_tokens[0].units
     for row, unit in enumerate(units):
         np.testing.assert_allclose(
@@ -110,20 +92,8 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(qw
     # The dropped prefix carries gradient too (the LLM is causal: the prompt's states read it), and is not a row.
     drop = pipe.prompt_template_encode_start_idx
     assert float(grad[0, :drop].abs().sum()) > 0 and min(u.token_index for u in units) >= drop
-    norm = float(grad.norm())
-
-    def shifted(sign):
-        def add(module, args, output):
-            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
-
-        handle = embed.register_forward_hook(add)
-        try:
-            images = pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON, **TRUE_CFG).images
-            return float(box_sum(images, box))
-        finally:
-            handle.remove()
-
-    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+    difference = central_difference(pipe, embed, ids, grad, eps, box, prompt=PROMPT, **COMMON, **TRUE_CFG)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
 
 
 def test_joint_attention_maps_equal_an_independent_computation(qwen):

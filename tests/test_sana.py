@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded
+from independent_gradients import central_difference, leaf_gradient
 
 from diffusers_interpret import SanaPipelineExplainer, explainer_for
 from diffusers_interpret.testing.sana import TINY_SANA_CALL, make_tiny_sana_pipeline
@@ -42,11 +43,6 @@ def instructed_ids(pipe, prompt=PROMPT):
     text = instruction + prompt.lower()
     ids = pipe.tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return text, instruction, ids, [0, *range(length - KEPT + 1, length)]
-
-
-def box_sum(images: torch.Tensor, box) -> torch.Tensor:
-    (x0, y0), (x1, y1) = box
-    return images[0, :, y0:y1, x0:x1].sum()
 
 
 @pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "ablation"])
@@ -87,23 +83,9 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(sa
     pipe, box, eps = sana64, ((0, 0), (16, 32)), 1e-3
     out = explain(pipe, explanation_2d_bounding_box=box)
     _, _, tokens, kept = instructed_ids(pipe)
-    ids, leaf = tokens.input_ids, {}
+    ids = tokens.input_ids
     embed = pipe.text_encoder.get_input_embeddings()
-
-    def replace(module, args, output):
-        if torch.equal(args[0], ids):
-            leaf["e"] = output.detach().clone().requires_grad_(True)
-            return leaf["e"]
-        return output
-
-    handle = embed.register_forward_hook(replace)
-    try:
-        with torch.enable_grad():
-            run = type(pipe).__call__.__wrapped__
-            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images
-            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-    finally:
-        handle.remove()
+    grad = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **COMMON)
     units = out.session.trace.prompt_tokens[0].units
     for row, unit in enumerate(units):
         np.testing.assert_allclose(
@@ -111,20 +93,8 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(sa
         )
     # The instruction's tokens, dropped or kept, carry gradient too (the LLM is causal): never rows of the prompt's.
     assert float(grad[0, 1 : kept[1]].abs().sum()) > 0
-    norm = float(grad.norm())
-
-    def shifted(sign):
-        def add(module, args, output):
-            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
-
-        handle = embed.register_forward_hook(add)
-        try:
-            images = pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images
-            return float(box_sum(images, box))
-        finally:
-            handle.remove()
-
-    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=1e-3)
+    difference = central_difference(pipe, embed, ids, grad, eps, box, prompt=PROMPT, **COMMON)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
 
 
 def test_cross_attention_maps_equal_an_independent_computation(sana):

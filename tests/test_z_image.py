@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import seeded
 from explicit_attention import ExplicitZImageAttention
+from independent_gradients import central_difference, leaf_gradient
 
 from diffusers_interpret import ZImagePipelineExplainer, explainer_for
 from diffusers_interpret.testing.z_image import TINY_Z_IMAGE_CALL, make_tiny_z_image_pipeline
@@ -48,11 +49,6 @@ def processors(pipe):
     return {name: (module, module.processor) for name, module in modules if isinstance(module, Attention)}
 
 
-def box_sum(images: torch.Tensor, box) -> torch.Tensor:
-    (x0, y0), (x1, y1) = box
-    return images[0, :, y0:y1, x0:x1].sum()
-
-
 @pytest.mark.parametrize("method", ["grad_x_input", "attention", "word_attention", "ablation"])
 def test_image_is_the_pipelines_image(zimage, method):
     # Guidance 5 (the default: the prompt's caption and the negative prompt's in one call) and 0 (Turbo's: one row).
@@ -89,23 +85,9 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(zi
     # model's dtype, and asserts it: the step is one float32 rounding does not swamp.)
     pipe, box, eps = zimage64, ((0, 0), (16, 32)), 1e-3
     out = explain(pipe, explanation_2d_bounding_box=box)
-    ids, leaf = templated_ids(pipe)[1].input_ids, {}
+    ids = templated_ids(pipe)[1].input_ids
     embed = pipe.text_encoder.get_input_embeddings()
-
-    def replace(module, args, output):
-        if torch.equal(args[0], ids):
-            leaf["e"] = output.detach().clone().requires_grad_(True)
-            return leaf["e"]
-        return output
-
-    handle = embed.register_forward_hook(replace)
-    try:
-        with torch.enable_grad():
-            run = type(pipe).__call__.__wrapped__
-            images = run(pipe, prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images
-            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-    finally:
-        handle.remove()
+    grad = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **COMMON)
     units = out.session.trace.prompt_tokens[0].units
     for row, unit in enumerate(units):
         np.testing.assert_allclose(
@@ -115,20 +97,8 @@ def test_token_gradients_equal_an_independent_autograd_and_finite_differences(zi
         p for p in range(int(ids.ne(pipe.tokenizer.pad_token_id).sum())) if p not in {u.token_index for u in units}
     ]
     assert float(grad[0, template].abs().sum()) > 0  # the template's tokens reach the image too: never ranked
-    norm = float(grad.norm())
-
-    def shifted(sign):
-        def add(module, args, output):
-            return output + sign * eps * grad / norm if torch.equal(args[0], ids) else output
-
-        handle = embed.register_forward_hook(add)
-        try:
-            images = pipe(prompt=PROMPT, generator=seeded(0), output_type="pt", **COMMON).images
-            return float(box_sum(images, box))
-        finally:
-            handle.remove()
-
-    assert (shifted(1) - shifted(-1)) / (2 * eps) == pytest.approx(norm, rel=2e-3)
+    difference = central_difference(pipe, embed, ids, grad, eps, box, prompt=PROMPT, **COMMON)
+    assert difference == pytest.approx(float(grad.norm()), rel=2e-3)
 
 
 @pytest.mark.parametrize("size", [32, 40])
