@@ -506,3 +506,10 @@ def check_binned_size(name: str, asked: Tuple[int, int], made) -> None:
             f"(`use_resolution_binning`): explain it at `height={made[0]}, width={made[1]}`, or pass "
             "`use_resolution_binning=False`."
         )
+
+
+def call_argument(pipe, call_kwargs: Dict[str, Any], name: str):
+    r"""A pipeline call's argument `name`: as `call_kwargs` gives it (unless `None`), else the pipeline's own default
+    (read from its `__call__`, so that the explanation follows the installed diffusers)."""
+    value = call_kwargs.get(name)
+    return value if value is not None else inspect.signature(type(pipe).__call__).parameters[name].default

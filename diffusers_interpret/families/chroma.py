@@ -1,12 +1,11 @@
 """Chroma: Flux-shaped, T5 alone into joint attention (no pooled vector), padding weighted down by a mask, true CFG."""
 
-import inspect
 from typing import Any, Dict, List, Optional
 
 import torch
 from diffusers import ChromaPipeline
 
-from .base import TextEncoderSlot
+from .base import TextEncoderSlot, call_argument
 from .flux import FluxFamily
 from .registry import register_family
 
@@ -37,9 +36,7 @@ class ChromaFamily(FluxFamily):
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         if call_kwargs is None:  # a call not seen (`record_cross_attention`): its recorder tells the calls apart
             return 1
-        scale = call_kwargs.get("guidance_scale")
-        if scale is None:  # the pipeline's own default (5.0 in diffusers 0.42)
-            scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+        scale = call_argument(pipe, call_kwargs, "guidance_scale")
         return 2 if float(scale) > 1 else 1
 
     # -- text -----------------------------------------------------------------------------------------------------

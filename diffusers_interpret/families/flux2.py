@@ -1,12 +1,11 @@
 """Flux 2 [klein]: a chat LLM (Qwen3) reads the prompt in its chat template; its layers' states, stacked, carry it."""
 
-import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from diffusers import Flux2KleinPipeline
 
-from .base import InputKind, TextEncoderSlot
+from .base import InputKind, TextEncoderSlot, call_argument
 from .flux import FluxFamily
 from .registry import register_family
 
@@ -54,9 +53,7 @@ class Flux2KleinFamily(FluxFamily):
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         if call_kwargs is None:  # a call not seen (`record_cross_attention`): its recorder tells the calls apart
             return 1
-        scale = call_kwargs.get("guidance_scale")
-        if scale is None:
-            scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+        scale = call_argument(pipe, call_kwargs, "guidance_scale")
         return 2 if float(scale) > 1 and not pipe.config.is_distilled else 1
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
@@ -89,9 +86,7 @@ class Flux2KleinFamily(FluxFamily):
         return int(call_kwargs.get("max_sequence_length") or 512)
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
-        layers = call_kwargs.get("text_encoder_out_layers")
-        if layers is None:
-            layers = inspect.signature(type(pipe).__call__).parameters["text_encoder_out_layers"].default
+        layers = call_argument(pipe, call_kwargs, "text_encoder_out_layers")
         embeddings, _ = pipe.encode_prompt(
             prompt=prompts["prompt"],
             device=device,
@@ -227,9 +222,7 @@ class Flux2DevFamily(Flux2KleinFamily):
 
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         arguments = super().denoiser_arguments(pipe, latents, timestep, conditioning, size, call_kwargs)
-        scale = call_kwargs.get("guidance_scale")
-        if scale is None:
-            scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+        scale = call_argument(pipe, call_kwargs, "guidance_scale")
         arguments["guidance"] = torch.full(
             [latents.shape[0]], float(scale), device=latents.device, dtype=torch.float32
         )

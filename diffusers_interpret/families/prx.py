@@ -1,11 +1,10 @@
 """PRX: T5Gemma's encoder reads the cleaned prompt; the image's queries attend over [text, image] keys."""
 
-import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot, check_binned_size
+from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot, call_argument, check_binned_size
 from .registry import register_family
 
 
@@ -69,9 +68,7 @@ class PRXFamily(PipelineFamily):
     def _check_binning(self, pipe, size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]) -> None:
         # Resolution binning makes the image at another size and resizes it to the size asked for: its maps and
         # boxes would not be the image's. A size that is its own bin (the default square) passes.
-        binning = pipeline_kwargs.get("use_resolution_binning")
-        if binning is None:
-            binning = inspect.signature(type(pipe).__call__).parameters["use_resolution_binning"].default
+        binning = call_argument(pipe, pipeline_kwargs, "use_resolution_binning")
         bins = _aspect_ratio_bins().get(pipe.default_sample_size)
         if not binning or bins is None:
             return  # the pipeline itself refuses binning for a sample size it has no bins for
@@ -179,9 +176,7 @@ class PRXFamily(PipelineFamily):
 
 
 def _guidance(pipe, call_kwargs: Dict[str, Any]) -> float:
-    scale = call_kwargs.get("guidance_scale")
-    if scale is None:  # the pipeline's own default (4.0 in diffusers 0.42)
-        scale = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+    scale = call_argument(pipe, call_kwargs, "guidance_scale")
     return float(scale)
 
 

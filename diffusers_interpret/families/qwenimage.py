@@ -1,11 +1,10 @@
 """Qwen-Image: Qwen2.5-VL reads the prompt in a describing template whose prefix it drops; one MMDiT stream each."""
 
-import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import TextEncoderSlot
+from .base import TextEncoderSlot, call_argument
 from .flux import FluxFamily
 from .registry import register_family
 
@@ -44,9 +43,7 @@ class QwenImageFamily(FluxFamily):
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         if call_kwargs is None:  # a call not seen (`record_cross_attention`): its recorder tells the calls apart
             return 1
-        scale = call_kwargs.get("true_cfg_scale")
-        if scale is None:  # the pipeline's own default (4.0 in diffusers 0.42)
-            scale = inspect.signature(type(pipe).__call__).parameters["true_cfg_scale"].default
+        scale = call_argument(pipe, call_kwargs, "true_cfg_scale")
         negative = call_kwargs.get("negative_prompt") is not None or (
             call_kwargs.get("negative_prompt_embeds") is not None
         )
@@ -195,9 +192,7 @@ def _latent_statistics(vae, latents: torch.Tensor) -> Tuple[torch.Tensor, torch.
 
 
 def _max_sequence_length(pipe, call_kwargs: Dict[str, Any]) -> int:
-    length = call_kwargs.get("max_sequence_length")
-    if length is None:  # the pipeline's own default (512 in diffusers 0.42)
-        length = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+    length = call_argument(pipe, call_kwargs, "max_sequence_length")
     return int(length)
 
 

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, PipelineFamily, TextEncoderSlot, check_binned_size
+from .base import InputKind, PipelineFamily, TextEncoderSlot, call_argument, check_binned_size
 from .registry import register_family
 
 
@@ -48,7 +48,7 @@ class SanaFamily(PipelineFamily):
                 "`clean_caption=True` rewrites the prompt before it is encoded, so the words explained would not be "
                 "the ones the model read: explain without it."
             )
-        if _default(pipe, pipeline_kwargs, "use_resolution_binning"):
+        if call_argument(pipe, pipeline_kwargs, "use_resolution_binning"):
             bins = _aspect_ratio_bins(int(self.denoiser(pipe).config.sample_size))
             if bins is not None:
                 asked = tuple(int(side or default) for side, default in zip(size, self.default_size(pipe)))
@@ -87,7 +87,7 @@ class SanaFamily(PipelineFamily):
         return instruction + text.lower().strip(), len(instruction) - (len(text) - len(text.lstrip()))
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
-        length = _default(pipe, call_kwargs, "max_sequence_length")
+        length = call_argument(pipe, call_kwargs, "max_sequence_length")
         instruction = _instruction(pipe, call_kwargs)
         if not instruction:
             return int(length)
@@ -95,7 +95,7 @@ class SanaFamily(PipelineFamily):
 
     def kept_positions(self, pipe, slot: TextEncoderSlot, length: int, call_kwargs: Dict[str, Any]) -> List[int]:
         # `encode_prompt`'s `select_index`: the first position and the last `max_sequence_length` - 1.
-        kept = int(_default(pipe, call_kwargs, "max_sequence_length"))
+        kept = int(call_argument(pipe, call_kwargs, "max_sequence_length"))
         return [0, *range(length - kept + 1, length)]
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
@@ -105,8 +105,8 @@ class SanaFamily(PipelineFamily):
             num_images_per_prompt=1,
             device=device,
             clean_caption=False,
-            max_sequence_length=int(_default(pipe, call_kwargs, "max_sequence_length")),
-            complex_human_instruction=_default(pipe, call_kwargs, "complex_human_instruction"),
+            max_sequence_length=int(call_argument(pipe, call_kwargs, "max_sequence_length")),
+            complex_human_instruction=_instructions(pipe, call_kwargs),
             lora_scale=(call_kwargs.get("attention_kwargs") or {}).get("scale"),
         )
         # The mask is not a gradient path: it rides along for `denoiser_arguments` (an existing image's calls).
@@ -163,15 +163,15 @@ def _aspect_ratio_bins(sample_size: int):
     return getattr(module, names[sample_size]) if sample_size in names else None
 
 
-def _default(pipe, call_kwargs: Dict[str, Any], name: str):
-    # A call argument (as given: `complex_human_instruction=None` means none), or the pipeline's own default for it.
-    if name in call_kwargs:
-        return call_kwargs[name]
-    return inspect.signature(type(pipe).__call__).parameters[name].default
+def _instructions(pipe, call_kwargs: Dict[str, Any]):
+    # The call's `complex_human_instruction` as given (`None` or `[]` means none), else the pipeline's own.
+    if "complex_human_instruction" in call_kwargs:
+        return call_kwargs["complex_human_instruction"]
+    return inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
 
 
 def _instruction(pipe, call_kwargs: Dict[str, Any]) -> str:
-    lines = _default(pipe, call_kwargs, "complex_human_instruction")
+    lines = _instructions(pipe, call_kwargs)
     return "\n".join(lines) if lines else ""
 
 

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot
+from .base import InputKind, JointAttention, PipelineFamily, TextEncoderSlot, call_argument
 from .flux2 import chat_template_text
 from .registry import register_family
 
@@ -48,11 +48,11 @@ class ZImageFamily(PipelineFamily):
     def check_request(
         self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
     ) -> None:
-        truncation = _default(pipe, pipeline_kwargs, "cfg_truncation")
+        truncation = call_argument(pipe, pipeline_kwargs, "cfg_truncation")
         if (
             truncation is not None
             and float(truncation) < 1
-            and float(_default(pipe, pipeline_kwargs, "guidance_scale")) > 0
+            and float(call_argument(pipe, pipeline_kwargs, "guidance_scale")) > 0
         ):
             raise ValueError(
                 "`cfg_truncation` below 1 switches guidance off for the last steps, which the explanation does not "
@@ -150,7 +150,7 @@ class ZImageFamily(PipelineFamily):
         return chat_template_text(self.tokenizer(pipe, slot), text, enable_thinking=True)
 
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
-        return int(_default(pipe, call_kwargs, "max_sequence_length"))
+        return int(call_argument(pipe, call_kwargs, "max_sequence_length"))
 
     def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
         # The pipeline's own encoding, its padding cut to the longest prompt's tokens (a causal LLM's states of the
@@ -158,7 +158,7 @@ class ZImageFamily(PipelineFamily):
         # longest (as `read_conditioning` lays the captions out).
         slot = self.text_encoders(pipe)[0]
         tokenizer = self.tokenizer(pipe, slot)
-        cap = int(_default(pipe, call_kwargs, "max_sequence_length"))
+        cap = int(call_argument(pipe, call_kwargs, "max_sequence_length"))
         longest = max(len(tokenizer(self.encoder_text(pipe, slot, p)[0]).input_ids) for p in prompts["prompt"])
         captions, _ = pipe.encode_prompt(
             prompt=list(prompts["prompt"]),
@@ -220,12 +220,6 @@ def _fitted(caption: torch.Tensor, length: int) -> torch.Tensor:
     if caption.shape[0] >= length:
         return caption[:length]
     return torch.cat([caption, caption.new_zeros(length - caption.shape[0], caption.shape[1])])
-
-
-def _default(pipe, call_kwargs: Dict[str, Any], name: str):
-    if name in call_kwargs and call_kwargs[name] is not None:
-        return call_kwargs[name]
-    return inspect.signature(type(pipe).__call__).parameters[name].default
 
 
 Z_IMAGE = register_family(ZImageFamily())
