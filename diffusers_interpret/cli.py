@@ -215,15 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--true-cfg-scale",
         type=float,
         default=None,
-        help="Flux: true classifier-free guidance against --negative-prompt, the empty prompt when none is given "
-        "(default: the toy Flux's 4; off otherwise)",
+        help="Flux, Qwen-Image: true classifier-free guidance against --negative-prompt, the empty prompt when none "
+        "is given (default: the toy Flux's 4; off otherwise)",
     )
     explain.add_argument(
         "--max-sequence-length",
         type=positive_int,
         default=None,
-        help="SD3, Flux, Chroma, Flux 2, Qwen-Image, Sana: the text encoder's padded (or kept) length (default: the "
-        "toy Flux's 16; the pipeline's otherwise: 256, 300 or 512)",
+        help="SD3, Flux, Chroma, Flux 2, Qwen-Image, Sana, Z-Image: the text encoder's padded (or kept) length "
+        "(default: the toy Flux's 16; the pipeline's otherwise: 256, 300 or 512)",
     )
     explain.add_argument(
         "--no-resolution-binning",
