@@ -393,6 +393,7 @@ FAMILIES = [
     ("z-image-concept-attention", "z_image", dict(attribution_method="concept_attention"), BAD, "text stream"),
     ("z-image-special-token", "z_image", dict(prompt="a dog <|im_start|>"), BAD, "<|im_start|>"),
     ("z-image-size", "z_image", dict(height=30), BAD, "height"),
+    ("z-image-latents-5d", "z_image", dict(latents=torch.zeros(1, 16, 1, 16, 16)), BAD, "latents"),
 ]
 
 

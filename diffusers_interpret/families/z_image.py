@@ -60,11 +60,13 @@ class ZImageFamily(PipelineFamily):
             )
 
     def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
+        factor = pipe.vae_scale_factor
         if latents.ndim != 4:
             raise ValueError(
-                f"`latents` must be (batch, channels, height / 8, width / 8), got {tuple(latents.shape)}."
+                f"`latents` must be (batch, channels, height / {factor}, width / {factor}), got shape "
+                f"{tuple(latents.shape)}."
             )
-        return int(latents.shape[-2]) * pipe.vae_scale_factor, int(latents.shape[-1]) * pipe.vae_scale_factor
+        return int(latents.shape[-2]) * factor, int(latents.shape[-1]) * factor
 
     def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
         # One (channels, frames, height, width) tensor per image, stacked.
@@ -110,10 +112,6 @@ class ZImageFamily(PipelineFamily):
             return (list(tensor.unbind(0)), *output[1:])
         output.sample = list(tensor.unbind(0))
         return output
-
-    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
-        sample = self.read_sample(args, kwargs)
-        return int(sample.shape[-2]), int(sample.shape[-1])
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         # The main layers (one stream of image and caption); the refiners each see one kind of token.
