@@ -12,24 +12,39 @@ from diffusers_interpret import explainer_for
 
 PROMPT = "a cute corgi on the left"
 
-# family -> (its testing module, the builder's name, the call settings, the methods to run, size)
-FAMILIES = {
-    "flux2_klein": ("flux2", "make_tiny_flux2_klein_pipeline", "TINY_FLUX2_CALL", True, 16),
-    "qwenimage": ("qwenimage", "make_tiny_qwenimage_pipeline", "TINY_QWEN_IMAGE_CALL", True, 32),
-    "prx": ("prx", "make_tiny_prx_pipeline", "TINY_PRX_CALL", False, 16),
-    "sana": ("sana", "make_tiny_sana_pipeline", "TINY_SANA_CALL", False, 32),
-    "z_image": ("z_image", "make_tiny_z_image_pipeline", "TINY_Z_IMAGE_CALL", False, 32),
-}
+FAMILIES = ["chroma", "flux2_klein", "flux2_dev", "qwenimage", "prx", "sana", "z_image"]
+# The families with a text stream to carry concept tokens through.
+WITH_CONCEPTS = {"chroma", "flux2_klein", "flux2_dev", "qwenimage"}
 _BUILT = {}
 
 
 def tiny(family):
-    # The family's tiny pipeline (built once per session) and the arguments of a 3-step call.
+    # The family's tiny pipeline (built once per session), the arguments of a 3-step call, whether it has concepts.
     if family not in _BUILT:
-        module_name, builder, call, concepts, size = FAMILIES[family]
-        module = importlib.import_module(f"diffusers_interpret.testing.{module_name}")
-        common = dict(height=size, width=size, num_inference_steps=3, **getattr(module, call))
-        _BUILT[family] = (getattr(module, builder)(), common, concepts)
+        if family == "chroma":
+            from diffusers_interpret.testing.chroma import TINY_CHROMA_T5_LENGTH, make_tiny_chroma_pipeline
+
+            pipe, call, size = (
+                make_tiny_chroma_pipeline("text2img"),
+                dict(max_sequence_length=TINY_CHROMA_T5_LENGTH),
+                16,
+            )
+        elif family == "flux2_dev":
+            from diffusers_interpret.testing.flux2 import TINY_FLUX2_DEV_LENGTH, make_tiny_flux2_dev_pipeline
+
+            pipe, call, size = make_tiny_flux2_dev_pipeline(), dict(max_sequence_length=TINY_FLUX2_DEV_LENGTH), 16
+        else:
+            module_name, builder, call_name, size = {
+                "flux2_klein": ("flux2", "make_tiny_flux2_klein_pipeline", "TINY_FLUX2_CALL", 16),
+                "qwenimage": ("qwenimage", "make_tiny_qwenimage_pipeline", "TINY_QWEN_IMAGE_CALL", 32),
+                "prx": ("prx", "make_tiny_prx_pipeline", "TINY_PRX_CALL", 16),
+                "sana": ("sana", "make_tiny_sana_pipeline", "TINY_SANA_CALL", 32),
+                "z_image": ("z_image", "make_tiny_z_image_pipeline", "TINY_Z_IMAGE_CALL", 32),
+            }[family]
+            module = importlib.import_module(f"diffusers_interpret.testing.{module_name}")
+            pipe, call = getattr(module, builder)(), getattr(module, call_name)
+        common = dict(height=size, width=size, num_inference_steps=3, **call)
+        _BUILT[family] = (pipe, common, family in WITH_CONCEPTS)
     return _BUILT[family]
 
 
@@ -47,7 +62,7 @@ def hooks(pipe):
     return [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_state_restored_after_an_injected_exception(family):
     pipe, common, concepts = tiny(family)
     explainer = explainer_for(pipe, verbose=True)
@@ -72,7 +87,7 @@ def test_state_restored_after_an_injected_exception(family):
     np.testing.assert_array_equal(out.image, expected)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_an_existing_image_is_explained(family):
     from PIL import Image
 
@@ -87,7 +102,7 @@ def test_an_existing_image_is_explained(family):
         assert np.isfinite(out.token_attributions.scores).all() and out.token_attributions.scores.max() > 0, method
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_gradient_checkpointing_gives_the_same_gradients(family):
     pipe, common, _ = tiny(family)
     box = ((0, 0), (common["width"] // 2, common["height"]))
