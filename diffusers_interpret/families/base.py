@@ -99,6 +99,8 @@ class PipelineFamily:
     # Components an explained pipeline of this family must have.
     required_components: Tuple[str, ...] = ("unet", "vae", "tokenizer", "text_encoder", "encode_prompt")
     denoiser_attribute: str = "unet"
+    # The denoiser call's argument that carries the latent sample (its first positional argument where not named).
+    sample_name: str = "sample"
     # Names of the denoiser call's conditioning tensors that carry the prompt (in `read_conditioning`'s order).
     conditioning_names: Tuple[str, ...] = ("encoder_hidden_states",)
     # The attribution method used when a call names none (chosen per family by benchmarks/faithfulness.py).
@@ -174,11 +176,11 @@ class PipelineFamily:
         return 1
 
     def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return kwargs["sample"] if "sample" in kwargs else args[0]
+        return kwargs[self.sample_name] if self.sample_name in kwargs else args[0]
 
     def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
-        if "sample" in kwargs:
-            return args, {**kwargs, "sample": sample}
+        if self.sample_name in kwargs:
+            return args, {**kwargs, self.sample_name: sample}
         return (sample, *args[1:]), kwargs
 
     def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
@@ -427,6 +429,7 @@ class TransformerFamily(PipelineFamily):
     """
 
     denoiser_attribute = "transformer"
+    sample_name = "hidden_states"
     conditioning_names = ("encoder_hidden_states", "pooled_projections")
     pooled_name = "pooled_projections"
     joint_attention = JointAttention(text_first=True)
@@ -451,14 +454,6 @@ class TransformerFamily(PipelineFamily):
 
     def predicted_clean(self, pipe, noised: torch.Tensor, prediction: torch.Tensor, level: float) -> torch.Tensor:
         return noised - float(level) * prediction  # the velocity is noise - clean
-
-    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": sample}
-        return (sample, *args[1:]), kwargs
 
     def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
         return {name: kwargs[name] for name in self.conditioning_names}

@@ -33,6 +33,7 @@ class PRXFamily(PipelineFamily):
     required_components = ("transformer", "vae", "tokenizer", "text_encoder")
     pipeline_class_names = ("PRXPipeline",)
     denoiser_attribute = "transformer"
+    sample_name = "hidden_states"
     conditioning_names = ("encoder_hidden_states",)
     joint_attention = JointAttention(text_first=True, text_queries=False)
 
@@ -78,14 +79,6 @@ class PRXFamily(PipelineFamily):
 
     def latents_size(self, pipe, latents: torch.Tensor) -> Optional[Tuple[int, int]]:
         return None  # with resolution binning the latents are made at another size than the image's
-
-    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": sample}
-        return (sample, *args[1:]), kwargs
 
     def read_conditioning(self, pipe, args: tuple, kwargs: dict) -> Dict[str, torch.Tensor]:
         return {"encoder_hidden_states": kwargs["encoder_hidden_states"]}

@@ -34,6 +34,7 @@ class SanaFamily(PipelineFamily):
     required_components = ("transformer", "vae", "tokenizer", "text_encoder")
     pipeline_class_names = ("SanaPipeline",)
     denoiser_attribute = "transformer"
+    sample_name = "hidden_states"
     conditioning_names = ("encoder_hidden_states",)
 
     def input_kind(self, pipeline_class: type) -> Optional[InputKind]:
@@ -58,14 +59,6 @@ class SanaFamily(PipelineFamily):
 
     def size_multiple(self, pipe) -> Optional[int]:
         return 32  # `SanaPipeline.check_inputs`
-
-    def read_sample(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-    def write_sample(self, args: tuple, kwargs: dict, sample: torch.Tensor) -> Tuple[tuple, dict]:
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": sample}
-        return (sample, *args[1:]), kwargs
 
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
