@@ -25,6 +25,7 @@ _EXPORTS = {
     "ExplanationOutputList": ".outputs",
     "GeneratedImages": ".outputs",
     "PipelineExplainerOutput": ".outputs",
+    "PipelineControlNetExplainerOutput": ".outputs",
     "PipelineImg2ImgExplainerOutput": ".outputs",
     "PipelineInpaintExplainerOutput": ".outputs",
     "PixelAttributions": ".outputs",

@@ -76,7 +76,8 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
         pixels = _of_image(scores.pixels, index)
         output.pixel_gradients = scores.pixel_gradients[index] if scores.pixel_gradients else None
         output.pixel_attributions = None if pixels is None else PixelAttributions(pixels)
-        output.input_saliency_map = None if pixels is None else SaliencyMap(input_image, pixels, mask)
+        name = "control image" if hasattr(output, "control_dependence") else "input image"
+        output.input_saliency_map = None if pixels is None else SaliencyMap(input_image, pixels, mask, name=name)
         output.pixel_completeness = _of_image(scores.pixel_completeness, index)
         if pixels is None:
             warnings.warn(
@@ -92,6 +93,9 @@ def fill_dependence(output) -> None:
     is the whole image) to its token and word attributions, which plot it."""
     changed, box = output.prompt_dependence_map, output.explanation_2d_bounding_box
     output.prompt_dependence = None if changed is None else DependenceMap(changed).share(box)
+    if hasattr(output, "control_dependence_map"):
+        control = output.control_dependence_map
+        output.control_dependence = None if control is None else DependenceMap(control).share(box)
     for attributions in (output.token_attributions, output.word_attributions):
         if attributions is not None:
             attributions.prompt_dependence, attributions.whole_image = output.prompt_dependence, box is None
@@ -148,6 +152,7 @@ def assemble_outputs(
     stats: ExplanationStats,
     session,
     dependence: Optional[List[DependenceMap]] = None,
+    control_dependence: Optional[List[DependenceMap]] = None,
 ) -> ExplanationOutputList:
     r"""One output per image of the call, in the pipeline's order."""
     outputs = ExplanationOutputList()
@@ -175,6 +180,8 @@ def assemble_outputs(
         )
         if dependence is not None:
             output.prompt_dependence_map = dependence[index].changed
+        if control_dependence is not None:
+            output.control_dependence_map = control_dependence[index].changed
         if image_input is not None:
             output.input_image = input_image
             if hasattr(output, "mask"):

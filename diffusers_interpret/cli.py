@@ -235,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     explain.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
     explain.add_argument(
+        "--control-image",
+        default=None,
+        metavar="PATH",
+        help="ControlNet pipelines (SD, SDXL, Flux): the control image (edges, depth, pose) the ControlNet reads; "
+        "the report shows its pixel attributions and how much each box depends on it",
+    )
+    explain.add_argument(
+        "--control-scale",
+        type=float,
+        default=None,
+        help="ControlNet pipelines: the ControlNet's conditioning scale (default: the pipeline's, 1.0)",
+    )
+    explain.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -433,6 +446,34 @@ def _check_call_options(pipe, call: Dict[str, Any]) -> None:
             fail(f"--{option} is not an argument of this model's {type(pipe).__name__}: leave it out")
 
 
+def _control_call(pipe, args: argparse.Namespace) -> Dict[str, Any]:
+    # A ControlNet pipeline's control image (under the pipeline's own argument name) and conditioning scale.
+    from .families import InputKind, supported_pipeline
+
+    supported = supported_pipeline(pipe)
+    if supported.input_kind is not InputKind.CONTROL:
+        for option, value in (("--control-image", args.control_image), ("--control-scale", args.control_scale)):
+            if value is not None:
+                fail(f"{option} is for ControlNet pipelines; this model's {type(pipe).__name__} has no ControlNet")
+        return {}
+    if args.control_image is None:
+        fail(f"this model's {type(pipe).__name__} reads a control image: pass --control-image PATH")
+    from PIL import Image
+
+    path = Path(args.control_image).expanduser()
+    if not path.is_file():
+        fail(f"--control-image {args.control_image!r} is not a file")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except OSError as error:
+        fail(f"--control-image {args.control_image!r} is not an image Pillow can read ({error})")
+    call: Dict[str, Any] = {supported.family.input_image(pipe)[0]: image}
+    if args.control_scale is not None:
+        call["controlnet_conditioning_scale"] = args.control_scale
+    return call
+
+
 def _traced_setting(traced, call) -> object:
     # The steps traced, as the call runs them: "all", or N where the call makes at least N steps.
     steps = call.get("num_inference_steps")
@@ -450,6 +491,7 @@ def _call_settings(call: Dict[str, Any]) -> Dict[str, Any]:
         "negative_prompt": "negative prompt",
         "max_sequence_length": "max sequence length",
         "use_resolution_binning": "resolution binning",
+        "controlnet_conditioning_scale": "control scale",
     }
     settings = {}
     if "height" in call:
@@ -481,6 +523,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     }
     call.update({key: value for key, value in given.items() if value is not None})
     _check_call_options(pipe, call)
+    call.update(_control_call(pipe, args))
     if (call.get("true_cfg_scale") or 1.0) > 1 and call.get("negative_prompt") is None:
         call["negative_prompt"] = ""  # true classifier-free guidance needs a negative prompt: the empty one
     height, width = _image_size(pipe, args.height or call.get("height"), args.width or call.get("width"))
@@ -510,6 +553,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     )
     settings = {
         "model": toy.description if toy else args.model,
+        **({"control image": args.control_image} if args.control_image else {}),
         "traced steps": _traced_setting(args.traced, call),
         **_call_settings(call),
         "seed": args.seed,

@@ -58,6 +58,15 @@ def describe_dependence(share: Optional[float], whole_image: bool = False) -> st
     )
 
 
+def describe_control_dependence(share: Optional[float], whole_image: bool = False) -> str:
+    r"""One sentence for a person: how much the region (or the whole image) depends on a ControlNet's control image,
+    measured as the prompt dependence is, with the control switched off instead of the prompt."""
+    if share is None:
+        return ""
+    where = "the image" if whole_image else "this region"
+    return f"Without the control image the model redraws {100 * share:.0f}% of {where} differently."
+
+
 def bar_opacity(share: Optional[float], whole_image: bool = False) -> float:
     r"""How opaque a region's bars are drawn: fully at `DEPENDS_THRESHOLD` or more (and for the whole image, or
     without a measure), fading to 0.25 as the region's dependence on the prompt falls to 0."""

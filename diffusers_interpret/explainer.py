@@ -19,6 +19,7 @@ from .methods import AttributionMethod, GradientAggregation, Scores
 from .outputs import (
     ExplanationStats,
     GeneratedImages,
+    PipelineControlNetExplainerOutput,
     PipelineExplainerOutput,
     PipelineImg2ImgExplainerOutput,
     PipelineInpaintExplainerOutput,
@@ -41,6 +42,7 @@ OUTPUT_CLASSES = {
     None: PipelineExplainerOutput,
     InputKind.IMAGE: PipelineImg2ImgExplainerOutput,
     InputKind.INPAINT: PipelineInpaintExplainerOutput,
+    InputKind.CONTROL: PipelineControlNetExplainerOutput,
 }
 
 
@@ -109,9 +111,13 @@ class BasePipelineExplainer:
         for name in family.required_components:
             if not hasattr(pipe, name):
                 raise TypeError(f"{type(pipe).__name__} has no `{name}`: pass a {family.display_name} pipeline.")
-        needed = {None: None, InputKind.IMAGE: "image", InputKind.INPAINT: "mask_image"}[supported.input_kind]
+        needed = {None: None, InputKind.IMAGE: "image", InputKind.INPAINT: "mask_image"}.get(
+            supported.input_kind, family.input_image(pipe)[0]
+        )
         if needed is not None and needed not in inspect.signature(type(pipe).__call__).parameters:
-            kind = "an img2img" if supported.input_kind is InputKind.IMAGE else "an inpainting"
+            kind = {InputKind.IMAGE: "an img2img", InputKind.INPAINT: "an inpainting"}.get(
+                supported.input_kind, "a ControlNet"
+            )
             raise TypeError(
                 f"{type(self).__name__} explains {kind} pipeline; {type(pipe).__name__} takes no `{needed}`: use "
                 "`explainer_for(pipe)` to get the explainer of this pipeline."
@@ -281,12 +287,18 @@ class BasePipelineExplainer:
             started = time.perf_counter()
             scores = self.attribute(checked, trace)
             seconds = time.perf_counter() - started
-            # 6. How much each image depends on the prompt at all: redrawn with and without it.
+            # 6. How much each image depends on the prompt at all (and on a ControlNet's control image): redrawn with
+            # and without it.
             dependence = self.dependence_maps(checked, trace)
+            control = None
+            if self.input_kind is InputKind.CONTROL:
+                control = self.dependence_maps(checked, trace, without=self.family.without_control())
             # 7. Assemble the outputs, and keep what the call's re-explanations need.
             stats = ExplanationStats(record.traced_calls, record.denoiser_calls, seconds, record.memory_estimate)
             session = Session(self, trace, checked, pictures.images, record)
-            outputs = assemble_outputs(self.output_class, checked, trace, scores, pictures, stats, session, dependence)
+            outputs = assemble_outputs(
+                self.output_class, checked, trace, scores, pictures, stats, session, dependence, control
+            )
         session.finish()
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -555,14 +567,17 @@ class BasePipelineExplainer:
         return scores
 
     # -- 6. prompt dependence -------------------------------------------------------------------------------------
-    def dependence_maps(self, request: CheckedRequest, trace: Trace) -> Optional[List[DependenceMap]]:
+    def dependence_maps(
+        self, request: CheckedRequest, trace: Trace, without: Optional[Dict[str, Any]] = None
+    ) -> Optional[List[DependenceMap]]:
         r"""Each image's [`DependenceMap`]: the image (generated, or the user's) redrawn from noised copies with its
-        prompt and with the empty prompt, zero outside an inpainting mask (the pipeline keeps those pixels). `None`
+        prompt and with the empty prompt (with `without`, with the call arguments `without` on top instead: a
+        ControlNet's control switched off), zero outside an inpainting mask (the pipeline keeps those pixels). `None`
         where it is not asked for, or where the denoiser also reads a mask (an inpainting model, which cannot redraw
-        an image alone)."""
+        an image alone; an InstructPix2Pix model redraws beside its input image)."""
         if not request.request.prompt_dependence:
             return None
-        if self.family.denoiser_reads_mask(self.pipe):
+        if self.family.denoiser_reads_mask(self.pipe) and not self.family.reads_input_image_latents:
             return None
         if request.existing is not None:
             images = request.existing.pixels.expand(request.num_images, -1, -1, -1)
@@ -570,11 +585,14 @@ class BasePipelineExplainer:
             with torch.no_grad():
                 images = self.family.unit_image(self.pipe, trace.decoded.detach()).float() * 2 - 1
         kwargs = {k: v for k, v in request.pipeline_kwargs.items() if not k.startswith("callback")}
+        if request.image_input is not None:  # a ControlNet's redraws read the control image
+            kwargs[request.image_input.argument] = request.image_input.image
         # Inpainting keeps the pixels outside its mask: they depend on nothing.
         kept = None if request.image_input is None else request.image_input.mask()
+        title = "Prompt dependence" if without is None else "Control dependence"
         maps = []
-        for index in progress_bar(range(request.num_images), "Prompt dependence", disable=not self.verbose):
+        for index in progress_bar(range(request.num_images), title, disable=not self.verbose):
             prompts = {name: [texts[index]] for name, texts in request.prompts.items()}
-            made = redraw_changes(self.pipe, self.family, images[index : index + 1], prompts, kwargs)
+            made = redraw_changes(self.pipe, self.family, images[index : index + 1], prompts, kwargs, without=without)
             maps.append(made if kept is None else DependenceMap(made.changed * kept))
         return maps

@@ -30,6 +30,7 @@ def explainer_class(pipeline: Union[str, SupportedPipeline]) -> type:
             None: "a prompt",
             InputKind.IMAGE: "a prompt and an input image",
             InputKind.INPAINT: "a prompt, an image and a mask",
+            InputKind.CONTROL: "a prompt and a control image (read by a ControlNet)",
         }
         doc = (
             f"Explains the images a `{name}` makes from {starts[supported.input_kind]}: every argument of its call "

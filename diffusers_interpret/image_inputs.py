@@ -1,4 +1,5 @@
-"""The input images of img2img and inpainting calls, as per-call objects (explainers hold no per-call state)."""
+"""The input images of img2img, inpainting and ControlNet calls, as per-call objects (explainers hold no per-call
+state)."""
 
 import inspect
 import warnings
@@ -119,6 +120,10 @@ class ImageInput:
         mask_image: The inpainting mask (white where repainted), or `None` for img2img.
         height (`int`): The processing height.
         width (`int`): The processing width.
+        argument (`str`, *optional*, defaults to `"image"`): The pipeline call's argument that takes it (a Flux
+            ControlNet's `"control_image"`).
+        processor (`str`, *optional*, defaults to `"image_processor"`): The pipeline's attribute of the image
+            processor that preprocesses it (a ControlNet's `"control_image_processor"`, which keeps [0, 1] values).
     """
 
     pipe: Any
@@ -126,14 +131,25 @@ class ImageInput:
     mask_image: Any
     height: int
     width: int
+    argument: str = "image"
+    processor: str = "image_processor"
 
     @classmethod
-    def make(cls, pipe, image, mask_image, height: Optional[int], width: Optional[int]) -> "ImageInput":
-        image = as_input_image(image, "image")
+    def make(
+        cls,
+        pipe,
+        image,
+        mask_image,
+        height: Optional[int],
+        width: Optional[int],
+        argument: str = "image",
+        processor: str = "image_processor",
+    ) -> "ImageInput":
+        image = as_input_image(image, argument)
         if mask_image is not None:
             mask_image = as_input_image(mask_image, "mask_image", mask=True)
-        processed = pipe.image_processor.preprocess(image, height=height, width=width)
-        made = cls(pipe, image, mask_image, int(processed.shape[-2]), int(processed.shape[-1]))
+        processed = getattr(pipe, processor).preprocess(image, height=height, width=width)
+        made = cls(pipe, image, mask_image, int(processed.shape[-2]), int(processed.shape[-1]), argument, processor)
         if mask_image is not None:
             image_hw, mask_hw = image_size(image), image_size(mask_image)
             if image_hw is not None and mask_hw is not None and image_hw != mask_hw:
@@ -145,7 +161,7 @@ class ImageInput:
 
     def pipeline_kwargs(self) -> Dict[str, Any]:
         r"""The pipeline call's image arguments (and the size, where the pipeline's call takes one)."""
-        kwargs: Dict[str, Any] = {"image": self.image}
+        kwargs: Dict[str, Any] = {self.argument: self.image}
         if self.mask_image is not None:
             kwargs["mask_image"] = self.mask_image
         if "height" in inspect.signature(type(self.pipe).__call__).parameters:
@@ -155,19 +171,27 @@ class ImageInput:
     def pixel_recording(self) -> Recording:
         r"""The input image's [0, 1] pixels as a leaf of the run's graph, as a [`Recording`] named `"pixels"`: the
         pipeline's own preprocessing gives them, with a zero-valued term that carries their gradient."""
-        return Recording("pixels", lambda plan, counter, call_kwargs: LeafPreprocessedImage(plan.pipe.image_processor))
+        name = self.processor
+        return Recording("pixels", lambda plan, counter, call_kwargs: LeafPreprocessedImage(getattr(plan.pipe, name)))
+
+    @property
+    def image_processor(self):
+        return getattr(self.pipe, self.processor)
 
     def _processed(self) -> torch.Tensor:
         image = self.image[0] if isinstance(self.image, list) else self.image
-        return self.pipe.image_processor.preprocess(image, height=self.height, width=self.width)[:1].float()
+        return self.image_processor.preprocess(image, height=self.height, width=self.width)[:1].float()
 
     def pixels(self) -> torch.Tensor:
         r"""The processed input image's [0, 1] pixels, (1, 3, H, W)."""
-        return ((self._processed() + 1) / 2).clamp(0, 1)
+        processed = self._processed()
+        if self.image_processor.config.do_normalize:
+            processed = (processed + 1) / 2
+        return processed.clamp(0, 1)
 
     def picture(self):
         r"""The processed input image as a PIL image."""
-        return self.pipe.image_processor.postprocess(self._processed(), output_type="pil")[0]
+        return self.image_processor.postprocess(self._processed(), output_type="pil")[0]
 
     def mask(self) -> Optional[np.ndarray]:
         r"""The inpainting mask at the processing size, (H, W) bool, True where repainted."""

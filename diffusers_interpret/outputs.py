@@ -16,7 +16,7 @@ from PIL import Image
 
 from .box import Box
 from .checks import positive_int
-from .dependence import bar_opacity, describe_dependence
+from .dependence import bar_opacity, describe_control_dependence, describe_dependence
 from .memory import MemoryEstimate
 from .progress import in_notebook
 from .views.markup import BAR, BAR_TOP, image_slider_html, plain_text, show_html, standalone_page
@@ -586,3 +586,43 @@ class PipelineInpaintExplainerOutput(PipelineImg2ImgExplainerOutput):
     r"""As [`PipelineImg2ImgExplainerOutput`], plus the inpainting `mask` ((H, W) bool, True where repainted)."""
 
     mask: Optional[np.ndarray] = None
+
+
+@dataclass
+class PipelineControlNetExplainerOutput(PipelineImg2ImgExplainerOutput):
+    r"""
+    The explanation of an image made with a ControlNet from a control image (edges, depth, pose). Everything of
+    [`PipelineImg2ImgExplainerOutput`], where the input image is the **control image** (`pixel_attributions`,
+    `input_saliency_map` and `input_image` are the control image's; `control_pixel_attributions`,
+    `control_saliency_map` and `control_image` name them so), and:
+
+    Args:
+        control_dependence (`float`, *optional*): How much the region depends on the control image at all, in
+            [0, 1]: the share of its pixels the model redraws differently without the control (the ControlNet's
+            residuals scaled to zero), as `prompt_dependence` is without the prompt (see [`~dependence`]). `None`
+            when `prompt_dependence=False`.
+        control_dependence_map (`np.ndarray`, *optional*): (H, W): at each pixel the share of the redraws in which it
+            changes without the control image; a box's `control_dependence` is its mean over the box.
+    """
+
+    control_dependence: Optional[float] = None
+    control_dependence_map: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def describe_control_dependence(self) -> str:
+        r"""One sentence for a person: how much the region depends on the control image."""
+        return describe_control_dependence(self.control_dependence, self.explanation_2d_bounding_box is None)
+
+    @property
+    def control_pixel_attributions(self) -> Optional[PixelAttributions]:
+        r"""The control image's pixel attributions (the same object as `pixel_attributions`)."""
+        return self.pixel_attributions
+
+    @property
+    def control_saliency_map(self):
+        r"""The control image's pixel attributions as pictures (the same object as `input_saliency_map`)."""
+        return self.input_saliency_map
+
+    @property
+    def control_image(self):
+        r"""The control image as the pipeline processed it (the same object as `input_image`)."""
+        return self.input_image

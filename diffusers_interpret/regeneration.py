@@ -298,11 +298,16 @@ class Regeneration:
         the decoded images; when `images` requires grad, with the graph back to it through the traced denoiser calls
         (img2img: only if every call is traced, as the image enters at the first step).
         """
-        if "image" not in self.call_kwargs:
+        argument = self.family.input_image(self.pipe)[0]
+        if argument not in self.call_kwargs:
             raise ValueError("This explanation has no input image to perturb (text-to-image).")
         image = images.to(self.pipe._execution_device, torch.float32)  # differentiable: the graph reaches `images`
         return self._run(
-            images.shape[0], lambda present: present, grad=images.requires_grad, grad_before_loop=True, image=image
+            images.shape[0],
+            lambda present: present,
+            grad=images.requires_grad,
+            grad_before_loop=True,
+            **{argument: image},
         )
 
     def box_images(self, decoded: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from .box import Box, BoxLike, normalize_box
 from .checks import finite_number, positive_int
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_NOISE_LEVELS
 from .families import InputKind, PipelineFamily
-from .image_inputs import ExistingImage, ImageInput
+from .image_inputs import ExistingImage, ImageInput, image_size
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
 from .tracing.attention import attention_recording
@@ -476,6 +476,9 @@ def _image_input(
                 "(or `explainer_for(pipe)`) for an input image."
             )
         return None
+    argument, processor = family.input_image(pipe)
+    if input_kind is InputKind.CONTROL:
+        init_image, image = _control_image(request, name, argument, init_image, image, mask_image)
     if init_image is not None and image is not None:
         raise ValueError("Pass the input image once: as `image=` (or as the legacy `init_image=`), not both.")
     if init_image is None and image is None:
@@ -497,7 +500,7 @@ def _image_input(
                 )
     chosen = init_image if init_image is not None else image
     num_prompts = 1 if isinstance(request.prompt, str) else len(request.prompt)
-    for given, given_name in ((chosen, "image"), (mask_image, "mask_image")):
+    for given, given_name in ((chosen, argument), (mask_image, "mask_image")):
         if isinstance(given, (list, tuple)) and len(given) not in (1, num_prompts):
             raise ValueError(
                 f"`{given_name}` is a list of {len(given)} images for {num_prompts} prompt(s): give one image, or one "
@@ -506,7 +509,36 @@ def _image_input(
     if sized_by_call:
         default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width
-    return ImageInput.make(pipe, chosen, mask_image, height, width)
+    made = ImageInput.make(pipe, chosen, mask_image, height, width, argument, processor)
+    given = image_size(made.image)
+    if input_kind is InputKind.CONTROL and given is not None and tuple(given) != (made.height, made.width):
+        warnings.warn(
+            f"`{argument}` is {given[1]}x{given[0]} (width x height): the pipeline resizes it to the image's "
+            f"{made.width}x{made.height}; its pixel attributions are of the resized control image.",
+            stacklevel=4,
+        )
+    return made
+
+
+def _control_image(request: ExplainRequest, name: str, argument: str, init_image, image, mask_image):
+    # A ControlNet pipeline's control image, under the pipeline's own argument name (`image=` for Stable Diffusion's,
+    # `control_image=` for Flux's, which stays among the pipeline's arguments).
+    if mask_image is not None:
+        raise ValueError(f"{name} takes no `mask_image`: it is not an inpainting pipeline.")
+    if argument == "control_image":
+        if image is not None or init_image is not None:
+            raise ValueError(
+                f"{name} reads its control image from `control_image=`; it takes no input image to start from "
+                "(`image=` / `init_image=`)."
+            )
+        image = request.pipeline_kwargs.get("control_image")
+    elif init_image is not None:
+        raise ValueError(f"{name} reads its control image from `image=`, not `init_image=` (it starts from noise).")
+    if image is None:
+        raise ValueError(
+            f"{name} needs a control image: pass `{argument}=` (the edges, depth or pose its ControlNet reads)."
+        )
+    return None, image
 
 
 def _existing_image(
@@ -522,6 +554,11 @@ def _existing_image(
         raise ValueError(
             "`keep_for_reexplanation='latents'` replays a generation's untraced steps, which an existing image has "
             "none of: use 'graph'."
+        )
+    if family.reads_input_image_latents:
+        raise ValueError(
+            f"{type(pipe).__name__} edits an input image: explain an edit by making it, `explainer(prompt, "
+            "image=...)` (the image it starts from is an input of the call)."
         )
     if family.denoiser_reads_mask(pipe):
         channels = int(family.denoiser(pipe).config.in_channels)

@@ -132,6 +132,8 @@ class Session:
         new.all_images_during_generation = output.all_images_during_generation
         new.attention_maps = output.attention_maps
         new.prompt_dependence_map = output.prompt_dependence_map
+        if hasattr(output, "control_dependence_map"):
+            new.control_dependence_map = output.control_dependence_map
         fill_dependence(new)
         new.session = self
         return new

@@ -335,6 +335,13 @@ def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch
 
 def _tiny(family):
     # The newer families' tiny pipelines, with the call settings their tests use.
+    if family.startswith("controlnet_"):
+        from diffusers_interpret.testing.controlnet import make_tiny_controlnet_pipeline
+
+        kind = family.split("_")[1]
+        size = 16 if kind == "flux" else 32
+        common = dict(height=size, width=size) if kind != "flux" else dict(height=16, width=16, max_sequence_length=16)
+        return make_tiny_controlnet_pipeline(kind), common
     if family == "qwenimage":
         from diffusers_interpret.testing.qwenimage import TINY_QWEN_IMAGE_CALL, make_tiny_qwenimage_pipeline
 
@@ -394,6 +401,15 @@ FAMILIES = [
     ("z-image-special-token", "z_image", dict(prompt="a dog <|im_start|>"), BAD, "<|im_start|>"),
     ("z-image-size", "z_image", dict(height=30), BAD, "height"),
     ("z-image-latents-5d", "z_image", dict(latents=torch.zeros(1, 16, 1, 16, 16)), BAD, "latents"),
+    ("controlnet-no-control-image", "controlnet_sd", dict(), BAD, "image="),
+    ("controlnet-two-controls-one-prompt", "controlnet_sd", dict(image=[RGB, RGB]), BAD, "image"),
+    ("controlnet-control-missing-file", "controlnet_sd", dict(image="no/such/edges.png"), FileNotFoundError, "image"),
+    ("controlnet-control-not-an-image", "controlnet_sd", dict(image=3), BAD, "image"),
+    ("controlnet-init-image", "controlnet_sd", dict(init_image=RGB), BAD, "init_image"),
+    ("controlnet-mask", "controlnet_sd", dict(image=RGB, mask_image=MASK), BAD, "mask_image"),
+    ("controlnet-flux-no-control", "controlnet_flux", dict(), BAD, "control_image="),
+    ("controlnet-flux-image", "controlnet_flux", dict(image=RGB), BAD, "control_image="),
+    ("controlnet-flux-tensor", "controlnet_flux", dict(control_image=torch.zeros(1, 3, 16, 16)), BAD, "control_image"),
 ]
 
 

@@ -37,6 +37,7 @@ FAILING = {
     "outside": ({"prompt": "a red circle", "boxes": [[0, 0, 40, 40]]}, "reaches outside"),
     "malformed": ({"prompt": "a red circle", "boxes": [[0, 0, 16]]}, "bad box"),
     "no_image": ({"prompt": "a red circle", "init_image": "missing.png"}, "not a file"),
+    "control_no_controlnet": ({"prompt": "a red circle", "control_image": "start.png"}, "for a ControlNet model"),
 }
 
 
@@ -288,3 +289,25 @@ def test_toy_truth_scores_half_boxes_against_the_scene(tmp_path):
     truth = toy_truth(tmp_path)
     assert (truth.scenes, truth.drawn, truth.boxes, truth.passed, truth.pairs, truth.flips) == (2, 2, 4, 3, 2, 1)
     assert "3/4 (75%)" in truth.summary() and "1/2 (50%)" in truth.summary()
+
+
+def test_control_image_records_on_a_controlnet_model(tmp_path):
+    # A saved ControlNet pipeline: records with a control image get its dependence; a record without one fails alone.
+    from PIL import Image
+
+    from diffusers_interpret.testing.controlnet import make_tiny_controlnet_pipeline
+
+    make_tiny_controlnet_pipeline("sd").save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "edges.png")
+    records = [
+        {"id": "c0", "prompt": "a red circle on the left", "control_image": "edges.png", "boxes": [[0, 0, 16, 32]]},
+        {"id": "c1", "prompt": "a red circle on the left"},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    output = explain_dataset(str(tmp_path / "model"), path, tmp_path / "out", progress=False, steps=2, traced=1)
+    rows = _rows(output.out_dir)
+    done = rows[rows.id == "c0"].iloc[0]
+    assert done.control_image.endswith("edges.png") and 0.0 <= done.control_dependence <= 1.0
+    assert "control image" in rows[rows.id == "c1"].iloc[0].error

@@ -301,6 +301,40 @@ def test_explain_an_sdxl_model_folder(tmp_path, capsys):
     assert_self_contained(page)
 
 
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_explain_a_controlnet_model_folder(tmp_path, family, capsys):
+    # A saved ControlNet pipeline and a control image on disk: the report shows the control image's pixel
+    # attributions and how much each box depends on it; a ControlNet without --control-image, and --control-image on
+    # a pipeline without a ControlNet, are one error line each.
+    import numpy as np
+    from PIL import Image
+
+    from diffusers_interpret.testing.controlnet import make_tiny_controlnet_pipeline
+
+    size = 16 if family == "flux" else 32
+    make_tiny_controlnet_pipeline(family).save_pretrained(tmp_path / "model")
+    control = tmp_path / "edges.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(control)
+    model, out = str(tmp_path / "model"), str(tmp_path / "out")
+    common = ["--steps", "2", "--quiet", "--height", str(size), "--width", str(size), "--out", out]
+    common += ["--max-sequence-length", "16"] if family == "flux" else []
+    with pytest.raises(SystemExit):
+        main(["explain", "a red circle", "--model", model, *common])
+    assert "--control-image PATH" in capsys.readouterr().err
+    code = main(
+        ["explain", "a red circle", "--model", model, "--control-image", str(control), "--control-scale", "0.7"]
+        + ["--box", "0,0,8,16", *common]
+    )
+    assert code == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "control image / pixel attributions" in page and "Without the control image the model redraws" in page
+    assert "control scale" in page and "edges.png" in page
+    assert_self_contained(page)
+    with pytest.raises(SystemExit):
+        main(["explain", "a red circle", "--model", "toy", "--control-image", str(control), "--out", out, "--quiet"])
+    assert "has no ControlNet" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", [None, "concept_attention"])
 @pytest.mark.parametrize("family", ["flux", "sd3", "chroma", "flux2_klein", "flux2_dev", "qwenimage", "prx", "sana"])
 def test_explain_a_transformer_model_folder(tmp_path, family, method, capsys):

@@ -9,8 +9,9 @@ from ..loading import TOY, quiet_libraries, torch_threads
 
 _EPILOG = """\
 PROMPTS is a .jsonl or .csv file with one record per line (prompt; optional id, seed, negative_prompt, boxes as
-[[x0,y0,x1,y1], ...], init_image), or a folder saved with datasets' save_to_disk. Writes DIR/data/*.parquet (one row
-per record and box), DIR/images/*.png and DIR/manifest.json. Run the same command again to finish a stopped run.
+[[x0,y0,x1,y1], ...], init_image, control_image for a ControlNet model), or a folder saved with datasets'
+save_to_disk. Writes DIR/data/*.parquet (one row per record and box), DIR/images/*.png and DIR/manifest.json. Run
+the same command again to finish a stopped run.
 
 examples:
   diffusers-interpret batch prompts.jsonl --model toy --steps 10 --out runs/toy

@@ -77,6 +77,8 @@ class RecordExplainer:
         self.image_explainer = None
 
     def _explainer_for(self, record: Record):
+        if record.init_image is not None and record.control_image is not None:
+            raise ValueError("a record gives an init_image or a control_image, not both")
         if record.init_image is None:
             return self.text_explainer
         if self.image_explainer is None:
@@ -102,6 +104,14 @@ class RecordExplainer:
             kwargs["negative_prompt"] = record.negative_prompt
         if record.init_image is not None:
             kwargs["init_image"] = record.init_image
+        if record.control_image is not None:
+            from ..families import InputKind
+
+            if explainer.input_kind is not InputKind.CONTROL:
+                raise ValueError(
+                    f"control_image is for a ControlNet model; this model's pipeline is a {type(self.pipe).__name__}"
+                )
+            kwargs[explainer.family.input_image(self.pipe)[0]] = record.control_image
         return explainer(
             record.prompt,
             explanation_2d_bounding_box=box,
@@ -118,6 +128,7 @@ class RecordExplainer:
             "prompt": record.prompt if isinstance(record.prompt, str) else _text(record.prompt),
             "negative_prompt": _text(record.negative_prompt),
             "init_image": record.init_image,
+            "control_image": record.control_image,
             "level": self.call_options.get("attribution_level"),
         }
         try:
@@ -171,6 +182,8 @@ def _scores(output) -> Dict[str, Any]:
         row["word_scores"] = [float(score) for _, score in words]
     if output.prompt_dependence is not None:
         row["prompt_dependence"] = float(output.prompt_dependence)
+    if getattr(output, "control_dependence", None) is not None:
+        row["control_dependence"] = float(output.control_dependence)
     return row
 
 

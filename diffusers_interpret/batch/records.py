@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .dependencies import require
 
-FIELDS = ("id", "prompt", "seed", "negative_prompt", "boxes", "init_image")
+FIELDS = ("id", "prompt", "seed", "negative_prompt", "boxes", "init_image", "control_image")
 
 
 @dataclass
@@ -26,6 +26,8 @@ class Record:
         boxes (`Any`, *optional*): Regions `[[x0, y0, x1, y1], ...]` in pixels, each explained on its own; `None`
             for the whole image.
         init_image (`str`, *optional*): Path of an init image (img2img), relative to the records file.
+        control_image (`str`, *optional*): Path of a control image (for a ControlNet model), relative to the records
+            file.
     """
 
     id: str
@@ -34,6 +36,7 @@ class Record:
     negative_prompt: Optional[str] = None
     boxes: Any = None
     init_image: Optional[str] = None
+    control_image: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def seed_for_run(self, run_seed: int) -> int:
@@ -48,7 +51,7 @@ def read_records(source: Union[str, Path, Iterable[Dict[str, Any]]]) -> List[Rec
     r"""
     Read a prompt set: a `.jsonl` file, a `.csv` file, a folder holding a `datasets` dataset (`save_to_disk`), or
     dictionaries. Each record has a `prompt` and optionally `id`, `seed`, `negative_prompt`, `boxes` (a list of
-    `[x0, y0, x1, y1]`; a JSON string in CSV) and `init_image` (a path, relative to the file).
+    `[x0, y0, x1, y1]`; a JSON string in CSV), `init_image` and `control_image` (paths, relative to the file).
 
     Raises:
         `FileNotFoundError`: for a missing file.
@@ -126,15 +129,23 @@ def _record(index: int, row: Any, base: Optional[Path]) -> Record:
     seed = row.get("seed")
     if isinstance(seed, str):
         seed = int(seed) if seed.strip().lstrip("-").isdigit() else seed
-    init_image = row.get("init_image")
-    if init_image is not None and base is not None and not Path(str(init_image)).is_absolute():
-        init_image = str(base / str(init_image))
+    init_image, control_image = (_relative(row.get(name), base) for name in ("init_image", "control_image"))
     return Record(
         id=str(index) if record_id is None else str(record_id),
         prompt=row.get("prompt"),
         seed=seed if isinstance(seed, int) or seed is None else seed,
         negative_prompt=row.get("negative_prompt"),
         boxes=boxes,
-        init_image=None if init_image is None else str(init_image),
+        init_image=init_image,
+        control_image=control_image,
         extra={key: value for key, value in row.items() if key not in FIELDS},
     )
+
+
+def _relative(path: Any, base: Optional[Path]) -> Optional[str]:
+    # An image path of a record, relative to the records file.
+    if path is None:
+        return None
+    if base is not None and not Path(str(path)).is_absolute():
+        return str(base / str(path))
+    return str(path)

@@ -12,11 +12,12 @@ from ..defaults import DEFAULT_ATTRIBUTION_METHOD
 
 
 class InputKind(str, Enum):
-    r"""What a pipeline starts from besides the prompt: an input image (img2img), or an image and a mask
-    (inpainting). Text-to-image pipelines have none (`None`)."""
+    r"""What a pipeline starts from besides the prompt: an input image (img2img), an image and a mask (inpainting),
+    or a control image read by a ControlNet. Text-to-image pipelines have none (`None`)."""
 
     IMAGE = "image"
     INPAINT = "inpaint"
+    CONTROL = "control"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ class PipelineFamily:
     default_method: str = DEFAULT_ATTRIBUTION_METHOD
     # The conditioning tensor that carries a pooled text embedding (its share of the gradient is reported), if any.
     pooled_name: Optional[str] = None
+    # The denoiser reads an input image's latents beside the noised ones, which `denoiser_arguments` adds from the
+    # call's `image` (InstructPix2Pix): the redraws of the prompt dependence can be made, an existing image cannot be
+    # explained alone.
+    reads_input_image_latents: bool = False
     # `None`: the denoiser reads the text through UNet cross-attention layers (recorded through their processors);
     # a `JointAttention`: through a transformer's joint attention (recorded beside the layers `attention_layers`
     # locates).
@@ -122,6 +127,11 @@ class PipelineFamily:
         if "image" in parameters:
             return InputKind.IMAGE
         return None
+
+    def input_image(self, pipe) -> Tuple[str, str]:
+        r"""The pipeline call's argument of its input image, and the pipeline's attribute of the image processor that
+        preprocesses it."""
+        return "image", "image_processor"
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def denoiser(self, pipe) -> torch.nn.Module:
@@ -203,6 +213,16 @@ class PipelineFamily:
             return (tensor, *output[1:])
         output.sample = tensor
         return output
+
+    def control_models(self, pipe) -> List[torch.nn.Module]:
+        r"""Models the pipeline calls before the denoiser in each step, whose outputs the denoiser reads (a
+        ControlNet): traced with the denoiser call they precede, and given the same prompt conditioning."""
+        return []
+
+    def control_rows(self, pipe, batch_size: int, control_kwargs: dict) -> slice:
+        r"""The rows of a control model's batch (of `batch_size`) that carry the prompt, given its call's keyword
+        arguments."""
+        return self.positive_rows(pipe, batch_size)
 
     def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
         r"""Whether denoiser call `call_index` (from 0) reads the explained prompt (not, e.g., a separate

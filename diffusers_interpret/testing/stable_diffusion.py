@@ -6,6 +6,7 @@ import torch
 from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
+    StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -18,6 +19,7 @@ PIPELINE_CLASSES = {
     "text2img": StableDiffusionPipeline,
     "img2img": StableDiffusionImg2ImgPipeline,
     "inpaint": StableDiffusionInpaintPipeline,
+    "instruct_pix2pix": StableDiffusionInstructPix2PixPipeline,
 }
 
 
@@ -78,10 +80,13 @@ def make_tiny_pipeline(
     A tiny offline Stable Diffusion pipeline with random weights, for tests and benchmarks.
 
     Args:
-        kind (`str`, *optional*, defaults to `"text2img"`): `"text2img"`, `"img2img"` or `"inpaint"`.
+        kind (`str`, *optional*, defaults to `"text2img"`): `"text2img"`, `"img2img"`, `"inpaint"` or
+            `"instruct_pix2pix"` (a UNet reading 8 channels: the noised latents and the input image's, as in
+            diffusers' InstructPix2Pix tests).
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         dtype (`torch.dtype`, *optional*): Cast the pipeline (e.g. `torch.float64` for finite-difference tests).
-        unet_in_channels (`int`, *optional*): UNet input channels; 9 for `"inpaint"` and 4 otherwise by default
+        unet_in_channels (`int`, *optional*): UNet input channels; 9 for `"inpaint"`, 8 for `"instruct_pix2pix"` and 4
+            otherwise by default
             (pass 4 with `"inpaint"` for the legacy blending path).
         sample_size (`int`, *optional*, defaults to 32): Latent size; images are twice as large (64x64 by default).
         layers_per_block (`int`, *optional*, defaults to 2): UNet layers per block.
@@ -89,7 +94,7 @@ def make_tiny_pipeline(
     if kind not in PIPELINE_CLASSES:
         raise ValueError(f"`kind` must be one of {sorted(PIPELINE_CLASSES)}, got {kind!r}.")
     if unet_in_channels is None:
-        unet_in_channels = 9 if kind == "inpaint" else 4
+        unet_in_channels = {"inpaint": 9, "instruct_pix2pix": 8}.get(kind, 4)
     components = make_tiny_components(
         seed=seed, unet_in_channels=unet_in_channels, sample_size=sample_size, layers_per_block=layers_per_block
     )

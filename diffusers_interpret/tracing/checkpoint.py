@@ -1,7 +1,7 @@
 """Gradient checkpointing of a whole call (keep its inputs, recompute it in backward), and of a model's blocks."""
 
 import contextlib
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -10,25 +10,32 @@ from .scoped import ScopedHooks
 
 
 class _Recompute(torch.autograd.Function):
-    # The forward result was computed without a graph; the backward runs the call again with grad on, from the saved
+    # The forward results were computed without a graph; the backward runs the call again with grad on, from the saved
     # inputs, and back-propagates through that fresh graph alone. Memory per checkpointed call is its inputs. The
     # recomputation and its backward pass both run under `under()`, so that checkpoints nested in the recomputation
     # (the model's own blocks, quantized layers) recompute what they saved under the same settings.
 
     @staticmethod
-    def forward(ctx, run, under, output, *inputs):
+    def forward(ctx, run, under, n_outputs, *tensors):
         ctx.run, ctx.under = run, under
-        ctx.save_for_backward(*inputs)
-        return output.detach()
+        ctx.save_for_backward(*tensors[n_outputs:])
+        return tuple(output.detach() for output in tensors[:n_outputs])
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, *grad_outputs):
         inputs = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
         needs = [x for x in inputs if x.requires_grad]
         with ctx.under(), torch.enable_grad():
-            output = ctx.run(*inputs)
-            grads = iter(torch.autograd.grad(output, needs, grad_output, allow_unused=True)) if needs else iter(())
-        return (None, None, None, *(next(grads) if x.requires_grad else None for x in inputs))
+            outputs = ctx.run(*inputs)
+            outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad and g is not None]
+            grads = iter(())
+            if needs and pairs:
+                grads = iter(
+                    torch.autograd.grad([o for o, _ in pairs], needs, [g for _, g in pairs], allow_unused=True)
+                )
+        outputs_none = (None,) * len(grad_outputs)  # the computed outputs given to `forward` take no gradient
+        return (None, None, None, *outputs_none, *(next(grads, None) if x.requires_grad else None for x in inputs))
 
 
 Scope = Callable[[], ContextManager]
@@ -39,7 +46,18 @@ def recompute_in_backward(
 ):
     r"""`output` (computed by `run(*inputs)` without a graph) joined to `inputs` by a node that recomputes it, under
     the scope `under()` makes (none by default)."""
-    return _Recompute.apply(run, under or contextlib.nullcontext, output, *inputs)
+    return _Recompute.apply(run, under or contextlib.nullcontext, 1, output, *inputs)[0]
+
+
+def recompute_many_in_backward(
+    run: Callable[..., Sequence[torch.Tensor]],
+    outputs: Sequence[torch.Tensor],
+    *inputs: torch.Tensor,
+    under: Optional[Scope] = None,
+) -> Tuple[torch.Tensor, ...]:
+    r"""`outputs` (the tensors `run(*inputs)` returns, computed without a graph) joined to `inputs` by one node that
+    recomputes them all in the backward pass (a ControlNet's residuals)."""
+    return _Recompute.apply(run, under or contextlib.nullcontext, len(outputs), *outputs, *inputs)
 
 
 def checkpointed(

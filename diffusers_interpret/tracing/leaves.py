@@ -87,6 +87,9 @@ class LeafPreprocessedImage(ScopedHooks):
             if self.pixels is not None or processed.shape[1] != 3:
                 return processed
             with torch.enable_grad():
+                if not self.image_processor.config.do_normalize:  # a ControlNet's processor keeps [0, 1] values
+                    self.pixels = processed.detach().float().requires_grad_(True)
+                    return processed + (self.pixels - self.pixels.detach()).to(processed.dtype)
                 self.pixels = ((processed.detach().float() + 1) / 2).requires_grad_(True)
                 normalized = self.pixels * 2 - 1
                 return processed + (normalized - normalized.detach()).to(processed.dtype)

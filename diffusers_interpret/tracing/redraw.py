@@ -4,7 +4,7 @@ level with seeded noise and denoised once with its prompt and once with the empt
 predictions decoded and compared pixel by pixel.
 """
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -22,9 +22,11 @@ def redraw_changes(
     call_kwargs: Dict[str, Any],
     levels: Sequence[float] = REDRAW_LEVELS,
     per_level: int = REDRAWS_PER_LEVEL,
+    without: Optional[Dict[str, Any]] = None,
 ) -> DependenceMap:
     r"""
-    The [`DependenceMap`] of one image: redrawn from its noised copies with its prompt and with the empty prompt.
+    The [`DependenceMap`] of one image: redrawn from its noised copies with its prompt and with the empty prompt (or,
+    with `without`, twice with its prompt: as called, and with the call arguments `without` on top).
 
     Args:
         pipe: The pipeline.
@@ -34,10 +36,16 @@ def redraw_changes(
         call_kwargs (`dict`): The pipeline arguments that shape the conditioning (`max_sequence_length`, ...).
         levels (`Sequence[float]`, *optional*): The noise levels of the redraws.
         per_level (`int`, *optional*): Seeded noises per level.
+        without (`dict`, *optional*): The call arguments that take away what is measured instead of the prompt
+            (a ControlNet's `controlnet_conditioning_scale=0.0`).
     """
     size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-    texts = {name: [values[0], ""] for name, values in prompts.items()}
-    kwargs = {name: value for name, value in call_kwargs.items() if name not in texts}
+    kwargs = {name: value for name, value in call_kwargs.items() if name not in prompts}
+    if without is None:  # one batch of two rows: the prompt and the empty prompt
+        variants = [{name: [values[0], ""] for name, values in prompts.items()}]
+    else:
+        texts = {name: values[:1] for name, values in prompts.items()}
+        variants = [texts, {**texts, **without}]
     with torch.no_grad():
         latents = family.encode_image(pipe, pixels)
     changed = torch.zeros(size)
@@ -46,7 +54,7 @@ def redraw_changes(
         for _ in range(per_level):
             denoising = ImageDenoising(pipe, family, latents, [level], count, size)
             plan = RunPlan(pipe=pipe, family=family, size=size, graph=False, check_memory=False, call=denoising)
-            predicted = run(plan, {**kwargs, **texts}).output.images
+            predicted = torch.cat([run(plan, {**kwargs, **variant}).output.images for variant in variants])
             with torch.no_grad():
                 redrawn = family.unit_image(pipe, family.decode(pipe, predicted, None, size)).float().cpu()
             changed += ((redrawn[0] - redrawn[1]).abs().amax(0) > PIXEL_CHANGE).float()

@@ -40,7 +40,7 @@ class StepCounter(ScopedHooks):
         if self.is_recomputing:
             return None
         if self.calls == 0:
-            self.total = int(getattr(self.pipe, "num_timesteps", 0) or 0) * self.calls_per_step
+            self.total = self._planned_calls()
         self.calls += 1
         return None
 
@@ -49,10 +49,14 @@ class StepCounter(ScopedHooks):
         r"""Index of the denoiser call in progress (or of the last one, after the run)."""
         return self.calls - 1
 
-    def first_of_last(self, n_steps: Optional[int]) -> Optional[int]:
+    def _planned_calls(self) -> int:
+        return int(getattr(self.pipe, "num_timesteps", 0) or 0) * self.calls_per_step
+
+    def first_of_last(self, n_steps: Optional[int], starting: bool = False) -> Optional[int]:
         r"""Index of the first denoiser call of the last `n_steps` denoising steps (`None`: all of them; every call
-        of a step, e.g. both of Flux's true-CFG calls); `None` when `n_steps` is 0."""
-        total = self.total or 0
+        of a step, e.g. both of Flux's true-CFG calls); `None` when `n_steps` is 0. `starting`: asked before the first
+        denoiser call (by a ControlNet's call in the first step), from the pipeline's loop length."""
+        total = (self._planned_calls() if starting and self.total is None else self.total) or 0
         count = total if n_steps is None else min(n_steps * self.calls_per_step, total)
         return total - count if count > 0 else None
 

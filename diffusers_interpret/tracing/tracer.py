@@ -3,9 +3,10 @@
 from typing import Callable, ContextManager, Dict, Optional
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..families import PipelineFamily
-from .checkpoint import recompute_in_backward
+from .checkpoint import recompute_many_in_backward
 from .scoped import ScopedHooks
 from .steps import StepCounter
 
@@ -69,17 +70,21 @@ class DenoiserTracer(ScopedHooks):
         self.replace = replace
         self.grad = grad
         self.recompute_under = recompute_under
+        self.controls = family.control_models(pipe)
         self.first_traced: Optional[int] = None
-        self._swapped: Optional[Dict[str, torch.Tensor]] = None
-        self._saved = None
+        self._made: Optional[Dict[str, torch.Tensor]] = None
+        self._saved: Dict[int, tuple] = {}
 
     def _install(self) -> None:
-        self.first_traced, self._swapped, self._saved = None, None, None
+        self.first_traced, self._made, self._saved = None, None, {}
         self.hook_forward_pre(self.denoiser, self._pre_hook)
         self.hook_forward(self.denoiser, self._post_hook)
+        for control in self.controls:
+            self.hook_forward_pre(control, self._control_pre_hook)
+            self.hook_forward(control, self._post_hook)
 
     def _remove(self) -> None:
-        self._saved = None
+        self._saved = {}
 
     @property
     def calls(self) -> int:
@@ -107,17 +112,39 @@ class DenoiserTracer(ScopedHooks):
             self.pipe, index, self.counter.calls_per_step
         ):  # not, e.g., true CFG's separate negative-prompt call
             present = self.family.read_conditioning(self.pipe, args, kwargs)
-            args, kwargs = self.family.write_conditioning(self.pipe, args, kwargs, self._swap(present))
+            batch = next(iter(present.values())).shape[0]
+            rows = self.family.positive_rows(self.pipe, batch)
+            args, kwargs = self.family.write_conditioning(self.pipe, args, kwargs, self._swap(present, rows))
+        return self._checkpointing(module, args, kwargs)
+
+    def _control_pre_hook(self, module, args, kwargs):
+        # A control model (a ControlNet) runs before the denoiser call it conditions, in the same step: it is traced
+        # with that call, reads the same prompt conditioning (gradients reach the prompt through it too), and its
+        # outputs carry the graph into the denoiser call.
+        if self.counter.is_recomputing:
+            return None
+        index = self.counter.calls  # the denoiser call this one precedes
+        if index == 0 and self.first_traced is None:
+            self.first_traced = self.counter.first_of_last(self.n_traced, starting=True)
+        if not self.is_traced(index):
+            torch.set_grad_enabled(False)
+            return None
+        torch.set_grad_enabled(self.grad)
+        present = self.family.read_conditioning(self.pipe, args, kwargs)
+        rows = self.family.control_rows(self.pipe, next(iter(present.values())).shape[0], kwargs)
+        args, kwargs = self.family.write_conditioning(self.pipe, args, kwargs, self._swap(present, rows))
+        return self._checkpointing(module, args, kwargs)
+
+    def _checkpointing(self, module, args, kwargs):
         if self.checkpoint and self.grad:
-            self._saved = (args, kwargs)
+            self._saved[id(module)] = (args, kwargs)
             torch.set_grad_enabled(False)
         return args, kwargs
 
-    def _swap(self, present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        # The conditioning the traced call sees. The swapped-in terms are made once, at the first traced call.
-        if self._swapped is None:
-            batch = next(iter(present.values())).shape[0]
-            rows = self.family.positive_rows(self.pipe, batch)
+    def _swap(self, present: Dict[str, torch.Tensor], rows: slice) -> Dict[str, torch.Tensor]:
+        # The conditioning a traced call sees. The explained prompt rows are made once, at the first traced call, and
+        # shared by every traced call (the denoiser's and a control model's).
+        if self._made is None:
             prompt_rows = {name: tensor[rows].detach() for name, tensor in present.items()}
             made = self.conditioning(prompt_rows)
             for name, tensor in prompt_rows.items():
@@ -127,38 +154,54 @@ class DenoiserTracer(ScopedHooks):
                         f"receives {tuple(tensor.shape)}: this pipeline builds its conditioning in a way the "
                         "explainer does not support."
                     )
-            if self.replace:
-                self._swapped = {name: _with_rows(present[name], rows, made[name]) for name in present}
-            else:
-                self._swapped = {
-                    name: _with_rows(torch.zeros_like(present[name]), rows, made[name] - made[name].detach())
-                    for name in present
-                }
+            self._made = made
+        made = self._made
         if self.replace:
-            return self._swapped
-        return {name: present[name] + self._swapped[name].to(present[name].dtype) for name in present}
+            return {name: _with_rows(present[name], rows, made[name]) for name in present}
+        return {
+            name: present[name]
+            + _with_rows(torch.zeros_like(present[name]), rows, made[name] - made[name].detach()).to(
+                present[name].dtype
+            )
+            for name in present
+        }
 
     def _post_hook(self, module, args, kwargs, output):
-        if self.counter.is_recomputing or not self.checkpoint or self._saved is None:
+        saved = self._saved.pop(id(module), None)
+        if self.counter.is_recomputing or not self.checkpoint or saved is None:
             return None
         torch.set_grad_enabled(True)
-        saved_args, saved_kwargs = self._saved
-        self._saved = None
-        family = self.family
-        sample = family.read_sample(saved_args, saved_kwargs)
-        conditioning = family.read_conditioning(self.pipe, saved_args, saved_kwargs)
-        names = list(conditioning)
-
-        def run(sample_, *conditioning_):
-            call_args, call_kwargs = family.write_sample(saved_args, saved_kwargs, sample_)
-            call_args, call_kwargs = family.write_conditioning(
-                self.pipe, call_args, call_kwargs, dict(zip(names, conditioning_))
-            )
-            with self.counter.recomputing():
-                return family.denoiser_output(module(*call_args, **call_kwargs))
-
-        inputs = [sample, *conditioning.values()]
-        if not any(x.requires_grad for x in inputs):
+        # Every tensor of the call's arguments that carries the graph (the sample, the conditioning, a ControlNet's
+        # residuals or control image) is an input of the recomputation.
+        leaves, spec = tree_flatten(saved)
+        positions = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.requires_grad]
+        if not positions:
             return None
-        noise = recompute_in_backward(run, family.denoiser_output(output), *inputs, under=self.recompute_under)
-        return family.with_denoiser_output(output, noise)
+        family = self.family
+        is_denoiser = module is self.denoiser
+        outputs = [family.denoiser_output(output)] if is_denoiser else _tensors(output)
+
+        def run(*inputs):
+            replaced = list(leaves)
+            for position, tensor in zip(positions, inputs):
+                replaced[position] = tensor
+            call_args, call_kwargs = tree_unflatten(replaced, spec)
+            with self.counter.recomputing():
+                made = module(*call_args, **call_kwargs)
+            return [family.denoiser_output(made)] if is_denoiser else _tensors(made)
+
+        inputs = [leaves[i] for i in positions]
+        joined = recompute_many_in_backward(run, outputs, *inputs, under=self.recompute_under)
+        if is_denoiser:
+            return family.with_denoiser_output(output, joined[0])
+        return _with_tensors(output, iter(joined))
+
+
+def _tensors(output) -> list:
+    # The tensors of a control model's output (a tuple of residuals, lists of them), in order.
+    return [x for x in tree_flatten(output)[0] if isinstance(x, torch.Tensor)]
+
+
+def _with_tensors(output, tensors):
+    leaves, spec = tree_flatten(output)
+    return tree_unflatten([next(tensors) if isinstance(x, torch.Tensor) else x for x in leaves], spec)

@@ -200,12 +200,13 @@ def _explanation_card(
         overlay = saliency.overlay()
         _save_png(overlay, out_dir, f"{prefix}_saliency.png", written)
         _save_png(saliency.image, out_dir, f"{prefix}_input.png", written)
-        parts.append('<div class="meta">input image / pixel attributions (scaled to their maximum)</div>')
+        name = html.escape(getattr(saliency, "name", "input image"))
+        parts.append(f'<div class="meta">{name} / pixel attributions (scaled to their maximum)</div>')
         parts.append(_COLOUR_LEGEND)
         parts.append(
             '<div class="row">'
-            + _img_tag(saliency.image, "input image", display_width // 2)
-            + _img_tag(overlay, "pixel attributions of the input image", display_width // 2)
+            + _img_tag(saliency.image, name, display_width // 2)
+            + _img_tag(overlay, f"pixel attributions of the {name}", display_width // 2)
             + "</div>"
         )
         if save_plots:

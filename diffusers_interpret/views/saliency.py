@@ -17,9 +17,17 @@ class SaliencyMap:
         image (`PIL.Image.Image`): The input image, at the pipeline's processing size.
         attributions (`np.ndarray`): (H, W) non-negative scores.
         mask (`np.ndarray`, *optional*): (H, W) boolean inpainting mask (True where the image is repainted).
+        name (`str`, *optional*, defaults to `"input image"`): What the image is, in the pictures' titles (`"control
+            image"` for a ControlNet's).
     """
 
-    def __init__(self, image: Image.Image, attributions: np.ndarray, mask: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        image: Image.Image,
+        attributions: np.ndarray,
+        mask: Optional[np.ndarray] = None,
+        name: str = "input image",
+    ):
         if not isinstance(image, Image.Image):
             raise TypeError(f"`image` must be a PIL image, got {type(image).__name__}.")
         self.image = image.convert("RGB")
@@ -30,6 +38,7 @@ class SaliencyMap:
                 f"{self.attributions.shape}."
             )
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        self.name = name
         if self.mask is not None and self.mask.shape != self.attributions.shape:
             raise ValueError(f"`mask` must have the image's shape {self.attributions.shape}, got {self.mask.shape}.")
 
@@ -75,7 +84,7 @@ class SaliencyMap:
 
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
         panels = [
-            (self.image, "input image"),
+            (self.image, self.name),
             (self.heatmap(cmap, apply_mask), "pixel attributions"),
             (self.overlay(cmap, image_weight, apply_mask), "overlay"),
         ]

@@ -6,7 +6,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
-from ..dependence import bar_opacity, describe_dependence
+from ..dependence import bar_opacity, describe_control_dependence, describe_dependence
 from .markup import BAR, BAR_TOP, image_to_data_uri
 
 DISPLAY_SIZE = 256
@@ -87,11 +87,15 @@ def readings(output) -> List[str]:
     What a reader should know beside the bars, in words.
 
     Returns:
-        `List[str]`: How much came through the prompt's summary vector rather than its words (`pooled_share`), and how
-        much of the image's attention went to text positions that are not the prompt's tokens
-        (`attention_sink_share`); nothing for an output without them.
+        `List[str]`: How much of the region depends on a ControlNet's control image (`control_dependence`), how much
+        came through the prompt's summary vector rather than its words (`pooled_share`), and how much of the image's
+        attention went to text positions that are not the prompt's tokens (`attention_sink_share`); nothing for an
+        output without them.
     """
     lines = []
+    control = getattr(output, "control_dependence", None)
+    if control is not None:
+        lines.append(describe_control_dependence(control, output.explanation_2d_bounding_box is None))
     pooled = getattr(output, "pooled_share", None)
     if pooled is not None:
         lines.append(
