@@ -36,6 +36,7 @@ _EXPORTS = {
     "edge_aware_maps": ".edge_aware",
     "explainer_for": ".explainers",
     "load_toy_pipeline": ".toy",
+    "record_correspondence": ".attention",
     "record_cross_attention": ".attention",
     "record_self_attention": ".attention",
     "record_text_relations": ".attention",

@@ -159,6 +159,10 @@ def assemble_outputs(
     image_input = request.image_input
     input_image = image_input.picture() if image_input is not None else None
     mask = image_input.mask() if image_input is not None else None
+    leaf = trace.pixels
+    if input_image is not None and leaf is not None and tuple(leaf.shape[-2:]) != input_image.size[::-1]:
+        # The pipeline sized the input image itself (Flux Kontext's reference): shown as it processed it.
+        input_image = _leaf_picture(leaf)
     attention_maps = None if trace.attention_maps is None else AttentionMaps(**vars(trace.attention_maps))
     for index in range(request.num_images):
         image = pictures.images[index]
@@ -202,3 +206,10 @@ def reexplained(output, trace: Trace, scores: Optional[Scores], box, method, cle
     )  # fmt: skip
     fill_scores(new, trace, scores, output.image_index, input_image, mask)
     return new
+
+
+def _leaf_picture(pixels):
+    from PIL import Image
+
+    array = pixels[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((array * 255).round().astype("uint8"))

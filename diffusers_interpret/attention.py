@@ -20,7 +20,7 @@ from .tracing.attention import (
     JointAttentionRecorder,
     make_recorder,
 )
-from .tracing.self_attention import SelfAttentionRecorder, TextRelationRecorder
+from .tracing.self_attention import CorrespondenceRecorder, SelfAttentionRecorder, TextRelationRecorder
 from .views.attention_maps import AttentionMaps, colorize
 
 
@@ -128,6 +128,43 @@ def record_self_attention(
     )
 
 
+def record_correspondence(
+    pipe,
+    box,
+    steps: Optional[Iterable[int]] = None,
+    layers: Optional[Iterable[str]] = None,
+    heads: Optional[Iterable[int]] = None,
+) -> CorrespondenceRecorder:
+    r"""
+    Record where a region of the generated image looks in the reference image of an editing call (Flux Kontext, whose
+    reference tokens sit in the same joint-attention sequence) during the pipeline calls made inside a `with` block.
+
+    ```python
+    from diffusers_interpret.attention import record_correspondence
+
+    with record_correspondence(pipe, box=((0, 0), (256, 512))) as recorder:
+        edited = pipe(image=reference, prompt="make the dress red").images[0]
+    where = recorder.maps.maps[0, 0]  # (H, W) at the reference's size as the pipeline resized it
+    ```
+
+    Args:
+        pipe (`FluxKontextPipeline`): A pipeline whose denoiser reads a reference image's tokens beside the generated
+            ones.
+        box (`((x0, y0), (x1, y1))`): The query region in pixels of the generated image (x the column, the lower
+            right corner exclusive).
+        steps, layers, heads: As for [`record_cross_attention`].
+
+    Returns:
+        A [`CorrespondenceRecorder`] to enter; `.maps` gives [`AttentionMaps`] at the reference image's size as the
+        pipeline processed it, one row per image: `maps.maps[i, 0]` is image `i`'s map, the softmax over every key of
+        which the reference's columns are kept (it sums to the share of the region's attention the reference gets,
+        per cell of the reference's grid).
+    """
+    return CorrespondenceRecorder(
+        pipe, box, family=family_for(pipe), steps=steps, layers=layers, heads=heads, maps_class=AttentionMaps
+    )
+
+
 def record_text_relations(
     pipe,
     steps: Optional[Iterable[int]] = None,
@@ -166,6 +203,7 @@ __all__ = [
     "TextRelationRecorder",
     "colorize",
     "record_cross_attention",
+    "record_correspondence",
     "record_self_attention",
     "record_text_relations",
 ]

@@ -242,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
         "the report shows its pixel attributions and how much each box depends on it",
     )
     explain.add_argument(
+        "--image",
+        default=None,
+        metavar="PATH",
+        help="pipelines that start from an image (img2img, inpainting, InstructPix2Pix, Flux Kontext's reference, "
+        "Flux Fill): the input image; the report shows its pixel attributions",
+    )
+    explain.add_argument(
+        "--mask",
+        default=None,
+        metavar="PATH",
+        help="inpainting pipelines (SD, SDXL, Flux Fill): the mask, white where the image is repainted",
+    )
+    explain.add_argument(
         "--control-scale",
         type=float,
         default=None,
@@ -446,32 +459,50 @@ def _check_call_options(pipe, call: Dict[str, Any]) -> None:
             fail(f"--{option} is not an argument of this model's {type(pipe).__name__}: leave it out")
 
 
-def _control_call(pipe, args: argparse.Namespace) -> Dict[str, Any]:
-    # A ControlNet pipeline's control image (under the pipeline's own argument name) and conditioning scale.
+def _image_call(pipe, args: argparse.Namespace) -> Dict[str, Any]:
+    # The input images a pipeline starts from: a ControlNet's control image (under the pipeline's own argument name)
+    # and conditioning scale, an input image and an inpainting mask.
     from .families import InputKind, supported_pipeline
 
-    supported = supported_pipeline(pipe)
-    if supported.input_kind is not InputKind.CONTROL:
+    kind, name = supported_pipeline(pipe).input_kind, type(pipe).__name__
+    family = supported_pipeline(pipe).family
+    if kind is not InputKind.CONTROL:
         for option, value in (("--control-image", args.control_image), ("--control-scale", args.control_scale)):
             if value is not None:
-                fail(f"{option} is for ControlNet pipelines; this model's {type(pipe).__name__} has no ControlNet")
-        return {}
-    if args.control_image is None:
-        fail(f"this model's {type(pipe).__name__} reads a control image: pass --control-image PATH")
+                fail(f"{option} is for ControlNet pipelines; this model's {name} has no ControlNet")
+    if kind not in (InputKind.IMAGE, InputKind.INPAINT) and args.image is not None:
+        fail(f"--image is for pipelines that start from an image; this model's {name} does not take one")
+    if kind is not InputKind.INPAINT and args.mask is not None:
+        fail(f"--mask is for inpainting pipelines; this model's {name} repaints no mask")
+    call: Dict[str, Any] = {}
+    if kind is InputKind.CONTROL:
+        if args.control_image is None:
+            fail(f"this model's {name} reads a control image: pass --control-image PATH")
+        call[family.input_image(pipe)[0]] = _read_image(args.control_image, "--control-image")
+        if args.control_scale is not None:
+            call["controlnet_conditioning_scale"] = args.control_scale
+    elif kind in (InputKind.IMAGE, InputKind.INPAINT):
+        if args.image is None:
+            fail(f"this model's {name} starts from an image: pass --image PATH")
+        call["image"] = _read_image(args.image, "--image")
+        if kind is InputKind.INPAINT:
+            if args.mask is None:
+                fail(f"this model's {name} repaints a mask: pass --mask PATH (white where repainted)")
+            call["mask_image"] = _read_image(args.mask, "--mask", mode="L")
+    return call
+
+
+def _read_image(given: str, option: str, mode: str = "RGB"):
     from PIL import Image
 
-    path = Path(args.control_image).expanduser()
+    path = Path(given).expanduser()
     if not path.is_file():
-        fail(f"--control-image {args.control_image!r} is not a file")
+        fail(f"{option} {given!r} is not a file")
     try:
         with Image.open(path) as opened:
-            image = opened.convert("RGB")
+            return opened.convert(mode)
     except OSError as error:
-        fail(f"--control-image {args.control_image!r} is not an image Pillow can read ({error})")
-    call: Dict[str, Any] = {supported.family.input_image(pipe)[0]: image}
-    if args.control_scale is not None:
-        call["controlnet_conditioning_scale"] = args.control_scale
-    return call
+        fail(f"{option} {given!r} is not an image Pillow can read ({error})")
 
 
 def _traced_setting(traced, call) -> object:
@@ -523,11 +554,16 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     }
     call.update({key: value for key, value in given.items() if value is not None})
     _check_call_options(pipe, call)
-    call.update(_control_call(pipe, args))
+    call.update(_image_call(pipe, args))
     if (call.get("true_cfg_scale") or 1.0) > 1 and call.get("negative_prompt") is None:
         call["negative_prompt"] = ""  # true classifier-free guidance needs a negative prompt: the empty one
-    height, width = _image_size(pipe, args.height or call.get("height"), args.width or call.get("width"))
-    call.update(height=height, width=width)
+    if _sized_by_call(pipe):
+        height, width = _image_size(pipe, args.height or call.get("height"), args.width or call.get("width"))
+        call.update(height=height, width=width)
+    else:  # InstructPix2Pix: the input image's size, as the pipeline's image processor makes it
+        if args.height or args.width:
+            fail(f"this model's {type(pipe).__name__} takes its size from --image: resize the image instead")
+        height, width = pipe.image_processor.get_default_height_width(call["image"])
     for box in args.box or [None]:  # checked before any generation
         try:
             normalize_box(box, height, width)
@@ -553,7 +589,15 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     )
     settings = {
         "model": toy.description if toy else args.model,
-        **({"control image": args.control_image} if args.control_image else {}),
+        **{
+            label: value
+            for label, value in (
+                ("input image", args.image),
+                ("mask", args.mask),
+                ("control image", args.control_image),
+            )
+            if value
+        },  # fmt: skip
         "traced steps": _traced_setting(args.traced, call),
         **_call_settings(call),
         "seed": args.seed,
@@ -607,6 +651,12 @@ def _run_explain_image(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, A
     if args.concepts:
         settings["concepts"] = ", ".join(args.concepts)
     return (outputs, views), settings, "diffusers-interpret explain-image"
+
+
+def _sized_by_call(pipe) -> bool:
+    import inspect
+
+    return "height" in inspect.signature(type(pipe).__call__).parameters
 
 
 def _image_size(pipe, height: Optional[int], width: Optional[int]) -> Tuple[int, int]:

@@ -335,6 +335,10 @@ def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch
 
 def _tiny(family):
     # The newer families' tiny pipelines, with the call settings their tests use.
+    if family == "kontext":
+        from diffusers_interpret.testing.flux_edits import make_tiny_flux_kontext_pipeline
+
+        return make_tiny_flux_kontext_pipeline(), dict(height=16, width=16, max_sequence_length=16, _auto_resize=False)
     if family.startswith("controlnet_"):
         from diffusers_interpret.testing.controlnet import make_tiny_controlnet_pipeline
 
@@ -409,6 +413,8 @@ FAMILIES = [
     ("controlnet-mask", "controlnet_sd", dict(image=RGB, mask_image=MASK), BAD, "mask_image"),
     ("controlnet-flux-no-control", "controlnet_flux", dict(), BAD, "control_image="),
     ("controlnet-flux-image", "controlnet_flux", dict(image=RGB), BAD, "control_image="),
+    ("kontext-size-from-max-area", "kontext", dict(image=RGB), BAD, "max_area=256"),
+    ("kontext-no-reference", "kontext", dict(max_area=256), BAD, "input image"),
     ("controlnet-flux-tensor", "controlnet_flux", dict(control_image=torch.zeros(1, 3, 16, 16)), BAD, "control_image"),
 ]
 

@@ -335,6 +335,43 @@ def test_explain_a_controlnet_model_folder(tmp_path, family, capsys):
     assert "has no ControlNet" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("family", ["instruct_pix2pix", "flux_fill"])
+def test_explain_an_editing_model_folder(tmp_path, family, capsys):
+    # An instruction editor (its size from --image) and Flux Fill (--image and --mask) from saved folders: the
+    # report shows the input image's pixel attributions; a missing --mask is one error line.
+    import numpy as np
+    from PIL import Image
+
+    size = 16 if family == "flux_fill" else 32
+    if family == "flux_fill":
+        from diffusers_interpret.testing.flux_edits import make_tiny_flux_fill_pipeline
+
+        make_tiny_flux_fill_pipeline().save_pretrained(tmp_path / "model")
+        extra = ["--max-sequence-length", "16", "--height", "16", "--width", "16"]
+    else:
+        from diffusers_interpret.testing import make_tiny_pipeline
+
+        make_tiny_pipeline("instruct_pix2pix", sample_size=16, layers_per_block=1).save_pretrained(tmp_path / "model")
+        extra = []
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+        tmp_path / "in.png"
+    )
+    mask = np.zeros((size, size), np.uint8)
+    mask[2:10, 2:10] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    model, out = str(tmp_path / "model"), str(tmp_path / "out")
+    common = ["--model", model, "--steps", "2", "--quiet", "--out", out, "--image", str(tmp_path / "in.png"), *extra]
+    if family == "flux_fill":
+        with pytest.raises(SystemExit):
+            main(["explain", "make it red", *common])
+        assert "--mask PATH" in capsys.readouterr().err
+        common += ["--mask", str(tmp_path / "mask.png")]
+    assert main(["explain", "make it red", "--box", "0,0,8,16", *common]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "input image / pixel attributions" in page and "in.png" in page
+    assert_self_contained(page)
+
+
 @pytest.mark.parametrize("method", [None, "concept_attention"])
 @pytest.mark.parametrize("family", ["flux", "sd3", "chroma", "flux2_klein", "flux2_dev", "qwenimage", "prx", "sana"])
 def test_explain_a_transformer_model_folder(tmp_path, family, method, capsys):

@@ -14,6 +14,9 @@ from diffusers_interpret import (
     explainer_for,
 )
 from diffusers_interpret.testing import make_tiny_pipeline
+from diffusers_interpret.testing.flux import TINY_T5_LENGTH
+from diffusers_interpret.testing.flux_edits import make_tiny_flux_fill_pipeline, make_tiny_flux_kontext_pipeline
+from diffusers_interpret.tracing.self_attention import region_cells
 
 INSTRUCTION = "make the circle red"
 
@@ -111,3 +114,133 @@ def test_pix2pix_refusals(pix2pix, tiny_pipe):
         explainer(INSTRUCTION, num_inference_steps=2)
     with pytest.raises(ValueError, match="edits an input image"):
         explainer.explain_image(input_image(), INSTRUCTION)
+
+
+# -- Flux Fill and Flux Kontext --------------------------------------------------------------------------------------
+FLUX_CALL = dict(height=16, width=16, max_sequence_length=TINY_T5_LENGTH, num_inference_steps=3)
+KONTEXT_CALL = dict(FLUX_CALL, _auto_resize=False, max_area=256)
+
+
+def reference_image():
+    return input_image(16).resize((32, 16))  # another size than the result's: the pipeline keeps its own
+
+
+def fill_mask():
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 2:10] = 255
+    return Image.fromarray(mask)
+
+
+@pytest.fixture(scope="module")
+def flux_fill():
+    return make_tiny_flux_fill_pipeline()
+
+
+@pytest.fixture(scope="module")
+def kontext():
+    return make_tiny_flux_kontext_pipeline()
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "concept_attention"])
+def test_flux_fill_and_kontext_images_identical_to_the_pipelines(flux_fill, kontext, method):
+    cases = [
+        (flux_fill, dict(image=input_image(16), mask_image=fill_mask(), guidance_scale=3.0, **FLUX_CALL), (16, 16)),
+        (kontext, dict(image=reference_image(), **KONTEXT_CALL), (16, 32)),
+        (
+            kontext,
+            dict(image=reference_image(), negative_prompt="a dog", true_cfg_scale=2.0, **KONTEXT_CALL),
+            (16, 32),
+        ),
+    ]
+    for pipe, kwargs, pixels in cases:
+        expected = pipe(prompt=INSTRUCTION, generator=seeded(1), output_type="np", **kwargs).images[0]
+        out = explainer_for(pipe, verbose=False)(
+            INSTRUCTION, generator=seeded(1), output_type="np", attribution_method=method, **kwargs
+        )
+        np.testing.assert_array_equal(out.image, expected)
+        assert out.pixel_attributions.shape == pixels and out.input_image.size == pixels[::-1]
+        if method == "word_attention":
+            assert out.word_maps.shape[-2:] == (16, 16)  # the generated image's grid, not the reference's
+
+
+@pytest.mark.parametrize("family", ["fill", "kontext"])
+def test_flux_edit_pixel_gradients_equal_finite_differences(family):
+    make = make_tiny_flux_fill_pipeline if family == "fill" else make_tiny_flux_kontext_pipeline
+    pipe = make(dtype=torch.float64)
+    source = input_image(16) if family == "fill" else reference_image()
+    # float64 arrays keep their precision; Kontext sizes an array by its (batch, height, width, channels) shape.
+    x = 0.1 + 0.8 * np.asarray(source, dtype=np.float64)[None] / 255
+    kwargs = dict(mask_image=fill_mask(), **FLUX_CALL) if family == "fill" else dict(KONTEXT_CALL)
+    box = ((2, 4), (14, 12))
+    out = explainer_for(pipe, verbose=False)(
+        INSTRUCTION, image=x, generator=seeded(0), explanation_2d_bounding_box=box, attribution_method="grad_x_input",
+        prompt_dependence=False, **kwargs,
+    )  # fmt: skip
+    grad = out.pixel_gradients.permute(1, 2, 0).numpy()[None]  # (1, H, W, 3) as the array
+
+    def f(image):
+        images = pipe(prompt=INSTRUCTION, image=image, generator=seeded(0), output_type="pt", **kwargs).images
+        return float(box_sum(images, box))
+
+    # Flux's rotary embedding is float32, and Kontext's resize of an array goes through float32: steps of 1e-3 and 3e-3
+    # balance that rounding against the differences' own error (measured: within 8e-5 and 1.5e-4 of the gradient;
+    # 1.2e-3 and 2.8e-2 at a step of 1e-4).
+    eps = 1e-3 if family == "fill" else 3e-3
+    direction = np.random.default_rng(3).standard_normal(x.shape)
+    directional = (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
+    assert float((grad * direction).sum()) == pytest.approx(directional, rel=3e-4)
+
+
+def test_kontext_redraws_and_word_maps_read_the_reference(kontext):
+    # Every transformer call of the explanation, the prompt-dependence redraws' included, reads the generated tokens
+    # and the reference's (8x8 + 8x16 tokens at 16x16 and 16x32).
+    lengths = []
+    handle = kontext.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(int(kwargs["hidden_states"].shape[1])), with_kwargs=True
+    )
+    try:
+        out = explainer_for(kontext, verbose=False)(INSTRUCTION, image=reference_image(), generator=seeded(0),
+                                                    **KONTEXT_CALL)  # fmt: skip
+    finally:
+        handle.remove()
+    assert out.prompt_dependence is not None and set(lengths) == {64 + 128}
+
+
+def test_kontext_correspondence_is_the_attention_to_the_references_tokens(kontext):
+    # Where a box of the result looks in the reference: an explicit-softmax processor's probabilities from the box's
+    # generated tokens to the reference's columns, per layer upsampled to the reference's size and averaged.
+    from explicit_attention import ExplicitJointAttention
+
+    from diffusers_interpret import record_correspondence
+
+    box, text = ((0, 0), (8, 16)), TINY_T5_LENGTH
+    call = dict(prompt=INSTRUCTION, image=reference_image(), generator=seeded(0), **KONTEXT_CALL)
+    with record_correspondence(kontext, box=box) as recorder:
+        kontext(**call)
+    maps = recorder.maps.maps
+    assert maps.shape == (1, 1, 16, 32)
+    processors = kontext.transformer.attn_processors
+    store = []
+    kontext.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
+    try:
+        kontext(**dict(call, generator=seeded(0)))
+    finally:
+        kontext.transformer.set_attn_processor(dict(processors))
+    generated, reference = slice(text, text + 64), slice(text + 64, None)
+    to_reference = [p[:, :, generated, reference] for p in store]  # softmax over all keys: the reference's columns
+    per_call = [to_reference[i : i + 2] for i in range(0, len(to_reference), 2)]
+
+    def one(layers):
+        # region_map reshapes the keys on the query grid: the box's queries on the 8x8 grid, the keys on 8x16.
+        rows = []
+        for probs in layers:
+            cells = region_cells(box, (8, 8), (16, 16))
+            row = probs[-1:].mean(1)[:, cells].mean(1).reshape(1, 1, 8, 16)
+            rows.append(torch.nn.functional.interpolate(row, size=(16, 32), mode="bilinear", align_corners=False))
+        return torch.stack(rows).mean(0)[0, 0]
+
+    expected = torch.stack([one(layers) for layers in per_call]).mean(0)
+    np.testing.assert_allclose(maps[0, 0], expected, atol=1e-6)
+    assert float(maps.sum()) > 0
+    with pytest.raises(ValueError, match="Flux Kontext"):
+        record_correspondence(make_tiny_pipeline("text2img", **TINY), box=box)

@@ -79,8 +79,8 @@ class RecordExplainer:
     def _explainer_for(self, record: Record):
         if record.init_image is not None and record.control_image is not None:
             raise ValueError("a record gives an init_image or a control_image, not both")
-        if record.init_image is None:
-            return self.text_explainer
+        if record.init_image is None or self.text_explainer.input_kind is not None:
+            return self.text_explainer  # a model that starts from an image itself (an editor) reads it as its own
         if self.image_explainer is None:
             from diffusers import AutoPipelineForImage2Image
 

@@ -436,9 +436,9 @@ class CrossAttentionRecorder(ScopedHooks):
         # The prompt rows of the denoiser's batch (the positive half with classifier-free guidance).
         return self._rows if self._rows is not None else slice(0, batch_size)
 
-    def add(self, name: str, probs: torch.Tensor) -> None:
-        # probs: (images, queries, tokens), averaged over heads.
-        height, width = query_grid(probs.shape[1], self._latent_size)
+    def add(self, name: str, probs: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> None:
+        # probs: (images, queries, tokens), averaged over heads; the queries on the latent grid (or on `grid`).
+        height, width = query_grid(probs.shape[1], self._latent_size) if grid is None else grid
         grid = probs.transpose(1, 2).reshape(probs.shape[0], probs.shape[2], height, width)
         key = (height, width)
         if key in self._current:

@@ -175,6 +175,9 @@ class ConceptAttentionRecorder(ScopedHooks):
         if not self._recorded_steps:
             raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
         scores = torch.stack(self._step_sums).mean(0)  # (images, concepts, image tokens)
+        generated = self._grid[0] * self._grid[1]
+        if scores.shape[-1] > generated:  # a reference image's tokens after the generated ones (Flux Kontext)
+            scores = scores[..., :generated]
         height, width = query_grid(scores.shape[-1], self._grid)
         if self.softmax:
             scores = scores.softmax(dim=1)

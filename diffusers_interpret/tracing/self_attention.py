@@ -77,11 +77,13 @@ def joint_self_attention_region(
     attention_mask: Optional[torch.Tensor] = None,
     heads: Optional[Sequence[int]] = None,
     layout: Optional[Tuple[slice, slice]] = None,
+    keys: Optional[slice] = None,
 ) -> torch.Tensor:
     r"""
     A joint-attention layer's attention from the image tokens `queries` (indices among the image tokens) to the image
     tokens: the softmax over ALL keys (text and image, the layer's mask applied as its kernel applies it), of which
-    the image columns are kept, averaged over the queries and the heads: (batch, image tokens). `layout`: as
+    the image columns are kept (the columns `keys` instead, where given: a reference image's tokens), averaged over
+    the queries and the heads: (batch, image tokens). `layout`: as
     [`~tracing.attention.joint_attention_probabilities`]'.
     """
     query, key, head_dim = joint_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb, text_first)
@@ -90,7 +92,7 @@ def joint_self_attention_region(
     image = image if layout is None else layout[0]
     picked = torch.arange(total)[image][list(queries)]
     scores = joint_scores(attn, query, key, head_dim, picked, attention_mask)
-    probs = scores.softmax(dim=-1)[..., image]  # (batch, heads, queries, image tokens)
+    probs = scores.softmax(dim=-1)[..., image if keys is None else keys]  # (batch, heads, queries, image tokens)
     return mean_over_heads(probs, heads).mean(dim=1)
 
 
@@ -117,7 +119,7 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
     def _pre_hook(self, module, args, kwargs):
         result = super()._pre_hook(module, args, kwargs)
         if not self._checked and self._latent_size is not None:
-            self.box = normalize_box(self.box, *self.image_size())  # inside the image: checked at the first call
+            self.box = normalize_box(self.box, *self.query_image_size())  # inside the image: checked at the first call
             self._checked = True
         return result
 
@@ -138,9 +140,13 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
             if isinstance(module, Attention) and not module.is_cross_attention and name.endswith("attn1")
         ]
 
+    def query_image_size(self) -> Tuple[int, int]:
+        r"""The (height, width) of the image the query region is a box of: the generated image."""
+        return self.image_size()
+
     def _cells(self, image_tokens: int) -> List[int]:
         grid = query_grid(image_tokens, self._latent_size)
-        return region_cells(self.box, grid, self.image_size())
+        return region_cells(self.box, grid, self.query_image_size())
 
     def _region_hook(self, name: str):
         def hook(module, args, kwargs):
@@ -172,11 +178,65 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
                     attention_mask=None if mask is None else mask.detach()[rows],
                     heads=self.heads,
                     layout=layout,
+                    keys=self._keys(),
                 )
-            self.add(name, probs[:, :, None])  # the image tokens as the grid, one "token" row: the map
+            self._add_map(name, probs)
             return None
 
         return hook
+
+    def _keys(self) -> Optional[slice]:
+        return None  # the image's own tokens
+
+    def _add_map(self, name: str, probs: torch.Tensor) -> None:
+        self.add(name, probs[:, :, None])  # the image tokens as the grid, one "token" row: the map
+
+
+class CorrespondenceRecorder(SelfAttentionRecorder):
+    r"""
+    Records where the generated image's tokens in `box` attend among a reference image's tokens that sit in the same
+    joint-attention sequence (Flux Kontext), at every joint-attention layer, while the pipeline runs: the softmax over
+    ALL keys, of which the reference's columns are kept, averaged over the region's queries, the heads (or `heads`),
+    the layers and the recorded steps. The maps are at the reference image's size, as the pipeline processed it.
+    See [`record_correspondence`].
+    """
+
+    def __init__(self, pipe, box, **options):
+        super().__init__(pipe, box, **options)
+        if not hasattr(self.family, "reference_grid"):
+            raise ValueError(
+                f"{self.family.display_name} pipelines have no reference image among the denoiser's tokens: "
+                "correspondence maps are for Flux Kontext (use `record_self_attention` for where a region looks in "
+                "the image itself)."
+            )
+        self._reference_grid: Optional[Tuple[int, int]] = None
+
+    def _pre_hook(self, module, args, kwargs):
+        if self.enabled and not self.counter.is_recomputing:
+            grid = self.family.reference_grid(kwargs)
+            if grid is None:
+                raise ValueError(
+                    "This call has no reference image: pass `image=` to the pipeline (correspondence maps show where "
+                    "a region looks in it)."
+                )
+            self._reference_grid = grid
+        return super()._pre_hook(module, args, kwargs)
+
+    def query_image_size(self) -> Tuple[int, int]:
+        return super().image_size()
+
+    def image_size(self) -> Tuple[int, int]:
+        r"""The reference image's (height, width), as the pipeline processed it."""
+        if self._reference_grid is None:
+            raise RuntimeError("Nothing was recorded: run the pipeline inside the block.")
+        factor = self.family.attention_grid_scale(self.pipe)
+        return self._reference_grid[0] * factor, self._reference_grid[1] * factor
+
+    def _keys(self) -> Optional[slice]:
+        return self.family.reference_positions(self._text_length, self._latent_size)
+
+    def _add_map(self, name: str, probs: torch.Tensor) -> None:
+        self.add(name, probs[:, :, None], grid=self._reference_grid)
 
 
 @torch.no_grad()
