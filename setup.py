@@ -33,6 +33,8 @@ setup(
             "toy/model_flux/*",
             "toy/model_sd3/**/*",
             "toy/model_sd3/*",
+            "toy/model_controlnet/**/*",
+            "toy/model_controlnet/*",
         ]
     },
     install_requires=requirements,

@@ -79,7 +79,13 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
         name = "control image" if hasattr(output, "control_dependence") else "input image"
         output.input_saliency_map = None if pixels is None else SaliencyMap(input_image, pixels, mask, name=name)
         output.pixel_completeness = _of_image(scores.pixel_completeness, index)
-        if pixels is None:
+        if pixels is None and not trace.has_graph:
+            warnings.warn(
+                f"This explanation reads recorded maps only, with no gradient to the {name}'s pixels: "
+                "pixel_attributions is None (explain the box with a new call for them).",
+                stacklevel=5,
+            )
+        elif pixels is None:
             warnings.warn(
                 "The traced steps do not reach the input image's pixels (img2img uses the image only at the first "
                 "step: trace all steps with n_last_diffusion_steps_to_consider_for_attributions=None): "

@@ -32,6 +32,8 @@ DEMO_PROMPTS = (
     "a yellow triangle on the right",
     "a green square on the left and a yellow circle on the right",
 )
+# The toy ControlNet's demo: the first two-object scenes of this seed, held out of its training.
+CONTROL_DEMO_SEED, CONTROL_DEMO_SCENES = 999, 2
 _DESCRIPTION = """\
 Explain the images made by diffusers pipelines (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2): which prompt
 words made the image.
@@ -167,10 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.add_argument(
         "--family",
-        choices=("sd", "flux", "sd3"),
+        choices=("sd", "flux", "sd3", "controlnet"),
         default="sd",
-        help="which toy model: 'sd' (Stable Diffusion 32x32, default), 'flux' (Flux 64x64, T5 in joint attention) or "
-        "'sd3' (SD3 64x64, two CLIPs and T5 in one sequence)",
+        help="which toy model: 'sd' (Stable Diffusion 32x32, default), 'flux' (Flux 64x64, T5 in joint attention), "
+        "'sd3' (SD3 64x64, two CLIPs and T5 in one sequence) or 'controlnet' (the 32x32 toy with a ControlNet that "
+        "reads the objects' outlines: prompts that name the shapes and prompts that name colours only)",
     )
     demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the toy's 20)")
     demo.add_argument(
@@ -374,7 +377,7 @@ def run_explanations(
     first: Dict[str, Any] = {}
     for prompt, box in progress_bar(jobs, "Explanations", disable=quiet or len(jobs) < 2, unit="expl", leave=True):
         output = None
-        if prompt in first:
+        if prompt in first and explainer.input_kind is None:  # an input image's pixels need each box's own call
             try:  # what the prompt's first call kept (recorded maps) explains another box without generating again
                 output = first[prompt].explain(box)
             except RuntimeError:
@@ -415,29 +418,29 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     from .toy import TOY_MODELS
     from .toy.detector import object_boxes
 
-    name = {"flux": "toy-flux", "sd3": "toy-sd3"}.get(args.family, TOY)
+    name = {"flux": "toy-flux", "sd3": "toy-sd3", "controlnet": "toy-controlnet"}.get(args.family, TOY)
     toy = TOY_MODELS[name]
     pipe = toy.load()
     call = dict(toy.call)
     call["num_inference_steps"] = args.steps or call["num_inference_steps"]
-    # Per prompt: the whole image, a box around each object the toy drew and one over empty background.
-    jobs = []
-    for prompt in DEMO_PROMPTS:
-        image = pipe(prompt, generator=seeded_generator(args.seed, pipe.device), output_type="np", **call).images[0]
-        jobs += [(prompt, None)] + [(prompt, box) for _, box in object_boxes(image)]
-    outputs = run_explanations(
-        pipe,
-        jobs,
-        args.seed,
-        args.quiet,
+    options = dict(
         interactive=args.interactive,
         n_last_diffusion_steps_to_consider_for_attributions=args.traced,
         attribution_method=args.method,
         attribution_level=args.level,
         check_memory=args.check_memory,
         prompt_dependence=args.prompt_dependence,
-        **call,
     )
+    if args.family == "controlnet":
+        outputs = _control_demo(pipe, args, call, options)
+    else:
+        # Per prompt: the whole image, a box around each object the toy drew and one over empty background.
+        jobs = []
+        for prompt in DEMO_PROMPTS:
+            generator = seeded_generator(args.seed, pipe.device)
+            image = pipe(prompt, generator=generator, output_type="np", **call).images[0]
+            jobs += [(prompt, None)] + [(prompt, box) for _, box in object_boxes(image)]
+        outputs = run_explanations(pipe, jobs, args.seed, args.quiet, **options, **call)
     settings = {
         "model": toy.description,
         "traced steps": _traced_setting(args.traced, call),
@@ -447,6 +450,32 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
         "level": args.level,
     }
     return outputs, settings, f"diffusers-interpret demo: the {toy.description}"
+
+
+def _control_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options: Dict[str, Any]):
+    # The toy ControlNet on two held-out scenes' outlines, each with its full prompt and with a prompt that names the
+    # colours only (the shapes then come from the control image alone): the whole image and each object's box.
+    import numpy as np
+
+    from .toy.control import color_only_prompt, outline_image
+    from .toy.scenes import render_scene, sample_scene_spec
+
+    rng = np.random.default_rng(CONTROL_DEMO_SEED)
+    scenes = [render_scene(sample_scene_spec(rng, 2)) for _ in range(CONTROL_DEMO_SCENES)]
+    outputs, views = [], {}
+    for scene in scenes:
+        boxes = []
+        for mask in scene.masks:
+            rows, columns = np.nonzero(mask)
+            boxes.append(((int(columns.min()), int(rows.min())), (int(columns.max()) + 1, int(rows.max()) + 1)))
+        for prompt in (scene.prompt, color_only_prompt(scene)):
+            jobs = [(prompt, None)] + [(prompt, box) for box in boxes]
+            made, made_views = run_explanations(
+                pipe, jobs, args.seed, args.quiet, image=outline_image(scene), **options, **call
+            )
+            outputs += made
+            views.update(made_views)
+    return outputs, views
 
 
 def _check_call_options(pipe, call: Dict[str, Any]) -> None:

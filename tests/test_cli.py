@@ -156,6 +156,28 @@ def test_demo_of_the_toy_flux(tmp_path, capsys):
     assert "toy Flux" in page and page.count("<h3>whole image</h3>") == len(DEMO_PROMPTS)
 
 
+def test_demo_of_the_toy_controlnet(tmp_path, capsys):
+    # Two held-out scenes' outlines, each with its full prompt and a colour-only one: a card per region with the
+    # control image's attributions and how much the region depends on the control.
+    argv = [
+        "demo",
+        "--family",
+        "controlnet",
+        "--steps",
+        "3",
+        "--interactive",
+        "0",
+        "--quiet",
+        "--no-prompt-dependence",
+    ]
+    code, out, _ = run_cli(argv + ["--out", str(tmp_path)], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert "toy ControlNet" in page and page.count("<h3>whole image</h3>") == 4
+    assert page.count("control image / pixel attributions") == 12  # every region's card, boxes included
+    assert " object on the left" in page  # the colour-only prompts
+
+
 @needs_toy
 def test_explain_a_model_folder(tmp_path, capsys):
     from diffusers_interpret.toy import load_toy_pipeline

@@ -61,6 +61,7 @@ __all__ = [
     "COLORS",
     "SHAPES",
     "SIDES",
+    "TOY_CONTROL_CALL",
     "TOY_FLUX_CALL",
     "TOY_FLUX_MODEL_DIR",
     "TOY_SD3_CALL",
@@ -73,6 +74,8 @@ __all__ = [
     "TOY_PROMPT_ORDERS",
     "TOY_NUM_INFERENCE_STEPS",
     "generate_scene",
+    "load_toy_controlnet_pipeline",
+    "outline_image",
     "load_toy_flux_pipeline",
     "load_toy_sd3_pipeline",
     "load_toy_pipeline",
@@ -237,6 +240,8 @@ def _sd_call(size: int) -> Dict[str, Any]:
     return dict(height=size, width=size, num_inference_steps=steps, guidance_scale=guidance)
 
 
+from .control import TOY_CONTROL_CALL, load_toy_controlnet_pipeline, outline_image  # noqa: E402
+
 TOY_MODELS.update(
     {
         "toy": ToyModel(
@@ -251,5 +256,10 @@ TOY_MODELS.update(
         ),
         "toy-flux": ToyModel("shipped toy Flux model (64x64)", load_toy_flux_pipeline, dict(TOY_FLUX_CALL)),
         "toy-sd3": ToyModel("shipped toy Stable Diffusion 3 model (64x64)", load_toy_sd3_pipeline, dict(TOY_SD3_CALL)),
+        "toy-controlnet": ToyModel(
+            "shipped toy ControlNet (Stable Diffusion 32x32, outline control images)",
+            lambda torch_dtype=None, device="cpu": load_toy_controlnet_pipeline(torch_dtype, device),
+            dict(height=TOY_IMAGE_SIZE, width=TOY_IMAGE_SIZE, **TOY_CONTROL_CALL),
+        ),
     }
 )
