@@ -20,6 +20,8 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py --family prx        # the tiny PRX pipeline (text2img)
     python benchmarks/bench_explainer.py --family sana       # the tiny Sana pipeline (text2img)
     python benchmarks/bench_explainer.py --family z_image    # the tiny Z-Image pipeline (text2img)
+    python benchmarks/bench_explainer.py --family controlnet_sd --size 32  # ControlNet (also _sdxl, _flux --size 16)
+    python benchmarks/bench_explainer.py --family instruct_pix2pix --size 32  # also flux_fill, flux_kontext (16)
     python benchmarks/bench_explainer.py --family sd15-size --size 256 --traced 10 --repeats 1 --no-prompt-dependence
 
 `--family sd15-size` builds a UNet and VAE of Stable Diffusion 1.5's size (random weights, `bench_memory_real_size.py`)
@@ -52,6 +54,8 @@ from diffusers_interpret.testing.prx import make_tiny_prx_pipeline
 from diffusers_interpret.testing.qwenimage import make_tiny_qwenimage_pipeline
 from diffusers_interpret.testing.sana import make_tiny_sana_pipeline
 from diffusers_interpret.testing.z_image import make_tiny_z_image_pipeline
+from diffusers_interpret.testing.controlnet import make_tiny_controlnet_pipeline
+from diffusers_interpret.testing.flux_edits import make_tiny_flux_fill_pipeline, make_tiny_flux_kontext_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 size, dependence = {size!r}, {dependence!r}
@@ -77,11 +81,19 @@ elif family == "sana":
     pipe = make_tiny_sana_pipeline()
 elif family == "z_image":
     pipe = make_tiny_z_image_pipeline()
+elif family.startswith("controlnet_"):
+    pipe = make_tiny_controlnet_pipeline(family.split("_")[1])
+elif family == "instruct_pix2pix":
+    pipe = make_tiny_pipeline("instruct_pix2pix", sample_size=size // 2)
+elif family == "flux_fill":
+    pipe = make_tiny_flux_fill_pipeline()
+elif family == "flux_kontext":
+    pipe = make_tiny_flux_kontext_pipeline()
 else:
     pipe = make_tiny_sd3_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
 common = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size)
-if family in ("flux", "sd3", "chroma"):
+if family in ("flux", "sd3", "chroma", "controlnet_flux", "flux_fill", "flux_kontext"):
     common.update(max_sequence_length=16)
 if family == "flux2_klein":
     common.update(max_sequence_length=40)  # the chat template's 14 tokens and the prompt's
@@ -94,6 +106,17 @@ if family == "sana":
 if family == "z_image":
     common.update(max_sequence_length=32)
 rng = np.random.default_rng(0)
+picture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+if family.startswith("controlnet_"):
+    common["control_image" if family == "controlnet_flux" else "image"] = picture
+if family == "instruct_pix2pix":
+    common.update(image=picture, image_guidance_scale=1.5)
+    del common["height"], common["width"]  # its size is the image's
+if family == "flux_fill":
+    mask = np.zeros((size, size), np.uint8); mask[size // 4 : 3 * size // 4, : size // 2] = 255
+    common.update(image=picture, mask_image=Image.fromarray(mask))
+if family == "flux_kontext":
+    common.update(image=picture, _auto_resize=False, max_area=size * size)
 if kind != "text2img":
     common["image"] = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     common["strength"] = 1.0  # every step runs, as in text-to-image
@@ -162,6 +185,12 @@ def main():
             "prx",
             "sana",
             "z_image",
+            "controlnet_sd",
+            "controlnet_sdxl",
+            "controlnet_flux",
+            "instruct_pix2pix",
+            "flux_fill",
+            "flux_kontext",
             "sd15-size",
         ],
     )

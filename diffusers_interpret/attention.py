@@ -152,10 +152,13 @@ def record_correspondence(
             ones.
         box (`((x0, y0), (x1, y1))`): The query region in pixels of the generated image (x the column, the lower
             right corner exclusive).
-        steps, layers, heads: As for [`record_cross_attention`].
+        steps (`Iterable[int]`, *optional*): The denoiser calls to record (negative indices count from the end);
+            all by default.
+        layers (`Iterable[str]`, *optional*): The joint-attention layers to record, by module name; all by default.
+        heads (`Iterable[int]`, *optional*): The heads to average; all by default.
 
     Returns:
-        A [`CorrespondenceRecorder`] to enter; `.maps` gives [`AttentionMaps`] at the reference image's size as the
+        A `CorrespondenceRecorder` to enter; `.maps` gives [`AttentionMaps`] at the reference image's size as the
         pipeline processed it, one row per image: `maps.maps[i, 0]` is image `i`'s map, the softmax over every key of
         which the reference's columns are kept (it sums to the share of the region's attention the reference gets,
         per cell of the reference's grid).

@@ -1,9 +1,11 @@
 r"""
-Make the docs' pictures from real outputs of the shipped toy model (nothing drawn by hand): `docs/images/*.png`.
+Make the docs' pictures from real outputs of the shipped toy models (nothing drawn by hand): `docs/images/*.png`.
 
-    python scripts/make_doc_pictures.py
+    python scripts/make_doc_pictures.py             # every picture
+    python scripts/make_doc_pictures.py controlnet  # the toy ControlNet's only
 """
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -120,5 +122,53 @@ def existing_image_picture(explainer) -> None:
     plt.close(fig)
 
 
+def control_picture() -> None:
+    # The toy ControlNet on a held-out scene's outlines: for a box around each object, the control image's pixel
+    # attributions (where in the control the box's pixels come from) and the words' bars, with the full prompt and
+    # with a prompt that names the colours only.
+    import matplotlib.pyplot as plt
+
+    from diffusers_interpret import explainer_for
+    from diffusers_interpret.toy.control import (
+        TOY_CONTROL_CALL,
+        color_only_prompt,
+        load_toy_controlnet_pipeline,
+        outline_image,
+    )
+    from diffusers_interpret.toy.scenes import render_scene, sample_scene_spec
+
+    rng = np.random.default_rng(999)
+    for _ in range(3):
+        sample_scene_spec(rng, 2)
+    scene, seed = render_scene(sample_scene_spec(rng, 2)), 999 + 3
+    control = outline_image(scene)
+    explainer = explainer_for(load_toy_controlnet_pipeline(), verbose=False)
+    prompts = (scene.prompt, color_only_prompt(scene))
+    fig, axes = plt.subplots(4, 3, figsize=(12, 11), gridspec_kw={"width_ratios": [1, 1, 2.4]})
+    for row, (prompt, mask) in enumerate((p, m) for p in prompts for m in scene.masks):
+        rows, cols = np.nonzero(mask)
+        box = ((int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1))
+        output = explainer(
+            prompt, image=control, generator=torch.Generator().manual_seed(seed), explanation_2d_bounding_box=box,
+            **TOY_CONTROL_CALL,
+        )  # fmt: skip
+        axes[row, 0].imshow(output.image.resize((128, 128), 0))
+        axes[row, 0].set_title(f"box {box[0]}-{box[1]}", fontsize=9)
+        axes[row, 1].imshow(output.control_saliency_map.overlay().resize((128, 128), 0))
+        share = output.control_dependence
+        axes[row, 1].set_title(f"control image's attributions\nwithout it {100 * share:.0f}% redrawn", fontsize=9)
+        output.word_attributions.plot(ax=axes[row, 2], title=f'"{prompt}"')
+        for ax in axes[row, :2]:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(OUT / "controlnet_boxes.png", dpi=80)
+    plt.close(fig)
+    control.resize((128, 128), 0).save(OUT / "controlnet_outline.png")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["controlnet"]:
+        control_picture()
+    else:
+        main()
+        control_picture()

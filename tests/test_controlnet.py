@@ -184,3 +184,56 @@ def test_a_control_image_of_another_size_is_resized_as_the_pipeline_does(control
     expected = pipe(PROMPT, generator=seeded(0), output_type="np", **kwargs).images[0]
     np.testing.assert_array_equal(np.asarray(out.image), (expected * 255).round().astype(np.uint8))
     assert out.control_image.size == (size, size) and out.control_pixel_attributions.shape == (size, size)
+
+
+def test_several_controlnets_are_refused_before_any_model_runs():
+    from diffusers import StableDiffusionControlNetPipeline
+
+    pipe = make_tiny_controlnet_pipeline("sd")
+    components = {**pipe.components, "controlnet": [pipe.controlnet, pipe.controlnet]}
+    multi = StableDiffusionControlNetPipeline(**components, requires_safety_checker=False)
+    calls = []
+    handle = multi.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="one ControlNet at a time"):
+            explainer_for(multi, verbose=False)(PROMPT, image=[control_image("sd")] * 2, **common("sd"))
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def _state(pipe):
+    # Every hook of every model of the pipeline, every attention processor, the image processors' instance attributes
+    # (the pixel leaf overrides `preprocess` on the instance), grad mode.
+    models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    hooks = [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for model in models for m in model.modules()]
+    processors = [getattr(m, "processor", None) for model in models for m in model.modules()]
+    overrides = {
+        name: dict(vars(getattr(pipe, name)))
+        for name in ("image_processor", "control_image_processor", "mask_processor")
+        if hasattr(pipe, name)
+    }
+    return hooks, processors, overrides, torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_state_restored_after_an_injected_exception(controlnet, checkpointing):
+    family, pipe = controlnet
+    kwargs = {**common(family), ARGUMENT[family]: control_image(family)}
+    # transformers installs hooks of its own on a text encoder's layers at its first hidden-state capture: the state
+    # is taken after one explanation.
+    explainer_for(pipe, verbose=False)(PROMPT, generator=seeded(0), prompt_dependence=False, **kwargs)
+    before = _state(pipe)
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    explainer = explainer_for(pipe, verbose=False, gradient_checkpointing=checkpointing)
+    for method in ("grad_x_input", "word_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explainer(PROMPT, generator=seeded(0), attribution_method=method, callback_on_step_end=boom, **kwargs)
+        assert _state(pipe) == before
+    out = explainer(PROMPT, generator=seeded(0), prompt_dependence=False, **kwargs)
+    assert out.control_pixel_attributions is not None and _state(pipe) == before

@@ -244,3 +244,25 @@ def test_kontext_correspondence_is_the_attention_to_the_references_tokens(kontex
     assert float(maps.sum()) > 0
     with pytest.raises(ValueError, match="Flux Kontext"):
         record_correspondence(make_tiny_pipeline("text2img", **TINY), box=box)
+
+
+@pytest.mark.parametrize("editor", ["instruct_pix2pix", "flux_fill", "flux_kontext"])
+def test_editors_restore_their_state_after_an_injected_exception(pix2pix, flux_fill, kontext, editor):
+    from test_controlnet import _state
+
+    pipe, kwargs = {
+        "instruct_pix2pix": (pix2pix, dict(image=input_image(), num_inference_steps=3)),
+        "flux_fill": (flux_fill, dict(image=input_image(16), mask_image=fill_mask(), **FLUX_CALL)),
+        "flux_kontext": (kontext, dict(image=reference_image(), **KONTEXT_CALL)),
+    }[editor]
+    explainer_for(pipe, verbose=False)(INSTRUCTION, generator=seeded(0), prompt_dependence=False, **kwargs)
+    before = _state(pipe)  # after one explanation (see test_controlnet's)
+
+    def boom(pipe, step, timestep, callback_kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    with pytest.raises(KeyError, match="injected"):
+        explainer_for(pipe, verbose=False)(INSTRUCTION, generator=seeded(0), callback_on_step_end=boom, **kwargs)
+    assert _state(pipe) == before
