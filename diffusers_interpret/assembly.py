@@ -194,6 +194,7 @@ def assemble_outputs(
             output.control_dependence_map = control_dependence[index].changed
         if image_input is not None:
             output.input_image = input_image
+            output.correspondence = trace.correspondence
             if hasattr(output, "mask"):
                 output.mask = mask
         fill_scores(output, trace, scores, index, input_image, mask)

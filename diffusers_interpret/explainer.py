@@ -219,7 +219,9 @@ class BasePipelineExplainer:
             attention_maps (`bool`, *optional*, defaults to `False`):
                 Record cross-attention maps per token (mean over heads, layers and steps) into
                 `output.attention_maps`, with a scoped attention processor removed after the generation. The
-                `"attention"` method records them anyway, over its traced steps (the last N, all by default).
+                `"attention"` method records them anyway, over its traced steps (the last N, all by default). Flux
+                Kontext: also where every region of the result looks in the reference image (`output.correspondence`,
+                the second image of the interactive view).
             check_memory (`bool`, *optional*, defaults to `True`):
                 Before the first denoising step of a call that keeps a graph, estimate its peak memory and raise
                 `NotEnoughMemoryError` (a `MemoryError`) with the estimate and the ways out when the device has less
@@ -525,6 +527,7 @@ class BasePipelineExplainer:
             call_kwargs=kwargs,
             attention_maps=result.recordings.get("attention_maps"),
             concept_maps=result.recordings.get("concept_maps"),
+            correspondence=result.recordings.get("correspondence"),
             regeneration=regeneration,
             retain_graph=request.keep is not None,
             verbose=self.verbose,

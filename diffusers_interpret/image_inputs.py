@@ -175,6 +175,13 @@ class ImageInput:
         return Recording("pixels", lambda plan, counter, call_kwargs: LeafPreprocessedImage(getattr(plan.pipe, name)))
 
     @property
+    def reads_reference(self) -> bool:
+        r"""Whether the denoiser reads the image's tokens in its sequence (Flux Kontext's reference image)."""
+        from .families import family_for
+
+        return hasattr(family_for(self.pipe), "reference_grid")
+
+    @property
     def image_processor(self):
         return getattr(self.pipe, self.processor)
 

@@ -572,6 +572,9 @@ class PipelineImg2ImgExplainerOutput(BaseExplanationOutput):
         input_image (`PIL.Image.Image`, *optional*): The input image as the pipeline processed it.
         pixel_completeness (`float`, *optional*): What the pixels' signed contributions add up to
             (`"integrated_gradients"`).
+        correspondence (`Correspondence`, *optional*): Flux Kontext with `attention_maps=True`: where every token of
+            the result looks among the reference image's tokens; `.for_box(box)` gives a region's map, and the
+            interactive view shows it beside the result.
     """
 
     pixel_attributions: Optional[PixelAttributions] = None
@@ -579,6 +582,7 @@ class PipelineImg2ImgExplainerOutput(BaseExplanationOutput):
     pixel_gradients: Optional[torch.Tensor] = None
     input_image: Any = None
     pixel_completeness: Optional[float] = None
+    correspondence: Any = field(default=None, repr=False)
 
 
 @dataclass

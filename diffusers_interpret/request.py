@@ -135,6 +135,10 @@ class CheckedRequest:
             found.append(attention_recording(traced_only=False))
         if self.image_input is not None and self.needs_graph:
             found.append(self.image_input.pixel_recording())
+        if self.request.attention_maps and self.image_input is not None and self.image_input.reads_reference:
+            from .tracing.self_attention import correspondence_recording
+
+            found.append(correspondence_recording())  # where each region looks in the reference (Flux Kontext)
         return found
 
 

@@ -5,6 +5,7 @@ only the attention maps (the `"attention"` method, which needs nothing kept).
 """
 
 import dataclasses
+import warnings
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -22,6 +23,9 @@ from .trace import CallRecord, Trace
 from .tracing.scoped import pipeline_lock
 from .views.interactive import InteractiveView
 from .views.summary import what_was_explained
+
+# The most values a view's reference panel embeds (4 bytes each, base64): 32 MB.
+_MAX_REFERENCE_VALUES = 1 << 23
 
 
 class Session:
@@ -237,7 +241,25 @@ class Session:
             word_attention_maps=word_maps,
             dependence_map=output.prompt_dependence_map,
             method_description=what_was_explained(output),
+            reference=self._reference_image(output, cell),
         )
+
+    def _reference_image(self, output, cell: Tuple[int, int]):
+        # Flux Kontext's reference image and where each view cell looks in it, for the view's second image.
+        correspondence = getattr(output, "correspondence", None)
+        if correspondence is None or output.input_image is None:
+            return None
+        rows, columns = -(-self.request.height // cell[0]), -(-self.request.width // cell[1])
+        values = rows * columns * int(correspondence.matrix.shape[2])
+        if values > _MAX_REFERENCE_VALUES:
+            warnings.warn(
+                f"The reference image's panel would hold {values} values ({rows}x{columns} cells x "
+                f"{correspondence.matrix.shape[2]} reference tokens): left out of the view. Use a larger `cell_size`.",
+                stacklevel=4,
+            )
+            return None
+        sums, counts = correspondence.cell_sums(cell, output.image_index)
+        return output.input_image, sums, counts, correspondence.reference_grid
 
     def _word_cells(self, output, cell: Tuple[int, int]):
         # Each word map's sum over each grid cell, (rows, cols, tokens, 1), and the whole image's scores.

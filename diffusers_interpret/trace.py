@@ -81,6 +81,8 @@ class Trace:
         call_kwargs (`Dict[str, Any]`): The pipeline call's arguments (callbacks left out).
         attention_maps (`AttentionMapsData`, *optional*): Recorded cross-attention maps.
         concept_maps (`ConceptMaps`, *optional*): Recorded concept-attention maps.
+        correspondence (`Correspondence`, *optional*): Where each token of the image looks in a reference image
+            (Flux Kontext, with `attention_maps=True`).
         regeneration (`Regeneration`, *optional*): How to generate the image again (one image per call).
         retain_graph (`bool`): Keep the graph after a backward pass (for re-explanation); without it, a call's
             box-sum backward pass is the graph's last use.
@@ -96,6 +98,7 @@ class Trace:
     call_kwargs: Dict[str, Any] = field(default_factory=dict)
     attention_maps: Optional[AttentionMapsData] = None
     concept_maps: Optional[ConceptMaps] = None
+    correspondence: Optional[Any] = None
     regeneration: Optional[Regeneration] = None
     retain_graph: bool = False
     verbose: bool = True

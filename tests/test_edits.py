@@ -266,3 +266,39 @@ def test_editors_restore_their_state_after_an_injected_exception(pix2pix, flux_f
     with pytest.raises(KeyError, match="injected"):
         explainer_for(pipe, verbose=False)(INSTRUCTION, generator=seeded(0), callback_on_step_end=boom, **kwargs)
     assert _state(pipe) == before
+
+
+def test_kontext_correspondence_matrix_and_its_view(kontext, browser, tmp_path):
+    # With attention_maps=True a Kontext explanation records where every token of the result looks in the reference:
+    # a box's map equals an explicit-softmax processor's (token level), the view's cells give the same map for a
+    # cell-aligned box, and the page's script paints the same values.
+    from explicit_attention import ExplicitJointAttention
+
+    call = dict(image=reference_image(), generator=seeded(0), **KONTEXT_CALL)
+    out = explainer_for(kontext, verbose=False)(INSTRUCTION, attention_maps=True, **call)
+    correspondence = out.correspondence
+    assert correspondence.matrix.shape == (1, 64, 128) and correspondence.reference_grid == (8, 16)
+    box, text = ((0, 0), (8, 16)), TINY_T5_LENGTH
+    processors = kontext.transformer.attn_processors
+    store = []
+    kontext.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
+    try:
+        kontext(prompt=INSTRUCTION, **dict(call, generator=seeded(0)))
+    finally:
+        kontext.transformer.set_attn_processor(dict(processors))
+    cells = region_cells(box, (8, 8), (16, 16))
+    per_layer = [p[-1:, :, text : text + 64, text + 64 :].mean(1)[0, cells].mean(0) for p in store]
+    per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]
+    expected = torch.stack(per_call).mean(0).reshape(8, 16)
+    np.testing.assert_allclose(correspondence.for_box(box), expected, atol=1e-6)
+    view = out.interactive_view(4)  # cells of 4 pixels: 2x2 tokens each
+    np.testing.assert_allclose(view.box_correspondence(0, 0, 4, 2), expected, atol=1e-6)
+    driver = browser
+    driver.get(view.save(tmp_path / "view.html").resolve().as_uri())
+    uid = driver.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    painted = driver.execute_script(
+        f"return window.diffusersInterpretViews['{uid}'].correspondenceForBox(0, 0, 4, 2);"
+    )
+    np.testing.assert_allclose(np.reshape(painted, (8, 16)), expected, atol=1e-5)
+    peak = driver.find_element("css selector", f"#{uid}-reference").get_attribute("data-peak")
+    assert peak is not None and int(peak) >= 0

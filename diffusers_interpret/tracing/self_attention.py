@@ -4,8 +4,10 @@ recorded beside the denoiser's own layers (a UNet's self-attention `attn1`, a Di
 block), with the cross-attention recorder's counting of steps, rows and grids.
 """
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from diffusers.models.attention_processor import Attention
 
@@ -19,6 +21,7 @@ from .attention import (
     mean_over_heads,
     query_grid,
 )
+from .run import Recording
 from .scoped import call_arguments
 
 _UNBOUNDED = 1 << 30
@@ -237,6 +240,142 @@ class CorrespondenceRecorder(SelfAttentionRecorder):
 
     def _add_map(self, name: str, probs: torch.Tensor) -> None:
         self.add(name, probs[:, :, None], grid=self._reference_grid)
+
+
+@dataclass
+class Correspondence:
+    r"""
+    Where every token of the generated image looks among a reference image's tokens (Flux Kontext): the softmax over
+    every key of the joint attention, the reference's columns kept, averaged over the layers, the heads and the
+    recorded steps.
+
+    Args:
+        matrix (`np.ndarray`): (images, generated tokens, reference tokens), the generated tokens row by row on
+            `grid`, the reference's on `reference_grid`.
+        grid (`Tuple[int, int]`): The generated image's token grid (rows, columns).
+        reference_grid (`Tuple[int, int]`): The reference image's token grid.
+        cell (`int`): Pixels per token on each side (of both images).
+    """
+
+    matrix: np.ndarray
+    grid: Tuple[int, int]
+    reference_grid: Tuple[int, int]
+    cell: int
+
+    def for_box(self, box, image_index: int = 0) -> np.ndarray:
+        r"""Where the tokens of `box` ((x0, y0), (x1, y1) pixels of the generated image) look in the reference: the
+        mean of their rows, (reference rows, reference columns) on the reference's token grid."""
+        size = (self.grid[0] * self.cell, self.grid[1] * self.cell)
+        box = normalize_box(box, *size)
+        cells = region_cells(box, self.grid, size) if box is not None else list(range(self.matrix.shape[1]))
+        return self.matrix[image_index, cells].mean(0).reshape(self.reference_grid)
+
+    def cell_sums(self, cell_size: Tuple[int, int], image_index: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        r"""For a view's grid of `cell_size` pixels: each view cell's sum of its tokens' rows, (rows, columns,
+        reference tokens), and how many tokens each sums, (rows, columns). A cell-aligned box's map is its cells'
+        sums over their counts."""
+        height, width = self.grid[0] * self.cell, self.grid[1] * self.cell
+        rows, columns = -(-height // cell_size[0]), -(-width // cell_size[1])
+        sums = np.zeros((rows, columns, self.matrix.shape[2]), dtype=np.float64)
+        counts = np.zeros((rows, columns), dtype=np.int64)
+        for index, row in enumerate(self.matrix[image_index]):
+            r, c = divmod(index, self.grid[1])
+            y, x = (r + 0.5) * self.cell, (c + 0.5) * self.cell  # the token's centre decides its view cell
+            sums[int(y // cell_size[0]), int(x // cell_size[1])] += row
+            counts[int(y // cell_size[0]), int(x // cell_size[1])] += 1
+        return sums, counts
+
+
+class CorrespondenceMatrixRecorder(CrossAttentionRecorder):
+    r"""
+    Records, for every token of the generated image, where it looks among a reference image's tokens (Flux Kontext)
+    while the pipeline runs: [`Correspondence`], the whole matrix (every region's correspondence map at once, what the
+    interactive view shows beside the result). Queries are taken `chunk` at a time: one layer's scores are never held
+    for every query at once.
+    """
+
+    def __init__(self, pipe, chunk: int = 256, **options):
+        super().__init__(pipe, **options)
+        if not hasattr(self.family, "reference_grid"):
+            raise ValueError(
+                f"{self.family.display_name} pipelines have no reference image among the denoiser's tokens."
+            )
+        self.chunk = int(chunk)
+        self._reference_grid: Optional[Tuple[int, int]] = None
+
+    def _install(self) -> None:
+        self._reset()
+        self._matrix: Optional[torch.Tensor] = None
+        self._matrix_steps = 0
+        self._install_beside(
+            self.family.attention_layers(self.unet), lambda name: self._matrix_hook, "joint-attention"
+        )
+
+    def _remove(self) -> None:
+        self._leave_counter()
+        self._finish_step()
+
+    def _pre_hook(self, module, args, kwargs):
+        if self.enabled and not self.counter.is_recomputing:
+            self._reference_grid = self.family.reference_grid(kwargs)
+        return super()._pre_hook(module, args, kwargs)
+
+    def _matrix_hook(self, module, args, kwargs):
+        if not self.recording_now() or self._reference_grid is None:
+            return None
+        arguments = call_arguments(module, args, kwargs)
+        hidden_states = arguments["hidden_states"]
+        text = arguments.get("encoder_hidden_states")
+        rows = self.kept_rows(int(hidden_states.shape[0]))
+        text_first = self.family.joint_attention.text_first
+        query, key, head_dim = joint_queries_keys(
+            module,
+            hidden_states.detach()[rows],
+            None if text is None else text.detach()[rows],
+            layer_rotary(arguments, rows),
+            text_first,
+        )
+        mask = layer_mask(arguments, text_first)
+        mask = None if mask is None else mask.detach()[rows]
+        generated = self.family.joint_layout(self.unet, int(query.shape[1]), self._text_length, self._latent_size)[0]
+        reference = self.family.reference_positions(self._text_length, self._latent_size)
+        positions = torch.arange(int(query.shape[1]))[generated]
+        parts = []
+        for start in range(0, len(positions), self.chunk):
+            scores = joint_scores(module, query, key, head_dim, positions[start : start + self.chunk], mask)
+            parts.append(mean_over_heads(scores.softmax(dim=-1)[..., reference], self.heads).cpu())
+        matrix = torch.cat(parts, dim=1)  # (images, generated tokens, reference tokens)
+        self._step_matrix = matrix if self._current_layers == 0 else self._step_matrix + matrix
+        self._current_layers += 1
+        return None
+
+    def _finish_step(self) -> None:
+        if self._current_layers:
+            step = self._step_matrix / self._current_layers
+            self._matrix = step if self._matrix is None else self._matrix + step
+            self._matrix_steps += 1
+            self._recorded_steps.append(self._current_call)
+        self._current_layers = 0
+
+    def result(self) -> Correspondence:
+        self._finish_step()
+        if not self._matrix_steps:
+            raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
+        return Correspondence(
+            (self._matrix / self._matrix_steps).numpy(),
+            tuple(self._latent_size),
+            tuple(self._reference_grid),
+            self.family.attention_grid_scale(self.pipe),
+        )
+
+
+def correspondence_recording() -> Recording:
+    r"""The correspondence matrix of a run (every step), as a [`Recording`] named `"correspondence"`."""
+
+    def recorder(plan, counter, call_kwargs) -> CorrespondenceMatrixRecorder:
+        return CorrespondenceMatrixRecorder(plan.pipe, family=plan.family, counter=counter)
+
+    return Recording("correspondence", recorder)
 
 
 @torch.no_grad()

@@ -243,8 +243,46 @@ _SCRIPT = r"""
     barsEl.style.setProperty("--di-opacity", String(opacity));
     barsEl.setAttribute("data-opacity", String(opacity));
   }
+  // Where the box looks in the reference image: its cells' correspondence sums over their token counts, painted in
+  // the same colour scale as the maps (jet), scaled to the map's maximum.
+  var ref = cfg.reference, refSums = null, refCanvas = document.getElementById(uid + "-reference");
+  if (ref) {
+    var refBin = atob(ref.sums);
+    var refView = new DataView(new ArrayBuffer(refBin.length));
+    for (var i = 0; i < refBin.length; i++) refView.setUint8(i, refBin.charCodeAt(i));
+    refSums = new Float32Array(refBin.length / 4);
+    for (var i = 0; i < refSums.length; i++) refSums[i] = refView.getFloat32(4 * i, true);
+  }
+  function jet(v) {
+    function part(x) { return Math.round(255 * Math.max(0, Math.min(1, 1.5 - Math.abs(4 * v - x)))); }
+    return [part(3), part(2), part(1)];
+  }
+  function correspondenceForBox(r0, c0, r1, c1) {
+    if (!ref) return null;
+    check(r0, c0, r1, c1);
+    var K = ref.rows * ref.cols, map = new Float64Array(K), count = 0;
+    for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) {
+      var base = (r * C + c) * K;
+      for (var k = 0; k < K; k++) map[k] += refSums[base + k];
+      count += ref.counts[r * C + c];
+    }
+    return Array.prototype.map.call(map, function(v) { return count > 0 ? v / count : 0; });
+  }
+  function paintReference(map) {
+    if (!map || !refCanvas) return;
+    var top = Math.max.apply(null, map.concat([1e-12]));
+    var context = refCanvas.getContext("2d"), picture = context.createImageData(ref.cols, ref.rows);
+    for (var k = 0; k < map.length; k++) {
+      var rgb = jet(map[k] / top);
+      picture.data[4 * k] = rgb[0]; picture.data[4 * k + 1] = rgb[1]; picture.data[4 * k + 2] = rgb[2];
+      picture.data[4 * k + 3] = 255;
+    }
+    context.putImageData(picture, 0, 0);
+    refCanvas.setAttribute("data-peak", String(map.indexOf(top)));
+  }
   function render() {
     var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
+    paintReference(correspondenceForBox(r0, c0, r1, c1));
     showDependence(dependenceForBox(r0, c0, r1, c1), r0 === 0 && c0 === 0 && r1 === R && c1 === C);
     fill(rowsEl, percentagesForBox(r0, c0, r1, c1));
     if (words.length) fill(wordEls, wordPercentagesForBox(r0, c0, r1, c1));
@@ -352,11 +390,48 @@ _SCRIPT = r"""
     scoresForBox: scoresForBox, percentagesForBox: percentagesForBox, setBox: setBox, showToken: showToken,
     setStep: setStep, box: function() { return current.slice(); }, tokens: cfg.tokens,
     wordPercentagesForBox: wordPercentagesForBox, showWord: showWord, dependenceForBox: dependenceForBox,
+    correspondenceForBox: correspondenceForBox,
     words: words.map(function(word) { return word[0]; })
   };
   render();
 })();
 """
+
+
+def _reference_panel(uid: str, reference, grid: Tuple[int, int], scale: int):
+    # The reference image beside the result, with a canvas over it that the script paints with the drawn box's
+    # correspondence map.
+    if reference is None:
+        return "", None
+    picture, sums, counts, reference_grid = reference
+    sums, counts = np.asarray(sums, dtype=np.float32), np.asarray(counts, dtype=np.float32)
+    tokens = int(reference_grid[0]) * int(reference_grid[1])
+    if sums.shape != (*grid, tokens) or counts.shape != tuple(grid):
+        raise ValueError(
+            f"`reference` cell sums must have shape ({grid[0]}, {grid[1]}, {tokens}) and counts ({grid[0]}, "
+            f"{grid[1]}); got {sums.shape} and {counts.shape}."
+        )
+    width, height = picture.size
+    shown_w, shown_h = width * scale, height * scale
+    config = {
+        "sums": _float32_base64(sums),
+        "counts": [float(v) for v in counts.ravel()],
+        "rows": int(reference_grid[0]),
+        "cols": int(reference_grid[1]),
+    }
+    panel = (
+        f'<div data-role="reference"><div class="di-note">the reference image: where the box looks in it</div>'
+        f'<div class="di-stage" style="width:{shown_w}px;height:{shown_h}px;cursor:default">'
+        f'<img data-role="reference-image" src="{image_to_data_uri(picture.convert("RGB"))}" width="{shown_w}" '
+        f'height="{shown_h}" alt="reference image"/>'
+        f'<canvas id="{uid}-reference" data-role="reference-map" width="{reference_grid[1]}" '
+        f'height="{reference_grid[0]}" style="position:absolute;left:0;top:0;width:{shown_w}px;height:{shown_h}px;'
+        'opacity:0.55;image-rendering:pixelated"></canvas></div>'
+        '<div class="di-note" style="max-width:320px">The share of the box\'s attention that goes to each of the '
+        "reference's tokens (joint attention, averaged over layers, heads and steps), scaled to its maximum.</div>"
+        "</div>"
+    )
+    return panel, config
 
 
 def interactive_view_html(
@@ -374,6 +449,7 @@ def interactive_view_html(
     word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
     dependence_map: Optional[np.ndarray] = None,
     method_description: Optional[str] = None,
+    reference: Optional[Tuple[Image.Image, np.ndarray, np.ndarray, Tuple[int, int]]] = None,
 ) -> str:
     r"""
     The HTML of one interactive view (a `<div>` with its own `<style>` and `<script>`), self-contained.
@@ -409,6 +485,10 @@ def interactive_view_html(
         dependence_map (`np.ndarray`, *optional*): (H, W), the output's `prompt_dependence_map`: the view says how
             much the drawn box depends on the prompt, and fades the bars as `dependence.bar_opacity` does.
         method_description (`str`, *optional*): What was explained and how, in words (shown above the bars).
+        reference (`(PIL.Image.Image, np.ndarray, np.ndarray, (int, int))`, *optional*): A reference image the model
+            read (Flux Kontext's), shown as a second image with where the drawn box looks in it: the picture, each
+            view cell's sum of its tokens' correspondence rows (rows, cols, reference tokens), how many tokens each
+            cell sums (rows, cols), and the reference's token grid ([`Correspondence.cell_sums`]).
 
     Returns:
         `str`: The HTML.
@@ -449,7 +529,9 @@ def interactive_view_html(
         padded = np.zeros((rows * cell_h, cols * cell_w))
         padded[:height, :width] = changed
         dependence = [round(v, 4) for v in padded.reshape(rows, cell_h, cols, cell_w).sum((1, 3)).ravel().tolist()]
+    reference_html, reference_config = _reference_panel(uid, reference, (rows, cols), scale)
     config = {
+        "reference": reference_config,
         "dependence": dependence,
         "dependsThreshold": DEPENDS_THRESHOLD,
         "bar": BAR,
@@ -531,6 +613,7 @@ height="{shown_h}" alt=""/>
 {legend}
 {slider}
 </div>
+{reference_html}
 <div class="di-bars" id="{uid}-bars">
 <div class="di-note" data-role="method">{html.escape(method_description or "Method: " + score)}</div>
 <div id="{uid}-note" class="di-note" data-role="note"></div>
@@ -565,7 +648,9 @@ class InteractiveView:
         word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
         dependence_map: Optional[np.ndarray] = None,
         method_description: Optional[str] = None,
+        reference=None,
     ):
+        self.reference = reference
         self.score = score
         self.dependence_map = dependence_map
         self.method_description = method_description
@@ -599,7 +684,18 @@ class InteractiveView:
             word_attention_maps=self.word_attention_maps,
             dependence_map=self.dependence_map,
             method_description=self.method_description,
+            reference=self.reference,
         )
+
+    def box_correspondence(self, r0: int, c0: int, r1: int, c1: int) -> Optional[np.ndarray]:
+        r"""Where the cell box rows [r0, r1) x columns [c0, c1) looks in the reference image, as the view paints it
+        (before scaling to its maximum): (reference rows, reference columns); `None` without a reference."""
+        if self.reference is None:
+            return None
+        _, sums, counts, grid = self.reference
+        total = float(np.asarray(counts)[r0:r1, c0:c1].sum())
+        values = np.asarray(sums, dtype=np.float64)[r0:r1, c0:c1].sum((0, 1))
+        return (values / total if total else np.zeros_like(values)).reshape(grid)
 
     def box_dependence(self, r0: int, c0: int, r1: int, c1: int) -> Optional[float]:
         r"""The prompt dependence of the cell box rows [r0, r1) x columns [c0, c1), as the view shows it (`None`
