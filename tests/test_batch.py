@@ -311,3 +311,19 @@ def test_control_image_records_on_a_controlnet_model(tmp_path):
     done = rows[rows.id == "c0"].iloc[0]
     assert done.control_image.endswith("edges.png") and 0.0 <= done.control_dependence <= 1.0
     assert "control image" in rows[rows.id == "c1"].iloc[0].error
+
+
+def test_init_image_records_on_an_instruction_editor(tmp_path):
+    # A saved InstructPix2Pix pipeline reads a record's init_image as its own input image (no img2img variant made).
+    from PIL import Image
+
+    from diffusers_interpret.testing import make_tiny_pipeline
+
+    make_tiny_pipeline("instruct_pix2pix", sample_size=16, layers_per_block=1).save_pretrained(tmp_path / "model")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    records = [{"id": "e0", "prompt": "make it red", "init_image": "in.png", "boxes": [[0, 0, 16, 32]]}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    output = explain_dataset(str(tmp_path / "model"), path, tmp_path / "out", progress=False, steps=2, traced=1)
+    row = _rows(output.out_dir).iloc[0]
+    assert not isinstance(row.error, str) and row.init_image.endswith("in.png") and len(row.words) == 3
