@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SIZE, TINY, seeded
-from independent_gradients import box_sum
+from independent_gradients import box_sum, leaf_gradient
 from PIL import Image
 
 from diffusers_interpret import (
@@ -84,22 +84,7 @@ def test_pix2pix_instruction_gradients_equal_an_independent_autograd(pix2pix, ch
     )  # fmt: skip
     tokenizer = pix2pix.tokenizer
     ids = torch.tensor([tokenizer(INSTRUCTION, padding="max_length", max_length=tokenizer.model_max_length).input_ids])
-    embed, leaf = pix2pix.text_encoder.get_input_embeddings(), {}
-
-    def replace(module, args, output):
-        if torch.equal(args[0], ids):
-            leaf["e"] = output.detach().clone().requires_grad_(True)
-            return leaf["e"]
-        return output
-
-    handle = embed.register_forward_hook(replace)
-    try:
-        with torch.enable_grad():
-            run = type(pix2pix).__call__.__wrapped__
-            images = run(pix2pix, INSTRUCTION, generator=seeded(0), output_type="pt", **kwargs).images
-            grad = torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-    finally:
-        handle.remove()
+    grad = leaf_gradient(pix2pix, pix2pix.text_encoder.get_input_embeddings(), ids, box, prompt=INSTRUCTION, **kwargs)
     units = out.session.trace.prompt_tokens[0].units
     scale = float(grad.abs().max())
     for row, unit in enumerate(units):

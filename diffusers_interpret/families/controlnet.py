@@ -51,6 +51,19 @@ class _ControlNet:
             scale = scale[0]
         return 1.0 if scale is None else float(scale)
 
+    def prepared_control(self, pipe, call_kwargs: Dict[str, Any], size, latents: torch.Tensor, dtype) -> torch.Tensor:
+        r"""The call's control image as the pipeline's own `prepare_image` makes it, one row per row of `latents`
+        (without guidance's rows): what a denoiser call outside the loop (an existing image, the redraws) reads."""
+        return pipe.prepare_image(
+            image=call_kwargs[self.control_image_argument],
+            width=size[1],
+            height=size[0],
+            batch_size=latents.shape[0],
+            num_images_per_prompt=1,
+            device=latents.device,
+            dtype=dtype,
+        )
+
     def without_control(self) -> Dict[str, Any]:
         r"""The call arguments that switch the control off (the residuals scaled to zero)."""
         return {"controlnet_conditioning_scale": 0.0}
@@ -67,15 +80,7 @@ class _UNetControlNet(_ControlNet):
 
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         arguments = super().denoiser_arguments(pipe, latents, timestep, conditioning, size, call_kwargs)
-        control = pipe.prepare_image(
-            image=call_kwargs[self.control_image_argument],
-            width=size[1],
-            height=size[0],
-            batch_size=latents.shape[0],
-            num_images_per_prompt=1,
-            device=latents.device,
-            dtype=pipe.controlnet.dtype,
-        )
+        control = self.prepared_control(pipe, call_kwargs, size, latents, pipe.controlnet.dtype)
         extra = {"added_cond_kwargs": arguments["added_cond_kwargs"]} if "added_cond_kwargs" in arguments else {}
         down, middle = pipe.controlnet(
             latents,
@@ -145,15 +150,7 @@ class FluxControlNetFamily(_ControlNet, FluxFamily):
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         arguments = super().denoiser_arguments(pipe, latents, timestep, conditioning, size, call_kwargs)
         controlnet = pipe.controlnet
-        control = pipe.prepare_image(
-            image=call_kwargs[self.control_image_argument],
-            width=size[1],
-            height=size[0],
-            batch_size=latents.shape[0],
-            num_images_per_prompt=1,
-            device=latents.device,
-            dtype=pipe.vae.dtype,
-        )
+        control = self.prepared_control(pipe, call_kwargs, size, latents, pipe.vae.dtype)
         if controlnet.input_hint_block is None:  # as the pipeline: the control image's latents, packed
             vae = pipe.vae
             encoded = vae.encode(control).latent_dist.mode()
