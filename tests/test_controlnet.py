@@ -237,3 +237,55 @@ def test_state_restored_after_an_injected_exception(controlnet, checkpointing):
         assert _state(pipe) == before
     out = explainer(PROMPT, generator=seeded(0), prompt_dependence=False, **kwargs)
     assert out.control_pixel_attributions is not None and _state(pipe) == before
+
+
+def test_the_memory_estimate_counts_the_controlnet(controlnet):
+    # The guard's per-call count is the denoiser's and the ControlNet's saved tensors together, as a real forward pass
+    # with grad saves them (measured with saved-tensor hooks on the first step's real arguments).
+    from test_memory import measured_saved_bytes
+
+    family, pipe = controlnet
+    if family != "sd":
+        pytest.skip("the Stable Diffusion case: the estimate's code is the same for every family")
+    captured = {}
+
+    def capture(name):
+        def hook(module, args, kwargs):
+            captured.setdefault(name, (args, kwargs))
+
+        return hook
+
+    handles = [
+        getattr(pipe, name).register_forward_pre_hook(capture(name), with_kwargs=True)
+        for name in ("unet", "controlnet")
+    ]
+    try:
+        out = explainer_for(pipe, verbose=False, gradient_checkpointing=False)(
+            PROMPT, generator=seeded(0), attribution_method="grad_x_input", prompt_dependence=False,
+            **{**common("sd"), "image": control_image("sd")},
+        )  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    estimate = out.extras["memory_estimate"]
+
+    def saved(name):
+        # Every floating tensor of the call's arguments requiring grad, as in a traced call (the estimate's rule).
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+
+        model = getattr(pipe, name)
+        leaves, spec = tree_flatten(captured[name])
+        where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+        def run(*tensors):
+            filled = list(leaves)
+            for i, tensor in zip(where, tensors):
+                filled[i] = tensor
+            args, kwargs = tree_unflatten(filled, spec)
+            return model(*args, **kwargs)
+
+        return measured_saved_bytes(model, run, *[leaves[i].detach() for i in where])
+
+    unet, control = saved("unet"), saved("controlnet")
+    assert control > 0.2 * unet  # the ControlNet is not a rounding error of the call
+    assert estimate.per_call == unet + control

@@ -197,13 +197,21 @@ def estimate_memory(
     pixels: bool = False,
     blocks: bool = False,
     text_lengths: Optional[Sequence[int]] = None,
+    controls: Sequence[Tuple[torch.nn.Module, tuple, dict]] = (),
 ) -> MemoryEstimate:
     r"""
     The [`MemoryEstimate`] of a traced run of `family`'s `pipe` whose denoiser is called with `args`, `kwargs`;
     with `blocks`, a checkpointed call's recomputation runs with the denoiser's own block checkpointing; with
-    `text_lengths` (each text encoder's padded length), the run keeps the text encoders' graph too.
+    `text_lengths` (each text encoder's padded length), the run keeps the text encoders' graph too; `controls`, the
+    control models (ControlNets) called before the denoiser in a step with their arguments, are traced with it.
     """
     per_call = saved_activation_bytes(denoiser, _call_module, *args, blocks_checkpointed=blocks, **kwargs)
+    inputs = _tensor_bytes(args) + _tensor_bytes(kwargs)
+    for control, control_args, control_kwargs in controls:
+        per_call += saved_activation_bytes(
+            control, _call_module, *control_args, blocks_checkpointed=blocks, **control_kwargs
+        )
+        inputs += _tensor_bytes(control_args) + _tensor_bytes(control_kwargs)
     # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
     rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
     vae = pipe.vae
@@ -218,7 +226,7 @@ def estimate_memory(
     device = getattr(pipe, "_execution_device", None) or denoiser.device
     return MemoryEstimate(
         per_call=per_call,
-        call_inputs=_tensor_bytes(args) + _tensor_bytes(kwargs),
+        call_inputs=inputs,
         traced_calls=traced_calls,
         checkpointed=checkpoint,
         decoder=decoder,
@@ -226,7 +234,7 @@ def estimate_memory(
         device=str(device),
         available=memory.available_memory(device),  # read through the module: tests set it there
         blocks=blocks,
-        weights_arriving=weights_arriving(pipe, [denoiser, vae], torch.device(device)),
+        weights_arriving=weights_arriving(pipe, [denoiser, vae, *(c for c, _, _ in controls)], torch.device(device)),
         text=text,
     )
 

@@ -57,8 +57,16 @@ class MemoryGuard(ScopedHooks):
         self.blocks = False
 
     def _install(self) -> None:
-        self.estimate, self.blocks = None, False
+        self.estimate, self.blocks, self._controls = None, False, []
         self.hook_forward_pre(self.family.denoiser(self.pipe), self._check)
+        for control in self.family.control_models(self.pipe):
+            self.hook_forward_pre(control, self._capture_control)
+
+    def _capture_control(self, module, args, kwargs):
+        # A control model's first call (before the denoiser's first): counted with it, one more traced call a step.
+        if not self.counter.is_recomputing and self.counter.calls == 0:
+            self._controls.append((module, args, kwargs))
+        return None
 
     def _check(self, module, args, kwargs):
         if self.counter.is_recomputing or self.counter.calls != 1:  # the run's first call only
@@ -67,9 +75,10 @@ class MemoryGuard(ScopedHooks):
         traced = 0 if first is None else (self.counter.total or 0) - first
         try:
             arguments = (self.pipe, self.family, module, args, kwargs, traced, self.checkpoint, self.size, self.pixels)
-            self.estimate = estimate_memory(*arguments, text_lengths=self.text_lengths)
+            options = dict(text_lengths=self.text_lengths, controls=self._controls)
+            self.estimate = estimate_memory(*arguments, **options)
             if self.checkpoint and not self.estimate.fits:
-                self.estimate = estimate_memory(*arguments, blocks=True, text_lengths=self.text_lengths)
+                self.estimate = estimate_memory(*arguments, blocks=True, **options)
                 self.blocks = True
         except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
             warnings.warn(
