@@ -559,6 +559,12 @@ def _existing_image(
             "`keep_for_reexplanation='latents'` replays a generation's untraced steps, which an existing image has "
             "none of: use 'graph'."
         )
+    if family.control_models(pipe):
+        raise ValueError(
+            f"{type(pipe).__name__} reads a control image beside the prompt: explain an existing image with the "
+            "same model's pipeline without its ControlNet (e.g. `StableDiffusionPipeline(**{k: v for k, v in "
+            "pipe.components.items() if k != 'controlnet'})`), or explain a generation with its control image."
+        )
     if family.reads_input_image_latents:
         raise ValueError(
             f"{type(pipe).__name__} edits an input image: explain an edit by making it, `explainer(prompt, "

@@ -289,3 +289,9 @@ def test_the_memory_estimate_counts_the_controlnet(controlnet):
     unet, control = saved("unet"), saved("controlnet")
     assert control > 0.2 * unet  # the ControlNet is not a rounding error of the call
     assert estimate.per_call == unet + control
+
+
+def test_an_existing_image_is_refused_with_what_to_do(controlnet):
+    family, pipe = controlnet
+    with pytest.raises(ValueError, match="without its ControlNet"):
+        explainer_for(pipe, verbose=False).explain_image(control_image(family), PROMPT)
