@@ -232,7 +232,7 @@ def check_inputs(
     _check_special_tokens(pipe, family, prompts)
     _warn_truncated(pipe, family, prompts, pipeline_kwargs)
     height, width = _check_call(request, pipe, family, len(prompts))
-    family.check_request(pipe, prompts, (height, width), pipeline_kwargs)
+    family.check_request(pipe, prompts, (height, width), pipeline_kwargs, request.explained_image is None)
     n_traced = request.n_last_diffusion_steps_to_consider_for_attributions
     if n_traced is not None and (isinstance(n_traced, bool) or not isinstance(n_traced, int) or n_traced < 0):
         raise ValueError(f"`{N_STEPS_ARG}` must be None (all steps) or an integer >= 0, got {n_traced!r}.")

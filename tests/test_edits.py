@@ -287,3 +287,18 @@ def test_kontext_correspondence_matrix_and_its_view(kontext, browser, tmp_path):
     np.testing.assert_allclose(np.reshape(painted, (8, 16)), expected, atol=1e-5)
     peak = driver.find_element("css selector", f"#{uid}-reference").get_attribute("data-peak")
     assert peak is not None and int(peak) >= 0
+
+
+def test_kontext_explains_an_existing_image_without_a_reference(kontext):
+    # explain_image: the transformer reads the image's own tokens, with no reference (Kontext's text-to-image mode).
+    lengths = []
+    handle = kontext.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(int(kwargs["hidden_states"].shape[1])), with_kwargs=True
+    )
+    try:
+        out = explainer_for(kontext, verbose=False).explain_image(
+            input_image(16), INSTRUCTION, max_sequence_length=TINY_T5_LENGTH
+        )
+    finally:
+        handle.remove()
+    assert set(lengths) == {64} and out.word_attributions is not None

@@ -141,10 +141,16 @@ class PipelineFamily:
         r"""Raise a `ValueError` for a pipeline argument the explanation of this family does not support."""
 
     def check_request(
-        self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
     ) -> None:
         r"""Raise a `ValueError` for a call (its prompts, its image `size` as (height, width), its other arguments)
-        the explanation of this family cannot give, once the arguments are checked."""
+        the explanation of this family cannot give, once the arguments are checked; `generating` is `False` for an
+        image the user already has (no pipeline call is made)."""
 
     def size_multiple(self, pipe) -> Optional[int]:
         r"""The multiple an image side must be, where the pipeline asks for another than its VAE's and patches' (Sana:

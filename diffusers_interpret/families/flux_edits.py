@@ -45,9 +45,16 @@ class FluxKontextFamily(FluxFamily):
         return InputKind.IMAGE
 
     def check_request(
-        self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
     ) -> None:
         # The pipeline makes the image at the size of `max_area` pixels with the aspect ratio asked for.
+        if not generating:
+            return
         asked = tuple(int(side or default) for side, default in zip(size, self.default_size(pipe)))
         area = int(call_argument(pipe, pipeline_kwargs, "max_area"))
         multiple = 2 * int(pipe.vae_scale_factor)
@@ -69,6 +76,8 @@ class FluxKontextFamily(FluxFamily):
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         # The redraws read the reference image as the pipeline's loop does: its packed latents after the noised ones.
         arguments = super().denoiser_arguments(pipe, latents, timestep, conditioning, size, call_kwargs)
+        if call_kwargs.get("image") is None:  # an existing image explained: Kontext without a reference, as FLUX.1
+            return arguments
         reference = self.reference_pixels(pipe, call_kwargs["image"], call_kwargs)
         channels = int(self.denoiser(pipe).config.in_channels) // 4
         _, reference, _, ids = pipe.prepare_latents(

@@ -47,7 +47,12 @@ class PRXFamily(PipelineFamily):
         return 1 if _guidance(pipe, call_kwargs) > 1 else None
 
     def check_request(
-        self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
     ) -> None:
         count = len(prompts) * int(pipeline_kwargs.get("num_images_per_prompt") or 1)
         if count > 1 and _guidance(pipe, pipeline_kwargs) > 1:

@@ -42,7 +42,12 @@ class SanaFamily(PipelineFamily):
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def check_request(
-        self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
     ) -> None:
         if pipeline_kwargs.get("clean_caption"):
             raise ValueError(

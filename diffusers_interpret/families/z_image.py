@@ -46,7 +46,12 @@ class ZImageFamily(PipelineFamily):
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def check_request(
-        self, pipe, prompts: List[str], size: Tuple[Optional[int], Optional[int]], pipeline_kwargs: Dict[str, Any]
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
     ) -> None:
         truncation = call_argument(pipe, pipeline_kwargs, "cfg_truncation")
         if (
