@@ -222,7 +222,10 @@ class PipelineFamily:
 
     def control_models(self, pipe) -> List[torch.nn.Module]:
         r"""Models the pipeline calls before the denoiser in each step, whose outputs the denoiser reads (a
-        ControlNet): traced with the denoiser call they precede, and given the same prompt conditioning."""
+        ControlNet): traced with the denoiser call they precede, and given the same prompt conditioning. Only for
+        models whose conditioning arguments (`read_conditioning` of their call) are the prompt's own: SD3's
+        ControlNets, which may read zeros for the pooled vector or no text at all, would need a reading of their
+        own before they can be listed."""
         return []
 
     def control_rows(self, pipe, batch_size: int, control_kwargs: dict) -> slice:
