@@ -206,7 +206,7 @@ class CorrespondenceRecorder(SelfAttentionRecorder):
 
     def __init__(self, pipe, box, **options):
         super().__init__(pipe, box, **options)
-        if not hasattr(self.family, "reference_grid"):
+        if not self.family.reads_reference:
             raise ValueError(
                 f"{self.family.display_name} pipelines have no reference image among the denoiser's tokens: "
                 "correspondence maps are for Flux Kontext (use `record_self_attention` for where a region looks in "
@@ -240,6 +240,54 @@ class CorrespondenceRecorder(SelfAttentionRecorder):
 
     def _add_map(self, name: str, probs: torch.Tensor) -> None:
         self.add(name, probs[:, :, None], grid=self._reference_grid)
+
+
+class _MatrixRecorder(CrossAttentionRecorder):
+    # A recorder that keeps one matrix per image from the joint-attention layers, averaged over the layers of a step
+    # and then over the recorded steps (text relations, the correspondence matrix).
+
+    def _install_matrix(self, hook) -> None:
+        self._reset()
+        self._sum: Optional[torch.Tensor] = None
+        self._matrix_steps = 0
+        self._install_beside(self.family.attention_layers(self.unet), lambda name: hook, "joint-attention")
+
+    def _remove(self) -> None:
+        self._leave_counter()
+        self._finish_step()
+
+    def _joint_inputs(self, module, args, kwargs):
+        # A joint-attention layer's inputs at the prompt's rows, detached: (hidden states, text states or None,
+        # rotary embedding, mask or None).
+        arguments = call_arguments(module, args, kwargs)
+        hidden_states = arguments["hidden_states"]
+        text = arguments.get("encoder_hidden_states")
+        mask = layer_mask(arguments, self.family.joint_attention.text_first)
+        rows = self.kept_rows(int(hidden_states.shape[0]))
+        return (
+            hidden_states.detach()[rows],
+            None if text is None else text.detach()[rows],
+            layer_rotary(arguments, rows),
+            None if mask is None else mask.detach()[rows],
+        )
+
+    def _add_layer(self, matrix: torch.Tensor) -> None:
+        self._step_sum = matrix if self._current_layers == 0 else self._step_sum + matrix
+        self._current_layers += 1
+
+    def _finish_step(self) -> None:
+        if self._current_layers:
+            step = self._step_sum / self._current_layers
+            self._sum = step if self._sum is None else self._sum + step
+            self._matrix_steps += 1
+            self._recorded_steps.append(self._current_call)
+        self._current_layers = 0
+
+    def _mean(self) -> torch.Tensor:
+        self._finish_step()
+        if not self._matrix_steps:
+            raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
+        return self._sum / self._matrix_steps
 
 
 @dataclass
@@ -286,7 +334,7 @@ class Correspondence:
         return sums, counts
 
 
-class CorrespondenceMatrixRecorder(CrossAttentionRecorder):
+class CorrespondenceMatrixRecorder(_MatrixRecorder):
     r"""
     Records, for every token of the generated image, where it looks among a reference image's tokens (Flux Kontext)
     while the pipeline runs: [`Correspondence`], the whole matrix (every region's correspondence map at once, what the
@@ -296,7 +344,7 @@ class CorrespondenceMatrixRecorder(CrossAttentionRecorder):
 
     def __init__(self, pipe, chunk: int = 256, **options):
         super().__init__(pipe, **options)
-        if not hasattr(self.family, "reference_grid"):
+        if not self.family.reads_reference:
             raise ValueError(
                 f"{self.family.display_name} pipelines have no reference image among the denoiser's tokens."
             )
@@ -304,16 +352,7 @@ class CorrespondenceMatrixRecorder(CrossAttentionRecorder):
         self._reference_grid: Optional[Tuple[int, int]] = None
 
     def _install(self) -> None:
-        self._reset()
-        self._matrix: Optional[torch.Tensor] = None
-        self._matrix_steps = 0
-        self._install_beside(
-            self.family.attention_layers(self.unet), lambda name: self._matrix_hook, "joint-attention"
-        )
-
-    def _remove(self) -> None:
-        self._leave_counter()
-        self._finish_step()
+        self._install_matrix(self._matrix_hook)
 
     def _pre_hook(self, module, args, kwargs):
         if self.enabled and not self.counter.is_recomputing:
@@ -323,20 +362,9 @@ class CorrespondenceMatrixRecorder(CrossAttentionRecorder):
     def _matrix_hook(self, module, args, kwargs):
         if not self.recording_now() or self._reference_grid is None:
             return None
-        arguments = call_arguments(module, args, kwargs)
-        hidden_states = arguments["hidden_states"]
-        text = arguments.get("encoder_hidden_states")
-        rows = self.kept_rows(int(hidden_states.shape[0]))
+        hidden_states, text, rotary, mask = self._joint_inputs(module, args, kwargs)
         text_first = self.family.joint_attention.text_first
-        query, key, head_dim = joint_queries_keys(
-            module,
-            hidden_states.detach()[rows],
-            None if text is None else text.detach()[rows],
-            layer_rotary(arguments, rows),
-            text_first,
-        )
-        mask = layer_mask(arguments, text_first)
-        mask = None if mask is None else mask.detach()[rows]
+        query, key, head_dim = joint_queries_keys(module, hidden_states, text, rotary, text_first)
         generated = self.family.joint_layout(self.unet, int(query.shape[1]), self._text_length, self._latent_size)[0]
         reference = self.family.reference_positions(self._text_length, self._latent_size)
         positions = torch.arange(int(query.shape[1]))[generated]
@@ -344,25 +372,12 @@ class CorrespondenceMatrixRecorder(CrossAttentionRecorder):
         for start in range(0, len(positions), self.chunk):
             scores = joint_scores(module, query, key, head_dim, positions[start : start + self.chunk], mask)
             parts.append(mean_over_heads(scores.softmax(dim=-1)[..., reference], self.heads).cpu())
-        matrix = torch.cat(parts, dim=1)  # (images, generated tokens, reference tokens)
-        self._step_matrix = matrix if self._current_layers == 0 else self._step_matrix + matrix
-        self._current_layers += 1
+        self._add_layer(torch.cat(parts, dim=1))  # (images, generated tokens, reference tokens)
         return None
 
-    def _finish_step(self) -> None:
-        if self._current_layers:
-            step = self._step_matrix / self._current_layers
-            self._matrix = step if self._matrix is None else self._matrix + step
-            self._matrix_steps += 1
-            self._recorded_steps.append(self._current_call)
-        self._current_layers = 0
-
     def result(self) -> Correspondence:
-        self._finish_step()
-        if not self._matrix_steps:
-            raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
         return Correspondence(
-            (self._matrix / self._matrix_steps).numpy(),
+            self._mean().numpy(),
             tuple(self._latent_size),
             tuple(self._reference_grid),
             self.family.attention_grid_scale(self.pipe),
@@ -403,7 +418,7 @@ def joint_text_relations(
     return mean_over_heads(scores.softmax(dim=-1)[..., text], heads)
 
 
-class TextRelationRecorder(CrossAttentionRecorder):
+class TextRelationRecorder(_MatrixRecorder):
     r"""
     Records how the prompt's tokens attend to one another inside a transformer's joint attention (its text-to-text
     block) while the pipeline runs: (images, text tokens, text tokens), averaged over the heads (or `heads`), the
@@ -422,57 +437,32 @@ class TextRelationRecorder(CrossAttentionRecorder):
                 f"{self.family.display_name} pipelines have no text-to-text attention in the denoiser (the prompt's "
                 "tokens meet only in the text encoder): text relations are for the transformer families."
             )
-        self._reset()
-        self._relations: Optional[torch.Tensor] = None
-        self._relation_steps = 0
-        self._install_beside(
-            self.family.attention_layers(self.unet), lambda name: self._relation_hook, "joint-attention"
-        )
-
-    def _remove(self) -> None:
-        self._leave_counter()
-        self._finish_step()
+        self._install_matrix(self._relation_hook)
 
     def _relation_hook(self, module, args, kwargs):
         if not self.recording_now():
             return None
-        arguments = call_arguments(module, args, kwargs)
-        hidden_states = arguments["hidden_states"]
-        text = arguments.get("encoder_hidden_states")
-        mask = layer_mask(arguments, self.family.joint_attention.text_first)
-        rows = self.kept_rows(int(hidden_states.shape[0]))
+        hidden_states, text, rotary, mask = self._joint_inputs(module, args, kwargs)
         relations = joint_text_relations(
             module,
-            hidden_states.detach()[rows],
-            None if text is None else text.detach()[rows],
-            layer_rotary(arguments, rows),
+            hidden_states,
+            text,
+            rotary,
             self._text_length,
             text_first=self.family.joint_attention.text_first,
-            attention_mask=None if mask is None else mask.detach()[rows],
+            attention_mask=mask,
             heads=self.heads,
             layout=self.family.joint_layout(
                 self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
             ),
         ).cpu()
-        self._step_relations = relations if self._current_layers == 0 else self._step_relations + relations
-        self._current_layers += 1
+        self._add_layer(relations)
         return None
-
-    def _finish_step(self) -> None:
-        if self._current_layers:
-            step = self._step_relations / self._current_layers
-            self._relations = step if self._relations is None else self._relations + step
-            self._relation_steps += 1
-            self._recorded_steps.append(self._current_call)
-        self._current_layers = 0
 
     @property
     def relations(self) -> torch.Tensor:
         r"""(images, text tokens, text tokens): row `i` is where text token `i` looks among the text tokens."""
-        self._finish_step()
-        if not self._relation_steps:
-            raise RuntimeError("No step was recorded: run the pipeline inside the block (and check `steps`).")
-        return self._relations / self._relation_steps
+        return self._mean()
 
     def result(self) -> torch.Tensor:
         return self.relations
