@@ -124,6 +124,8 @@ class ImageInput:
             ControlNet's `"control_image"`).
         processor (`str`, *optional*, defaults to `"image_processor"`): The pipeline's attribute of the image
             processor that preprocesses it (a ControlNet's `"control_image_processor"`, which keeps [0, 1] values).
+        reads_reference (`bool`, *optional*, defaults to `False`): The denoiser reads the image's tokens in its
+            sequence (Flux Kontext's reference image: its family's `reads_reference`).
     """
 
     pipe: Any
@@ -133,6 +135,7 @@ class ImageInput:
     width: int
     argument: str = "image"
     processor: str = "image_processor"
+    reads_reference: bool = False
 
     @classmethod
     def make(
@@ -144,12 +147,14 @@ class ImageInput:
         width: Optional[int],
         argument: str = "image",
         processor: str = "image_processor",
+        reads_reference: bool = False,
     ) -> "ImageInput":
         image = as_input_image(image, argument)
         if mask_image is not None:
             mask_image = as_input_image(mask_image, "mask_image", mask=True)
         processed = getattr(pipe, processor).preprocess(image, height=height, width=width)
-        made = cls(pipe, image, mask_image, int(processed.shape[-2]), int(processed.shape[-1]), argument, processor)
+        size = int(processed.shape[-2]), int(processed.shape[-1])
+        made = cls(pipe, image, mask_image, *size, argument, processor, reads_reference)
         if mask_image is not None:
             image_hw, mask_hw = image_size(image), image_size(mask_image)
             if image_hw is not None and mask_hw is not None and image_hw != mask_hw:
@@ -173,13 +178,6 @@ class ImageInput:
         pipeline's own preprocessing gives them, with a zero-valued term that carries their gradient."""
         name = self.processor
         return Recording("pixels", lambda plan, counter, call_kwargs: LeafPreprocessedImage(getattr(plan.pipe, name)))
-
-    @property
-    def reads_reference(self) -> bool:
-        r"""Whether the denoiser reads the image's tokens in its sequence (Flux Kontext's reference image)."""
-        from .families import family_for
-
-        return hasattr(family_for(self.pipe), "reference_grid")
 
     @property
     def image_processor(self):

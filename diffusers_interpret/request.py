@@ -482,7 +482,7 @@ def _image_input(
         return None
     argument, processor = family.input_image(pipe)
     if input_kind is InputKind.CONTROL:
-        init_image, image = _control_image(request, name, argument, init_image, image, mask_image)
+        init_image, image = None, _control_image(request, name, argument, init_image, image, mask_image)
     if init_image is not None and image is not None:
         raise ValueError("Pass the input image once: as `image=` (or as the legacy `init_image=`), not both.")
     if init_image is None and image is None:
@@ -513,7 +513,7 @@ def _image_input(
     if sized_by_call:
         default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width
-    made = ImageInput.make(pipe, chosen, mask_image, height, width, argument, processor)
+    made = ImageInput.make(pipe, chosen, mask_image, height, width, argument, processor, family.reads_reference)
     given = image_size(made.image)
     if input_kind is InputKind.CONTROL and given is not None and tuple(given) != (made.height, made.width):
         warnings.warn(
@@ -542,7 +542,7 @@ def _control_image(request: ExplainRequest, name: str, argument: str, init_image
         raise ValueError(
             f"{name} needs a control image: pass `{argument}=` (the edges, depth or pose its ControlNet reads)."
         )
-    return None, image
+    return image
 
 
 def _existing_image(

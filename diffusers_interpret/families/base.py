@@ -108,6 +108,9 @@ class PipelineFamily:
     default_method: str = DEFAULT_ATTRIBUTION_METHOD
     # The conditioning tensor that carries a pooled text embedding (its share of the gradient is reported), if any.
     pooled_name: Optional[str] = None
+    # The denoiser reads a reference image's tokens after the generated ones in its joint-attention sequence (Flux
+    # Kontext): `reference_grid` and `reference_positions` say where; correspondence maps can be recorded.
+    reads_reference: bool = False
     # The denoiser reads an input image's latents beside the noised ones, which `denoiser_arguments` adds from the
     # call's `image` (InstructPix2Pix): the redraws of the prompt dependence can be made, an existing image cannot be
     # explained alone.

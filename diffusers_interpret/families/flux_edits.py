@@ -40,6 +40,7 @@ class FluxKontextFamily(FluxFamily):
     name = "flux_kontext"
     display_name = "Flux Kontext"
     pipeline_class_names = ("FluxKontextPipeline",)
+    reads_reference = True
 
     def input_kind(self, pipeline_class: type) -> Optional[InputKind]:
         return InputKind.IMAGE
@@ -68,10 +69,7 @@ class FluxKontextFamily(FluxFamily):
             )
 
     def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
-        ids = kwargs["img_ids"]
-        ids = ids[0] if ids.dim() == 3 else ids
-        generated = ids[ids[:, 0] == 0]  # the reference image's tokens have first coordinate 1
-        return int(generated[:, 1].max().item()) + 1, int(generated[:, 2].max().item()) + 1
+        return _token_grid(kwargs, 0)  # the reference image's tokens have first coordinate 1
 
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         # The redraws read the reference image as the pipeline's loop does: its packed latents after the noised ones.
@@ -110,12 +108,7 @@ class FluxKontextFamily(FluxFamily):
 
     def reference_grid(self, kwargs: dict) -> Optional[Tuple[int, int]]:
         r"""The (rows, columns) grid of the reference image's tokens in a transformer call (`None` without one)."""
-        ids = kwargs["img_ids"]
-        ids = ids[0] if ids.dim() == 3 else ids
-        reference = ids[ids[:, 0] == 1]
-        if not len(reference):
-            return None
-        return int(reference[:, 1].max().item()) + 1, int(reference[:, 2].max().item()) + 1
+        return _token_grid(kwargs, 1)
 
     def joint_layout(
         self, denoiser, tokens: int, text_length: int, latent_size: Optional[Tuple[int, int]]
@@ -129,6 +122,17 @@ class FluxKontextFamily(FluxFamily):
     def reference_positions(self, text_length: int, latent_size: Tuple[int, int]) -> slice:
         r"""The reference image's tokens in a joint-attention layer's [text, generated, reference] sequence."""
         return slice(text_length + int(latent_size[0]) * int(latent_size[1]), None)
+
+
+def _token_grid(kwargs: dict, first: int) -> Optional[Tuple[int, int]]:
+    # The (rows, columns) grid of a transformer call's image tokens whose position ids start with `first` (Kontext: 0
+    # for the generated image, 1 for the reference); `None` where there are none.
+    ids = kwargs["img_ids"]
+    ids = ids[0] if ids.dim() == 3 else ids
+    chosen = ids[ids[:, 0] == first]
+    if not len(chosen):
+        return None
+    return int(chosen[:, 1].max().item()) + 1, int(chosen[:, 2].max().item()) + 1
 
 
 FLUX_FILL = register_family(FluxFillFamily())
