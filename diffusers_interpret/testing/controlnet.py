@@ -12,11 +12,19 @@ from diffusers import (
 )
 
 from .components import freeze
-from .flux import make_tiny_flux_components
+from .flux import TINY_FLUX_WIDTHS, make_tiny_flux_components
 from .stable_diffusion import make_tiny_components
 from .stable_diffusion_xl import ADDITION_TIME_EMBED_DIM, PROJECTION_DIM, TEXT_HIDDEN_SIZE, make_tiny_sdxl_components
 
 CONTROLNET_FAMILIES = ("sd", "sdxl", "flux")
+# The tiny UNets' ControlNet (their widths; conditioning embedded to the latents' grid by one stride-2 stage).
+_UNET_CONTROLNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    in_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    conditioning_embedding_out_channels=(16, 32),
+)
 
 
 def _drawn_zero_layers(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -52,24 +60,13 @@ def make_tiny_controlnet_pipeline(family: str = "sd", seed: int = 0, dtype: Opti
     torch.manual_seed(seed)
     if family == "sd":
         components = make_tiny_components(seed=seed, sample_size=16, layers_per_block=1)
-        controlnet = ControlNetModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            in_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            cross_attention_dim=32,
-            conditioning_embedding_out_channels=(16, 32),
-        )
+        controlnet = ControlNetModel(cross_attention_dim=32, **_UNET_CONTROLNET)
         pipeline_class = StableDiffusionControlNetPipeline
         extra = {"requires_safety_checker": False}
     elif family == "sdxl":
         components = make_tiny_sdxl_components(seed=seed)
         controlnet = ControlNetModel(
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            in_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            conditioning_embedding_out_channels=(16, 32),
+            **_UNET_CONTROLNET,
             addition_embed_type="text_time",
             addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
             projection_class_embeddings_input_dim=6 * ADDITION_TIME_EMBED_DIM + PROJECTION_DIM,
@@ -79,17 +76,7 @@ def make_tiny_controlnet_pipeline(family: str = "sd", seed: int = 0, dtype: Opti
         extra = {"add_watermarker": False}
     else:
         components = make_tiny_flux_components(seed)
-        controlnet = FluxControlNetModel(
-            patch_size=1,
-            in_channels=4,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            axes_dims_rope=[4, 4, 8],
-        )
+        controlnet = FluxControlNetModel(in_channels=4, num_layers=1, num_single_layers=1, **TINY_FLUX_WIDTHS)
         pipeline_class = FluxControlNetPipeline
         extra = {}
         for name in ("image_encoder", "feature_extractor"):

@@ -17,6 +17,15 @@ from .components import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 FLUX_PIPELINE_CLASSES = {"text2img": FluxPipeline, "img2img": FluxImg2ImgPipeline}
 # The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); Flux's default is 512.
 TINY_T5_LENGTH = 16
+# The widths of diffusers' tiny Flux transformer (tests/pipelines/flux), shared by the tiny Flux, Fill and ControlNet.
+TINY_FLUX_WIDTHS = dict(
+    patch_size=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    axes_dims_rope=[4, 4, 8],
+)
 
 
 def make_tiny_flux_components(seed: int = 0, guidance_embeds: bool = False, num_layers: int = 1) -> dict:
@@ -36,16 +45,11 @@ def make_tiny_flux_components(seed: int = 0, guidance_embeds: bool = False, num_
     # half the sample size; the CLIP and T5 encoders and their tokenizers generated here instead of downloaded.
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1,
         in_channels=4,
         num_layers=num_layers,
         num_single_layers=num_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
         guidance_embeds=guidance_embeds,
-        axes_dims_rope=[4, 4, 8],
+        **TINY_FLUX_WIDTHS,
     )
     vae = tiny_flow_vae(seed, latent_channels=1)
     tokenizer = build_word_tokenizer()

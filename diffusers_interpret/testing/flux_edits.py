@@ -6,7 +6,7 @@ import torch
 from diffusers import FluxFillPipeline, FluxKontextPipeline, FluxTransformer2DModel
 
 from .components import freeze
-from .flux import make_tiny_flux_components
+from .flux import TINY_FLUX_WIDTHS, make_tiny_flux_components
 
 
 def make_tiny_flux_fill_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None) -> FluxFillPipeline:
@@ -24,16 +24,7 @@ def make_tiny_flux_fill_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = N
         components.pop(name, None)
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=12,
-        out_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
+        in_channels=12, out_channels=4, num_layers=1, num_single_layers=1, **TINY_FLUX_WIDTHS
     )
     freeze(transformer)
     components["transformer"] = transformer
