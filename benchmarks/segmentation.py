@@ -34,12 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from diffusers_interpret.box import mask_box  # noqa: E402
+
 REMOVAL_METHODS = ("grad_x_input", "linearized_ablation", "integrated_gradients")
-
-
-def object_box(mask: np.ndarray):
-    rows, cols = np.nonzero(mask)
-    return ((int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1))
 
 
 def load(args):
@@ -77,7 +74,7 @@ def boxes_part(explainer, samples, call):
         if len(sample.objects) != 2:
             continue
         for item in sample.objects:
-            box = object_box(item.mask)
+            box = mask_box(item.mask)
             output = explainer.explain_image(sample.image, sample.prompt, explanation_2d_bounding_box=box, **call)
             scores = output.word_attributions.scores
             colour, shape = item.words
@@ -99,7 +96,7 @@ def removal_part(explainer, samples, call, methods):
     found = {method: [] for method in methods}
     for sample in samples:
         for item in sample.objects:
-            box = object_box(item.mask)
+            box = mask_box(item.mask)
             for method in methods:
                 output = explainer.explain_image(
                     sample.image, sample.prompt, attribution_method=method, explanation_2d_bounding_box=box, **call

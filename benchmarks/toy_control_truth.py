@@ -52,6 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
 
 from diffusers_interpret import explainer_for  # noqa: E402
+from diffusers_interpret.box import mask_box  # noqa: E402
 from diffusers_interpret.dependence import DependenceMap  # noqa: E402
 from diffusers_interpret.toy.control import (  # noqa: E402
     TOY_CONTROL_CALL,
@@ -74,12 +75,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-scene", action="store_true", help="also print each scene's readings")
     return parser.parse_args()
-
-
-def mask_box(mask: np.ndarray):
-    r"""The tight box of a mask, PIL's convention `((x0, y0), (x1, y1))`, x1 and y1 exclusive."""
-    rows, cols = np.nonzero(mask)
-    return (int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1)
 
 
 def band_shares(attributions, scene: RenderedScene, index: int) -> Dict[str, float]:

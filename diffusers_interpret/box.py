@@ -73,6 +73,17 @@ def box_mask(box: Optional[Box], height: int, width: int, device=None, dtype=tor
     return mask
 
 
+def mask_box(mask) -> Box:
+    r"""The tight box of a mask's nonzero pixels ((H, W) array), in the box convention: `((x0, y0), (x1, y1))`, the
+    lower-right corner exclusive (the inverse of `box_mask` for a rectangle)."""
+    import numpy as np
+
+    rows, cols = np.nonzero(np.asarray(mask))
+    if not len(rows):
+        raise ValueError("The mask is empty: it has no box.")
+    return (int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1)
+
+
 def draw_box(image: Image.Image, box: Optional[Box], color: Tuple[int, int, int] = (255, 0, 0)) -> Image.Image:
     r"""
     A copy of `image` with the one-pixel outline of `box` drawn on the box's own border pixels.

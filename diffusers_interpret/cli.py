@@ -457,6 +457,7 @@ def _control_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options:
     # colours only (the shapes then come from the control image alone): the whole image and each object's box.
     import numpy as np
 
+    from .box import mask_box
     from .toy.control import color_only_prompt, outline_image
     from .toy.scenes import render_scene, sample_scene_spec
 
@@ -464,10 +465,7 @@ def _control_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options:
     scenes = [render_scene(sample_scene_spec(rng, 2)) for _ in range(CONTROL_DEMO_SCENES)]
     outputs, views = [], {}
     for scene in scenes:
-        boxes = []
-        for mask in scene.masks:
-            rows, columns = np.nonzero(mask)
-            boxes.append(((int(columns.min()), int(rows.min())), (int(columns.max()) + 1, int(rows.max()) + 1)))
+        boxes = [mask_box(mask) for mask in scene.masks]
         for prompt in (scene.prompt, color_only_prompt(scene)):
             jobs = [(prompt, None)] + [(prompt, box) for box in boxes]
             made, made_views = run_explanations(

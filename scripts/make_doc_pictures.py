@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffusers_interpret import StableDiffusionPipelineExplainer, edge_aware_maps  # noqa: E402
+from diffusers_interpret.box import mask_box  # noqa: E402
 from diffusers_interpret.edge_aware import region_maps  # noqa: E402
 from diffusers_interpret.segmentation import toy_scenes  # noqa: E402
 from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, load_toy_pipeline  # noqa: E402
@@ -113,8 +114,7 @@ def existing_image_picture(explainer) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, len(sample.objects), figsize=(5.5 * len(sample.objects), 3.0))
     for ax, item in zip(np.atleast_1d(axes), sample.objects):
-        rows, cols = np.nonzero(item.mask)
-        box = ((int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1))
+        box = mask_box(item.mask)
         explained = output.explain(explanation_2d_bounding_box=box)
         explained.token_attributions.plot(ax=ax, title=f"box around the {item.name} ({explained.attribution_method})")
     fig.tight_layout()
@@ -146,8 +146,7 @@ def control_picture() -> None:
     prompts = (scene.prompt, color_only_prompt(scene))
     fig, axes = plt.subplots(4, 3, figsize=(12, 11), gridspec_kw={"width_ratios": [1, 1, 2.4]})
     for row, (prompt, mask) in enumerate((p, m) for p in prompts for m in scene.masks):
-        rows, cols = np.nonzero(mask)
-        box = ((int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1))
+        box = mask_box(mask)
         output = explainer(
             prompt, image=control, generator=torch.Generator().manual_seed(seed), explanation_2d_bounding_box=box,
             **TOY_CONTROL_CALL,

@@ -13,6 +13,7 @@ import torch
 from conftest import seeded
 
 from diffusers_interpret import explainer_for
+from diffusers_interpret.box import mask_box
 from diffusers_interpret.toy.control import (
     TOY_CONTROL_CALL,
     TOY_CONTROLNET_DIR,
@@ -89,8 +90,7 @@ def test_draws_the_shapes_of_its_outlines(pipe, index, color_only):
 def test_object_box_reads_its_own_outline(pipe):
     scene, seed = scene_and_seed(EXPLAINED_SCENE)
     mask = scene.masks[EXPLAINED_OBJECT]
-    rows, cols = np.nonzero(mask)
-    box = ((int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1))
+    box = mask_box(mask)
     call = dict(image=outline_image(scene), output_type="np", **TOY_CONTROL_CALL)
     out = explainer_for(pipe, verbose=False)(
         scene.prompt, generator=seeded(seed), explanation_2d_bounding_box=box, attribution_method="grad_x_input",
