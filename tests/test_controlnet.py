@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded
-from independent_gradients import box_sum
+from independent_gradients import box_sum, leaf_gradient
 from PIL import Image
+from pipeline_state import pipeline_state
 
 from diffusers_interpret import PipelineControlNetExplainerOutput, explainer_for
 from diffusers_interpret.testing.controlnet import make_tiny_controlnet_pipeline
@@ -125,31 +126,16 @@ def test_prompt_gradients_reach_through_the_controlnet(controlnet, checkpointing
     )  # fmt: skip
     embed, ids, group = _prompt_embedding(family, pipe)
 
-    def leaf_gradient(detach_control: bool):
-        leaf = {}
+    grad = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **kwargs)
 
-        def replace(module, args, output):
-            if torch.equal(args[0], ids):
-                leaf["e"] = output.detach().clone().requires_grad_(True)
-                return leaf["e"]
-            return output
+    def detached(module, args, kwargs_):
+        return args, {**kwargs_, "encoder_hidden_states": kwargs_["encoder_hidden_states"].detach()}
 
-        def detached(module, args, kwargs_):
-            return args, {**kwargs_, "encoder_hidden_states": kwargs_["encoder_hidden_states"].detach()}
-
-        handles = [embed.register_forward_hook(replace)]
-        if detach_control:
-            handles.append(pipe.controlnet.register_forward_pre_hook(detached, with_kwargs=True))
-        try:
-            with torch.enable_grad():
-                run = type(pipe).__call__.__wrapped__
-                images = run(pipe, PROMPT, generator=seeded(0), output_type="pt", **kwargs).images
-                return torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    grad, without_control = leaf_gradient(False), leaf_gradient(True)
+    handle = pipe.controlnet.register_forward_pre_hook(detached, with_kwargs=True)
+    try:
+        without_control = leaf_gradient(pipe, embed, ids, box, prompt=PROMPT, **kwargs)
+    finally:
+        handle.remove()
     units = [u for u in out.session.trace.prompt_tokens[0].units if u.encoders == group]
     rows = [row for row, u in enumerate(out.session.trace.prompt_tokens[0].units) if u.encoders == group]
     scale = float(grad.abs().max())
@@ -202,20 +188,6 @@ def test_several_controlnets_are_refused_before_any_model_runs():
     assert not calls
 
 
-def _state(pipe):
-    # Every hook of every model of the pipeline, every attention processor, the image processors' instance attributes
-    # (the pixel leaf overrides `preprocess` on the instance), grad mode.
-    models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-    hooks = [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for model in models for m in model.modules()]
-    processors = [getattr(m, "processor", None) for model in models for m in model.modules()]
-    overrides = {
-        name: dict(vars(getattr(pipe, name)))
-        for name in ("image_processor", "control_image_processor", "mask_processor")
-        if hasattr(pipe, name)
-    }
-    return hooks, processors, overrides, torch.is_grad_enabled()
-
-
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_state_restored_after_an_injected_exception(controlnet, checkpointing):
     family, pipe = controlnet
@@ -223,7 +195,7 @@ def test_state_restored_after_an_injected_exception(controlnet, checkpointing):
     # transformers installs hooks of its own on a text encoder's layers at its first hidden-state capture: the state
     # is taken after one explanation.
     explainer_for(pipe, verbose=False)(PROMPT, generator=seeded(0), prompt_dependence=False, **kwargs)
-    before = _state(pipe)
+    before = pipeline_state(pipe)
 
     def boom(pipe, step, timestep, kwargs):
         if step == 1:
@@ -234,9 +206,9 @@ def test_state_restored_after_an_injected_exception(controlnet, checkpointing):
     for method in ("grad_x_input", "word_attention"):
         with pytest.raises(KeyError, match="injected"):
             explainer(PROMPT, generator=seeded(0), attribution_method=method, callback_on_step_end=boom, **kwargs)
-        assert _state(pipe) == before
+        assert pipeline_state(pipe) == before
     out = explainer(PROMPT, generator=seeded(0), prompt_dependence=False, **kwargs)
-    assert out.control_pixel_attributions is not None and _state(pipe) == before
+    assert out.control_pixel_attributions is not None and pipeline_state(pipe) == before
 
 
 def test_the_memory_estimate_counts_the_controlnet(controlnet):

@@ -7,6 +7,7 @@ import torch
 from conftest import SIZE, TINY, seeded
 from independent_gradients import box_sum, leaf_gradient
 from PIL import Image
+from pipeline_state import pipeline_state
 
 from diffusers_interpret import (
     PipelineImg2ImgExplainerOutput,
@@ -191,19 +192,12 @@ def test_kontext_redraws_and_word_maps_read_the_reference(kontext):
     assert out.prompt_dependence is not None and set(lengths) == {64 + 128}
 
 
-def test_kontext_correspondence_is_the_attention_to_the_references_tokens(kontext):
-    # Where a box of the result looks in the reference: an explicit-softmax processor's probabilities from the box's
-    # generated tokens to the reference's columns, per layer upsampled to the reference's size and averaged.
+def explicit_reference_map(kontext, call, box):
+    # Where the box's generated tokens look among the reference's, from an explicit-softmax processor run of the same
+    # call: the reference's columns of the softmax over all keys, the box's queries, heads, the two layers and the
+    # steps averaged, on the reference's 8x16 token grid.
     from explicit_attention import ExplicitJointAttention
 
-    from diffusers_interpret import record_correspondence
-
-    box, text = ((0, 0), (8, 16)), TINY_T5_LENGTH
-    call = dict(prompt=INSTRUCTION, image=reference_image(), generator=seeded(0), **KONTEXT_CALL)
-    with record_correspondence(kontext, box=box) as recorder:
-        kontext(**call)
-    maps = recorder.maps.maps
-    assert maps.shape == (1, 1, 16, 32)
     processors = kontext.transformer.attn_processors
     store = []
     kontext.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
@@ -211,20 +205,26 @@ def test_kontext_correspondence_is_the_attention_to_the_references_tokens(kontex
         kontext(**dict(call, generator=seeded(0)))
     finally:
         kontext.transformer.set_attn_processor(dict(processors))
-    generated, reference = slice(text, text + 64), slice(text + 64, None)
-    to_reference = [p[:, :, generated, reference] for p in store]  # softmax over all keys: the reference's columns
-    per_call = [to_reference[i : i + 2] for i in range(0, len(to_reference), 2)]
+    text, cells = TINY_T5_LENGTH, region_cells(box, (8, 8), (16, 16))
+    per_layer = [p[-1:, :, text : text + 64, text + 64 :].mean(1)[0, cells].mean(0) for p in store]
+    per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]
+    return torch.stack(per_call).mean(0).reshape(8, 16)
 
-    def one(layers):
-        # region_map reshapes the keys on the query grid: the box's queries on the 8x8 grid, the keys on 8x16.
-        rows = []
-        for probs in layers:
-            cells = region_cells(box, (8, 8), (16, 16))
-            row = probs[-1:].mean(1)[:, cells].mean(1).reshape(1, 1, 8, 16)
-            rows.append(torch.nn.functional.interpolate(row, size=(16, 32), mode="bilinear", align_corners=False))
-        return torch.stack(rows).mean(0)[0, 0]
 
-    expected = torch.stack([one(layers) for layers in per_call]).mean(0)
+def test_kontext_correspondence_is_the_attention_to_the_references_tokens(kontext):
+    # Where a box of the result looks in the reference: an explicit-softmax processor's probabilities from the box's
+    # generated tokens to the reference's columns, per layer upsampled to the reference's size and averaged.
+    from diffusers_interpret import record_correspondence
+
+    box = ((0, 0), (8, 16))
+    call = dict(prompt=INSTRUCTION, image=reference_image(), generator=seeded(0), **KONTEXT_CALL)
+    with record_correspondence(kontext, box=box) as recorder:
+        kontext(**call)
+    maps = recorder.maps.maps
+    assert maps.shape == (1, 1, 16, 32)
+    # Bilinear upsampling is linear: the token-level map upsampled is the per-layer upsamplings averaged.
+    reference = explicit_reference_map(kontext, call, box)[None, None]
+    expected = torch.nn.functional.interpolate(reference, size=(16, 32), mode="bilinear", align_corners=False)[0, 0]
     np.testing.assert_allclose(maps[0, 0], expected, atol=1e-6)
     assert float(maps.sum()) > 0
     with pytest.raises(ValueError, match="Flux Kontext"):
@@ -233,15 +233,13 @@ def test_kontext_correspondence_is_the_attention_to_the_references_tokens(kontex
 
 @pytest.mark.parametrize("editor", ["instruct_pix2pix", "flux_fill", "flux_kontext"])
 def test_editors_restore_their_state_after_an_injected_exception(pix2pix, flux_fill, kontext, editor):
-    from test_controlnet import _state
-
     pipe, kwargs = {
         "instruct_pix2pix": (pix2pix, dict(image=input_image(), num_inference_steps=3)),
         "flux_fill": (flux_fill, dict(image=input_image(16), mask_image=fill_mask(), **FLUX_CALL)),
         "flux_kontext": (kontext, dict(image=reference_image(), **KONTEXT_CALL)),
     }[editor]
     explainer_for(pipe, verbose=False)(INSTRUCTION, generator=seeded(0), prompt_dependence=False, **kwargs)
-    before = _state(pipe)  # after one explanation (see test_controlnet's)
+    before = pipeline_state(pipe)  # after one explanation (see test_controlnet's)
 
     def boom(pipe, step, timestep, callback_kwargs):
         if step == 1:
@@ -250,31 +248,19 @@ def test_editors_restore_their_state_after_an_injected_exception(pix2pix, flux_f
 
     with pytest.raises(KeyError, match="injected"):
         explainer_for(pipe, verbose=False)(INSTRUCTION, generator=seeded(0), callback_on_step_end=boom, **kwargs)
-    assert _state(pipe) == before
+    assert pipeline_state(pipe) == before
 
 
 def test_kontext_correspondence_matrix_and_its_view(kontext, browser, tmp_path):
     # With attention_maps=True a Kontext explanation records where every token of the result looks in the reference:
     # a box's map equals an explicit-softmax processor's (token level), the view's cells give the same map for a
     # cell-aligned box, and the page's script paints the same values.
-    from explicit_attention import ExplicitJointAttention
-
     call = dict(image=reference_image(), generator=seeded(0), **KONTEXT_CALL)
     out = explainer_for(kontext, verbose=False)(INSTRUCTION, attention_maps=True, **call)
     correspondence = out.correspondence
     assert correspondence.matrix.shape == (1, 64, 128) and correspondence.reference_grid == (8, 16)
-    box, text = ((0, 0), (8, 16)), TINY_T5_LENGTH
-    processors = kontext.transformer.attn_processors
-    store = []
-    kontext.transformer.set_attn_processor({name: ExplicitJointAttention(store) for name in processors})
-    try:
-        kontext(prompt=INSTRUCTION, **dict(call, generator=seeded(0)))
-    finally:
-        kontext.transformer.set_attn_processor(dict(processors))
-    cells = region_cells(box, (8, 8), (16, 16))
-    per_layer = [p[-1:, :, text : text + 64, text + 64 :].mean(1)[0, cells].mean(0) for p in store]
-    per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]
-    expected = torch.stack(per_call).mean(0).reshape(8, 16)
+    box = ((0, 0), (8, 16))
+    expected = explicit_reference_map(kontext, dict(call, prompt=INSTRUCTION), box)
     np.testing.assert_allclose(correspondence.for_box(box), expected, atol=1e-6)
     view = out.interactive_view(4)  # cells of 4 pixels: 2x2 tokens each
     np.testing.assert_allclose(view.box_correspondence(0, 0, 4, 2), expected, atol=1e-6)
