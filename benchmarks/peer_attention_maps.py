@@ -24,6 +24,9 @@ def pipelines():
     yield "SD (tiny, 64x64)", make_tiny_pipeline("text2img"), dict(height=64, width=64)
     flux = dict(height=16, width=16, max_sequence_length=TINY_T5_LENGTH)
     yield "Flux (tiny, 16x16)", make_tiny_flux_pipeline("text2img"), flux
+    from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
+
+    yield "Wan (tiny, 9x16x16)", make_tiny_wan_pipeline(), dict(TINY_WAN_CALL, negative_prompt="")
 
 
 def cases(pipe, prompt: str, call: dict, capture_class) -> dict:
@@ -31,7 +34,8 @@ def cases(pipe, prompt: str, call: dict, capture_class) -> dict:
     from diffusers_interpret import record_cross_attention
 
     def plain():
-        return pipe(prompt, generator=torch.Generator().manual_seed(0), **call).images
+        output = pipe(prompt, generator=torch.Generator().manual_seed(0), **call)
+        return output.frames if hasattr(output, "frames") else output.images
 
     def ours():
         with record_cross_attention(pipe) as recorder:

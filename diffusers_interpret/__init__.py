@@ -27,6 +27,7 @@ _EXPORTS = {
     "PipelineExplainerOutput": ".outputs",
     "PipelineControlNetExplainerOutput": ".outputs",
     "PipelineImg2ImgExplainerOutput": ".outputs",
+    "PipelineVideoExplainerOutput": ".outputs",
     "PipelineInpaintExplainerOutput": ".outputs",
     "PixelAttributions": ".outputs",
     "MemoryEstimate": ".memory",

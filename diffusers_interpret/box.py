@@ -7,6 +7,8 @@ from PIL import Image, ImageDraw
 
 Box = Tuple[Tuple[int, int], Tuple[int, int]]
 BoxLike = Union[Box, Sequence[int], Sequence[Sequence[int]]]
+# A region made of several boxes (a box over a span of a clip's frames, laid out top to bottom): their union.
+Region = Union[Box, Tuple[Box, ...]]
 
 BOX_CONVENTION = (
     "((x0, y0), (x1, y1)) in pixels, PIL's convention: x is the column, y the row, (0, 0) the upper-left corner; "
@@ -14,7 +16,7 @@ BOX_CONVENTION = (
 )
 
 
-def normalize_box(box: Optional[BoxLike], height: int, width: int) -> Optional[Box]:
+def normalize_box(box: Optional[BoxLike], height: int, width: int) -> Optional[Region]:
     r"""
     Check a bounding box against an image size and return it as `((x0, y0), (x1, y1))`.
 
@@ -30,6 +32,10 @@ def normalize_box(box: Optional[BoxLike], height: int, width: int) -> Optional[B
     """
     if box is None:
         return None
+    if isinstance(box, (tuple, list)) and box and _is_box_list(box):
+        # A region of several boxes (a box over a span of a clip's frames): each box checked.
+        boxes = tuple(normalize_box(one, height, width) for one in box)
+        return boxes[0] if len(boxes) == 1 else boxes
     try:
         if len(box) == 4:
             values = list(box)
@@ -62,15 +68,96 @@ def normalize_box(box: Optional[BoxLike], height: int, width: int) -> Optional[B
     return ((x0, y0), (x1, y1))
 
 
-def box_mask(box: Optional[Box], height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """An (height, width) mask that is 1 inside the box (or everywhere for `None`) and 0 outside."""
+def _is_box_list(box) -> bool:
+    # ((x0, y0), (x1, y1)) pairs inside: a list of boxes, not one box.
+    try:
+        return all(len(one) == 2 and len(one[0]) == 2 and not isinstance(one[0][0], (int, float)) for one in box)
+    except TypeError:
+        return False
+
+
+def boxes_of(region: Optional[Region]) -> Tuple[Box, ...]:
+    r"""The boxes a region is made of (one for a box, none for `None`)."""
+    if region is None:
+        return ()
+    return (region,) if isinstance(region[0][0], int) else tuple(region)
+
+
+def bounding_box(region: Optional[Region]) -> Optional[Box]:
+    r"""The smallest box around every box of a region (the box itself for a box)."""
+    boxes = boxes_of(region)
+    if not boxes:
+        return None
+    return (
+        (min(b[0][0] for b in boxes), min(b[0][1] for b in boxes)),
+        (max(b[1][0] for b in boxes), max(b[1][1] for b in boxes)),
+    )
+
+
+def box_mask(box: Optional[Region], height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """An (height, width) mask that is 1 inside the box (or the region's boxes; everywhere for `None`), 0 outside."""
     mask = torch.zeros(height, width, device=device, dtype=dtype)
     if box is None:
         mask[:] = 1
-    else:
-        (x0, y0), (x1, y1) = box
+    for (x0, y0), (x1, y1) in boxes_of(box):
         mask[y0:y1, x0:x1] = 1
     return mask
+
+
+def frame_region(
+    box: Optional[BoxLike], frames: Optional[Sequence[int]], height: int, width: int, num_frames: int
+) -> Optional[Region]:
+    r"""
+    The region of a clip's picture (its `num_frames` frames of `height` x `width` laid out top to bottom) that a box
+    on the frames and a span of frames make: the box on each frame of the span, moved down to that frame.
+
+    Args:
+        box (`((x0, y0), (x1, y1))`, *optional*): The region of each frame, in the frame's pixels (see
+            `BOX_CONVENTION`); `None` for whole frames.
+        frames (`(start, stop)`, *optional*): The frames `start` to `stop - 1` (as a slice, counted from 0); `None`
+            for every frame.
+        height (`int`), width (`int`): A frame's size in pixels.
+        num_frames (`int`): The clip's frames.
+
+    Returns:
+        `None` for the whole clip, one box where the region is one rectangle of the picture (one frame, or boxes as
+        tall as the frames on frames in a row), else one box per frame.
+
+    Raises:
+        `ValueError`: for a malformed box or span, or one outside the frames or the clip.
+    """
+    box = normalize_box(box, height, width)
+    start, stop = _frame_span(frames, num_frames)
+    if box is None:
+        if (start, stop) == (0, num_frames):
+            return None
+        return ((0, start * height), (width, stop * height))
+    (x0, y0), (x1, y1) = box
+    if (y0, y1) == (0, height):  # whole-height boxes of frames in a row touch: one box of the picture
+        return ((x0, start * height), (x1, stop * height))
+    boxes = tuple(((x0, y0 + k * height), (x1, y1 + k * height)) for k in range(start, stop))
+    return boxes[0] if len(boxes) == 1 else boxes
+
+
+def _frame_span(frames: Optional[Sequence[int]], num_frames: int) -> Tuple[int, int]:
+    if frames is None:
+        return 0, num_frames
+    try:
+        start, stop = frames
+        if any(isinstance(v, (bool, str, float)) for v in (start, stop)):
+            raise TypeError
+        start, stop = int(start), int(stop)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "`explanation_frames` must be (start, stop): the frames start to stop - 1, counted from 0, got "
+            f"{frames!r}."
+        ) from None
+    if not 0 <= start < stop <= num_frames:
+        raise ValueError(
+            f"`explanation_frames` {(start, stop)} is not a span of the clip's {num_frames} frames: it needs "
+            f"0 <= start < stop <= {num_frames} (the frames start to stop - 1)."
+        )
+    return start, stop
 
 
 def mask_box(mask) -> Box:
@@ -84,7 +171,7 @@ def mask_box(mask) -> Box:
     return (int(cols.min()), int(rows.min())), (int(cols.max()) + 1, int(rows.max()) + 1)
 
 
-def draw_box(image: Image.Image, box: Optional[Box], color: Tuple[int, int, int] = (255, 0, 0)) -> Image.Image:
+def draw_box(image: Image.Image, box: Optional[Region], color: Tuple[int, int, int] = (255, 0, 0)) -> Image.Image:
     r"""
     A copy of `image` with the one-pixel outline of `box` drawn on the box's own border pixels.
 
@@ -92,7 +179,6 @@ def draw_box(image: Image.Image, box: Optional[Box], color: Tuple[int, int, int]
     the explained region and the red outline's extent is exactly that region.
     """
     image = image.copy()
-    if box is not None:
-        (x0, y0), (x1, y1) = box
+    for (x0, y0), (x1, y1) in boxes_of(box):
         ImageDraw.Draw(image).rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=1)
     return image

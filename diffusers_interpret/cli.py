@@ -20,6 +20,7 @@ from .cli_arguments import (
     PROG,
     ArgumentParser,
     fail,
+    frame_index,
     parse_box,
     positive_int,
     traced_steps,
@@ -234,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="PRX, Sana: make the image at the size asked for, not at the nearest trained aspect ratio resized (a "
         "size binning would change is refused otherwise)",
     )
+    explain.add_argument(
+        "--num-frames",
+        type=positive_int,
+        default=None,
+        help="video pipelines (Wan): the clip's frames, 4 x k + 1 (default: the pipeline's, 81)",
+    )
+    explain.add_argument(
+        "--frames",
+        type=frame_index,
+        nargs=2,
+        default=None,
+        metavar=("START", "STOP"),
+        help="video pipelines: explain frames START to STOP - 1 only (counted from 0); a --box is then the region of "
+        "each of them, in a frame's pixels (default: every frame)",
+    )
     explain.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     explain.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
@@ -378,8 +394,9 @@ def run_explanations(
     for prompt, box in progress_bar(jobs, "Explanations", disable=quiet or len(jobs) < 2, unit="expl", leave=True):
         output = None
         if prompt in first and explainer.input_kind is None:  # an input image's pixels need each box's own call
+            frames = explain_kwargs.get("explanation_frames")
             try:  # what the prompt's first call kept (recorded maps) explains another box without generating again
-                output = first[prompt].explain(box)
+                output = first[prompt].explain(box, **({} if frames is None else {"explanation_frames": frames}))
             except RuntimeError:
                 pass
         if output is None:
@@ -480,7 +497,7 @@ def _check_call_options(pipe, call: Dict[str, Any]) -> None:
     import inspect
 
     accepted = inspect.signature(type(pipe).__call__).parameters
-    for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt", "use_resolution_binning"):
+    for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt", "use_resolution_binning", "num_frames"):
         if call.get(key) is not None and key not in accepted:
             option = "no-resolution-binning" if key == "use_resolution_binning" else key.replace("_", "-")
             fail(f"--{option} is not an argument of this model's {type(pipe).__name__}: leave it out")
@@ -578,9 +595,16 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         "max_sequence_length": args.max_sequence_length,
         "negative_prompt": args.negative_prompt,
         "use_resolution_binning": False if args.no_resolution_binning else None,
+        "num_frames": args.num_frames,
     }
     call.update({key: value for key, value in given.items() if value is not None})
     _check_call_options(pipe, call)
+    if args.frames is not None:
+        import inspect
+
+        if "num_frames" not in inspect.signature(type(pipe).__call__).parameters:
+            fail(f"--frames is for video pipelines; this model's {type(pipe).__name__} makes images")
+        call["explanation_frames"] = tuple(args.frames)
     call.update(_image_call(pipe, args))
     if (call.get("true_cfg_scale") or 1.0) > 1 and call.get("negative_prompt") is None:
         call["negative_prompt"] = ""  # true classifier-free guidance needs a negative prompt: the empty one
@@ -691,7 +715,7 @@ def _image_size(pipe, height: Optional[int], width: Optional[int]) -> Tuple[int,
 
     default_height, default_width = family_for(pipe).default_size(pipe)
     height, width = height or default_height, width or default_width
-    factor = pipe.vae_scale_factor
+    factor = getattr(pipe, "vae_scale_factor", None) or family_for(pipe).size_multiple(pipe) or 8
     if height % factor or width % factor:
         raise ValueError(f"--height and --width must be multiples of {factor} for this model, got {height}x{width}")
     return int(height), int(width)

@@ -50,6 +50,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def frame_index(text: str) -> int:
+    r"""A frame's index: an integer >= 0; `argparse.ArgumentTypeError` otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame index (an integer >= 0), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a frame index (an integer >= 0), got {text!r}")
+    return value
+
+
 def traced_steps(text: str) -> Optional[int]:
     r"""`--traced`'s value: an integer >= 0, or `None` for `'all'`; `argparse.ArgumentTypeError` otherwise."""
     if text.lower() == "all":

@@ -23,6 +23,7 @@ from .outputs import (
     PipelineExplainerOutput,
     PipelineImg2ImgExplainerOutput,
     PipelineInpaintExplainerOutput,
+    PipelineVideoExplainerOutput,
 )
 from .progress import interactive_output, progress_bar
 from .regeneration import Regeneration, generator_factory, generator_state
@@ -136,7 +137,7 @@ class BasePipelineExplainer:
             raise TypeError(f"`verbose` must be True or False, got {verbose!r}.")
         self.family: PipelineFamily = family
         self.input_kind: Optional[InputKind] = supported.input_kind
-        self.output_class = OUTPUT_CLASSES[supported.input_kind]
+        self.output_class = PipelineVideoExplainerOutput if family.video else OUTPUT_CLASSES[supported.input_kind]
         self.pipe = pipe
         self.verbose = verbose
         self.gradient_checkpointing = gradient_checkpointing
@@ -170,6 +171,7 @@ class BasePipelineExplainer:
         init_image=None,
         image=None,
         mask_image=None,
+        explanation_frames: Optional[Sequence[int]] = None,
         **pipeline_kwargs,
     ):
         r"""
@@ -237,6 +239,11 @@ class BasePipelineExplainer:
             mask_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
                 Inpainting explainers: white (1) where the image is repainted, black (0) where it is kept; the size of
                 the image.
+            explanation_frames (`(start, stop)`, *optional*):
+                Video pipelines (Wan): the explained frames, `start` to `stop - 1` (counted from 0); `None` for every
+                frame. The box is then the region of each of these frames, in a frame's pixels (a space-time region);
+                without a box, the whole of these frames. The clip is explained as one picture of its frames laid
+                out top to bottom (`output.image`; `output.frames` splits it).
             pipeline_kwargs:
                 Every other argument of the pipeline's `__call__` (`guidance_scale`, `negative_prompt`,
                 `generator`, `latents`, `eta`, `num_images_per_prompt`, `callback_on_step_end`, `strength`,
@@ -266,6 +273,7 @@ class BasePipelineExplainer:
             init_image=init_image,
             image=image,
             mask_image=mask_image,
+            explanation_frames=explanation_frames,
             pipeline_kwargs=pipeline_kwargs,
         )
         return self.explain(request)
@@ -477,7 +485,10 @@ class BasePipelineExplainer:
             keep_untraced=request.keep == "latents",
             replay=replay,
         )
-        graph = TracedGraph(decode(plan, result.output.images, call.generator), pixels=result.recordings.get("pixels"))
+        graph = TracedGraph(
+            decode(plan, self.family.output_latents(result.output), call.generator),
+            pixels=result.recordings.get("pixels"),
+        )
         if leaves is not None:
             graph.conditioning, graph.encoding = leaves.conditioning, leaves.encoding
         trace = self.make_trace(request, call, plan, tokens, result, graph, snapshot)
@@ -587,6 +598,7 @@ class BasePipelineExplainer:
         else:
             with torch.no_grad():
                 images = self.family.unit_image(self.pipe, trace.decoded.detach()).float() * 2 - 1
+            images = self.family.clip_pixels(self.pipe, images, (request.height, request.width))
         kwargs = {k: v for k, v in request.pipeline_kwargs.items() if not k.startswith("callback")}
         if request.image_input is not None:  # a ControlNet's redraws read the control image
             kwargs[request.image_input.argument] = request.image_input.image

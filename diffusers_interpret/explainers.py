@@ -32,8 +32,9 @@ def explainer_class(pipeline: Union[str, SupportedPipeline]) -> type:
             InputKind.INPAINT: "a prompt, an image and a mask",
             InputKind.CONTROL: "a prompt and a control image (read by a ControlNet)",
         }
+        what = "clips" if supported.family.video else "images"
         doc = (
-            f"Explains the images a `{name}` makes from {starts[supported.input_kind]}: every argument of its call "
+            f"Explains the {what} a `{name}` makes from {starts[supported.input_kind]}: every argument of its call "
             f"passes through (see [`BasePipelineExplainer.__call__`]).\n\n    {supported.family.display_name}: "
             f"[`{type(supported.family).__name__}`] says how its pipelines are read."
         )

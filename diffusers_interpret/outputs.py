@@ -549,6 +549,78 @@ class PipelineExplainerOutput(BaseExplanationOutput):
     r"""The explanation of an image made by a text-to-image pipeline. See [`BaseExplanationOutput`]."""
 
 
+@dataclass
+class PipelineVideoExplainerOutput(BaseExplanationOutput):
+    r"""
+    The explanation of a clip made by a text-to-video pipeline (Wan). Everything of [`BaseExplanationOutput`], where
+    the image is the clip's **picture**: its frames laid out top to bottom (`num_frames` x `frame_size[0]` rows, with
+    the explained box drawn on each explained frame), and every map (`word_maps`, `attention_maps`,
+    `prompt_dependence_map`) is of that picture; and:
+
+    Args:
+        num_frames (`int`): The clip's frames.
+        frame_size (`(height, width)`): A frame's size in pixels.
+        explanation_frames (`(start, stop)`, *optional*): The explained frames, `start` to `stop - 1`; `None` for
+            every frame. `explanation_2d_bounding_box` is the box of each of them, in a frame's pixels.
+        explained_region (*optional*): The explained region of the picture: the box moved down to each explained
+            frame (one box, or one per frame; `None` for the whole clip).
+
+    `frames` are the clip's frames, `frame_maps(maps)` splits any picture-sized map into the frames', and
+    `explain(box, explanation_frames=(start, stop))` explains another box or span of frames without generating again.
+    """
+
+    num_frames: int = 0
+    frame_size: Tuple[int, int] = (0, 0)
+    explanation_frames: Optional[Tuple[int, int]] = None
+    explained_region: Any = field(default=None, repr=False)
+
+    @property
+    def frames(self) -> list:
+        r"""The clip's frames, of the picture's kind (PIL images with the box drawn on the explained ones, or arrays
+        or tensors)."""
+        height = self.frame_size[0]
+        image = self.image
+        if hasattr(image, "crop"):
+            return [image.crop((0, k * height, image.width, (k + 1) * height)) for k in range(self.num_frames)]
+        rows = 1 if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (1, 3) else 0
+        return [image[k * height : (k + 1) * height] if rows == 0 else image[:, k * height : (k + 1) * height]
+                for k in range(self.num_frames)]  # fmt: skip
+
+    def frame_maps(self, maps) -> np.ndarray:
+        r"""Picture-sized maps (..., num_frames x height, width) as the frames' (..., num_frames, height, width)."""
+        maps = np.asarray(maps)
+        return maps.reshape(*maps.shape[:-2], self.num_frames, self.frame_size[0], maps.shape[-1])
+
+    def clip_view(self, fps: float = 8.0, width: Optional[int] = None):
+        r"""
+        The clip played in the page (no GIF or video file: self-contained HTML), with a button per word of the
+        prompt that lays the word's map over the playing frames (`word_maps`, else the recorded attention maps; one
+        colour scale for every word). Shown inline in a notebook; `.save(path)` writes a page.
+
+        Args:
+            fps (`float`, *optional*, defaults to 8): Frames per second when playing.
+            width (`int`, *optional*): Display width in pixels.
+        """
+        from .views.clip import clip_view
+
+        return clip_view(self, fps=fps, width=width)
+
+    def explain(
+        self, explanation_2d_bounding_box=None, attribution_method=None, explanation_frames=None
+    ) -> "PipelineVideoExplainerOutput":
+        r"""
+        Explain another box, or span of frames, of the same clip without generating it again (see
+        [`BaseExplanationOutput.explain`] for what must be kept).
+
+        Args:
+            explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*): The box of each explained frame, in a
+                frame's pixels; `None` for whole frames.
+            attribution_method (`str` or `AttributionMethod`, *optional*): Another method; the call's own by default.
+            explanation_frames (`(start, stop)`, *optional*): The frames `start` to `stop - 1`; `None` for all.
+        """
+        return self._session().explain(self, explanation_2d_bounding_box, attribution_method, explanation_frames)
+
+
 class ExplanationOutputList(list):
     r"""One explanation per generated image, in the pipeline's order (prompt by prompt, then image by image)."""
 

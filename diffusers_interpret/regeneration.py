@@ -222,7 +222,7 @@ class Regeneration:
             generator=[clone_generator(self.generator_device, self.generator_state) for _ in range(count)],
             output_type="latent",
             return_dict=True,
-            num_images_per_prompt=1,
+            **{self.family.images_per_prompt_argument: 1},
             **overrides,
         )
         per_row = (*self.family.negative_prompt_arguments(self.pipe), "latents", "ip_adapter_image", "mask_image")
@@ -235,7 +235,8 @@ class Regeneration:
         # The pipeline's own call for `count` rows, the prompt's conditioning at the traced calls given by
         # `replacement`; returns the decoded images.
         plan = dataclasses.replace(self.plan, graph=grad, replace=True, pixels=grad_before_loop)
-        latents = run(plan, self._call_kwargs(count, **overrides), conditioning=replacement).output.images
+        result = run(plan, self._call_kwargs(count, **overrides), conditioning=replacement)
+        latents = self.family.output_latents(result.output)
         return decode(plan, latents)
 
     def traced_run(
@@ -248,7 +249,7 @@ class Regeneration:
         """
         plan = dataclasses.replace(self.plan, graph=graph, replace=True)
         result = run(plan, self._call_kwargs(1), conditioning=conditioning, recordings=recordings)
-        return decode(plan, result.output.images), result
+        return decode(plan, self.family.output_latents(result.output)), result
 
     def leaves(self, embeddings: torch.Tensor) -> ConditioningLeaves:
         r"""The conditioning leaves of one row of `embeddings` at the attribution level, for `traced_run`."""

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from .attribution import Aggregation, AttributionLevel, parse_attribution_level
-from .box import Box, BoxLike, normalize_box
+from .box import BoxLike, Region, frame_region, normalize_box
 from .checks import finite_number, positive_int
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_NOISE_LEVELS
 from .families import InputKind, PipelineFamily
+from .families.base import call_argument
 from .image_inputs import ExistingImage, ImageInput, image_size
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
@@ -60,6 +61,7 @@ class ExplainRequest:
     explained_image: Any = None
     noise_levels: Optional[Sequence[float]] = None
     noise_seed: int = 0
+    explanation_frames: Optional[Sequence[int]] = None
     pipeline_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,7 +76,8 @@ class CheckedRequest:
         n_traced (`int`, *optional*): Last denoising steps traced (`None`: all, 0: none).
         method (`AttributionMethod`): The attribution method.
         level (`AttributionLevel`): Where tokens are attributed.
-        box (`Box`, *optional*): The explained region, in pixels; `None` for the whole image.
+        box (`Region`, *optional*): The explained region, in pixels of the picture; `None` for the whole image. For a
+            clip, its picture's (the frames laid out top to bottom): the frames' box on each explained frame.
         height (`int`): The image's height.
         width (`int`): The image's width.
         check_memory (`bool`): Whether the memory guard refuses a call that does not fit.
@@ -87,12 +90,13 @@ class CheckedRequest:
     n_traced: Optional[int]
     method: AttributionMethod
     level: AttributionLevel
-    box: Optional[Box]
+    box: Optional[Region]
     height: int
     width: int
     check_memory: bool
     image_input: Optional[ImageInput] = None
     existing: Optional[ExistingImage] = None
+    num_frames: Optional[int] = None
 
     @property
     def pipeline_kwargs(self) -> Dict[str, Any]:
@@ -252,8 +256,17 @@ def check_inputs(
     else:
         default_height, default_width = family.default_size(pipe)
         height, width = int(height or default_height), int(width or default_width)
-    box = normalize_box(request.explanation_2d_bounding_box, height, width)
-    per_prompt = int(pipeline_kwargs.get("num_images_per_prompt") or 1)
+    num_frames = None
+    if family.video:
+        num_frames = int(call_argument(pipe, pipeline_kwargs, "num_frames"))
+        box = frame_region(request.explanation_2d_bounding_box, request.explanation_frames, height, width, num_frames)
+    elif request.explanation_frames is not None:
+        raise ValueError(
+            f"`explanation_frames` is for a clip's frames; {type(pipe).__name__} makes images: leave it out."
+        )
+    else:
+        box = normalize_box(request.explanation_2d_bounding_box, height, width)
+    per_prompt = int(pipeline_kwargs.get(family.images_per_prompt_argument) or 1)
     expanded = {"prompt": _expand(prompts, len(prompts), per_prompt, "prompt")}
     for name in family.prompt_arguments(pipe)[1:]:
         if pipeline_kwargs.get(name) is not None:
@@ -282,6 +295,7 @@ def check_inputs(
         check_memory=bool(request.check_memory) and not memory_check_disabled(),
         image_input=image_input,
         existing=existing,
+        num_frames=num_frames,
     )
 
 
@@ -297,7 +311,8 @@ def _check_call(request: ExplainRequest, pipe, family: PipelineFamily, num_promp
     positive_int(request.num_inference_steps, "num_inference_steps", allow_none=False)
     positive_int(request.height, "height")
     positive_int(request.width, "width")
-    positive_int(pipeline_kwargs.get("num_images_per_prompt"), "num_images_per_prompt")
+    per_prompt = family.images_per_prompt_argument
+    positive_int(pipeline_kwargs.get(per_prompt), per_prompt)
     generator = pipeline_kwargs.get("generator")
     generators = generator if isinstance(generator, list) else [generator]
     if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
@@ -305,7 +320,7 @@ def _check_call(request: ExplainRequest, pipe, family: PipelineFamily, num_promp
             f"`generator` must be a torch.Generator (e.g. `torch.Generator().manual_seed(0)`) or a list of them, got "
             f"{generator!r}."
         )
-    num_images = num_prompts * int(pipeline_kwargs.get("num_images_per_prompt") or 1)
+    num_images = num_prompts * int(pipeline_kwargs.get(per_prompt) or 1)
     if isinstance(generator, list) and len(generator) != num_images:
         raise ValueError(
             f"`generator` is a list of {len(generator)} generators for {num_images} images: give one per image "

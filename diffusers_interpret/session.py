@@ -14,7 +14,7 @@ from PIL import Image
 
 from . import checks
 from .assembly import fill_dependence, reexplained
-from .box import normalize_box
+from .box import frame_region, normalize_box
 from .methods import GradientAggregation, WordAttention, parse_method
 from .progress import progress_bar
 from .regeneration import Regeneration
@@ -84,7 +84,21 @@ class Session:
         self.released = True
 
     # -- another box ----------------------------------------------------------------------------------------------
-    def explain(self, output, explanation_2d_bounding_box, attribution_method=None):
+    def explain(self, output, explanation_2d_bounding_box, attribution_method=None, explanation_frames=None):
+        frames = self.request.num_frames
+        if frames is None:
+            return self._explain(output, explanation_2d_bounding_box, attribution_method)
+        # A clip: the box of each frame over a span of frames, a region of the clip's picture.
+        request = self.request
+        box = normalize_box(explanation_2d_bounding_box, request.height, request.width)
+        region = frame_region(box, explanation_frames, request.height, request.width, frames)
+        new = self._explain(output, region, attribution_method, (box, explanation_frames))
+        span = None if explanation_frames is None else tuple(int(k) for k in explanation_frames)
+        return dataclasses.replace(
+            new, explanation_2d_bounding_box=box, explanation_frames=span, explained_region=region
+        )
+
+    def _explain(self, output, explanation_2d_bounding_box, attribution_method=None, clip_box=None):
         method = parse_method(attribution_method) if attribution_method is not None else self.request.method
         if method.needs_attention_maps and self.trace.attention_maps is not None:
             height, width = self.trace.attention_maps.size
@@ -100,7 +114,7 @@ class Session:
         if self.released:
             raise RuntimeError("What this explanation kept was released: call the explainer again.")
         if self.request.keep == "latents":
-            return self._replay(output, explanation_2d_bounding_box, attribution_method)
+            return self._replay(output, explanation_2d_bounding_box, attribution_method, clip_box)
         height, width = self.trace.decoded.shape[-2:]
         return self._reexplain(output, explanation_2d_bounding_box, method, height, width)
 
@@ -119,13 +133,18 @@ class Session:
         new = reexplained(output, trace, scores, box, method, clean, input_image, mask)
         return new
 
-    def _replay(self, output, box, attribution_method):
-        # The same call again with another box: the untraced steps replayed from the kept denoiser outputs.
+    def _replay(self, output, box, attribution_method, clip_box=None):
+        # The same call again with another box: the untraced steps replayed from the kept denoiser outputs (a clip's
+        # box and span of frames, `clip_box`, as the call takes them).
         request = self.request.request
+        frames = None
+        if clip_box is not None:
+            box, frames = clip_box
         request = dataclasses.replace(
             request,
             attribution_method=request.attribution_method if attribution_method is None else attribution_method,
             explanation_2d_bounding_box=box,
+            explanation_frames=frames,
             get_images_for_all_inference_steps=False,
             keep_for_reexplanation=None,
             prompt_dependence=False,  # the call's map serves every box

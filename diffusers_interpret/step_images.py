@@ -59,7 +59,9 @@ class StepImageDecoder:
         with pipeline_lock(self.pipe), torch.no_grad():
             for latents in progress_bar(self.step_latents, "Decoding step images", disable=not self.verbose):
                 decoded = self.family.decode(self.pipe, latents, self.generator, self.size)
-                for sequence, picture in zip(per_image, self.pipe.image_processor.postprocess(decoded, "pil")):
+                for sequence, picture in zip(
+                    per_image, self.family.image_processor(self.pipe).postprocess(decoded, "pil")
+                ):
                     sequence.append(picture)
         if self.start is not None:
             for sequence in per_image:

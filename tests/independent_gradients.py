@@ -14,6 +14,14 @@ def box_sum(images: torch.Tensor, box) -> torch.Tensor:
     return images[0, :, y0:y1, x0:x1].sum()
 
 
+def pictures(output) -> torch.Tensor:
+    r"""A pipeline output's images (`output_type="pt"`), a video pipeline's clips as pictures of their frames laid out
+    top to bottom ((clips, frames, 3, H, W) -> (clips, 3, frames x H, W))."""
+    if hasattr(output, "frames"):
+        return output.frames.permute(0, 2, 1, 3, 4).flatten(2, 3)
+    return output.images
+
+
 def leaf_gradient(pipe, embed: torch.nn.Module, ids: torch.Tensor, box, seed: int = 0, **call) -> torch.Tensor:
     r"""d box_sum / d (the output of `embed` for `ids`), through `pipe(**call)` run with grad from seed `seed`."""
     leaf = {}
@@ -28,7 +36,7 @@ def leaf_gradient(pipe, embed: torch.nn.Module, ids: torch.Tensor, box, seed: in
     try:
         with torch.enable_grad():
             run = type(pipe).__call__.__wrapped__
-            images = run(pipe, generator=torch.Generator().manual_seed(seed), output_type="pt", **call).images
+            images = pictures(run(pipe, generator=torch.Generator().manual_seed(seed), output_type="pt", **call))
             return torch.autograd.grad(box_sum(images, box), leaf["e"])[0]
     finally:
         handle.remove()
@@ -47,7 +55,7 @@ def central_difference(
 
         handle = embed.register_forward_hook(add)
         try:
-            images = pipe(generator=torch.Generator().manual_seed(seed), output_type="pt", **call).images
+            images = pictures(pipe(generator=torch.Generator().manual_seed(seed), output_type="pt", **call))
             return float(box_sum(images, box))
         finally:
             handle.remove()

@@ -11,7 +11,7 @@ def pipeline_state(pipe):
     processors = [getattr(m, "processor", None) for model in models for m in model.modules()]
     overrides = {
         name: dict(vars(getattr(pipe, name)))
-        for name in ("image_processor", "control_image_processor", "mask_processor")
+        for name in ("image_processor", "control_image_processor", "mask_processor", "video_processor")
         if hasattr(pipe, name)
     }
     return hooks, processors, overrides, torch.is_grad_enabled()

@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
 from ..defaults import DEFAULT_ATTRIBUTION_METHOD
@@ -115,6 +116,12 @@ class PipelineFamily:
     # call's `image` (InstructPix2Pix): the redraws of the prompt dependence can be made, an existing image cannot be
     # explained alone.
     reads_input_image_latents: bool = False
+    # The call argument of the number of images made of each prompt (`"num_videos_per_prompt"` for video pipelines).
+    images_per_prompt_argument: str = "num_images_per_prompt"
+    # The pipeline makes clips: a clip is explained as one picture of its frames laid out top to bottom (the decode
+    # lays them out so, `frames_of` says how many), and its attention maps are made per frame
+    # (`attention_frames`, `attention_image_size`, `upsample_attention`).
+    video: bool = False
     # `None`: the denoiser reads the text through UNet cross-attention layers (recorded through their processors);
     # a `JointAttention`: through a transformer's joint attention (recorded beside the layers `attention_layers`
     # locates).
@@ -214,6 +221,14 @@ class PipelineFamily:
             return args, {**kwargs, "encoder_hidden_states": hidden}
         return (*args[:2], hidden, *args[3:]), kwargs
 
+    def output_latents(self, output) -> torch.Tensor:
+        r"""The final latents of the pipeline's call made with `output_type="latent"`."""
+        return output.images
+
+    def frames_of(self, pipe, latents: torch.Tensor) -> Optional[int]:
+        r"""The frames of the clip that final `latents` make (a video family); `None` for images."""
+        return None
+
     def denoiser_output(self, output) -> torch.Tensor:
         return output[0] if isinstance(output, tuple) else output.sample
 
@@ -249,6 +264,23 @@ class PipelineFamily:
     def attention_grid_scale(self, pipe) -> int:
         r"""Image pixels per cell of `attention_grid`, on each side."""
         return int(getattr(pipe, "vae_scale_factor", 8))
+
+    def attention_frames(self, args: tuple, kwargs: dict) -> Optional[int]:
+        r"""The latent frames of a video denoiser call (whose `attention_grid` lays them out top to bottom); `None`
+        for an image."""
+        return None
+
+    def attention_image_size(self, pipe, grid: Tuple[int, int], frames: Optional[int]) -> Tuple[int, int]:
+        r"""The (height, width) of the picture that maps recorded on `grid` (of `frames` latent frames) cover."""
+        scale = self.attention_grid_scale(pipe)
+        return grid[0] * scale, grid[1] * scale
+
+    def upsample_attention(
+        self, pipe, grids: torch.Tensor, size: Tuple[int, int], frames: Optional[int]
+    ) -> torch.Tensor:
+        r"""Maps (rows, tokens, h, w) of one layer grid upsampled to the picture's `size`: bilinearly
+        (`align_corners=False`); a video family upsamples each latent frame and shows it on the frames made of it."""
+        return F.interpolate(grids, size=size, mode="bilinear", align_corners=False)
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         r"""The joint-attention layers to record (families with a `joint_attention`), by module name."""
@@ -354,14 +386,19 @@ class PipelineFamily:
         image's (height, width), for families whose latents do not carry it (Flux's packed latents)."""
         raise NotImplementedError
 
+    def image_processor(self, pipe):
+        r"""The pipeline's processor of its output images (`image_processor`; a video pipeline's `video_processor`)."""
+        return pipe.image_processor
+
     def postprocess(self, pipe, decoded: torch.Tensor, output_type: str) -> Tuple[Any, Optional[List[bool]]]:
         r"""The pipeline's own post-processing (safety checker, watermark) of a detached decoded image: `(images,
         nsfw flags or None)`."""
-        return pipe.image_processor.postprocess(decoded, output_type=output_type), None
+        return self.image_processor(pipe).postprocess(decoded, output_type=output_type), None
 
     def unit_image(self, pipe, decoded: torch.Tensor) -> torch.Tensor:
         r"""The pipeline's [0, 1] output image (`postprocess(output_type="pt")`, clamp included), with the graph."""
-        return pipe.image_processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
+        processor = self.image_processor(pipe)
+        return processor.postprocess(decoded, output_type="pt", do_denormalize=[True] * len(decoded))
 
     # -- an image the user already has ------------------------------------------------------------------------------
     def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
@@ -376,13 +413,21 @@ class PipelineFamily:
         latents = retrieve_latents(vae.encode(pixels.to(vae.device, vae.dtype)), sample_mode="argmax")
         return latents * vae.config.scaling_factor
 
+    def clip_pixels(self, pipe, pictures: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        r"""The pixels `encode_image` reads of explained pictures (rows, 3, H, W) of images of `size`: the same (a
+        video family: each picture's frames, laid out top to bottom, as a clip (rows, 3, frames, height, width))."""
+        return pictures
+
     def draw_noise(self, pipe, latents: torch.Tensor, generator: torch.Generator, size: Tuple[int, int]):
         r"""Standard Gaussian noise for `latents`, drawn on the CPU from `generator` as the pipeline draws its noise
         (alike on every device)."""
         return torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
 
-    def vae_shapes(self, pipe, images: int, size: Tuple[int, int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        r"""The shapes of the VAE's latents and of its pixels for `images` images of `size` (height, width)."""
+    def vae_shapes(
+        self, pipe, images: int, size: Tuple[int, int], sample: Optional[torch.Tensor] = None
+    ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        r"""The shapes of the VAE's latents and of its pixels for `images` images of `size` (height, width), made
+        by denoiser calls on `sample` (what a video family reads the frames from)."""
         factor = int(getattr(pipe, "vae_scale_factor", 8))
         height, width = size
         return (images, self.latent_channels(pipe), height // factor, width // factor), (images, 3, height, width)

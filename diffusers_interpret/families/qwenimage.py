@@ -161,8 +161,8 @@ class QwenImageFamily(FluxFamily):
             "return_dict": False,
         }
 
-    def vae_shapes(self, pipe, images: int, size: Tuple[int, int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        latents, pixels = super().vae_shapes(pipe, images, size)
+    def vae_shapes(self, pipe, images: int, size: Tuple[int, int], sample=None):
+        latents, pixels = super().vae_shapes(pipe, images, size, sample)
         return (*latents[:2], 1, *latents[2:]), (*pixels[:2], 1, *pixels[2:])  # a video VAE: one frame
 
     def latent_channels(self, pipe) -> int:

@@ -289,6 +289,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self._current_call: Optional[int] = None
         self._current_recorded = False
         self._latent_size: Optional[Tuple[int, int]] = None
+        self._frames: Optional[int] = None
         self._rows: Optional[slice] = None
         self._text_length = 0
         self._current: Dict[Tuple[int, int], torch.Tensor] = {}
@@ -410,6 +411,7 @@ class CrossAttentionRecorder(ScopedHooks):
                 "pipeline call per `record_cross_attention` block."
             )
         self._latent_size = latent_size
+        self._frames = self.family.attention_frames(args, kwargs)
         self._rows = self.family.positive_rows(self.pipe, int(sample.shape[0]))
         self._current_call = index
         prompt_call = self.family.is_prompt_call(self.pipe, index, self.counter.calls_per_step)
@@ -489,13 +491,12 @@ class CrossAttentionRecorder(ScopedHooks):
         r"""The image size `(height, width)`: the latent size times the VAE's scale factor."""
         if self._latent_size is None:
             raise RuntimeError("Nothing was recorded: run the pipeline inside the block.")
-        factor = self.family.attention_grid_scale(self.pipe)
-        return self._latent_size[0] * factor, self._latent_size[1] * factor
+        return self.family.attention_image_size(self.pipe, self._latent_size, self._frames)
 
     def _upsample(self, sums: Dict[Tuple[int, int], torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
         result = None
         for grid in sums.values():
-            up = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+            up = self.family.upsample_attention(self.pipe, grid, size, self._frames)
             result = up if result is None else result + up
         return result
 
@@ -517,7 +518,8 @@ class CrossAttentionRecorder(ScopedHooks):
         if self.keep_per_step:
             per_step = torch.stack([self._upsample(step, size).cpu() for step in self._per_step])
         finest = max(height for height, _ in self._total)
-        self._maps = self._make_maps(maps, per_step, cell_size=size[0] / finest)
+        cell_size = self.family.attention_grid_scale(self.pipe) * self._latent_size[0] / finest
+        self._maps = self._make_maps(maps, per_step, cell_size=cell_size)
         if self.keep_per_layer:
             names = list(self._per_layer[0]) if self._per_layer else []
             tokens = self._maps.num_tokens  # the joint recorder's extra column (the left-out share) dropped
@@ -548,6 +550,8 @@ def joint_queries_keys(
     """
     if hasattr(attn, "img_qkv_proj"):
         return _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+    if getattr(attn, "is_cross_attention", False) and not hasattr(attn, "add_q_proj"):
+        return _cross_queries_keys(attn, hidden_states, encoder_hidden_states)
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
     if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
@@ -614,6 +618,22 @@ def _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_e
     text_key = attn.norm_added_k(attn.txt_kv_proj(encoder_hidden_states).unflatten(-1, (2, heads, head_dim))[:, :, 0])
     query = torch.cat([torch.zeros_like(text_key), query], dim=1)
     return query, torch.cat([text_key, key], dim=1), head_dim
+
+
+def _cross_queries_keys(attn, hidden_states, encoder_hidden_states):
+    # A transformer's cross-attention layer (Wan's `attn2`): the image's queries over the text's keys alone, each
+    # projection normed over all heads together ("rms_norm_across_heads") as its processor norms it. Laid out as a
+    # joint sequence [text, image] whose text rows have no queries (zeros, never read) and whose keys are the text's.
+    heads = int(attn.heads)
+    query = attn.to_q(hidden_states)
+    if getattr(attn, "fused_projections", False):
+        key = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)[0]
+    else:
+        key = attn.to_k(encoder_hidden_states)
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    head_dim = key.shape[-1] // heads
+    query, key = query.unflatten(-1, (heads, head_dim)), key.unflatten(-1, (heads, head_dim))
+    return torch.cat([torch.zeros_like(key), query], dim=1), key, head_dim
 
 
 def layer_rotary(arguments: Dict[str, Any], rows: slice):

@@ -215,7 +215,8 @@ def estimate_memory(
     # The decode sees the images alone: the prompt's rows of the denoiser's batch (not classifier-free guidance's).
     rows = family.positive_rows(pipe, int(family.read_sample(args, kwargs).shape[0]))
     vae = pipe.vae
-    latent_shape, pixel_shape = family.vae_shapes(pipe, rows.stop - rows.start, size)
+    sample = family.read_sample(args, kwargs)
+    latent_shape, pixel_shape = family.vae_shapes(pipe, rows.stop - rows.start, size, sample)
     latents = torch.empty(latent_shape, dtype=vae.dtype, device="meta")
     decoder = saved_activation_bytes(vae, _decode, latents, blocks_checkpointed=checkpoint)  # as `tracing.decode` does
     encoder = 0

@@ -48,7 +48,7 @@ def redraw_changes(
         variants = [texts, {**texts, **without}]
     with torch.no_grad():
         latents = family.encode_image(pipe, pixels)
-    changed = torch.zeros(size)
+    changed = 0.0
     count = 0
     for level in levels:
         for _ in range(per_level):
@@ -57,6 +57,6 @@ def redraw_changes(
             predicted = torch.cat([run(plan, {**kwargs, **variant}).output.images for variant in variants])
             with torch.no_grad():
                 redrawn = family.unit_image(pipe, family.decode(pipe, predicted, None, size)).float().cpu()
-            changed += ((redrawn[0] - redrawn[1]).abs().amax(0) > PIXEL_CHANGE).float()
+            changed = changed + ((redrawn[0] - redrawn[1]).abs().amax(0) > PIXEL_CHANGE).float()
             count += 1
     return DependenceMap((changed / count).numpy())

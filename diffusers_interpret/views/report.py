@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
 from .markup import BAR, BAR_TOP, colour_legend, image_slider_html, image_to_data_uri
-from .summary import readings, what_was_explained
+from .summary import readings, region_in_words, what_was_explained
 
 REPORT_FILE_NAME = "report.html"
 _DISPLAY_WIDTH = 256
@@ -171,14 +171,17 @@ def _explanation_card(
     show_image: bool = True,
 ) -> str:
     box = getattr(output, "explanation_2d_bounding_box", None)
-    label = describe_box(box)
+    clip = bool(getattr(output, "num_frames", 0))
+    label = region_in_words(output) if clip else describe_box(box)
     image = _as_pil(output.image)
     parts = [f"<h3>{html.escape(label)}</h3>"]
     if getattr(output, "attribution_method", None) and output.stats.denoiser_calls:
         parts.append(f'<div class="meta">{html.escape(what_was_explained(output))}</div>')
     if image is not None:
         _save_png(image, out_dir, f"{prefix}_image.png", written)
-        if show_image:
+        if clip:  # a clip (its picture saved): played, each word's map over it
+            parts.append(output.clip_view(width=display_width).to_html())
+        elif show_image:
             parts.append(_img_tag(image, f"the image, {label} outlined in red", display_width))
         else:
             parts.append('<div class="meta">The image is the denoising steps\' last (beside).</div>')
@@ -292,7 +295,9 @@ def write_report(
             _save_png(steps[-1], out_dir, f"{prefix}_final.png", written)
         for e_index, output in enumerate(group, start=1):
             # The whole image's card leaves the picture to the steps' card, which ends on it.
-            show = not (steps and getattr(output, "explanation_2d_bounding_box", None) is None)
+            show = not (steps and getattr(output, "explanation_2d_bounding_box", None) is None) or bool(
+                getattr(output, "num_frames", 0)
+            )
             card = _explanation_card(output, f"{prefix}_e{e_index}", out_dir, written, save_plots, display_width, show)
             row.append(card)
         body.append('<div class="row">' + "".join(row) + "</div>")

@@ -30,6 +30,9 @@ def explanation_html(output) -> str:
     picture = _picture(output.image)
     scale = max(1, DISPLAY_SIZE // max(picture.size))
     width = picture.width * scale
+    shown = f'<img src="{image_to_data_uri(picture)}" style="width:{width}px;image-rendering:pixelated"/>'
+    if getattr(output, "num_frames", 0):  # a clip: played, each word's map over it
+        shown = output.clip_view().to_html()
     pairs = output.word_attributions or output.token_attributions
     rows = []
     whole = output.explanation_2d_bounding_box is None
@@ -50,8 +53,7 @@ def explanation_html(output) -> str:
             )
     else:
         rows.append('<tr><td style="color:#555">No attributions (no step was traced).</td></tr>')
-    box = output.explanation_2d_bounding_box
-    region = "the whole image" if box is None else html.escape(f"the box {tuple(map(tuple, box))}")
+    region = html.escape(region_in_words(output))
     how = html.escape(what_was_explained(output))
     dependence = describe_dependence(output.prompt_dependence, whole)
     headline = f'<div style="margin-bottom:6px;font-weight:bold">{html.escape(dependence)}</div>' if dependence else ""
@@ -59,13 +61,33 @@ def explanation_html(output) -> str:
     extra = "".join(f"<div style='color:#555'>{html.escape(line)}</div>" for line in readings(output))
     return (
         '<div style="font-family:sans-serif;font-size:13px;display:flex;gap:16px;align-items:flex-start">'
-        f'<img src="{image_to_data_uri(picture)}" style="width:{width}px;image-rendering:pixelated"/>'
+        f"{shown}"
         f'<div><div style="margin-bottom:4px">{html.escape(str(output.prompt or ""))}</div>'
         f'<div style="color:#555;margin-bottom:6px">Explaining {region}: {how}</div>{headline}'
         f'<table style="border-collapse:collapse">{"".join(rows)}</table>'
         f'<div style="color:#555;margin-top:4px;max-width:420px">{meaning} Bars: each word\'s share of the '
         f"scores in this region (they add up to 100% in every region).</div>{extra}</div></div>"
     )
+
+
+def region_in_words(output) -> str:
+    r"""What region was explained, in words: "the whole image", "the box ((x0, y0), (x1, y1))"; of a clip, with its
+    frames ("the box ... on frames 2 to 4")."""
+    box = output.explanation_2d_bounding_box
+    frames = getattr(output, "num_frames", 0)
+    if not frames:
+        return "the whole image" if box is None else f"the box {tuple(map(tuple, box))}"
+    span = getattr(output, "explanation_frames", None)
+    which = (
+        "every frame"
+        if span is None
+        else f"frames {span[0]} to {span[1] - 1}"
+        if span[1] - span[0] > 1
+        else (f"frame {span[0]}")
+    )
+    if box is None:
+        return "the whole clip" if span is None else which
+    return f"the box {tuple(map(tuple, box))} on {which} of the clip"
 
 
 LEVELS_IN_WORDS = {

@@ -1,0 +1,224 @@
+"""Wan: UMT5 tokens read by each block's cross-attention; a 3-D video latent, its frames laid out top to bottom."""
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .base import JointAttention, PipelineFamily, TextEncoderSlot, TransformerFamily, call_argument
+from .registry import register_family
+
+
+class WanFamily(TransformerFamily):
+    r"""
+    `WanPipeline` (Wan 2.1 text-to-video; Wan 2.2's second, low-noise transformer is refused).
+
+    `encode_prompt` cleans the prompt (ftfy, HTML entities, runs of white space), runs UMT5 (`text_encoder`) on its
+    tokens padded to `max_sequence_length` (512) and sets the states past the prompt's own tokens to zeros: the
+    transformer reads them through the cross-attention (`attn2`) of each block, with no mask, so the zero padding
+    takes attention without carrying a word (left out of the maps as an attention sink). Guidance is classifier-free
+    in two separate transformer calls per step, the prompt's first (`guidance_scale` > 1, 5.0 by default).
+
+    The clip is explained as one picture: its `num_frames` frames laid out top to bottom (`output.image`, a filmstrip
+    of `num_frames` x `height` rows; `output.frames` the frames). A box is a region of that picture, so a box on frame
+    `k` is the frame's box moved down `k` x `height` rows, and a span of whole frames is one box; `frame_box` makes
+    both. The transformer's tokens are 2x2 patches of each latent frame, and the VAE makes 4 frames of each latent
+    frame after the first (which makes one): a latent frame's maps are those of the frames it makes.
+    """
+
+    name = "wan"
+    display_name = "Wan"
+    required_components = ("transformer", "vae", "tokenizer", "text_encoder", "video_processor")
+    pipeline_class_names = ("WanPipeline",)
+    denoiser_attribute = "transformer"
+    sample_name = "hidden_states"
+    conditioning_names = ("encoder_hidden_states",)
+    pooled_name = None
+    images_per_prompt_argument = "num_videos_per_prompt"
+    video = True
+    # Cross-attention: the image's queries over the text's keys alone (the text has no queries of its own).
+    joint_attention = JointAttention(text_first=True, text_queries=False)
+
+    def input_kind(self, pipeline_class: type):
+        return None
+
+    # -- the denoiser call ----------------------------------------------------------------------------------------
+    def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+        if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is not None:
+            raise ValueError(
+                "Wan 2.2's two transformers (`transformer_2`, switched at `boundary_ratio`) are not explained yet: "
+                "explain a Wan 2.1 pipeline (one `transformer`), or load the pipeline with `transformer_2=None`."
+            )
+
+    def check_request(
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
+    ) -> None:
+        if not generating:
+            raise ValueError(
+                "Explaining a clip the user already has is not supported for Wan yet: explain a generated clip."
+            )
+        frames = call_argument(pipe, pipeline_kwargs, "num_frames")
+        temporal = int(pipe.vae_scale_factor_temporal)
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or frames % temporal != 1:
+            raise ValueError(
+                f"`num_frames` must be {temporal} x k + 1 frames (the VAE makes {temporal} frames of each latent "
+                f"frame after the first), got {frames!r}: the pipeline would round it and make another clip; pass "
+                f"e.g. {max(1, (int(frames) // temporal) * temporal + 1) if isinstance(frames, int) else 81}."
+            )
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        texts = [text for text in prompts if isinstance(text, str)]
+        for text in texts:
+            if prompt_clean(text) != text.strip():
+                raise ValueError(
+                    f"Wan's prompt cleaning rewrites the prompt {text!r} to {prompt_clean(text)!r}, so the words "
+                    "explained would not be the ones the model read: pass the cleaned text as the prompt."
+                )
+
+    def size_multiple(self, pipe) -> Optional[int]:
+        return int(pipe.vae_scale_factor_spatial) * int(self.denoiser(pipe).config.patch_size[1])
+
+    def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
+        return 2 if float(call_argument(pipe, call_kwargs or {}, "guidance_scale")) > 1 else 1
+
+    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
+        # With guidance the pipeline calls the transformer for the prompt first, then for the negative prompt.
+        return call_index % calls_per_step == 0
+
+    def positive_rows(self, pipe, batch_size: int) -> slice:
+        return slice(0, batch_size)
+
+    def attention_frames(self, args: tuple, kwargs: dict) -> Optional[int]:
+        return int(self.read_sample(args, kwargs).shape[2])
+
+    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
+        # The latent frames' grids top to bottom; the transformer's tokens are 2x2 patches of it, (latent frame, row,
+        # column) in order, which is the rows and columns of this grid halved.
+        frames, height, width = self.read_sample(args, kwargs).shape[2:]
+        return int(frames) * int(height), int(width)
+
+    def attention_grid_scale(self, pipe) -> int:
+        return int(pipe.vae_scale_factor_spatial)
+
+    def attention_image_size(self, pipe, grid: Tuple[int, int], frames: Optional[int]) -> Tuple[int, int]:
+        scale = self.attention_grid_scale(pipe)
+        height = grid[0] // frames * scale
+        return self.frame_count(pipe, frames) * height, grid[1] * scale
+
+    def upsample_attention(
+        self, pipe, grids: torch.Tensor, size: Tuple[int, int], frames: Optional[int]
+    ) -> torch.Tensor:
+        # Each latent frame's grid upsampled bilinearly to a frame, then shown on every frame the VAE makes of it.
+        count = self.frame_count(pipe, frames)
+        frame_height = size[0] // count
+        rows, tokens = grids.shape[:2]
+        per_frame = grids.reshape(rows * tokens, frames, grids.shape[-2] // frames, grids.shape[-1]).transpose(0, 1)
+        upsampled = torch.stack(
+            [
+                F.interpolate(grid[:, None], size=(frame_height, size[1]), mode="bilinear", align_corners=False)[:, 0]
+                for grid in per_frame
+            ]
+        )  # (latent frames, rows x tokens, H, W)
+        made = upsampled[self.latent_frame_of(pipe, count)]  # (frames, rows x tokens, H, W)
+        return made.transpose(0, 1).reshape(rows, tokens, count * frame_height, size[1])
+
+    def frame_count(self, pipe, latent_frames: int) -> int:
+        r"""The frames the VAE makes of `latent_frames` latent frames."""
+        return (int(latent_frames) - 1) * int(pipe.vae_scale_factor_temporal) + 1
+
+    def latent_frame_of(self, pipe, frames: int) -> torch.Tensor:
+        r"""For each of a clip's `frames` frames, the latent frame it is made of (the first alone, then 4 each)."""
+        temporal = int(pipe.vae_scale_factor_temporal)
+        return (torch.arange(frames) + temporal - 1) // temporal
+
+    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        return PipelineFamily.concept_blocks(self, denoiser)  # no text stream: refused, saying what to use
+
+    def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        return [(f"blocks.{index}.attn2", block.attn2) for index, block in enumerate(denoiser.blocks)]
+
+    # -- text -----------------------------------------------------------------------------------------------------
+    def text_encoders(self, pipe) -> List[TextEncoderSlot]:
+        return [TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(None), label="UMT5")]
+
+    def encoder_text(
+        self, pipe, slot: TextEncoderSlot, text: str, call_kwargs: Optional[Dict[str, Any]] = None
+    ) -> Tuple[str, int]:
+        # `prompt_clean` strips the outer white space (prompts it rewrites otherwise are refused in `check_request`).
+        return text.strip(), -(len(text) - len(text.lstrip()))
+
+    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
+        return int(call_argument(pipe, call_kwargs, "max_sequence_length"))
+
+    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
+        embeddings, _ = pipe.encode_prompt(
+            prompts["prompt"],
+            do_classifier_free_guidance=False,
+            num_videos_per_prompt=1,
+            max_sequence_length=int(call_argument(pipe, call_kwargs, "max_sequence_length")),
+            device=device,
+        )
+        return {"encoder_hidden_states": embeddings}
+
+    # -- the clip -------------------------------------------------------------------------------------------------
+    def default_size(self, pipe) -> Tuple[int, int]:
+        return int(call_argument(pipe, {}, "height")), int(call_argument(pipe, {}, "width"))
+
+    def output_latents(self, output) -> torch.Tensor:
+        return output.frames
+
+    def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
+        # The pipeline's own decode (its latents' mean and deviation undone), the frames laid out top to bottom.
+        vae = pipe.vae
+        config = vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        video = vae.decode((latents / std + mean).to(vae.dtype), return_dict=False)[0]  # (rows, 3, F, H, W)
+        return video.flatten(2, 3)
+
+    def frames_of(self, pipe, latents: torch.Tensor) -> int:
+        r"""The frames of the clip that final `latents` make."""
+        return self.frame_count(pipe, int(latents.shape[2]))
+
+    def image_processor(self, pipe):
+        return pipe.video_processor  # the frames' post-processing, alike for the picture of all of them
+
+    def clip_pixels(self, pipe, pictures: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        frames = pictures.shape[-2] // size[0]
+        return pictures.unflatten(-2, (frames, size[0]))
+
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        # As the pipeline's video-to-video encodes a clip: the posterior's mode, less the latents' mean, over their
+        # deviation.
+        vae = pipe.vae
+        config = vae.config
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        return (latents - mean) / std
+
+    def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
+        rows = latents.shape[0]
+        return {
+            "hidden_states": latents,
+            "timestep": timestep.expand(rows),
+            "encoder_hidden_states": conditioning["encoder_hidden_states"],
+            "attention_kwargs": call_kwargs.get("attention_kwargs"),
+            "return_dict": False,
+        }
+
+    def vae_shapes(self, pipe, images: int, size: Tuple[int, int], sample=None):
+        frames = int(sample.shape[2])  # the denoiser's latents are the VAE's
+        latents = (images, self.latent_channels(pipe), frames, *sample.shape[3:])
+        return latents, (images, 3, self.frame_count(pipe, frames), *size)
+
+    def latent_channels(self, pipe) -> int:
+        return int(pipe.vae.config.z_dim)
+
+
+WAN = register_family(WanFamily())

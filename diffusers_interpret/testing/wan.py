@@ -1,0 +1,74 @@
+"""Tiny, randomly initialised Wan text-to-video pipelines built offline from configs (as diffusers' own tests do)."""
+
+from typing import Optional
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+from ..tokenizer import build_sentencepiece_tokenizer
+from .components import freeze, tiny_t5
+
+# The call settings of the tiny pipelines: 9 frames (3 latent frames: the VAE compresses time 4x after the first
+# frame) of 16x16, 24 T5 positions (Wan's own default is 512).
+TINY_WAN_CALL = dict(height=16, width=16, num_frames=9, max_sequence_length=24)
+
+
+def make_tiny_wan_components(seed: int = 0, num_layers: int = 2) -> dict:
+    r"""
+    Components of a tiny Wan 2.1 pipeline (random weights, frozen, eval mode): clips of 16x16 frames, latents of
+    8x8 cells and a 4x temporal compression, a transformer of 2x2 patches; T5 (d_model 32) with a generated
+    sentencepiece tokenizer in place of UMT5.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
+    """
+    # From diffusers' tests/pipelines/wan/test_wan.py (get_dummy_components): the VAE's and the transformer's configs,
+    # with `num_layers` as an argument and the text encoder and tokenizer generated here instead of downloaded.
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    tokenizer = build_sentencepiece_tokenizer()
+    text_encoder = tiny_t5(tokenizer, d_model=32, seed=seed)
+    freeze(transformer, vae, text_encoder)
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "transformer_2": None,
+    }
+
+
+def make_tiny_wan_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2) -> WanPipeline:
+    r"""
+    A tiny offline Wan text-to-video pipeline with random weights, for tests and benchmarks. Call it with
+    `**TINY_WAN_CALL`.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        dtype (`torch.dtype`, *optional*): Cast the pipeline.
+        num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
+    """
+    pipe = WanPipeline(**make_tiny_wan_components(seed, num_layers))
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

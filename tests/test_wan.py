@@ -1,0 +1,193 @@
+"""Wan text-to-video through the family seam: the clip as a picture of its frames, space-time boxes, per-frame maps."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import seeded
+from independent_gradients import central_difference, leaf_gradient
+from pipeline_state import pipeline_state
+
+from diffusers_interpret import WanPipelineExplainer, explainer_for
+from diffusers_interpret.box import frame_region
+from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
+
+PROMPT = "a red ball rolls to the left"
+FRAMES, SIZE = TINY_WAN_CALL["num_frames"], TINY_WAN_CALL["height"]
+COMMON = dict(num_inference_steps=3, negative_prompt="", **TINY_WAN_CALL)
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return make_tiny_wan_pipeline()
+
+
+@pytest.fixture(scope="module")
+def wan64():
+    return make_tiny_wan_pipeline(dtype=torch.float64)
+
+
+def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
+    kwargs.setdefault("attribution_method", "grad_x_input")
+    return explainer_for(pipe, verbose=False)(prompt, generator=seeded(seed), **{**COMMON, **kwargs})
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "attention", "ablation"])
+def test_the_clip_is_the_pipelines_clip(wan, method):
+    # Guidance 5 (two transformer calls a step, the prompt's first) and 1 (one call).
+    for seed, guidance in ((1, 5.0), (2, 1.0)):
+        expected = wan(PROMPT, generator=seeded(seed), output_type="np", guidance_scale=guidance, **COMMON).frames[0]
+        out = explain(wan, seed=seed, attribution_method=method, output_type="np", guidance_scale=guidance)
+        assert out.image.shape == (FRAMES * SIZE, SIZE, 3) and len(out.frames) == FRAMES
+        np.testing.assert_array_equal(np.stack(out.frames), expected)
+        scores = out.token_attributions.scores
+        assert np.isfinite(scores).all() and scores.max() > 1e-3 * np.abs(scores).sum(), method
+        assert [word for word, _ in out.word_attributions] == PROMPT.split()
+    assert isinstance(explainer_for(wan), WanPipelineExplainer)
+    assert out.stats.denoiser_calls == 3  # guidance 1: one call a step
+
+
+def test_token_gradients_of_a_space_time_region_equal_an_independent_autograd_and_finite_differences(wan64):
+    # The left half of frames 1 to 4 (the frames of the second latent frame): UMT5's token embedding output replaced by
+    # a leaf, the pipeline's own __call__ with grad, the region's pixel sum differentiated; then the directional
+    # derivative along that gradient by central differences (the scheduler steps in float32: rel 1e-3).
+    pipe, eps = wan64, 1e-3
+    out = explain(pipe, explanation_2d_bounding_box=((0, 0), (8, SIZE)), explanation_frames=(1, 5), guidance_scale=5.0)
+    region = out.explained_region
+    assert region == ((0, SIZE), (8, 5 * SIZE))  # whole-height boxes on consecutive frames: one box of the picture
+    ids = pipe.tokenizer(
+        PROMPT, padding="max_length", max_length=COMMON["max_sequence_length"], truncation=True, return_tensors="pt"
+    ).input_ids
+    embed = pipe.text_encoder.encoder.embed_tokens  # T5's stack calls its own module (tied to `shared`)
+    call = dict(prompt=PROMPT, guidance_scale=5.0, **COMMON)
+    grad = leaf_gradient(pipe, embed, ids, region, **call)
+    units = out.session.trace.prompt_tokens[0].units
+    for row, unit in enumerate(units):
+        np.testing.assert_allclose(
+            out.token_gradients[row], grad[0, unit.token_index], rtol=1e-5, atol=1e-7 * float(grad.abs().max())
+        )
+    assert central_difference(pipe, embed, ids, grad, eps, region, **call) == pytest.approx(
+        float(grad.norm()), rel=1e-3
+    )
+
+
+def test_a_box_over_a_span_of_frames_is_that_box_on_each_frame(wan):
+    # Another region re-explained from the kept graph equals a fresh call with it; the region's gradient is the sum of
+    # its frames' (gradients are additive over pixels).
+    box = ((4, 4), (12, 12))
+    out = explain(wan, explanation_2d_bounding_box=box, explanation_frames=(2, 5), keep_for_reexplanation="graph")
+    assert out.explained_region == tuple(((4, 4 + k * SIZE), (12, 12 + k * SIZE)) for k in (2, 3, 4))
+    assert out.explanation_2d_bounding_box == box and out.explanation_frames == (2, 5)
+    fresh = explain(wan, explanation_2d_bounding_box=box, explanation_frames=(3, 4))
+    again = out.explain(box, explanation_frames=(3, 4))
+    np.testing.assert_allclose(again.token_gradients, fresh.token_gradients, rtol=1e-5, atol=1e-9)
+    assert again.explanation_frames == (3, 4) and again.explained_region == ((4, 4 + 3 * SIZE), (12, 12 + 3 * SIZE))
+    per_frame = sum(out.explain(box, explanation_frames=(k, k + 1)).token_gradients for k in (2, 3, 4))
+    np.testing.assert_allclose(out.token_gradients, per_frame, rtol=1e-4, atol=1e-7)
+    # The picture shows the box on the explained frames only.
+    drawn = np.asarray(out.image)[..., 0] == 255
+    frames_drawn = [bool(drawn[k * SIZE : (k + 1) * SIZE].any()) for k in range(FRAMES)]
+    assert frames_drawn == [k in (2, 3, 4) for k in range(FRAMES)]
+
+
+def test_per_frame_word_maps_equal_an_independent_computation(wan):
+    # Each block's cross-attention from its own projections (queries and keys normed over all heads, as the processor
+    # norms them), a softmax over the prompt's own tokens (the zero padding is an attention sink, left out), heads,
+    # layers and the prompt's calls averaged (with guidance the pipeline calls the prompt first, then the negative);
+    # each latent frame upsampled to a frame and shown on the frames the VAE makes of it (1, then 4 each).
+    out = explain(wan, attribution_method="attention", guidance_scale=5.0)
+    tokens = out.session.trace.prompt_tokens[0]
+    positions = list(tokens.positions)
+    captured = []
+    hooks = [
+        block.attn2.register_forward_pre_hook(lambda m, a, k: captured.append((m, a, k)), with_kwargs=True)
+        for block in wan.transformer.blocks
+    ]
+    try:
+        wan(PROMPT, generator=seeded(0), guidance_scale=5.0, **COMMON)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = len(wan.transformer.blocks)
+    prompt_calls = [captured[i : i + layers] for i in range(0, len(captured), 2 * layers)]
+    per_call = []
+    for calls in prompt_calls:
+        per_layer = []
+        for attn, args, _ in calls:
+            hidden, text = args[0], args[1]
+            heads = attn.heads
+            q = attn.norm_q(attn.to_q(hidden)).unflatten(-1, (heads, -1)).transpose(1, 2)
+            k = attn.norm_k(attn.to_k(text)).unflatten(-1, (heads, -1)).transpose(1, 2)
+            scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+            per_layer.append(scores[..., positions].softmax(-1).mean(1)[0])  # (image tokens, prompt tokens)
+        per_call.append(torch.stack(per_layer).mean(0))
+    probs = torch.stack(per_call).mean(0)
+    latent_frames = (FRAMES - 1) // 4 + 1
+    grid = probs.T.reshape(len(positions), latent_frames, SIZE // 16, SIZE // 16)
+    frames = [
+        F.interpolate(grid[:, f][None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0]
+        for f in range(latent_frames)
+    ]
+    expected = torch.stack([frames[(t + 3) // 4] for t in range(FRAMES)], dim=1)  # (tokens, frames, H, W)
+    maps = out.frame_maps(out.attention_maps.maps[0][positions])
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert 0 < out.attention_sink_share < 1
+
+
+def test_state_restored_after_an_injected_exception(wan):
+    explain(wan, prompt_dependence=False)  # transformers' own hooks appear at a first run (see test_controlnet)
+    before = pipeline_state(wan)
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    for method in ("grad_x_input", "word_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explain(wan, attribution_method=method, callback_on_step_end=boom)
+        assert pipeline_state(wan) == before
+    out = explain(wan, prompt_dependence=False)
+    assert out.token_attributions is not None and pipeline_state(wan) == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(explanation_frames=(5, 12)), r"not a span of the clip's 9 frames"),
+        (dict(explanation_frames=(3, 3)), r"0 <= start < stop <= 9"),
+        (dict(explanation_frames=3), r"must be \(start, stop\)"),
+        (dict(explanation_2d_bounding_box=((0, 0), (8, 20))), "reaches outside the 16x16"),
+        (dict(num_frames=10), r"4 x k \+ 1 frames.*e\.g\. 9"),
+        (dict(prompt="a  red ball"), "prompt cleaning rewrites"),
+        (dict(attribution_method="concept_attention"), "needs a text stream"),
+    ],
+)
+def test_what_wan_cannot_explain_is_refused_before_any_model_runs(wan, kwargs, message):
+    calls = []
+    handle = wan.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            explain(wan, **kwargs)
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def test_frames_are_refused_for_images_and_a_second_transformer_for_wan(tiny_pipe, wan):
+    with pytest.raises(ValueError, match="for a clip's frames"):
+        explainer_for(tiny_pipe, verbose=False)(PROMPT, explanation_frames=(0, 1), num_inference_steps=1)
+    wan.transformer_2 = wan.transformer
+    try:
+        with pytest.raises(ValueError, match="transformer_2=None"):
+            explain(wan)
+    finally:
+        wan.transformer_2 = None
+
+
+def test_frame_region_is_the_frames_box_moved_to_each_frame():
+    assert frame_region(None, None, 16, 24, 5) is None
+    assert frame_region(None, (1, 3), 16, 24, 5) == ((0, 16), (24, 48))
+    assert frame_region((2, 3, 10, 12), (4, 5), 16, 24, 5) == ((2, 67), (10, 76))
+    assert frame_region(((2, 3), (10, 12)), (0, 2), 16, 24, 5) == (((2, 3), (10, 12)), ((2, 19), (10, 28)))
+    assert frame_region(((2, 0), (10, 16)), (1, 4), 16, 24, 5) == ((2, 16), (10, 64))
