@@ -191,3 +191,25 @@ def test_frame_region_is_the_frames_box_moved_to_each_frame():
     assert frame_region((2, 3, 10, 12), (4, 5), 16, 24, 5) == ((2, 67), (10, 76))
     assert frame_region(((2, 3), (10, 12)), (0, 2), 16, 24, 5) == (((2, 3), (10, 12)), ((2, 19), (10, 28)))
     assert frame_region(((2, 0), (10, 16)), (1, 4), 16, 24, 5) == ((2, 16), (10, 64))
+
+
+def test_the_cli_explains_a_saved_wan_clip_over_frames(tmp_path, capsys):
+    # A saved tiny Wan, a box over frames 2 to 4: the report names the region, plays the clip (no GIF or video file)
+    # with a button per word; --frames on an image model, and a span outside the clip, are one error line each.
+    from diffusers_interpret.cli import main
+
+    make_tiny_wan_pipeline().save_pretrained(tmp_path / "model")
+    common = ["--steps", "2", "--quiet", "--height", "16", "--width", "16", "--max-sequence-length", "24"]
+    argv = ["explain", PROMPT, "--model", str(tmp_path / "model"), *common, "--num-frames", "9"]
+    assert main([*argv, "--frames", "2", "5", "--box", "0,0,8,8", "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "the box ((0, 0), (8, 8)) on frames 2 to 4 of the clip" in page
+    assert page.count('data-word="') == len(PROMPT.split()) + 1 and "frame 0 (of 0 to 8)" in page
+    assert not list((tmp_path / "out").glob("*.gif")) and not list((tmp_path / "out").glob("*.mp4"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*argv, "--frames", "7", "12", "--out", str(tmp_path / "out2")])
+    assert "not a span of the clip's 9 frames" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["explain", PROMPT, "--frames", "0", "1", "--quiet", "--out", str(tmp_path / "out3")])  # the toy SD
+    assert "--frames is for video pipelines" in capsys.readouterr().err

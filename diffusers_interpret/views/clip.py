@@ -49,7 +49,8 @@ def clip_player_html(
         overlays (`Dict[str, List[PIL.Image.Image]]`, *optional*): Per word, its map's frames.
         fps (`float`, *optional*, defaults to 8): Frames per second when playing.
         width (`int`, *optional*): Display width in pixels (at least 256 by default, pixelated).
-        labels (`Sequence[str]`, *optional*): A label per frame (`"frame 3/9"` by default).
+        labels (`Sequence[str]`, *optional*): A label per frame (`"frame 3 (of 0 to 8)"` by default: frames are
+            counted from 0, as `explanation_frames` counts them).
     """
     if not frames:
         return "<div>No frames.</div>"
@@ -59,7 +60,7 @@ def clip_player_html(
     display_height = int(round(display_width * frames[0].height / frames[0].width))
     uris = [frame_data_uri(frame) for frame in frames]
     words = {word: [image_to_data_uri(image) for image in images] for word, images in (overlays or {}).items()}
-    labels = list(labels) if labels is not None else [f"frame {k + 1}/{count}" for k in range(count)]
+    labels = list(labels) if labels is not None else [f"frame {k} (of 0 to {count - 1})" for k in range(count)]
     buttons = "".join(
         f'<button type="button" data-word="{k}" style="margin:2px">{html.escape(word)}</button>'
         for k, word in enumerate(words)
@@ -110,6 +111,22 @@ def clip_player_html(
 }})();
 </script>
 </div>"""
+
+
+def contact_sheet(picture: Image.Image, num_frames: int, most: int = 16) -> Image.Image:
+    r"""A clip's picture (its frames top to bottom) as a grid of at most `most` of its frames, evenly spaced (the
+    first and the last among them), in rows of up to four: a still of the whole clip."""
+    height = picture.height // num_frames
+    chosen = sorted(
+        {round(k * (num_frames - 1) / max(1, min(most, num_frames) - 1)) for k in range(min(most, num_frames))}
+    )
+    columns = min(4, len(chosen))
+    rows = -(-len(chosen) // columns)
+    sheet = Image.new("RGB", (columns * picture.width, rows * height), "white")
+    for index, frame in enumerate(chosen):
+        tile = picture.crop((0, frame * height, picture.width, (frame + 1) * height))
+        sheet.paste(tile, ((index % columns) * picture.width, (index // columns) * height))
+    return sheet
 
 
 class ClipView:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
+from .clip import contact_sheet
 from .markup import BAR, BAR_TOP, colour_legend, image_slider_html, image_to_data_uri
 from .summary import readings, region_in_words, what_was_explained
 
@@ -288,6 +289,9 @@ def write_report(
         body.append(f"<h2>{html.escape(prompt)}</h2>")
         row = []
         steps = next((o.all_images_during_generation for o in group if o.all_images_during_generation), None)
+        frames = getattr(group[0], "num_frames", 0)
+        if steps and frames:  # a clip's steps: a still of its frames at each step
+            steps = [contact_sheet(picture, frames) for picture in steps]
         if steps:
             row.append(
                 '<div class="card"><h3>denoising steps</h3>' + image_slider_html(steps, width=display_width) + "</div>"
