@@ -19,7 +19,6 @@ from .box import BoxLike, Region, frame_region, normalize_box
 from .checks import finite_number, positive_int
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_NOISE_LEVELS
 from .families import InputKind, PipelineFamily
-from .families.base import call_argument
 from .image_inputs import ExistingImage, ImageInput, image_size
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
@@ -258,7 +257,7 @@ def check_inputs(
         height, width = int(height or default_height), int(width or default_width)
     num_frames = None
     if family.video:
-        num_frames = int(call_argument(pipe, pipeline_kwargs, "num_frames"))
+        num_frames = family.clip_frames(pipe, pipeline_kwargs)
         box = frame_region(request.explanation_2d_bounding_box, request.explanation_frames, height, width, num_frames)
     elif request.explanation_frames is not None:
         raise ValueError(

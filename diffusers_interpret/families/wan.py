@@ -3,13 +3,13 @@
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .base import JointAttention, PipelineFamily, TextEncoderSlot, TransformerFamily, call_argument
+from .base import JointAttention, TextEncoderSlot, call_argument
 from .registry import register_family
+from .video import VideoFamily
 
 
-class WanFamily(TransformerFamily):
+class WanFamily(VideoFamily):
     r"""
     `WanPipeline` (Wan 2.1 text-to-video; Wan 2.2's second, low-noise transformer is refused).
 
@@ -19,11 +19,9 @@ class WanFamily(TransformerFamily):
     takes attention without carrying a word (left out of the maps as an attention sink). Guidance is classifier-free
     in two separate transformer calls per step, the prompt's first (`guidance_scale` > 1, 5.0 by default).
 
-    The clip is explained as one picture: its `num_frames` frames laid out top to bottom (`output.image`, a filmstrip
-    of `num_frames` x `height` rows; `output.frames` the frames). A box is a region of that picture, so a box on frame
-    `k` is the frame's box moved down `k` x `height` rows, and a span of whole frames is one box; `frame_box` makes
-    both. The transformer's tokens are 2x2 patches of each latent frame, and the VAE makes 4 frames of each latent
-    frame after the first (which makes one): a latent frame's maps are those of the frames it makes.
+    The clip is explained as one picture of its frames ([`VideoFamily`]). The transformer's tokens are 2x2 patches of
+    each latent frame, and the VAE makes 4 frames of each latent frame after the first (which makes one): a latent
+    frame's maps are those of the frames it makes.
     """
 
     name = "wan"
@@ -32,15 +30,8 @@ class WanFamily(TransformerFamily):
     pipeline_class_names = ("WanPipeline",)
     denoiser_attribute = "transformer"
     sample_name = "hidden_states"
-    conditioning_names = ("encoder_hidden_states",)
-    pooled_name = None
-    images_per_prompt_argument = "num_videos_per_prompt"
-    video = True
     # Cross-attention: the image's queries over the text's keys alone (the text has no queries of its own).
     joint_attention = JointAttention(text_first=True, text_queries=False)
-
-    def input_kind(self, pipeline_class: type):
-        return None
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -93,51 +84,14 @@ class WanFamily(TransformerFamily):
     def positive_rows(self, pipe, batch_size: int) -> slice:
         return slice(0, batch_size)
 
-    def attention_frames(self, args: tuple, kwargs: dict) -> Optional[int]:
-        return int(self.read_sample(args, kwargs).shape[2])
+    def clip_frames(self, pipe, call_kwargs: Dict[str, Any]) -> int:
+        return int(call_argument(pipe, call_kwargs, "num_frames"))
 
-    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
-        # The latent frames' grids top to bottom; the transformer's tokens are 2x2 patches of it, (latent frame, row,
-        # column) in order, which is the rows and columns of this grid halved.
-        frames, height, width = self.read_sample(args, kwargs).shape[2:]
-        return int(frames) * int(height), int(width)
-
-    def attention_grid_scale(self, pipe) -> int:
-        return int(pipe.vae_scale_factor_spatial)
-
-    def attention_image_size(self, pipe, grid: Tuple[int, int], frames: Optional[int]) -> Tuple[int, int]:
-        scale = self.attention_grid_scale(pipe)
-        height = grid[0] // frames * scale
-        return self.frame_count(pipe, frames) * height, grid[1] * scale
-
-    def upsample_attention(
-        self, pipe, grids: torch.Tensor, size: Tuple[int, int], frames: Optional[int]
-    ) -> torch.Tensor:
-        # Each latent frame's grid upsampled bilinearly to a frame, then shown on every frame the VAE makes of it.
-        count = self.frame_count(pipe, frames)
-        frame_height = size[0] // count
-        rows, tokens = grids.shape[:2]
-        per_frame = grids.reshape(rows * tokens, frames, grids.shape[-2] // frames, grids.shape[-1]).transpose(0, 1)
-        upsampled = torch.stack(
-            [
-                F.interpolate(grid[:, None], size=(frame_height, size[1]), mode="bilinear", align_corners=False)[:, 0]
-                for grid in per_frame
-            ]
-        )  # (latent frames, rows x tokens, H, W)
-        made = upsampled[self.latent_frame_of(pipe, count)]  # (frames, rows x tokens, H, W)
-        return made.transpose(0, 1).reshape(rows, tokens, count * frame_height, size[1])
-
-    def frame_count(self, pipe, latent_frames: int) -> int:
-        r"""The frames the VAE makes of `latent_frames` latent frames."""
-        return (int(latent_frames) - 1) * int(pipe.vae_scale_factor_temporal) + 1
-
-    def latent_frame_of(self, pipe, frames: int) -> torch.Tensor:
-        r"""For each of a clip's `frames` frames, the latent frame it is made of (the first alone, then 4 each)."""
+    def latent_frame_of(self, pipe, latent_frames: int) -> torch.Tensor:
+        # The VAE makes one frame of the first latent frame, then `vae_scale_factor_temporal` (4) of each.
         temporal = int(pipe.vae_scale_factor_temporal)
+        frames = (int(latent_frames) - 1) * temporal + 1
         return (torch.arange(frames) + temporal - 1) // temporal
-
-    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
-        return PipelineFamily.concept_blocks(self, denoiser)  # no text stream: refused, saying what to use
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         return [(f"blocks.{index}.attn2", block.attn2) for index, block in enumerate(denoiser.blocks)]
@@ -169,9 +123,6 @@ class WanFamily(TransformerFamily):
     def default_size(self, pipe) -> Tuple[int, int]:
         return int(call_argument(pipe, {}, "height")), int(call_argument(pipe, {}, "width"))
 
-    def output_latents(self, output) -> torch.Tensor:
-        return output.frames
-
     def decode(self, pipe, latents: torch.Tensor, generator=None, size=None) -> torch.Tensor:
         # The pipeline's own decode (its latents' mean and deviation undone), the frames laid out top to bottom.
         vae = pipe.vae
@@ -180,17 +131,6 @@ class WanFamily(TransformerFamily):
         std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
         video = vae.decode((latents / std + mean).to(vae.dtype), return_dict=False)[0]  # (rows, 3, F, H, W)
         return video.flatten(2, 3)
-
-    def frames_of(self, pipe, latents: torch.Tensor) -> int:
-        r"""The frames of the clip that final `latents` make."""
-        return self.frame_count(pipe, int(latents.shape[2]))
-
-    def image_processor(self, pipe):
-        return pipe.video_processor  # the frames' post-processing, alike for the picture of all of them
-
-    def clip_pixels(self, pipe, pictures: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        frames = pictures.shape[-2] // size[0]
-        return pictures.unflatten(-2, (frames, size[0]))
 
     def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
         # As the pipeline's video-to-video encodes a clip: the posterior's mode, less the latents' mean, over their
@@ -211,11 +151,6 @@ class WanFamily(TransformerFamily):
             "attention_kwargs": call_kwargs.get("attention_kwargs"),
             "return_dict": False,
         }
-
-    def vae_shapes(self, pipe, images: int, size: Tuple[int, int], sample=None):
-        frames = int(sample.shape[2])  # the denoiser's latents are the VAE's
-        latents = (images, self.latent_channels(pipe), frames, *sample.shape[3:])
-        return latents, (images, 3, self.frame_count(pipe, frames), *size)
 
     def latent_channels(self, pipe) -> int:
         return int(pipe.vae.config.z_dim)

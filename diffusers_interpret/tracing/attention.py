@@ -554,6 +554,12 @@ def joint_queries_keys(
         return _cross_queries_keys(attn, hidden_states, encoder_hidden_states)
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
+    shared = getattr(attn, "add_q_proj", None) is None and getattr(attn, "to_added_qkv", None) is None
+    if encoder_hidden_states is not None and shared:
+        # One set of projections for the text and the image (CogVideoX): the sequence joined first, as its
+        # processor joins it.
+        parts = [encoder_hidden_states, hidden_states] if text_first else [hidden_states, encoder_hidden_states]
+        hidden_states, encoder_hidden_states = torch.cat(parts, dim=1), None
     if hasattr(attn, "to_qkv_mlp_proj"):  # Flux 2's single-stream layers: queries, keys, values and the MLP's input
         qkv = attn.to_qkv_mlp_proj(hidden_states)[..., : 3 * int(attn.inner_dim)]
         query, key, _ = qkv.chunk(3, dim=-1)
@@ -597,6 +603,15 @@ def joint_queries_keys(
         return query, key, head_dim
     from diffusers.models.embeddings import apply_rotary_emb
 
+    rotated = int(image_rotary_emb[0].shape[0]) if isinstance(image_rotary_emb, (tuple, list)) else query.shape[1]
+    if rotated < query.shape[1]:
+        # A rotary embedding of the image's positions alone (CogVideoX's): the image's queries and keys rotated, the
+        # text's left as they are.
+        image = slice(query.shape[1] - rotated, None) if text_first else slice(0, rotated)
+        query, key = query.clone(), key.clone()
+        query[:, image] = apply_rotary_emb(query[:, image], image_rotary_emb, sequence_dim=1)
+        key[:, image] = apply_rotary_emb(key[:, image], image_rotary_emb, sequence_dim=1)
+        return query, key, head_dim
     query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
     key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
     return query, key, head_dim

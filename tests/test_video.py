@@ -1,4 +1,4 @@
-"""Wan text-to-video through the family seam: the clip as a picture of its frames, space-time boxes, per-frame maps."""
+"""Wan and CogVideoX through the family seam: the clip as a picture of its frames, space-time boxes, per-frame maps."""
 
 import numpy as np
 import pytest
@@ -8,23 +8,38 @@ from conftest import seeded
 from independent_gradients import central_difference, leaf_gradient
 from pipeline_state import pipeline_state
 
-from diffusers_interpret import WanPipelineExplainer, explainer_for
+from diffusers_interpret import CogVideoXPipelineExplainer, WanPipelineExplainer, explainer_for
 from diffusers_interpret.box import frame_region
+from diffusers_interpret.testing.cogvideox import TINY_COGVIDEOX_CALL, make_tiny_cogvideox_pipeline
 from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
 
 PROMPT = "a red ball rolls to the left"
 FRAMES, SIZE = TINY_WAN_CALL["num_frames"], TINY_WAN_CALL["height"]
+assert TINY_COGVIDEOX_CALL == TINY_WAN_CALL  # one clip size for both families' checks
 COMMON = dict(num_inference_steps=3, negative_prompt="", **TINY_WAN_CALL)
+MAKERS = {
+    "wan": make_tiny_wan_pipeline,
+    "cogvideox": make_tiny_cogvideox_pipeline,  # 5B's rotary embedding
+    "cogvideox_2b": lambda **options: make_tiny_cogvideox_pipeline(rotary=False, **options),  # 2B's fixed one
+}
+EXPLAINERS = {"wan": WanPipelineExplainer, "cogvideox": CogVideoXPipelineExplainer}
+_PIPES = {}
+
+
+def tiny(family, dtype=torch.float32):
+    if (family, dtype) not in _PIPES:
+        _PIPES[family, dtype] = MAKERS[family](dtype=None if dtype is torch.float32 else dtype)
+    return _PIPES[family, dtype]
+
+
+@pytest.fixture(scope="module", params=["wan", "cogvideox", "cogvideox_2b"])
+def video(request):
+    return request.param, tiny(request.param)
 
 
 @pytest.fixture(scope="module")
 def wan():
-    return make_tiny_wan_pipeline()
-
-
-@pytest.fixture(scope="module")
-def wan64():
-    return make_tiny_wan_pipeline(dtype=torch.float64)
+    return tiny("wan")
 
 
 def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
@@ -33,25 +48,28 @@ def explain(pipe, prompt=PROMPT, seed=0, **kwargs):
 
 
 @pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "attention", "ablation"])
-def test_the_clip_is_the_pipelines_clip(wan, method):
-    # Guidance 5 (two transformer calls a step, the prompt's first) and 1 (one call).
+def test_the_clip_is_the_pipelines_clip(video, method):
+    # Guidance 5 (Wan: two transformer calls a step, the prompt's first; CogVideoX: [negative, prompt] rows in one)
+    # and 1 (one call, one row).
+    family, pipe = video
     for seed, guidance in ((1, 5.0), (2, 1.0)):
-        expected = wan(PROMPT, generator=seeded(seed), output_type="np", guidance_scale=guidance, **COMMON).frames[0]
-        out = explain(wan, seed=seed, attribution_method=method, output_type="np", guidance_scale=guidance)
+        expected = pipe(PROMPT, generator=seeded(seed), output_type="np", guidance_scale=guidance, **COMMON).frames[0]
+        out = explain(pipe, seed=seed, attribution_method=method, output_type="np", guidance_scale=guidance)
         assert out.image.shape == (FRAMES * SIZE, SIZE, 3) and len(out.frames) == FRAMES
         np.testing.assert_array_equal(np.stack(out.frames), expected)
         scores = out.token_attributions.scores
         assert np.isfinite(scores).all() and scores.max() > 1e-3 * np.abs(scores).sum(), method
         assert [word for word, _ in out.word_attributions] == PROMPT.split()
-    assert isinstance(explainer_for(wan), WanPipelineExplainer)
+    assert isinstance(explainer_for(pipe), EXPLAINERS[family.split("_")[0]])
     assert out.stats.denoiser_calls == 3  # guidance 1: one call a step
 
 
-def test_token_gradients_of_a_space_time_region_equal_an_independent_autograd_and_finite_differences(wan64):
-    # The left half of frames 1 to 4 (the frames of the second latent frame): UMT5's token embedding output replaced by
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_token_gradients_of_a_space_time_region_equal_an_independent_autograd_and_finite_differences(family):
+    # The left half of frames 1 to 4 (the frames of the second latent frame): T5's token embedding output replaced by
     # a leaf, the pipeline's own __call__ with grad, the region's pixel sum differentiated; then the directional
-    # derivative along that gradient by central differences (the scheduler steps in float32: rel 1e-3).
-    pipe, eps = wan64, 1e-3
+    # derivative along that gradient by central differences (Wan's scheduler steps in float32: rel 1e-3).
+    pipe, eps = tiny(family, torch.float64), 1e-3
     out = explain(pipe, explanation_2d_bounding_box=((0, 0), (8, SIZE)), explanation_frames=(1, 5), guidance_scale=5.0)
     region = out.explained_region
     assert region == ((0, SIZE), (8, 5 * SIZE))  # whole-height boxes on consecutive frames: one box of the picture
@@ -71,26 +89,30 @@ def test_token_gradients_of_a_space_time_region_equal_an_independent_autograd_an
     )
 
 
-def test_a_box_over_a_span_of_frames_is_that_box_on_each_frame(wan):
+def test_a_box_over_a_span_of_frames_is_that_box_on_each_frame(video):
     # Another region re-explained from the kept graph equals a fresh call with it; the region's gradient is the sum of
     # its frames' (gradients are additive over pixels).
+    _, pipe = video
     box = ((4, 4), (12, 12))
-    out = explain(wan, explanation_2d_bounding_box=box, explanation_frames=(2, 5), keep_for_reexplanation="graph")
+    out = explain(pipe, explanation_2d_bounding_box=box, explanation_frames=(2, 5), keep_for_reexplanation="graph")
     assert out.explained_region == tuple(((4, 4 + k * SIZE), (12, 12 + k * SIZE)) for k in (2, 3, 4))
     assert out.explanation_2d_bounding_box == box and out.explanation_frames == (2, 5)
-    fresh = explain(wan, explanation_2d_bounding_box=box, explanation_frames=(3, 4))
+    fresh = explain(pipe, explanation_2d_bounding_box=box, explanation_frames=(3, 4))
     again = out.explain(box, explanation_frames=(3, 4))
     np.testing.assert_allclose(again.token_gradients, fresh.token_gradients, rtol=1e-5, atol=1e-9)
     assert again.explanation_frames == (3, 4) and again.explained_region == ((4, 4 + 3 * SIZE), (12, 12 + 3 * SIZE))
-    per_frame = sum(out.explain(box, explanation_frames=(k, k + 1)).token_gradients for k in (2, 3, 4))
-    np.testing.assert_allclose(out.token_gradients, per_frame, rtol=1e-4, atol=1e-7)
+    per_frame = torch.stack([out.explain(box, explanation_frames=(k, k + 1)).token_gradients for k in (2, 3, 4)]).sum(
+        0
+    )
+    scale = float(np.abs(out.token_gradients).max())
+    np.testing.assert_allclose(out.token_gradients, per_frame, rtol=1e-4, atol=1e-5 * scale)
     # The picture shows the box on the explained frames only.
-    drawn = np.asarray(out.image)[..., 0] == 255
+    drawn = (np.asarray(out.image) == (255, 0, 0)).all(-1)
     frames_drawn = [bool(drawn[k * SIZE : (k + 1) * SIZE].any()) for k in range(FRAMES)]
     assert frames_drawn == [k in (2, 3, 4) for k in range(FRAMES)]
 
 
-def test_per_frame_word_maps_equal_an_independent_computation(wan):
+def test_wans_per_frame_word_maps_equal_an_independent_computation(wan):
     # Each block's cross-attention from its own projections (queries and keys normed over all heads, as the processor
     # norms them), a softmax over the prompt's own tokens (the zero padding is an attention sink, left out), heads,
     # layers and the prompt's calls averaged (with guidance the pipeline calls the prompt first, then the negative);
@@ -134,9 +156,65 @@ def test_per_frame_word_maps_equal_an_independent_computation(wan):
     assert 0 < out.attention_sink_share < 1
 
 
-def test_state_restored_after_an_injected_exception(wan):
-    explain(wan, prompt_dependence=False)  # transformers' own hooks appear at a first run (see test_controlnet)
-    before = pipeline_state(wan)
+def test_cogvideox_per_frame_word_maps_equal_an_independent_computation():
+    # Each block's joint attention over [text, video] from its own projections (one set for both, each head's query
+    # and key layer-normed, the video's rotated by the layer's rotary embedding), the video's queries' softmax over the
+    # prompt's own tokens (the padding is left out as a sink), heads and layers averaged over the prompt's rows of the
+    # guided batch; 8 frames are 2 latent frames decoded as one batch of the VAE: 4 frames each.
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    pipe = tiny("cogvideox")
+    call = dict(COMMON, num_frames=8, guidance_scale=6.0)
+    out = explainer_for(pipe, verbose=False)(PROMPT, generator=seeded(0), attribution_method="attention", **call)
+    assert out.num_frames == 8 and len(out.frames) == 8
+    positions = list(out.session.trace.prompt_tokens[0].positions)
+    captured = []
+    hooks = [
+        block.attn1.register_forward_pre_hook(lambda m, a, k: captured.append((m, k)), with_kwargs=True)
+        for block in pipe.transformer.transformer_blocks
+    ]
+    try:
+        pipe(PROMPT, generator=seeded(0), **call)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_call = []
+    for attn, kwargs in captured:
+        text, video, rotary = (
+            kwargs["encoder_hidden_states"][1:],
+            kwargs["hidden_states"][1:],
+            kwargs["image_rotary_emb"],
+        )
+        joined = torch.cat([text, video], dim=1)
+        heads = attn.heads
+        q = attn.norm_q(attn.to_q(joined).unflatten(-1, (heads, -1)).transpose(1, 2))
+        k = attn.norm_k(attn.to_k(joined).unflatten(-1, (heads, -1)).transpose(1, 2))
+        n = text.shape[1]
+        q = torch.cat([q[:, :, :n], apply_rotary_emb(q[:, :, n:], rotary)], dim=2)
+        k = torch.cat([k[:, :, :n], apply_rotary_emb(k[:, :, n:], rotary)], dim=2)
+        scores = (q[:, :, n:] @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        per_call.append(scores[..., positions].softmax(-1).mean(1)[0])
+    probs = torch.stack(per_call).mean(0)
+    grid = probs.T.reshape(len(positions), 2, SIZE // 16, SIZE // 16)
+    frames = [
+        F.interpolate(grid[:, f][None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0] for f in range(2)
+    ]
+    expected = torch.stack([frames[t // 4] for t in range(8)], dim=1)
+    np.testing.assert_allclose(out.frame_maps(out.attention_maps.maps[0][positions]), expected, atol=1e-5)
+
+
+def test_cogvideox_refuses_a_frame_count_its_vae_would_not_make():
+    pipe = tiny("cogvideox")
+    with pytest.raises(ValueError, match=r"`num_frames=10` is not a clip .* would make 9 frames"):
+        explain(pipe, num_frames=10)
+    with pytest.raises(ValueError, match="needs a text stream"):
+        explain(pipe, attribution_method="concept_attention")
+
+
+def test_state_restored_after_an_injected_exception(video):
+    _, pipe = video
+    explain(pipe, prompt_dependence=False)  # transformers' own hooks appear at a first run (see test_controlnet)
+    before = pipeline_state(pipe)
 
     def boom(pipe, step, timestep, kwargs):
         if step == 1:
@@ -145,10 +223,10 @@ def test_state_restored_after_an_injected_exception(wan):
 
     for method in ("grad_x_input", "word_attention"):
         with pytest.raises(KeyError, match="injected"):
-            explain(wan, attribution_method=method, callback_on_step_end=boom)
-        assert pipeline_state(wan) == before
-    out = explain(wan, prompt_dependence=False)
-    assert out.token_attributions is not None and pipeline_state(wan) == before
+            explain(pipe, attribution_method=method, callback_on_step_end=boom)
+        assert pipeline_state(pipe) == before
+    out = explain(pipe, prompt_dependence=False)
+    assert out.token_attributions is not None and pipeline_state(pipe) == before
 
 
 @pytest.mark.parametrize(

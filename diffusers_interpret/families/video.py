@@ -1,0 +1,105 @@
+r"""What the text-to-video families share: a clip explained as one picture of its frames laid out top to bottom."""
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .base import PipelineFamily, TransformerFamily
+
+
+class VideoFamily(TransformerFamily):
+    r"""
+    A video pipeline's family: the clip is explained as one **picture**, its frames laid out top to bottom (the
+    decode lays them out so), so that every box, mask, map and target of the image families serves a clip; a box on
+    frame `k` is the frame's box moved down `k` frames (`box.frame_region`). The denoiser's tokens are patches of each
+    latent frame, (latent frame, row, column) in order: the attention grid is the latent frames' grids top to bottom,
+    each latent frame's maps upsampled to a frame and shown on every frame the VAE makes of it (`latent_frame_of`).
+
+    A subclass says where the latent frames sit in the denoiser's sample (`frames_axis`), how many frames its VAE
+    makes of them (`latent_frame_of`), and how many frames a call makes (`clip_frames`).
+    """
+
+    images_per_prompt_argument = "num_videos_per_prompt"
+    video = True
+    pooled_name = None
+    conditioning_names = ("encoder_hidden_states",)
+    # The axis of the latent frames in the denoiser's sample and in the final latents (Wan: (rows, C, F, H, W)).
+    frames_axis: int = 2
+
+    def input_kind(self, pipeline_class: type):
+        return None
+
+    def clip_frames(self, pipe, call_kwargs: Dict[str, Any]) -> int:
+        r"""The frames of the clip a call with `call_kwargs` makes."""
+        raise NotImplementedError
+
+    def latent_frame_of(self, pipe, latent_frames: int) -> torch.Tensor:
+        r"""For each frame the VAE makes of `latent_frames` latent frames, the latent frame it is made of."""
+        raise NotImplementedError
+
+    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        return PipelineFamily.concept_blocks(self, denoiser)  # no text stream of its own: refused, saying what to use
+
+    # -- maps -----------------------------------------------------------------------------------------------------
+    def attention_frames(self, args: tuple, kwargs: dict) -> Optional[int]:
+        return int(self.read_sample(args, kwargs).shape[self.frames_axis])
+
+    def attention_grid(self, args: tuple, kwargs: dict) -> Tuple[int, int]:
+        # The latent frames' grids top to bottom; the tokens are 2x2 patches of it, which is its rows and columns
+        # halved (the recorders find the patch grid as a downsampling of this one).
+        sample = self.read_sample(args, kwargs)
+        height, width = sample.shape[-2:]
+        return int(sample.shape[self.frames_axis]) * int(height), int(width)
+
+    def attention_grid_scale(self, pipe) -> int:
+        return int(pipe.vae_scale_factor_spatial)
+
+    def attention_image_size(self, pipe, grid: Tuple[int, int], frames: Optional[int]) -> Tuple[int, int]:
+        scale = self.attention_grid_scale(pipe)
+        count = len(self.latent_frame_of(pipe, frames))
+        return count * (grid[0] // frames) * scale, grid[1] * scale
+
+    def upsample_attention(
+        self, pipe, grids: torch.Tensor, size: Tuple[int, int], frames: Optional[int]
+    ) -> torch.Tensor:
+        # Each latent frame's grid upsampled bilinearly to a frame, then shown on every frame the VAE makes of it.
+        made_of = self.latent_frame_of(pipe, frames)
+        frame_height = size[0] // len(made_of)
+        rows, tokens = grids.shape[:2]
+        per_frame = grids.reshape(rows * tokens, frames, grids.shape[-2] // frames, grids.shape[-1]).transpose(0, 1)
+        upsampled = torch.stack(
+            [
+                F.interpolate(grid[:, None], size=(frame_height, size[1]), mode="bilinear", align_corners=False)[:, 0]
+                for grid in per_frame
+            ]
+        )  # (latent frames, rows x tokens, H, W)
+        made = upsampled[made_of]  # (frames, rows x tokens, H, W)
+        return made.transpose(0, 1).reshape(rows, tokens, len(made_of) * frame_height, size[1])
+
+    # -- the clip -------------------------------------------------------------------------------------------------
+    def output_latents(self, output) -> torch.Tensor:
+        return output.frames
+
+    def frames_of(self, pipe, latents: torch.Tensor) -> int:
+        return len(self.latent_frame_of(pipe, int(latents.shape[self.frames_axis])))
+
+    def image_processor(self, pipe):
+        return pipe.video_processor  # the frames' post-processing, alike for the picture of all of them
+
+    def clip_pixels(self, pipe, pictures: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        frames = pictures.shape[-2] // size[0]
+        return pictures.unflatten(-2, (frames, size[0]))
+
+    def vae_shapes(self, pipe, images: int, size: Tuple[int, int], sample=None):
+        frames = int(sample.shape[self.frames_axis])  # the denoiser's latents are the VAE's
+        latents = (images, self.latent_channels(pipe), frames, *sample.shape[-2:])
+        return latents, (images, 3, len(self.latent_frame_of(pipe, frames)), *size)
+
+    def check_clip_frames(self, pipe, asked: Any, made: int) -> None:
+        r"""Refuse a frame count the pipeline would not make as asked (it rounds it, or its VAE makes another)."""
+        if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1 or asked != made:
+            raise ValueError(
+                f"`num_frames={asked!r}` is not a clip this {self.display_name} pipeline makes (it would make "
+                f"{made} frames): pass a frame count it makes, e.g. {made if made > 0 else 1}."
+            )
