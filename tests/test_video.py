@@ -211,6 +211,50 @@ def test_cogvideox_refuses_a_frame_count_its_vae_would_not_make():
         explain(pipe, attribution_method="concept_attention")
 
 
+def test_wans_self_attention_of_a_region_of_a_frame_equals_an_independent_computation(wan):
+    # The top-left quarter of frame 5 of a 32x32 clip: frame 5 is made of latent frame 2 ((5 + 3) // 4), whose 2x2
+    # patch grid's top-left cell is the one query (token 2 x 4). Each block's self-attention (`attn1`) from its own
+    # projections, normed over all heads, each head's pairs rotated as complex numbers by the layer's rotary
+    # embedding; softmax over the video's tokens, the query's row, heads, layers and the prompt's calls averaged;
+    # shown on every frame of each latent frame.
+    from diffusers_interpret import record_self_attention
+
+    call = dict(COMMON, height=32, width=32, guidance_scale=5.0)
+    box = ((0, 5 * 32), (16, 5 * 32 + 16))
+    captured = []
+    hooks = [
+        block.attn1.register_forward_pre_hook(lambda m, a, k: captured.append((m, a, k)), with_kwargs=True)
+        for block in wan.transformer.blocks
+    ]
+    try:
+        with record_self_attention(wan, box=box) as recorder:
+            wan(PROMPT, generator=seeded(0), **call)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = len(wan.transformer.blocks)
+    per_call = []
+    for attn, args, _ in [c for i in range(0, len(captured), 2 * layers) for c in captured[i : i + layers]]:
+        hidden, (cos, sin) = args[0], args[3]  # attn1(hidden_states, None, None, rotary_emb)
+        heads = attn.heads
+        q = attn.norm_q(attn.to_q(hidden)).unflatten(-1, (heads, -1))
+        k = attn.norm_k(attn.to_k(hidden)).unflatten(-1, (heads, -1))
+        turn = torch.polar(torch.ones_like(cos[..., 0::2]), torch.atan2(sin[..., 1::2], cos[..., 0::2]))
+        q, k = (
+            torch.view_as_real(torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * turn).flatten(-2)
+            for x in (q, k)
+        )
+        scores = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)) / q.shape[-1] ** 0.5
+        per_call.append(scores.softmax(-1).mean(1)[0, 2 * 4])  # the query token's row, heads averaged
+    probs = torch.stack(per_call).mean(0).reshape(3, 2, 2)
+    frames = [
+        F.interpolate(probs[f][None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+        for f in range(3)
+    ]
+    expected = torch.cat([frames[(t + 3) // 4] for t in range(FRAMES)])
+    np.testing.assert_allclose(recorder.maps.maps[0, 0], expected, atol=1e-6)
+
+
 def test_state_restored_after_an_injected_exception(video):
     _, pipe = video
     explain(pipe, prompt_dependence=False)  # transformers' own hooks appear at a first run (see test_controlnet)

@@ -116,6 +116,9 @@ class PipelineFamily:
     # call's `image` (InstructPix2Pix): the redraws of the prompt dependence can be made, an existing image cannot be
     # explained alone.
     reads_input_image_latents: bool = False
+    # The layers of `self_attention_layers` read the text in their sequence (joint attention); `False` where they
+    # read the image's tokens alone (Wan's self-attention beside its cross-attention).
+    self_attention_reads_text: bool = True
     # The call argument of the number of images made of each prompt (`"num_videos_per_prompt"` for video pipelines).
     images_per_prompt_argument: str = "num_images_per_prompt"
     # The pipeline makes clips: a clip is explained as one picture of its frames laid out top to bottom (the decode
@@ -285,6 +288,12 @@ class PipelineFamily:
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         r"""The joint-attention layers to record (families with a `joint_attention`), by module name."""
         raise NotImplementedError
+
+    def self_attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        r"""The layers where the image's tokens attend to one another (`record_self_attention`) in a family with a
+        `joint_attention`: its joint-attention layers (their image-to-image block), unless it has layers of their
+        own (Wan's `attn1`, `self_attention_reads_text = False`)."""
+        return self.attention_layers(denoiser)
 
     def text_embedder(self, denoiser) -> torch.nn.Module:
         r"""The denoiser's own projection of text states into its text stream (what concept tokens are made with)."""

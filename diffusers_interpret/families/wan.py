@@ -32,6 +32,7 @@ class WanFamily(VideoFamily):
     sample_name = "hidden_states"
     # Cross-attention: the image's queries over the text's keys alone (the text has no queries of its own).
     joint_attention = JointAttention(text_first=True, text_queries=False)
+    self_attention_reads_text = False  # `attn1`: the video's tokens alone
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -97,6 +98,9 @@ class WanFamily(VideoFamily):
         return [(f"blocks.{index}.attn2", block.attn2) for index, block in enumerate(denoiser.blocks)]
 
     # -- text -----------------------------------------------------------------------------------------------------
+    def self_attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        return [(f"blocks.{index}.attn1", block.attn1) for index, block in enumerate(denoiser.blocks)]
+
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(None), label="UMT5")]
 

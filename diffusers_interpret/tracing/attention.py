@@ -552,6 +552,8 @@ def joint_queries_keys(
         return _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
     if getattr(attn, "is_cross_attention", False) and not hasattr(attn, "add_q_proj"):
         return _cross_queries_keys(attn, hidden_states, encoder_hidden_states)
+    if hasattr(attn, "cross_attention_dim_head"):  # Wan's self-attention over the video's tokens
+        return _wan_self_queries_keys(attn, hidden_states, image_rotary_emb)
     heads = int(attn.heads)
     fused = getattr(attn, "fused_projections", False)
     shared = getattr(attn, "add_q_proj", None) is None and getattr(attn, "to_added_qkv", None) is None
@@ -651,10 +653,30 @@ def _cross_queries_keys(attn, hidden_states, encoder_hidden_states):
     return torch.cat([torch.zeros_like(key), query], dim=1), key, head_dim
 
 
+def _wan_self_queries_keys(attn, hidden_states, rotary_emb):
+    # Wan's self-attention (`attn1`): queries and keys normed over all heads together, then each head's rotated by the
+    # video's (frame, row, column) rotary embedding as its processor rotates them ((cos, sin) of (1, tokens, 1, dim)).
+    heads = int(attn.heads)
+    if getattr(attn, "fused_projections", False):
+        query, key, _ = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    else:
+        query, key = attn.to_q(hidden_states), attn.to_k(hidden_states)
+    query, key = attn.norm_q(query).unflatten(-1, (heads, -1)), attn.norm_k(key).unflatten(-1, (heads, -1))
+    if rotary_emb is not None:
+        cos, sin = rotary_emb[0][..., 0::2], rotary_emb[1][..., 1::2]
+
+        def rotate(x):
+            first, second = x.unflatten(-1, (-1, 2)).unbind(-1)
+            return torch.stack([first * cos - second * sin, first * sin + second * cos], dim=-1).flatten(-2).type_as(x)
+
+        query, key = rotate(query), rotate(key)
+    return query, key, int(query.shape[-1])
+
+
 def layer_rotary(arguments: Dict[str, Any], rows: slice):
-    r"""A joint-attention layer's rotary embedding from its call's arguments (`image_rotary_emb`, or Z-Image's
-    `freqs_cis`), at the batch rows `rows` where it has a row per image (Z-Image's, PRX's)."""
-    rotary = arguments.get("image_rotary_emb", arguments.get("freqs_cis"))
+    r"""A joint-attention layer's rotary embedding from its call's arguments (`image_rotary_emb`, Z-Image's
+    `freqs_cis` or Wan's `rotary_emb`), at the batch rows `rows` where it has a row per image (Z-Image's, PRX's)."""
+    rotary = arguments.get("image_rotary_emb", arguments.get("freqs_cis", arguments.get("rotary_emb")))
     batch = int(arguments["hidden_states"].shape[0])
     if isinstance(rotary, torch.Tensor) and rotary.dim() >= 3 and rotary.shape[0] == batch:
         return rotary[rows]

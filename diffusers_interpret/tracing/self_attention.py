@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from diffusers.models.attention_processor import Attention
 
-from ..box import normalize_box
+from ..box import boxes_of, normalize_box
 from .attention import (
     CrossAttentionRecorder,
     joint_queries_keys,
@@ -46,6 +46,27 @@ def region_cells(box, grid: Tuple[int, int], image_size: Tuple[int, int]) -> Lis
     r = min(int((y0 + y1) / 2 * rows / height), rows - 1)
     c = min(int((x0 + x1) / 2 * columns / width), columns - 1)
     return [r * columns + c]
+
+
+def clip_region_cells(
+    region, grid: Tuple[int, int], made_of: torch.Tensor, picture_size: Tuple[int, int]
+) -> List[int]:
+    r"""
+    The cells of a video's attention grid (its latent frames' grids top to bottom) that a region of the clip's
+    picture (its frames top to bottom, `made_of[t]` the latent frame frame `t` is made of) covers: on each frame the
+    region reaches, the cells of that frame's latent frame whose centres fall in the region's part on the frame.
+    """
+    frames, latent_frames = len(made_of), int(made_of.max()) + 1
+    frame_height, width = picture_size[0] // frames, picture_size[1]
+    rows, columns = grid[0] // latent_frames, grid[1]
+    cells = set()
+    for (x0, y0), (x1, y1) in boxes_of(region):
+        for frame in range(y0 // frame_height, (y1 - 1) // frame_height + 1):
+            top = frame * frame_height
+            part = ((x0, max(y0, top) - top), (x1, min(y1, top + frame_height) - top))
+            offset = int(made_of[frame]) * rows * columns
+            cells.update(offset + cell for cell in region_cells(part, (rows, columns), (frame_height, width)))
+    return sorted(cells)
 
 
 @torch.no_grad()
@@ -136,7 +157,7 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
 
     def _layers(self) -> List[Tuple[str, torch.nn.Module]]:
         if self.family.joint_attention is not None:
-            return self.family.attention_layers(self.unet)
+            return self.family.self_attention_layers(self.unet)
         return [
             (name, module)
             for name, module in self.unet.named_modules()
@@ -149,7 +170,10 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
 
     def _cells(self, image_tokens: int) -> List[int]:
         grid = query_grid(image_tokens, self._latent_size)
-        return region_cells(self.box, grid, self.query_image_size())
+        if self._frames is None:
+            return region_cells(self.box, grid, self.query_image_size())
+        made_of = self.family.latent_frame_of(self.pipe, self._frames)
+        return clip_region_cells(self.box, grid, made_of, self.query_image_size())
 
     def _region_hook(self, name: str):
         def hook(module, args, kwargs):
@@ -164,10 +188,11 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
             else:
                 text = arguments.get("encoder_hidden_states")
                 mask = layer_mask(arguments, self.family.joint_attention.text_first)
+                text_length = self._text_length if self.family.self_attention_reads_text else 0
                 layout = self.family.joint_layout(
-                    self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
+                    self.unet, int(hidden_states.shape[1]), text_length, self._latent_size
                 )
-                image_tokens = int(hidden_states.shape[1]) - (0 if text is not None else self._text_length)
+                image_tokens = int(hidden_states.shape[1]) - (0 if text is not None else text_length)
                 if layout is not None:
                     image_tokens = len(range(*layout[0].indices(int(hidden_states.shape[1]))))
                 probs = joint_self_attention_region(
@@ -175,7 +200,7 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
                     hidden_states.detach()[rows],
                     None if text is None else text.detach()[rows],
                     layer_rotary(arguments, rows),
-                    self._text_length,
+                    text_length,
                     self._cells(image_tokens),
                     text_first=self.family.joint_attention.text_first,
                     attention_mask=None if mask is None else mask.detach()[rows],
@@ -429,8 +454,8 @@ class TextRelationRecorder(_MatrixRecorder):
     def _install(self) -> None:
         if self.family.joint_attention is not None and not self.family.joint_attention.text_queries:
             raise ValueError(
-                f"{self.family.display_name}'s prompt tokens have no queries in the denoiser (only the image's attend "
-                "over [text, image]): it has no text-to-text attention to record."
+                f"{self.family.display_name}'s prompt tokens have no queries in the denoiser (only the image's tokens "
+                "attend to them): it has no text-to-text attention to record."
             )
         if self.family.joint_attention is None:
             raise ValueError(
