@@ -1,8 +1,10 @@
 r"""
-Make the docs' pictures from real outputs of the shipped toy models (nothing drawn by hand): `docs/images/*.png`.
+Make the docs' pictures from real outputs of the shipped toy models (nothing drawn by hand; the video picture from a
+tiny random-weight pipeline, for its layout): `docs/images/*.png`.
 
     python scripts/make_doc_pictures.py             # every picture
     python scripts/make_doc_pictures.py controlnet  # the toy ControlNet's only
+    python scripts/make_doc_pictures.py video       # a tiny random-weight Wan clip's layout (no video toy yet)
 """
 
 import sys
@@ -165,9 +167,47 @@ def control_picture() -> None:
     control.resize((128, 128), 0).save(OUT / "controlnet_outline.png")
 
 
+def video_picture() -> None:
+    r"""A tiny random-weight Wan's clip explained over a box on frames 2 to 4: the layout of a clip's explanation
+    (frames, the box on the explained frames, a word's map on every frame, the words' bars), not a reading."""
+    import matplotlib.pyplot as plt
+
+    from diffusers_interpret import explainer_for
+    from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
+
+    call = dict(TINY_WAN_CALL, height=32, width=32)
+    output = explainer_for(make_tiny_wan_pipeline(), verbose=False)(
+        "a red ball rolls to the left", negative_prompt="", num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0), explanation_2d_bounding_box=((0, 0), (16, 16)),
+        explanation_frames=(2, 5), **call,
+    )  # fmt: skip
+    maps = output.frame_maps(np.sum([output.word_maps[t] for t in output.word_tokens[2]], axis=0))  # "ball"
+    frames = output.num_frames
+    fig = plt.figure(figsize=(13, 4.6))
+    grid = fig.add_gridspec(3, frames, height_ratios=[1, 1, 1.3])
+    for k in range(frames):
+        top, middle = fig.add_subplot(grid[0, k]), fig.add_subplot(grid[1, k])
+        top.imshow(output.frames[k].resize((96, 96), 0))
+        top.set_title(f"frame {k}", fontsize=9)
+        middle.imshow(output.frames[k].resize((96, 96), 0))
+        middle.imshow(np.kron(maps[k], np.ones((3, 3))), cmap="jet", alpha=0.5, vmin=0, vmax=float(maps.max()))
+        for ax in (top, middle):
+            ax.axis("off")
+    fig.text(0.01, 0.55, '"ball"', fontsize=10, rotation=90)
+    output.word_attributions.plot(
+        ax=fig.add_subplot(grid[2, 2:7]), title="the box on frames 2 to 4: the words' shares"
+    )
+    fig.tight_layout()
+    fig.savefig(OUT / "video_clip.png", dpi=80)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["controlnet"]:
         control_picture()
+    elif sys.argv[1:] == ["video"]:
+        video_picture()
     else:
         main()
         control_picture()
+        video_picture()

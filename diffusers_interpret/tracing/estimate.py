@@ -104,7 +104,8 @@ def saved_activation_bytes(
     blocks = BlockCheckpointing(fake, counted_block) if blocks_checkpointed else contextlib.nullcontext()
     with mode, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(packer(saved), lambda tensor: tensor):
         fake_inputs = [_fake_like(x) for x in inputs]
-        fake_kwargs = {name: _fake_like(value) for name, value in kwargs.items()}
+        # A mask is no gradient path, though a pipeline may hand it over as floats (HunyuanVideo's text mask).
+        fake_kwargs = {name: _fake_like(value, grad="mask" not in name) for name, value in kwargs.items()}
         with StoredWeightsRecomputed([fake], layers), blocks:
             call(fake, *fake_inputs, **fake_kwargs)
     _COUNTS[key] = sum(saved.values()) + largest_block[0]
@@ -121,17 +122,17 @@ def _shape_key(value):
     return repr(value)
 
 
-def _fake_like(value):
+def _fake_like(value, grad: bool = True):
     # Inside the fake mode: an uninitialised tensor of the same shape and dtype on the CPU (floating ones requiring
-    # grad, as a traced call's sample and conditioning do), recursing into dicts and lists.
+    # grad where `grad`, as a traced call's sample and conditioning do), recursing into dicts and lists.
     if isinstance(value, torch.Tensor):
         dtype = torch.float32 if value.is_floating_point() else value.dtype
         tensor = torch.empty(value.shape, dtype=dtype)
-        return tensor.requires_grad_(True) if tensor.is_floating_point() else tensor
+        return tensor.requires_grad_(True) if grad and tensor.is_floating_point() else tensor
     if isinstance(value, dict):
-        return {k: _fake_like(v) for k, v in value.items()}
+        return {k: _fake_like(v, grad) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_fake_like(v) for v in value)
+        return type(value)(_fake_like(v, grad) for v in value)
     return value
 
 
