@@ -27,6 +27,12 @@ def pipelines():
     from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
 
     yield "Wan (tiny, 9x16x16)", make_tiny_wan_pipeline(), dict(TINY_WAN_CALL, negative_prompt="")
+    from diffusers_interpret.testing.cogvideox import TINY_COGVIDEOX_CALL, make_tiny_cogvideox_pipeline
+
+    yield "CogVideoX (tiny, 9x16x16)", make_tiny_cogvideox_pipeline(), dict(TINY_COGVIDEOX_CALL, negative_prompt="")
+    from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_VIDEO_CALL, make_tiny_hunyuan_video_pipeline
+
+    yield "HunyuanVideo (tiny, 9x16x16)", make_tiny_hunyuan_video_pipeline(), TINY_HUNYUAN_VIDEO_CALL
 
 
 def cases(pipe, prompt: str, call: dict, capture_class) -> dict:
@@ -78,7 +84,7 @@ def main() -> None:
 
     prompt = "a red circle on the left and a blue square on the right"
     print(
-        f"{'pipeline':<20} {'plain s':>8} {'ours s':>8} {'x plain':>8} {'peer s':>8} {'x plain':>8} {'peer/ours':>9}"
+        f"{'pipeline':<30} {'plain s':>8} {'ours s':>8} {'x plain':>8} {'peer s':>8} {'x plain':>8} {'peer/ours':>9}"
     )
     started = time.perf_counter()
     for name, pipe, call in pipelines():
@@ -87,7 +93,7 @@ def main() -> None:
         assert np.array_equal(runs["ours"](), reference) and np.array_equal(runs["peer"](), reference)
         t_plain, t_ours, t_peer = (timed(runs[key], args.repeats) for key in ("plain", "ours", "peer"))
         print(
-            f"{name:<20} {t_plain:>8.3f} {t_ours:>8.3f} {t_ours / t_plain:>8.2f} {t_peer:>8.3f} "
+            f"{name:<30} {t_plain:>8.3f} {t_ours:>8.3f} {t_ours / t_plain:>8.2f} {t_peer:>8.3f} "
             f"{t_peer / t_plain:>8.2f} {t_peer / t_ours:>9.2f}"
         )
     print(f"({args.steps} steps, every step recorded, {args.threads} threads, median of {args.repeats}; "

@@ -1,5 +1,6 @@
 """Bounding boxes: one convention everywhere, checked, and drawn exactly where they explain."""
 
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -69,9 +70,9 @@ def normalize_box(box: Optional[BoxLike], height: int, width: int) -> Optional[R
 
 
 def _is_box_list(box) -> bool:
-    # ((x0, y0), (x1, y1)) pairs inside: a list of boxes, not one box.
+    # Boxes ((x0, y0), (x1, y1)) inside: a list of boxes, not one box (whose parts are corners or numbers).
     try:
-        return all(len(one) == 2 and len(one[0]) == 2 and not isinstance(one[0][0], (int, float)) for one in box)
+        return all(len(one) == 2 and len(one[0]) == 2 and isinstance(one[0][0], numbers.Real) for one in box)
     except TypeError:
         return False
 

@@ -261,6 +261,7 @@ class Session:
             dependence_map=output.prompt_dependence_map,
             method_description=what_was_explained(output),
             reference=self._reference_image(output, cell),
+            frames=None if self.request.num_frames is None else (self.request.num_frames, self.request.height),
         )
 
     def _reference_image(self, output, cell: Tuple[int, int]):

@@ -67,3 +67,32 @@ def test_a_contact_sheet_holds_the_first_and_last_frames_in_order():
     tiles = [int(sheet[r, c * 4, 0]) for r in range(sheet.shape[0]) for c in range(sheet.shape[1] // 4)]
     frames = [value for value in tiles if value != 255]  # the sheet's white filler after the last frame
     assert frames == [0, 40, 80, 110, 150, 190] and tiles[len(frames) :] == [255] * (len(tiles) - len(frames))
+
+
+def test_the_interactive_view_of_a_clip_scores_a_box_over_a_span_of_frames(browser, tmp_path):
+    # The box drawn on one frame is that box on each frame of the chosen span: the view's word shares equal a fresh
+    # re-explanation of that space-time region, and the box is drawn on each of those frames.
+    import torch
+
+    from diffusers_interpret import explainer_for
+    from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
+
+    pipe = make_tiny_wan_pipeline()
+    output = explainer_for(pipe, verbose=False)(
+        "a red ball rolls to the left", generator=torch.Generator().manual_seed(0), num_inference_steps=3,
+        negative_prompt="", **TINY_WAN_CALL,
+    )  # fmt: skip
+    path = output.interactive_view(8).save(tmp_path / "view.html")
+    browser.get(path.resolve().as_uri())
+    uid = browser.find_element("css selector", ".di-view").get_attribute("data-view-id")
+    api = f"window.diffusersInterpretViews['{uid}']"
+    assert browser.execute_script(f"return {api}.frames()") == [0, 9]
+    browser.execute_script(f"{api}.setBox(1, 1, 2, 2); {api}.setFrames(2, 5);")  # pixels (8, 8)-(16, 16), frames 2-4
+    shown = browser.execute_script(f"return {api}.wordPercentagesForBox(1, 1, 2, 2)")
+    again = output.explain(((8, 8), (16, 16)), explanation_frames=(2, 5))
+    np.testing.assert_allclose(shown, [value for _, value in again.word_attributions.normalized], rtol=1e-4)
+    boxes = browser.find_elements("css selector", f"#{uid}-stage .di-box")
+    tops = sorted(round(float(box.value_of_css_property("top")[:-2])) for box in boxes)
+    scale = round(float(boxes[0].value_of_css_property("width")[:-2]) / 8)
+    assert tops == [(k * 16 + 8) * scale for k in (2, 3, 4)]
+    assert "frames 2 to 4" in browser.find_element("id", f"{uid}-note").text

@@ -101,6 +101,7 @@ def test_token_gradients_of_a_space_time_region_equal_an_independent_autograd_an
     out = explain(pipe, explanation_2d_bounding_box=((0, 0), (8, SIZE)), explanation_frames=(1, 5), guidance_scale=5.0)
     region = out.explained_region
     assert region == ((0, SIZE), (8, 5 * SIZE))  # whole-height boxes on consecutive frames: one box of the picture
+    assert out.stats.memory_estimate.per_call > 0  # the guard estimated the 3-D latents' traced calls
     text, length = PROMPT, COMMON["max_sequence_length"]
     if family == "hunyuan_video":  # Llama reads the prompt in the template, `crop_start` more positions
         text, length = TINY_HUNYUAN_TEMPLATE["template"].format(PROMPT), length + TINY_HUNYUAN_TEMPLATE["crop_start"]
@@ -130,6 +131,8 @@ def test_a_box_over_a_span_of_frames_is_that_box_on_each_frame(video):
     out = explain(pipe, explanation_2d_bounding_box=box, explanation_frames=(2, 5), keep_for_reexplanation="graph")
     assert out.explained_region == tuple(((4, 4 + k * SIZE), (12, 12 + k * SIZE)) for k in (2, 3, 4))
     assert out.explanation_2d_bounding_box == box and out.explanation_frames == (2, 5)
+    same = out.explain(box, explanation_frames=(2, 5))  # the region of three boxes again, from the kept graph
+    np.testing.assert_allclose(same.token_gradients, out.token_gradients, rtol=1e-5, atol=1e-9)
     fresh = explain(pipe, explanation_2d_bounding_box=box, explanation_frames=(3, 4))
     again = out.explain(box, explanation_frames=(3, 4))
     np.testing.assert_allclose(again.token_gradients, fresh.token_gradients, rtol=1e-5, atol=1e-9)
@@ -137,7 +140,7 @@ def test_a_box_over_a_span_of_frames_is_that_box_on_each_frame(video):
     per_frame = torch.stack([out.explain(box, explanation_frames=(k, k + 1)).token_gradients for k in (2, 3, 4)]).sum(
         0
     )
-    scale = float(np.abs(out.token_gradients).max())
+    scale = float(torch.as_tensor(out.token_gradients).abs().max())
     np.testing.assert_allclose(out.token_gradients, per_frame, rtol=1e-4, atol=1e-5 * scale)
     # The picture shows the box on the explained frames only.
     drawn = (np.asarray(out.image) == (255, 0, 0)).all(-1)
@@ -342,6 +345,59 @@ def test_wans_self_attention_of_a_region_of_a_frame_equals_an_independent_comput
     ]
     expected = torch.cat([frames[(t + 3) // 4] for t in range(FRAMES)])
     np.testing.assert_allclose(recorder.maps.maps[0, 0], expected, atol=1e-6)
+
+
+def test_every_kind_of_map_works_on_a_clip(video, tmp_path):
+    # Raw records per layer x step: upsampled per latent frame (9 frames: 1 of the first, 4 of each other) and
+    # averaged, they are the recorded maps; text relations where the text attends (refused for Wan, whose text has no
+    # queries); the exported word maps are the output's, frame for frame.
+    from diffusers_interpret import record_cross_attention, record_text_relations
+
+    family, pipe = video
+    with record_cross_attention(pipe, keep_per_layer=True, keep_per_step=True) as recorder:
+        pipe(PROMPT, generator=seeded(0), **common(pipe))
+    maps = recorder.maps
+    made_of = [(t + 3) // 4 for t in range(FRAMES)]
+    upsampled = []
+    for records in maps.per_layer.values():  # (steps, images, tokens, 3 x h, w)
+        grid = records.unflatten(-2, (3, -1))
+        frames = [
+            F.interpolate(grid[..., f, :, :].flatten(0, 1), size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+            for f in range(3)
+        ]
+        upsampled.append(torch.cat([frames[f] for f in made_of], dim=-2).unflatten(0, records.shape[:2]))
+    per_step = torch.stack(upsampled).mean(0)
+    np.testing.assert_allclose(per_step, maps.per_step, atol=1e-6)
+    np.testing.assert_allclose(per_step.mean(0), maps.maps, atol=1e-6)
+    if family == "wan":
+        with pytest.raises(ValueError, match="no text-to-text attention"):
+            with record_text_relations(pipe):
+                pipe(PROMPT, generator=seeded(0), **common(pipe))
+    else:
+        with record_text_relations(pipe) as relations:
+            pipe(PROMPT, generator=seeded(0), **common(pipe))
+        rows = relations.relations[0]
+        assert rows.shape[0] == rows.shape[1] and bool(((rows >= 0) & (rows.sum(-1) <= 1 + 1e-5)).all())
+    out = explain(pipe, attribution_method="word_attention")
+    out.export_maps(tmp_path)
+    words = np.load(tmp_path / "maps.npz")["words"]
+    assert words.shape == (len(out.word_attributions), FRAMES * SIZE, SIZE)
+    for word, tokens in zip(words, out.word_tokens):
+        np.testing.assert_allclose(word, np.sum([out.word_maps[t] for t in tokens], axis=0), rtol=1e-6)
+
+
+def test_checkpointed_gradients_equal_kept_ones(video):
+    # Every step traced: with checkpointing the 3-D latents' calls are recomputed in the backward pass.
+    _, pipe = video
+    kwargs = dict(explanation_2d_bounding_box=((0, 0), (8, 8)), explanation_frames=(3, 7), prompt_dependence=False)
+    outputs = []
+    for checkpointing in (False, True):
+        explainer = explainer_for(pipe, verbose=False, gradient_checkpointing=checkpointing)
+        outputs.append(
+            explainer(PROMPT, generator=seeded(0), attribution_method="grad_x_input", **common(pipe), **kwargs)
+        )
+    scale = float(np.abs(np.asarray(outputs[0].token_gradients)).max())
+    np.testing.assert_allclose(outputs[1].token_gradients, outputs[0].token_gradients, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_state_restored_after_an_injected_exception(video):

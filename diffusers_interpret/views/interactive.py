@@ -153,6 +153,9 @@ _SCRIPT = r"""
   var wordEls = document.getElementById(uid + "-bars").querySelectorAll('[data-role="word"]');
   var words = cfg.words || [];
   var current = [0, 0, R, C], activeToken = -1, activeWord = -1;
+  // A clip's picture: the box stays within one frame and stands for that box on each frame of the span.
+  var F = cfg.frames, span = F ? [0, F.count] : null;
+  if (F) current = [0, 0, F.rows, C];
 
   function check(r0, c0, r1, c1) {
     if (!(0 <= r0 && r0 < r1 && r1 <= R && 0 <= c0 && c0 < c1 && c1 <= C)) {
@@ -169,16 +172,32 @@ _SCRIPT = r"""
     }
     return pixels;
   }
-  function scoresForBox(r0, c0, r1, c1) {
-    check(r0, c0, r1, c1);
-    var sums = new Float64Array(T * D);
-    for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) {
-      var base = (r * C + c) * T * D;
-      for (var k = 0; k < T * D; k++) sums[k] += cells[base + k];
+  // The boxes of the grid a drawn box stands for: itself, or on a clip that box on each frame of the span.
+  function regionOf(r0, c0, r1, c1) {
+    if (!F) return [[r0, c0, r1, c1]];
+    var first = Math.floor(r0 / F.rows) * F.rows, boxes = [];
+    for (var k = span[0]; k < span[1]; k++) {
+      boxes.push([k * F.rows + r0 - first, c0, k * F.rows + r1 - first, c1]);
     }
+    return boxes;
+  }
+  function scoresForBox(r0, c0, r1, c1) {
+    return scoresForRegion(regionOf(r0, c0, r1, c1));
+  }
+  function scoresForRegion(boxes) {
+    var sums = new Float64Array(T * D), pixels = 0, whole = true;
+    boxes.forEach(function(box) {
+      check(box[0], box[1], box[2], box[3]);
+      for (var r = box[0]; r < box[2]; r++) for (var c = box[1]; c < box[3]; c++) {
+        var base = (r * C + c) * T * D;
+        for (var k = 0; k < T * D; k++) sums[k] += cells[base + k];
+      }
+      pixels += pixelsOf(box[0], box[1], box[2], box[3]);
+    });
+    var covered = boxes.reduce(function(n, b) { return n + (b[2] - b[0]) * (b[3] - b[1]); }, 0);
+    whole = covered === R * C;
     if (cfg.score !== "grad_x_input") {
-      if (r0 === 0 && c0 === 0 && r1 === R && c1 === C && cfg.whole) return cfg.whole.slice();
-      var pixels = pixelsOf(r0, c0, r1, c1);
+      if (whole && cfg.whole) return cfg.whole.slice();
       return Array.prototype.map.call(sums, function(v, t) {
         return totals[t] > 0 ? v * v / (pixels * totals[t]) : 0;
       });
@@ -221,10 +240,13 @@ _SCRIPT = r"""
   // How much the box depends on the prompt: the mean over its pixels of the share of redraws that change them.
   function dependenceForBox(r0, c0, r1, c1) {
     if (!cfg.dependence) return null;
-    check(r0, c0, r1, c1);
-    var changed = 0;
-    for (var r = r0; r < r1; r++) for (var c = c0; c < c1; c++) changed += cfg.dependence[r * C + c];
-    return changed / pixelsOf(r0, c0, r1, c1);
+    var changed = 0, pixels = 0;
+    regionOf(r0, c0, r1, c1).forEach(function(box) {
+      check(box[0], box[1], box[2], box[3]);
+      for (var r = box[0]; r < box[2]; r++) for (var c = box[1]; c < box[3]; c++) changed += cfg.dependence[r * C + c];
+      pixels += pixelsOf(box[0], box[1], box[2], box[3]);
+    });
+    return changed / pixels;
   }
   var dependenceEl = document.getElementById(uid + "-dependence");
   var barsEl = document.getElementById(uid + "-bars");
@@ -280,23 +302,60 @@ _SCRIPT = r"""
     context.putImageData(picture, 0, 0);
     refCanvas.setAttribute("data-peak", String(map.indexOf(top)));
   }
+  var extraBoxes = [];
+  function placeBox(element, box) {
+    var x0 = box[1] * cfg.cellW, y0 = box[0] * cfg.cellH;
+    var x1 = Math.min(cfg.width, box[3] * cfg.cellW), y1 = Math.min(cfg.height, box[2] * cfg.cellH);
+    element.style.left = (x0 * cfg.scale) + "px";
+    element.style.top = (y0 * cfg.scale) + "px";
+    element.style.width = ((x1 - x0) * cfg.scale) + "px";
+    element.style.height = ((y1 - y0) * cfg.scale) + "px";
+    return [x0, y0, x1, y1];
+  }
   function render() {
     var r0 = current[0], c0 = current[1], r1 = current[2], c1 = current[3];
+    var region = regionOf(r0, c0, r1, c1);
     paintReference(correspondenceForBox(r0, c0, r1, c1));
-    showDependence(dependenceForBox(r0, c0, r1, c1), r0 === 0 && c0 === 0 && r1 === R && c1 === C);
+    var covered = region.reduce(function(n, b) { return n + (b[2] - b[0]) * (b[3] - b[1]); }, 0);
+    var whole = covered === R * C;
+    showDependence(dependenceForBox(r0, c0, r1, c1), whole);
     fill(rowsEl, percentagesForBox(r0, c0, r1, c1));
     if (words.length) fill(wordEls, wordPercentagesForBox(r0, c0, r1, c1));
-    var x0 = c0 * cfg.cellW, y0 = r0 * cfg.cellH;
-    var x1 = Math.min(cfg.width, c1 * cfg.cellW), y1 = Math.min(cfg.height, r1 * cfg.cellH);
-    boxEl.style.left = (x0 * cfg.scale) + "px";
-    boxEl.style.top = (y0 * cfg.scale) + "px";
-    boxEl.style.width = ((x1 - x0) * cfg.scale) + "px";
-    boxEl.style.height = ((y1 - y0) * cfg.scale) + "px";
+    extraBoxes.forEach(function(element) { element.remove(); });
+    extraBoxes = [];
+    var pixels = placeBox(boxEl, region.length ? region[0] : current);
+    region.slice(1).forEach(function(box) {
+      var element = boxEl.cloneNode(false);
+      element.removeAttribute("id");
+      boxEl.parentNode.appendChild(element);
+      placeBox(element, box);
+      extraBoxes.push(element);
+    });
+    var x0 = pixels[0], y0 = pixels[1], x1 = pixels[2], y1 = pixels[3];
     root.setAttribute("data-box", [r0, c0, r1, c1].join(","));
     root.setAttribute("data-box-pixels", [x0, y0, x1, y1].join(","));
-    var whole = r0 === 0 && c0 === 0 && r1 === R && c1 === C;
+    if (F) {
+      var top = (r0 %% F.rows) * cfg.cellH, bottom = Math.min(cfg.height, (r1 - r0) * cfg.cellH + top);
+      root.setAttribute("data-frames", span.join(","));
+      note.textContent = (whole ? "Whole clip. " : "Box: x " + x0 + "-" + x1 + ", y " + top + "-" + bottom +
+        " px of frames " + span[0] + " to " + (span[1] - 1) + ". ") +
+        "Drag a box on a frame; choose the frames below the clip (double-click: whole frames).";
+      return;
+    }
     note.textContent = whole ? "Whole image. Drag a box on the image." :
       "Box: x " + x0 + "-" + x1 + ", y " + y0 + "-" + y1 + " px (double-click: whole image).";
+  }
+  function setFrames(start, stop) {
+    if (!F) throw new RangeError("not a clip: it has no frames");
+    start = Math.floor(Number(start)); stop = Math.floor(Number(stop));
+    if (!(0 <= start && start < stop && stop <= F.count)) {
+      throw new RangeError("frames " + start + " to " + stop + " are not a span of the clip's " + F.count);
+    }
+    span = [start, stop];
+    var startEl = document.getElementById(uid + "-frame-start"), stopEl = document.getElementById(uid + "-frame-stop");
+    if (startEl) startEl.value = String(start);
+    if (stopEl) stopEl.value = String(stop);
+    render();
   }
   function setBox(r0, c0, r1, c1) {
     check(r0, c0, r1, c1);
@@ -314,6 +373,10 @@ _SCRIPT = r"""
   var anchor = null, pending = null;
   function dragTo(event) {
     var cell = cellAt(event);
+    if (F) {  // within the anchor's frame
+      var first = Math.floor(anchor[0] / F.rows) * F.rows;
+      cell[0] = Math.max(first, Math.min(first + F.rows - 1, cell[0]));
+    }
     setBox(Math.min(anchor[0], cell[0]), Math.min(anchor[1], cell[1]),
            Math.max(anchor[0], cell[0]) + 1, Math.max(anchor[1], cell[1]) + 1);
   }
@@ -336,7 +399,17 @@ _SCRIPT = r"""
     dragTo(event);
     anchor = null; pending = null;
   });
-  stage.addEventListener("dblclick", function() { setBox(0, 0, R, C); });
+  stage.addEventListener("dblclick", function() { setBox(0, 0, F ? F.rows : R, C); });
+  if (F) {
+    ["start", "stop"].forEach(function(which) {
+      var input = document.getElementById(uid + "-frame-" + which);
+      input.addEventListener("change", function() {
+        var start = Number(document.getElementById(uid + "-frame-start").value);
+        var stop = Number(document.getElementById(uid + "-frame-stop").value);
+        if (0 <= start && start < stop && stop <= F.count) setFrames(start, stop);
+      });
+    });
+  }
 
   function showOverlay(uri, index) {
     if (uri) {
@@ -390,7 +463,9 @@ _SCRIPT = r"""
     scoresForBox: scoresForBox, percentagesForBox: percentagesForBox, setBox: setBox, showToken: showToken,
     setStep: setStep, box: function() { return current.slice(); }, tokens: cfg.tokens,
     wordPercentagesForBox: wordPercentagesForBox, showWord: showWord, dependenceForBox: dependenceForBox,
-    correspondenceForBox: correspondenceForBox,
+    correspondenceForBox: correspondenceForBox, setFrames: setFrames,
+    frames: function() { return span ? span.slice() : null; },
+    regionForBox: regionOf,
     words: words.map(function(word) { return word[0]; })
   };
   render();
@@ -450,6 +525,7 @@ def interactive_view_html(
     dependence_map: Optional[np.ndarray] = None,
     method_description: Optional[str] = None,
     reference: Optional[Tuple[Image.Image, np.ndarray, np.ndarray, Tuple[int, int]]] = None,
+    frames: Optional[Tuple[int, int]] = None,
 ) -> str:
     r"""
     The HTML of one interactive view (a `<div>` with its own `<style>` and `<script>`), self-contained.
@@ -489,6 +565,10 @@ def interactive_view_html(
             read (Flux Kontext's), shown as a second image with where the drawn box looks in it: the picture, each
             view cell's sum of its tokens' correspondence rows (rows, cols, reference tokens), how many tokens each
             cell sums (rows, cols), and the reference's token grid ([`Correspondence.cell_sums`]).
+        frames (`(int, int)`, *optional*): A clip's picture (its frames laid out top to bottom): the number of frames
+            and a frame's height in pixels (a multiple of the cell height). The drawn box stays within one frame and
+            is the box of each frame of a span the view lets one choose ("frames start to stop - 1", every frame by
+            default): the bars are that space-time region's.
 
     Returns:
         `str`: The HTML.
@@ -530,7 +610,24 @@ def interactive_view_html(
         padded[:height, :width] = changed
         dependence = [round(v, 4) for v in padded.reshape(rows, cell_h, cols, cell_w).sum((1, 3)).ravel().tolist()]
     reference_html, reference_config = _reference_panel(uid, reference, (rows, cols), scale)
+    span = ""
+    if frames is not None:
+        count, frame_height = (int(v) for v in frames)
+        if count < 1 or frame_height * count != height or frame_height % cell_h:
+            raise ValueError(
+                f"`frames` {frames} must be a clip's frames and a frame's height, a multiple of the cell height "
+                f"{cell_h}, {count} of them making the picture's {height} rows: choose a cell size that divides the "
+                "frame height."
+            )
+        frames = {"count": count, "rows": frame_height // cell_h}
+        span = (
+            f'<div class="di-note" data-role="frames">frames <input id="{uid}-frame-start" data-role="frame-start" '
+            f'type="number" min="0" max="{count - 1}" value="0" style="width:4em"/> to <input id="{uid}-frame-stop" '
+            f'data-role="frame-stop" type="number" min="1" max="{count}" value="{count}" style="width:4em"/> (the '
+            "last excluded): the box drawn on one frame is that box on each of them</div>"
+        )
     config = {
+        "frames": frames,
         "reference": reference_config,
         "dependence": dependence,
         "dependsThreshold": DEPENDS_THRESHOLD,
@@ -611,6 +708,7 @@ height="{shown_h}" alt=""/>
 <div id="{uid}-box" class="di-box" data-role="box"></div>
 </div>
 {legend}
+{span}
 {slider}
 </div>
 {reference_html}
@@ -649,8 +747,10 @@ class InteractiveView:
         dependence_map: Optional[np.ndarray] = None,
         method_description: Optional[str] = None,
         reference=None,
+        frames: Optional[Tuple[int, int]] = None,
     ):
         self.reference = reference
+        self.frames = frames
         self.score = score
         self.dependence_map = dependence_map
         self.method_description = method_description
@@ -685,6 +785,7 @@ class InteractiveView:
             dependence_map=self.dependence_map,
             method_description=self.method_description,
             reference=self.reference,
+            frames=self.frames,
         )
 
     def box_correspondence(self, r0: int, c0: int, r1: int, c1: int) -> Optional[np.ndarray]:
