@@ -19,6 +19,7 @@ from .box import BoxLike, Region, frame_region, normalize_box
 from .checks import finite_number, positive_int
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_NOISE_LEVELS
 from .families import InputKind, PipelineFamily
+from .families.base import call_argument
 from .image_inputs import ExistingImage, ImageInput, image_size
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
@@ -439,10 +440,15 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
                 before = len(tokenizer(full[:start], **arguments).input_ids)
                 room = length - before
                 if room < 1:
+                    # The call's `max_sequence_length` and the length read differ by what the family adds (a
+                    # template's cropped part): the advice is in the argument's terms.
+                    asked = int(call_argument(pipe, pipeline_kwargs, "max_sequence_length"))
+                    needed = before + len(tokenizer.tokenize(text)) - (length - asked)
+                    default = call_argument(pipe, {}, "max_sequence_length")
                     raise ValueError(
-                        f"`max_sequence_length={length}` leaves no room for the prompt: the chat template takes "
-                        f"{before} tokens before it. Use at least {before + len(tokenizer.tokenize(text))} (the "
-                        "pipeline's default is 512)."
+                        f"`max_sequence_length={asked}` leaves no room for the prompt: the chat template takes "
+                        f"{before} tokens before it (of the {length} {slot.label} reads). Use at least {needed} (the "
+                        f"pipeline's default is {default})."
                     )
             tokens = tokenizer.tokenize(text)
             _check_rows_kept(pipe, family, slot, text, pipeline_kwargs)

@@ -480,3 +480,22 @@ def test_the_cli_explains_a_saved_wan_clip_over_frames(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["explain", PROMPT, "--frames", "0", "1", "--quiet", "--out", str(tmp_path / "out3")])  # the toy SD
     assert "--frames is for video pipelines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "hunyuan_video"])
+def test_the_cli_explains_saved_cogvideox_and_hunyuan_video_clips(family, tmp_path):
+    # HunyuanVideo from the command line reads the pipeline's own prompt template (95 of Llama 3's tokens cropped),
+    # which the generated tokenizer spells out in 496 pieces: a length that leaves the prompt no room is one error
+    # line saying the length that does.
+    from diffusers_interpret.cli import main
+
+    MAKERS[family]().save_pretrained(tmp_path / "model")
+    argv = ["explain", PROMPT, "--model", str(tmp_path / "model"), "--steps", "2", "--quiet", "--height", "16"]
+    argv += ["--width", "16", "--num-frames", "9", "--frames", "1", "5", "--box", "0,0,8,16", "--out", str(tmp_path)]
+    if family == "hunyuan_video":
+        with pytest.raises(SystemExit):
+            main([*argv, "--max-sequence-length", "24"])
+        argv += ["--max-sequence-length", "440", "--method", "attention"]  # word_attention: 535 positions' passes
+    assert main(argv) == 0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "the box ((0, 0), (8, 16)) on frames 1 to 4 of the clip" in page and 'data-word="' in page

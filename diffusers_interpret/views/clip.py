@@ -158,17 +158,23 @@ class ClipView:
 def word_frame_maps(output) -> Dict[str, np.ndarray]:
     r"""Each word's (frames, H, W) map of a video explanation: its tokens' word maps (or attention maps) summed, in
     the prompt's order; empty where the call recorded no maps."""
-    maps = output.word_maps
-    if maps is None and output.attention_maps is not None:
-        maps = np.asarray(output.attention_maps.maps[output.image_index])[list(output.token_positions)]
-    if maps is None or not output.word_attributions:
+    if output.word_maps is not None:
+        maps = [np.asarray(values) for values in output.word_maps]
+    elif output.attention_maps is not None:
+        # Tokens past the recorded maps (a pooled vector's, e.g. HunyuanVideo's CLIP) have none.
+        recorded = np.asarray(output.attention_maps.maps[output.image_index])
+        maps = [recorded[p] if p < len(recorded) else None for p in output.token_positions]
+    else:
         return {}
     result = {}
-    for (word, _), tokens in zip(output.word_attributions, output.word_tokens):
+    for (word, _), tokens in zip(output.word_attributions or [], output.word_tokens):
+        found = [maps[t] for t in tokens if maps[t] is not None]
+        if not found:
+            continue
         key, n = word, 2
         while key in result:  # a word said twice keeps both
             key, n = f"{word} ({n})", n + 1
-        result[key] = output.frame_maps(np.sum([np.asarray(maps[t]) for t in tokens], axis=0))
+        result[key] = output.frame_maps(np.sum(found, axis=0))
     return result
 
 
