@@ -28,6 +28,7 @@ _EXPORTS = {
     "PipelineControlNetExplainerOutput": ".outputs",
     "PipelineImg2ImgExplainerOutput": ".outputs",
     "PipelineVideoExplainerOutput": ".outputs",
+    "PipelineImageToVideoExplainerOutput": ".outputs",
     "PipelineInpaintExplainerOutput": ".outputs",
     "PixelAttributions": ".outputs",
     "MemoryEstimate": ".memory",

@@ -21,6 +21,7 @@ from .outputs import (
     GeneratedImages,
     PipelineControlNetExplainerOutput,
     PipelineExplainerOutput,
+    PipelineImageToVideoExplainerOutput,
     PipelineImg2ImgExplainerOutput,
     PipelineInpaintExplainerOutput,
     PipelineVideoExplainerOutput,
@@ -137,7 +138,11 @@ class BasePipelineExplainer:
             raise TypeError(f"`verbose` must be True or False, got {verbose!r}.")
         self.family: PipelineFamily = family
         self.input_kind: Optional[InputKind] = supported.input_kind
-        self.output_class = PipelineVideoExplainerOutput if family.video else OUTPUT_CLASSES[supported.input_kind]
+        self.output_class = OUTPUT_CLASSES[supported.input_kind]
+        if family.video:
+            self.output_class = PipelineVideoExplainerOutput
+            if supported.input_kind is InputKind.IMAGE:
+                self.output_class = PipelineImageToVideoExplainerOutput
         self.pipe = pipe
         self.verbose = verbose
         self.gradient_checkpointing = gradient_checkpointing

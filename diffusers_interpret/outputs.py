@@ -621,6 +621,22 @@ class PipelineVideoExplainerOutput(BaseExplanationOutput):
         return self._session().explain(self, explanation_2d_bounding_box, attribution_method, explanation_frames)
 
 
+@dataclass
+class PipelineImageToVideoExplainerOutput(PipelineVideoExplainerOutput):
+    r"""
+    The explanation of a clip made from an input image (Wan image-to-video): everything of
+    [`PipelineVideoExplainerOutput`], and the input image's attributions as [`PipelineImg2ImgExplainerOutput`] holds
+    them (`pixel_attributions`, `input_saliency_map`, `pixel_gradients`, `input_image`, `pixel_completeness`).
+    """
+
+    pixel_attributions: Optional[PixelAttributions] = None
+    input_saliency_map: Any = None
+    pixel_gradients: Optional[torch.Tensor] = None
+    input_image: Any = None
+    pixel_completeness: Optional[float] = None
+    correspondence: Any = field(default=None, repr=False)
+
+
 class ExplanationOutputList(list):
     r"""One explanation per generated image, in the pipeline's order (prompt by prompt, then image by image)."""
 

@@ -174,8 +174,8 @@ def test_word_attention_reads_the_causal_llm_only_up_to_the_prompts_last_token(k
     computed = []
     original = mixing._feeding_rows
 
-    def every_row(family, slots, blocks, group, tokens):
-        computed.append(original(family, slots, blocks, group, tokens))
+    def every_row(family, pipe, slots, blocks, group, tokens):
+        computed.append(original(family, pipe, slots, blocks, group, tokens))
         return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
 
     monkeypatch.setattr(mixing, "_feeding_rows", every_row)

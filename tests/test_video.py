@@ -386,6 +386,26 @@ def test_every_kind_of_map_works_on_a_clip(video, tmp_path):
         np.testing.assert_allclose(word, np.sum([out.word_maps[t] for t in tokens], axis=0), rtol=1e-6)
 
 
+def test_word_attention_reads_wans_encoder_only_up_to_the_padding(wan, monkeypatch):
+    # UMT5 reads its mask and the pipeline zeroes the padding's states: the padding feeds no position, so the
+    # hand-back of positions to words needs the prompt's rows only (at Wan's 512, 16 forward passes become 1).
+    from diffusers_interpret.text import mixing
+
+    call = dict(max_sequence_length=64, prompt_dependence=False, attribution_method="word_attention")
+    fast = explain(wan, **call)
+    computed = []
+    original = mixing._feeding_rows
+
+    def every_row(family, pipe, slots, blocks, group, tokens):
+        computed.append(original(family, pipe, slots, blocks, group, tokens))
+        return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
+
+    monkeypatch.setattr(mixing, "_feeding_rows", every_row)
+    full = explain(wan, **call)
+    assert computed and computed[0][1] == max(fast.token_positions) + 2  # the prompt's tokens and the end token
+    np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)
+
+
 def test_checkpointed_gradients_equal_kept_ones(video):
     # Every step traced: with checkpointing the 3-D latents' calls are recomputed in the backward pass.
     _, pipe = video
@@ -499,3 +519,59 @@ def test_the_cli_explains_saved_cogvideox_and_hunyuan_video_clips(family, tmp_pa
     assert main(argv) == 0
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "the box ((0, 0), (8, 16)) on frames 1 to 4 of the clip" in page and 'data-word="' in page
+
+
+def test_wan_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite_differences():
+    # WanImageToVideoPipeline: the clip is the pipeline's; the gradient of a box over frames 0 to 4 to the image's
+    # pixels through the VAE-encoded first frame the transformer reads beside the noise equals the central difference
+    # of the pipeline's own clips along it, CLIP's embedding of the image held fixed (its processor works outside
+    # torch: that path is not attributed). The pipeline keeps the image and the first frame's latents in float32:
+    # measured, the difference is 0.0030034 / 0.0029596 / 0.0026758 at eps 3e-3 / 1e-2 / 3e-2 against a gradient norm
+    # of 0.0030120 (float32 rounding below, curvature above).
+    from diffusers_interpret import PipelineImageToVideoExplainerOutput, WanImageToVideoPipelineExplainer
+    from diffusers_interpret.testing.wan import TINY_WAN_I2V_CALL, make_tiny_wan_i2v_pipeline
+
+    pipe = make_tiny_wan_i2v_pipeline(dtype=torch.float64)
+    x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
+    call = dict(num_inference_steps=3, negative_prompt="", guidance_scale=5.0, **TINY_WAN_I2V_CALL)
+    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
+    explainer = explainer_for(pipe, verbose=False)
+    assert isinstance(explainer, WanImageToVideoPipelineExplainer)
+    out = explainer(
+        PROMPT, image=x, generator=seeded(0), explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5),
+        output_type="np", attribution_method="grad_x_input", **call,
+    )  # fmt: skip
+    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
+    np.testing.assert_array_equal(np.stack(out.frames), expected)
+    assert out.pixel_attributions.shape == (SIZE, SIZE) and out.input_saliency_map is not None
+    grad = out.pixel_gradients
+    unit, eps = grad / grad.norm(), 3e-3
+    embeddings = pipe.encode_image(x, "cpu")
+    pipe.encode_image = lambda *args, **kwargs: embeddings  # CLIP's path held fixed
+
+    def region_sum(image):
+        clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
+        return float(clip[0:5, :, 0:16, 0:8].sum())
+
+    difference = (region_sum(x + eps * unit[None]) - region_sum(x - eps * unit[None])) / (2 * eps)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-2)
+    assert [w for w, _ in out.word_attributions] == PROMPT.split()
+    del pipe.encode_image
+    word = explainer(PROMPT, image=x, generator=seeded(0), output_type="np", prompt_dependence=False, **call)
+    np.testing.assert_array_equal(np.stack(word.frames), expected)  # word_attention: the image's tokens left out
+    assert 0 < word.attention_sink_share < 1
+
+
+def test_wan_image_to_video_refuses_what_it_cannot_explain():
+    from diffusers_interpret.testing.wan import TINY_WAN_I2V_CALL, make_tiny_wan_i2v_pipeline
+
+    pipe = make_tiny_wan_i2v_pipeline()
+    image = torch.rand(1, 3, SIZE, SIZE)
+    explainer = explainer_for(pipe, verbose=False)
+    for kwargs, message in (
+        (dict(max_sequence_length=24), r"leave `max_sequence_length` at 512"),
+        (dict(last_image=image), "`last_image`"),
+        (dict(image_embeds=torch.zeros(1, 65, 4)), "`image_embeds`"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            explainer(PROMPT, image=image, num_inference_steps=1, **{**TINY_WAN_I2V_CALL, **kwargs})

@@ -66,6 +66,9 @@ class TextEncoderSlot:
             depends on the tokens up to it only (what `word_attention`'s hand-back of positions to words uses).
         pad_to_longest (`bool`, *optional*, defaults to `False`): The pipeline pads a batch's token sequences to the
             longest of them (at most `token_length`), not to a fixed length (Qwen-Image).
+        masked_padding (`bool`, *optional*, defaults to `False`): The pipeline gives the encoder its attention mask
+            and keeps no state of the padding (Wan sets them to zeros): the padding tokens feed no position the
+            denoiser reads (what `word_attention`'s hand-back of positions to words uses).
     """
 
     tokenizer: str
@@ -77,6 +80,7 @@ class TextEncoderSlot:
     template: bool = False
     causal: bool = False
     pad_to_longest: bool = False
+    masked_padding: bool = False
 
 
 class PipelineFamily:

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import JointAttention, TextEncoderSlot, call_argument
+from .base import InputKind, JointAttention, TextEncoderSlot, call_argument
 from .registry import register_family
 from .video import VideoFamily
 
@@ -102,7 +102,8 @@ class WanFamily(VideoFamily):
         return [(f"blocks.{index}.attn1", block.attn1) for index, block in enumerate(denoiser.blocks)]
 
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
-        return [TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(None), label="UMT5")]
+        # UMT5 reads its mask, and the pipeline replaces the padding's states by zeros.
+        return [TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(None), label="UMT5", masked_padding=True)]
 
     def encoder_text(
         self, pipe, slot: TextEncoderSlot, text: str, call_kwargs: Optional[Dict[str, Any]] = None
@@ -160,4 +161,55 @@ class WanFamily(VideoFamily):
         return int(pipe.vae.config.z_dim)
 
 
+class WanImageToVideoFamily(WanFamily):
+    r"""
+    `WanImageToVideoPipeline` (Wan 2.1 image-to-video): as [`WanFamily`], and the input image. The pipeline encodes
+    it twice: its VAE encodes a clip of the image followed by empty frames, whose latents (with a mask of the first
+    frame) the transformer reads beside the noised ones; a CLIP vision encoder reads it too, and its tokens sit before
+    the text's in each cross-attention (split off by a text length of 512, the processor's constant: explain with
+    `max_sequence_length=512`, the default). The input image's **pixel attributions** come through the VAE's path:
+    CLIP's processor works on the image outside torch, so the image-token path carries no gradient to the pixels
+    (the words' attributions include it: the image tokens are part of each traced call). The prompt dependence is
+    not measured (the transformer reads the first frame's latents beside the noised ones, which a redraw of the clip
+    alone does not have). A last frame (`last_image`), image embeddings given instead of the image
+    (`image_embeds`) and Wan 2.2's expanded timesteps are refused.
+    """
+
+    name = "wan_i2v"
+    display_name = "Wan image-to-video"
+    required_components = (*WanFamily.required_components, "image_encoder", "image_processor")
+    pipeline_class_names = ("WanImageToVideoPipeline",)
+
+    def input_kind(self, pipeline_class: type):
+        return InputKind.IMAGE
+
+    def input_image(self, pipe) -> Tuple[str, str]:
+        return "image", "video_processor"
+
+    def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+        super().check_arguments(pipe, pipeline_kwargs)
+        for name, why in (
+            ("last_image", "a last frame to interpolate to is not explained yet: explain the first frame's clip"),
+            ("image_embeds", "the image's pixels are attributed: pass `image=`, not its embeddings"),
+        ):
+            if pipeline_kwargs.get(name) is not None:
+                raise ValueError(f"`{name}`: {why}.")
+        if getattr(pipe.config, "expand_timesteps", False):
+            raise ValueError(
+                "Wan 2.2's expanded timesteps (`expand_timesteps=True`, the 5B text-and-image-to-video model) are not "
+                "explained yet: explain a Wan 2.1 image-to-video pipeline."
+            )
+
+    def check_request(self, pipe, prompts, size, pipeline_kwargs, generating: bool = True) -> None:
+        super().check_request(pipe, prompts, size, pipeline_kwargs, generating)
+        length = int(call_argument(pipe, pipeline_kwargs, "max_sequence_length"))
+        if length != 512:
+            raise ValueError(
+                f"`max_sequence_length={length}`: Wan image-to-video's cross-attention takes the image's tokens to be "
+                "all but the last 512 (its processor's constant), so another text length would mix them: leave "
+                "`max_sequence_length` at 512."
+            )
+
+
 WAN = register_family(WanFamily())
+WAN_I2V = register_family(WanImageToVideoFamily())

@@ -3,7 +3,14 @@
 from typing import Optional
 
 import torch
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..tokenizer import build_sentencepiece_tokenizer
 from .components import freeze, tiny_t5
@@ -13,7 +20,12 @@ from .components import freeze, tiny_t5
 TINY_WAN_CALL = dict(height=16, width=16, num_frames=9, max_sequence_length=24)
 
 
-def make_tiny_wan_components(seed: int = 0, num_layers: int = 2) -> dict:
+# The image-to-video pipelines' call: its cross-attention splits the image's tokens from the text's by a text length of
+# 512 (its processor's constant), so the text is padded to 512.
+TINY_WAN_I2V_CALL = dict(height=16, width=16, num_frames=9, max_sequence_length=512)
+
+
+def make_tiny_wan_components(seed: int = 0, num_layers: int = 2, image_to_video: bool = False) -> dict:
     r"""
     Components of a tiny Wan 2.1 pipeline (random weights, frozen, eval mode): clips of 16x16 frames, latents of
     8x8 cells and a 4x temporal compression, a transformer of 2x2 patches; T5 (d_model 32) with a generated
@@ -22,9 +34,13 @@ def make_tiny_wan_components(seed: int = 0, num_layers: int = 2) -> dict:
     Args:
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
+        image_to_video (`bool`, *optional*, defaults to `False`): Wan 2.1 image-to-video's: the transformer reads the
+            first frame's latents and a mask beside the video's (36 channels) and a CLIP vision encoder's 65 tokens of
+            the image (32x32, 4x4 patches) beside the text's.
     """
-    # From diffusers' tests/pipelines/wan/test_wan.py (get_dummy_components): the VAE's and the transformer's configs,
-    # with `num_layers` as an argument and the text encoder and tokenizer generated here instead of downloaded.
+    # From diffusers' tests/pipelines/wan/test_wan.py and test_wan_image_to_video.py (get_dummy_components): the VAE's,
+    # the transformer's and the image encoder's configs, with `num_layers` as an argument, 4x4 image patches (not 1x1:
+    # 65 image tokens, not 1025) and the text encoder and tokenizer generated here instead of downloaded.
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
@@ -34,7 +50,7 @@ def make_tiny_wan_components(seed: int = 0, num_layers: int = 2) -> dict:
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
-        in_channels=16,
+        in_channels=36 if image_to_video else 16,
         out_channels=16,
         text_dim=32,
         freq_dim=256,
@@ -43,11 +59,13 @@ def make_tiny_wan_components(seed: int = 0, num_layers: int = 2) -> dict:
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
+        image_dim=4 if image_to_video else None,
+        added_kv_proj_dim=24 if image_to_video else None,  # the image tokens' own keys and values in `attn2`
     )
     tokenizer = build_sentencepiece_tokenizer()
     text_encoder = tiny_t5(tokenizer, d_model=32, seed=seed)
     freeze(transformer, vae, text_encoder)
-    return {
+    components = {
         "transformer": transformer,
         "vae": vae,
         "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
@@ -55,6 +73,32 @@ def make_tiny_wan_components(seed: int = 0, num_layers: int = 2) -> dict:
         "tokenizer": tokenizer,
         "transformer_2": None,
     }
+    if image_to_video:
+        torch.manual_seed(seed)
+        config = CLIPVisionConfig(
+            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=4,
+        )  # fmt: skip
+        components["image_encoder"] = CLIPVisionModelWithProjection(config)
+        components["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+        freeze(components["image_encoder"])
+    return components
+
+
+def make_tiny_wan_i2v_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None) -> WanImageToVideoPipeline:
+    r"""
+    A tiny offline Wan 2.1 image-to-video pipeline with random weights, for tests and benchmarks. Call it with an
+    `image` and `**TINY_WAN_I2V_CALL`.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        dtype (`torch.dtype`, *optional*): Cast the pipeline.
+    """
+    pipe = WanImageToVideoPipeline(**make_tiny_wan_components(seed, image_to_video=True))
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def make_tiny_wan_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2) -> WanPipeline:

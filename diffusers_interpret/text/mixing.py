@@ -57,7 +57,9 @@ def token_mixing(
     slots = family.text_encoders(pipe)
     blocks = token_blocks(family, pipe, tokens.ids, call_kwargs)
     groups = list(dict.fromkeys(unit.encoders for unit in tokens.units))
-    columns = [(group, row) for group in groups for row in range(*_feeding_rows(family, slots, blocks, group, tokens))]
+    columns = [
+        (group, row) for group in groups for row in range(*_feeding_rows(family, pipe, slots, blocks, group, tokens))
+    ]
     values = token_embedding_values(family, pipe, tokens.ids, call_kwargs)
     parts = []
     encoders = [getattr(pipe, slot.encoder) for slot in slots]
@@ -83,12 +85,17 @@ def token_mixing(
     return TokenMixing(weights / weights.sum(1, keepdim=True).clamp_min(1e-30), columns)
 
 
-def _feeding_rows(family: PipelineFamily, slots, blocks, group, tokens: PromptTokens) -> Tuple[int, int]:
+def _feeding_rows(family: PipelineFamily, pipe, slots, blocks, group, tokens: PromptTokens) -> Tuple[int, int]:
     # The rows of `group`'s encoders whose tokens can feed a position the explanation reads. Where a family's maps
     # leave out every position but the prompt's own tokens (its attention sinks), only those positions are read, and a
     # causal encoder's position depends on the tokens up to it: the tokens after the prompt's last one feed none of
     # them (for an LLM at 512 tokens, 20-odd forward passes become one). Otherwise every row.
     rows = blocks[group[0]].rows
+    if all(slots[k].masked_padding for k in group):
+        # The padding feeds nothing (masked in the encoder, its states dropped): the rows end at the last token kept.
+        pad = getattr(family.tokenizer(pipe, slots[group[0]]), "pad_token_id", None)
+        kept = sum(1 for token in tokens.ids[group[0]] if token != pad)
+        return rows.start, min(rows.start + max(kept, 1), rows.stop)
     joint = family.joint_attention
     if joint is None or not joint.sinks_left_out or not all(slots[k].causal for k in group):
         return rows.start, rows.stop

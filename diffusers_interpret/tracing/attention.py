@@ -642,6 +642,10 @@ def _cross_queries_keys(attn, hidden_states, encoder_hidden_states):
     # projection normed over all heads together ("rms_norm_across_heads") as its processor norms it. Laid out as a
     # joint sequence [text, image] whose text rows have no queries (zeros, never read) and whose keys are the text's.
     heads = int(attn.heads)
+    if getattr(attn, "add_k_proj", None) is not None:
+        # Wan image-to-video: the image encoder's tokens first, the text's last 512 (the processor's constant); the
+        # image's tokens are a separate attention, the text's keys are these.
+        encoder_hidden_states = encoder_hidden_states[:, encoder_hidden_states.shape[1] - 512 :]
     query = attn.to_q(hidden_states)
     if getattr(attn, "fused_projections", False):
         key = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)[0]
