@@ -561,8 +561,9 @@ class BasePipelineExplainer:
         return Pictures(images, nsfw, steps)
 
     def _step_images(self, request: CheckedRequest, step_latents, generator) -> List[GeneratedImages]:
-        # Kept as latents, decoded when first looked at (the slider, the GIF, the report).
-        start = request.image_input.picture() if request.image_input is not None else None
+        # Kept as latents, decoded when first looked at (the slider, the GIF, the report); an image-to-video call's
+        # steps are clips, which its input image (one frame) does not start.
+        start = request.image_input.picture() if request.image_input is not None and not self.family.video else None
         size = (request.height, request.width)
         return StepImageDecoder(self.pipe, self.family, step_latents, size, generator, start, self.verbose).sequences()
 

@@ -575,3 +575,23 @@ def test_wan_image_to_video_refuses_what_it_cannot_explain():
     ):
         with pytest.raises(ValueError, match=message):
             explainer(PROMPT, image=image, num_inference_steps=1, **{**TINY_WAN_I2V_CALL, **kwargs})
+
+
+def test_the_cli_explains_a_saved_wan_image_to_video_clip(tmp_path):
+    # --image for an image-to-video model; the report's steps are stills of the clip at each step (no input image
+    # among them: it is one frame).
+    from PIL import Image
+
+    from diffusers_interpret.cli import main
+    from diffusers_interpret.testing.wan import make_tiny_wan_i2v_pipeline
+
+    make_tiny_wan_i2v_pipeline().save_pretrained(tmp_path / "model")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(
+        tmp_path / "x.png"
+    )
+    argv = ["explain", PROMPT, "--model", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--quiet"]
+    argv += ["--steps", "2", "--height", "16", "--width", "16", "--num-frames", "9", "--frames", "0", "5"]
+    assert main([*argv, "--box", "0,0,8,16", "--method", "grad_x_input", "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "the box ((0, 0), (8, 16)) on frames 0 to 4 of the clip" in page and "pixel attributions" in page
+    assert "step 2/2" in page and "step 3/3" not in page  # the 2 steps' stills, no input image before them
