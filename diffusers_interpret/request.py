@@ -445,10 +445,15 @@ def _warn_truncated(pipe, family: PipelineFamily, prompts, pipeline_kwargs: Dict
                     asked = int(call_argument(pipe, pipeline_kwargs, "max_sequence_length"))
                     needed = before + len(tokenizer.tokenize(text)) - (length - asked)
                     default = call_argument(pipe, {}, "max_sequence_length")
+                    cropped = (
+                        f"; {slot.label} reads {length - asked} positions more, which the pipeline crops"
+                        if length != asked
+                        else ""
+                    )
                     raise ValueError(
                         f"`max_sequence_length={asked}` leaves no room for the prompt: the chat template takes "
-                        f"{before} tokens before it (of the {length} {slot.label} reads). Use at least {needed} (the "
-                        f"pipeline's default is {default})."
+                        f"{before} tokens before it. Use at least {needed} (the pipeline's default is {default}"
+                        f"{cropped})."
                     )
             tokens = tokenizer.tokenize(text)
             _check_rows_kept(pipe, family, slot, text, pipeline_kwargs)
