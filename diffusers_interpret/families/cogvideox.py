@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import PipelineFamily, TextEncoderSlot, call_argument
+from .base import PipelineFamily, TextEncoderSlot
 from .registry import register_family
 from .video import VideoFamily
 
@@ -32,18 +32,7 @@ class CogVideoXFamily(VideoFamily):
     frames_axis = 1
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
-    def check_request(
-        self,
-        pipe,
-        prompts: List[str],
-        size: Tuple[Optional[int], Optional[int]],
-        pipeline_kwargs: Dict[str, Any],
-        generating: bool = True,
-    ) -> None:
-        if not generating:
-            raise ValueError(
-                "Explaining a clip the user already has is not supported for CogVideoX yet: explain a generated clip."
-            )
+    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
         if self.denoiser(pipe).config.patch_size_t is not None:
             raise ValueError(
                 "CogVideoX 1.5's temporal patches (`patch_size_t`) pad the latent frames and drop the padding before "
@@ -93,19 +82,6 @@ class CogVideoXFamily(VideoFamily):
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
         return [TextEncoderSlot("tokenizer", "text_encoder", "prompt", slice(None), label="T5")]
-
-    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
-        return int(call_argument(pipe, call_kwargs, "max_sequence_length"))
-
-    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
-        embeddings, _ = pipe.encode_prompt(
-            prompts["prompt"],
-            do_classifier_free_guidance=False,
-            num_videos_per_prompt=1,
-            max_sequence_length=int(call_argument(pipe, call_kwargs, "max_sequence_length")),
-            device=device,
-        )
-        return {"encoder_hidden_states": embeddings}
 
     # -- the clip -------------------------------------------------------------------------------------------------
     def default_size(self, pipe) -> Tuple[int, int]:

@@ -44,19 +44,7 @@ class HunyuanVideoFamily(VideoFamily):
     joint_attention = JointAttention(text_first=False)
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
-    def check_request(
-        self,
-        pipe,
-        prompts: List[str],
-        size: Tuple[Optional[int], Optional[int]],
-        pipeline_kwargs: Dict[str, Any],
-        generating: bool = True,
-    ) -> None:
-        if not generating:
-            raise ValueError(
-                "Explaining a clip the user already has is not supported for HunyuanVideo yet: explain a generated "
-                "clip."
-            )
+    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
         asked = call_argument(pipe, pipeline_kwargs, "num_frames")
         made = self.clip_frames(pipe, pipeline_kwargs) if isinstance(asked, int) and asked >= 1 else 0
         self.check_clip_frames(pipe, asked, made)

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .base import PipelineFamily, TransformerFamily
+from .base import PipelineFamily, TextEncoderSlot, TransformerFamily, call_argument
 
 
 class VideoFamily(TransformerFamily):
@@ -40,6 +40,38 @@ class VideoFamily(TransformerFamily):
 
     def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         return PipelineFamily.concept_blocks(self, denoiser)  # no text stream of its own: refused, saying what to use
+
+    def check_request(
+        self,
+        pipe,
+        prompts: List[str],
+        size: Tuple[Optional[int], Optional[int]],
+        pipeline_kwargs: Dict[str, Any],
+        generating: bool = True,
+    ) -> None:
+        if not generating:
+            raise ValueError(
+                f"Explaining a clip the user already has is not supported for {self.display_name} yet: explain a "
+                "generated clip."
+            )
+        self.check_clip(pipe, prompts, pipeline_kwargs)
+
+    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
+        r"""Raise a `ValueError` for a generating call whose clip this family cannot explain (see `check_request`)."""
+
+    # -- text: one T5-like encoder whose `encode_prompt` the Wan and CogVideoX pipelines share ---------------------
+    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
+        return int(call_argument(pipe, call_kwargs, "max_sequence_length"))
+
+    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
+        embeddings, _ = pipe.encode_prompt(
+            prompts["prompt"],
+            do_classifier_free_guidance=False,
+            num_videos_per_prompt=1,
+            max_sequence_length=int(call_argument(pipe, call_kwargs, "max_sequence_length")),
+            device=device,
+        )
+        return {"encoder_hidden_states": embeddings}
 
     # -- maps -----------------------------------------------------------------------------------------------------
     def attention_frames(self, args: tuple, kwargs: dict) -> Optional[int]:

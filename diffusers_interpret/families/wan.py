@@ -42,18 +42,7 @@ class WanFamily(VideoFamily):
                 "explain a Wan 2.1 pipeline (one `transformer`), or load the pipeline with `transformer_2=None`."
             )
 
-    def check_request(
-        self,
-        pipe,
-        prompts: List[str],
-        size: Tuple[Optional[int], Optional[int]],
-        pipeline_kwargs: Dict[str, Any],
-        generating: bool = True,
-    ) -> None:
-        if not generating:
-            raise ValueError(
-                "Explaining a clip the user already has is not supported for Wan yet: explain a generated clip."
-            )
+    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
         frames = call_argument(pipe, pipeline_kwargs, "num_frames")
         temporal = int(pipe.vae_scale_factor_temporal)
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1 or frames % temporal != 1:
@@ -110,19 +99,6 @@ class WanFamily(VideoFamily):
     ) -> Tuple[str, int]:
         # `prompt_clean` strips the outer white space (prompts it rewrites otherwise are refused in `check_request`).
         return text.strip(), -(len(text) - len(text.lstrip()))
-
-    def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:
-        return int(call_argument(pipe, call_kwargs, "max_sequence_length"))
-
-    def encode(self, pipe, prompts: Dict[str, List[str]], call_kwargs: Dict[str, Any], device) -> Dict[str, Any]:
-        embeddings, _ = pipe.encode_prompt(
-            prompts["prompt"],
-            do_classifier_free_guidance=False,
-            num_videos_per_prompt=1,
-            max_sequence_length=int(call_argument(pipe, call_kwargs, "max_sequence_length")),
-            device=device,
-        )
-        return {"encoder_hidden_states": embeddings}
 
     # -- the clip -------------------------------------------------------------------------------------------------
     def default_size(self, pipe) -> Tuple[int, int]:
@@ -200,8 +176,8 @@ class WanImageToVideoFamily(WanFamily):
                 "explained yet: explain a Wan 2.1 image-to-video pipeline."
             )
 
-    def check_request(self, pipe, prompts, size, pipeline_kwargs, generating: bool = True) -> None:
-        super().check_request(pipe, prompts, size, pipeline_kwargs, generating)
+    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
+        super().check_clip(pipe, prompts, pipeline_kwargs)
         length = int(call_argument(pipe, pipeline_kwargs, "max_sequence_length"))
         if length != 512:
             raise ValueError(
