@@ -39,36 +39,27 @@ def parse_box(text: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     return ((x0, y0), (x1, y1))
 
 
-def positive_int(text: str) -> int:
-    r"""`text` as an integer >= 1; `argparse.ArgumentTypeError` otherwise."""
+def _integer(text: str, least: int, expected: str) -> int:
+    # `text` as an integer >= `least`; `argparse.ArgumentTypeError` saying what was `expected` otherwise.
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    r"""`text` as an integer >= 1; `argparse.ArgumentTypeError` otherwise."""
+    return _integer(text, 1, "a positive integer")
 
 
 def frame_index(text: str) -> int:
     r"""A frame's index: an integer >= 0; `argparse.ArgumentTypeError` otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a frame index (an integer >= 0), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a frame index (an integer >= 0), got {text!r}")
-    return value
+    return _integer(text, 0, "a frame index (an integer >= 0)")
 
 
 def traced_steps(text: str) -> Optional[int]:
     r"""`--traced`'s value: an integer >= 0, or `None` for `'all'`; `argparse.ArgumentTypeError` otherwise."""
-    if text.lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}")
-    return value
+    return None if text.lower() == "all" else _integer(text, 0, "an integer >= 0 or 'all'")
