@@ -595,3 +595,35 @@ def test_the_cli_explains_a_saved_wan_image_to_video_clip(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "the box ((0, 0), (8, 16)) on frames 0 to 4 of the clip" in page and "pixel attributions" in page
     assert "step 2/2" in page and "step 3/3" not in page  # the 2 steps' stills, no input image before them
+
+
+def test_cogvideox_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite_differences():
+    # CogVideoXImageToVideoPipeline: the image's VAE latents (sampled with the call's generator) as the first latent
+    # frame beside the noise. The clip is the pipeline's; the gradient of a box over frames to the image's pixels
+    # equals the central difference of the pipeline's own clips along it (float64, no path outside torch; the clip
+    # comes back in float32: measured, the difference is 69.64 / 68.283 / 68.329 / 71.13 at eps 1e-5 / 1e-4 / 1e-3 /
+    # 1e-2 against a gradient norm of 68.358, so rel 1e-3 at 1e-3).
+    from diffusers_interpret import CogVideoXImageToVideoPipelineExplainer, PipelineImageToVideoExplainerOutput
+    from diffusers_interpret.testing.cogvideox import make_tiny_cogvideox_i2v_pipeline
+
+    pipe = make_tiny_cogvideox_i2v_pipeline(dtype=torch.float64)
+    x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
+    call = dict(COMMON, guidance_scale=6.0)
+    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
+    explainer = explainer_for(pipe, verbose=False)
+    assert isinstance(explainer, CogVideoXImageToVideoPipelineExplainer)
+    out = explainer(
+        PROMPT, image=x, generator=seeded(0), explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5),
+        output_type="np", attribution_method="grad_x_input", **call,
+    )  # fmt: skip
+    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
+    np.testing.assert_array_equal(np.stack(out.frames), expected)
+    grad, eps = out.pixel_gradients, 1e-3
+    unit = grad / grad.norm()
+
+    def region_sum(image):
+        clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
+        return float(clip[0:5, :, 0:16, 0:8].sum())
+
+    difference = (region_sum(x + eps * unit[None]) - region_sum(x - eps * unit[None])) / (2 * eps)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)

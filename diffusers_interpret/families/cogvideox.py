@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import PipelineFamily, TextEncoderSlot
+from .base import InputKind, PipelineFamily, TextEncoderSlot
 from .registry import register_family
 from .video import VideoFamily
 
@@ -119,4 +119,25 @@ class CogVideoXFamily(VideoFamily):
         }
 
 
+class CogVideoXImageToVideoFamily(CogVideoXFamily):
+    r"""
+    `CogVideoXImageToVideoPipeline`: as [`CogVideoXFamily`], and the input image, which the pipeline encodes with its
+    VAE as the clip's first latent frame (zeros after it) and the transformer reads beside the noised latents (on the
+    channel axis). Its **pixel attributions** come through that encoding (the VAE's sampled posterior, from the call's
+    generator, as the pipeline draws it). The prompt dependence is not measured (a redraw of the clip alone would not
+    have the image's latents beside it).
+    """
+
+    name = "cogvideox_i2v"
+    display_name = "CogVideoX image-to-video"
+    pipeline_class_names = ("CogVideoXImageToVideoPipeline",)
+
+    def input_kind(self, pipeline_class: type):
+        return InputKind.IMAGE
+
+    def input_image(self, pipe) -> Tuple[str, str]:
+        return "image", "video_processor"
+
+
 COGVIDEOX = register_family(CogVideoXFamily())
+COGVIDEOX_I2V = register_family(CogVideoXImageToVideoFamily())

@@ -3,7 +3,13 @@
 from typing import Optional
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel, DDIMScheduler
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    CogVideoXImageToVideoPipeline,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    DDIMScheduler,
+)
 
 from ..tokenizer import build_sentencepiece_tokenizer
 from .components import freeze, tiny_t5
@@ -13,7 +19,9 @@ from .components import freeze, tiny_t5
 TINY_COGVIDEOX_CALL = dict(height=16, width=16, num_frames=9, max_sequence_length=24)
 
 
-def make_tiny_cogvideox_components(seed: int = 0, num_layers: int = 2, rotary: bool = True) -> dict:
+def make_tiny_cogvideox_components(
+    seed: int = 0, num_layers: int = 2, rotary: bool = True, image_to_video: bool = False
+) -> dict:
     r"""
     Components of a tiny CogVideoX pipeline (random weights, frozen, eval mode): clips of 16x16 frames, latents of
     2x2 cells and a 4x temporal compression, a transformer of 2x2 patches with joint attention over [text, video];
@@ -24,6 +32,8 @@ def make_tiny_cogvideox_components(seed: int = 0, num_layers: int = 2, rotary: b
         num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
         rotary (`bool`, *optional*, defaults to `True`): The video's positions rotated in attention (CogVideoX 5B's
             3-D rotary embedding); `False`: added as fixed embeddings (2B's).
+        image_to_video (`bool`, *optional*, defaults to `False`): CogVideoX image-to-video's: the transformer reads the
+            input image's latents (its first latent frame, then zeros) beside the noised ones (8 channels).
     """
     # From diffusers' tests/pipelines/cogvideo/test_cogvideox.py (get_dummy_components): the transformer's and the
     # VAE's configs, with `num_layers` as an argument, 2 heads of 16 (its 4 of 8 cannot take the rotary embedding), a
@@ -32,7 +42,7 @@ def make_tiny_cogvideox_components(seed: int = 0, num_layers: int = 2, rotary: b
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2,
         attention_head_dim=16,  # a 3-D rotary embedding splits a head 4 / 6 / 6 (each part even)
-        in_channels=4,
+        in_channels=8 if image_to_video else 4,
         out_channels=4,
         time_embed_dim=2,
         text_embed_dim=32,
@@ -84,6 +94,22 @@ def make_tiny_cogvideox_pipeline(
             positional embeddings (2B).
     """
     pipe = CogVideoXPipeline(**make_tiny_cogvideox_components(seed, num_layers, rotary))
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny_cogvideox_i2v_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None):
+    r"""
+    A tiny offline CogVideoX image-to-video pipeline with random weights (5B-style: a rotary embedding), for tests and
+    benchmarks. Call it with an `image` and `**TINY_COGVIDEOX_CALL`.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        dtype (`torch.dtype`, *optional*): Cast the pipeline.
+    """
+    pipe = CogVideoXImageToVideoPipeline(**make_tiny_cogvideox_components(seed, image_to_video=True))
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
