@@ -362,6 +362,18 @@ def _tiny(family):
         from diffusers_interpret.testing.sana import TINY_SANA_CALL, make_tiny_sana_pipeline
 
         return make_tiny_sana_pipeline(), dict(height=32, width=32, **TINY_SANA_CALL)
+    if family == "wan":
+        from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
+
+        return make_tiny_wan_pipeline(), TINY_WAN_CALL
+    if family == "cogvideox":
+        from diffusers_interpret.testing.cogvideox import TINY_COGVIDEOX_CALL, make_tiny_cogvideox_pipeline
+
+        return make_tiny_cogvideox_pipeline(), TINY_COGVIDEOX_CALL
+    if family == "hunyuan_video":
+        from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_VIDEO_CALL, make_tiny_hunyuan_video_pipeline
+
+        return make_tiny_hunyuan_video_pipeline(), TINY_HUNYUAN_VIDEO_CALL
     if family == "prx":
         from diffusers_interpret.testing.prx import TINY_PRX_CALL, make_tiny_prx_pipeline
 
@@ -416,6 +428,28 @@ FAMILIES = [
     ("kontext-size-from-max-area", "kontext", dict(image=RGB), BAD, "max_area=256"),
     ("kontext-no-reference", "kontext", dict(max_area=256), BAD, "input image"),
     ("controlnet-flux-tensor", "controlnet_flux", dict(control_image=torch.zeros(1, 3, 16, 16)), BAD, "control_image"),
+    # clips: frame ranges outside the clip, boxes on a frame that does not exist, frame counts the model cannot make
+    ("wan-frames-past-the-clip", "wan", dict(explanation_frames=(5, 12)), BAD, "explanation_frames"),
+    ("wan-frames-empty", "wan", dict(explanation_frames=(4, 4)), BAD, "explanation_frames"),
+    ("wan-frames-negative", "wan", dict(explanation_frames=(-1, 3)), BAD, "explanation_frames"),
+    ("wan-frames-one-number", "wan", dict(explanation_frames=3), BAD, "explanation_frames"),
+    ("wan-frames-float", "wan", dict(explanation_frames=(0.5, 3)), BAD, "explanation_frames"),
+    ("wan-box-below-the-frame", "wan", dict(explanation_2d_bounding_box=((0, 16), (8, 24))), BAD, "bounding_box"),
+    ("wan-frame-count", "wan", dict(num_frames=10), BAD, "num_frames"),
+    ("wan-frame-count-0", "wan", dict(num_frames=0), BAD, "num_frames"),
+    ("wan-videos-per-prompt-0", "wan", dict(num_videos_per_prompt=0), BAD, "num_videos_per_prompt"),
+    ("wan-cleaning-rewrites", "wan", dict(prompt="a  corgi &amp; a cat"), BAD, "prompt"),
+    ("cogvideox-frame-count", "cogvideox", dict(num_frames=10), BAD, "num_frames=10"),
+    ("cogvideox-frames-past-the-clip", "cogvideox", dict(explanation_frames=(0, 10)), BAD, "explanation_frames"),
+    ("hunyuan-frame-count", "hunyuan_video", dict(num_frames=8), BAD, "num_frames=8"),
+    (
+        "hunyuan-template-without-place",
+        "hunyuan_video",
+        dict(prompt_template={"template": "x"}),
+        BAD,
+        "prompt_template",
+    ),
+    ("hunyuan-concept-attention", "hunyuan_video", dict(attribution_method="concept_attention"), BAD, "text stream"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Wan and CogVideoX through the family seam: the clip as a picture of its frames, space-time boxes, per-frame maps."""
+"""The video families through the seam: the clip as a picture of its frames, space-time boxes, per-frame maps."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import seeded
 from independent_gradients import central_difference, leaf_gradient
+from PIL import Image
 from pipeline_state import pipeline_state
 
 from diffusers_interpret import (
@@ -293,6 +294,12 @@ def test_hunyuan_videos_per_frame_word_maps_and_template_equal_an_independent_co
     expected = torch.stack([frames[(t + 3) // 4] for t in range(FRAMES)], dim=1)
     np.testing.assert_allclose(out.frame_maps(out.attention_maps.maps[0][content]), expected, atol=1e-5)
     assert 0 < out.attention_sink_share < 1  # the template's kept tokens and the end token took some
+
+
+def test_a_clip_the_user_already_has_is_refused_with_what_to_do(video):
+    _, pipe = video
+    with pytest.raises(ValueError, match="explain a generated clip"):
+        explainer_for(pipe, verbose=False).explain_image(Image.new("RGB", (SIZE, SIZE)), PROMPT, **common(pipe))
 
 
 def test_cogvideox_refuses_a_frame_count_its_vae_would_not_make():

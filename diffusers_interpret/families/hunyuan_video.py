@@ -48,6 +48,9 @@ class HunyuanVideoFamily(VideoFamily):
         asked = call_argument(pipe, pipeline_kwargs, "num_frames")
         made = self.clip_frames(pipe, pipeline_kwargs) if isinstance(asked, int) and asked >= 1 else 0
         self.check_clip_frames(pipe, asked, made)
+
+    def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
+        # Before anything reads the template (the prompt's tokens are found in it).
         template = _template(pipe, pipeline_kwargs)
         if not isinstance(template, dict) or "{}" not in str(template.get("template", "")):
             raise ValueError(
