@@ -6,7 +6,7 @@ import torch
 from diffusers import ChromaImg2ImgPipeline, ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
 from ..tokenizer import build_sentencepiece_tokenizer
-from .components import freeze, tiny_flow_vae, tiny_t5
+from .components import finished, freeze, tiny_flow_vae, tiny_t5
 
 CHROMA_PIPELINE_CLASSES = {"text2img": ChromaPipeline, "img2img": ChromaImg2ImgPipeline}
 # The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); Chroma's default is 512.
@@ -69,7 +69,4 @@ def make_tiny_chroma_pipeline(
     if kind not in CHROMA_PIPELINE_CLASSES:
         raise ValueError(f"`kind` must be one of {sorted(CHROMA_PIPELINE_CLASSES)}, got {kind!r}.")
     pipe = CHROMA_PIPELINE_CLASSES[kind](**make_tiny_chroma_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

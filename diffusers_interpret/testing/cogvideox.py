@@ -12,7 +12,7 @@ from diffusers import (
 )
 
 from ..tokenizer import build_sentencepiece_tokenizer
-from .components import freeze, tiny_t5
+from .components import finished, freeze, tiny_t5
 
 # The call settings of the tiny pipelines: 9 frames (3 latent frames) of 16x16, 24 T5 positions (CogVideoX's own
 # default is 226, its transformer's `max_text_seq_length`).
@@ -94,10 +94,7 @@ def make_tiny_cogvideox_pipeline(
             positional embeddings (2B).
     """
     pipe = CogVideoXPipeline(**make_tiny_cogvideox_components(seed, num_layers, rotary))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)
 
 
 def make_tiny_cogvideox_i2v_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None):
@@ -110,7 +107,4 @@ def make_tiny_cogvideox_i2v_pipeline(seed: int = 0, dtype: Optional[torch.dtype]
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
     """
     pipe = CogVideoXImageToVideoPipeline(**make_tiny_cogvideox_components(seed, image_to_video=True))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

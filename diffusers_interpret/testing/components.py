@@ -1,5 +1,7 @@
 """The parts the tiny pipelines of every family share: tiny VAEs, text encoders and a scheduler, built from configs."""
 
+from typing import Optional
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextConfig, T5Config, T5EncoderModel
@@ -88,6 +90,14 @@ def tiny_scheduler() -> DDIMScheduler:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def finished(pipe, dtype: Optional[torch.dtype] = None):
+    r"""A tiny pipeline made ready: cast to `dtype` where given, its progress bar off."""
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def freeze(*models: torch.nn.Module) -> None:

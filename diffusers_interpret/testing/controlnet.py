@@ -11,7 +11,7 @@ from diffusers import (
     StableDiffusionXLControlNetPipeline,
 )
 
-from .components import freeze
+from .components import finished, freeze
 from .flux import TINY_FLUX_WIDTHS, make_tiny_flux_components
 from .stable_diffusion import make_tiny_components
 from .stable_diffusion_xl import ADDITION_TIME_EMBED_DIM, PROJECTION_DIM, TEXT_HIDDEN_SIZE, make_tiny_sdxl_components
@@ -83,7 +83,4 @@ def make_tiny_controlnet_pipeline(family: str = "sd", seed: int = 0, dtype: Opti
             components.pop(name, None)
     freeze(_drawn_zero_layers(controlnet, seed))
     pipe = pipeline_class(**components, controlnet=controlnet, **extra)
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

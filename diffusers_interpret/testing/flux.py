@@ -12,7 +12,7 @@ from diffusers import (
 from transformers import CLIPTextModel
 
 from ..tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
-from .components import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
+from .components import finished, freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 
 FLUX_PIPELINE_CLASSES = {"text2img": FluxPipeline, "img2img": FluxImg2ImgPipeline}
 # The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); Flux's default is 512.
@@ -92,7 +92,4 @@ def make_tiny_flux_pipeline(
     if kind not in FLUX_PIPELINE_CLASSES:
         raise ValueError(f"`kind` must be one of {sorted(FLUX_PIPELINE_CLASSES)}, got {kind!r}.")
     pipe = FLUX_PIPELINE_CLASSES[kind](**make_tiny_flux_components(seed, guidance_embeds, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

@@ -13,7 +13,7 @@ from diffusers import (
 from transformers import Mistral3Config, Mistral3ForConditionalGeneration, Qwen3Config, Qwen3ForCausalLM
 
 from ..tokenizer import DEFAULT_WORDS, build_chat_tokenizer
-from .components import freeze
+from .components import finished, freeze
 
 # The call settings of the tiny pipelines: the padded length of the chat template's tokens (the pipeline's own 512
 # otherwise). The LLM has the 28 layers the default `text_encoder_out_layers=(9, 18, 27)` reads.
@@ -108,10 +108,7 @@ def make_tiny_flux2_klein_pipeline(seed: int = 0, dtype: Optional[torch.dtype] =
         num_layers (`int`, *optional*, defaults to 1): Double-stream blocks (and as many single-stream blocks).
     """
     pipe = Flux2KleinPipeline(**make_tiny_flux2_klein_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)
 
 
 def make_tiny_flux2_dev_components(seed: int = 0, num_layers: int = 1) -> dict:
@@ -189,10 +186,7 @@ def make_tiny_flux2_dev_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = N
     `max_sequence_length=TINY_FLUX2_DEV_LENGTH` and `height=width=16`.
     """
     pipe = Flux2Pipeline(**make_tiny_flux2_dev_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)
 
 
 # The padded length of the tiny [dev] pipelines' calls: the system message (33 tokens), the markers and the prompt.

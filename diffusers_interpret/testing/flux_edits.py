@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from diffusers import FluxFillPipeline, FluxKontextPipeline, FluxTransformer2DModel
 
-from .components import freeze
+from .components import finished, freeze
 from .flux import TINY_FLUX_WIDTHS, make_tiny_flux_components
 
 
@@ -28,7 +28,7 @@ def make_tiny_flux_fill_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = N
     )
     freeze(transformer)
     components["transformer"] = transformer
-    return _finished(FluxFillPipeline(**components), dtype)
+    return finished(FluxFillPipeline(**components), dtype)
 
 
 def make_tiny_flux_kontext_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None) -> FluxKontextPipeline:
@@ -40,11 +40,4 @@ def make_tiny_flux_kontext_pipeline(seed: int = 0, dtype: Optional[torch.dtype] 
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
     """
-    return _finished(FluxKontextPipeline(**make_tiny_flux_components(seed)), dtype)
-
-
-def _finished(pipe, dtype: Optional[torch.dtype]):
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(FluxKontextPipeline(**make_tiny_flux_components(seed)), dtype)

@@ -12,7 +12,7 @@ from diffusers import (
 from transformers import CLIPTextModel, LlamaConfig, LlamaModel
 
 from ..tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
-from .components import freeze, tiny_clip_config
+from .components import finished, freeze, tiny_clip_config
 
 # The tiny pipelines' prompt template: a few words before the prompt, cropped as the pipeline crops its own (its
 # default, 95 tokens of Llama 3's, fits no generated tokenizer). The generated tokenizer reads "<bos> the video:" as
@@ -113,7 +113,4 @@ def make_tiny_hunyuan_video_pipeline(
         num_layers (`int`, *optional*, defaults to 1): Dual-stream blocks (and as many single-stream blocks).
     """
     pipe = HunyuanVideoPipeline(**make_tiny_hunyuan_video_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, PRXPipeline, PRXTransformer2DModel
 
 from ..tokenizer import build_sentencepiece_tokenizer
-from .components import freeze
+from .components import finished, freeze
 
 # The call settings of the tiny pipelines: no resolution binning (a 16x16 image has no bin, as in diffusers' tests) and
 # the tokenizer's 24 tokens.
@@ -113,7 +113,4 @@ def make_tiny_prx_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, d
         components: Overrides of `make_tiny_prx_components`' arguments (e.g. `default_sample_size=256`).
     """
     pipe = PRXPipeline(**make_tiny_prx_components(seed, depth, **components))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

@@ -13,7 +13,7 @@ from diffusers import (
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from ..tokenizer import DEFAULT_WORDS, build_chat_tokenizer
-from .components import freeze
+from .components import finished, freeze
 
 # The call settings of the tiny pipelines: the kept length of the prompt's states (the pipeline's own 512 otherwise;
 # diffusers' tests use 16) and no true classifier-free guidance unless a test asks for it.
@@ -118,7 +118,4 @@ def make_tiny_qwenimage_pipeline(
     """
     pipeline_class = {"text2img": QwenImagePipeline, "img2img": QwenImageImg2ImgPipeline}[kind]
     pipe = pipeline_class(**make_tiny_qwenimage_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

@@ -8,7 +8,7 @@ from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeli
 from transformers import Gemma2Config, Gemma2Model
 
 from ..tokenizer import DEFAULT_WORDS, build_sentencepiece_tokenizer
-from .components import freeze
+from .components import finished, freeze
 
 # The call settings of the tiny pipelines: no resolution binning (a 32x32 image has no bin, as in diffusers' tests) and
 # 24 kept positions of the prompt's states (the pipeline's own 300 otherwise).
@@ -109,7 +109,4 @@ def make_tiny_sana_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, 
         num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
     """
     pipe = SanaPipeline(**make_tiny_sana_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

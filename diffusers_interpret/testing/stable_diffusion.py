@@ -13,7 +13,7 @@ from diffusers import (
 from transformers import CLIPTextModel
 
 from ..tokenizer import build_word_tokenizer
-from .components import freeze, tiny_clip_config, tiny_scheduler, tiny_vae
+from .components import finished, freeze, tiny_clip_config, tiny_scheduler, tiny_vae
 
 PIPELINE_CLASSES = {
     "text2img": StableDiffusionPipeline,
@@ -99,7 +99,4 @@ def make_tiny_pipeline(
         seed=seed, unet_in_channels=unet_in_channels, sample_size=sample_size, layers_per_block=layers_per_block
     )
     pipe = PIPELINE_CLASSES[kind](**components, requires_safety_checker=False)
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

@@ -12,7 +12,7 @@ from diffusers import (
 from transformers import CLIPTextModelWithProjection
 
 from ..tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
-from .components import freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
+from .components import finished, freeze, tiny_clip_config, tiny_flow_vae, tiny_t5
 
 SD3_PIPELINE_CLASSES = {"text2img": StableDiffusion3Pipeline, "img2img": StableDiffusion3Img2ImgPipeline}
 # The T5 sequence length of the tiny pipelines' calls (`max_sequence_length`); SD3's default is 256.
@@ -74,7 +74,4 @@ def make_tiny_sd3_pipeline(kind: str = "text2img", seed: int = 0, dtype: Optiona
     if kind not in SD3_PIPELINE_CLASSES:
         raise ValueError(f"`kind` must be one of {sorted(SD3_PIPELINE_CLASSES)}, got {kind!r}.")
     pipe = SD3_PIPELINE_CLASSES[kind](**make_tiny_sd3_components(seed))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

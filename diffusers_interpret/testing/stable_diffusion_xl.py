@@ -12,7 +12,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from ..tokenizer import build_word_tokenizer
-from .components import freeze, tiny_clip_config, tiny_scheduler, tiny_vae
+from .components import finished, freeze, tiny_clip_config, tiny_scheduler, tiny_vae
 
 SDXL_PIPELINE_CLASSES = {
     "text2img": StableDiffusionXLPipeline,
@@ -117,7 +117,4 @@ def make_tiny_sdxl_pipeline(
     if kind != "text2img":
         options["requires_aesthetics_score"] = False
     pipe = SDXL_PIPELINE_CLASSES[kind](**components, **options)
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

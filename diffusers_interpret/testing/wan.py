@@ -13,7 +13,7 @@ from diffusers import (
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..tokenizer import build_sentencepiece_tokenizer
-from .components import freeze, tiny_t5
+from .components import finished, freeze, tiny_t5
 
 # The call settings of the tiny pipelines: 9 frames (3 latent frames: the VAE compresses time 4x after the first
 # frame) of 16x16, 24 T5 positions (Wan's own default is 512).
@@ -95,10 +95,7 @@ def make_tiny_wan_i2v_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = Non
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
     """
     pipe = WanImageToVideoPipeline(**make_tiny_wan_components(seed, image_to_video=True))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)
 
 
 def make_tiny_wan_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2) -> WanPipeline:
@@ -112,7 +109,4 @@ def make_tiny_wan_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, n
         num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
     """
     pipe = WanPipeline(**make_tiny_wan_components(seed, num_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)

@@ -7,7 +7,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipe
 from transformers import Qwen3Config, Qwen3Model
 
 from ..tokenizer import build_chat_tokenizer
-from .components import freeze
+from .components import finished, freeze
 
 # The call settings of the tiny pipelines: the chat template's tokens and the prompt's fit in 32 (the pipeline's own
 # 512 otherwise).
@@ -97,7 +97,4 @@ def make_tiny_z_image_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = Non
         n_layers (`int`, *optional*, defaults to 2): Main layers of the transformer.
     """
     pipe = ZImagePipeline(**make_tiny_z_image_components(seed, n_layers))
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return finished(pipe, dtype)
