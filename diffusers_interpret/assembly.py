@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .attribution import aggregate
-from .box import draw_box, normalize_box
+from .box import clip_box, draw_box
 from .dependence import DependenceMap
 from .methods import Scores
 from .outputs import ExplanationOutputList, ExplanationStats, GeneratedImages, PixelAttributions, TokenAttributions
@@ -189,13 +189,11 @@ def assemble_outputs(
             image_index=index,
         )
         if request.num_frames is not None:  # a clip: its frames, and the box of each explained frame
-            frames = request.request.explanation_frames
-            output.num_frames, output.frame_size = request.num_frames, (request.height, request.width)
-            output.explanation_frames = None if frames is None else tuple(int(k) for k in frames)
-            output.explanation_2d_bounding_box = normalize_box(
-                request.request.explanation_2d_bounding_box, request.height, request.width
+            asked, size = request.request, (request.height, request.width)
+            output.num_frames, output.frame_size = request.num_frames, size
+            output.explanation_2d_bounding_box, output.explanation_frames, output.explained_region = clip_box(
+                asked.explanation_2d_bounding_box, asked.explanation_frames, *size, request.num_frames
             )
-            output.explained_region = request.box
         if dependence is not None:
             output.prompt_dependence_map = dependence[index].changed
         if control_dependence is not None:

@@ -140,6 +140,18 @@ def frame_region(
     return boxes[0] if len(boxes) == 1 else boxes
 
 
+def clip_box(
+    box: Optional[BoxLike], frames: Optional[Sequence[int]], height: int, width: int, num_frames: int
+) -> Tuple[Optional[Box], Optional[Tuple[int, int]], Optional[Region]]:
+    r"""
+    A clip's explained region as an output holds it, checked: the box in a frame's pixels (`normalize_box`), the span
+    of frames `(start, stop)` (`None`: every frame) and the region of the clip's picture they make (`frame_region`).
+    """
+    box = normalize_box(box, height, width)
+    span = None if frames is None else _frame_span(frames, num_frames)
+    return box, span, frame_region(box, span, height, width, num_frames)
+
+
 def _frame_span(frames: Optional[Sequence[int]], num_frames: int) -> Tuple[int, int]:
     if frames is None:
         return 0, num_frames

@@ -14,7 +14,7 @@ from PIL import Image
 
 from . import checks
 from .assembly import fill_dependence, reexplained
-from .box import frame_region, normalize_box
+from .box import clip_box, normalize_box
 from .methods import GradientAggregation, WordAttention, parse_method
 from .progress import progress_bar
 from .regeneration import Regeneration
@@ -90,10 +90,10 @@ class Session:
             return self._explain(output, explanation_2d_bounding_box, attribution_method)
         # A clip: the box of each frame over a span of frames, a region of the clip's picture.
         request = self.request
-        box = normalize_box(explanation_2d_bounding_box, request.height, request.width)
-        region = frame_region(box, explanation_frames, request.height, request.width, frames)
-        new = self._explain(output, region, attribution_method, (box, explanation_frames))
-        span = None if explanation_frames is None else tuple(int(k) for k in explanation_frames)
+        box, span, region = clip_box(
+            explanation_2d_bounding_box, explanation_frames, request.height, request.width, frames
+        )
+        new = self._explain(output, region, attribution_method, (box, span))
         return dataclasses.replace(
             new, explanation_2d_bounding_box=box, explanation_frames=span, explained_region=region
         )

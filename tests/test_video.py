@@ -528,6 +528,42 @@ def test_the_cli_explains_saved_cogvideox_and_hunyuan_video_clips(family, tmp_pa
     assert "the box ((0, 0), (8, 16)) on frames 1 to 4 of the clip" in page and 'data-word="' in page
 
 
+IMAGE_TO_VIDEO_REGION = dict(explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5))
+
+
+def explained_image_to_video(pipe, explainer_class, call):
+    # A float64 image-to-video pipeline started from a random image (values kept off the [0, 1] borders, for the
+    # differences): the clip explained over the left half of frames 0 to 4 by `explainer_class` is the pipeline's, and
+    # holds the image's pixel attributions and no prompt dependence. Returns the explainer, the output, the image and
+    # the pipeline's frames.
+    from diffusers_interpret import PipelineImageToVideoExplainerOutput
+
+    x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
+    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
+    explainer = explainer_for(pipe, verbose=False)
+    assert isinstance(explainer, explainer_class)
+    out = explainer(
+        PROMPT, image=x, generator=seeded(0), output_type="np", attribution_method="grad_x_input",
+        **IMAGE_TO_VIDEO_REGION, **call,
+    )  # fmt: skip
+    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
+    np.testing.assert_array_equal(np.stack(out.frames), expected)
+    assert out.pixel_attributions.shape == (SIZE, SIZE) and out.input_saliency_map is not None
+    return explainer, out, x, expected
+
+
+def pixel_difference_along_the_gradient(pipe, image, gradient, eps, call) -> float:
+    # The central difference, along the pixel gradient's direction, of the pipeline's own clips' sum over the region
+    # of `IMAGE_TO_VIDEO_REGION` (rows 0-15, columns 0-7 of frames 0 to 4).
+    unit = gradient / gradient.norm()
+
+    def region_sum(x):
+        clip = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="pt", **call).frames[0]
+        return float(clip[0:5, :, 0:16, 0:8].sum())
+
+    return (region_sum(image + eps * unit[None]) - region_sum(image - eps * unit[None])) / (2 * eps)
+
+
 def test_wan_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite_differences():
     # WanImageToVideoPipeline: the clip is the pipeline's; the gradient of a box over frames 0 to 4 to the image's
     # pixels through the VAE-encoded first frame the transformer reads beside the noise equals the central difference
@@ -535,32 +571,16 @@ def test_wan_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_fi
     # torch: that path is not attributed). The pipeline keeps the image and the first frame's latents in float32:
     # measured, the difference is 0.0030034 / 0.0029596 / 0.0026758 at eps 3e-3 / 1e-2 / 3e-2 against a gradient norm
     # of 0.0030120 (float32 rounding below, curvature above).
-    from diffusers_interpret import PipelineImageToVideoExplainerOutput, WanImageToVideoPipelineExplainer
+    from diffusers_interpret import WanImageToVideoPipelineExplainer
     from diffusers_interpret.testing.wan import TINY_WAN_I2V_CALL, make_tiny_wan_i2v_pipeline
 
     pipe = make_tiny_wan_i2v_pipeline(dtype=torch.float64)
-    x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
     call = dict(num_inference_steps=3, negative_prompt="", guidance_scale=5.0, **TINY_WAN_I2V_CALL)
-    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
-    explainer = explainer_for(pipe, verbose=False)
-    assert isinstance(explainer, WanImageToVideoPipelineExplainer)
-    out = explainer(
-        PROMPT, image=x, generator=seeded(0), explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5),
-        output_type="np", attribution_method="grad_x_input", **call,
-    )  # fmt: skip
-    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
-    np.testing.assert_array_equal(np.stack(out.frames), expected)
-    assert out.pixel_attributions.shape == (SIZE, SIZE) and out.input_saliency_map is not None
+    explainer, out, x, expected = explained_image_to_video(pipe, WanImageToVideoPipelineExplainer, call)
     grad = out.pixel_gradients
-    unit, eps = grad / grad.norm(), 3e-3
     embeddings = pipe.encode_image(x, "cpu")
     pipe.encode_image = lambda *args, **kwargs: embeddings  # CLIP's path held fixed
-
-    def region_sum(image):
-        clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
-        return float(clip[0:5, :, 0:16, 0:8].sum())
-
-    difference = (region_sum(x + eps * unit[None]) - region_sum(x - eps * unit[None])) / (2 * eps)
+    difference = pixel_difference_along_the_gradient(pipe, x, grad, 3e-3, call)
     assert difference == pytest.approx(float(grad.norm()), rel=1e-2)
     assert [w for w, _ in out.word_attributions] == PROMPT.split()
     del pipe.encode_image
@@ -610,27 +630,11 @@ def test_cogvideox_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_
     # equals the central difference of the pipeline's own clips along it (float64, no path outside torch; the clip
     # comes back in float32: measured, the difference is 69.64 / 68.283 / 68.329 / 71.13 at eps 1e-5 / 1e-4 / 1e-3 /
     # 1e-2 against a gradient norm of 68.358, so rel 1e-3 at 1e-3).
-    from diffusers_interpret import CogVideoXImageToVideoPipelineExplainer, PipelineImageToVideoExplainerOutput
+    from diffusers_interpret import CogVideoXImageToVideoPipelineExplainer
     from diffusers_interpret.testing.cogvideox import make_tiny_cogvideox_i2v_pipeline
 
     pipe = make_tiny_cogvideox_i2v_pipeline(dtype=torch.float64)
-    x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
     call = dict(COMMON, guidance_scale=6.0)
-    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
-    explainer = explainer_for(pipe, verbose=False)
-    assert isinstance(explainer, CogVideoXImageToVideoPipelineExplainer)
-    out = explainer(
-        PROMPT, image=x, generator=seeded(0), explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5),
-        output_type="np", attribution_method="grad_x_input", **call,
-    )  # fmt: skip
-    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
-    np.testing.assert_array_equal(np.stack(out.frames), expected)
-    grad, eps = out.pixel_gradients, 1e-3
-    unit = grad / grad.norm()
-
-    def region_sum(image):
-        clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
-        return float(clip[0:5, :, 0:16, 0:8].sum())
-
-    difference = (region_sum(x + eps * unit[None]) - region_sum(x - eps * unit[None])) / (2 * eps)
-    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
+    _, out, x, _ = explained_image_to_video(pipe, CogVideoXImageToVideoPipelineExplainer, call)
+    difference = pixel_difference_along_the_gradient(pipe, x, out.pixel_gradients, 1e-3, call)
+    assert difference == pytest.approx(float(out.pixel_gradients.norm()), rel=1e-3)

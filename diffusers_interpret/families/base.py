@@ -126,7 +126,7 @@ class PipelineFamily:
     # The call argument of the number of images made of each prompt (`"num_videos_per_prompt"` for video pipelines).
     images_per_prompt_argument: str = "num_images_per_prompt"
     # The pipeline makes clips: a clip is explained as one picture of its frames laid out top to bottom (the decode
-    # lays them out so, `frames_of` says how many), and its attention maps are made per frame
+    # lays them out so), and its attention maps are made per frame
     # (`attention_frames`, `attention_image_size`, `upsample_attention`).
     video: bool = False
     # `None`: the denoiser reads the text through UNet cross-attention layers (recorded through their processors);
@@ -231,10 +231,6 @@ class PipelineFamily:
     def output_latents(self, output) -> torch.Tensor:
         r"""The final latents of the pipeline's call made with `output_type="latent"`."""
         return output.images
-
-    def frames_of(self, pipe, latents: torch.Tensor) -> Optional[int]:
-        r"""The frames of the clip that final `latents` make (a video family); `None` for images."""
-        return None
 
     def denoiser_output(self, output) -> torch.Tensor:
         return output[0] if isinstance(output, tuple) else output.sample

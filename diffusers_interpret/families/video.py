@@ -113,9 +113,6 @@ class VideoFamily(TransformerFamily):
     def output_latents(self, output) -> torch.Tensor:
         return output.frames
 
-    def frames_of(self, pipe, latents: torch.Tensor) -> int:
-        return len(self.latent_frame_of(pipe, int(latents.shape[self.frames_axis])))
-
     def image_processor(self, pipe):
         return pipe.video_processor  # the frames' post-processing, alike for the picture of all of them
 
