@@ -215,7 +215,13 @@ class ToyRun:
             from diffusers_interpret.toy import TOY_MODELS
 
             toy = TOY_MODELS[TRANSFORMER_TOYS[args.family]]
-            self.pipe = toy.load()
+            if args.model is None:
+                self.pipe = toy.load()
+            else:  # another run of the toy's training script, saved as a pipeline folder
+                from diffusers_interpret.loading import load_pipeline
+
+                self.pipe = load_pipeline(args.model, device="cpu")
+                self.pipe.set_progress_bar_config(disable=True)
             self.explainer = explainer_for(self.pipe, verbose=False)
             self.steps = toy.call["num_inference_steps"]
             self.common = dict(toy.call, output_type="np")
@@ -581,6 +587,11 @@ def main():
         choices=["stable_diffusion", *TRANSFORMER_TOYS],
         default="stable_diffusion",
         help="the SD toys, the Flux toy or the SD3 toy",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a saved pipeline folder to measure in place of the shipped Flux or SD3 toy (a training run's output)",
     )
     parser.add_argument("--traced", type=int, default=None, help="traced steps (default: all)")
     parser.add_argument("--repeats", type=int, default=3)

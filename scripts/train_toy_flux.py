@@ -119,6 +119,12 @@ def joint_training_parser(description: str, work_dir: str, output_dir: str) -> a
         default=0.1,
         help="weight of a loss that makes each T5 state name its object's colour, shape and side (0: none)",
     )
+    parser.add_argument(
+        "--bind-targets",
+        choices=("object", "side"),
+        default="object",
+        help="what a word's state is taught: its object's colour, shape and side, or only its object's side",
+    )
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--stop-at", type=int, default=10000, help="stop at this step (the schedule is --steps')")
     parser.add_argument("--time-budget-min", type=float, default=None)
@@ -185,11 +191,13 @@ def scene_prompts(num_one: int, num_two: int):
     return prompts
 
 
-def binding_labels(prompts, t5_tokenizer) -> torch.Tensor:
+def binding_labels(prompts, t5_tokenizer, targets: str = "object") -> torch.Tensor:
     # Per T5 token of each prompt (padded to T5_LENGTH): for the pieces of a phrase's colour, shape and side words
     # ("a C S on the SIDE"), the colour, shape and side of that phrase's object; -100 for the function words, the end
     # token and padding. Real T5 comes pretrained with states that know which noun an adjective modifies; the toy's
-    # T5, trained only through the image, learned none (a word's state was the same in any prompt).
+    # T5, trained only through the image, learned none (a word's state was the same in any prompt). With
+    # `targets="side"` only the side is taught (colour and shape -100): a word's state says which object it belongs
+    # to, and carries no other word's meaning.
     labels = torch.full((len(prompts), T5_LENGTH, 3), -100, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         pieces, position = [], 0
@@ -203,6 +211,8 @@ def binding_labels(prompts, t5_tokenizer) -> torch.Tensor:
         for i, target in enumerate(pieces[: T5_LENGTH - 1]):
             if target is not None:
                 labels[row, i] = torch.tensor(target)
+    if targets == "side":
+        labels[..., :2] = -100
     return labels
 
 
@@ -294,9 +304,11 @@ def train_jointly(args, models: Dict[str, torch.nn.Module], bind_head: torch.nn.
 
 def bind_loss(bind_head, t5_states, targets) -> torch.Tensor:
     r"""The binding head's cross-entropies (colour, shape and side of each T5 state's object: `binding_labels`),
-    summed."""
+    averaged over the kinds taught (a kind whose labels are all -100 is not)."""
     logits = bind_head(t5_states[:, :T5_LENGTH]).split([len(COLORS), len(SHAPES), 2], dim=-1)
-    return sum(F.cross_entropy(lg.flatten(0, 1), targets[..., k].flatten()) for k, lg in enumerate(logits))
+    taught = [k for k in range(3) if (targets[..., k] != -100).any()]
+    losses = [F.cross_entropy(logits[k].flatten(0, 1), targets[..., k].flatten()) for k in taught]
+    return sum(losses) / max(len(losses), 1)
 
 
 def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
@@ -309,7 +321,7 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     img_ids = FluxPipeline._prepare_latent_image_ids(1, grid, grid, "cpu", torch.float32)
     prompts = scene_prompts(int((pool["num_objects"] == 1).sum()), int((pool["num_objects"] == 2).sum()))
     t5_ids = t5_tokenizer(prompts, padding="max_length", max_length=T5_LENGTH, truncation=True, return_tensors="pt")
-    bind_targets = binding_labels(prompts, t5_tokenizer)
+    bind_targets = binding_labels(prompts, t5_tokenizer, args.bind_targets)
     clip_ids = pool["input_ids"]
     empty_t5 = t5_tokenizer([""], padding="max_length", max_length=T5_LENGTH, return_tensors="pt").input_ids
     empty_clip = clip_tokenizer(
@@ -347,7 +359,7 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
         if args.bind_loss_weight > 0:
             targets = bind_targets[idx].clone()
             targets[drop] = -100
-            loss = loss + args.bind_loss_weight * bind_loss(bind_head, text_states, targets) / 3
+            loss = loss + args.bind_loss_weight * bind_loss(bind_head, text_states, targets)
         return loss
 
     return train_jointly(args, {"transformer": transformer, "t5": t5, "clip": clip}, bind_head, batch_loss)

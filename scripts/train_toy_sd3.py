@@ -154,7 +154,7 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     latents = pool["latents"]  # (N, 4, 16, 16)
     prompts = scene_prompts(int((pool["num_objects"] == 1).sum()), int((pool["num_objects"] == 2).sum()))
     t5_ids = t5_tokenizer(prompts, padding="max_length", max_length=T5_LENGTH, truncation=True, return_tensors="pt")
-    bind_targets = binding_labels(prompts, t5_tokenizer)
+    bind_targets = binding_labels(prompts, t5_tokenizer, args.bind_targets)
     clip_ids = pool["input_ids"]
     empty_t5 = t5_tokenizer([""], padding="max_length", max_length=T5_LENGTH, return_tensors="pt").input_ids
     empty_clip = clip_tokenizer(
@@ -196,7 +196,7 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
         if args.bind_loss_weight > 0:
             targets = bind_targets[idx].clone()
             targets[drop] = -100
-            loss = loss + args.bind_loss_weight * bind_loss(bind_head, t5_states, targets) / 3
+            loss = loss + args.bind_loss_weight * bind_loss(bind_head, t5_states, targets)
         return loss
 
     return train_jointly(args, models, bind_head, batch_loss)
