@@ -22,7 +22,7 @@ runs. Printed per case: median seconds, ratio to the plain `pipe()` call measure
     python benchmarks/bench_explainer.py --family z_image    # the tiny Z-Image pipeline (text2img)
     python benchmarks/bench_explainer.py --family controlnet_sd --size 32  # ControlNet (also _sdxl, _flux --size 16)
     python benchmarks/bench_explainer.py --family instruct_pix2pix --size 32  # also flux_fill, flux_kontext (16)
-    python benchmarks/bench_explainer.py --family wan --size 32  # text-to-video, 9 frames (cogvideox, hunyuan_video)
+    python benchmarks/bench_explainer.py --family wan --size 32  # text-to-video, 9 frames (also cogvideox, ltx, ...)
     python benchmarks/bench_explainer.py --family sd15-size --size 256 --traced 10 --repeats 1 --no-prompt-dependence
 
 `--family sd15-size` builds a UNet and VAE of Stable Diffusion 1.5's size (random weights, `bench_memory_real_size.py`)
@@ -60,6 +60,7 @@ from diffusers_interpret.testing.flux_edits import make_tiny_flux_fill_pipeline,
 from diffusers_interpret.testing.wan import make_tiny_wan_pipeline
 from diffusers_interpret.testing.cogvideox import make_tiny_cogvideox_pipeline
 from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_TEMPLATE, make_tiny_hunyuan_video_pipeline
+from diffusers_interpret.testing.ltx import make_tiny_ltx_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
 size, dependence = {size!r}, {dependence!r}
@@ -99,6 +100,8 @@ elif family == "cogvideox":
     pipe = make_tiny_cogvideox_pipeline()
 elif family == "hunyuan_video":
     pipe = make_tiny_hunyuan_video_pipeline()
+elif family == "ltx":
+    pipe = make_tiny_ltx_pipeline()
 else:
     pipe = make_tiny_sd3_pipeline(kind)
 prompt = "a red circle on the left and a blue square on the right"
@@ -115,7 +118,7 @@ if family == "sana":
     common.update(use_resolution_binning=False, max_sequence_length=24)
 if family == "z_image":
     common.update(max_sequence_length=32)
-if family in ("wan", "cogvideox", "hunyuan_video"):  # clips of 9 frames (3 latent frames)
+if family in ("wan", "cogvideox", "hunyuan_video", "ltx"):  # clips of 9 frames (3 latent frames)
     common.update(num_frames=9, max_sequence_length=24, negative_prompt="")  # Wan: two calls a step, CogVideoX: rows
 if family == "hunyuan_video":
     common.update(prompt_template=TINY_HUNYUAN_TEMPLATE)  # guidance-distilled: one call a step
@@ -208,6 +211,7 @@ def main():
             "wan",
             "cogvideox",
             "hunyuan_video",
+            "ltx",
             "sd15-size",
         ],
     )

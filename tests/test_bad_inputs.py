@@ -370,6 +370,10 @@ def _tiny(family):
         from diffusers_interpret.testing.cogvideox import TINY_COGVIDEOX_CALL, make_tiny_cogvideox_pipeline
 
         return make_tiny_cogvideox_pipeline(), TINY_COGVIDEOX_CALL
+    if family == "ltx":
+        from diffusers_interpret.testing.ltx import TINY_LTX_CALL, make_tiny_ltx_pipeline
+
+        return make_tiny_ltx_pipeline(), TINY_LTX_CALL
     if family == "hunyuan_video":
         from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_VIDEO_CALL, make_tiny_hunyuan_video_pipeline
 
@@ -442,6 +446,10 @@ FAMILIES = [
     ("cogvideox-frame-count", "cogvideox", dict(num_frames=10), BAD, "num_frames=10"),
     ("cogvideox-frames-past-the-clip", "cogvideox", dict(explanation_frames=(0, 10)), BAD, "explanation_frames"),
     ("hunyuan-frame-count", "hunyuan_video", dict(num_frames=8), BAD, "num_frames=8"),
+    ("ltx-frame-count", "ltx", dict(num_frames=8), BAD, "num_frames=8"),
+    ("ltx-size-not-32", "ltx", dict(height=48), BAD, "multiple of 32"),
+    ("ltx-decode-noise", "ltx", dict(decode_timestep=0.0, decode_noise_scale=0.05), BAD, "decode_noise_scale"),
+    ("ltx-frames-past-the-clip", "ltx", dict(explanation_frames=(2, 10)), BAD, "explanation_frames"),
     (
         "hunyuan-template-without-place",
         "hunyuan_video",

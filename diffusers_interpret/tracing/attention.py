@@ -550,6 +550,8 @@ def joint_queries_keys(
     """
     if hasattr(attn, "img_qkv_proj"):
         return _prx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+    if _is_ltx_attention(attn):
+        return _ltx_queries_keys(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
     if getattr(attn, "is_cross_attention", False) and not hasattr(attn, "add_q_proj"):
         return _cross_queries_keys(attn, hidden_states, encoder_hidden_states)
     if hasattr(attn, "cross_attention_dim_head"):  # Wan's self-attention over the video's tokens
@@ -657,6 +659,31 @@ def _cross_queries_keys(attn, hidden_states, encoder_hidden_states):
     return torch.cat([torch.zeros_like(key), query], dim=1), key, head_dim
 
 
+def _is_ltx_attention(attn) -> bool:
+    try:
+        from diffusers.models.transformers.transformer_ltx import LTXAttention
+    except ImportError:  # an older diffusers
+        return False
+    return isinstance(attn, LTXAttention)
+
+
+def _ltx_queries_keys(attn, hidden_states, encoder_hidden_states, rotary):
+    # LTX-Video's layers: `attn2` is a cross-attention over the text alone (as Wan's); `attn1` the video's tokens over
+    # one another, its queries and keys normed over all heads together, then rotated over all heads at once by the
+    # video's (frame, row, column) embedding ((cos, sin), each (batch, tokens, heads x head_dim), alike for every row).
+    if encoder_hidden_states is not None:
+        return _cross_queries_keys(attn, hidden_states, encoder_hidden_states)
+    from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+    heads = int(attn.heads)
+    query, key = attn.norm_q(attn.to_q(hidden_states)), attn.norm_k(attn.to_k(hidden_states))
+    if rotary is not None:
+        freqs = (rotary[0][:1], rotary[1][:1])
+        query, key = apply_rotary_emb(query, freqs), apply_rotary_emb(key, freqs)
+    query, key = query.unflatten(-1, (heads, -1)), key.unflatten(-1, (heads, -1))
+    return query, key, int(query.shape[-1])
+
+
 def _wan_self_queries_keys(attn, hidden_states, rotary_emb):
     # Wan's self-attention (`attn1`): queries and keys normed over all heads together, then each head's rotated by the
     # video's (frame, row, column) rotary embedding as its processor rotates them ((cos, sin) of (1, tokens, 1, dim)).
@@ -695,6 +722,8 @@ def layer_mask(arguments: Dict[str, Any], text_first: bool = True) -> Optional[t
     kept: (batch, keys) bool.
     """
     mask = arguments.get("attention_mask")
+    if mask is not None and mask.dim() == 3 and mask.shape[1] == 1:
+        mask = mask[:, None]  # (batch, 1, keys): one bias over the keys for every query (LTX-Video's text mask)
     text = arguments.get("encoder_hidden_states")
     text_mask = arguments.get("encoder_hidden_states_mask")
     if mask is not None and mask.dim() == 2 and text is not None and mask.shape[1] == text.shape[1]:
