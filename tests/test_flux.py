@@ -238,13 +238,15 @@ def test_joint_attention_maps_equal_an_independent_computation(flux):
     expected_raw = aggregate([p.mean(0) for p in image_to_text])
     np.testing.assert_allclose(raw, expected_raw, atol=1e-5)
     assert float(raw.sum(0).max()) < 1  # the image keys take their share of each softmax
-    # The explainer leaves out the text positions that are not the prompt's tokens: each head's attention over the
-    # prompt's tokens renormalised to 1, heads averaged; the share the others took is recorded beside.
-    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    # The explainer leaves out the text positions that are not the prompt's tokens: each head's softmax taken again
+    # without their keys (the image's keys and the prompt's tokens share it), heads averaged; the share the others
+    # took is recorded beside.
+    sinks = [p for p in range(text) if p not in content]
+    kept = [p[..., content] / (1 - p[..., sinks].sum(-1, keepdim=True)) for p in image_to_text]
     expected = torch.zeros(text, SIZE, SIZE)
     expected[content] = aggregate([k.mean(0) for k in kept])
     np.testing.assert_allclose(maps, expected, atol=1e-5)
-    np.testing.assert_allclose(maps.sum(0), 1, atol=1e-5)
+    assert float(maps.sum(0).max()) < 1 and float(maps.sum(0).min()) > 0  # the image's keys keep their share
     left_out = [(1 - p[..., content].sum(-1) / p.sum(-1)).mean(0)[..., None] for p in image_to_text]
     np.testing.assert_allclose(out.attention_maps.excluded_share[0], aggregate(left_out)[0], atol=1e-5)
     assert 0.05 < float(out.attention_maps.excluded_share.mean()) < 0.95
@@ -433,7 +435,8 @@ def test_traced_steps_are_steps_with_true_cfg(flux):
 def test_sink_columns_added_or_removed_leave_the_prompt_tokens_maps_unchanged(flux):
     # One joint-attention layer on the same image tokens and the same prompt-token states, with 3 or 40 padding
     # states after them (Flux's text ids are all zeros, so the padding's length moves no rotary position): the
-    # renormalised maps of the prompt's tokens are the same; the share left out grows with the padding.
+    # maps of the prompt's tokens (the sinks' keys out of each softmax) are the same; the share left out grows with
+    # the padding.
     from diffusers_interpret.tracing.attention import joint_attention_probabilities
 
     torch.manual_seed(0)
@@ -452,7 +455,7 @@ def test_sink_columns_added_or_removed_leave_the_prompt_tokens_maps_unchanged(fl
         kept, left_out = joint_attention_probabilities(attn, image, text, rotary, text.shape[1], content=content)
         raw, none = joint_attention_probabilities(attn, image, text, rotary, text.shape[1])
         assert none is None and torch.all(kept[..., 5:] == 0)
-        np.testing.assert_allclose(kept.sum(-1), 1, atol=1e-6)
+        assert torch.all((kept.sum(-1) > 0) & (kept.sum(-1) < 1))  # the image's keys keep their share
         assert torch.all((left_out > 0) & (left_out < 1))
         results.append((kept[..., :5], raw[..., :5], left_out))
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
@@ -462,7 +465,8 @@ def test_sink_columns_added_or_removed_leave_the_prompt_tokens_maps_unchanged(fl
 
 def test_each_image_of_a_batch_leaves_out_its_own_prompts_padding(flux):
     # Two prompts of different lengths, two images each, true classifier-free guidance (a separate negative call):
-    # every image's maps are of its own prompt's tokens (summing to 1 at each pixel), zero at every other position.
+    # every image's maps are of its own prompt's tokens (at each pixel, the share of its attention they take beside
+    # the image's keys), zero at every other position.
     explainer = FluxPipelineExplainer(flux, verbose=False)
     outputs = explainer(
         ["a cute corgi on the left", "a dog"],
@@ -478,7 +482,7 @@ def test_each_image_of_a_batch_leaves_out_its_own_prompts_padding(flux):
         maps = output.attention_maps.maps[index]
         content = [p for p in output.token_positions if p < TINY_T5_LENGTH]
         others = [p for p in range(TINY_T5_LENGTH) if p not in content]
-        np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
+        assert float(maps[content].sum(0).min()) > 0 and float(maps[content].sum(0).max()) < 1
         assert float(maps[others].abs().max()) == 0
         assert 0 < output.attention_sink_share < 1
 

@@ -182,12 +182,13 @@ def test_joint_attention_maps_equal_an_independent_computation(sd3):
     grid = SIZE // 2  # 16x16 latents in 2x2 patches
     layers = len(out.attention_maps.layers)
     # The prompt's own tokens: CLIP's (rows 0-76, CLIP-L and CLIP-G side by side) and T5's (after them). The start,
-    # end and padding positions are attention sinks, left out: each head's attention over the prompt's tokens is
-    # renormalised to 1 before the heads, layers and steps are averaged.
+    # end and padding positions are attention sinks, left out: each head's softmax is taken again without their keys
+    # (the image's keys and the prompt's tokens share it) before the heads, layers and steps are averaged.
     content = out.token_positions
     assert any(p < 77 for p in content) and any(p >= 77 for p in content) and len(content) < text
     image_to_text = [p[1, :, : grid * grid, grid * grid :] for p in store]  # the positive row (CFG)
-    kept = [(p[..., content] / p[..., content].sum(-1, keepdim=True)).mean(0) for p in image_to_text]
+    sinks = [p for p in range(text) if p not in content]
+    kept = [(p[..., content] / (1 - p[..., sinks].sum(-1, keepdim=True))).mean(0) for p in image_to_text]
     per_call = [torch.stack(kept[i : i + layers]).mean(0) for i in range(0, len(kept), layers)]
     probs = torch.stack(per_call).mean(0)
     expected = torch.zeros(text, SIZE, SIZE)

@@ -72,7 +72,8 @@ def test_the_readme_flux_snippet_draws_its_scene(one_thread):
 def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
     # T5 reads its padding (diffusers' Flux gives it no attention mask) and the padding sits in joint attention, so
     # T5 length 16 -> 32 changes the image a little (as in real Flux). The padding's own attention is left out of the
-    # maps and reported; the prompt's tokens' maps still sum to 1 at every pixel, and the words rank as before.
+    # maps and reported; the prompt's tokens' maps share each pixel's attention with the image's keys alone, and the
+    # words rank as before.
     explainer = explainer_for(flux_pipe, verbose=False)
     for seed, prompt in enumerate(PROMPTS):
         runs = {}
@@ -86,7 +87,8 @@ def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
             assert maps.shape[0] == length
             prompt_rows = maps.sum(dim=(1, 2)) > 0
             assert int(prompt_rows.sum()) == len(flux_pipe.tokenizer_2(prompt).input_ids) - 1  # not the end token
-            np.testing.assert_allclose(maps.sum(0).numpy(), 1, atol=1e-4)
+            share = maps.sum(0)  # of each pixel's attention, what the prompt's words took beside the image's keys
+            assert 0 < float(share.min()) and float(share.max()) < 1
         scores = [[score for _, score in out.word_attributions] for out in (short, long)]
         # Not 0.99: the image itself changes with the padding (by up to 235 of 255 in a pixel here), so the model's
         # reading of the words moves a little; with the model's states held fixed the maps are equal within 1e-6

@@ -196,8 +196,9 @@ def test_wans_per_frame_word_maps_equal_an_independent_computation(wan):
 def test_cogvideox_per_frame_word_maps_equal_an_independent_computation():
     # Each block's joint attention over [text, video] from its own projections (one set for both, each head's query
     # and key layer-normed, the video's rotated by the layer's rotary embedding), the video's queries' softmax over the
-    # prompt's own tokens (the padding is left out as a sink), heads and layers averaged over the prompt's rows of the
-    # guided batch; 8 frames are 2 latent frames decoded as one batch of the VAE: 4 frames each.
+    # video's keys and the prompt's own tokens (the padding is left out of it as a sink), heads and layers averaged
+    # over the prompt's rows of the guided batch; 8 frames are 2 latent frames decoded as one batch of the VAE: 4
+    # frames each.
     from diffusers.models.embeddings import apply_rotary_emb
 
     pipe = tiny("cogvideox")
@@ -230,7 +231,8 @@ def test_cogvideox_per_frame_word_maps_equal_an_independent_computation():
         q = torch.cat([q[:, :, :n], apply_rotary_emb(q[:, :, n:], rotary)], dim=2)
         k = torch.cat([k[:, :, :n], apply_rotary_emb(k[:, :, n:], rotary)], dim=2)
         scores = (q[:, :, n:] @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
-        per_call.append(scores[..., positions].softmax(-1).mean(1)[0])
+        kept = scores[..., positions + list(range(n, scores.shape[-1]))]  # the prompt's tokens and the video's keys
+        per_call.append(kept.softmax(-1)[..., : len(positions)].mean(1)[0])
     probs = torch.stack(per_call).mean(0)
     grid = probs.T.reshape(len(positions), 2, SIZE // 16, SIZE // 16)
     frames = [
@@ -244,8 +246,8 @@ def test_hunyuan_videos_per_frame_word_maps_and_template_equal_an_independent_co
     # The prompt's tokens are attributed, never the template's (the 4 the crop keeps) or the padding. Each dual- and
     # single-stream block's attention over [video, text] from its own projections (the video's queries and keys
     # rotated by the layer's rotary embedding, the padding masked as the transformer masks it), the video's queries'
-    # softmax over the prompt's tokens alone, heads and layers averaged; 9 frames: 1 of the first latent frame, 4 of
-    # each other.
+    # softmax over the video's keys and the prompt's tokens (the sinks' keys left out of it), heads and layers
+    # averaged; 9 frames: 1 of the first latent frame, 4 of each other.
     from diffusers.models.embeddings import apply_rotary_emb
 
     pipe = tiny("hunyuan_video")
@@ -284,8 +286,8 @@ def test_hunyuan_videos_per_frame_word_maps_and_template_equal_an_independent_co
         q = torch.cat([apply_rotary_emb(q[:, :n], rotary, sequence_dim=1), q[:, n:]], dim=1)
         k = torch.cat([apply_rotary_emb(k[:, :n], rotary, sequence_dim=1), k[:, n:]], dim=1)
         scores = (q[:, :n].transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)) / q.shape[-1] ** 0.5
-        text_scores = scores[..., n:][..., content]  # the prompt's tokens (all unmasked)
-        per_call.append(text_scores.softmax(-1).mean(1)[0])
+        kept = torch.cat([scores[..., :n], scores[..., n:][..., content]], dim=-1)  # the video's keys, the prompt's
+        per_call.append(kept.softmax(-1)[..., n:].mean(1)[0])
     probs = torch.stack(per_call).mean(0)  # one call a step (guidance-distilled): every step recorded
     grid = probs.T.reshape(len(content), 3, SIZE // 8, SIZE // 8)
     frames = [

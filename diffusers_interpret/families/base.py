@@ -31,8 +31,8 @@ class JointAttention:
         text_first (`bool`): `[text, image]` (Flux) rather than `[image, text]` (SD3).
         sinks_left_out (`bool`, *optional*, defaults to `True`): The text positions that are not the prompt's own
             tokens (padding, end and template tokens) draw much of the image's attention without carrying the words
-            (attention sinks): the recorded maps leave them out, renormalising each layer's, head's and image token's
-            attention over the prompt's tokens, and record the share left out.
+            (attention sinks): the recorded maps leave them out of each layer's and head's softmax (the image's keys
+            and the prompt's tokens share it, as if the sinks were not there), and record the share they took.
         text_queries (`bool`, *optional*, defaults to `True`): The text has queries of its own (a text stream that
             attends and is updated); `False` where only the image's queries attend over [text, image] keys (PRX).
     """

@@ -784,11 +784,16 @@ def joint_attention_probabilities(
     one; then, for `chunk` image queries at a time, a softmax over ALL keys (text and image), of which the text
     columns are kept. The maps of all text tokens therefore sum to the share of attention the text gets, not to 1.
 
-    With `content` ((batch, text tokens) bool: the prompt's own tokens), each head's attention over the content
-    columns is renormalised to sum to 1 before the heads are averaged, the other text columns are zero, and the
-    second result is the share of each image token's attention to text that went to the other columns (averaged over
-    heads): what attention sinks (padding, end and template tokens) took. Adding or removing sink columns leaves the
-    first result unchanged.
+    With `content` ((batch, text tokens) bool: the prompt's own tokens), the other text columns (attention sinks:
+    padding, end and template tokens) are taken out of each head's softmax, as if they were not in the sequence: the
+    image's own keys still compete with the prompt's, so a token's map says how much of each image token's attention
+    goes to it rather than to the image or to the other words (an object's pixels look to their words, the
+    background's mostly to the image); the sink columns are zero. The second result is the share of each image token's
+    attention to text that went to the sinks (averaged over heads). Adding or removing sink columns leaves the first
+    result unchanged. (Renormalising each head's attention over the prompt's tokens alone, the earlier rule, gave every
+    background pixel a full distribution over the words: on the toy Flux it halved the maps' best-threshold mIoU,
+    docs/methods.md.) A layer whose keys are the text's alone (a cross-attention) has no image keys: there the
+    prompt's tokens' attention sums to 1.
 
     `attention_mask` is the layer's own (as its processor gets it: (batch, keys) or (batch, 1, queries, keys)), applied
     as the attention kernel applies it: a boolean mask keeps the keys it marks, a floating one is added to the scores
@@ -811,11 +816,13 @@ def joint_attention_probabilities(
         if outside is None:
             parts.append(mean_over_heads(scores.softmax(dim=-1)[..., text], selected))
             continue
-        # A softmax over the content columns alone (the sinks' logits never enter it), and the share the other text
-        # columns took of the text's attention: 1 - exp(logsumexp(content) - logsumexp(text)).
+        # A softmax over every key but the sinks (their logits never enter it), and the share the sinks took of the
+        # text's attention: 1 - exp(logsumexp(content) - logsumexp(text)).
         text_scores = scores[..., text]
         content_scores = text_scores.masked_fill(outside, float("-inf"))
-        parts.append(mean_over_heads(content_scores.softmax(dim=-1).nan_to_num(0.0), selected))  # no content: zeros
+        without_sinks = scores.clone()
+        without_sinks[..., text] = content_scores
+        parts.append(mean_over_heads(without_sinks.softmax(dim=-1)[..., text].nan_to_num(0.0), selected))
         kept = (content_scores.logsumexp(-1) - text_scores.logsumexp(-1)).exp()
         left_out.append(mean_over_heads(1 - kept, selected))
     return torch.cat(parts, dim=1), (torch.cat(left_out, dim=1) if left_out else None)

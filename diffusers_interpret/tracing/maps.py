@@ -43,8 +43,10 @@ class AttentionMapsData:
         excluded_share (`torch.Tensor`, *optional*): (num_images, H, W), for the transformer families: at each pixel,
             the share of the image's attention to text that went to text positions other than the prompt's own
             tokens (padding, end and template tokens: attention sinks), averaged like the maps. Those positions are
-            left out of `maps`: at each layer, head and image token the attention over the prompt's tokens was
-            renormalised to 1, so at each pixel the prompt tokens' maps sum to 1 and the other positions' are 0.
+            left out of `maps`: at each layer and head they were taken out of the softmax (the image's own keys and
+            the prompt's tokens share it), so the other positions' maps are 0 and at each pixel the prompt tokens'
+            maps sum to the share of attention the pixel pays the prompt rather than the image (1 for a
+            cross-attention, whose keys are the text's alone).
         per_layer (`Dict[str, torch.Tensor]`, *optional*): With `keep_per_layer=True`: each recorded layer's own
             maps, (steps, num_images, num_tokens, h, w) at the layer's own attention grid (not upsampled), by layer
             name, over the heads chosen; `maps` is their upsampled mean over layers and steps.
