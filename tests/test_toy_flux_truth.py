@@ -65,8 +65,8 @@ def test_the_readme_flux_snippet_draws_its_scene(one_thread):
         assert explained.word_attributions.tokens == prompt.split()  # every word once
         assert 0 < explained.attention_sink_share < 1
         ranked[side] = [word for word, _ in sorted(explained.word_attributions, key=lambda pair: -pair[1])]
-    # What the README says it reads: "red" first on the left, "square" and "blue" on top on the right.
-    assert ranked["left"][0] == "red" and set(ranked["right"][:2]) == {"square", "blue"}, ranked
+    # What the README says it reads: "red" and "circle" on top on the left, "square" and "blue" on the right.
+    assert set(ranked["left"][:2]) == {"red", "circle"} and set(ranked["right"][:2]) == {"square", "blue"}, ranked
 
 
 def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
@@ -97,9 +97,9 @@ def test_more_padding_is_left_out_and_leaves_the_ranking(flux_pipe, one_thread):
 
 
 def test_the_flux_default_reads_fixed_two_object_scenes_as_measured(flux_pipe, one_thread):
-    # What the benchmark measured of the default on this toy (docs/methods.md): the whole image ranks every colour and
-    # shape word above every function word (94% of prompts), the boxes pass the swapped-box control on the colour
-    # words (81%) and put the object's colour and shape words on top (68%).
+    # What the benchmark measured of the default on this toy (docs/methods.md, 36 scenes of seed 4242): the whole
+    # image ranks every colour and shape word above every function word (97% of prompts), the boxes pass the
+    # swapped-box control on the colour words (100%) and put the object's colour and shape words on top (100%).
     explainer = explainer_for(flux_pipe, verbose=False)
     read = read_fixed_scenes(flux_pipe, explainer, TOY_FLUX_CALL, seed=4141, num_scenes=4, max_tried=8)
-    assert read.controls >= read.scenes - 1 and read.both_on_top >= read.scenes, read
+    assert read.controls >= read.scenes - 1 and read.both_on_top >= 2 * read.scenes - 1, read
