@@ -137,7 +137,10 @@ def test_joint_attention_maps_equal_an_independent_computation_with_the_mask(chr
     text, grid = TINY_CHROMA_T5_LENGTH, SIZE // 2
     content = list(out.token_positions)
     image_to_text = [p[0, :, text:, :text] for p in store]
-    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    # The sinks' keys out of each softmax (the image's keys stay): the prompt's tokens over 1 - the sinks' share.
+    kept = [
+        p[..., content] / (1 - p.sum(-1, keepdim=True) + p[..., content].sum(-1, keepdim=True)) for p in image_to_text
+    ]
 
     def aggregate(per_layer):  # (image queries, text keys) per layer and step -> (text, SIZE, SIZE)
         per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]

@@ -122,7 +122,10 @@ def test_joint_attention_maps_equal_an_independent_computation(klein):
     grid = SIZE // 2  # the tiny VAE keeps the size, the 2x2 patches halve it: 8x8 image tokens
     content = list(out.token_positions)
     image_to_text = [p[0, :, LENGTH:, :LENGTH] for p in store]
-    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    # The sinks' keys out of each softmax (the image's keys stay): the prompt's tokens over 1 - the sinks' share.
+    kept = [
+        p[..., content] / (1 - p.sum(-1, keepdim=True) + p[..., content].sum(-1, keepdim=True)) for p in image_to_text
+    ]
 
     def aggregate(per_layer):
         per_call = [torch.stack(per_layer[i : i + 2]).mean(0) for i in range(0, len(per_layer), 2)]
@@ -200,7 +203,7 @@ def test_each_image_of_a_batch_reads_its_own_prompts_tokens(klein):
         maps = output.attention_maps.maps[index]
         content = list(output.token_positions)
         others = [p for p in range(LENGTH) if p not in content]
-        np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
+        assert float(maps[content].sum(0).min()) > 0 and float(maps[content].sum(0).max()) < 1  # image keys' share
         assert float(maps[others].abs().max()) == 0
         assert 0 < output.attention_sink_share < 1
 

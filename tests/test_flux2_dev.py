@@ -86,7 +86,12 @@ def test_joint_attention_maps_equal_an_independent_computation(dev):
         dev.transformer.set_attn_processor(dict(processors))
     np.testing.assert_allclose(replayed, out.image, atol=1e-5)
     content, length = list(out.token_positions), TINY_FLUX2_DEV_LENGTH
-    kept = [p[0, :, length:, content] / p[0, :, length:, content].sum(-1, keepdim=True) for p in store]
+    # The sinks' keys out of each softmax (the image's keys stay): the prompt's tokens over 1 - the sinks' share.
+    kept = [
+        p[0, :, length:, content]
+        / (1 - p[0, :, length:, :length].sum(-1, keepdim=True) + p[0, :, length:, content].sum(-1, keepdim=True))
+        for p in store
+    ]
     per_call = [torch.stack(kept[i : i + 2]).mean(0).mean(0) for i in range(0, len(kept), 2)]  # layers, then heads
     probs = torch.stack(per_call).mean(0)  # steps: (image tokens, content)
     grid = SIZE // 2

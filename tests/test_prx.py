@@ -126,7 +126,10 @@ def test_attention_maps_equal_an_independent_computation(prx):
     content = list(out.token_positions)
     # Guidance: [negative, prompt] rows; the prompt's row, its image queries over the text keys.
     image_to_text = [p[1, :, :, :24] for p in store]
-    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    # The sinks' keys out of each softmax (the image's keys stay): the prompt's tokens over 1 - the sinks' share.
+    kept = [
+        p[..., content] / (1 - p.sum(-1, keepdim=True) + p[..., content].sum(-1, keepdim=True)) for p in image_to_text
+    ]
     layers = len(prx.transformer.blocks)
 
     def aggregate(per_layer):

@@ -113,7 +113,10 @@ def test_joint_attention_maps_equal_an_independent_computation(qwen):
     grid = SIZE // qwen.vae_scale_factor // 2  # 2x2 patches of the latents: 4x4 image tokens
     content = list(out.token_positions)
     image_to_text = [p[0, :, length:, :length] for p in store]
-    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    # The sinks' keys out of each softmax (the image's keys stay): the prompt's tokens over 1 - the sinks' share.
+    kept = [
+        p[..., content] / (1 - p.sum(-1, keepdim=True) + p[..., content].sum(-1, keepdim=True)) for p in image_to_text
+    ]
     layers = len(qwen.transformer.transformer_blocks)
 
     def aggregate(per_layer):
@@ -147,7 +150,9 @@ def test_each_image_of_a_batch_reads_its_own_prompts_tokens(qwen):
                 maps = output.attention_maps.maps[index]
                 content = list(output.token_positions)
                 others = [p for p in range(maps.shape[0]) if p not in content]
-                np.testing.assert_allclose(maps[content].sum(0), 1, atol=1e-5)
+                assert (
+                    float(maps[content].sum(0).min()) > 0 and float(maps[content].sum(0).max()) < 1
+                )  # image keys' share
                 assert float(maps[others].abs().max()) == 0
         assert all(
             np.isfinite(o.token_attributions.scores).all() and o.token_attributions.scores.any() for o in outputs

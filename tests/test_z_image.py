@@ -125,7 +125,10 @@ def test_attention_maps_equal_an_independent_computation(zimage, size):
     image, start = grid * grid, -(-grid * grid // 32) * 32  # the image's own tokens, where the caption starts
     content = list(out.token_positions)
     image_to_text = [p[0, :, :image, start : start + length] for p in store]  # the prompt's row (first)
-    kept = [p[..., content] / p[..., content].sum(-1, keepdim=True) for p in image_to_text]
+    # The sinks' keys out of each softmax (the image's keys stay): the prompt's tokens over 1 - the sinks' share.
+    kept = [
+        p[..., content] / (1 - p.sum(-1, keepdim=True) + p[..., content].sum(-1, keepdim=True)) for p in image_to_text
+    ]
     layers = len(main)
 
     def aggregate(per_layer):
