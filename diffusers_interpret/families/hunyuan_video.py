@@ -44,11 +44,6 @@ class HunyuanVideoFamily(VideoFamily):
     joint_attention = JointAttention(text_first=False)
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
-    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
-        asked = call_argument(pipe, pipeline_kwargs, "num_frames")
-        made = self.clip_frames(pipe, pipeline_kwargs) if isinstance(asked, int) and asked >= 1 else 0
-        self.check_clip_frames(pipe, asked, made)
-
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
         # Before anything reads the template (the prompt's tokens are found in it).
         template = _template(pipe, pipeline_kwargs)
@@ -71,14 +66,6 @@ class HunyuanVideoFamily(VideoFamily):
 
     def positive_rows(self, pipe, batch_size: int) -> slice:
         return slice(0, batch_size)
-
-    def clip_frames(self, pipe, call_kwargs: Dict[str, Any]) -> int:
-        asked = int(call_argument(pipe, call_kwargs, "num_frames"))
-        return len(self.latent_frame_of(pipe, (asked - 1) // int(pipe.vae_scale_factor_temporal) + 1))
-
-    def latent_frame_of(self, pipe, latent_frames: int) -> torch.Tensor:
-        temporal = int(pipe.vae_scale_factor_temporal)  # one frame of the first latent frame, then 4 of each
-        return (torch.arange((int(latent_frames) - 1) * temporal + 1) + temporal - 1) // temporal
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         # The dual- and single-stream blocks' attention (not the token refiner's, over the text alone).

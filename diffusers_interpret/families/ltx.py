@@ -53,11 +53,6 @@ class LTXFamily(VideoFamily):
                 "the decode's noise after the denoising loop): leave them at 0, the pipeline's default."
             )
 
-    def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
-        asked = call_argument(pipe, pipeline_kwargs, "num_frames")
-        made = self.clip_frames(pipe, pipeline_kwargs) if isinstance(asked, int) and asked >= 1 else 0
-        self.check_clip_frames(pipe, asked, made)
-
     def size_multiple(self, pipe) -> Optional[int]:
         # The pipeline asks for sides that are multiples of 32; the latents for multiples of the VAE's factor.
         return math.lcm(32, int(pipe.vae_spatial_compression_ratio) * int(self.denoiser(pipe).config.patch_size))
@@ -68,13 +63,8 @@ class LTXFamily(VideoFamily):
             return slice(batch_size // 2, batch_size)
         return slice(0, batch_size)
 
-    def clip_frames(self, pipe, call_kwargs: Dict[str, Any]) -> int:
-        asked = int(call_argument(pipe, call_kwargs, "num_frames"))
-        return len(self.latent_frame_of(pipe, (asked - 1) // int(pipe.vae_temporal_compression_ratio) + 1))
-
-    def latent_frame_of(self, pipe, latent_frames: int) -> torch.Tensor:
-        temporal = int(pipe.vae_temporal_compression_ratio)  # one frame of the first latent frame, then 8 of each
-        return (torch.arange((int(latent_frames) - 1) * temporal + 1) + temporal - 1) // temporal
+    def temporal_factor(self, pipe) -> int:
+        return int(pipe.vae_temporal_compression_ratio)  # one frame of the first latent frame, then 8 of each
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         return [(f"transformer_blocks.{k}.attn2", block.attn2) for k, block in enumerate(denoiser.transformer_blocks)]

@@ -30,13 +30,20 @@ class VideoFamily(TransformerFamily):
     def input_kind(self, pipeline_class: type):
         return None
 
+    def temporal_factor(self, pipe) -> int:
+        r"""The frames the VAE makes of each latent frame after the first."""
+        return int(pipe.vae_scale_factor_temporal)
+
     def clip_frames(self, pipe, call_kwargs: Dict[str, Any]) -> int:
-        r"""The frames of the clip a call with `call_kwargs` makes."""
-        raise NotImplementedError
+        r"""The frames of the clip a call with `call_kwargs` makes: as many as its latent frames make."""
+        asked = int(call_argument(pipe, call_kwargs, "num_frames"))
+        return len(self.latent_frame_of(pipe, (asked - 1) // self.temporal_factor(pipe) + 1))
 
     def latent_frame_of(self, pipe, latent_frames: int) -> torch.Tensor:
-        r"""For each frame the VAE makes of `latent_frames` latent frames, the latent frame it is made of."""
-        raise NotImplementedError
+        r"""For each frame the VAE makes of `latent_frames` latent frames, the latent frame it is made of: one frame of
+        the first, then `temporal_factor` of each (a causal video VAE's)."""
+        temporal = self.temporal_factor(pipe)
+        return (torch.arange((int(latent_frames) - 1) * temporal + 1) + temporal - 1) // temporal
 
     def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         return PipelineFamily.concept_blocks(self, denoiser)  # no text stream of its own: refused, saying what to use
@@ -57,7 +64,11 @@ class VideoFamily(TransformerFamily):
         self.check_clip(pipe, prompts, pipeline_kwargs)
 
     def check_clip(self, pipe, prompts: List[str], pipeline_kwargs: Dict[str, Any]) -> None:
-        r"""Raise a `ValueError` for a generating call whose clip this family cannot explain (see `check_request`)."""
+        r"""Raise a `ValueError` for a generating call whose clip this family cannot explain (see `check_request`): by
+        default, a frame count the pipeline would not make as asked."""
+        asked = call_argument(pipe, pipeline_kwargs, "num_frames")
+        made = self.clip_frames(pipe, pipeline_kwargs) if isinstance(asked, int) and asked >= 1 else 0
+        self.check_clip_frames(pipe, asked, made)
 
     # -- text: one T5-like encoder whose `encode_prompt` the Wan and CogVideoX pipelines share ---------------------
     def token_length(self, pipe, slot: TextEncoderSlot, call_kwargs: Dict[str, Any]) -> int:

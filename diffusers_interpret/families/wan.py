@@ -77,12 +77,6 @@ class WanFamily(VideoFamily):
     def clip_frames(self, pipe, call_kwargs: Dict[str, Any]) -> int:
         return int(call_argument(pipe, call_kwargs, "num_frames"))
 
-    def latent_frame_of(self, pipe, latent_frames: int) -> torch.Tensor:
-        # The VAE makes one frame of the first latent frame, then `vae_scale_factor_temporal` (4) of each.
-        temporal = int(pipe.vae_scale_factor_temporal)
-        frames = (int(latent_frames) - 1) * temporal + 1
-        return (torch.arange(frames) + temporal - 1) // temporal
-
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         return [(f"blocks.{index}.attn2", block.attn2) for index, block in enumerate(denoiser.blocks)]
 
