@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import seeded
 from explicit_attention import ExplicitFlux2Attention
 from independent_gradients import central_difference, leaf_gradient
+from shared_checks import every_row_mixing
 
 from diffusers_interpret import Flux2KleinPipelineExplainer, explainer_for
 from diffusers_interpret.testing.flux2 import TINY_FLUX2_CALL, make_tiny_flux2_klein_pipeline
@@ -171,17 +172,8 @@ def test_word_attention_reads_the_causal_llm_only_up_to_the_prompts_last_token(k
     # The maps read only the prompt's own positions, and a causal LLM's state there depends on the tokens up to it:
     # the hand-back of positions to words computes the columns up to the prompt's last token only (at the default
     # 512 tokens, 2.6 s instead of 157 s on this model), and gives what all the columns give.
-    from diffusers_interpret.text import mixing
-
     fast = explain(klein, attribution_method="word_attention", prompt_dependence=False)
-    computed = []
-    original = mixing._feeding_rows
-
-    def every_row(family, pipe, slots, blocks, group, tokens):
-        computed.append(original(family, pipe, slots, blocks, group, tokens))
-        return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
-
-    monkeypatch.setattr(mixing, "_feeding_rows", every_row)
+    computed = every_row_mixing(monkeypatch)
     full = explain(klein, attribution_method="word_attention", prompt_dependence=False)
     assert computed and computed[0][1] == max(fast.token_positions) + 1 < LENGTH
     np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import seeded
 from explicit_attention import ExplicitQwenImageAttention
 from independent_gradients import central_difference, leaf_gradient
+from shared_checks import every_row_mixing
 
 from diffusers_interpret import QwenImagePipelineExplainer, explainer_for
 from diffusers_interpret.testing.qwenimage import TINY_QWEN_IMAGE_CALL, make_tiny_qwenimage_pipeline
@@ -176,17 +177,8 @@ def test_a_length_that_cuts_the_prompts_states_is_refused_before_any_model_runs(
 
 
 def test_word_attention_reads_the_causal_llm_only_up_to_the_prompts_last_token(qwen, monkeypatch):
-    from diffusers_interpret.text import mixing
-
     fast = explain(qwen, attribution_method="word_attention", prompt_dependence=False)
-    computed = []
-    original = mixing._feeding_rows
-
-    def every_row(family, pipe, slots, blocks, group, tokens):
-        computed.append(original(family, pipe, slots, blocks, group, tokens))
-        return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
-
-    monkeypatch.setattr(mixing, "_feeding_rows", every_row)
+    computed = every_row_mixing(monkeypatch)
     full = explain(qwen, attribution_method="word_attention", prompt_dependence=False)
     assert computed and computed[0][1] == max(fast.token_positions) + 1
     np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)

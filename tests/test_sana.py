@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import seeded
 from independent_gradients import central_difference, leaf_gradient
+from shared_checks import layer_calls
 
 from diffusers_interpret import SanaPipelineExplainer, explainer_for
 from diffusers_interpret.testing.sana import TINY_SANA_CALL, make_tiny_sana_pipeline
@@ -103,16 +104,8 @@ def test_cross_attention_maps_equal_an_independent_computation(sana):
     out = explain(sana, attribution_method="attention", output_type="np")
     maps = out.attention_maps.maps[0]
     assert maps.shape == (KEPT, SIZE, SIZE)
-    captured = []
-    hooks = [
-        block.attn2.register_forward_pre_hook(lambda m, a, k: captured.append((m, a, k)), with_kwargs=True)
-        for block in sana.transformer.transformer_blocks
-    ]
-    try:
-        sana(prompt=PROMPT, generator=seeded(0), output_type="np", **COMMON)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    layers = [block.attn2 for block in sana.transformer.transformer_blocks]
+    captured = layer_calls(layers, lambda: sana(prompt=PROMPT, generator=seeded(0), output_type="np", **COMMON))
     per_call = []
     for attn, args, kwargs in captured:
         hidden = args[0] if args else kwargs["hidden_states"]

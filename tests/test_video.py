@@ -8,6 +8,12 @@ from conftest import seeded
 from independent_gradients import central_difference, leaf_gradient
 from PIL import Image
 from pipeline_state import pipeline_state
+from shared_checks import (
+    assert_refused_before_any_model_runs,
+    assert_state_restored_after_an_injected_exception,
+    every_row_mixing,
+    layer_calls,
+)
 
 from diffusers_interpret import (
     CogVideoXPipelineExplainer,
@@ -157,16 +163,8 @@ def test_wans_per_frame_word_maps_equal_an_independent_computation(wan):
     out = explain(wan, attribution_method="attention", guidance_scale=5.0)
     tokens = out.session.trace.prompt_tokens[0]
     positions = list(tokens.positions)
-    captured = []
-    hooks = [
-        block.attn2.register_forward_pre_hook(lambda m, a, k: captured.append((m, a, k)), with_kwargs=True)
-        for block in wan.transformer.blocks
-    ]
-    try:
-        wan(PROMPT, generator=seeded(0), guidance_scale=5.0, **COMMON)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    layers = [block.attn2 for block in wan.transformer.blocks]
+    captured = layer_calls(layers, lambda: wan(PROMPT, generator=seeded(0), guidance_scale=5.0, **COMMON))
     layers = len(wan.transformer.blocks)
     prompt_calls = [captured[i : i + layers] for i in range(0, len(captured), 2 * layers)]
     per_call = []
@@ -206,18 +204,10 @@ def test_cogvideox_per_frame_word_maps_equal_an_independent_computation():
     out = explainer_for(pipe, verbose=False)(PROMPT, generator=seeded(0), attribution_method="attention", **call)
     assert out.num_frames == 8 and len(out.frames) == 8
     positions = list(out.session.trace.prompt_tokens[0].positions)
-    captured = []
-    hooks = [
-        block.attn1.register_forward_pre_hook(lambda m, a, k: captured.append((m, k)), with_kwargs=True)
-        for block in pipe.transformer.transformer_blocks
-    ]
-    try:
-        pipe(PROMPT, generator=seeded(0), **call)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    layers = [block.attn1 for block in pipe.transformer.transformer_blocks]
+    captured = layer_calls(layers, lambda: pipe(PROMPT, generator=seeded(0), **call))
     per_call = []
-    for attn, kwargs in captured:
+    for attn, _, kwargs in captured:
         text, video, rotary = (
             kwargs["encoder_hidden_states"][1:],
             kwargs["hidden_states"][1:],
@@ -258,19 +248,11 @@ def test_hunyuan_videos_per_frame_word_maps_and_template_equal_an_independent_co
     crop = TINY_HUNYUAN_TEMPLATE["crop_start"]
     assert [u.label for u in llama][:2] == ["a", "red"] and llama[0].token_index == 9  # "<bos> the video:" is 9
     assert positions[: len(llama)] == [u.token_index - crop for u in llama]  # rows after the crop
-    captured = []
     blocks = [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]
-    hooks = [
-        b.attn.register_forward_pre_hook(lambda m, a, k: captured.append((m, k)), with_kwargs=True) for b in blocks
-    ]
-    try:
-        pipe(PROMPT, generator=seeded(0), **common(pipe))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    captured = layer_calls([b.attn for b in blocks], lambda: pipe(PROMPT, generator=seeded(0), **common(pipe)))
     per_call = []
     content = positions[: len(llama)]
-    for attn, kwargs in captured:
+    for attn, _, kwargs in captured:
         video, text, rotary = kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["image_rotary_emb"]
         heads, n = attn.heads, video.shape[1]
 
@@ -322,17 +304,13 @@ def test_wans_self_attention_of_a_region_of_a_frame_equals_an_independent_comput
 
     call = dict(COMMON, height=32, width=32, guidance_scale=5.0)
     box = ((0, 5 * 32), (16, 5 * 32 + 16))
-    captured = []
-    hooks = [
-        block.attn1.register_forward_pre_hook(lambda m, a, k: captured.append((m, a, k)), with_kwargs=True)
-        for block in wan.transformer.blocks
-    ]
-    try:
-        with record_self_attention(wan, box=box) as recorder:
+    recorder = record_self_attention(wan, box=box)
+
+    def run():
+        with recorder:
             wan(PROMPT, generator=seeded(0), **call)
-    finally:
-        for hook in hooks:
-            hook.remove()
+
+    captured = layer_calls([block.attn1 for block in wan.transformer.blocks], run)
     layers = len(wan.transformer.blocks)
     per_call = []
     for attn, args, _ in [c for i in range(0, len(captured), 2 * layers) for c in captured[i : i + layers]]:
@@ -398,18 +376,9 @@ def test_every_kind_of_map_works_on_a_clip(video, tmp_path):
 def test_word_attention_reads_wans_encoder_only_up_to_the_padding(wan, monkeypatch):
     # UMT5 reads its mask and the pipeline zeroes the padding's states: the padding feeds no position, so the
     # hand-back of positions to words needs the prompt's rows only (at Wan's 512, 16 forward passes become 1).
-    from diffusers_interpret.text import mixing
-
     call = dict(max_sequence_length=64, prompt_dependence=False, attribution_method="word_attention")
     fast = explain(wan, **call)
-    computed = []
-    original = mixing._feeding_rows
-
-    def every_row(family, pipe, slots, blocks, group, tokens):
-        computed.append(original(family, pipe, slots, blocks, group, tokens))
-        return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
-
-    monkeypatch.setattr(mixing, "_feeding_rows", every_row)
+    computed = every_row_mixing(monkeypatch)
     full = explain(wan, **call)
     assert computed and computed[0][1] == max(fast.token_positions) + 2  # the prompt's tokens and the end token
     np.testing.assert_allclose(fast.token_attributions.scores, full.token_attributions.scores, rtol=1e-9, atol=0)
@@ -433,16 +402,7 @@ def test_state_restored_after_an_injected_exception(video):
     _, pipe = video
     explain(pipe, prompt_dependence=False)  # transformers' own hooks appear at a first run (see test_controlnet)
     before = pipeline_state(pipe)
-
-    def boom(pipe, step, timestep, kwargs):
-        if step == 1:
-            raise KeyError("injected")
-        return {}
-
-    for method in ("grad_x_input", "word_attention"):
-        with pytest.raises(KeyError, match="injected"):
-            explain(pipe, attribution_method=method, callback_on_step_end=boom)
-        assert pipeline_state(pipe) == before
+    assert_state_restored_after_an_injected_exception(pipe, lambda **kwargs: explain(pipe, **kwargs))
     out = explain(pipe, prompt_dependence=False)
     assert out.token_attributions is not None and pipeline_state(pipe) == before
 
@@ -460,14 +420,7 @@ def test_state_restored_after_an_injected_exception(video):
     ],
 )
 def test_what_wan_cannot_explain_is_refused_before_any_model_runs(wan, kwargs, message):
-    calls = []
-    handle = wan.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
-    try:
-        with pytest.raises(ValueError, match=message):
-            explain(wan, **kwargs)
-    finally:
-        handle.remove()
-    assert not calls
+    assert_refused_before_any_model_runs(wan.transformer, lambda: explain(wan, **kwargs), message)
 
 
 def test_frames_are_refused_for_images_and_a_second_transformer_for_wan(tiny_pipe, wan):

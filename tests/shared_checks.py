@@ -1,0 +1,64 @@
+r"""Checks and probes several families' tests share: layer calls captured, the explainer's state after a failing call,
+refusals before any model runs, the token mixing computed over every row."""
+
+import pytest
+from pipeline_state import pipeline_state
+
+
+def layer_calls(layers, run):
+    r"""Run `run()` and return every call of the modules `layers` made during it, as (module, args, kwargs)."""
+    captured = []
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, k: captured.append((m, a, k)), with_kwargs=True)
+        for layer in layers
+    ]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def assert_refused_before_any_model_runs(denoiser, explain, message):
+    r"""`explain()` raises a `ValueError` matching `message` before `denoiser` is called once."""
+    calls = []
+    handle = denoiser.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            explain()
+    finally:
+        handle.remove()
+    assert not calls
+
+
+def assert_state_restored_after_an_injected_exception(pipe, explain):
+    r"""An exception raised at step 1 of `explain(attribution_method=..., callback_on_step_end=...)` leaves the
+    pipeline as it was, for a gradient method and an attention method."""
+    before = pipeline_state(pipe)
+
+    def boom(pipe, step, timestep, kwargs):
+        if step == 1:
+            raise KeyError("injected")
+        return {}
+
+    for method in ("grad_x_input", "word_attention"):
+        with pytest.raises(KeyError, match="injected"):
+            explain(attribution_method=method, callback_on_step_end=boom)
+        assert pipeline_state(pipe) == before
+
+
+def every_row_mixing(monkeypatch):
+    r"""Make the token mixing compute every row of each encoder's block (not only those that feed the positions
+    read); returns the list into which the rows it would have computed are put, call by call."""
+    from diffusers_interpret.text import mixing
+
+    computed = []
+    original = mixing._feeding_rows
+
+    def every_row(family, pipe, slots, blocks, group, tokens):
+        computed.append(original(family, pipe, slots, blocks, group, tokens))
+        return blocks[group[0]].rows.start, blocks[group[0]].rows.stop
+
+    monkeypatch.setattr(mixing, "_feeding_rows", every_row)
+    return computed
