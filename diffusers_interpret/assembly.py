@@ -39,8 +39,11 @@ def _of_image(values: Optional[list], index: int):
     return None if not values else values[min(index, len(values) - 1)]
 
 
-def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, input_image=None, mask=None) -> None:
-    r"""Set an output's attributions (tokens, pixels, raw gradients, the method's maps and values) from `scores`."""
+def fill_scores(
+    output, trace: Trace, scores: Optional[Scores], index: int, input_image=None, mask=None, word_merge: str = "sum"
+) -> None:
+    r"""Set an output's attributions (tokens, pixels, raw gradients, the method's maps and values) from `scores`
+    (a word's score merged from its tokens' by `word_merge`, the method's trait)."""
     tokens = trace.prompt_tokens[index]
     output.token_positions = tokens.positions
     output.word_tokens = tokens.word_units()
@@ -70,7 +73,9 @@ def fill_scores(output, trace: Trace, scores: Optional[Scores], index: int, inpu
     output.token_embeddings = scores.token_embeddings[index] if scores.token_embeddings else None
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
-    output.word_attributions = TokenAttributions(tokens.word_scores(np.asarray(scores.tokens[index]).tolist()))
+    output.word_attributions = TokenAttributions(
+        tokens.word_scores(np.asarray(scores.tokens[index]).tolist(), merge=word_merge)
+    )
     fill_dependence(output)
     if hasattr(output, "pixel_attributions"):
         pixels = _of_image(scores.pixels, index)
@@ -203,7 +208,7 @@ def assemble_outputs(
             output.correspondence = trace.correspondence
             if hasattr(output, "mask"):
                 output.mask = mask
-        fill_scores(output, trace, scores, index, input_image, mask)
+        fill_scores(output, trace, scores, index, input_image, mask, request.method.word_merge)
         outputs.append(output)
     return outputs
 
@@ -217,7 +222,7 @@ def reexplained(output, trace: Trace, scores: Optional[Scores], box, method, cle
         output, image=image, explanation_2d_bounding_box=box, attribution_method=method.name,
         method_summary=method.summary,
     )  # fmt: skip
-    fill_scores(new, trace, scores, output.image_index, input_image, mask)
+    fill_scores(new, trace, scores, output.image_index, input_image, mask, method.word_merge)
     return new
 
 

@@ -397,7 +397,8 @@ class BaseExplanationOutput:
             encoder's features of shared tokens; Flux, SD3: each encoder's own tokens).
         word_attributions (`TokenAttributions`, *optional*): The prompt's words (runs of non-space characters), each
             scored with the sum of the scores of every token of every tokenizer that falls in it (T5's pieces of a word
-            and the same word under CLIP merge into one).
+            and the same word under CLIP merge into one); for a method that reads attention maps (`word_merge="max"`:
+            `"word_attention"`, `"attention"`), each encoder's most-read piece of the word, summed over the encoders.
         word_maps (`np.ndarray`, *optional*): (tokens, H, W) where in the image each attributed token is read,
             aligned with `token_attributions` (`"word_attention"`, `"concept_attention"`).
         word_map_cell_size (`float`, *optional*): Pixels per cell of the attention grid behind `word_maps` (what

@@ -262,6 +262,8 @@ class Session:
             method_description=what_was_explained(output),
             reference=self._reference_image(output, cell),
             frames=None if self.request.num_frames is None else (self.request.num_frames, self.request.height),
+            word_merge=_word_merge(score),
+            token_encoders=tokens.encoders,
         )
 
     def _reference_image(self, output, cell: Tuple[int, int]):
@@ -291,3 +293,13 @@ class Session:
         sums = padded.view(tokens, rows, cell[0], cols, cell[1]).sum((2, 4)).permute(1, 2, 0)[..., None]
         whole = WordAttention.scores_from_word_maps(maps, self.trace.target(None))
         return sums.numpy(), whole
+
+
+def _word_merge(score: str) -> str:
+    # How the view's scoring method merges a word's tokens (its `word_merge` trait): gradient x input sums them.
+    from .methods import parse_method
+
+    try:
+        return parse_method(score).word_merge
+    except ValueError:  # a method object of the user's, known by name only
+        return "sum"

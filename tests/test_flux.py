@@ -206,6 +206,18 @@ def test_words_merge_every_tokenizers_pieces(flux):
     assert sum(s for _, s in out.word_attributions) == pytest.approx(sum(out.token_attributions.scores), rel=1e-6)
 
 
+@pytest.mark.parametrize("method", ["word_attention", "attention"])
+def test_a_word_read_off_maps_scores_its_most_read_piece_under_each_encoder(flux, method):
+    # Two pieces draw attention at two positions without meaning more: T5's "cor" + "gi" score as the larger of the
+    # two, and CLIP's "corgi" (the pooled vector: no map, 0) is added; a gradient method sums (above).
+    out = explain(flux, attribution_method=method, explanation_2d_bounding_box=((0, 0), (8, 16)))
+    scores = out.token_attributions.scores
+    assert scores[2] != scores[3] and scores[9] == 0
+    words = dict(out.word_attributions)
+    assert words["corgi"] == pytest.approx(max(scores[2], scores[3]), rel=1e-6)
+    assert words["cute"] == pytest.approx(scores[1] + scores[8], rel=1e-6)
+
+
 def test_joint_attention_maps_equal_an_independent_computation(flux):
     from diffusers_interpret import record_cross_attention
 

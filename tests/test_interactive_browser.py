@@ -298,7 +298,8 @@ def test_word_attention_view_is_the_methods_own(browser, tiny_pipe, tmp_path):
 
 def test_a_flux_view_shows_each_word_once_and_the_tokens_one_click_away(browser, tmp_path):
     # The toy Flux reads the prompt with T5 (where "triangle" is two pieces) and CLIP: the bars are the prompt's words,
-    # each its tokens' scores summed; a clicked word shows its tokens' maps summed; the tokens are labelled by encoder.
+    # each scored as the method merges its tokens (T5's most-read piece, plus CLIP's token); a clicked word shows its
+    # tokens' maps summed; the tokens are labelled by encoder.
     from diffusers_interpret import explainer_for
     from diffusers_interpret.attention import colorize
     from diffusers_interpret.toy import TOY_FLUX_CALL, load_toy_flux_pipeline

@@ -34,6 +34,7 @@ class AttentionScore(AttributionMethod):
     name = "attention"
     summary = "The share of each token position's cross-attention that falls inside the region."
     needs_attention_maps = True
+    word_merge = "max"  # a word's most-read piece: more pieces are not more attention
 
     def __post_init__(self):
         if self.normalization not in ("token_share", "probability"):

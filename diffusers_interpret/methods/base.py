@@ -67,6 +67,8 @@ class AttributionMethod:
         - `one_image_per_call`: the method generates the image again (needs `trace.regeneration`).
         - `scores_pixels`: the method gives pixel scores itself; otherwise image explainers add the box-sum
           gradient x input of the pixels.
+        - `word_merge`: how a word's tokens' scores make the word's (`PromptTokens.word_scores`): `"sum"` for
+          additive attributions, `"max"` (a word's most-read piece under each encoder) for attention read off maps.
 
     What the traced run records for the method is `recordings(prompts)`: by default the attention maps where it
     needs them; a method that needs something else recorded supplies its own recording.
@@ -80,6 +82,7 @@ class AttributionMethod:
     needs_concept_maps: bool = False
     one_image_per_call: bool = False
     scores_pixels: bool = False
+    word_merge: str = "sum"
 
     def recordings(self, prompts: Sequence[str]) -> List[Recording]:
         r"""What the traced run records beside the pipeline's call for this method, for a call with `prompts`."""

@@ -30,9 +30,13 @@ class WordAttention(AttributionMethod):
       every pixel reads alike.
 
     No word list is involved: function words rank low because their maps are flat and small once the words they carry
-    on are credited. The word maps are in `output.word_maps` ((tokens, H, W), aligned with the tokens), the attention
-    grid's cell in pixels in `output.word_map_cell_size`; `edge_aware_maps(maps, output.image, cell_size)` gives
-    them the image's own outlines (docs/explore.md).
+    on are credited. A word a tokenizer splits into pieces (T5's "▁tri" + "angle") scores its most-read piece under
+    each encoder, not the pieces' sum: two positions are not twice the meaning (on the toy Flux, summed pieces put
+    "triangle" above its colour in every triangle's box, where ablation never did; docs/methods.md).
+
+    The word maps are in `output.word_maps` ((tokens, H, W), aligned with the tokens), the attention grid's cell in
+    pixels in `output.word_map_cell_size`; `edge_aware_maps(maps, output.image, cell_size)` gives them the image's own
+    outlines (docs/explore.md).
 
     Cost: one generation recording cross-attention (as `"attention"`), plus one forward pass through the text
     encoders per token position (in batches), no backward pass. Benchmark: docs/methods.md.
@@ -44,6 +48,7 @@ class WordAttention(AttributionMethod):
         "to the words that feed it; for the whole image, how unevenly each word's attention is spread."
     )
     needs_attention_maps = True
+    word_merge = "max"
 
     def attribute(self, trace: Trace, target: Target) -> Scores:
         tokens, word_maps = [], []

@@ -100,15 +100,30 @@ class PromptTokens:
                 groups[hit].append(index)
         return groups
 
-    def word_scores(self, scores: Sequence[float]) -> List[Tuple[str, float]]:
+    def word_scores(self, scores: Sequence[float], merge: str = "sum") -> List[Tuple[str, float]]:
         r"""
-        Scores of the prompt's words: each word's score is the sum of the scores of its units (`word_units`): T5's
-        pieces of a word, and the same word under CLIP's tokenisation, merge into one word.
+        Scores of the prompt's words, from the scores of their units (`word_units`): T5's pieces of a word, and the
+        same word under CLIP's tokenisation, merge into one word.
+
+        Args:
+            scores (`Sequence[float]`): One score per unit.
+            merge (`str`, *optional*, defaults to `"sum"`): `"sum"`: a word's score is its units' sum (additive
+                attributions: a word's effect is its pieces' together). `"max"`: its most-read piece under each
+                encoder, summed over the encoders (attention read off maps: a word a tokenizer splits into more pieces
+                takes more positions, not more meaning; the sum would grow with the pieces, a mean shrink with them).
         """
-        return [
-            (word, float(sum(float(scores[i]) for i in group)))
-            for (word, _, _), group in zip(self.words(), self.word_units())
-        ]
+        if merge not in ("sum", "max"):
+            raise ValueError(f"`merge` must be 'sum' or 'max', got {merge!r}.")
+        merged = []
+        for (word, _, _), group in zip(self.words(), self.word_units()):
+            if merge == "sum":
+                merged.append((word, float(sum(float(scores[i]) for i in group))))
+                continue
+            per_encoder: Dict[int, List[float]] = {}
+            for i in group:
+                per_encoder.setdefault(self.units[i].encoders[0], []).append(float(scores[i]))
+            merged.append((word, float(sum(max(values) for values in per_encoder.values()))))
+        return merged
 
     @property
     def positions(self) -> List[int]:

@@ -216,12 +216,20 @@ _SCRIPT = r"""
     for (var t = 0; t < T; t++) total += scores[t];
     return scores.map(function(s) { return (total > 0 && isFinite(total)) ? s / total * 100 : 0; });
   }
-  // A word's score is the sum of its tokens' (every encoder's pieces of it), in percent of all the words'.
+  // A word's score is the sum of its tokens' (every encoder's pieces of it), or with "max" (the methods that read
+  // maps) each encoder's most-read piece summed over the encoders; in percent of all the words'.
+  function wordScore(word, scores) {
+    if (cfg.wordMerge !== "max") return word[1].reduce(function(total, t) { return total + scores[t]; }, 0);
+    var best = {};
+    word[1].forEach(function(t) {
+      var encoder = cfg.tokenEncoders ? cfg.tokenEncoders[t] : "";
+      if (!(encoder in best) || scores[t] > best[encoder]) best[encoder] = scores[t];
+    });
+    return Object.keys(best).reduce(function(total, encoder) { return total + best[encoder]; }, 0);
+  }
   function wordPercentagesForBox(r0, c0, r1, c1) {
     var scores = scoresForBox(r0, c0, r1, c1);
-    var sums = words.map(function(word) {
-      return word[1].reduce(function(total, t) { return total + scores[t]; }, 0);
-    });
+    var sums = words.map(function(word) { return wordScore(word, scores); });
     var total = sums.reduce(function(a, b) { return a + b; }, 0);
     return sums.map(function(s) { return (total > 0 && isFinite(total)) ? s / total * 100 : 0; });
   }
@@ -523,6 +531,8 @@ def interactive_view_html(
     words: Optional[Sequence[Tuple[str, Sequence[int]]]] = None,
     word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
     dependence_map: Optional[np.ndarray] = None,
+    word_merge: str = "sum",
+    token_encoders: Optional[Sequence[str]] = None,
     method_description: Optional[str] = None,
     reference: Optional[Tuple[Image.Image, np.ndarray, np.ndarray, Tuple[int, int]]] = None,
     frames: Optional[Tuple[int, int]] = None,
@@ -558,6 +568,11 @@ def interactive_view_html(
             words (one encoder, one token a word) leave it out: the bars are the tokens.
         word_attention_maps (`Sequence[np.ndarray]`, *optional*): One (H, W) array in [0, 1] per word (or `None`),
             shown when the word is clicked.
+        word_merge (`str`, *optional*, defaults to `"sum"`): How a word's bar comes from its tokens' scores, as the
+            method merges them (`PromptTokens.word_scores`): `"sum"`, or `"max"` (each encoder's most-read piece of
+            the word, summed over the encoders: `token_encoders` says which encoder each token is of).
+        token_encoders (`Sequence[str]`, *optional*): Each token's encoder label (for `word_merge="max"`; one encoder
+            where not given).
         dependence_map (`np.ndarray`, *optional*): (H, W), the output's `prompt_dependence_map`: the view says how
             much the drawn box depends on the prompt, and fades the bars as `dependence.bar_opacity` does.
         method_description (`str`, *optional*): What was explained and how, in words (shown above the bars).
@@ -595,6 +610,10 @@ def interactive_view_html(
     step_uris = [image_to_data_uri(step.convert("RGB")) for step in step_images]
     attention = _attention_uris(attention_maps, len(tokens), (height, width))
     words = None if words is None else [(str(label), [int(t) for t in indices]) for label, indices in words]
+    if word_merge not in ("sum", "max"):
+        raise ValueError(f"`word_merge` must be 'sum' or 'max', got {word_merge!r}.")
+    if token_encoders is not None and len(token_encoders) != len(tokens):
+        raise ValueError(f"Got {len(token_encoders)} encoder labels for {len(tokens)} tokens: give one per token.")
     for label, indices in words or []:
         if any(not 0 <= t < len(tokens) for t in indices):
             raise ValueError(f"Word {label!r} names tokens {indices} of {len(tokens)}.")
@@ -650,6 +669,8 @@ def interactive_view_html(
         "score": score,
         "whole": None if whole_image_scores is None else [float(v) for v in whole_image_scores],
         "words": words,
+        "wordMerge": word_merge,
+        "tokenEncoders": None if token_encoders is None else [str(label) for label in token_encoders],
         "wordAttention": word_attention,
     }
     shown_w, shown_h = width * scale, height * scale
@@ -745,6 +766,8 @@ class InteractiveView:
         words: Optional[Sequence[Tuple[str, Sequence[int]]]] = None,
         word_attention_maps: Optional[Sequence[Optional[np.ndarray]]] = None,
         dependence_map: Optional[np.ndarray] = None,
+        word_merge: str = "sum",
+        token_encoders: Optional[Sequence[str]] = None,
         method_description: Optional[str] = None,
         reference=None,
         frames: Optional[Tuple[int, int]] = None,
@@ -755,6 +778,8 @@ class InteractiveView:
         self.dependence_map = dependence_map
         self.method_description = method_description
         self.words = None if words is None else [(str(label), list(indices)) for label, indices in words]
+        self.word_merge = word_merge
+        self.token_encoders = None if token_encoders is None else [str(label) for label in token_encoders]
         self.word_attention_maps = None if word_attention_maps is None else list(word_attention_maps)
         self.whole_image_scores = None if whole_image_scores is None else list(whole_image_scores)
         self.image = image
@@ -786,6 +811,8 @@ class InteractiveView:
             method_description=self.method_description,
             reference=self.reference,
             frames=self.frames,
+            word_merge=self.word_merge,
+            token_encoders=self.token_encoders,
         )
 
     def box_correspondence(self, r0: int, c0: int, r1: int, c1: int) -> Optional[np.ndarray]:
@@ -819,11 +846,22 @@ class InteractiveView:
         return box_scores_from_cells(self.cell_grad_x_input, r0, c0, r1, c1)
 
     def word_box_scores(self, r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
-        r"""The word scores of the cell box (each word's tokens' [`box_scores`] summed), where the view has words."""
+        r"""The word scores of the cell box (each word's tokens' [`box_scores`] merged by `word_merge`), where the view
+        has words."""
         if self.words is None:
             raise ValueError("This view shows tokens, not words: use `box_scores`.")
         scores = self.box_scores(r0, c0, r1, c1)
-        return np.array([float(scores[list(indices)].sum()) for _, indices in self.words])
+        merged = []
+        for _, indices in self.words:
+            if self.word_merge == "sum":
+                merged.append(float(scores[list(indices)].sum()))
+                continue
+            best = {}
+            for t in indices:
+                encoder = "" if self.token_encoders is None else self.token_encoders[t]
+                best[encoder] = max(best.get(encoder, -np.inf), float(scores[t]))
+            merged.append(float(sum(best.values())))
+        return np.array(merged)
 
     def _repr_html_(self) -> str:
         return self.to_html()
