@@ -60,6 +60,7 @@ from diffusers_interpret.testing.flux_edits import make_tiny_flux_fill_pipeline,
 from diffusers_interpret.testing.wan import make_tiny_wan_pipeline
 from diffusers_interpret.testing.cogvideox import make_tiny_cogvideox_pipeline
 from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_TEMPLATE, make_tiny_hunyuan_video_pipeline
+from diffusers_interpret.testing.hunyuan_video15 import make_tiny_hunyuan_video15_pipeline
 from diffusers_interpret.testing.ltx import make_tiny_ltx_pipeline
 
 family, kind, n, ckpt, steps, repeats = {family!r}, {kind!r}, {n!r}, {ckpt!r}, {steps!r}, {repeats!r}
@@ -100,6 +101,8 @@ elif family == "cogvideox":
     pipe = make_tiny_cogvideox_pipeline()
 elif family == "hunyuan_video":
     pipe = make_tiny_hunyuan_video_pipeline()
+elif family == "hunyuan_video15":
+    pipe = make_tiny_hunyuan_video15_pipeline(guidance_scale=7.5)  # its guider: two transformer calls a step
 elif family == "ltx":
     pipe = make_tiny_ltx_pipeline()
 else:
@@ -122,6 +125,8 @@ if family in ("wan", "cogvideox", "hunyuan_video", "ltx"):  # clips of 9 frames 
     common.update(num_frames=9, max_sequence_length=24, negative_prompt="")  # Wan: two calls a step, CogVideoX: rows
 if family == "hunyuan_video":
     common.update(prompt_template=TINY_HUNYUAN_TEMPLATE)  # guidance-distilled: one call a step
+if family == "hunyuan_video15":  # its guider holds the scale; 9 frames are 5 latent frames (2x temporal)
+    common = dict(num_inference_steps=steps, height=size, width=size, num_frames=9, negative_prompt="")
 rng = np.random.default_rng(0)
 picture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 if family.startswith("controlnet_"):
@@ -211,6 +216,7 @@ def main():
             "wan",
             "cogvideox",
             "hunyuan_video",
+            "hunyuan_video15",
             "ltx",
             "sd15-size",
         ],

@@ -7,6 +7,7 @@ median of `--repeats` after a warm-up. Both leave the pipeline's image as it is 
 
     pip install --no-deps attention-map-diffusers   # the peer (its torchvision is only for saving PNGs)
     python benchmarks/peer_attention_maps.py --repeats 5
+    python benchmarks/peer_attention_maps.py --repeats 5 --only "HunyuanVideo 1.5"   # one pipeline's row
 """
 
 import argparse
@@ -33,6 +34,14 @@ def pipelines():
     from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_VIDEO_CALL, make_tiny_hunyuan_video_pipeline
 
     yield "HunyuanVideo (tiny, 9x16x16)", make_tiny_hunyuan_video_pipeline(), TINY_HUNYUAN_VIDEO_CALL
+    from diffusers_interpret.testing.hunyuan_video15 import (
+        TINY_HUNYUAN_VIDEO15_CALL,
+        make_tiny_hunyuan_video15_pipeline,
+    )
+
+    # Its guider at 4: the prompt's call and the negative prompt's each step (both record the prompt's calls alone).
+    pipe = make_tiny_hunyuan_video15_pipeline(guidance_scale=4.0)
+    yield "HunyuanVideo 1.5 (tiny, 9x16x16)", pipe, TINY_HUNYUAN_VIDEO15_CALL
 
 
 def cases(pipe, prompt: str, call: dict, capture_class) -> dict:
@@ -73,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default=None, help="only the pipelines whose name holds this text")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -88,6 +98,8 @@ def main() -> None:
     )
     started = time.perf_counter()
     for name, pipe, call in pipelines():
+        if args.only is not None and args.only not in name:
+            continue
         runs = cases(pipe, prompt, dict(call, num_inference_steps=args.steps, output_type="np"), AttentionCapture)
         reference = runs["plain"]()
         assert np.array_equal(runs["ours"](), reference) and np.array_equal(runs["peer"](), reference)

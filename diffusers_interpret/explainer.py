@@ -1,5 +1,6 @@
 """The explainer: run the pipeline's own call with a traced graph (or recorded attention), then attribute."""
 
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -38,6 +39,7 @@ from .tracing.redraw import redraw_changes
 from .tracing.replay import UntracedDenoiserCache
 from .tracing.run import RunPlan, RunResult, decode, run
 from .tracing.scoped import pipeline_lock, truncation_noted_once
+from .tracing.steps import SchedulerSteps
 
 # The output class of each kind of pipeline input.
 OUTPUT_CLASSES = {
@@ -57,10 +59,13 @@ class PipelineCall:
         kwargs (`Dict[str, Any]`): What the pipeline's `__call__` gets: the user's arguments, `output_type="latent"`
             and a step callback (chained with the user's) that keeps every step's latents.
         step_latents (`List[torch.Tensor]`): Every step's latents, filled by the callback as the call runs.
+        steps_from_scheduler (`bool`, *optional*, defaults to `False`): The pipeline takes no step callback: the
+            steps' latents are kept from its scheduler's `step` instead ([`~tracing.steps.SchedulerSteps`]).
     """
 
     kwargs: Dict[str, Any]
     step_latents: List[torch.Tensor]
+    steps_from_scheduler: bool = False
 
     @property
     def generator(self):
@@ -424,13 +429,18 @@ class BasePipelineExplainer:
             width=request.width,
             output_type="latent",
             return_dict=True,
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=sorted(set(user_inputs) | {"latents"}),
         )
+        # A pipeline without step callbacks (HunyuanVideo 1.5) hands its steps' latents over through its scheduler.
+        with_callbacks = "callback_on_step_end" in inspect.signature(type(self.pipe).__call__).parameters
+        if with_callbacks:
+            kwargs.update(
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=sorted(set(user_inputs) | {"latents"}),
+            )
         if request.image_input is not None:
             kwargs.pop("height"), kwargs.pop("width")
             kwargs.update(request.image_input.pipeline_kwargs())
-        return PipelineCall(kwargs, step_latents)
+        return PipelineCall(kwargs, step_latents, steps_from_scheduler=request.step_images and not with_callbacks)
 
     # -- 3. the traced run ----------------------------------------------------------------------------------------
     def run_plan(self, request: CheckedRequest, tokens: Sequence[PromptTokens]) -> RunPlan:
@@ -482,14 +492,16 @@ class BasePipelineExplainer:
         device = self.pipe._execution_device
         snapshot = generator_state(call.generator, device) if request.num_images == 1 else None
         fresh_generators = generator_factory(call.generator, device) if request.keep == "latents" else None
-        result = run(
-            plan,
-            call.kwargs,
-            conditioning=leaves,
-            recordings=request.recordings(),
-            keep_untraced=request.keep == "latents",
-            replay=replay,
-        )
+        steps = SchedulerSteps(self.pipe, call.step_latents) if call.steps_from_scheduler else contextlib.nullcontext()
+        with steps:
+            result = run(
+                plan,
+                call.kwargs,
+                conditioning=leaves,
+                recordings=request.recordings(),
+                keep_untraced=request.keep == "latents",
+                replay=replay,
+            )
         graph = TracedGraph(
             decode(plan, self.family.output_latents(result.output), call.generator),
             pixels=result.recordings.get("pixels"),

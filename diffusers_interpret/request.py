@@ -500,6 +500,11 @@ def _image_input(
         if init_image is not None or image is not None or mask_image is not None:
             # A family whose text-to-image call takes an image of another kind (Flux 2's reference images) says why.
             family.check_arguments(pipe, {"image": image if image is not None else init_image})
+            if family.video:
+                raise ValueError(
+                    f"{explainer_name} explains text-to-video calls, which take no input image: explain an "
+                    "image-to-video pipeline (e.g. `WanImageToVideoPipeline`, through `explainer_for(pipe)`) for one."
+                )
             raise ValueError(
                 f"{explainer_name} explains text-to-image calls: use the img2img or inpainting explainer "
                 "(or `explainer_for(pipe)`) for an input image."

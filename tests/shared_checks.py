@@ -32,9 +32,11 @@ def assert_refused_before_any_model_runs(denoiser, explain, message):
     assert not calls
 
 
-def assert_state_restored_after_an_injected_exception(pipe, explain):
+def assert_state_restored_after_an_injected_exception(pipe, explain, denoiser=None):
     r"""An exception raised at step 1 of `explain(attribution_method=..., callback_on_step_end=...)` leaves the
-    pipeline as it was, for a gradient method and an attention method."""
+    pipeline as it was, for a gradient method and an attention method. With `denoiser` (a pipeline that takes no step
+    callback), the exception is raised by `denoiser`'s second call instead (a hook of the test's, removed before the
+    pipeline's state is compared)."""
     before = pipeline_state(pipe)
 
     def boom(pipe, step, timestep, kwargs):
@@ -43,9 +45,28 @@ def assert_state_restored_after_an_injected_exception(pipe, explain):
         return {}
 
     for method in ("grad_x_input", "word_attention"):
-        with pytest.raises(KeyError, match="injected"):
-            explain(attribution_method=method, callback_on_step_end=boom)
+        handle = None
+        if denoiser is not None:
+            handle = denoiser.register_forward_pre_hook(_raising_at_call(2), with_kwargs=True)
+        try:
+            with pytest.raises(KeyError, match="injected"):
+                explain(attribution_method=method, **({} if denoiser is not None else {"callback_on_step_end": boom}))
+        finally:
+            if handle is not None:
+                handle.remove()
         assert pipeline_state(pipe) == before
+
+
+def _raising_at_call(index: int):
+    # A forward pre-hook that raises `KeyError("injected")` at the module's `index`-th call (from 1).
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == index:
+            raise KeyError("injected")
+
+    return hook
 
 
 def every_row_mixing(monkeypatch):

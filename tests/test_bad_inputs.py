@@ -378,6 +378,13 @@ def _tiny(family):
         from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_VIDEO_CALL, make_tiny_hunyuan_video_pipeline
 
         return make_tiny_hunyuan_video_pipeline(), TINY_HUNYUAN_VIDEO_CALL
+    if family == "hunyuan_video15":
+        from diffusers_interpret.testing.hunyuan_video15 import (
+            TINY_HUNYUAN_VIDEO15_CALL,
+            make_tiny_hunyuan_video15_pipeline,
+        )
+
+        return make_tiny_hunyuan_video15_pipeline(guidance_scale=4.0), TINY_HUNYUAN_VIDEO15_CALL
     if family == "prx":
         from diffusers_interpret.testing.prx import TINY_PRX_CALL, make_tiny_prx_pipeline
 
@@ -457,7 +464,18 @@ FAMILIES = [
         BAD,
         "prompt_template",
     ),
-    ("hunyuan-concept-attention", "hunyuan_video", dict(attribution_method="concept_attention"), BAD, "text stream"),
+    ("wan-concept-attention", "wan", dict(attribution_method="concept_attention"), BAD, "text stream"),
+    ("hunyuan15-frame-count", "hunyuan_video15", dict(num_frames=10), BAD, "num_frames=10"),
+    ("hunyuan15-frames-past-the-clip", "hunyuan_video15", dict(explanation_frames=(3, 11)), BAD, "explanation_frames"),
+    (
+        "hunyuan15-box-below-the-frame",
+        "hunyuan_video15",
+        dict(explanation_2d_bounding_box=((0, 16), (8, 24))),
+        BAD,
+        "bounding_box",
+    ),
+    ("hunyuan15-guidance-scale", "hunyuan_video15", dict(guidance_scale=4.0), TypeError, "guidance_scale"),
+    ("hunyuan15-input-image", "hunyuan_video15", dict(image=RGB), BAD, "text-to-video calls"),
 ]
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded
+from independent_concepts import hunyuan_concept_probabilities
 from independent_gradients import central_difference, leaf_gradient
 from PIL import Image
 from pipeline_state import pipeline_state
@@ -278,6 +279,50 @@ def test_hunyuan_videos_per_frame_word_maps_and_template_equal_an_independent_co
     expected = torch.stack([frames[(t + 3) // 4] for t in range(FRAMES)], dim=1)
     np.testing.assert_allclose(out.frame_maps(out.attention_maps.maps[0][content]), expected, atol=1e-5)
     assert 0 < out.attention_sink_share < 1  # the template's kept tokens and the end token took some
+
+
+def test_hunyuan_videos_concept_attention_through_the_text_stream_equals_an_independent_computation():
+    # Each word's own Llama states (encoded alone in the template, after its 4 kept tokens, its pieces but a bare "▁"
+    # averaged)
+    # through the token refiner (one token, the call's timestep), carried through the dual-stream blocks with the
+    # text-stream weights (the single-stream ones carry no text stream of their own, as Flux's); ConceptAttention
+    # written out (`independent_concepts`); 9 frames: 1 of the first latent frame, 4 of each other.
+    pipe = make_tiny_hunyuan_video_pipeline(dtype=torch.float64, num_layers=2)
+    blocks, timesteps, calls = list(pipe.transformer.transformer_blocks), [], []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: timesteps.append(k["timestep"]), with_kwargs=True
+    )
+    try:
+        captured = layer_calls(blocks, lambda: pipe(PROMPT, generator=seeded(0), **common(pipe)))
+    finally:
+        hook.remove()
+    for index, (block, args, _) in enumerate(captured):
+        if block is blocks[0]:
+            calls.append([])
+        video, text, temb, mask, rotary = args[:5]  # the transformer calls its blocks positionally
+        calls[-1].append((video, text, temb, mask[0, 0, 0, video.shape[1] :], rotary, timesteps[index // len(blocks)]))
+    out = explain(pipe, attribution_method="concept_attention", n_last_diffusion_steps_to_consider_for_attributions=2)
+    concepts = PROMPT.split()
+    transformer, template = pipe.transformer, TINY_HUNYUAN_VIDEO_CALL["prompt_template"]
+    with torch.no_grad():
+        rows = []
+        for concept in concepts:
+            states, _, mask = pipe.encode_prompt(concept, prompt_template=template, max_sequence_length=24)
+            pieces = pipe.tokenizer.tokenize(concept)  # "ball" is "▁", "b", "a", "l", "l"
+            assert int(mask.sum()) == 4 + len(pieces)  # the template's kept tokens, then the word's pieces
+            own = [4 + k for k, piece in enumerate(pieces) if piece != "▁"]  # a bare word-start piece left out
+            rows.append(states[0, own].mean(0))
+        rows = torch.stack(rows)
+    probs = hunyuan_concept_probabilities(
+        transformer, lambda t: transformer.context_embedder(rows[:, None], t.expand(len(rows)))[:, 0][None], calls[-2:]
+    )
+    grid = probs.reshape(len(concepts), 3, SIZE // 8, SIZE // 8)
+    frames = [F.interpolate(grid[:, f][None], size=(SIZE, SIZE), mode="bilinear")[0] for f in range(3)]
+    expected = torch.cat([frames[(t + 3) // 4] for t in range(FRAMES)], dim=1)  # (concepts, frames x SIZE, SIZE)
+    recorded = np.stack([out.concept_maps[c] for c in concepts])
+    np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(recorded.sum(0), 1.0, atol=1e-6)  # a softmax across the concepts at each pixel
+    assert [word for word, _ in out.word_attributions] == concepts
 
 
 def test_a_clip_the_user_already_has_is_refused_with_what_to_do(video):

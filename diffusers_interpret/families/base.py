@@ -306,13 +306,19 @@ class PipelineFamily:
         where they are not simply [text, image] or [image, text] by `joint_attention.text_first` (`None`)."""
         return None
 
+    def text_key_columns(self, pipe, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+        r"""For each position of a denoiser call's text (`encoder_hidden_states`), its place in the text its attention
+        layers read, (batch, text positions), from the call's arguments; `None` where the layers read the text in its
+        order (every family but HunyuanVideo 1.5, whose transformer lays out each row's text by its masks)."""
+        return None
+
     def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         r"""The dual-stream blocks (a text stream with its own weights beside the image stream) that concept tokens
         are carried through, by module name (the `"concept_attention"` method)."""
         raise ValueError(
             f"`attribution_method='concept_attention'` needs a text stream to carry concept tokens through, which "
-            f"{self.display_name} pipelines have not (it is for SD3, Flux, Chroma, Flux 2 and Qwen-Image): use "
-            "'word_attention' or 'attention'."
+            f"{self.display_name} pipelines have not (it is for SD3, Flux, Chroma, Flux 2, Qwen-Image and "
+            "HunyuanVideo): use 'word_attention' or 'attention'."
         )
 
     def positive_rows(self, pipe, batch_size: int) -> slice:
@@ -561,6 +567,17 @@ class TransformerFamily(PipelineFamily):
             if not getattr(block, "context_pre_only", False)
         ]
 
+    def concept_embeddings(self, denoiser, states: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        r"""The concept tokens in the transformer's text stream, (concepts, features), for its call with `args` and
+        `kwargs`: the family's `text_embedder` on `states` (each concept's text-encoder states)."""
+        embedder = self.text_embedder(denoiser)
+        return embedder(states.to(dtype=next(embedder.parameters()).dtype))
+
+    def concept_stream(self, output) -> torch.Tensor:
+        r"""The text stream's output of a dual-stream block's call (Flux's, SD3's and Qwen-Image's blocks return
+        (text, image))."""
+        return output[0]
+
     def attention_output_projections(self, block) -> Tuple[torch.nn.Module, torch.nn.Module]:
         r"""The output projections of a dual-stream block's attention, (image stream, text stream): their inputs are
         the attention outputs (heads concatenated) that concept attention compares."""
@@ -594,3 +611,14 @@ def call_argument(pipe, call_kwargs: Dict[str, Any], name: str):
     (read from its `__call__`, so that the explanation follows the installed diffusers)."""
     value = call_kwargs.get(name)
     return value if value is not None else inspect.signature(type(pipe).__call__).parameters[name].default
+
+
+def locate_prompt(render, text: str) -> Tuple[str, int]:
+    r"""`render(text)` (the prompt inside a family's template), and the character where `text` starts in it: found by
+    rendering once more around a marker (a private-use character no template adds), so that a system message holding
+    the same words cannot be taken for it."""
+    full, probe = render(text), render("\ue000")
+    start = probe.find("\ue000")
+    if start < 0 or full[start : start + len(text)] != text:
+        start = full.rfind(text)
+    return full, max(start, 0)

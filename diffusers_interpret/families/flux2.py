@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from diffusers import Flux2KleinPipeline
 
-from .base import InputKind, TextEncoderSlot, call_argument
+from .base import InputKind, TextEncoderSlot, call_argument, locate_prompt
 from .flux import FluxFamily
 from .registry import register_family
 
@@ -164,7 +164,7 @@ def chat_template_text(tokenizer, text: str, **template_arguments) -> Tuple[str,
             messages, tokenize=False, add_generation_prompt=True, **template_arguments
         )
 
-    return _located(render, text)
+    return locate_prompt(render, text)
 
 
 FLUX2_KLEIN = register_family(Flux2KleinFamily())
@@ -214,7 +214,7 @@ class Flux2DevFamily(Flux2KleinFamily):
             messages = format_input(prompts=[content], system_message=pipe.system_message)[0]
             return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
-        return _located(render, text)
+        return locate_prompt(render, text)
 
     def tokenizer_arguments(self, pipe, slot: TextEncoderSlot, text: str) -> Dict[str, Any]:
         # A chat template's text is tokenized without adding special tokens (its `<s>` is in the text).
@@ -227,16 +227,6 @@ class Flux2DevFamily(Flux2KleinFamily):
             [latents.shape[0]], float(scale), device=latents.device, dtype=torch.float32
         )
         return arguments
-
-
-def _located(render, text: str) -> Tuple[str, int]:
-    # `render(text)`, and where `text` starts in it: found by rendering once more around a marker (a private-use
-    # character no template adds), so that a system message holding the same words cannot be taken for it.
-    full, probe = render(text), render("\ue000")
-    start = probe.find("\ue000")
-    if start < 0 or full[start : start + len(text)] != text:
-        start = full.rfind(text)
-    return full, max(start, 0)
 
 
 FLUX2_DEV = register_family(Flux2DevFamily())

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import JointAttention, TextEncoderSlot, call_argument
+from .base import JointAttention, TextEncoderSlot, TransformerFamily, call_argument
 from .registry import register_family
 from .video import VideoFamily
 
@@ -72,6 +72,31 @@ class HunyuanVideoFamily(VideoFamily):
         layers = [(f"transformer_blocks.{k}.attn", block.attn) for k, block in enumerate(denoiser.transformer_blocks)]
         single = denoiser.single_transformer_blocks
         return layers + [(f"single_transformer_blocks.{k}.attn", block.attn) for k, block in enumerate(single)]
+
+    # -- concept attention: the dual-stream blocks' text stream carries the concepts --------------------------------
+    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        return TransformerFamily.concept_blocks(self, denoiser)  # the dual-stream ones (as Flux's)
+
+    def concept_embeddings(self, denoiser, states: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        return refined_concepts(denoiser.context_embedder, states, kwargs["timestep"])
+
+    def concept_stream(self, output) -> torch.Tensor:
+        return output[1]  # its blocks return (video, text)
+
+    def concept_block_arguments(
+        self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
+    ) -> Dict[str, Any]:
+        # The concepts in the text's place; the mask over [video, text] becomes one over [video, concepts], all kept.
+        video = arguments["hidden_states"][rows]
+        keys = int(video.shape[1]) + int(concepts.shape[1])
+        mask = torch.ones(video.shape[0], 1, 1, keys, dtype=torch.bool, device=video.device)
+        return {
+            **arguments,
+            "hidden_states": video,
+            "encoder_hidden_states": concepts,
+            "temb": arguments["temb"][rows],
+            "attention_mask": mask,
+        }
 
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
@@ -145,6 +170,16 @@ class HunyuanVideoFamily(VideoFamily):
             "attention_kwargs": call_kwargs.get("attention_kwargs"),
             "return_dict": False,
         }
+
+
+def refined_concepts(refiner: torch.nn.Module, states: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    r"""Concept tokens as a HunyuanVideo transformer (1.0 or 1.5) embeds its text: its token refiner
+    (`context_embedder`) on each concept as a text of one token, conditioned on the call's `timestep` and that token;
+    (concepts, features)."""
+    count = int(states.shape[0])
+    tokens = states.to(dtype=next(refiner.parameters()).dtype)[:, None]
+    mask = torch.ones(count, 1, dtype=torch.long, device=states.device)
+    return refiner(tokens, timestep.flatten()[:1].expand(count), mask)[:, 0]
 
 
 def _template(pipe, call_kwargs: Dict[str, Any]):

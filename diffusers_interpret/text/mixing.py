@@ -108,7 +108,8 @@ def concept_states(
 ) -> torch.Tensor:
     r"""
     Each concept encoded on its own by the pipeline's own `encode_prompt`: the mean of its tokens' states (start, end
-    and padding left out) in the denoiser's `encoder_hidden_states`, (concepts, features).
+    and padding left out, and a bare word-start piece, sentencepiece's "▁" before a word it spells out) in the
+    denoiser's `encoder_hidden_states`, (concepts, features).
     """
     prompts = {"prompt": list(concepts)}
     with torch.no_grad():

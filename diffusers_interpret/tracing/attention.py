@@ -292,6 +292,7 @@ class CrossAttentionRecorder(ScopedHooks):
         self._frames: Optional[int] = None
         self._rows: Optional[slice] = None
         self._text_length = 0
+        self._text_columns: Optional[torch.Tensor] = None
         self._current: Dict[Tuple[int, int], torch.Tensor] = {}
         self._current_layers = 0
         self._total: Dict[Tuple[int, int], torch.Tensor] = {}
@@ -429,6 +430,8 @@ class CrossAttentionRecorder(ScopedHooks):
         self._text_length = int(
             self.family.read_conditioning(self.pipe, args, kwargs)["encoder_hidden_states"].shape[1]
         )
+        if self._current_recorded:
+            self._text_columns = self.family.text_key_columns(self.pipe, args, kwargs)
         return None
 
     def recording_now(self) -> bool:
@@ -437,6 +440,15 @@ class CrossAttentionRecorder(ScopedHooks):
     def kept_rows(self, batch_size: int) -> slice:
         # The prompt rows of the denoiser's batch (the positive half with classifier-free guidance).
         return self._rows if self._rows is not None else slice(0, batch_size)
+
+    def layer_text_length(self, text: Optional[torch.Tensor]) -> int:
+        r"""The length of the text a joint-attention layer reads beside the image (`text`, its `encoder_hidden_states`,
+        `None` in a single-stream layer): the call's text, unless the family lays it out anew (`text_key_columns`)."""
+        return int(text.shape[1]) if self._text_columns is not None and text is not None else self._text_length
+
+    def layer_text_columns(self, rows: slice) -> Optional[torch.Tensor]:
+        r"""Each of the call's text positions' place in the layers' text, at the kept `rows` (`None`: in order)."""
+        return None if self._text_columns is None else self._text_columns[rows]
 
     def add(self, name: str, probs: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> None:
         # probs: (images, queries, tokens), averaged over heads; the queries on the latent grid (or on `grid`).
@@ -864,21 +876,28 @@ class JointAttentionRecorder(CrossAttentionRecorder):
             rows = self.kept_rows(int(hidden_states.shape[0]))
             rotary = layer_rotary(arguments, rows)
             mask = layer_mask(arguments, self.family.joint_attention.text_first)
-            layout = self.family.joint_layout(
-                self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
-            )
+            text_length = self.layer_text_length(encoder_hidden_states)
+            layout = self.family.joint_layout(self.unet, int(hidden_states.shape[1]), text_length, self._latent_size)
+            content = self._content_mask(len(range(*rows.indices(int(hidden_states.shape[0])))))
+            columns = self.layer_text_columns(rows)
+            if columns is not None and content is not None:
+                # The call's sinks at their places in the layer's text; the layer's other text (HunyuanVideo 1.5's
+                # ByT5 glyphs and image tokens) stays in each softmax, as the image's keys do.
+                content = torch.ones(len(columns), text_length, dtype=torch.bool).scatter(1, columns, content)
             probs, left_out = joint_attention_probabilities(
                 module,
                 hidden_states.detach()[rows],
                 None if encoder_hidden_states is None else encoder_hidden_states.detach()[rows],
                 rotary,
-                self._text_length,
+                text_length,
                 text_first=self.family.joint_attention.text_first,
-                content=self._content_mask(len(range(*rows.indices(int(hidden_states.shape[0]))))),
+                content=content,
                 attention_mask=None if mask is None else mask.detach()[rows],
                 heads=self.heads,
                 layout=layout,
             )
+            if columns is not None:  # back to the call's text positions
+                probs = probs.gather(-1, columns[:, None, :].to(probs.device).expand(-1, probs.shape[1], -1))
             if left_out is not None:  # carried as one more token column, split off again in `maps`
                 probs = torch.cat([probs, left_out[..., None].to(probs.dtype)], dim=-1)
                 self._with_share = True

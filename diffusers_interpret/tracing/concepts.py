@@ -13,7 +13,6 @@ blocks and the recorded steps, then a softmax across concepts at each image toke
 from typing import Iterable, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..checks import int_list
 from ..families import TransformerFamily
@@ -70,6 +69,7 @@ class ConceptAttentionRecorder(ScopedHooks):
         self._in_concept_call = False
         self._rows: Optional[slice] = None
         self._grid: Optional[Tuple[int, int]] = None
+        self._frames: Optional[int] = None
         self._concepts: Optional[torch.Tensor] = None
         self._image_output: Optional[torch.Tensor] = None
         self._concept_output: Optional[torch.Tensor] = None
@@ -114,13 +114,14 @@ class ConceptAttentionRecorder(ScopedHooks):
         if not self._recording:
             return None
         self._grid = self.family.attention_grid(args, kwargs)
+        self._frames = self.family.attention_frames(args, kwargs)
         sample = self.family.read_sample(args, kwargs)
         self._rows = self.family.positive_rows(self.pipe, int(sample.shape[0]))
         images = len(range(*self._rows.indices(int(sample.shape[0]))))
-        embedder = self.family.text_embedder(self.transformer)
         with torch.no_grad():
-            states = self.concept_states.to(device=sample.device, dtype=next(embedder.parameters()).dtype)
-            self._concepts = embedder(states).unsqueeze(0).expand(images, -1, -1)
+            states = self.concept_states.to(device=sample.device)
+            concepts = self.family.concept_embeddings(self.transformer, states, args, kwargs)
+            self._concepts = concepts.unsqueeze(0).expand(images, -1, -1)
         self._current_call = index
         return None
 
@@ -143,7 +144,7 @@ class ConceptAttentionRecorder(ScopedHooks):
         try:
             # The block's own text stream on the concepts: neither the layer's output nor any other recorder sees it.
             with torch.no_grad(), self.counter.recomputing():
-                concepts, _ = module(**concept_arguments)
+                concepts = self.family.concept_stream(module(**concept_arguments))
         finally:
             self._in_concept_call = False
         image = self._image_output[self._rows].float()  # (images, image tokens, heads x head_dim)
@@ -184,10 +185,11 @@ class ConceptAttentionRecorder(ScopedHooks):
         else:  # each concept's own similarity, shifted so that the least similar pixel of any concept is 0
             scores = scores - scores.amin(dim=(1, 2), keepdim=True)
         grid = scores.reshape(scores.shape[0], scores.shape[1], height, width)
-        scale = self.family.attention_grid_scale(self.pipe)
-        size = (self._grid[0] * scale, self._grid[1] * scale)
-        maps = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+        # As the attention maps are upsampled: a video's latent frames each to a frame, shown on the frames made of it.
+        size = self.family.attention_image_size(self.pipe, self._grid, self._frames)
+        maps = self.family.upsample_attention(self.pipe, grid, size, self._frames)
+        cell_size = self.family.attention_grid_scale(self.pipe) * self._grid[1] / width
         self._maps = ConceptMaps(
-            self.concepts, maps.cpu(), list(self._recorded_steps), list(self._layer_names), cell_size=size[0] / height
+            self.concepts, maps.cpu(), list(self._recorded_steps), list(self._layer_names), cell_size=cell_size
         )
         return self._maps

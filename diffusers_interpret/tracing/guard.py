@@ -81,9 +81,11 @@ class MemoryGuard(ScopedHooks):
                 self.estimate = estimate_memory(*arguments, blocks=True, **options)
                 self.blocks = True
         except Exception as error:  # a model the shape-only copy cannot be built for: explain without a guard
-            warnings.warn(
-                f"The explanation's memory could not be estimated ({error}); it is not checked.", stacklevel=2
-            )
+            why = str(error)
+            if type(error).__name__ in ("DataDependentOutputException", "DynamicOutputShapeException"):
+                # HunyuanVideo 1.5's transformer lays out its text by its masks' values.
+                why = f"{type(module).__name__}'s forward depends on its inputs' values, which shape-only copies lack"
+            warnings.warn(f"The explanation's memory could not be estimated ({why}); it is not checked.", stacklevel=2)
             return None
         if self.enforce and not self.estimate.fits:
             raise memory.NotEnoughMemoryError(self.estimate.message())

@@ -188,7 +188,7 @@ class SelfAttentionRecorder(CrossAttentionRecorder):
             else:
                 text = arguments.get("encoder_hidden_states")
                 mask = layer_mask(arguments, self.family.joint_attention.text_first)
-                text_length = self._text_length if self.family.self_attention_reads_text else 0
+                text_length = self.layer_text_length(text) if self.family.self_attention_reads_text else 0
                 layout = self.family.joint_layout(
                     self.unet, int(hidden_states.shape[1]), text_length, self._latent_size
                 )
@@ -468,19 +468,22 @@ class TextRelationRecorder(_MatrixRecorder):
         if not self.recording_now():
             return None
         hidden_states, text, rotary, mask = self._joint_inputs(module, args, kwargs)
+        text_length = self.layer_text_length(text)
         relations = joint_text_relations(
             module,
             hidden_states,
             text,
             rotary,
-            self._text_length,
+            text_length,
             text_first=self.family.joint_attention.text_first,
             attention_mask=mask,
             heads=self.heads,
-            layout=self.family.joint_layout(
-                self.unet, int(hidden_states.shape[1]), self._text_length, self._latent_size
-            ),
+            layout=self.family.joint_layout(self.unet, int(hidden_states.shape[1]), text_length, self._latent_size),
         ).cpu()
+        columns = self.layer_text_columns(self.kept_rows(int(relations.shape[0])))
+        if columns is not None:  # both axes back to the call's text positions
+            index = columns[:, :, None].expand(-1, -1, relations.shape[2])
+            relations = relations.gather(1, index).gather(2, columns[:, None, :].expand(-1, columns.shape[1], -1))
         self._add_layer(relations)
         return None
 

@@ -68,3 +68,32 @@ class StepCounter(ScopedHooks):
             yield
         finally:
             self.is_recomputing = previous
+
+
+class SchedulerSteps(ScopedHooks):
+    r"""
+    Keeps every denoising step's latents from the scheduler's `step` (its `prev_sample`, detached) for the length of a
+    `with` block: for a pipeline whose `__call__` takes no `callback_on_step_end` (HunyuanVideo 1.5), what its step
+    callback would have handed over.
+
+    Args:
+        pipe: The pipeline being run.
+        step_latents (`List[torch.Tensor]`): Where each step's latents are appended.
+    """
+
+    def __init__(self, pipe, step_latents):
+        super().__init__()
+        self.pipe = pipe
+        self.step_latents = step_latents
+
+    def _install(self) -> None:
+        scheduler = self.pipe.scheduler
+        step = scheduler.step
+
+        def recorded_step(*args, **kwargs):
+            output = step(*args, **kwargs)
+            latents = output[0] if isinstance(output, tuple) else output.prev_sample
+            self.step_latents.append(latents.detach())
+            return output
+
+        self.override(scheduler, "step", recorded_step)
