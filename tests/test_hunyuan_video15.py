@@ -320,3 +320,24 @@ def test_concept_attention_through_the_text_stream_equals_an_independent_computa
     assert recorded.shape == (len(concepts), FRAMES * SIZE, SIZE)
     np.testing.assert_allclose(recorded, expected.numpy(), atol=1e-6)
     np.testing.assert_allclose(recorded.sum(0), 1.0, atol=1e-6)  # a softmax across the concepts at each pixel
+
+
+def test_raw_records_and_the_export_of_a_hunyuan_video15_clip(hv15, tmp_path):
+    # Raw records per layer x step (the prompt's calls only), each layer's grids upsampled per latent frame and
+    # averaged, are the recorded maps; the exported words are the output's word maps, each word's tokens summed.
+    from diffusers_interpret import record_cross_attention
+
+    with record_cross_attention(hv15, keep_per_layer=True, keep_per_step=True) as recorder:
+        hv15(PROMPT, generator=seeded(0), **COMMON)
+    maps = recorder.maps
+    assert len(maps.steps) == COMMON["num_inference_steps"]  # the negative prompt's calls are not recorded
+    per_layer = [per_frame(records.unflatten(-2, (LATENT_FRAMES, -1))) for records in maps.per_layer.values()]
+    per_step = torch.stack(per_layer).mean(0)
+    np.testing.assert_allclose(per_step, maps.per_step, atol=1e-6)
+    np.testing.assert_allclose(per_step.mean(0), maps.maps, atol=1e-6)
+    out = explain(hv15, attribution_method="word_attention")
+    out.export_maps(tmp_path)
+    words = np.load(tmp_path / "maps.npz")["words"]
+    assert words.shape == (len(out.word_attributions), FRAMES * SIZE, SIZE)
+    for word, tokens in zip(words, out.word_tokens):
+        np.testing.assert_allclose(word, np.sum([out.word_maps[t] for t in tokens], axis=0), rtol=1e-6)
