@@ -341,3 +341,48 @@ def test_raw_records_and_the_export_of_a_hunyuan_video15_clip(hv15, tmp_path):
     assert words.shape == (len(out.word_attributions), FRAMES * SIZE, SIZE)
     for word, tokens in zip(words, out.word_tokens):
         np.testing.assert_allclose(word, np.sum([out.word_maps[t] for t in tokens], axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("image_tokens", [False, True])
+def test_text_key_columns_are_where_the_transformer_lays_each_text_position(image_tokens):
+    # The transformer's own layout of each row's text, read off its first block's input by the states themselves:
+    # rows with different masks (a prompt quoting text, one without), with image tokens that count (non-zero image
+    # embeddings, as image-to-video gives them: they come first) or not (text-to-video). Every unmasked Qwen position
+    # is where `text_key_columns` says.
+    from diffusers_interpret.families import family_for
+
+    pipe = make_tiny_hunyuan_video15_pipeline()
+    transformer, family = pipe.transformer, family_for(pipe)
+    qwen, qwen_mask, glyphs, glyph_mask = pipe.encode_prompt([PROMPT, GLYPHS], device="cpu", batch_size=2)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(2, pipe.vision_num_semantic_tokens, pipe.vision_states_dim, generator=generator)
+    kwargs = dict(
+        hidden_states=torch.randn(2, 9, LATENT_FRAMES, CELLS, CELLS, generator=generator),
+        timestep=torch.tensor([500.0, 500.0]),
+        encoder_hidden_states=qwen,
+        encoder_attention_mask=qwen_mask,
+        encoder_hidden_states_2=glyphs,
+        encoder_attention_mask_2=glyph_mask,
+        image_embeds=image if image_tokens else torch.zeros_like(image),
+        return_dict=False,
+    )
+    refined, block_text = [], []
+    hooks = [
+        transformer.context_embedder.register_forward_hook(lambda m, a, o: refined.append(o)),
+        transformer.transformer_blocks[0].register_forward_pre_hook(lambda m, a: block_text.append(a[1])),
+    ]
+    try:
+        with torch.no_grad():
+            transformer(**kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    states = refined[0] + transformer.cond_type_embed(torch.zeros(1, dtype=torch.long))
+    columns = family.text_key_columns(pipe, (), kwargs)
+    assert columns.shape == qwen_mask.shape
+    for row in range(2):
+        valid = torch.nonzero(qwen_mask[row].bool()).squeeze(1)
+        distance = torch.cdist(states[row, valid].double(), block_text[0][row].double())
+        assert torch.equal(distance.argmin(1), columns[row, valid]) and distance.min(1).values.max() < 1e-5
+        first = (pipe.vision_num_semantic_tokens if image_tokens else 0) + int(glyph_mask[row].sum())
+        assert int(columns[row, valid].min()) == first  # after the image tokens that count and the glyph bytes
