@@ -57,8 +57,10 @@ class PipelineCall:
 
     Args:
         kwargs (`Dict[str, Any]`): What the pipeline's `__call__` gets: the user's arguments, `output_type="latent"`
-            and a step callback (chained with the user's) that keeps every step's latents.
-        step_latents (`List[torch.Tensor]`): Every step's latents, filled by the callback as the call runs.
+            and, where the pipeline takes one, a step callback (chained with the user's) that keeps every step's
+            latents.
+        step_latents (`List[torch.Tensor]`): Every step's latents, filled as the call runs (by the callback, or from
+            the scheduler's steps).
         steps_from_scheduler (`bool`, *optional*, defaults to `False`): The pipeline takes no step callback: the
             steps' latents are kept from its scheduler's `step` instead ([`~tracing.steps.SchedulerSteps`]).
     """

@@ -262,9 +262,22 @@ class Session:
             method_description=what_was_explained(output),
             reference=self._reference_image(output, cell),
             frames=None if self.request.num_frames is None else (self.request.num_frames, self.request.height),
-            word_merge=_word_merge(score),
+            word_merge=self._word_merge(score),
             token_encoders=tokens.encoders,
         )
+
+    def _word_merge(self, score: str) -> str:
+        # How the view's scoring method merges a word's tokens (its `word_merge` trait): the call's own method object
+        # where it is the one, else the method of that name (gradient x input sums).
+        from .methods import parse_method
+
+        method = self.request.method
+        if score == method.name:
+            return method.word_merge
+        try:
+            return parse_method(score).word_merge
+        except ValueError:
+            return "sum"
 
     def _reference_image(self, output, cell: Tuple[int, int]):
         # Flux Kontext's reference image and where each view cell looks in it, for the view's second image.
@@ -293,13 +306,3 @@ class Session:
         sums = padded.view(tokens, rows, cell[0], cols, cell[1]).sum((2, 4)).permute(1, 2, 0)[..., None]
         whole = WordAttention.scores_from_word_maps(maps, self.trace.target(None))
         return sums.numpy(), whole
-
-
-def _word_merge(score: str) -> str:
-    # How the view's scoring method merges a word's tokens (its `word_merge` trait): gradient x input sums them.
-    from .methods import parse_method
-
-    try:
-        return parse_method(score).word_merge
-    except ValueError:  # a method object of the user's, known by name only
-        return "sum"

@@ -32,11 +32,11 @@ def assert_refused_before_any_model_runs(denoiser, explain, message):
     assert not calls
 
 
-def assert_state_restored_after_an_injected_exception(pipe, explain, denoiser=None):
+def assert_state_restored_after_an_injected_exception(pipe, explain, denoiser=None, at_call: int = 2):
     r"""An exception raised at step 1 of `explain(attribution_method=..., callback_on_step_end=...)` leaves the
     pipeline as it was, for a gradient method and an attention method. With `denoiser` (a pipeline that takes no step
-    callback), the exception is raised by `denoiser`'s second call instead (a hook of the test's, removed before the
-    pipeline's state is compared)."""
+    callback), the exception is raised by `denoiser`'s call number `at_call` instead (a hook of the test's, removed
+    before the pipeline's state is compared)."""
     before = pipeline_state(pipe)
 
     def boom(pipe, step, timestep, kwargs):
@@ -47,7 +47,7 @@ def assert_state_restored_after_an_injected_exception(pipe, explain, denoiser=No
     for method in ("grad_x_input", "word_attention"):
         handle = None
         if denoiser is not None:
-            handle = denoiser.register_forward_pre_hook(_raising_at_call(2), with_kwargs=True)
+            handle = denoiser.register_forward_pre_hook(_raising_at_call(at_call), with_kwargs=True)
         try:
             with pytest.raises(KeyError, match="injected"):
                 explain(attribution_method=method, **({} if denoiser is not None else {"callback_on_step_end": boom}))

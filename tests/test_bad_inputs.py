@@ -475,6 +475,7 @@ FAMILIES = [
         "bounding_box",
     ),
     ("hunyuan15-guidance-scale", "hunyuan_video15", dict(guidance_scale=4.0), TypeError, "guidance_scale"),
+    ("hunyuan15-two-videos", "hunyuan_video15", dict(num_videos_per_prompt=2), BAD, "num_videos_per_prompt=2"),
     ("hunyuan15-input-image", "hunyuan_video15", dict(image=RGB), BAD, "text-to-video calls"),
 ]
 

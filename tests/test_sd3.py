@@ -140,6 +140,17 @@ def test_words_merge_clip_and_t5(sd3):
     assert words["corgi"] == pytest.approx(scores[2] + scores[8] + scores[9], rel=1e-6)  # CLIP's corgi, T5's cor+gi
 
 
+@pytest.mark.parametrize("method", ["word_attention", "attention"])
+def test_a_word_read_off_maps_sums_each_encoders_most_read_piece(sd3, method):
+    # Both encoders' tokens are in the joint attention's maps: "corgi" is CLIP's one token plus the larger of T5's
+    # "cor" and "gi" (not the three summed, nor the largest of the three).
+    out = explain(sd3, attribution_method=method, explanation_2d_bounding_box=((0, 0), (8, 16)))
+    scores = out.token_attributions.scores
+    assert scores[2] > 0 and scores[8] != scores[9]
+    words = dict(out.word_attributions)
+    assert words["corgi"] == pytest.approx(scores[2] + max(scores[8], scores[9]), rel=1e-6)
+
+
 class ExplicitJointAttention:
     r"""An independent SD3 joint-attention processor: JointAttnProcessor2_0's math with an explicit softmax, whose
     probabilities (every head) it keeps."""

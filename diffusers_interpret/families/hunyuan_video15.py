@@ -58,6 +58,13 @@ class HunyuanVideo15Family(VideoFamily):
                 f"HunyuanVideo 1.5 is explained with a `ClassifierFreeGuidance` guider, not {type(guider).__name__}: "
                 "load the pipeline with `guider=ClassifierFreeGuidance(guidance_scale=...)`."
             )
+        videos = pipeline_kwargs.get("num_videos_per_prompt")
+        if videos is not None and videos != 1:
+            raise ValueError(
+                f"`num_videos_per_prompt={videos!r}`: HunyuanVideo 1.5's pipeline makes its text-to-video image "
+                "embeddings for one clip a prompt (diffusers 0.42 fails on more): explain one clip a prompt, with "
+                "several prompts or seeds for more."
+            )
         if float(guider._start) != 0.0 or float(guider._stop) != 1.0:
             raise ValueError(
                 f"The guider guides only from {guider._start} to {guider._stop} of the steps, so the transformer "

@@ -443,7 +443,8 @@ class CrossAttentionRecorder(ScopedHooks):
 
     def layer_text_length(self, text: Optional[torch.Tensor]) -> int:
         r"""The length of the text a joint-attention layer reads beside the image (`text`, its `encoder_hidden_states`,
-        `None` in a single-stream layer): the call's text, unless the family lays it out anew (`text_key_columns`)."""
+        `None` in a single-stream layer): the call's text, unless the family lays it out anew (`text_key_columns`;
+        HunyuanVideo 1.5, which has dual-stream layers only)."""
         return int(text.shape[1]) if self._text_columns is not None and text is not None else self._text_length
 
     def layer_text_columns(self, rows: slice) -> Optional[torch.Tensor]:

@@ -480,7 +480,8 @@ class TextRelationRecorder(_MatrixRecorder):
             heads=self.heads,
             layout=self.family.joint_layout(self.unet, int(hidden_states.shape[1]), text_length, self._latent_size),
         ).cpu()
-        columns = self.layer_text_columns(self.kept_rows(int(relations.shape[0])))
+        batch = int(call_arguments(module, args, kwargs)["hidden_states"].shape[0])
+        columns = self.layer_text_columns(self.kept_rows(batch))
         if columns is not None:  # both axes back to the call's text positions
             index = columns[:, :, None].expand(-1, -1, relations.shape[2])
             relations = relations.gather(1, index).gather(2, columns[:, None, :].expand(-1, columns.shape[1], -1))

@@ -21,9 +21,10 @@ def export_maps(
     Write one explained image's maps to `folder` (created if needed), with the settings that made them.
 
     - `maps.npz`: `word_maps` (tokens, H, W), aligned with `tokens`, where the method made them; `words` (words, H, W):
-      each word's map, the sum of its tokens' maps; `attention_maps` (text positions, H, W) and
-      `attention_excluded_share` (H, W) where attention was recorded; `concept_<name>` (H, W) for each concept map;
-      `prompt_dependence_map` (H, W).
+      each word's map, the sum of its tokens' maps (where the word is read; its score, in `maps.json`, is the method's
+      merge of its tokens' scores: the most-read piece for the attention methods); `attention_maps` (text positions,
+      H, W) and `attention_excluded_share` (H, W) where attention was recorded; `concept_<name>` (H, W) for each
+      concept map; `prompt_dependence_map` (H, W).
     - `maps.json`: the prompt, method, level, box, tokens (label, position, score), words (text, score, token indices),
       the recorded steps and layers, the maps' cell size, the image size, the call's settings (steps, size, traced
       steps, guidance and the other pipeline arguments that are plain values), the pipeline's class and this

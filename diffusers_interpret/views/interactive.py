@@ -11,10 +11,10 @@ Everything is inline (images as data URIs, the per-cell array as base64 float32,
 no network, no files beside it. Every element id starts with the view's own random id, so several views can live in
 one notebook. For tests and scripting, `window.diffusersInterpretViews[viewId]` exposes `scoresForBox(r0, c0, r1, c1)`,
 `percentagesForBox(r0, c0, r1, c1)`, `setBox(r0, c0, r1, c1)`, `showToken(i)`, `setStep(i)` and `box()`, and where
-the view shows words (`words=`), `wordPercentagesForBox(r0, c0, r1, c1)` (each word's tokens' scores summed, in percent
-of all the words'), `showWord(i)` and `words`; each bar's value element `[data-role="pct"]` (in a
-`[data-role="token"]` or `[data-role="word"]` row) holds its percentage in `data-value`, and the root element holds
-the current box in `data-box` (`"r0,c0,r1,c1"`, cells, half-open).
+the view shows words (`words=`), `wordPercentagesForBox(r0, c0, r1, c1)` (each word's tokens' scores merged as the
+method merges them, in percent of all the words'), `showWord(i)` and `words`; each bar's value element
+`[data-role="pct"]` (in a `[data-role="token"]` or `[data-role="word"]` row) holds its percentage in `data-value`,
+and the root element holds the current box in `data-box` (`"r0,c0,r1,c1"`, cells, half-open).
 """
 
 import base64
@@ -563,8 +563,9 @@ def interactive_view_html(
         whole_image_scores (`Sequence[float]`, *optional*): `"word_attention"`: the scores shown for the whole image
             (the method scores the whole image differently from a box).
         words (`Sequence[(str, Sequence[int])]`, *optional*): The prompt's words, each with the indices of its tokens
-            (every text encoder's pieces of it): the bars show the words (a word's score the sum of its tokens'), and
-            the tokens are one click away, under "each text encoder's tokens". For prompts whose tokens are their
+            (every text encoder's pieces of it): the bars show the words (a word's score its tokens' merged by
+            `word_merge`; a clicked word's map their maps summed: where the word is read), and the tokens are one
+            click away, under "each text encoder's tokens". For prompts whose tokens are their
             words (one encoder, one token a word) leave it out: the bars are the tokens.
         word_attention_maps (`Sequence[np.ndarray]`, *optional*): One (H, W) array in [0, 1] per word (or `None`),
             shown when the word is clicked.
