@@ -611,10 +611,18 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
     if _sized_by_call(pipe):
         height, width = _image_size(pipe, args.height or call.get("height"), args.width or call.get("width"))
         call.update(height=height, width=width)
-    else:  # InstructPix2Pix: the input image's size, as the pipeline's image processor makes it
+    else:  # InstructPix2Pix, HunyuanVideo 1.5 image-to-video: the size the pipeline makes of the input image
         if args.height or args.width:
             fail(f"this model's {type(pipe).__name__} takes its size from --image: resize the image instead")
-        height, width = pipe.image_processor.get_default_height_width(call["image"])
+        from .families import family_for
+
+        family = family_for(pipe)
+        try:
+            size = family.input_size(pipe, call["image"]) if hasattr(call["image"], "getpixel") else None
+        except ValueError as error:
+            fail(str(error))
+        processor = getattr(pipe, family.input_image(pipe)[1])
+        height, width = size if size is not None else processor.get_default_height_width(call["image"])
     for box in args.box or [None]:  # checked before any generation
         try:
             normalize_box(box, height, width)

@@ -20,7 +20,7 @@ from .checks import finite_number, positive_int
 from .defaults import DEFAULT_ATTRIBUTION_LEVEL, DEFAULT_NOISE_LEVELS
 from .families import InputKind, PipelineFamily
 from .families.base import call_argument
-from .image_inputs import ExistingImage, ImageInput, image_size
+from .image_inputs import ExistingImage, ImageInput, as_input_image, image_size
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
 from .tracing.attention import attention_recording
@@ -543,6 +543,11 @@ def _image_input(
     if sized_by_call:
         default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width
+    else:  # a pipeline that sizes the clip by the image's aspect ratio (HunyuanVideo 1.5) says its size
+        first = as_input_image(chosen, argument)
+        first = first[0] if isinstance(first, (list, tuple)) else first
+        size = family.input_size(pipe, first) if hasattr(first, "size") and not callable(first.size) else None
+        height, width = size if size is not None else (height, width)
     made = ImageInput.make(pipe, chosen, mask_image, height, width, argument, processor, family.reads_reference)
     given = image_size(made.image)
     if input_kind is InputKind.CONTROL and given is not None and tuple(given) != (made.height, made.width):

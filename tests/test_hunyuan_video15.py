@@ -388,3 +388,81 @@ def test_text_key_columns_are_where_the_transformer_lays_each_text_position(imag
         assert torch.equal(distance.argmin(1), columns[row, valid]) and distance.min(1).values.max() < 1e-5
         first = (pipe.vision_num_semantic_tokens if image_tokens else 0) + int(glyph_mask[row].sum())
         assert int(columns[row, valid].min()) == first  # after the image tokens that count and the glyph bytes
+
+
+def test_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite_differences():
+    # HunyuanVideo15ImageToVideoPipeline (float64, its guider at 4): the clip is the pipeline's; the gradient of a box
+    # over frames 0 to 4 to the image's pixels, through the VAE-encoded first frame the transformer reads beside the
+    # noise, equals the central difference of the pipeline's own clips along it (the image moved where the pipeline
+    # preprocesses it for its VAE; SigLIP's tokens, from its processor outside torch, are not attributed). SigLIP's
+    # tokens count in the layers' text: the words' maps read past them.
+    from PIL import Image
+
+    from diffusers_interpret import HunyuanVideo15ImageToVideoPipelineExplainer, PipelineImageToVideoExplainerOutput
+
+    pipe = make_tiny_hunyuan_video15_pipeline(dtype=torch.float64, guidance_scale=4.0, kind="image2video")
+    image = Image.fromarray((64 + 128 * np.random.default_rng(0).random((SIZE, SIZE, 3))).astype(np.uint8))
+    call = dict(num_inference_steps=3, num_frames=FRAMES)
+    expected = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="np", **call).frames[0]
+    explainer = explainer_for(pipe, verbose=False)
+    assert isinstance(explainer, HunyuanVideo15ImageToVideoPipelineExplainer)
+    region = dict(explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5))
+    out = explainer(
+        PROMPT, image=image, generator=seeded(0), output_type="np", attribution_method="grad_x_input", **region, **call
+    )
+    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
+    np.testing.assert_array_equal(np.stack(out.frames), expected)
+    grad = out.pixel_gradients
+    assert out.pixel_attributions.shape == (SIZE, SIZE) and grad.abs().max() > 0
+    unit = grad / grad.norm()
+    processor = pipe.video_processor
+    original = processor.preprocess
+
+    def region_sum(eps):
+        # The [0, 1] pixels moved by `eps` along the gradient: the preprocessed [-1, 1] values by twice that.
+        processor.preprocess = lambda *args, **kwargs: (
+            original(*args, **kwargs) + 2 * eps * unit[None].to(torch.float64)
+        )
+        try:
+            clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
+        finally:
+            del processor.preprocess
+        return float(clip[0:5, :, 0:16, 0:8].sum())
+
+    difference = (region_sum(1e-3) - region_sum(-1e-3)) / 2e-3
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
+    word = explainer(PROMPT, image=image, generator=seeded(0), output_type="np", **call)  # word_attention
+    np.testing.assert_array_equal(np.stack(word.frames), expected)
+    assert [w for w, _ in word.word_attributions] == PROMPT.split() and 0 < word.attention_sink_share < 1
+    with pytest.raises(ValueError, match=r"crops and resizes a 24x16 .* give the image at 16x12"):
+        explainer(PROMPT, image=image.resize((24, 16)), generator=seeded(0), **call)
+    with pytest.raises(ValueError, match="takes its size from the input image"):
+        explainer(PROMPT, image=image, generator=seeded(0), height=16, width=16, **call)
+
+
+def test_the_cli_explains_a_saved_hunyuan_video15_image_to_video_clip(tmp_path):
+    # --image for HunyuanVideo 1.5 image-to-video, which sizes the clip by the image (no --height/--width).
+    from PIL import Image
+
+    from diffusers_interpret.cli import main
+
+    make_tiny_hunyuan_video15_pipeline(kind="image2video").save_pretrained(tmp_path / "model")
+    pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    argv = ["explain", PROMPT, "--model", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--quiet"]
+    argv += [
+        "--steps",
+        "2",
+        "--num-frames",
+        "9",
+        "--frames",
+        "0",
+        "5",
+        "--box",
+        "0,0,8,16",
+        "--method",
+        "grad_x_input",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "the box ((0, 0), (8, 16)) on frames 0 to 4 of the clip" in page and "pixel attributions" in page

@@ -145,6 +145,11 @@ class PipelineFamily:
             return InputKind.IMAGE
         return None
 
+    def input_size(self, pipe, image) -> Optional[Tuple[int, int]]:
+        r"""The (height, width) a pipeline that takes no `height`/`width` makes of the input `image` (a PIL image),
+        where it is not the image's own size as the image processor rounds it (`None`)."""
+        return None
+
     def input_image(self, pipe) -> Tuple[str, str]:
         r"""The pipeline call's argument of its input image, and the pipeline's attribute of the image processor that
         preprocesses it."""

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import JointAttention, TextEncoderSlot, TransformerFamily, locate_prompt
+from .base import InputKind, JointAttention, TextEncoderSlot, TransformerFamily, locate_prompt
 from .hunyuan_video import refined_concepts
 from .registry import register_family
 from .video import VideoFamily
@@ -228,4 +228,48 @@ class HunyuanVideo15Family(VideoFamily):
         }
 
 
+class HunyuanVideo15ImageToVideoFamily(HunyuanVideo15Family):
+    r"""
+    `HunyuanVideo15ImageToVideoPipeline` (HunyuanVideo 1.5 image-to-video): as [`HunyuanVideo15Family`], and the input
+    image. The pipeline sizes the clip by the image (the size of its aspect ratio nearest the transformer's target
+    size, the image cropped to it) and reads it twice: its VAE latents as the first latent frame beside the noised
+    latents (with a mask of that frame), and SigLIP's tokens of it, which the transformer lays first in each row's text
+    (they count: image-to-video). The input image's **pixel attributions** come through the VAE's path: SigLIP's
+    processor works on the image outside torch, so its tokens carry no gradient to the pixels (the words'
+    attributions include them: they are part of each traced call). The prompt dependence is not measured (the
+    transformer reads the first frame's latents beside the noised ones, which a redraw of the clip alone has not).
+    """
+
+    name = "hunyuan_video15_i2v"
+    display_name = "HunyuanVideo 1.5 image-to-video"
+    required_components = (*HunyuanVideo15Family.required_components, "image_encoder", "feature_extractor")
+    pipeline_class_names = ("HunyuanVideo15ImageToVideoPipeline",)
+
+    def input_kind(self, pipeline_class: type):
+        return InputKind.IMAGE
+
+    def input_image(self, pipe) -> Tuple[str, str]:
+        return "image", "video_processor"
+
+    def input_size(self, pipe, image) -> Tuple[int, int]:
+        # As the pipeline's call: the size of the image's aspect ratio nearest the target size, the image cropped and
+        # resized to it. Only an image already at that size is taken, so that its pixel attributions lie on it.
+        width, height = image.size
+        size = pipe.video_processor.calculate_default_height_width(height, width, pipe.target_size)
+        made = int(size[0]), int(size[1])
+        if made != (height, width):
+            raise ValueError(
+                f"{self.display_name} crops and resizes a {width}x{height} (width x height) image to {made[1]}x"
+                f"{made[0]} (its target size {pipe.target_size}): give the image at {made[1]}x{made[0]}, so that its "
+                "pixel attributions lie on the image it reads."
+            )
+        return made
+
+    def denoiser_in_channels(self, pipe) -> int:
+        # The transformer reads the first frame's latents and mask beside the noised latents: no redraw of a clip
+        # alone (the prompt dependence is not measured).
+        return self.latent_channels(pipe)
+
+
 HUNYUAN_VIDEO15 = register_family(HunyuanVideo15Family())
+HUNYUAN_VIDEO15_I2V = register_family(HunyuanVideo15ImageToVideoFamily())

@@ -7,6 +7,7 @@ import torch
 from diffusers import (
     AutoencoderKLHunyuanVideo15,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanVideo15ImageToVideoPipeline,
     HunyuanVideo15Pipeline,
     HunyuanVideo15Transformer3DModel,
 )
@@ -116,19 +117,42 @@ def make_tiny_hunyuan_video15_components(seed: int = 0, num_layers: int = 1, gui
 
 
 def make_tiny_hunyuan_video15_pipeline(
-    seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 1, guidance_scale: float = 1.0
-) -> HunyuanVideo15Pipeline:
+    seed: int = 0,
+    dtype: Optional[torch.dtype] = None,
+    num_layers: int = 1,
+    guidance_scale: float = 1.0,
+    kind: str = "text2video",
+):
     r"""
-    A tiny offline HunyuanVideo 1.5 text-to-video pipeline with random weights, for tests and benchmarks. Call it with
-    `**TINY_HUNYUAN_VIDEO15_CALL`. It pads the prompt to `TINY_HUNYUAN_VIDEO15_LENGTHS` (the pipeline's attributes).
+    A tiny offline HunyuanVideo 1.5 pipeline with random weights, for tests and benchmarks. Call it with
+    `**TINY_HUNYUAN_VIDEO15_CALL` (text-to-video) or with a 16x16 PIL image and `num_frames=9` (image-to-video). It
+    pads the prompt to `TINY_HUNYUAN_VIDEO15_LENGTHS` (the pipeline's attributes).
 
     Args:
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
         num_layers (`int`, *optional*, defaults to 1): Dual-stream blocks.
         guidance_scale (`float`, *optional*, defaults to 1.0): The guider's scale.
+        kind (`str`, *optional*, defaults to `"text2video"`): `"text2video"` (`HunyuanVideo15Pipeline`) or
+            `"image2video"` (`HunyuanVideo15ImageToVideoPipeline`: the same components, a SigLIP vision model of 16
+            tokens of width 12 and its image processor besides).
     """
-    pipe = HunyuanVideo15Pipeline(**make_tiny_hunyuan_video15_components(seed, num_layers, guidance_scale))
+    components = make_tiny_hunyuan_video15_components(seed, num_layers, guidance_scale)
+    if kind == "image2video":
+        from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+
+        torch.manual_seed(seed)
+        config = SiglipVisionConfig(
+            hidden_size=12, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+            patch_size=4,
+        )  # fmt: skip
+        components["image_encoder"] = SiglipVisionModel(config).eval().requires_grad_(False)
+        components["feature_extractor"] = SiglipImageProcessorPil(size={"height": 16, "width": 16})
+        pipe = HunyuanVideo15ImageToVideoPipeline(**components)
+    elif kind == "text2video":
+        pipe = HunyuanVideo15Pipeline(**components)
+    else:
+        raise ValueError(f"`kind` must be 'text2video' or 'image2video', got {kind!r}.")
     for name, value in TINY_HUNYUAN_VIDEO15_LENGTHS.items():
         setattr(pipe, name, value)
     return finished(pipe, dtype)
