@@ -87,16 +87,11 @@ class HunyuanVideoFamily(VideoFamily):
         self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
     ) -> Dict[str, Any]:
         # The concepts in the text's place; the mask over [video, text] becomes one over [video, concepts], all kept.
-        video = arguments["hidden_states"][rows]
+        result = super().concept_block_arguments(arguments, concepts, rows)
+        video = result["hidden_states"]
         keys = int(video.shape[1]) + int(concepts.shape[1])
-        mask = torch.ones(video.shape[0], 1, 1, keys, dtype=torch.bool, device=video.device)
-        return {
-            **arguments,
-            "hidden_states": video,
-            "encoder_hidden_states": concepts,
-            "temb": arguments["temb"][rows],
-            "attention_mask": mask,
-        }
+        result["attention_mask"] = torch.ones(video.shape[0], 1, 1, keys, dtype=torch.bool, device=video.device)
+        return result
 
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:

@@ -124,14 +124,9 @@ class HunyuanVideo15Family(VideoFamily):
         self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
     ) -> Dict[str, Any]:
         # The concepts in the text's place, every one of them unmasked; the video's rotary embedding as it is.
-        mask = torch.ones(concepts.shape[:2], dtype=torch.bool, device=concepts.device)
-        return {
-            **arguments,
-            "hidden_states": arguments["hidden_states"][rows],
-            "encoder_hidden_states": concepts,
-            "temb": arguments["temb"][rows],
-            "attention_mask": mask,
-        }
+        result = super().concept_block_arguments(arguments, concepts, rows)
+        result["attention_mask"] = torch.ones(concepts.shape[:2], dtype=torch.bool, device=concepts.device)
+        return result
 
     # -- text -----------------------------------------------------------------------------------------------------
     def text_encoders(self, pipe) -> List[TextEncoderSlot]:
