@@ -370,10 +370,10 @@ def _tiny(family):
         from diffusers_interpret.testing.cogvideox import TINY_COGVIDEOX_CALL, make_tiny_cogvideox_pipeline
 
         return make_tiny_cogvideox_pipeline(), TINY_COGVIDEOX_CALL
-    if family == "ltx":
+    if family in ("ltx", "ltx_i2v"):
         from diffusers_interpret.testing.ltx import TINY_LTX_CALL, make_tiny_ltx_pipeline
 
-        return make_tiny_ltx_pipeline(), TINY_LTX_CALL
+        return make_tiny_ltx_pipeline(kind="image2video" if family == "ltx_i2v" else "text2video"), TINY_LTX_CALL
     if family == "hunyuan_video":
         from diffusers_interpret.testing.hunyuan_video import TINY_HUNYUAN_VIDEO_CALL, make_tiny_hunyuan_video_pipeline
 
@@ -457,6 +457,8 @@ FAMILIES = [
     ("ltx-size-not-32", "ltx", dict(height=48), BAD, "multiple of 32"),
     ("ltx-decode-noise", "ltx", dict(decode_timestep=0.0, decode_noise_scale=0.05), BAD, "decode_noise_scale"),
     ("ltx-frames-past-the-clip", "ltx", dict(explanation_frames=(2, 10)), BAD, "explanation_frames"),
+    ("ltx-i2v-no-image", "ltx_i2v", dict(), BAD, "image="),
+    ("ltx-i2v-mask", "ltx_i2v", dict(image=RGB, mask_image=MASK), BAD, "mask_image"),
     (
         "hunyuan-template-without-place",
         "hunyuan_video",

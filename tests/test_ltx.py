@@ -213,3 +213,37 @@ def test_every_kind_of_map_works_on_an_ltx_clip(ltx, tmp_path):
     assert words.shape == (len(out.word_attributions), FRAMES * SIZE, SIZE)
     for word, tokens in zip(words, out.word_tokens):
         np.testing.assert_allclose(word, np.sum([out.word_maps[t] for t in tokens], axis=0), rtol=1e-6)
+
+
+def test_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite_differences():
+    # LTXImageToVideoPipeline (float64, guidance 3: [negative, prompt] rows): the clip is the pipeline's; the gradient
+    # of a box over frames 0 to 4 to the image's pixels, through the VAE's sample of the image's latents (the clip's
+    # first latent frame, told timestep 0), equals the central difference of the pipeline's own clips along it (the
+    # posterior's noise drawn from the same generator each time).
+    from diffusers_interpret import LTXImageToVideoPipelineExplainer, PipelineImageToVideoExplainerOutput
+
+    pipe = make_tiny_ltx_pipeline(dtype=torch.float64, kind="image2video")
+    x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
+    call = dict(COMMON, guidance_scale=3.0)
+    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
+    explainer = explainer_for(pipe, verbose=False)
+    assert isinstance(explainer, LTXImageToVideoPipelineExplainer)
+    region = dict(explanation_2d_bounding_box=((0, 0), (16, SIZE)), explanation_frames=(0, 5))
+    out = explainer(
+        PROMPT, image=x, generator=seeded(0), output_type="np", attribution_method="grad_x_input", **region, **call
+    )
+    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
+    np.testing.assert_array_equal(np.stack(out.frames), expected)
+    grad = out.pixel_gradients
+    assert out.pixel_attributions.shape == (SIZE, SIZE) and grad.abs().max() > 0
+    unit = grad / grad.norm()
+
+    def region_sum(image):
+        clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
+        return float(clip[0:5, :, 0:SIZE, 0:16].sum())
+
+    difference = (region_sum(x + 1e-3 * unit[None]) - region_sum(x - 1e-3 * unit[None])) / 2e-3
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
+    word = explainer(PROMPT, image=x, generator=seeded(0), output_type="np", **call)  # word_attention
+    np.testing.assert_array_equal(np.stack(word.frames), expected)
+    assert [w for w, _ in word.word_attributions] == PROMPT.split()

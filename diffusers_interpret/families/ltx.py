@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import JointAttention, TextEncoderSlot, call_argument
+from .base import InputKind, JointAttention, TextEncoderSlot, call_argument
 from .registry import register_family
 from .video import VideoFamily
 
@@ -165,4 +165,30 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class LTXImageToVideoFamily(LTXFamily):
+    r"""
+    `LTXImageToVideoPipeline` (LTX-Video 0.9.x image-to-video): as [`LTXFamily`], and the input image, which the VAE
+    encodes (a sample of its posterior, from the call's generator) as the clip's first latent frame: those tokens
+    start as the image's latents instead of noise, and the transformer is told timestep 0 for them (a timestep per
+    token). The input image's **pixel attributions** come through that path. The prompt dependence is not measured
+    (a redraw of the clip alone would not hold the image's first frame).
+    """
+
+    name = "ltx_i2v"
+    display_name = "LTX-Video image-to-video"
+    pipeline_class_names = ("LTXImageToVideoPipeline",)
+
+    def input_kind(self, pipeline_class: type):
+        return InputKind.IMAGE
+
+    def input_image(self, pipe) -> Tuple[str, str]:
+        return "image", "video_processor"
+
+    def denoiser_reads_mask(self, pipe) -> bool:
+        # The denoiser reads the image's first latent frame among its tokens (told timestep 0 there): it cannot
+        # redraw a clip alone.
+        return True
+
+
 LTX = register_family(LTXFamily())
+LTX_I2V = register_family(LTXImageToVideoFamily())

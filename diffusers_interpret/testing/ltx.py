@@ -3,7 +3,13 @@
 from typing import Optional
 
 import torch
-from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+from diffusers import (
+    AutoencoderKLLTXVideo,
+    FlowMatchEulerDiscreteScheduler,
+    LTXImageToVideoPipeline,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+)
 
 from ..tokenizer import build_sentencepiece_tokenizer
 from .components import finished, freeze, tiny_t5
@@ -70,17 +76,26 @@ def make_tiny_ltx_components(seed: int = 0, num_layers: int = 2, timestep_condit
 
 
 def make_tiny_ltx_pipeline(
-    seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2, timestep_conditioning: bool = False
-) -> LTXPipeline:
+    seed: int = 0,
+    dtype: Optional[torch.dtype] = None,
+    num_layers: int = 2,
+    timestep_conditioning: bool = False,
+    kind: str = "text2video",
+):
     r"""
-    A tiny offline LTX-Video text-to-video pipeline with random weights, for tests and benchmarks. Call it with
-    `**TINY_LTX_CALL`.
+    A tiny offline LTX-Video pipeline with random weights, for tests and benchmarks. Call it with `**TINY_LTX_CALL`
+    (and, for image-to-video, an `image`).
 
     Args:
         seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
         dtype (`torch.dtype`, *optional*): Cast the pipeline.
         num_layers (`int`, *optional*, defaults to 2): Transformer blocks.
         timestep_conditioning (`bool`, *optional*, defaults to `False`): A VAE whose decode reads a timestep.
+        kind (`str`, *optional*, defaults to `"text2video"`): `"text2video"` (`LTXPipeline`) or `"image2video"`
+            (`LTXImageToVideoPipeline`, the same components).
     """
-    pipe = LTXPipeline(**make_tiny_ltx_components(seed, num_layers, timestep_conditioning))
+    classes = {"text2video": LTXPipeline, "image2video": LTXImageToVideoPipeline}
+    if kind not in classes:
+        raise ValueError(f"`kind` must be 'text2video' or 'image2video', got {kind!r}.")
+    pipe = classes[kind](**make_tiny_ltx_components(seed, num_layers, timestep_conditioning))
     return finished(pipe, dtype)
