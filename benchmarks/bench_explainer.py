@@ -103,6 +103,10 @@ elif family == "hunyuan_video":
     pipe = make_tiny_hunyuan_video_pipeline()
 elif family == "hunyuan_video15":
     pipe = make_tiny_hunyuan_video15_pipeline(guidance_scale=7.5)  # its guider: two transformer calls a step
+elif family == "hunyuan_video15_i2v":
+    pipe = make_tiny_hunyuan_video15_pipeline(guidance_scale=7.5, kind="image2video")
+elif family == "ltx_i2v":
+    pipe = make_tiny_ltx_pipeline(kind="image2video")
 elif family == "ltx":
     pipe = make_tiny_ltx_pipeline()
 else:
@@ -121,14 +125,18 @@ if family == "sana":
     common.update(use_resolution_binning=False, max_sequence_length=24)
 if family == "z_image":
     common.update(max_sequence_length=32)
-if family in ("wan", "cogvideox", "hunyuan_video", "ltx"):  # clips of 9 frames (3 latent frames)
+if family in ("wan", "cogvideox", "hunyuan_video", "ltx", "ltx_i2v"):  # clips of 9 frames (3 latent frames)
     common.update(num_frames=9, max_sequence_length=24, negative_prompt="")  # Wan: two calls a step, CogVideoX: rows
 if family == "hunyuan_video":
     common.update(prompt_template=TINY_HUNYUAN_TEMPLATE)  # guidance-distilled: one call a step
-if family == "hunyuan_video15":  # its guider holds the scale; 9 frames are 5 latent frames (2x temporal)
+if family.startswith("hunyuan_video15"):  # its guider holds the scale; 9 frames are 5 latent frames (2x temporal)
     common = dict(num_inference_steps=steps, height=size, width=size, num_frames=9, negative_prompt="")
 rng = np.random.default_rng(0)
 picture = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+if family.endswith("_i2v"):  # image-to-video: the clip starts from the picture
+    common.update(image=picture)
+if family == "hunyuan_video15_i2v":
+    del common["height"], common["width"]  # its size is the image's (its target size: --size 16)
 if family.startswith("controlnet_"):
     common["control_image" if family == "controlnet_flux" else "image"] = picture
 if family == "instruct_pix2pix":
@@ -217,7 +225,9 @@ def main():
             "cogvideox",
             "hunyuan_video",
             "hunyuan_video15",
+            "hunyuan_video15_i2v",
             "ltx",
+            "ltx_i2v",
             "sd15-size",
         ],
     )
