@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .attribution import Aggregation, AttributionLevel, parse_attribution_level
 from .box import BoxLike, Region, frame_region, normalize_box
@@ -544,9 +545,9 @@ def _image_input(
         default_height, default_width = family.default_size(pipe)
         height, width = height or default_height, width or default_width
     else:  # a pipeline that sizes the clip by the image's aspect ratio (HunyuanVideo 1.5) says its size
-        first = as_input_image(chosen, argument)
-        first = first[0] if isinstance(first, (list, tuple)) else first
-        size = family.input_size(pipe, first) if hasattr(first, "size") and not callable(first.size) else None
+        chosen = as_input_image(chosen, argument)  # once: `ImageInput.make` finds it converted
+        first = chosen[0] if isinstance(chosen, list) else chosen
+        size = family.input_size(pipe, first) if isinstance(first, Image.Image) else None
         height, width = size if size is not None else (height, width)
     made = ImageInput.make(pipe, chosen, mask_image, height, width, argument, processor, family.reads_reference)
     given = image_size(made.image)

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, PipelineFamily, TextEncoderSlot
+from .base import PipelineFamily, TextEncoderSlot
 from .registry import register_family
 from .video import VideoFamily
 
@@ -131,12 +131,6 @@ class CogVideoXImageToVideoFamily(CogVideoXFamily):
     name = "cogvideox_i2v"
     display_name = "CogVideoX image-to-video"
     pipeline_class_names = ("CogVideoXImageToVideoPipeline",)
-
-    def input_kind(self, pipeline_class: type):
-        return InputKind.IMAGE
-
-    def input_image(self, pipe) -> Tuple[str, str]:
-        return "image", "video_processor"
 
 
 COGVIDEOX = register_family(CogVideoXFamily())

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, JointAttention, TextEncoderSlot, TransformerFamily, locate_prompt
+from .base import JointAttention, TextEncoderSlot, TransformerFamily, locate_prompt
 from .hunyuan_video import refined_concepts
 from .registry import register_family
 from .video import VideoFamily
@@ -239,12 +239,6 @@ class HunyuanVideo15ImageToVideoFamily(HunyuanVideo15Family):
     display_name = "HunyuanVideo 1.5 image-to-video"
     required_components = (*HunyuanVideo15Family.required_components, "image_encoder", "feature_extractor")
     pipeline_class_names = ("HunyuanVideo15ImageToVideoPipeline",)
-
-    def input_kind(self, pipeline_class: type):
-        return InputKind.IMAGE
-
-    def input_image(self, pipe) -> Tuple[str, str]:
-        return "image", "video_processor"
 
     def input_size(self, pipe, image) -> Tuple[int, int]:
         # As the pipeline's call: the size of the image's aspect ratio nearest the target size, the image cropped and

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, JointAttention, TextEncoderSlot, call_argument
+from .base import JointAttention, TextEncoderSlot, call_argument
 from .registry import register_family
 from .video import VideoFamily
 
@@ -177,12 +177,6 @@ class LTXImageToVideoFamily(LTXFamily):
     name = "ltx_i2v"
     display_name = "LTX-Video image-to-video"
     pipeline_class_names = ("LTXImageToVideoPipeline",)
-
-    def input_kind(self, pipeline_class: type):
-        return InputKind.IMAGE
-
-    def input_image(self, pipe) -> Tuple[str, str]:
-        return "image", "video_processor"
 
     def denoiser_reads_mask(self, pipe) -> bool:
         # The denoiser reads the image's first latent frame among its tokens (told timestep 0 there): it cannot

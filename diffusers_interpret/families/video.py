@@ -16,8 +16,10 @@ class VideoFamily(TransformerFamily):
     latent frame, (latent frame, row, column) in order: the attention grid is the latent frames' grids top to bottom,
     each latent frame's maps upsampled to a frame and shown on every frame the VAE makes of it (`latent_frame_of`).
 
-    A subclass says where the latent frames sit in the denoiser's sample (`frames_axis`), how many frames its VAE
-    makes of them (`latent_frame_of`), and how many frames a call makes (`clip_frames`).
+    A pipeline whose call takes an `image` is image-to-video (the input kind read off its signature, as for the image
+    families), its image preprocessed by its video processor. A subclass says where the latent frames sit in the
+    denoiser's sample (`frames_axis`), how many frames its VAE makes of them (`latent_frame_of`), and how many frames
+    a call makes (`clip_frames`).
     """
 
     images_per_prompt_argument = "num_videos_per_prompt"
@@ -27,8 +29,9 @@ class VideoFamily(TransformerFamily):
     # The axis of the latent frames in the denoiser's sample and in the final latents (Wan: (rows, C, F, H, W)).
     frames_axis: int = 2
 
-    def input_kind(self, pipeline_class: type):
-        return None
+    def input_image(self, pipe) -> Tuple[str, str]:
+        # An image-to-video pipeline (its call takes an `image`) preprocesses the image with its video processor.
+        return "image", "video_processor"
 
     def temporal_factor(self, pipe) -> int:
         r"""The frames the VAE makes of each latent frame after the first."""

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import InputKind, JointAttention, TextEncoderSlot, call_argument
+from .base import JointAttention, TextEncoderSlot, call_argument
 from .registry import register_family
 from .video import VideoFamily
 
@@ -149,12 +149,6 @@ class WanImageToVideoFamily(WanFamily):
     display_name = "Wan image-to-video"
     required_components = (*WanFamily.required_components, "image_encoder", "image_processor")
     pipeline_class_names = ("WanImageToVideoPipeline",)
-
-    def input_kind(self, pipeline_class: type):
-        return InputKind.IMAGE
-
-    def input_image(self, pipe) -> Tuple[str, str]:
-        return "image", "video_processor"
 
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
         super().check_arguments(pipe, pipeline_kwargs)
