@@ -9,7 +9,47 @@ from .registry import register_family
 from .video import VideoFamily
 
 
-class HunyuanVideoFamily(VideoFamily):
+class HunyuanFamily(VideoFamily):
+    r"""
+    What HunyuanVideo 1.0 and 1.5 share: dual-stream blocks attending over [video, text] (the video's tokens rotated),
+    the negative prompt's transformer call (where guidance makes one) after the prompt's, a VAE whose latents are
+    scaled by its `scaling_factor`, and concept attention through the dual-stream blocks' text stream, the concepts
+    embedded by the transformer's token refiner.
+    """
+
+    joint_attention = JointAttention(text_first=False)
+
+    def size_multiple(self, pipe) -> Optional[int]:
+        return int(pipe.vae_scale_factor_spatial) * int(self.denoiser(pipe).config.patch_size)
+
+    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
+        return call_index % calls_per_step == 0  # the prompt's call first, then the negative prompt's
+
+    def positive_rows(self, pipe, batch_size: int) -> slice:
+        return slice(0, batch_size)
+
+    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
+        vae = pipe.vae
+        return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+
+    # -- concept attention: the dual-stream blocks' text stream carries the concepts --------------------------------
+    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
+        return TransformerFamily.concept_blocks(self, denoiser)  # the dual-stream ones (as Flux's)
+
+    def concept_embeddings(self, denoiser, states: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        # As the transformer embeds its text: its token refiner (`context_embedder`) on each concept as a text of one
+        # token, conditioned on the call's timestep and that token.
+        count = int(states.shape[0])
+        refiner = denoiser.context_embedder
+        tokens = states.to(dtype=next(refiner.parameters()).dtype)[:, None]
+        mask = torch.ones(count, 1, dtype=torch.long, device=states.device)
+        return refiner(tokens, kwargs["timestep"].flatten()[:1].expand(count), mask)[:, 0]
+
+    def concept_stream(self, output) -> torch.Tensor:
+        return output[1]  # the blocks return (video, text)
+
+
+class HunyuanVideoFamily(HunyuanFamily):
     r"""
     `HunyuanVideoPipeline`.
 
@@ -41,7 +81,6 @@ class HunyuanVideoFamily(VideoFamily):
     pipeline_class_names = ("HunyuanVideoPipeline",)
     conditioning_names = ("encoder_hidden_states", "pooled_projections")
     pooled_name = "pooled_projections"
-    joint_attention = JointAttention(text_first=False)
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -53,35 +92,16 @@ class HunyuanVideoFamily(VideoFamily):
                 f"its 'crop_start'), got {template!r}."
             )
 
-    def size_multiple(self, pipe) -> Optional[int]:
-        return int(pipe.vae_scale_factor_spatial) * int(self.denoiser(pipe).config.patch_size)
-
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         kwargs = call_kwargs or {}
         negative = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
         return 2 if float(call_argument(pipe, kwargs, "true_cfg_scale")) > 1 and negative else 1
-
-    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
-        return call_index % calls_per_step == 0  # the prompt's call first, then the negative prompt's
-
-    def positive_rows(self, pipe, batch_size: int) -> slice:
-        return slice(0, batch_size)
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         # The dual- and single-stream blocks' attention (not the token refiner's, over the text alone).
         layers = [(f"transformer_blocks.{k}.attn", block.attn) for k, block in enumerate(denoiser.transformer_blocks)]
         single = denoiser.single_transformer_blocks
         return layers + [(f"single_transformer_blocks.{k}.attn", block.attn) for k, block in enumerate(single)]
-
-    # -- concept attention: the dual-stream blocks' text stream carries the concepts --------------------------------
-    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
-        return TransformerFamily.concept_blocks(self, denoiser)  # the dual-stream ones (as Flux's)
-
-    def concept_embeddings(self, denoiser, states: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
-        return refined_concepts(denoiser.context_embedder, states, kwargs["timestep"])
-
-    def concept_stream(self, output) -> torch.Tensor:
-        return output[1]  # its blocks return (video, text)
 
     def concept_block_arguments(
         self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
@@ -142,10 +162,6 @@ class HunyuanVideoFamily(VideoFamily):
         video = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         return video.flatten(2, 3)
 
-    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
-        vae = pipe.vae
-        return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
-
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         rows = latents.shape[0]
         guidance = None
@@ -165,16 +181,6 @@ class HunyuanVideoFamily(VideoFamily):
             "attention_kwargs": call_kwargs.get("attention_kwargs"),
             "return_dict": False,
         }
-
-
-def refined_concepts(refiner: torch.nn.Module, states: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    r"""Concept tokens as a HunyuanVideo transformer (1.0 or 1.5) embeds its text: its token refiner
-    (`context_embedder`) on each concept as a text of one token, conditioned on the call's `timestep` and that token;
-    (concepts, features)."""
-    count = int(states.shape[0])
-    tokens = states.to(dtype=next(refiner.parameters()).dtype)[:, None]
-    mask = torch.ones(count, 1, dtype=torch.long, device=states.device)
-    return refiner(tokens, timestep.flatten()[:1].expand(count), mask)[:, 0]
 
 
 def _template(pipe, call_kwargs: Dict[str, Any]):

@@ -5,13 +5,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import JointAttention, TextEncoderSlot, TransformerFamily, locate_prompt
-from .hunyuan_video import refined_concepts
+from .base import TextEncoderSlot, locate_prompt
+from .hunyuan_video import HunyuanFamily
 from .registry import register_family
-from .video import VideoFamily
 
 
-class HunyuanVideo15Family(VideoFamily):
+class HunyuanVideo15Family(HunyuanFamily):
     r"""
     `HunyuanVideo15Pipeline` (text-to-video).
 
@@ -46,7 +45,6 @@ class HunyuanVideo15Family(VideoFamily):
         "video_processor",
     )
     pipeline_class_names = ("HunyuanVideo15Pipeline",)
-    joint_attention = JointAttention(text_first=False)
 
     # -- the denoiser call ----------------------------------------------------------------------------------------
     def check_arguments(self, pipe, pipeline_kwargs: Dict[str, Any]) -> None:
@@ -71,19 +69,10 @@ class HunyuanVideo15Family(VideoFamily):
                 "calls per step change along the call: use a guider that guides every step (`start=0.0, stop=1.0`)."
             )
 
-    def size_multiple(self, pipe) -> Optional[int]:
-        return int(pipe.vae_scale_factor_spatial) * int(self.denoiser(pipe).config.patch_size)
-
     def calls_per_step(self, pipe, call_kwargs: Optional[Dict[str, Any]] = None) -> int:
         guider = pipe.guider
         neutral = 0.0 if guider.use_original_formulation else 1.0
         return 2 if guider._enabled and not math.isclose(guider.guidance_scale, neutral) else 1
-
-    def is_prompt_call(self, pipe, call_index: int, calls_per_step: int) -> bool:
-        return call_index % calls_per_step == 0  # the guider's conditional batch first
-
-    def positive_rows(self, pipe, batch_size: int) -> slice:
-        return slice(0, batch_size)
 
     def attention_layers(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
         return [(f"transformer_blocks.{k}.attn", block.attn) for k, block in enumerate(denoiser.transformer_blocks)]
@@ -108,17 +97,11 @@ class HunyuanVideo15Family(VideoFamily):
         return columns
 
     # -- concept attention: the dual-stream blocks' text stream carries the concepts --------------------------------
-    def concept_blocks(self, denoiser) -> List[Tuple[str, torch.nn.Module]]:
-        return TransformerFamily.concept_blocks(self, denoiser)
-
     def concept_embeddings(self, denoiser, states: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         # As the transformer embeds its Qwen text: the token refiner, then the Qwen condition-type embedding.
-        refined = refined_concepts(denoiser.context_embedder, states, kwargs["timestep"])
+        refined = super().concept_embeddings(denoiser, states, args, kwargs)
         kind = torch.zeros(int(states.shape[0]), dtype=torch.long, device=states.device)
         return refined + denoiser.cond_type_embed(kind)
-
-    def concept_stream(self, output) -> torch.Tensor:
-        return output[1]  # its blocks return (video, text)
 
     def concept_block_arguments(
         self, arguments: Dict[str, Any], concepts: torch.Tensor, rows: slice
@@ -194,10 +177,6 @@ class HunyuanVideo15Family(VideoFamily):
         scaled = latents.to(vae.dtype) / vae.config.scaling_factor
         video = torch.cat([vae.decode(clip, return_dict=False)[0] for clip in scaled.split(1)])
         return video.flatten(2, 3)
-
-    def encode_image(self, pipe, pixels: torch.Tensor) -> torch.Tensor:
-        vae = pipe.vae
-        return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
 
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         rows = latents.shape[0]
