@@ -1,6 +1,7 @@
 r"""Checks and probes several families' tests share: layer calls captured, the explainer's state after a failing call,
-refusals before any model runs, the token mixing computed over every row."""
+refusals before any model runs, the token mixing computed over every row, a box over a clip's frames re-explained."""
 
+import numpy as np
 import pytest
 from pipeline_state import pipeline_state
 
@@ -55,6 +56,21 @@ def assert_state_restored_after_an_injected_exception(pipe, explain, denoiser=No
             if handle is not None:
                 handle.remove()
         assert pipeline_state(pipe) == before
+
+
+def assert_a_box_over_frames_re_explained_is_a_fresh_call(explain, explain_checkpointed, size: int):
+    r"""On a clip of `size`-pixel frames: a box over frames 2 to 4 is that box on each of them; re-explained from the
+    kept graph over frames 3 to 4 it equals a fresh call, and so does a call with gradient checkpointing.
+    `explain(**kwargs)` and `explain_checkpointed(**kwargs)` explain the same prompt and seed with `grad_x_input`."""
+    box = ((4, 4), (12, 12))
+    out = explain(explanation_2d_bounding_box=box, explanation_frames=(2, 5), keep_for_reexplanation="graph")
+    assert out.explained_region == tuple(((4, 4 + k * size), (12, 12 + k * size)) for k in (2, 3, 4))
+    fresh = explain(explanation_2d_bounding_box=box, explanation_frames=(3, 4))
+    again = out.explain(box, explanation_frames=(3, 4))
+    np.testing.assert_allclose(again.token_gradients, fresh.token_gradients, rtol=1e-5, atol=1e-9)
+    checkpointed = explain_checkpointed(explanation_2d_bounding_box=box, explanation_frames=(3, 4))
+    scale = float(np.abs(np.asarray(fresh.token_gradients)).max())
+    np.testing.assert_allclose(checkpointed.token_gradients, fresh.token_gradients, rtol=1e-4, atol=1e-6 * scale)
 
 
 def _raising_at_call(index: int):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import seeded
 from independent_gradients import central_difference, leaf_gradient
 from shared_checks import (
+    assert_a_box_over_frames_re_explained_is_a_fresh_call,
     assert_refused_before_any_model_runs,
     assert_state_restored_after_an_injected_exception,
     layer_calls,
@@ -148,18 +149,11 @@ def test_self_attention_of_a_region_of_a_frame_equals_an_independent_computation
 
 
 def test_a_box_over_frames_re_explained_is_a_fresh_call_and_checkpointing_changes_nothing(ltx):
-    box = ((4, 4), (12, 12))
-    out = explain(ltx, explanation_2d_bounding_box=box, explanation_frames=(2, 5), keep_for_reexplanation="graph")
-    assert out.explained_region == tuple(((4, 4 + k * SIZE), (12, 12 + k * SIZE)) for k in (2, 3, 4))
-    fresh = explain(ltx, explanation_2d_bounding_box=box, explanation_frames=(3, 4))
-    again = out.explain(box, explanation_frames=(3, 4))
-    np.testing.assert_allclose(again.token_gradients, fresh.token_gradients, rtol=1e-5, atol=1e-9)
-    checkpointed = explainer_for(ltx, verbose=False, gradient_checkpointing=True)(
-        PROMPT, generator=seeded(0), explanation_2d_bounding_box=box, explanation_frames=(3, 4),
-        attribution_method="grad_x_input", **COMMON,
-    )  # fmt: skip
-    scale = float(np.abs(np.asarray(fresh.token_gradients)).max())
-    np.testing.assert_allclose(checkpointed.token_gradients, fresh.token_gradients, rtol=1e-4, atol=1e-6 * scale)
+    def checkpointed(**kwargs):
+        explainer = explainer_for(ltx, verbose=False, gradient_checkpointing=True)
+        return explainer(PROMPT, generator=seeded(0), attribution_method="grad_x_input", **COMMON, **kwargs)
+
+    assert_a_box_over_frames_re_explained_is_a_fresh_call(lambda **kwargs: explain(ltx, **kwargs), checkpointed, SIZE)
 
 
 def test_state_restored_after_an_injected_exception(ltx):
