@@ -35,6 +35,8 @@ setup(
             "toy/model_sd3/*",
             "toy/model_controlnet/**/*",
             "toy/model_controlnet/*",
+            "toy/model_wan/**/*",
+            "toy/model_wan/*",
         ]
     },
     install_requires=requirements,

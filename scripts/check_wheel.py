@@ -24,12 +24,13 @@ assert where.is_relative_to(Path(sys.prefix).resolve()), where
 import torch
 from diffusers_interpret import StableDiffusionPipelineExplainer
 from diffusers_interpret.toy import load_toy_flux_pipeline, load_toy_pipeline, load_toy_sd3_pipeline
-from diffusers_interpret.toy import load_toy_controlnet_pipeline
+from diffusers_interpret.toy import load_toy_controlnet_pipeline, load_toy_wan_pipeline
 pipe = load_toy_pipeline()
 load_toy_pipeline(resolution=64)
 load_toy_flux_pipeline()
 load_toy_sd3_pipeline()
 load_toy_controlnet_pipeline()
+load_toy_wan_pipeline()
 out = StableDiffusionPipelineExplainer(pipe, verbose=False)(
     "a red circle on the left", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
 )
@@ -49,7 +50,7 @@ def main() -> None:
         run(sys.executable, "-m", "build", "--wheel", "--outdir", folder / "dist", ROOT, stdout=subprocess.DEVNULL)
         (wheel,) = (folder / "dist").glob("diffusers_interpret-*.whl")
         names = zipfile.ZipFile(wheel).namelist()
-        for model in ("model", "model_64", "model_flux", "model_sd3", "model_controlnet"):
+        for model in ("model", "model_64", "model_flux", "model_sd3", "model_controlnet", "model_wan"):
             prefix = f"diffusers_interpret/toy/{model}/"
             assert any(n.startswith(prefix) and n.endswith(".safetensors") for n in names), f"no weights in {prefix}"
         assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)

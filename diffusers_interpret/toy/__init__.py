@@ -37,6 +37,12 @@ TOY_FLUX_CALL = dict(
 # classifier-free guidance against the empty prompt.
 TOY_SD3_MODEL_DIR = TOY_MODEL_DIR.with_name("model_sd3")
 TOY_SD3_CALL = dict(height=64, width=64, num_inference_steps=20, max_sequence_length=16, guidance_scale=4.0)
+# The toy Wan video model (`clips.py`: one shape moving left or right, 9 frames of 32x32; 5 latent frames of 8x8):
+# classifier-free guidance against the empty prompt.
+TOY_WAN_MODEL_DIR = TOY_MODEL_DIR.with_name("model_wan")
+TOY_WAN_CALL = dict(
+    height=32, width=32, num_frames=9, num_inference_steps=20, max_sequence_length=16, guidance_scale=4.0
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ __all__ = [
     "TOY_FLUX_MODEL_DIR",
     "TOY_SD3_CALL",
     "TOY_SD3_MODEL_DIR",
+    "TOY_WAN_CALL",
+    "TOY_WAN_MODEL_DIR",
     "TOY_GUIDANCE_SCALE",
     "TOY_IMAGE_SIZE",
     "TOY_MODELS",
@@ -212,6 +220,19 @@ def load_toy_sd3_pipeline(torch_dtype=None, device="cpu"):
     )
 
 
+def load_toy_wan_pipeline(torch_dtype=None, device="cpu"):
+    r"""
+    Load the shipped toy `WanPipeline` (`clips.py`: one coloured shape moving left or right, 9 frames of 32x32; T5 in
+    place of UMT5) from the package directory, offline. Generate with `**TOY_WAN_CALL` (9 frames of 32x32, 20 steps, T5
+    length 16, classifier-free guidance 4 against the empty prompt).
+
+    Args:
+        torch_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): Dtype of the loaded weights.
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): Device to move the pipeline to.
+    """
+    return _load_transformer_toy("WanPipeline", TOY_WAN_MODEL_DIR, "train_toy_wan.py", torch_dtype, device)
+
+
 def _load_transformer_toy(class_name: str, model_dir: Path, script: str, torch_dtype, device):
     import torch
 
@@ -256,6 +277,9 @@ TOY_MODELS.update(
         ),
         "toy-flux": ToyModel("shipped toy Flux model (64x64)", load_toy_flux_pipeline, dict(TOY_FLUX_CALL)),
         "toy-sd3": ToyModel("shipped toy Stable Diffusion 3 model (64x64)", load_toy_sd3_pipeline, dict(TOY_SD3_CALL)),
+        "toy-wan": ToyModel(
+            "shipped toy Wan video model (9 frames of 32x32)", load_toy_wan_pipeline, dict(TOY_WAN_CALL)
+        ),
         "toy-controlnet": ToyModel(
             "shipped toy ControlNet (Stable Diffusion 32x32, outline control images)",
             lambda torch_dtype=None, device="cpu": load_toy_controlnet_pipeline(torch_dtype, device),
