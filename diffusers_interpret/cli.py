@@ -33,6 +33,8 @@ DEMO_PROMPTS = (
     "a yellow triangle on the right",
     "a green square on the left and a yellow circle on the right",
 )
+# The toy Wan video model's demo prompts: one shape moving across 9 frames.
+VIDEO_DEMO_PROMPTS = ("a red circle moving right", "a blue triangle moving left")
 # The toy ControlNet's demo: the first two-object scenes of this seed, held out of its training.
 CONTROL_DEMO_SEED, CONTROL_DEMO_SCENES = 999, 2
 _DESCRIPTION = """\
@@ -82,10 +84,17 @@ examples:
   diffusers-interpret explain-image dog.jpg --prompt "a dog on the grass" --model ./FLUX.1-schnell \\
       --concepts background grass --box 0,0,512,256 --device cuda --dtype bfloat16 --out dog"""
 
-_DEMO_EPILOG = """\
+_DEMO_EPILOG = (
+    """\
 The demo explains three toy prompts, each for the whole image, a box around each object the toy drew and one box
 over empty background:
-""" + "\n".join(f'  "{prompt}"' for prompt in DEMO_PROMPTS)
+"""
+    + "\n".join(f'  "{prompt}"' for prompt in DEMO_PROMPTS)
+    + """
+With --family wan, two clips of the toy video model, each whole and the object's box on its first and last frames:
+"""
+    + "\n".join(f'  "{prompt}"' for prompt in VIDEO_DEMO_PROMPTS)
+)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -170,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.add_argument(
         "--family",
-        choices=("sd", "flux", "sd3", "controlnet"),
+        choices=("sd", "flux", "sd3", "controlnet", "wan"),
         default="sd",
         help="which toy model: 'sd' (Stable Diffusion 32x32, default), 'flux' (Flux 64x64, T5 in joint attention), "
-        "'sd3' (SD3 64x64, two CLIPs and T5 in one sequence) or 'controlnet' (the 32x32 toy with a ControlNet that "
-        "reads the objects' outlines: prompts that name the shapes and prompts that name colours only)",
+        "'sd3' (SD3 64x64, two CLIPs and T5 in one sequence), 'controlnet' (the 32x32 toy with a ControlNet that "
+        "reads the objects' outlines: prompts that name the shapes and prompts that name colours only) or 'wan' "
+        "(Wan video, a shape moving across 9 frames of 32x32: the whole clip, and the object's box on its first "
+        "and last frames)",
     )
     demo.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the toy's 20)")
     demo.add_argument(
@@ -435,7 +446,8 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     from .toy import TOY_MODELS
     from .toy.detector import object_boxes
 
-    name = {"flux": "toy-flux", "sd3": "toy-sd3", "controlnet": "toy-controlnet"}.get(args.family, TOY)
+    name = {"flux": "toy-flux", "sd3": "toy-sd3", "controlnet": "toy-controlnet", "wan": "toy-wan"}
+    name = name.get(args.family, TOY)
     toy = TOY_MODELS[name]
     pipe = toy.load()
     call = dict(toy.call)
@@ -450,6 +462,8 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     )
     if args.family == "controlnet":
         outputs = _control_demo(pipe, args, call, options)
+    elif args.family == "wan":
+        outputs = _video_demo(pipe, args, call, options)
     else:
         # Per prompt: the whole image, a box around each object the toy drew and one over empty background.
         jobs = []
@@ -490,6 +504,26 @@ def _control_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options:
             )
             outputs += made
             views.update(made_views)
+    return outputs, views
+
+
+def _video_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options: Dict[str, Any]):
+    # The toy Wan's clips: the whole clip, then the box of the object the detector finds on the first and on the last
+    # frame, explained again from what the clip's call kept (no generation).
+    import numpy as np
+
+    from .toy.clips import check_clip
+
+    outputs, views = [], {}
+    for prompt in VIDEO_DEMO_PROMPTS:
+        made, made_views = run_explanations(pipe, [(prompt, None)], args.seed, args.quiet, **options, **call)
+        outputs += made
+        views.update(made_views)
+        clip = made[0]
+        boxes = check_clip(np.stack([np.asarray(frame) for frame in clip.frames]), prompt).boxes()
+        for frame in (0, clip.num_frames - 1):
+            if boxes[frame] is not None:
+                outputs.append(clip.explain(boxes[frame], explanation_frames=(frame, frame + 1)))
     return outputs, views
 
 

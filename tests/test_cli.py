@@ -156,6 +156,24 @@ def test_demo_of_the_toy_flux(tmp_path, capsys):
     assert "toy Flux" in page and page.count("<h3>whole image</h3>") == len(DEMO_PROMPTS)
 
 
+def test_demo_of_the_toy_wan(tmp_path, capsys):
+    # Two clips of the toy video model, each whole and the object's box on its first and on its last frame, the box
+    # moving the way the prompt says (found by the detector on the clip the call made).
+    from diffusers_interpret.cli import VIDEO_DEMO_PROMPTS
+
+    argv = ["demo", "--family", "wan", "--interactive", "0", "--quiet", "--out", str(tmp_path)]
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert "toy Wan video model" in page and page.count("<h3>the whole clip</h3>") == len(VIDEO_DEMO_PROMPTS)
+    for prompt in VIDEO_DEMO_PROMPTS:
+        card = page[page.index(f">{prompt}<") :]
+        first, last = re.findall(r"<h3>the box \(\((\d+), \d+\), .*? on frame (\d+) of the clip</h3>", card)[:2]
+        assert (first[1], last[1]) == ("0", "8")
+        moved = int(last[0]) - int(first[0])
+        assert moved > 4 if prompt.endswith("right") else moved < -4, (prompt, first, last)
+
+
 def test_demo_of_the_toy_controlnet(tmp_path, capsys):
     # Two held-out scenes' outlines, each with its full prompt and a colour-only one: a card per region with the
     # control image's attributions and how much the region depends on the control.
