@@ -20,7 +20,9 @@ clip is explained with the default method (`word_attention`) over the whole clip
 - **rankings**: the object's box on frames 0, 4 and 8 explained again (`output.explain(box, explanation_frames=...)`)
   by each method: the colour word first among all words, colour + shape the top two, and (with `--ablation`) the
   Spearman correlation with each word left out (the prompt without the word, the clip made again from the same
-  noise: the mean change of the box on that frame), whose own rankings are the last row.
+  noise: the mean change of the box on that frame), whose own rankings are the last row. With them, how much the
+  object's box and an empty box of its size (above or below the object's row) depend on the prompt at all
+  (`prompt_dependence`), and how often each reads "depends on the prompt".
 
     python benchmarks/toy_video_truth.py                              # 24 prompts, the default method
     python benchmarks/toy_video_truth.py --num-clips 40 --methods word_attention attention grad_x_input --ablation
@@ -38,6 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffusers_interpret import explainer_for  # noqa: E402
+from diffusers_interpret.dependence import DEPENDS_THRESHOLD  # noqa: E402
 from diffusers_interpret.faithfulness import spearman  # noqa: E402
 from diffusers_interpret.toy import TOY_WAN_CALL, load_toy_wan_pipeline  # noqa: E402
 from diffusers_interpret.toy.clips import check_clip, generate_clips, parse_clip_prompt  # noqa: E402
@@ -94,6 +97,17 @@ def frame_scores(frames: np.ndarray, masks) -> dict:
     return dict(pointing=pointing, ious=np.asarray(ious), map_centres=map_centres, object_centres=object_centres)
 
 
+def empty_box_like(box, size: int = 32):
+    r"""A box of `box`'s size over the frame's background: the same columns, in the rows above the object's band or
+    below it (the object moves along its row), or `None` where neither fits with a pixel to spare."""
+    (x0, y0), (x1, y1) = box
+    height = y1 - y0
+    for top in (0, size - height):
+        if top + height <= y0 - 1 or top >= y1 + 1:
+            return (x0, top), (x1, top + height)
+    return None
+
+
 def without_each_word(pipe, prompt: str, seed: int) -> np.ndarray:
     r"""(words, frames, H, W, 3): the clip made again from the same noise with each word of the prompt left out."""
     words = prompt.split()
@@ -112,6 +126,7 @@ def main():
     explainer = explainer_for(pipe)
     maps = defaultdict(lambda: defaultdict(list))  # map kind -> measure -> values
     ranks = defaultdict(lambda: defaultdict(list))  # method -> measure -> values
+    dependence = defaultdict(list)  # "object" / "empty" -> the boxes' prompt dependence
     # Gradient methods explain another box from the kept graph; the attention methods from the recorded maps.
     keep = {} if set(args.methods) <= {"word_attention", "attention"} else {"keep_for_reexplanation": "graph"}
     drawn, started = 0, time.time()
@@ -156,6 +171,11 @@ def main():
             ablation = None
             if removed is not None:  # how much the box changes on the frame when the word is left out
                 ablation = np.abs(removed[:, frame, y0:y1, x0:x1] - frames[frame, y0:y1, x0:x1]).mean(axis=(1, 2, 3))
+            dependence["object"].append(output.explain(box, explanation_frames=(frame, frame + 1)).prompt_dependence)
+            empty = empty_box_like(box)
+            if empty is not None:
+                explained = output.explain(empty, explanation_frames=(frame, frame + 1))
+                dependence["empty"].append(explained.prompt_dependence)
             for method in args.methods:
                 boxed = output.explain(box, attribution_method=method, explanation_frames=(frame, frame + 1))
                 scores = boxed.word_attributions.scores
@@ -186,6 +206,15 @@ def main():
             f"{100 * ious[best]:.1f} ({THRESHOLDS[best]:.2f}) | {np.median(measures['contrast']):.2f} | "
             f"{np.mean(measures['centre_error']):.2f} | "
             f"{100 * np.mean(measures['tracks']):.0f} |"
+        )
+    print("\nhow much the object's box and an empty box of its size on those frames depend on the prompt")
+    print("| box | boxes | min | median | max | read 'depends on the prompt' |")
+    print("|---|---|---|---|---|---|")
+    for kind, values in dependence.items():
+        values = np.asarray(values)
+        print(
+            f"| {kind} | {len(values)} | {values.min():.3f} | {np.median(values):.3f} | {values.max():.3f} | "
+            f"{100 * np.mean(values >= DEPENDS_THRESHOLD):.0f}% |"
         )
     print(f"\nrankings of the object's box on frames {RANKED_FRAMES} (%)")
     print("| method | colour first | colour + shape top two | direction word's mean rank | Spearman vs ablation |")
