@@ -1,10 +1,9 @@
 r"""
-Make the docs' pictures from real outputs of the shipped toy models (nothing drawn by hand; the video picture from a
-tiny random-weight pipeline, for its layout): `docs/images/*.png`.
+Make the docs' pictures from real outputs of the shipped toy models (nothing drawn by hand): `docs/images/*.png`.
 
     python scripts/make_doc_pictures.py             # every picture
     python scripts/make_doc_pictures.py controlnet  # the toy ControlNet's only
-    python scripts/make_doc_pictures.py video       # a tiny random-weight Wan clip's layout (no video toy yet)
+    python scripts/make_doc_pictures.py video       # the toy Wan's clip
 """
 
 import sys
@@ -168,34 +167,43 @@ def control_picture() -> None:
 
 
 def video_picture() -> None:
-    r"""A tiny random-weight Wan's clip explained over a box on frames 2 to 4: the layout of a clip's explanation
-    (frames, the box on the explained frames, a word's map on every frame, the words' bars), not a reading."""
+    r"""The toy Wan's clip of "a red circle moving right" (seed 0) explained: its frames, the colour word's map and the
+    prompt-dependence map on every frame (both follow the object), and the words' shares for the object's box on the
+    last frame."""
     import matplotlib.pyplot as plt
 
     from diffusers_interpret import explainer_for
-    from diffusers_interpret.testing.wan import TINY_WAN_CALL, make_tiny_wan_pipeline
+    from diffusers_interpret.toy import TOY_WAN_CALL, load_toy_wan_pipeline
+    from diffusers_interpret.toy.clips import check_clip
 
-    call = dict(TINY_WAN_CALL, height=32, width=32)
-    output = explainer_for(make_tiny_wan_pipeline(), verbose=False)(
-        "a red ball rolls to the left", negative_prompt="", num_inference_steps=4,
-        generator=torch.Generator().manual_seed(0), explanation_2d_bounding_box=((0, 0), (16, 16)),
-        explanation_frames=(2, 5), **call,
-    )  # fmt: skip
-    maps = output.frame_maps(np.sum([output.word_maps[t] for t in output.word_tokens[2]], axis=0))  # "ball"
+    prompt = "a red circle moving right"
+    output = explainer_for(load_toy_wan_pipeline(), verbose=False)(
+        prompt, generator=torch.Generator().manual_seed(0), **TOY_WAN_CALL
+    )
     frames = output.num_frames
-    fig = plt.figure(figsize=(13, 4.6))
-    grid = fig.add_gridspec(3, frames, height_ratios=[1, 1, 1.3])
+    boxes = check_clip(np.stack([np.asarray(frame) for frame in output.frames]), prompt).boxes()
+    last = output.explain(boxes[-1], explanation_frames=(frames - 1, frames))
+    words = output.word_attributions.tokens
+    rows = {
+        '"red"': output.frame_maps(output.word_maps[output.word_tokens[words.index("red")][0]]),
+        "needs the prompt": output.frame_maps(output.prompt_dependence_map),
+    }
+    fig = plt.figure(figsize=(13, 6.2))
+    grid = fig.add_gridspec(4, frames, height_ratios=[1, 1, 1, 1.3])
     for k in range(frames):
-        top, middle = fig.add_subplot(grid[0, k]), fig.add_subplot(grid[1, k])
-        top.imshow(output.frames[k].resize((96, 96), 0))
+        top = fig.add_subplot(grid[0, k])
+        top.imshow((last if k == frames - 1 else output).frames[k].resize((96, 96), 0))
         top.set_title(f"frame {k}", fontsize=9)
-        middle.imshow(output.frames[k].resize((96, 96), 0))
-        middle.imshow(np.kron(maps[k], np.ones((3, 3))), cmap="jet", alpha=0.5, vmin=0, vmax=float(maps.max()))
-        for ax in (top, middle):
+        top.axis("off")
+        for row, (label, maps) in enumerate(rows.items(), start=1):
+            ax = fig.add_subplot(grid[row, k])
+            ax.imshow(output.frames[k].resize((96, 96), 0))
+            ax.imshow(np.kron(maps[k], np.ones((3, 3))), cmap="jet", alpha=0.5, vmin=0, vmax=float(maps.max()))
             ax.axis("off")
-    fig.text(0.01, 0.55, '"ball"', fontsize=10, rotation=90)
-    output.word_attributions.plot(
-        ax=fig.add_subplot(grid[2, 2:7]), title="the box on frames 2 to 4: the words' shares"
+            if k == 0:
+                ax.set_title(label, fontsize=9, loc="left")
+    last.word_attributions.plot(
+        ax=fig.add_subplot(grid[3, 2:7]), title="the object's box on the last frame: the words' shares"
     )
     fig.tight_layout()
     fig.savefig(OUT / "video_clip.png", dpi=80)
