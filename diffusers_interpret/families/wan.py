@@ -11,7 +11,8 @@ from .video import VideoFamily
 
 class WanFamily(VideoFamily):
     r"""
-    `WanPipeline` (Wan 2.1 text-to-video; Wan 2.2's second, low-noise transformer is refused).
+    `WanPipeline` (Wan 2.1 text-to-video, and Wan 2.2's 5B text-to-video model, whose transformer takes a timestep
+    per token: `expand_timesteps=True`; Wan 2.2's second, low-noise transformer is refused).
 
     `encode_prompt` cleans the prompt (ftfy, HTML entities, runs of white space), runs UMT5 (`text_encoder`) on its
     tokens padded to `max_sequence_length` (512) and sets the states past the prompt's own tokens to zeros: the
@@ -119,9 +120,15 @@ class WanFamily(VideoFamily):
 
     def denoiser_arguments(self, pipe, latents, timestep, conditioning, size, call_kwargs) -> Dict[str, Any]:
         rows = latents.shape[0]
+        if getattr(pipe.config, "expand_timesteps", False):
+            # Wan 2.2's 5B model takes a timestep per token, as its pipeline makes them: one per 2x2 cell of each
+            # latent frame (`mask[0][0][:, ::2, ::2] * t`, its mask all ones for text-to-video).
+            frames, height, width = latents.shape[2:]
+            cells = torch.ones(frames, (height + 1) // 2, (width + 1) // 2, device=latents.device)
+            timestep = (cells * timestep).flatten()[None].expand(rows, -1)
         return {
             "hidden_states": latents,
-            "timestep": timestep.expand(rows),
+            "timestep": timestep.expand(rows) if timestep.ndim < 2 else timestep,
             "encoder_hidden_states": conditioning["encoder_hidden_states"],
             "attention_kwargs": call_kwargs.get("attention_kwargs"),
             "return_dict": False,

@@ -98,6 +98,39 @@ def make_tiny_wan_i2v_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = Non
     return finished(pipe, dtype)
 
 
+# The tiny Wan 2.2 5B pipeline's call: its VAE makes 16x16 cells (2x2 patches of 8x8 in the VAE itself), so 64x64
+# frames make 4x4 latents, 2x2 tokens per latent frame.
+TINY_WAN22_CALL = dict(height=64, width=64, num_frames=9, max_sequence_length=24)
+
+
+def make_tiny_wan22_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None) -> WanPipeline:
+    r"""
+    A tiny offline Wan 2.2 5B text-to-video pipeline (`expand_timesteps=True`: a timestep per token) with random
+    weights: Wan 2.2's VAE (residual blocks, 2x2 patches inside the VAE, 48 latent channels, 16x spatial and 4x
+    temporal compression) and the tiny Wan transformer on its latents. Call it with `**TINY_WAN22_CALL`.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): Seed of the weight initialisation.
+        dtype (`torch.dtype`, *optional*): Cast the pipeline.
+    """
+    components = make_tiny_wan_components(seed)
+    torch.manual_seed(seed)
+    # From diffusers' tests/pipelines/wan/test_wan_22.py (the 5B model's dummy components): the VAE's config.
+    components["vae"] = AutoencoderKLWan(
+        base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+        latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    components["transformer"] = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )  # fmt: skip
+    freeze(components["vae"], components["transformer"])
+    return finished(WanPipeline(**components, expand_timesteps=True), dtype)
+
+
 def make_tiny_wan_pipeline(seed: int = 0, dtype: Optional[torch.dtype] = None, num_layers: int = 2) -> WanPipeline:
     r"""
     A tiny offline Wan text-to-video pipeline with random weights, for tests and benchmarks. Call it with
