@@ -446,9 +446,8 @@ def _run_demo(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], str]
     from .toy import TOY_MODELS
     from .toy.detector import object_boxes
 
-    name = {"flux": "toy-flux", "sd3": "toy-sd3", "controlnet": "toy-controlnet", "wan": "toy-wan"}
-    name = name.get(args.family, TOY)
-    toy = TOY_MODELS[name]
+    names = {"flux": "toy-flux", "sd3": "toy-sd3", "controlnet": "toy-controlnet", "wan": "toy-wan"}
+    toy = TOY_MODELS[names.get(args.family, TOY)]
     pipe = toy.load()
     call = dict(toy.call)
     call["num_inference_steps"] = args.steps or call["num_inference_steps"]
@@ -509,7 +508,8 @@ def _control_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options:
 
 def _video_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options: Dict[str, Any]):
     # The toy Wan's clips: the whole clip, then the box of the object the detector finds on the first and on the last
-    # frame, explained again from what the clip's call kept (no generation).
+    # frame, explained again from what the clip's call kept (no generation), or by a call of its own where the method
+    # needs what was not kept (a gradient method's graph).
     import numpy as np
 
     from .toy.clips import check_clip
@@ -522,8 +522,14 @@ def _video_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options: D
         clip = made[0]
         boxes = check_clip(np.stack([np.asarray(frame) for frame in clip.frames]), prompt).boxes()
         for frame in (0, clip.num_frames - 1):
-            if boxes[frame] is not None:
-                outputs.append(clip.explain(boxes[frame], explanation_frames=(frame, frame + 1)))
+            if boxes[frame] is None:
+                continue
+            span = (frame, frame + 1)
+            try:
+                outputs.append(clip.explain(boxes[frame], explanation_frames=span))
+            except RuntimeError:
+                job = [(prompt, boxes[frame])]
+                outputs += run_explanations(pipe, job, args.seed, True, explanation_frames=span, **options, **call)[0]
     return outputs, views
 
 

@@ -174,6 +174,15 @@ def test_demo_of_the_toy_wan(tmp_path, capsys):
         assert moved > 4 if prompt.endswith("right") else moved < -4, (prompt, first, last)
 
 
+def test_demo_of_the_toy_wan_with_a_gradient_method(tmp_path, capsys):
+    # A gradient method keeps no graph for the boxes by default: each box gets a call of its own.
+    argv = ["demo", "--family", "wan", "--method", "grad_x_input", "--traced", "1", "--interactive", "0", "--quiet"]
+    code, out, _ = run_cli(argv + ["--no-prompt-dependence", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert len(re.findall(r"<h3>the box \(\(\d+, \d+\), .*? on frame [08] of the clip</h3>", page)) == 4
+
+
 def test_demo_of_the_toy_controlnet(tmp_path, capsys):
     # Two held-out scenes' outlines, each with its full prompt and a colour-only one: a card per region with the
     # control image's attributions and how much the region depends on the control.
