@@ -2,14 +2,16 @@ r"""
 Are a clip's word maps and word rankings true? The toy Wan video model against its known ground truth.
 
 The toy Wan (`load_toy_wan_pipeline`, `scripts/train_toy_wan.py`) draws one coloured shape moving left or right
-across 9 frames of 32x32 ("a red circle moving right"). For each fresh clip prompt (seeds not used in training), the
-clip is explained with the default method (`word_attention`) over the whole clip, and the independent detector
-(`toy.clips.check_clip`) finds the object in every frame. Only clips it finds drawn as prompted are scored:
+across 9 frames of 32x32 ("a red circle moving right"). For each clip drawn at `--seed` (not a training seed; its
+prompt, of the 24 there are, was seen in training), generated from its own noise seed, the clip is explained with
+the default method (`word_attention`) over the whole clip, and the independent detector (`toy.clips.check_clip`)
+finds the object in every frame. Only clips it finds drawn as prompted are scored:
 
 - **maps, per frame**: the colour and shape words' maps (`word_maps`, and raw cross-attention `attention_maps`),
-  and two maps of no word: the share of each pixel's attention that reads the prompt rather than the padding
-  (`1 - attention_maps.excluded_share`) and how much each pixel depends on the prompt at all
-  (`prompt_dependence_map`, from the redraws), split into frames (`frame_maps`). Object / background: the median
+  and two maps of no word: the share of each pixel's attention that reads the prompt rather than the padding and
+  end token (`1 - attention_maps.excluded_share`, whose mean on the object and off it is printed too) and how much
+  each pixel depends on the prompt at all (`prompt_dependence_map`, from the redraws), split into frames
+  (`frame_maps`). Object / background: the median
   over frames of the map's mean on the object over its mean elsewhere. Pointing game: the frame's hottest pixel
   lies on the object's box (grown by one pixel). IoU: the frame's map min-max normalised and thresholded, against
   the object's mask, at DAAM's 0.4 and at the best single threshold over 0.1 .. 0.9 (chosen on these same clips, so
@@ -52,7 +54,7 @@ RANKED_FRAMES = (0, 4, 8)
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--num-clips", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=4242, help="seed of the clip prompts (the toy trained on others)")
+    parser.add_argument("--seed", type=int, default=4242, help="seed of the clips (the toy trained on others)")
     parser.add_argument("--methods", nargs="+", default=["word_attention"], help="methods ranked on the boxes")
     parser.add_argument("--ablation", action="store_true", help="also word ablation of each box (slower)")
     parser.add_argument("--threads", type=int, default=2)
@@ -97,9 +99,9 @@ def frame_scores(frames: np.ndarray, masks) -> dict:
     return dict(pointing=pointing, ious=np.asarray(ious), map_centres=map_centres, object_centres=object_centres)
 
 
-def empty_box_like(box, size: int = 32):
-    r"""A box of `box`'s size over the frame's background: the same columns, in the rows above the object's band or
-    below it (the object moves along its row), or `None` where neither fits with a pixel to spare."""
+def empty_box_beside_row(box, size: int = 32):
+    r"""A box of `box`'s size in the rows above the object's box or below it, the same columns, a pixel apart (the
+    object moves along its row, so the box is over background on every frame), or `None` where neither fits."""
     (x0, y0), (x1, y1) = box
     height = y1 - y0
     for top in (0, size - height):
@@ -127,6 +129,7 @@ def main():
     maps = defaultdict(lambda: defaultdict(list))  # map kind -> measure -> values
     ranks = defaultdict(lambda: defaultdict(list))  # method -> measure -> values
     dependence = defaultdict(list)  # "object" / "empty" -> the boxes' prompt dependence
+    sinks = defaultdict(list)  # "object" / "background" -> per clip, the attention share of the padding and end token
     # Gradient methods explain another box from the kept graph; the attention methods from the recorded maps.
     keep = {} if set(args.methods) <= {"word_attention", "attention"} else {"keep_for_reexplanation": "graph"}
     drawn, started = 0, time.time()
@@ -151,7 +154,11 @@ def main():
             kinds.setdefault("attention", []).append(output.frame_maps(output.attention_maps.for_token(position)))
         # Maps of no word: how much each pixel reads the prompt rather than the padding, and how much it depends on
         # the prompt at all (the redraws).
-        kinds["prompt share"] = [output.frame_maps(1 - output.attention_maps.excluded_share[0].numpy())]
+        excluded = output.frame_maps(output.attention_maps.excluded_share[0].numpy())
+        on_object = np.stack(check.masks)
+        sinks["object"].append(float(excluded[on_object].mean()))
+        sinks["background"].append(float(excluded[~on_object].mean()))
+        kinds["prompt share"] = [1 - excluded]
         kinds["prompt dependence"] = [output.frame_maps(output.prompt_dependence_map)]
         for kind, word_maps in kinds.items():
             for values in word_maps:
@@ -172,7 +179,7 @@ def main():
             if removed is not None:  # how much the box changes on the frame when the word is left out
                 ablation = np.abs(removed[:, frame, y0:y1, x0:x1] - frames[frame, y0:y1, x0:x1]).mean(axis=(1, 2, 3))
             dependence["object"].append(output.explain(box, explanation_frames=(frame, frame + 1)).prompt_dependence)
-            empty = empty_box_like(box)
+            empty = empty_box_beside_row(box)
             if empty is not None:
                 explained = output.explain(empty, explanation_frames=(frame, frame + 1))
                 dependence["empty"].append(explained.prompt_dependence)
@@ -207,6 +214,10 @@ def main():
             f"{np.mean(measures['centre_error']):.2f} | "
             f"{100 * np.mean(measures['tracks']):.0f} |"
         )
+    print(
+        "\nattention to the padding and end token (excluded_share), mean over clips: "
+        f"on the object {100 * np.mean(sinks['object']):.0f}%, off it {100 * np.mean(sinks['background']):.0f}%"
+    )
     print("\nhow much the object's box and an empty box of its size on those frames depend on the prompt")
     print("| box | boxes | min | median | max | read 'depends on the prompt' |")
     print("|---|---|---|---|---|---|")

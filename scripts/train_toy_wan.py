@@ -18,7 +18,8 @@ Stages (checkpointed in `--work-dir`, so that `--resume` continues them):
    empty prompts (for classifier-free guidance), T5 states padded with zeros to 16 or 32 positions, EMA 0.999. The
    transformer's tokens are the latent frames' 8x8 cells (1x1x1 patches), so its maps are 8x8 per latent frame.
 4. The pipeline is assembled with the EMA weights, checked frame by frame with the independent detector
-   (`toy.clips.check_clip`) and saved in fp16 when rounding costs no accuracy.
+   (`toy.clips.check_clip`), with fp32 weights and rounded to fp16, and saved in fp16 (both checks logged; the
+   shipped toy read the same with both).
 
 Usage:
 
@@ -253,8 +254,9 @@ def assemble(args, vae, tokenizer, states, pool) -> WanPipeline:
 
 
 def check(args, pipe) -> Dict[str, float]:
-    r"""Prompt following of `--eval-prompts` fresh prompts (seeds from `CHECK_SEED`): the named colour in every frame,
-    the named shape in most, moving the named way."""
+    r"""Prompt following of `--eval-prompts` clips drawn at `CHECK_SEED` (new clips; their prompts, of the 24 there
+    are, were all seen in training), each from its own noise seed: the named colour in every frame, the named shape
+    per frame, moving the named way."""
     from diffusers_interpret.toy import TOY_WAN_CALL
 
     clips = generate_clips(args.eval_prompts, seed=CHECK_SEED)

@@ -1,7 +1,8 @@
 r"""
-The toy Wan video model as ground truth for a clip's explanations: it draws the clips its prompts name (one shape
-moving left or right, found frame by frame by the independent detector), and on clips drawn right the explanation is
-`pipe()`'s clip, and the prompt is read (and needed) where the object is in every frame, following it as it moves.
+The toy Wan video model as ground truth for a clip's explanations: it draws its prompts' colour moving the named way
+(one shape moving left or right, found frame by frame by the independent detector), and on clips drawn right the
+explanation is `pipe()`'s clip, and the prompt is read (and needed) where the object is in every frame, following it
+as it moves.
 """
 
 import numpy as np
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.skipif(
     not (TOY_WAN_MODEL_DIR / "model_index.json").is_file(), reason="the toy Wan model's files are missing"
 )
 
-# Fresh prompts (the toy trained on the clips of other seeds), each generated with its index as the seed.
+# Clips drawn at a seed the toy did not train on (their prompts, of the 24 there are, it has seen), each generated
+# with its index as the noise seed.
 CLIPS_SEED, NUM_CLIPS = 4242, 6
 
 
@@ -41,7 +43,9 @@ def explained(wan_pipe):
     return results
 
 
-def test_the_toy_wan_draws_the_clips_its_prompts_name(explained):
+def test_the_toy_wan_draws_the_named_colour_moving_the_named_way(explained):
+    # (`check.correct`: the named colour, one blob of it and no other, in every frame, moving the named way; the
+    # named shape is drawn in 81% of frames, measured by the training script's check, and not asserted here.)
     drawn = sum(check.correct for _, _, check, _ in explained)
     assert drawn >= NUM_CLIPS - 1, [(prompt, check.color, check.direction) for prompt, _, check, _ in explained]
 
@@ -53,8 +57,8 @@ def test_the_explained_clip_is_pipes(explained):
 
 
 def _frame_boxes_hit(maps: np.ndarray, boxes) -> list:
-    # Per frame, whether the map's hottest pixel lies on the object's box (grown by one pixel: the maps are of
-    # 4-pixel cells).
+    # Per frame, whether the map's hottest pixel lies on the object's box, grown by one pixel (the detector's box is
+    # of the drawn object, whose rim the maps may peak on).
     hits = []
     for values, ((x0, y0), (x1, y1)) in zip(maps, boxes):
         row, col = np.unravel_index(np.argmax(values), values.shape)
@@ -70,10 +74,10 @@ def _centres(maps: np.ndarray) -> np.ndarray:
 
 def test_the_prompt_is_read_and_needed_where_the_object_is_in_every_frame(explained):
     # Two maps of no word, each split into the clip's frames: the share of each pixel's attention that reads the
-    # prompt rather than Wan's zero padding (`1 - excluded_share`), and how much each pixel depends on the prompt at
-    # all (the redraws' `prompt_dependence_map`). The toy's object is where both are highest, in every frame, and the
-    # first's centre follows the object as it moves: a map shown on the wrong frame, or its latent frames out of
-    # order, would miss the object on the frames it moved on.
+    # prompt rather than Wan's zero padding and end token (`1 - excluded_share`), and how much each pixel depends on
+    # the prompt at all (the redraws' `prompt_dependence_map`). The toy's object is where both are highest, in every
+    # frame, and the first's centre follows the object as it moves: a map shown on the wrong frame, or its latent
+    # frames out of order, would miss the object on the frames it moved on.
     for prompt, _, check, output in explained:
         if output is None:
             continue
@@ -89,5 +93,7 @@ def test_the_prompt_is_read_and_needed_where_the_object_is_in_every_frame(explai
             if name == "prompt share":  # (the redraws' map lags a moving object: docs/video.md)
                 centres = _centres(maps)
                 assert np.abs(centres - objects).mean() < 3.5, (prompt, centres.round(1), objects.round(1))
-            # The same maps on frames in reverse order miss the object wherever it has moved.
-            assert not all(_frame_boxes_hit(maps[::-1], boxes)), (prompt, name)
+            # The same maps on frames in reverse order miss the object on the first and the last frame (12 pixels or
+            # more apart).
+            reversed_hits = _frame_boxes_hit(maps[::-1], boxes)
+            assert not reversed_hits[0] and not reversed_hits[-1], (prompt, name, reversed_hits)

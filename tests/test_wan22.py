@@ -71,7 +71,7 @@ def test_the_librarys_own_transformer_calls_take_the_pipelines_per_token_timeste
     seen = {}
 
     def capture(module, args, kwargs):
-        seen.setdefault("kwargs", {key: value for key, value in kwargs.items()})
+        seen.setdefault("kwargs", dict(kwargs))
 
     handle = wan22.transformer.register_forward_pre_hook(capture, with_kwargs=True)
     try:

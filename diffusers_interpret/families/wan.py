@@ -20,9 +20,9 @@ class WanFamily(VideoFamily):
     takes attention without carrying a word (left out of the maps as an attention sink). Guidance is classifier-free
     in two separate transformer calls per step, the prompt's first (`guidance_scale` > 1, 5.0 by default).
 
-    The clip is explained as one picture of its frames ([`VideoFamily`]). The transformer's tokens are 2x2 patches of
-    each latent frame, and the VAE makes 4 frames of each latent frame after the first (which makes one): a latent
-    frame's maps are those of the frames it makes.
+    The clip is explained as one picture of its frames ([`VideoFamily`]). The transformer's tokens are patches of each
+    latent frame (2x2 in Wan's checkpoints), and the VAE makes several frames of each latent frame after the first,
+    which makes one (4 in Wan's checkpoints): a latent frame's maps are those of the frames it makes.
     """
 
     name = "wan"
@@ -122,7 +122,8 @@ class WanFamily(VideoFamily):
         rows = latents.shape[0]
         if getattr(pipe.config, "expand_timesteps", False):
             # Wan 2.2's 5B model takes a timestep per token, as its pipeline makes them: one per 2x2 cell of each
-            # latent frame (`mask[0][0][:, ::2, ::2] * t`, its mask all ones for text-to-video).
+            # latent frame (`mask[0][0][:, ::2, ::2] * t`, its mask all ones for text-to-video; the pipeline's stride
+            # of 2, not the transformer's `patch_size`).
             frames, height, width = latents.shape[2:]
             cells = torch.ones(frames, (height + 1) // 2, (width + 1) // 2, device=latents.device)
             timestep = (cells * timestep).flatten()[None].expand(rows, -1)

@@ -86,6 +86,7 @@ __all__ = [
     "outline_image",
     "load_toy_flux_pipeline",
     "load_toy_sd3_pipeline",
+    "load_toy_wan_pipeline",
     "load_toy_pipeline",
     "quiet_loading",
     "render_scene",

@@ -58,7 +58,8 @@ class ClipSpec:
         return f"a {self.color} {self.shape} moving {self.direction}"
 
     def x_at(self, frame: int) -> int:
-        r"""Column of the box's left edge in `frame`: the object moves the same number of pixels each frame."""
+        r"""Column of the box's left edge in `frame`: the object moves evenly, `(x_end - x_start) / (frames - 1)`
+        pixels a frame, rounded to whole pixels."""
         return int(round(self.x_start + (self.x_end - self.x_start) * frame / max(self.frames - 1, 1)))
 
 
@@ -108,7 +109,12 @@ def sample_clip_spec(
 
 
 def render_clip(spec: ClipSpec) -> RenderedClip:
-    r"""Render a clip description to frames with the object's exact mask in each."""
+    r"""
+    Render a clip description to frames with the object's exact mask in each.
+
+    Args:
+        spec (`ClipSpec`): The clip's description.
+    """
     size = spec.image_size
     frames = np.empty((spec.frames, size, size, 3), dtype=np.uint8)
     frames[:] = np.asarray(spec.background, dtype=np.uint8)
@@ -118,13 +124,24 @@ def render_clip(spec: ClipSpec) -> RenderedClip:
 
 
 def generate_clips(num_clips: int, seed: int = 0) -> List[RenderedClip]:
-    r"""Sample and render `num_clips` clips from one seeded generator (deterministic)."""
+    r"""
+    Sample and render `num_clips` clips from one seeded generator (deterministic).
+
+    Args:
+        num_clips (`int`): How many clips.
+        seed (`int`, *optional*, defaults to 0): Seed of the generator.
+    """
     rng = np.random.default_rng(seed)
     return [render_clip(sample_clip_spec(rng)) for _ in range(num_clips)]
 
 
 def parse_clip_prompt(prompt: str) -> Tuple[str, str, str]:
-    r"""`(colour, shape, direction)` of a prompt `"a C S moving D"`; a `ValueError` for any other text."""
+    r"""
+    `(colour, shape, direction)` of a prompt `"a C S moving D"`; a `ValueError` for any other text.
+
+    Args:
+        prompt (`str`): A clip prompt, e.g. `"a red circle moving right"`.
+    """
     words = prompt.strip().lower().split()
     if len(words) != 5 or words[0] != "a" or words[3] != "moving":
         raise ValueError(f"Not a toy clip prompt: {prompt!r}; expected e.g. 'a red circle moving right'.")
@@ -143,7 +160,7 @@ class ClipCheck:
         prompt (`str`): The prompt.
         masks (`List[Optional[np.ndarray]]`): Per frame, the mask of the largest blob of the named colour (`None`
             where there is none).
-        color (`List[bool]`): Per frame: a blob of the named colour is there, and no blob of another colour.
+        color (`List[bool]`): Per frame: exactly one blob of the named colour is there, and none of another colour.
         shape (`List[bool]`): Per frame: ... and it has the named shape.
         direction (`bool`): The blob's centre moves at least 6 pixels from the first frame to the last, the named way.
     """
