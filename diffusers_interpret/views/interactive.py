@@ -555,7 +555,8 @@ def interactive_view_html(
             token is clicked.
         title (`str`, *optional*): A heading.
         scale (`int`, *optional*): Display scale of the image (pixelated); by default the largest integer that keeps
-            the longer side within 512 pixels (at least 1).
+            the longer side within 512 pixels (at least 1), or, for a tall or wide picture (a clip's frames), the
+            largest that brings its narrow side to at most 96 pixels and keeps its long side within 1024.
         score (`str`, *optional*, defaults to `"grad_x_input"`): How a box's bars come from the cells (the method named
             in the view): `"grad_x_input"`, the L2 norm over the hidden dimension of the sum of the box's cells
             ([`box_scores_from_cells`]); `"word_attention"`, the cells hold each word map's sum over the cell (hidden
@@ -604,7 +605,8 @@ def interactive_view_html(
     if score not in ("grad_x_input", "word_attention", "concept_attention"):
         raise ValueError(f"`score` must be 'grad_x_input', 'word_attention' or 'concept_attention', got {score!r}.")
     if scale is None:
-        scale = max(1, 512 // max(width, height))
+        # A clip's tall picture of small frames is scaled up too, until its narrow side is about 96 pixels.
+        scale = max(1, 512 // max(width, height), min(96 // min(width, height), 1024 // max(width, height)))
     scale = int(scale)
     uid = "di-view-" + uuid.uuid4().hex[:12]
     image_uri = image_to_data_uri(image.convert("RGB"))
@@ -708,11 +710,13 @@ def interactive_view_html(
     )
     has_attention = attention is not None and any(uri is not None for uri in attention)
     has_attention = has_attention or (word_attention is not None and any(uri is not None for uri in word_attention))
-    # The maps' colour scale (matplotlib's jet, as the overlays are drawn), under the image.
+    # The maps' colour scale (matplotlib's jet, as the overlays are drawn), under the image (and no narrower than a
+    # line of its words).
+    legend_width = max(shown_w, 240)
     legend = (
         colour_legend(
-            f'<div class="di-note" data-role="legend" style="width:{shown_w}px">attention map: {{scale}} low to high '
-            "(each map scaled to its own maximum)</div>"
+            f'<div class="di-note" data-role="legend" style="width:{legend_width}px">attention map: {{scale}} '
+            "low to high (each map scaled to its own maximum)</div>"
         )
         if has_attention
         else ""
