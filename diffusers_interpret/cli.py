@@ -342,7 +342,8 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, Flux, Chroma, Flux 2), or a model id in the "
         "local cache; the "
         "shipped toy models: 'toy' (default, SD 32x32), 'toy-64' (SD 64x64), 'toy-flux' (Flux 64x64), 'toy-sd3' "
-        "(SD3 64x64), each with its own size, steps and guidance unless you set them",
+        "(SD3 64x64), 'toy-wan' (Wan video, 9 frames of 32x32), each with its own size, steps and guidance unless "
+        "you set them",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     parser.add_argument(
