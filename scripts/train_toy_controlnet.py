@@ -28,7 +28,6 @@ python scripts/train_toy_controlnet.py --skip-training   # check and save the la
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_toy_model, next to this script
 
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionControlNetPipeline  # noqa: E402
-from train_toy_model import SCHEDULER_CONFIG, atomic_save, log, lr_lambda, round_to_fp16, to_tensor  # noqa: E402
+from train_toy_model import (  # noqa: E402
+    SCHEDULER_CONFIG,
+    atomic_save,
+    log,
+    lr_lambda,
+    round_to_fp16,
+    start_run,
+    to_tensor,
+)
 
 from diffusers_interpret.toy import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline  # noqa: E402
 from diffusers_interpret.toy.control import (  # noqa: E402
@@ -251,11 +258,8 @@ def check_without_control(pipe, num_scenes: int, seed: int = CHECK_SEED) -> Dict
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    start_run(args)
     total_start = time.time()
-    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
     pipe = load_toy_pipeline()
     state_path = args.work_dir / "controlnet_ema.pt"
     if args.skip_training:

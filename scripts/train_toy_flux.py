@@ -70,6 +70,7 @@ from train_toy_model import (  # noqa: E402
     log,
     lr_lambda,
     round_to_fp16,
+    start_run,
     write_tokenizer_files,
 )
 from transformers import T5Config, T5EncoderModel  # noqa: E402
@@ -426,10 +427,7 @@ def vae_and_latents(args, clip_tokenizer):
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    start_run(args)
     clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
     vae, pool = vae_and_latents(args, clip_tokenizer)
     states = train(args, pool, clip_tokenizer, t5_tokenizer)

@@ -206,29 +206,36 @@ def log(work_dir: Path, message: str) -> None:
 # Stage 1: VAE
 
 
-def train_vae(args: argparse.Namespace, images: np.ndarray) -> AutoencoderKL:
-    path = args.work_dir / "vae.pt"
-    vae = build_vae(args.image_size)
-    if args.resume and path.exists():
-        vae.load_state_dict(torch.load(path, map_location="cpu")["vae"])
-        log(args.work_dir, f"VAE: loaded {path}")
-        return vae
+def start_run(args: argparse.Namespace) -> None:
+    r"""What every toy's training run does first: its torch threads, denormals flushed (tiny models' small values
+    otherwise slow the CPU), its work folder, and its arguments logged there."""
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+
+
+def fit_vae(args: argparse.Namespace, vae, data: torch.Tensor, checked: torch.Tensor, loss_terms, draw_from=None):
+    r"""
+    Train a toy's VAE (an image's or a video's) and save it to `args.work_dir / "vae.pt"`: `args.vae_steps` AdamW
+    steps at `args.vae_lr` (a tenth of them warm-up, then cosine to a tenth), random batches of `args.vae_batch_size`
+    rows of `data` (of its first `draw_from` rows, all by default), each encoded, a posterior sample decoded and
+    `loss_terms(batch, recon, posterior)` -> `(loss, mse, kl)` minimised; then the posterior mode's reconstruction
+    MSE of the rows `checked` logged and saved beside the weights.
+    """
     torch.manual_seed(args.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, args.vae_steps // 10, args.vae_steps, 0.1)
     )
     generator = torch.Generator().manual_seed(args.seed + 1)
-    data = to_tensor(images)
     vae.train()
     start = time.time()
     for _ in (bar := tqdm(range(args.vae_steps), desc="VAE")):
-        batch = data[torch.randint(len(data), (args.vae_batch_size,), generator=generator)]
+        batch = data[torch.randint(draw_from or len(data), (args.vae_batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=generator)).sample
-        mse = F.mse_loss(recon, batch)
-        kl = posterior.kl().mean() / batch[0].numel()
-        loss = mse + 1e-4 * kl
+        loss, mse, kl = loss_terms(batch, recon, posterior)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -237,11 +244,26 @@ def train_vae(args: argparse.Namespace, images: np.ndarray) -> AutoencoderKL:
         bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.3f}")
     vae.eval()
     with torch.no_grad():
-        held_out = to_tensor(images[-256:])
-        mse = F.mse_loss(vae.decode(vae.encode(held_out).latent_dist.mode()).sample, held_out).item()
+        mse = F.mse_loss(vae.decode(vae.encode(checked).latent_dist.mode()).sample, checked).item()
     log(args.work_dir, f"VAE: {args.vae_steps} steps in {time.time() - start:.0f} s, reconstruction MSE {mse:.4f}")
-    atomic_save({"vae": vae.state_dict(), "mse": mse}, path)
+    atomic_save({"vae": vae.state_dict(), "mse": mse}, args.work_dir / "vae.pt")
     return vae
+
+
+def train_vae(args: argparse.Namespace, images: np.ndarray) -> AutoencoderKL:
+    path = args.work_dir / "vae.pt"
+    vae = build_vae(args.image_size)
+    if args.resume and path.exists():
+        vae.load_state_dict(torch.load(path, map_location="cpu")["vae"])
+        log(args.work_dir, f"VAE: loaded {path}")
+        return vae
+
+    def loss_terms(batch, recon, posterior):
+        mse = F.mse_loss(recon, batch)
+        kl = posterior.kl().mean() / batch[0].numel()
+        return mse + 1e-4 * kl, mse, kl
+
+    return fit_vae(args, vae, to_tensor(images), to_tensor(images[-256:]), loss_terms)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -473,11 +495,8 @@ def check_prompt_following(args: argparse.Namespace, pipe: StableDiffusionPipeli
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    start_run(args)
     total_start = time.time()
-    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
 
     tokenizer = build_tokenizer()
     vae_images = np.stack([s.image for s in generate_scenes(4096, seed=VAE_SCENES_SEED, image_size=args.image_size)])

@@ -67,6 +67,7 @@ from train_toy_model import (  # noqa: E402
     build_tokenizer,
     log,
     round_to_fp16,
+    start_run,
     write_tokenizer_files,
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
@@ -243,10 +244,7 @@ def check(args, pipe) -> Dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    start_run(args)
     clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
     vae, pool = vae_and_latents(args, clip_tokenizer)
     states = train(args, pool, clip_tokenizer, t5_tokenizer)

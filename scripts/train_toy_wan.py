@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other training s
 
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel  # noqa: E402
 from train_toy_flux import build_t5, train_jointly  # noqa: E402
-from train_toy_model import atomic_save, log, lr_lambda, round_to_fp16  # noqa: E402
+from train_toy_model import atomic_save, fit_vae, log, round_to_fp16, start_run  # noqa: E402
 
 from diffusers_interpret.tokenizer import build_sentencepiece_tokenizer  # noqa: E402
 from diffusers_interpret.toy.clips import CLIP_WORDS, check_clip, generate_clips  # noqa: E402
@@ -136,37 +136,16 @@ def train_vae(args) -> AutoencoderKLWan:
         return vae
     clips = generate_clips(4000, seed=VAE_CLIPS_SEED)
     data = to_tensor(np.stack([clip.frames for clip in clips]))
-    torch.manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, args.vae_steps // 10, args.vae_steps, 0.1)
-    )
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    vae.train()
-    start = time.time()
-    for _ in (bar := tqdm(range(args.vae_steps), desc="VAE")):
-        batch = data[torch.randint(len(data) - 256, (args.vae_batch_size,), generator=generator)]
-        posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample(generator=generator)).sample
-        mse = F.mse_loss(recon, batch)
+
+    def loss_terms(batch, recon, posterior):
         # The object's few pixels weigh 5x the background's: its colour must come back exact for the detector.
         background = batch[:, :, :1, :1, :1]  # every clip's corner is background
         weight = 1 + 4 * ((batch - background).abs().sum(dim=1, keepdim=True) > 0.1).float()
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-        loss = (weight * (recon - batch).pow(2)).mean() + 1e-4 * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.3f}")
-    vae.eval()
-    with torch.no_grad():
-        held_out = data[-64:]
-        mse = F.mse_loss(vae.decode(vae.encode(held_out).latent_dist.mode()).sample, held_out).item()
-    log(args.work_dir, f"VAE: {args.vae_steps} steps in {time.time() - start:.0f} s, held-out MSE {mse:.4f}")
-    atomic_save({"vae": vae.state_dict(), "mse": mse}, path)
-    return vae
+        return (weight * (recon - batch).pow(2)).mean() + 1e-4 * kl, F.mse_loss(recon, batch), kl
+
+    # Batches from all but the last 256 clips; the last 64 held out.
+    return fit_vae(args, vae, data, data[-64:], loss_terms, draw_from=len(data) - 256)
 
 
 def build_pool(args, vae: AutoencoderKLWan, tokenizer) -> Dict[str, torch.Tensor]:
@@ -275,10 +254,7 @@ def check(args, pipe) -> Dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    log(args.work_dir, f"Arguments: {json.dumps({k: str(v) for k, v in vars(args).items()})}")
+    start_run(args)
     tokenizer = build_tokenizer()
     vae = train_vae(args)
     pool = build_pool(args, vae, tokenizer)
