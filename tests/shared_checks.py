@@ -1,9 +1,13 @@
 r"""Checks and probes several families' tests share: layer calls captured, the explainer's state after a failing call,
-refusals before any model runs, the token mixing computed over every row, a box over a clip's frames re-explained."""
+refusals before any model runs, the token mixing computed over every row, a box over a clip's frames re-explained,
+an image-to-video clip's pixel gradients against central differences."""
 
 import numpy as np
 import pytest
+from conftest import seeded
 from pipeline_state import pipeline_state
+
+from diffusers_interpret import PipelineImageToVideoExplainerOutput, explainer_for
 
 
 def layer_calls(layers, run):
@@ -71,6 +75,39 @@ def assert_a_box_over_frames_re_explained_is_a_fresh_call(explain, explain_check
     checkpointed = explain_checkpointed(explanation_2d_bounding_box=box, explanation_frames=(3, 4))
     scale = float(np.abs(np.asarray(fresh.token_gradients)).max())
     np.testing.assert_allclose(checkpointed.token_gradients, fresh.token_gradients, rtol=1e-4, atol=1e-6 * scale)
+
+
+def assert_image_to_video_pixel_gradients_are_central_differences(
+    pipe, explainer_class, prompt: str, image, image_size, call: dict, box, frames, clip_along, eps: float = 1e-3
+):
+    r"""
+    An image-to-video pipeline's explainer (`explainer_for` gives `explainer_class`) on `image`, seed 0: the clip is
+    `pipe()`'s; the pixel attributions are of the image's `image_size` ((H, W)); the gradient (`grad_x_input`) of
+    `box` over `frames` to the image's pixels equals the central difference, rel 1e-3, of the region's sum in the
+    pipeline's own clips along it. `clip_along(unit, eps)` makes that clip ((frames, 3, H, W)) with the image moved
+    by `eps` along the unit gradient, where the family moves it. Returns the explainer and `pipe()`'s clip
+    ((frames, H, W, 3)), for the caller's further checks.
+    """
+    expected = pipe(prompt=prompt, image=image, generator=seeded(0), output_type="np", **call).frames[0]
+    explainer = explainer_for(pipe, verbose=False)
+    assert isinstance(explainer, explainer_class)
+    region = dict(explanation_2d_bounding_box=box, explanation_frames=frames)
+    out = explainer(
+        prompt, image=image, generator=seeded(0), output_type="np", attribution_method="grad_x_input", **region, **call
+    )
+    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
+    np.testing.assert_array_equal(np.stack(out.frames), expected)
+    grad = out.pixel_gradients
+    assert out.pixel_attributions.shape == tuple(image_size) and grad.abs().max() > 0
+    unit = grad / grad.norm()
+    (x0, y0), (x1, y1) = box
+
+    def region_sum(step: float) -> float:
+        return float(clip_along(unit, step)[frames[0] : frames[1], :, y0:y1, x0:x1].sum())
+
+    difference = (region_sum(eps) - region_sum(-eps)) / (2 * eps)
+    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
+    return explainer, expected
 
 
 def _raising_at_call(index: int):

@@ -9,6 +9,7 @@ from independent_concepts import hunyuan_concept_probabilities
 from independent_gradients import central_difference, leaf_gradient
 from shared_checks import (
     assert_a_box_over_frames_re_explained_is_a_fresh_call,
+    assert_image_to_video_pixel_gradients_are_central_differences,
     assert_refused_before_any_model_runs,
     assert_state_restored_after_an_injected_exception,
     layer_calls,
@@ -392,39 +393,28 @@ def test_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite
     # tokens count in the layers' text: the words' maps read past them.
     from PIL import Image
 
-    from diffusers_interpret import HunyuanVideo15ImageToVideoPipelineExplainer, PipelineImageToVideoExplainerOutput
+    from diffusers_interpret import HunyuanVideo15ImageToVideoPipelineExplainer
 
     pipe = make_tiny_hunyuan_video15_pipeline(dtype=torch.float64, guidance_scale=4.0, kind="image2video")
     image = Image.fromarray((64 + 128 * np.random.default_rng(0).random((SIZE, SIZE, 3))).astype(np.uint8))
     call = dict(num_inference_steps=3, num_frames=FRAMES)
-    expected = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="np", **call).frames[0]
-    explainer = explainer_for(pipe, verbose=False)
-    assert isinstance(explainer, HunyuanVideo15ImageToVideoPipelineExplainer)
-    region = dict(explanation_2d_bounding_box=((0, 0), (8, 16)), explanation_frames=(0, 5))
-    out = explainer(
-        PROMPT, image=image, generator=seeded(0), output_type="np", attribution_method="grad_x_input", **region, **call
-    )
-    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
-    np.testing.assert_array_equal(np.stack(out.frames), expected)
-    grad = out.pixel_gradients
-    assert out.pixel_attributions.shape == (SIZE, SIZE) and grad.abs().max() > 0
-    unit = grad / grad.norm()
     processor = pipe.video_processor
     original = processor.preprocess
 
-    def region_sum(eps):
+    def clip_along(unit, eps):
         # The [0, 1] pixels moved by `eps` along the gradient: the preprocessed [-1, 1] values by twice that.
         processor.preprocess = lambda *args, **kwargs: (
             original(*args, **kwargs) + 2 * eps * unit[None].to(torch.float64)
         )
         try:
-            clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
+            return pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
         finally:
             del processor.preprocess
-        return float(clip[0:5, :, 0:16, 0:8].sum())
 
-    difference = (region_sum(1e-3) - region_sum(-1e-3)) / 2e-3
-    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
+    explainer, expected = assert_image_to_video_pixel_gradients_are_central_differences(
+        pipe, HunyuanVideo15ImageToVideoPipelineExplainer, PROMPT, image, (SIZE, SIZE), call, ((0, 0), (8, 16)),
+        (0, 5), clip_along,
+    )  # fmt: skip
     word = explainer(PROMPT, image=image, generator=seeded(0), output_type="np", **call)  # word_attention
     np.testing.assert_array_equal(np.stack(word.frames), expected)
     assert [w for w, _ in word.word_attributions] == PROMPT.split() and 0 < word.attention_sink_share < 1

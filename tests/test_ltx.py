@@ -8,6 +8,7 @@ from conftest import seeded
 from independent_gradients import central_difference, leaf_gradient
 from shared_checks import (
     assert_a_box_over_frames_re_explained_is_a_fresh_call,
+    assert_image_to_video_pixel_gradients_are_central_differences,
     assert_refused_before_any_model_runs,
     assert_state_restored_after_an_injected_exception,
     layer_calls,
@@ -214,30 +215,19 @@ def test_image_to_video_is_the_pipelines_clip_and_its_pixel_gradients_are_finite
     # of a box over frames 0 to 4 to the image's pixels, through the VAE's sample of the image's latents (the clip's
     # first latent frame, told timestep 0), equals the central difference of the pipeline's own clips along it (the
     # posterior's noise drawn from the same generator each time).
-    from diffusers_interpret import LTXImageToVideoPipelineExplainer, PipelineImageToVideoExplainerOutput
+    from diffusers_interpret import LTXImageToVideoPipelineExplainer
 
     pipe = make_tiny_ltx_pipeline(dtype=torch.float64, kind="image2video")
     x = 0.25 + 0.5 * torch.from_numpy(np.random.default_rng(0).random((3, SIZE, SIZE)))[None]
     call = dict(COMMON, guidance_scale=3.0)
-    expected = pipe(prompt=PROMPT, image=x, generator=seeded(0), output_type="np", **call).frames[0]
-    explainer = explainer_for(pipe, verbose=False)
-    assert isinstance(explainer, LTXImageToVideoPipelineExplainer)
-    region = dict(explanation_2d_bounding_box=((0, 0), (16, SIZE)), explanation_frames=(0, 5))
-    out = explainer(
-        PROMPT, image=x, generator=seeded(0), output_type="np", attribution_method="grad_x_input", **region, **call
-    )
-    assert isinstance(out, PipelineImageToVideoExplainerOutput) and out.prompt_dependence is None
-    np.testing.assert_array_equal(np.stack(out.frames), expected)
-    grad = out.pixel_gradients
-    assert out.pixel_attributions.shape == (SIZE, SIZE) and grad.abs().max() > 0
-    unit = grad / grad.norm()
 
-    def region_sum(image):
-        clip = pipe(prompt=PROMPT, image=image, generator=seeded(0), output_type="pt", **call).frames[0]
-        return float(clip[0:5, :, 0:SIZE, 0:16].sum())
+    def clip_along(unit, eps):
+        return pipe(prompt=PROMPT, image=x + eps * unit[None], generator=seeded(0), output_type="pt", **call).frames[0]
 
-    difference = (region_sum(x + 1e-3 * unit[None]) - region_sum(x - 1e-3 * unit[None])) / 2e-3
-    assert difference == pytest.approx(float(grad.norm()), rel=1e-3)
+    explainer, expected = assert_image_to_video_pixel_gradients_are_central_differences(
+        pipe, LTXImageToVideoPipelineExplainer, PROMPT, x, (SIZE, SIZE), call, ((0, 0), (16, SIZE)), (0, 5),
+        clip_along,
+    )  # fmt: skip
     word = explainer(PROMPT, image=x, generator=seeded(0), output_type="np", **call)  # word_attention
     np.testing.assert_array_equal(np.stack(word.frames), expected)
     assert [w for w, _ in word.word_attributions] == PROMPT.split()
