@@ -382,15 +382,16 @@ def _noise_level(text: str) -> float:
 
 def run_explanations(
     pipe,
-    jobs: Sequence[Tuple[str, Any]],
+    jobs: Sequence[Tuple],
     seed: int,
     quiet: bool,
     gradient_checkpointing: Optional[bool] = None,
     **explain_kwargs,
 ) -> List[Any]:
     r"""
-    Explain `(prompt, box)` jobs, every one from the same seed (so the boxes of a prompt share one image). Returns the
-    outputs and, with `interactive=CELL` (> 0), the HTML of an interactive view per prompt.
+    Explain `(prompt, box)` jobs, every one from the same seed (so the boxes of a prompt share one image), or
+    `(prompt, box, (start, stop))` for a clip's box on those frames of its own (else `explanation_frames`, if given).
+    Returns the outputs and, with `interactive=CELL` (> 0), the HTML of an interactive view per prompt.
     """
 
     from .explainers import explainer_for
@@ -403,12 +404,14 @@ def run_explanations(
     from .progress import progress_bar
 
     first: Dict[str, Any] = {}
-    for prompt, box in progress_bar(jobs, "Explanations", disable=quiet or len(jobs) < 2, unit="expl", leave=True):
+    for job in progress_bar(jobs, "Explanations", disable=quiet or len(jobs) < 2, unit="expl", leave=True):
+        prompt, box = job[:2]
+        frames = job[2] if len(job) > 2 else explain_kwargs.get("explanation_frames")
+        spanned = {} if frames is None else {"explanation_frames": frames}
         output = None
         if prompt in first and explainer.input_kind is None:  # an input image's pixels need each box's own call
-            frames = explain_kwargs.get("explanation_frames")
             try:  # what the prompt's first call kept (recorded maps) explains another box without generating again
-                output = first[prompt].explain(box, **({} if frames is None else {"explanation_frames": frames}))
+                output = first[prompt].explain(box, **spanned)
             except RuntimeError:
                 pass
         if output is None:
@@ -417,19 +420,19 @@ def run_explanations(
                 explanation_2d_bounding_box=box,
                 generator=seeded_generator(seed, pipe.device),
                 output_type="pil",
-                **explain_kwargs,
+                **{**explain_kwargs, **spanned},
             )
             first.setdefault(prompt, output)
         outputs.append(output)
     views: Dict[str, str] = {}
     if interactive and outputs and outputs[0].attribution_method == "word_attention":
         # The cards' method: the view's bars come from the word maps the outputs hold (no generation).
-        for prompt, output in zip((prompt for prompt, _ in jobs), outputs):
+        for prompt, output in zip((job[0] for job in jobs), outputs):
             if prompt not in views:
                 views[prompt] = output.interactive_view(min(interactive, *output.image.size)).to_html()
     elif interactive:
         gradient_kwargs = dict(explain_kwargs, attribution_method="grad_x_input")
-        for prompt in dict.fromkeys(prompt for prompt, _ in jobs):
+        for prompt in dict.fromkeys(job[0] for job in jobs):
             output = explainer(
                 prompt,
                 generator=seeded_generator(seed, pipe.device),
@@ -509,29 +512,16 @@ def _control_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options:
 
 def _video_demo(pipe, args: argparse.Namespace, call: Dict[str, Any], options: Dict[str, Any]):
     # The toy Wan's clips: the whole clip, then the box of the object the detector finds on the first and on the last
-    # frame, explained again from what the clip's call kept (no generation), or by a call of its own where the method
-    # needs what was not kept (a gradient method's graph).
-    import numpy as np
-
+    # frame (as the image demo finds its boxes: on the pipeline's own clip from the same seed).
     from .toy.clips import check_clip
 
-    outputs, views = [], {}
+    jobs = []
     for prompt in VIDEO_DEMO_PROMPTS:
-        made, made_views = run_explanations(pipe, [(prompt, None)], args.seed, args.quiet, **options, **call)
-        outputs += made
-        views.update(made_views)
-        clip = made[0]
-        boxes = check_clip(np.stack([np.asarray(frame) for frame in clip.frames]), prompt).boxes()
-        for frame in (0, clip.num_frames - 1):
-            if boxes[frame] is None:
-                continue
-            span = (frame, frame + 1)
-            try:
-                outputs.append(clip.explain(boxes[frame], explanation_frames=span))
-            except RuntimeError:
-                job = [(prompt, boxes[frame])]
-                outputs += run_explanations(pipe, job, args.seed, True, explanation_frames=span, **options, **call)[0]
-    return outputs, views
+        clip = pipe(prompt, generator=seeded_generator(args.seed, pipe.device), output_type="np", **call).frames[0]
+        boxes = check_clip(clip, prompt).boxes()
+        last = len(boxes) - 1
+        jobs += [(prompt, None)] + [(prompt, boxes[k], (k, k + 1)) for k in (0, last) if boxes[k] is not None]
+    return run_explanations(pipe, jobs, args.seed, args.quiet, **options, **call)
 
 
 def _check_call_options(pipe, call: Dict[str, Any]) -> None:
