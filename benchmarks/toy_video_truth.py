@@ -40,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from toy_localization import iou  # noqa: E402  (beside this script)
 
 from diffusers_interpret import explainer_for  # noqa: E402
 from diffusers_interpret.dependence import DEPENDS_THRESHOLD  # noqa: E402
 from diffusers_interpret.faithfulness import spearman  # noqa: E402
+from diffusers_interpret.segmentation.metrics import min_max  # noqa: E402
 from diffusers_interpret.toy import TOY_WAN_CALL, load_toy_wan_pipeline  # noqa: E402
 from diffusers_interpret.toy.clips import check_clip, generate_clips, parse_clip_prompt  # noqa: E402
 
@@ -59,16 +61,6 @@ def parse_args():
     parser.add_argument("--ablation", action="store_true", help="also word ablation of each box (slower)")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args()
-
-
-def normalize(values: np.ndarray) -> np.ndarray:
-    low, high = values.min(), values.max()
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
 
 
 def grown_box_mask(mask: np.ndarray, grow: int = 1) -> np.ndarray:
@@ -92,7 +84,7 @@ def frame_scores(frames: np.ndarray, masks) -> dict:
     for values, mask in zip(frames, masks):
         peak = np.unravel_index(np.argmax(values), values.shape)
         pointing.append(bool(grown_box_mask(mask)[peak]))
-        scaled = normalize(values)
+        scaled = min_max(values)
         ious.append([iou(scaled >= threshold, mask) for threshold in THRESHOLDS])
         map_centres.append(centre_column(values))
         object_centres.append(float(np.nonzero(mask)[1].mean()))
