@@ -2,11 +2,12 @@ r"""
 The call of an existing image's explanation: instead of the pipeline's own loop, the denoiser on the image's latents
 noised to a few levels of the schedule (seeded noise), with the prompt's conditioning as the pipeline's own
 `encode_prompt` makes it and without guidance, one call per level. It returns the clean latents the denoiser
-predicts, averaged over the levels: decoded, the image the model makes of the noised picture given the prompt.
+predicts, averaged over the levels: decoded, the image the model makes of the noised picture given the prompt. The
+prompt dependence's redraws ([`~tracing.redraw`]) run the same call with several noised copies per level, each kept.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -42,26 +43,48 @@ class ImageDenoising:
         pipe: The pipeline.
         family (`PipelineFamily`): Its family.
         latents (`torch.Tensor`): The image's latents as the denoiser reads them (`family.encode_image`), one row.
-        levels (`Sequence[float]`): Noise levels in (0, 1) (the share of the schedule's noise), one denoiser call each.
-        seed (`int`): Seed of the noise: level `k` draws its noise from `torch.Generator().manual_seed(seed + k)` on
-            the CPU (alike on every device).
+        levels (`Sequence[float]`): Noise levels in (0, 1) (the share of the schedule's noise).
+        seed (`int`): Seed of the noise: copy `k` of level `i` draws its noise from
+            `torch.Generator().manual_seed(seed + i * copies + k)` on the CPU (alike on every device).
         size (`Tuple[int, int]`): The image's (height, width).
+        copies (`int`, *optional*, defaults to 1): Noised copies of the image per level, each with its own noise.
+        copies_per_call (`int`, *optional*): Copies denoised in one denoiser call (their rows side by side; a
+            divisor of `copies`, which it defaults to): more rows per call, fewer calls.
+        average (`bool`, *optional*, defaults to `True`): Return the predictions averaged over levels and copies
+            (prompt rows, ...); `False`: each of them, (levels x copies x prompt rows, ...) in that order.
     """
 
-    def __init__(self, pipe, family: PipelineFamily, latents: torch.Tensor, levels: Sequence[float], seed: int, size):
+    def __init__(
+        self,
+        pipe,
+        family: PipelineFamily,
+        latents: torch.Tensor,
+        levels: Sequence[float],
+        seed: int,
+        size,
+        copies: int = 1,
+        copies_per_call: Optional[int] = None,
+        average: bool = True,
+    ):
+        copies_per_call = copies if copies_per_call is None else int(copies_per_call)
+        if copies < 1 or copies_per_call < 1 or copies % copies_per_call:
+            raise ValueError(f"`copies_per_call` ({copies_per_call}) must divide `copies` ({copies}).")
         self.pipe = pipe
         self.family = family
         self.latents = latents
         self.levels = [float(level) for level in levels]
         self.size: Tuple[int, int] = tuple(size)
+        self.copies, self.copies_per_call, self.average = int(copies), copies_per_call, average
         self.noises: List[torch.Tensor] = [
             family.draw_noise(pipe, latents, torch.Generator().manual_seed(int(seed) + k), self.size)
-            for k in range(len(self.levels))
+            for k in range(len(self.levels) * self.copies)
         ]
 
-    def noised(self, level_index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        r"""The image's latents noised to level `level_index`, and the denoiser's timestep there."""
-        return self.family.noised(self.pipe, self.latents, self.noises[level_index], self.levels[level_index])
+    def noised(self, level_index: int, copy: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+        r"""The image's latents noised to level `level_index` (its noised copy `copy`), and the denoiser's timestep
+        there."""
+        noise = self.noises[level_index * self.copies + copy]
+        return self.family.noised(self.pipe, self.latents, noise, self.levels[level_index])
 
     def __call__(self, prompt, **call_kwargs: Any) -> DenoisedLatents:
         r"""The denoiser calls for `prompt` (a text, or one per row: every row sees the same noised image) with the
@@ -73,15 +96,22 @@ class ImageDenoising:
             if call_kwargs.get(name) is not None:
                 texts = call_kwargs[name]
                 prompts[name] = [texts] * rows if isinstance(texts, str) else list(texts)
+        # Copies side by side in one call: the prompt rows repeated once per copy (copy-major).
+        batch = self.copies_per_call
         denoiser = family.denoiser(pipe)
         predictions = []
-        with _CallState(pipe, len(self.levels)):
+        with _CallState(pipe, len(self.levels) * self.copies // batch):
             with torch.no_grad():
-                conditioning = family.encode(pipe, prompts, call_kwargs, self.latents.device)
+                repeated = {name: texts * batch for name, texts in prompts.items()}
+                conditioning = family.encode(pipe, repeated, call_kwargs, self.latents.device)
             for index, level in enumerate(self.levels):
-                noised, timestep = self.noised(index)
-                noised = noised.expand(rows, *noised.shape[1:])
-                arguments = family.denoiser_arguments(pipe, noised, timestep, conditioning, self.size, call_kwargs)
-                prediction = family.denoiser_output(denoiser(**arguments))
-                predictions.append(family.predicted_clean(pipe, noised, prediction, level))
-        return DenoisedLatents(torch.stack(predictions).mean(0))
+                for first in range(0, self.copies, batch):
+                    noised = [self.noised(index, copy) for copy in range(first, first + batch)]
+                    timestep = noised[0][1]
+                    noised = torch.cat([latents.expand(rows, *latents.shape[1:]) for latents, _ in noised])
+                    arguments = family.denoiser_arguments(pipe, noised, timestep, conditioning, self.size, call_kwargs)
+                    prediction = family.denoiser_output(denoiser(**arguments))
+                    predictions.append(family.predicted_clean(pipe, noised, prediction, level))
+        if not self.average:
+            return DenoisedLatents(torch.cat(predictions))
+        return DenoisedLatents(torch.stack([p.unflatten(0, (batch, rows)) for p in predictions]).flatten(0, 1).mean(0))

@@ -13,6 +13,10 @@ from ..families import PipelineFamily
 from .denoising import ImageDenoising
 from .run import RunPlan, run
 
+# The most pixels the redraws put in one denoiser call or one decode: two 512x512 images, as a guided pipeline call of
+# that size holds. Larger images are redrawn one pair at a time.
+REDRAW_BATCH_PIXELS = 2 * 512 * 512
+
 
 def redraw_changes(
     pipe,
@@ -28,6 +32,10 @@ def redraw_changes(
     The [`DependenceMap`] of one image: redrawn from its noised copies with its prompt and with the empty prompt (or,
     with `without`, twice with its prompt: as called, and with the call arguments `without` on top).
 
+    Small images are redrawn several copies to a denoiser call and decoded together (up to `REDRAW_BATCH_PIXELS`
+    a call); the prompt is encoded once for all of them. Redraw `r` (level `r // per_level`) draws its noise from
+    seed `r` wherever its row sits.
+
     Args:
         pipe: The pipeline.
         family (`PipelineFamily`): Its family.
@@ -41,22 +49,26 @@ def redraw_changes(
     """
     size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
     kwargs = {name: value for name, value in call_kwargs.items() if name not in prompts}
-    if without is None:  # one batch of two rows: the prompt and the empty prompt
+    if without is None:  # one run of two rows a copy: the prompt and the empty prompt
         variants = [{name: [values[0], ""] for name, values in prompts.items()}]
     else:
         texts = {name: values[:1] for name, values in prompts.items()}
         variants = [texts, {**texts, **without}]
     with torch.no_grad():
         latents = family.encode_image(pipe, pixels)
+    pair_pixels = 2 * pixels[0].numel() // 3  # a redraw's two pictures (a clip's frames included)
+    fits = [d for d in range(2, per_level + 1) if per_level % d == 0 and d * pair_pixels <= REDRAW_BATCH_PIXELS]
+    per_call = max(fits, default=1)
+    denoising = ImageDenoising(pipe, family, latents, levels, 0, size, per_level, per_call, average=False)
+    plan = RunPlan(pipe=pipe, family=family, size=size, graph=False, check_memory=False, call=denoising)
+    predicted = [run(plan, {**kwargs, **variant}).output.images for variant in variants]
+    # Rows in pairs: each redraw with and without what is measured.
+    predicted = predicted[0] if len(predicted) == 1 else torch.stack(predicted, 1).flatten(0, 1)
+    pairs = max(1, REDRAW_BATCH_PIXELS // pair_pixels)
     changed = 0.0
-    count = 0
-    for level in levels:
-        for _ in range(per_level):
-            denoising = ImageDenoising(pipe, family, latents, [level], count, size)
-            plan = RunPlan(pipe=pipe, family=family, size=size, graph=False, check_memory=False, call=denoising)
-            predicted = torch.cat([run(plan, {**kwargs, **variant}).output.images for variant in variants])
-            with torch.no_grad():
-                redrawn = family.unit_image(pipe, family.decode(pipe, predicted, None, size)).float().cpu()
-            changed = changed + ((redrawn[0] - redrawn[1]).abs().amax(0) > PIXEL_CHANGE).float()
-            count += 1
-    return DependenceMap((changed / count).numpy())
+    for first in range(0, predicted.shape[0], 2 * pairs):
+        with torch.no_grad():
+            decoded = family.decode(pipe, predicted[first : first + 2 * pairs], None, size)
+            redrawn = family.unit_image(pipe, decoded).float().cpu()
+        changed = changed + ((redrawn[0::2] - redrawn[1::2]).abs().amax(1) > PIXEL_CHANGE).float().sum(0)
+    return DependenceMap((changed / (len(levels) * per_level)).numpy())
