@@ -132,8 +132,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--no-prompt-dependence",
         dest="prompt_dependence",
         action="store_false",
-        help="skip measuring how much each box depends on the prompt at all (12 denoiser calls of two rows and their "
-        "decodes per image)",
+        help="skip measuring how much each box depends on the prompt at all (12 redraws of two rows and their decodes "
+        "per image)",
     )
 
 
