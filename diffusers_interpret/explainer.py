@@ -242,8 +242,9 @@ class BasePipelineExplainer:
                 free; `False` goes on anyway. The estimate is in `output.stats.memory_estimate`.
             prompt_dependence (`bool`, *optional*, defaults to `True`):
                 Measure how much the box depends on the prompt at all (`output.prompt_dependence`: the share of it
-                the model redraws differently without the prompt, see [`~dependence`]): 12 denoiser calls of two
-                rows and their decodes after the generation, whatever the method (about one more plain generation).
+                the model redraws differently without the prompt, see [`~dependence`]): 12 redraws of two rows
+                (about 12 guided steps) and their decodes after the generation, whatever the method (about one more
+                plain generation).
                 `False` skips it.
             init_image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*):
                 Img2img and inpainting explainers: the input image (the original 0.5.0's name); `image=` (diffusers'

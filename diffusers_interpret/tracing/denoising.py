@@ -1,7 +1,7 @@
 r"""
 The call of an existing image's explanation: instead of the pipeline's own loop, the denoiser on the image's latents
 noised to a few levels of the schedule (seeded noise), with the prompt's conditioning as the pipeline's own
-`encode_prompt` makes it and without guidance, one call per level. It returns the clean latents the denoiser
+`encode_prompt` makes it and without guidance, one denoiser call per level. It returns the clean latents the denoiser
 predicts, averaged over the levels: decoded, the image the model makes of the noised picture given the prompt. The
 prompt dependence's redraws ([`~tracing.redraw`]) run the same call with several noised copies per level, each kept.
 """
@@ -74,16 +74,13 @@ class ImageDenoising:
         self.latents = latents
         self.levels = [float(level) for level in levels]
         self.size: Tuple[int, int] = tuple(size)
-        self.copies, self.copies_per_call, self.average = int(copies), copies_per_call, average
-        self.noises: List[torch.Tensor] = [
-            family.draw_noise(pipe, latents, torch.Generator().manual_seed(int(seed) + k), self.size)
-            for k in range(len(self.levels) * self.copies)
-        ]
+        self.seed, self.copies, self.copies_per_call, self.average = int(seed), int(copies), copies_per_call, average
 
     def noised(self, level_index: int, copy: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
         r"""The image's latents noised to level `level_index` (its noised copy `copy`), and the denoiser's timestep
-        there."""
-        noise = self.noises[level_index * self.copies + copy]
+        there. The noise is drawn again at each call (the same from its seed): none is held between calls."""
+        generator = torch.Generator().manual_seed(self.seed + level_index * self.copies + copy)
+        noise = self.family.draw_noise(self.pipe, self.latents, generator, self.size)
         return self.family.noised(self.pipe, self.latents, noise, self.levels[level_index])
 
     def __call__(self, prompt, **call_kwargs: Any) -> DenoisedLatents:
@@ -106,12 +103,14 @@ class ImageDenoising:
                 conditioning = family.encode(pipe, repeated, call_kwargs, self.latents.device)
             for index, level in enumerate(self.levels):
                 for first in range(0, self.copies, batch):
-                    noised = [self.noised(index, copy) for copy in range(first, first + batch)]
-                    timestep = noised[0][1]
-                    noised = torch.cat([latents.expand(rows, *latents.shape[1:]) for latents, _ in noised])
-                    arguments = family.denoiser_arguments(pipe, noised, timestep, conditioning, self.size, call_kwargs)
+                    copies = [self.noised(index, copy) for copy in range(first, first + batch)]
+                    timestep = copies[0][1]
+                    sample = torch.cat([noised.expand(rows, *noised.shape[1:]) for noised, _ in copies])
+                    arguments = family.denoiser_arguments(pipe, sample, timestep, conditioning, self.size, call_kwargs)
                     prediction = family.denoiser_output(denoiser(**arguments))
-                    predictions.append(family.predicted_clean(pipe, noised, prediction, level))
+                    clean = family.predicted_clean(pipe, sample, prediction, level)
+                    # Kept apart, the predictions wait on the CPU (a real clip's latents are large).
+                    predictions.append(clean if self.average else clean.cpu())
         if not self.average:
             return DenoisedLatents(torch.cat(predictions))
-        return DenoisedLatents(torch.stack([p.unflatten(0, (batch, rows)) for p in predictions]).flatten(0, 1).mean(0))
+        return DenoisedLatents(torch.cat(predictions).unflatten(0, (-1, rows)).mean(0))

@@ -32,9 +32,9 @@ def redraw_changes(
     The [`DependenceMap`] of one image: redrawn from its noised copies with its prompt and with the empty prompt (or,
     with `without`, twice with its prompt: as called, and with the call arguments `without` on top).
 
-    Small images are redrawn several copies to a denoiser call and decoded together (up to `REDRAW_BATCH_PIXELS`
-    a call); the prompt is encoded once for all of them. Redraw `r` (level `r // per_level`) draws its noise from
-    seed `r` wherever its row sits.
+    Small images are redrawn several copies to a denoiser call and their pictures decoded together, up to
+    `REDRAW_BATCH_PIXELS` a call; each run encodes its prompt once. Redraw `r` (level `r // per_level`) draws its noise
+    from seed `r` wherever its rows sit.
 
     Args:
         pipe: The pipeline.
@@ -56,19 +56,32 @@ def redraw_changes(
         variants = [texts, {**texts, **without}]
     with torch.no_grad():
         latents = family.encode_image(pipe, pixels)
-    pair_pixels = 2 * pixels[0].numel() // 3  # a redraw's two pictures (a clip's frames included)
-    fits = [d for d in range(2, per_level + 1) if per_level % d == 0 and d * pair_pixels <= REDRAW_BATCH_PIXELS]
-    per_call = max(fits, default=1)
+    picture = pixels[0].numel() // 3  # the pixels of one picture (a clip's frames included)
+    per_call = copies_per_call(per_level, (2 // len(variants)) * picture)
     denoising = ImageDenoising(pipe, family, latents, levels, 0, size, per_level, per_call, average=False)
     plan = RunPlan(pipe=pipe, family=family, size=size, graph=False, check_memory=False, call=denoising)
     predicted = [run(plan, {**kwargs, **variant}).output.images for variant in variants]
     # Rows in pairs: each redraw with and without what is measured.
     predicted = predicted[0] if len(predicted) == 1 else torch.stack(predicted, 1).flatten(0, 1)
-    pairs = max(1, REDRAW_BATCH_PIXELS // pair_pixels)
-    changed = 0.0
+    changed = changed_pixels(pipe, family, predicted, size, max(1, REDRAW_BATCH_PIXELS // (2 * picture)))
+    return DependenceMap((changed / (len(levels) * per_level)).numpy())
+
+
+def copies_per_call(copies: int, pixels_per_copy: int) -> int:
+    r"""The most noised copies of a level (a divisor of `copies`) whose rows of `pixels_per_copy` pixels fit in
+    `REDRAW_BATCH_PIXELS`; at least one."""
+    fits = [d for d in range(2, copies + 1) if copies % d == 0 and d * pixels_per_copy <= REDRAW_BATCH_PIXELS]
+    return max(fits, default=1)
+
+
+def changed_pixels(pipe, family: PipelineFamily, predicted: torch.Tensor, size, pairs: int) -> torch.Tensor:
+    r"""For each pixel, in how many pairs of `predicted` latents (rows 2r and 2r + 1) it changes by more than
+    `PIXEL_CHANGE` once decoded, `pairs` pairs decoded at a time."""
+    device = pipe._execution_device  # the predictions wait on the CPU
+    changed = torch.zeros(())
     for first in range(0, predicted.shape[0], 2 * pairs):
         with torch.no_grad():
-            decoded = family.decode(pipe, predicted[first : first + 2 * pairs], None, size)
+            decoded = family.decode(pipe, predicted[first : first + 2 * pairs].to(device), None, size)
             redrawn = family.unit_image(pipe, decoded).float().cpu()
         changed = changed + ((redrawn[0::2] - redrawn[1::2]).abs().amax(1) > PIXEL_CHANGE).float().sum(0)
-    return DependenceMap((changed / (len(levels) * per_level)).numpy())
+    return changed
