@@ -141,6 +141,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--single-layers", type=int, default=3, help="single-stream blocks")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=16)
+    parser.add_argument(
+        "--drop-side-prob",
+        type=float,
+        default=0.0,
+        help="share of two-object examples whose T5 prompt leaves out one object's side, the other object's side "
+        "saying where both are (CLIP's prompt, when the pooled vector is the prompt's, keeps both sides)",
+    )
     return parser.parse_args()
 
 
@@ -192,23 +199,39 @@ def scene_prompts(num_one: int, num_two: int):
     return prompts
 
 
-def binding_labels(prompts, t5_tokenizer, targets: str = "object") -> torch.Tensor:
+def phrase_objects(prompt: str):
+    r"""The (colour, shape, side) indices of each phrase's object of a full prompt ("a C S on the SIDE and ...")."""
+    objects = []
+    for phrase in prompt.split(" and "):
+        words = phrase.split()
+        objects.append((COLORS.index(words[1]), SHAPES.index(words[2]), ("left", "right").index(words[5])))
+    return objects
+
+
+def without_side(prompt: str, phrase: int) -> str:
+    r"""`prompt` with the side of its phrase `phrase` left out ("a red circle and a blue square on the right")."""
+    phrases = prompt.split(" and ")
+    phrases[phrase] = " ".join(phrases[phrase].split()[:3])
+    return " and ".join(phrases)
+
+
+def binding_labels(prompts, t5_tokenizer, targets: str = "object", objects=None) -> torch.Tensor:
     # Per T5 token of each prompt (padded to T5_LENGTH): for the pieces of a phrase's colour, shape and side words
     # ("a C S on the SIDE"), the colour, shape and side of that phrase's object; -100 for the function words, the end
     # token and padding. Real T5 comes pretrained with states that know which noun an adjective modifies; the toy's
     # T5, trained only through the image, learned none (a word's state was the same in any prompt). With
     # `targets="side"` only the side is taught (colour and shape -100): a word's state says which object it belongs
-    # to, and carries no other word's meaning.
+    # to, and carries no other word's meaning. `objects` (each prompt's `phrase_objects`, by default read off the
+    # prompt) gives the objects of prompts whose phrases lack their side (`without_side`).
     labels = torch.full((len(prompts), T5_LENGTH, 3), -100, dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        pieces, position = [], 0
-        for phrase in prompt.split(" and "):
-            words = phrase.split()
-            target = (COLORS.index(words[1]), SHAPES.index(words[2]), ("left", "right").index(words[5]))
-            for word in ([] if position == 0 else ["and"]) + words:
+        pieces = []
+        known = phrase_objects(prompt) if objects is None else objects[row]
+        for position, phrase in enumerate(prompt.split(" and ")):
+            target = known[position]
+            for word in ([] if position == 0 else ["and"]) + phrase.split():
                 count = len(t5_tokenizer(word, add_special_tokens=False).input_ids)
                 pieces += [target if word in COLORS + SHAPES + ("left", "right") else None] * count
-            position += 1
         for i, target in enumerate(pieces[: T5_LENGTH - 1]):
             if target is not None:
                 labels[row, i] = torch.tensor(target)
@@ -330,6 +353,17 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
     ).input_ids
     one_object = torch.nonzero(pool["num_objects"] == 1).squeeze(1)
     one_object_steps = int(args.one_object_fraction * args.steps)
+    if args.drop_side_prob > 0:  # each two-object prompt with its first (row 0) or second (row 1) side left out
+        two = pool["num_objects"] == 2
+        sideless_ids = t5_ids.input_ids.expand(2, -1, -1).clone()
+        sideless_targets = bind_targets.expand(2, -1, -1, -1).clone()
+        rows = torch.nonzero(two).squeeze(1).tolist()
+        objects = [phrase_objects(prompts[row]) for row in rows]
+        for phrase in range(2):
+            texts = [without_side(prompts[row], phrase) for row in rows]
+            tokens = t5_tokenizer(texts, padding="max_length", max_length=T5_LENGTH, truncation=True)
+            sideless_ids[phrase, rows] = torch.tensor(tokens.input_ids)
+            sideless_targets[phrase, rows] = binding_labels(texts, t5_tokenizer, args.bind_targets, objects)
 
     def batch_loss(step, generator):
         if step < one_object_steps:
@@ -341,6 +375,12 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
         length = args.pad_lengths[int(torch.randint(len(args.pad_lengths), (1,), generator=generator))]
         drop = torch.rand(args.batch_size, generator=generator) < args.empty_prompt_prob
         pooled_empty = torch.rand(args.batch_size, generator=generator) >= args.pooled_prompt_prob
+        targets = bind_targets[idx].clone()
+        if args.drop_side_prob > 0:
+            sideless = (torch.rand(args.batch_size, generator=generator) < args.drop_side_prob) & two[idx]
+            phrase = torch.randint(2, (args.batch_size,), generator=generator)
+            ids5[sideless] = sideless_ids[phrase[sideless], idx[sideless]]
+            targets[sideless] = sideless_targets[phrase[sideless], idx[sideless]]
         ids5[drop], idsc[drop | pooled_empty] = empty_t5, empty_clip
         ids5 = F.pad(ids5, (0, length - T5_LENGTH), value=t5_tokenizer.pad_token_id)
         noise = torch.randn(x0.shape, generator=generator)
@@ -358,7 +398,6 @@ def train(args, pool, clip_tokenizer, t5_tokenizer) -> Dict:
         )[0]
         loss = F.mse_loss(pred, noise - x0)
         if args.bind_loss_weight > 0:
-            targets = bind_targets[idx].clone()
             targets[drop] = -100
             loss = loss + args.bind_loss_weight * bind_loss(bind_head, text_states, targets)
         return loss
