@@ -62,7 +62,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
@@ -129,6 +129,12 @@ def object_boxes(check):
 
 def ranked_first(scores, index) -> bool:
     return bool(np.all(np.delete(scores, index) < scores[index]))
+
+
+def first_word(scores, words, colour, shape) -> str:
+    # What ranks first in a box: "colour" or "shape" (the boxed object's), else the word itself.
+    first = int(np.argmax(scores))
+    return "colour" if first == colour else "shape" if first == shape else words[first]
 
 
 def ranked_above(scores, high, low) -> bool:
@@ -248,9 +254,10 @@ class ToyRun:
         self.edge_ious = defaultdict(lambda: defaultdict(list))  # the same for the maps given the image's edges
         # cell size -> threshold -> IoUs of the objects' own masks at the grid of the maps of that cell size
         self.oracle_ious = defaultdict(lambda: defaultdict(list))
-        self.oracle_scenes = defaultdict(
-            lambda: None
-        )  # cell size -> the scene (its check) whose masks were scored last
+        # cell size -> the scene (its check) whose masks were scored last
+        self.oracle_scenes = defaultdict(lambda: None)
+        # method (and the truth) -> the boxed object's shape -> what ranks first in its box -> boxes
+        self.first_by_shape = defaultdict(lambda: defaultdict(Counter))
 
     def plain(self, prompt, seed):
         started = time.perf_counter()
@@ -303,9 +310,12 @@ class ToyRun:
                     colour, shape = positions[side]
                     others = [i for i in range(len(values)) if i not in (colour, shape)]
                     r["colour_first"].append(ranked_first(values, colour))
+                    self.first_by_shape[name][words[shape]][first_word(values, words, colour, shape)] += 1
                     r["colour_shape_top2"].append(ranked_above(values, [colour, shape], others))
                     if side not in truth:  # measured once per box, with the first method's output
                         truth[side], truth_outputs[side] = word_ablation_effects(output, box), output
+                        kind = first_word(truth[side], words, colour, shape)
+                        self.first_by_shape["each word left out (truth)"][words[shape]][kind] += 1
                     r["spearman"].append(spearman(values, truth[side]))
                     # deletion, in token order (the SD toys)
                     if index < self.args.deletion_scenes and self.args.family == "stable_diffusion":
@@ -416,6 +426,23 @@ HEADER = (
 )
 
 
+def print_first_by_shape(first_by_shape) -> None:
+    # Per method and for the truth: what ranks first in the boxes of each shape (colour, shape, side words, others).
+    if not first_by_shape:
+        return
+    print("\nwhat ranks first in an object's box, by the object's shape: colour / shape / a side word / another word")
+    shapes = sorted({shape for counts in first_by_shape.values() for shape in counts})
+    print("| method | " + " | ".join(shapes) + " |")
+    print("|---|" + "---|" * len(shapes))
+    for name, counts in first_by_shape.items():
+        cells = []
+        for shape in shapes:
+            c = counts[shape]
+            side, other = c["left"] + c["right"], sum(c.values()) - c["colour"] - c["shape"] - c["left"] - c["right"]
+            cells.append(f"{c['colour']} / {c['shape']} / {side} / {other}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def table_row(name, row) -> str:
     def fmt(key, digits=0):
         return "-" if row.get(key) is None else f"{row[key]:.{digits}f}"
@@ -503,6 +530,7 @@ def run_toy(args):
     print("|" + "---|" * len(HEADER))
     for name, row in summary.items():
         print(table_row(name, row))
+    print_first_by_shape(run.first_by_shape)
     oracle = {}
     for cell_size, ious in run.oracle_ious.items():
         means = {t: 100 * float(np.mean(v)) for t, v in ious.items()}
@@ -528,6 +556,9 @@ def run_toy(args):
             skipped=run.skipped,
             methods=summary,
             oracle_at_the_maps_grid=oracle,
+            first_by_shape={
+                name: {k: dict(v) for k, v in shapes.items()} for name, shapes in run.first_by_shape.items()
+            },
         )
         Path(args.json).write_text(json.dumps(info, indent=1))
         print(f"\nwrote {args.json}")
