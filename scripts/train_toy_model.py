@@ -183,6 +183,17 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def encode_in_batches(vae, pictures: np.ndarray, batch_size: int, to_pixels=to_tensor) -> torch.Tensor:
+    r"""The mode of the VAE's posterior for `uint8` pictures (images, or clips with `to_pixels` for them), encoded
+    `batch_size` at a time."""
+    latents = []
+    vae.eval()
+    with torch.no_grad():
+        for i in tqdm(range(0, len(pictures), batch_size), desc="Encoding"):
+            latents.append(vae.encode(to_pixels(pictures[i : i + batch_size])).latent_dist.mode())
+    return torch.cat(latents)
+
+
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -286,12 +297,7 @@ def build_latent_pool(
         args.num_two_object, seed=TWO_OBJECT_POOL_SEED, num_objects=2, image_size=size, order=order
     )
     images = np.stack([s.image for s in scenes])
-    latents = []
-    vae.eval()
-    with torch.no_grad():
-        for i in tqdm(range(0, len(images), 256), desc="Encoding"):
-            latents.append(vae.encode(to_tensor(images[i : i + 256])).latent_dist.mode())
-    latents = torch.cat(latents)
+    latents = encode_in_batches(vae, images, 256)
     scaling_factor = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scaling_factor)
     input_ids = tokenizer(

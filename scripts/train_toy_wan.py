@@ -38,14 +38,13 @@ from typing import Dict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other training scripts, next to this one
 
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel  # noqa: E402
 from train_toy_flux import build_t5, train_jointly  # noqa: E402
-from train_toy_model import atomic_save, fit_vae, log, round_to_fp16, start_run  # noqa: E402
+from train_toy_model import atomic_save, encode_in_batches, fit_vae, log, round_to_fp16, start_run  # noqa: E402
 
 from diffusers_interpret.tokenizer import build_sentencepiece_tokenizer  # noqa: E402
 from diffusers_interpret.toy.clips import CLIP_WORDS, check_clip, generate_clips  # noqa: E402
@@ -157,12 +156,7 @@ def build_pool(args, vae: AutoencoderKLWan, tokenizer) -> Dict[str, torch.Tensor
     start = time.time()
     clips = generate_clips(args.num_clips, seed=POOL_SEED)
     frames = np.stack([clip.frames for clip in clips])
-    latents = []
-    vae.eval()
-    with torch.no_grad():
-        for i in tqdm(range(0, len(frames), 64), desc="Encoding"):
-            latents.append(vae.encode(to_tensor(frames[i : i + 64])).latent_dist.mode())
-    latents = torch.cat(latents)  # (N, C, 5, 8, 8)
+    latents = encode_in_batches(vae, frames, 64, to_tensor)  # (N, C, 5, 8, 8)
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4))
     ids = tokenizer([clip.prompt for clip in clips], padding="max_length", max_length=T5_LENGTH, return_tensors="pt")
