@@ -101,9 +101,15 @@ def test_redraws_side_by_side_are_the_redraws_one_at_a_time(one_thread, explaine
     with torch.no_grad():
         latents = family.encode_image(pipe, pixels)
     batched = ImageDenoising(pipe, family, latents, REDRAW_LEVELS, 0, (32, 32), REDRAWS_PER_LEVEL, average=False)
-    with torch.no_grad():
-        rows = batched([prompt, ""]).images
+    encoded = []  # the rows the text encoder sees: the two texts once, not once per copy
+    hook = pipe.text_encoder.register_forward_pre_hook(lambda module, args: encoded.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            rows = batched([prompt, ""]).images
+    finally:
+        hook.remove()
     assert rows.shape[0] == 2 * len(REDRAW_LEVELS) * REDRAWS_PER_LEVEL
+    assert encoded == [2]
     # The map as the redraws were made one at a time: redraw r alone, from seed r, its pair decoded alone.
     reference = torch.zeros(32, 32)
     for index in range(len(REDRAW_LEVELS) * REDRAWS_PER_LEVEL):

@@ -93,14 +93,13 @@ class ImageDenoising:
             if call_kwargs.get(name) is not None:
                 texts = call_kwargs[name]
                 prompts[name] = [texts] * rows if isinstance(texts, str) else list(texts)
-        # Copies side by side in one call: the prompt rows repeated once per copy (copy-major).
+        # Copies side by side in one call: the prompt rows, encoded once, repeated once per copy (copy-major).
         batch = self.copies_per_call
         denoiser = family.denoiser(pipe)
         predictions = []
         with _CallState(pipe, len(self.levels) * self.copies // batch):
             with torch.no_grad():
-                repeated = {name: texts * batch for name, texts in prompts.items()}
-                conditioning = family.encode(pipe, repeated, call_kwargs, self.latents.device)
+                conditioning = _repeated(family.encode(pipe, prompts, call_kwargs, self.latents.device), rows, batch)
             for index, level in enumerate(self.levels):
                 for first in range(0, self.copies, batch):
                     copies = [self.noised(index, copy) for copy in range(first, first + batch)]
@@ -114,3 +113,18 @@ class ImageDenoising:
         if not self.average:
             return DenoisedLatents(torch.cat(predictions))
         return DenoisedLatents(torch.cat(predictions).unflatten(0, (-1, rows)).mean(0))
+
+
+def _repeated(conditioning: Dict[str, Any], rows: int, times: int) -> Dict[str, Any]:
+    # Each entry's `rows` prompt rows repeated `times` times (copy-major), as the texts repeated would have been
+    # encoded; an entry without a row per prompt (none today) is left as it is.
+    if times == 1:
+        return conditioning
+    repeated = {}
+    for name, value in conditioning.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+            value = torch.cat([value] * times)
+        elif isinstance(value, (list, tuple)) and len(value) == rows:
+            value = type(value)(list(value) * times)
+        repeated[name] = value
+    return repeated
