@@ -74,7 +74,8 @@ def fill_scores(
     output.pooled_share = scores.pooled_share[index] if scores.pooled_share else None
     output.encoder_token_attributions = _per_encoder(trace, output, index)
     output.word_attributions = TokenAttributions(
-        tokens.word_scores(np.asarray(scores.tokens[index]).tolist(), merge=word_merge)
+        tokens.word_scores(np.asarray(scores.tokens[index]).tolist(), merge=word_merge),
+        encoders=_word_encoder_labels(trace, tokens),
     )
     fill_dependence(output)
     if hasattr(output, "pixel_attributions"):
@@ -118,6 +119,16 @@ def _encoder_labels(trace, units) -> Optional[List[str]]:
     slots = trace.family.text_encoders(trace.pipe)
     labels = ["+".join(slots[k].label for k in unit.encoders) for unit in units]
     return labels if len(set(labels)) > 1 else None
+
+
+def _word_encoder_labels(trace, tokens) -> Optional[List[str]]:
+    # Each word's encoder(s), where the encoders read different texts (`prompt_2` given apart from `prompt`): the
+    # words of each text are listed one after the other; `None` where every encoder reads the prompt.
+    texts = tokens.text_encoders()
+    if len(texts) < 2:
+        return None
+    slots = trace.family.text_encoders(trace.pipe)
+    return ["+".join(slots[k].label for k in texts[t]) for t in tokens.word_texts()]
 
 
 def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributions]]:

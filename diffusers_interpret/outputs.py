@@ -111,10 +111,11 @@ class TokenAttributions(list):
             for k, name in enumerate(names):
                 where = [i for i, encoder in enumerate(self.encoders) if encoder == name]
                 colour = palette[k % len(palette)]
-                ax.bar(where, [values[i] for i in where], color=colour, alpha=alpha, label=f"{name} tokens")
+                ax.bar(where, [values[i] for i in where], color=colour, alpha=alpha, label=name)
             ax.legend(fontsize="small")
         ax.set_xticks(range(len(values)))
-        ax.set_xticklabels([plain_text(token) for token in self.tokens], rotation=45, ha="right")
+        # Labelled by encoder where there are several: a bar of 0 shows no colour to tell it by.
+        ax.set_xticklabels([plain_text(label) for label in self.labels], rotation=45, ha="right")
         ax.set_ylabel("share of the scores (%)" if normalize else "score")
         if title:
             ax.set_title(plain_text(title))

@@ -130,7 +130,8 @@ class CheckedRequest:
 
     def method_recordings(self) -> List[Recording]:
         r"""What the method needs recorded beside the call (nothing when no step is traced)."""
-        return self.method.recordings(self.prompts["prompt"]) if self.wants_scores else []
+        texts = [text for texts in self.prompts.values() for text in texts]  # `prompt_2`'s words are words too
+        return self.method.recordings(texts) if self.wants_scores else []
 
     def recordings(self) -> List[Recording]:
         r"""Everything the traced run records: the method's recordings, the attention maps the call asks for (over

@@ -229,7 +229,7 @@ class Session:
         tokens, word_scores = output.token_attributions, output.word_attributions
         words = None
         if word_scores and (tokens.encoders is not None or tokens.tokens != word_scores.tokens):
-            words = list(zip(word_scores.tokens, output.word_tokens))
+            words = list(zip(word_scores.labels, output.word_tokens))
         maps = word_maps = None
         if output.attention_maps is not None:
             positions, index = output.token_positions, output.image_index

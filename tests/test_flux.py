@@ -1,5 +1,7 @@
 """Flux through the family seam: identity with the pipelines, gradients through T5 and CLIP, joint-attention maps."""
 
+import html
+
 import numpy as np
 import pytest
 import torch
@@ -204,6 +206,36 @@ def test_words_merge_every_tokenizers_pieces(flux):
     out = explain(flux, prompt="a zebra, left")
     assert [w for w, _ in out.word_attributions] == ["a", "zebra,", "left"]
     assert sum(s for _, s in out.word_attributions) == pytest.approx(sum(out.token_attributions.scores), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "concept_attention"])
+def test_prompt_2s_words_are_words_of_their_own_labelled_by_encoder(flux, method):
+    # With `prompt_2` the T5 reads another text than CLIP: each text's words are listed once, in the tokens' order
+    # (T5's, then CLIP's), labelled by encoder; a word's score merges its own text's tokens only. Before, only
+    # `prompt`'s words were listed, and an attention method showed CLIP's (which no map reads) all at zero.
+    prompt_2 = "a blue zebra"
+    out = explain(flux, prompt_2=prompt_2, attribution_method=method, explanation_2d_bounding_box=((0, 0), (8, 16)))
+    words = out.word_attributions
+    assert words.tokens == prompt_2.split() + PROMPT.split()
+    assert words.encoders == ["T5"] * 3 + ["CLIP"] * len(PROMPT.split())
+    tokens, encoders = out.token_attributions, out.token_attributions.encoders
+    t5 = [label for label, encoder in zip(tokens.tokens, encoders) if encoder == "T5"]
+    assert "".join(t5).replace("▁", "") == prompt_2.replace(" ", "")  # T5 read prompt_2, CLIP the prompt
+    merged = [len(group) for group in out.word_tokens]
+    assert sum(merged) == len(tokens) and all(merged)
+    for index, ((_, score), group) in enumerate(zip(words, out.word_tokens)):
+        assert {encoders[i] for i in group} == {words.encoders[index]}
+        own = [tokens.scores[i] for i in group]
+        expected = max(own) if method == "word_attention" else sum(own)
+        assert score == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    if method == "word_attention":  # read off maps: CLIP's words have none (its pooled vector), T5's do
+        assert np.all(words.scores[3:] == 0) and words.scores[1] > 0
+    # Every view names each word's encoder: the card, the report's bars, the plot's axis.
+    labels = [f"{word} ({encoder})" for word, encoder in zip(words.tokens, words.encoders)]
+    card = out._repr_html_()
+    assert all(html.escape(label) in card for label in labels)
+    figure = words.plot()
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == labels
 
 
 @pytest.mark.parametrize("method", ["word_attention", "attention"])

@@ -140,6 +140,27 @@ def test_words_merge_clip_and_t5(sd3):
     assert words["corgi"] == pytest.approx(scores[2] + scores[8] + scores[9], rel=1e-6)  # CLIP's corgi, T5's cor+gi
 
 
+def test_each_texts_words_once_labelled_by_the_encoders_that_read_it(sd3):
+    # CLIP-G reads `prompt_2`, T5 `prompt_3` (or `prompt` where not given): every text's words are listed, each once,
+    # labelled by the encoders that read that text, and a word's score merges that text's tokens only.
+    for extra, expected in (
+        (dict(prompt_2="a blue star"), [("CLIP-L+T5", PROMPT), ("CLIP-G", "a blue star")]),
+        (
+            dict(prompt_2="a blue star", prompt_3="green hat"),
+            [("CLIP-L", PROMPT), ("CLIP-G", "a blue star"), ("T5", "green hat")],
+        ),
+    ):
+        out = explain(sd3, **extra)
+        words = out.word_attributions
+        assert words.tokens == [w for _, text in expected for w in text.split()]
+        assert words.encoders == [label for label, text in expected for _ in text.split()]
+        tokens = out.token_attributions
+        for index, group in enumerate(out.word_tokens):
+            assert group and set(words.encoders[index].split("+")) == {tokens.encoders[i] for i in group}
+            assert words.scores[index] == pytest.approx(sum(tokens.scores[i] for i in group), rel=1e-6)
+        assert sorted(i for group in out.word_tokens for i in group) == list(range(len(tokens)))
+
+
 @pytest.mark.parametrize("method", ["word_attention", "attention"])
 def test_a_word_read_off_maps_sums_each_encoders_most_read_piece(sd3, method):
     # Both encoders' tokens are in the joint attention's maps: "corgi" is CLIP's one token plus the larger of T5's

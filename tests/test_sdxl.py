@@ -178,6 +178,10 @@ def test_prompt_2_attributes_both_sets_of_tokens(sdxl):
     out = explain(sdxl, prompt_2=prompt_2)
     assert out.token_attributions.tokens == PROMPT.split() + prompt_2.split()
     assert np.all(out.token_attributions.scores > 0)
+    # Each text's words, shown once each and labelled by the encoder that reads them; a word's score is its token's.
+    assert out.word_attributions.tokens == PROMPT.split() + prompt_2.split()
+    assert out.word_attributions.encoders == ["CLIP-L"] * len(PROMPT.split()) + ["CLIP-G"] * len(prompt_2.split())
+    np.testing.assert_allclose(out.word_attributions.scores, out.token_attributions.scores)
     # The pipeline reads prompt_2 with CLIP-G: the image is the pipeline's own with both prompts.
     expected = sdxl(PROMPT, prompt_2=prompt_2, num_inference_steps=STEPS, generator=seeded(0), output_type="np")
     again = explain(sdxl, prompt_2=prompt_2, output_type="np")

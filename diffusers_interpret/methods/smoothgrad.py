@@ -92,7 +92,8 @@ class SmoothGrad(AttributionMethod):
         context = trace.regeneration
         leaves = context.leaves(embeddings)
         method = self.method
-        decoded, result = context.traced_run(leaves, method.recordings(context.prompts["prompt"]), method.needs_graph)
+        texts = [text for texts in context.prompts.values() for text in texts]
+        decoded, result = context.traced_run(leaves, method.recordings(texts), method.needs_graph)
         return Trace(
             trace.family,
             trace.pipe,

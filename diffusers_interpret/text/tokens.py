@@ -71,31 +71,49 @@ class PromptTokens:
     # Per encoder: the text it read, and each token's (start, end) characters in it (None for special tokens).
     texts: List[str] = field(default_factory=list)
     spans: List[List[Optional[Tuple[int, int]]]] = field(default_factory=list)
-    # The encoder whose text is the call's `prompt` (its words are the words scored by `word_scores`).
+    # The encoder whose text is the call's `prompt`.
     prompt_encoder: int = 0
 
+    def text_encoders(self) -> List[Tuple[int, ...]]:
+        r"""The texts the words are read from, each once, as the encoders that read it: one text where every encoder
+        reads the prompt; where `prompt_2` differs from `prompt` (Flux's T5, SDXL's CLIP-G), each text, in the order
+        their tokens are listed."""
+        if not self.texts:
+            return []
+        listed = [unit.encoders[0] for unit in self.units]
+        order = list(dict.fromkeys(listed + [self.prompt_encoder] + list(range(len(self.texts)))))
+        distinct = list(dict.fromkeys(self.texts[k] for k in order))
+        return [tuple(k for k in range(len(self.texts)) if self.texts[k] == text) for text in distinct]
+
+    def word_texts(self) -> List[int]:
+        r"""For each word of `words()`, the index of its text in `text_encoders()`."""
+        return [t for t, group in enumerate(self.text_encoders()) for _ in prompt_words(self.texts[group[0]])]
+
     def words(self) -> List[Tuple[str, int, int]]:
-        r"""The words of the prompt (maximal runs of non-space characters) with their character spans."""
-        return prompt_words(self.texts[self.prompt_encoder] if self.texts else "")
+        r"""The words of the prompt (maximal runs of non-space characters) with their character spans in their text:
+        the words of each text the encoders read, text after text (`text_encoders()`)."""
+        return [word for group in self.text_encoders() for word in prompt_words(self.texts[group[0]])]
 
     def word_units(self) -> List[List[int]]:
         r"""
-        For each word of `words()`, the indices of the units (of every tokenizer that read the prompt's text) whose
+        For each word of `words()`, the indices of the units (of every tokenizer that read the word's text) whose
         characters overlap it; a unit of spaces only (sentencepiece's bare word-start marker) belongs to the word it
         starts. Units with no characters (start, end, padding) belong to no word.
         """
-        words = self.words()
+        words, texts = self.words(), self.word_texts()
+        of_encoder = {k: t for t, group in enumerate(self.text_encoders()) for k in group}
         groups: List[List[int]] = [[] for _ in words]
         for index, unit in enumerate(self.units):
             k = unit.encoders[0]
-            if not self.spans or self.texts[k] != self.texts[self.prompt_encoder]:
+            if not self.spans or k not in of_encoder:
                 continue
             span = self.spans[k][unit.token_index]
             if span is None:
                 continue
-            hit = next((w for w, (_, start, end) in enumerate(words) if span[0] < end and start < span[1]), None)
+            own = [w for w in range(len(words)) if texts[w] == of_encoder[k]]
+            hit = next((w for w in own if span[0] < words[w][2] and words[w][1] < span[1]), None)
             if hit is None:
-                hit = next((w for w, (_, start, _) in enumerate(words) if start >= span[0]), None)
+                hit = next((w for w in own if words[w][1] >= span[0]), None)
             if hit is not None:
                 groups[hit].append(index)
         return groups

@@ -40,7 +40,7 @@ def explanation_html(output) -> str:
     if pairs:
         percent = [value for _, value in pairs.normalized]
         largest = max(max(percent), 1e-12)
-        for word, value in zip(pairs.tokens, percent):
+        for word, value in zip(pairs.labels, percent):  # labelled by encoder where the encoders read two texts
             # The report's bar style: the largest bar dark red, the others red, in percent of the box's total.
             colour = BAR_TOP if value == largest else BAR
             bar = max(0.0, value) / largest * 100
