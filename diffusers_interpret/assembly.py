@@ -196,6 +196,11 @@ def assemble_outputs(
             all_images_during_generation=None if pictures.steps is None else pictures.steps[index],
             explanation_2d_bounding_box=request.box,
             prompt=request.prompts["prompt"][index],
+            other_prompts={
+                name: texts[index]
+                for name, texts in request.prompts.items()
+                if name != "prompt" and texts[index] != request.prompts["prompt"][index]
+            },
             attribution_method=request.method.name,
             attribution_level=request.level.value,
             method_summary=request.method.summary,

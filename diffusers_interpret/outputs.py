@@ -364,6 +364,9 @@ class BaseExplanationOutput:
         explanation_2d_bounding_box (`((x0, y0), (x1, y1))`, *optional*):
             The explained region (see `diffusers_interpret.box.BOX_CONVENTION`); `None` for the whole image.
         prompt (`str`): The prompt of this image.
+        other_prompts (`Dict[str, str]`): The texts the call gave other text encoders where they differ from `prompt`,
+            by call argument (`{"prompt_2": ...}`: Flux's T5, SDXL's and SD3's CLIP-G; SD3's `prompt_3`); empty
+            where every encoder read `prompt`.
         attribution_method (`str`): The aggregation used for the scores.
         attribution_level (`str`): Where the tokens were attributed.
         token_ids (`List[int]`): Ids of the attributed tokens, aligned with `token_attributions`.
@@ -428,6 +431,7 @@ class BaseExplanationOutput:
     token_attributions: Optional[TokenAttributions] = None
     explanation_2d_bounding_box: Optional[Box] = None
     prompt: Optional[str] = None
+    other_prompts: Dict[str, str] = field(default_factory=dict, repr=False)
     attribution_method: Optional[str] = None
     attribution_level: Optional[str] = None
     token_ids: List[int] = field(default_factory=list)

@@ -22,7 +22,7 @@ from .request import CheckedRequest
 from .trace import CallRecord, Trace
 from .tracing.scoped import pipeline_lock
 from .views.interactive import InteractiveView
-from .views.summary import what_was_explained
+from .views.summary import prompt_in_words, what_was_explained
 
 # The most values a view's reference panel embeds (4 bytes each, base64): 32 MB.
 _MAX_REFERENCE_VALUES = 1 << 23
@@ -253,7 +253,7 @@ class Session:
             cell,
             grid,
             attention_maps=maps,
-            title=title or output.prompt,
+            title=title or prompt_in_words(output),
             score=score,
             whole_image_scores=whole,
             words=words,

@@ -230,10 +230,12 @@ def test_prompt_2s_words_are_words_of_their_own_labelled_by_encoder(flux, method
         assert score == pytest.approx(expected, rel=1e-6, abs=1e-12)
     if method == "word_attention":  # read off maps: CLIP's words have none (its pooled vector), T5's do
         assert np.all(words.scores[3:] == 0) and words.scores[1] > 0
-    # Every view names each word's encoder: the card, the report's bars, the plot's axis.
+    # Every view names each word's encoder (the card, the plot's axis) and the text T5 read beside the prompt.
+    assert out.other_prompts == {"prompt_2": prompt_2}
     labels = [f"{word} ({encoder})" for word, encoder in zip(words.tokens, words.encoders)]
     card = out._repr_html_()
     assert all(html.escape(label) in card for label in labels)
+    assert html.escape(f"{PROMPT}; prompt_2: {prompt_2}") in card
     figure = words.plot()
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == labels
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .markup import image_to_data_uri, json_for_script, show_html, standalone_page
+from .summary import prompt_in_words
 
 # Overlays are kept at most this wide (the maps are smooth: the browser stretches them over the frame).
 OVERLAY_WIDTH = 96
@@ -167,7 +168,8 @@ def word_frame_maps(output) -> Dict[str, np.ndarray]:
     else:
         return {}
     result = {}
-    for (word, _), tokens in zip(output.word_attributions or [], output.word_tokens):
+    words = output.word_attributions.labels if output.word_attributions else []  # "a (T5)" where texts differ
+    for word, tokens in zip(words, output.word_tokens):
         found = [maps[t] for t in tokens if maps[t] is not None]
         if not found:
             continue
@@ -186,7 +188,7 @@ def clip_view(output, fps: float = 8.0, width: Optional[int] = None) -> ClipView
     overlays = {word: overlay_frames(m, scale) for word, m in maps.items()}
     frames = [frame if isinstance(frame, Image.Image) else _as_picture(frame) for frame in output.frames]
     markup = clip_player_html(frames, overlays, fps=fps, width=width)
-    return ClipView(markup, f"{output.prompt}: the clip and its words' maps")
+    return ClipView(markup, f"{prompt_in_words(output)}: the clip and its words' maps")
 
 
 def _as_picture(frame) -> Image.Image:

@@ -25,7 +25,8 @@ def export_maps(
       merge of its tokens' scores: the most-read piece for the attention methods); `attention_maps` (text positions,
       H, W) and `attention_excluded_share` (H, W) where attention was recorded; `concept_<name>` (H, W) for each
       concept map; `prompt_dependence_map` (H, W).
-    - `maps.json`: the prompt, method, level, box, tokens (label, position, score), words (text, score, token indices),
+    - `maps.json`: the prompt (and `other_prompts`, the texts other encoders read), method, level, box, tokens (label,
+      position, score), words (text, score, token indices; `encoder` where the encoders read different texts),
       the recorded steps and layers, the maps' cell size, the image size, the call's settings (steps, size, traced
       steps, guidance and the other pipeline arguments that are plain values), the pipeline's class and this
       library's version; and which array of `maps.npz` holds what.
@@ -103,10 +104,14 @@ def _settings(output, arrays: Dict[str, np.ndarray]) -> Dict[str, Any]:
         {"word": word, "score": float(score), "tokens": [int(i) for i in group]}
         for (word, score), group in zip(output.word_attributions or [], output.word_tokens)
     ]
+    encoders = getattr(output.word_attributions, "encoders", None)
+    for word, encoder in zip(words, encoders or []):  # where the encoders read different texts
+        word["encoder"] = encoder
     maps = output.attention_maps
     image = _picture(output.image)
     settings: Dict[str, Any] = {
         "prompt": output.prompt,
+        "other_prompts": dict(getattr(output, "other_prompts", None) or {}),
         "method": output.attribution_method,
         "level": output.attribution_level,
         "box": None

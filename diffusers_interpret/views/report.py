@@ -19,7 +19,7 @@ from PIL import Image
 from ..dependence import DEPENDS_THRESHOLD, bar_opacity, describe_dependence
 from .clip import contact_sheet
 from .markup import BAR, BAR_TOP, colour_legend, image_slider_html, image_to_data_uri
-from .summary import readings, region_in_words, what_was_explained
+from .summary import prompt_in_words, readings, region_in_words, what_was_explained
 
 REPORT_FILE_NAME = "report.html"
 _DISPLAY_WIDTH = 256
@@ -158,7 +158,7 @@ def _group_by_prompt(outputs: Sequence[Any]) -> List[List[Any]]:
     # Outputs of the same prompt, in the order of the prompts' first appearance.
     groups: Dict[str, List[Any]] = {}
     for output in outputs:
-        groups.setdefault(str(getattr(output, "prompt", None) or ""), []).append(output)
+        groups.setdefault(prompt_in_words(output), []).append(output)
     return list(groups.values())
 
 
@@ -286,7 +286,7 @@ def write_report(
     for p_index, group in enumerate(_group_by_prompt(outputs), start=1):
         prompt = str(getattr(group[0], "prompt", None) or "")
         prefix = f"p{p_index:02d}_{_slug(prompt)}"
-        body.append(f"<h2>{html.escape(prompt)}</h2>")
+        body.append(f"<h2>{html.escape(prompt_in_words(group[0]))}</h2>")
         row = []
         steps = next((o.all_images_during_generation for o in group if o.all_images_during_generation), None)
         frames = getattr(group[0], "num_frames", 0)

@@ -62,12 +62,20 @@ def explanation_html(output) -> str:
     return (
         '<div style="font-family:sans-serif;font-size:13px;display:flex;gap:16px;align-items:flex-start">'
         f"{shown}"
-        f'<div><div style="margin-bottom:4px">{html.escape(str(output.prompt or ""))}</div>'
+        f'<div><div style="margin-bottom:4px">{html.escape(prompt_in_words(output))}</div>'
         f'<div style="color:#555;margin-bottom:6px">Explaining {region}: {how}</div>{headline}'
         f'<table style="border-collapse:collapse">{"".join(rows)}</table>'
         f'<div style="color:#555;margin-top:4px;max-width:420px">{meaning} Bars: each word\'s share of the '
         f"scores in this region (they add up to 100% in every region).</div>{extra}</div></div>"
     )
+
+
+def prompt_in_words(output) -> str:
+    r"""The prompt as a view's title shows it: with the texts other encoders read, where the call gave them
+    ("a red circle; prompt_2: a red circle on the left")."""
+    others = getattr(output, "other_prompts", None) or {}
+    prompt = str(getattr(output, "prompt", None) or "")
+    return "; ".join([prompt] + [f"{name}: {text}" for name, text in others.items()])
 
 
 def region_in_words(output) -> str:
