@@ -124,11 +124,11 @@ def _encoder_labels(trace, units) -> Optional[List[str]]:
 def _word_encoder_labels(trace, tokens) -> Optional[List[str]]:
     # Each word's encoder(s), where the encoders read different texts (`prompt_2` given apart from `prompt`): the
     # words of each text are listed one after the other; `None` where every encoder reads the prompt.
-    texts = tokens.text_encoders()
-    if len(texts) < 2:
+    texts, of_words = tokens.text_encoders(), tokens.word_texts()
+    if len(set(of_words)) < 2:  # one text has words: nothing to tell apart
         return None
     slots = trace.family.text_encoders(trace.pipe)
-    return ["+".join(slots[k].label for k in texts[t]) for t in tokens.word_texts()]
+    return ["+".join(slots[k].label for k in texts[t]) for t in of_words]
 
 
 def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributions]]:

@@ -403,6 +403,8 @@ class BaseExplanationOutput:
             scored with the sum of the scores of every token of every tokenizer that falls in it (T5's pieces of a word
             and the same word under CLIP merge into one); for a method that reads attention maps (`word_merge="max"`:
             `"word_attention"`, `"attention"`), each encoder's most-read piece of the word, summed over the encoders.
+            Where the encoders read different texts (`other_prompts`), each text's words, text after text, each
+            named with its encoders in `.encoders`.
         word_maps (`np.ndarray`, *optional*): (tokens, H, W) where in the image each attributed token is read,
             aligned with `token_attributions` (`"word_attention"`, `"concept_attention"`).
         word_map_cell_size (`float`, *optional*): Pixels per cell of the attention grid behind `word_maps` (what

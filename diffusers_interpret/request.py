@@ -271,7 +271,7 @@ def check_inputs(
     per_prompt = int(pipeline_kwargs.get(family.images_per_prompt_argument) or 1)
     expanded = {"prompt": _expand(prompts, len(prompts), per_prompt, "prompt")}
     for name in family.prompt_arguments(pipe)[1:]:
-        if pipeline_kwargs.get(name) is not None:
+        if pipeline_kwargs.get(name):  # as the pipelines read it: an empty `prompt_2` is `prompt_2 or prompt`
             expanded[name] = _expand(pipeline_kwargs[name], len(prompts), per_prompt, name)
     if method.needs_concept_maps:
         family.concept_blocks(family.denoiser(pipe))  # raises for UNet families

@@ -1,6 +1,7 @@
 """Flux through the family seam: identity with the pipelines, gradients through T5 and CLIP, joint-attention maps."""
 
 import html
+import json
 
 import numpy as np
 import pytest
@@ -209,7 +210,7 @@ def test_words_merge_every_tokenizers_pieces(flux):
 
 
 @pytest.mark.parametrize("method", ["grad_x_input", "word_attention", "concept_attention"])
-def test_prompt_2s_words_are_words_of_their_own_labelled_by_encoder(flux, method):
+def test_prompt_2s_words_are_words_of_their_own_labelled_by_encoder(flux, method, tmp_path):
     # With `prompt_2` the T5 reads another text than CLIP: each text's words are listed once, in the tokens' order
     # (T5's, then CLIP's), labelled by encoder; a word's score merges its own text's tokens only. Before, only
     # `prompt`'s words were listed, and an attention method showed CLIP's (which no map reads) all at zero.
@@ -238,6 +239,23 @@ def test_prompt_2s_words_are_words_of_their_own_labelled_by_encoder(flux, method
     assert html.escape(f"{PROMPT}; prompt_2: {prompt_2}") in card
     figure = words.plot()
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == labels
+    if method == "word_attention":  # the exported maps' words carry their encoder too
+        written = out.export_maps(tmp_path)
+        settings = json.loads(written["maps.json"].read_text())
+        assert [(w["word"], w["encoder"]) for w in settings["words"]] == list(zip(words.tokens, words.encoders))
+        assert settings["other_prompts"] == {"prompt_2": prompt_2}
+        assert sum(name.startswith("word-") for name in written) == len(words)
+
+
+@pytest.mark.parametrize("prompt_2", [PROMPT, ""])
+def test_a_prompt_2_that_is_the_prompt_lists_the_words_once_unlabelled(flux, prompt_2):
+    # The pipeline reads an empty `prompt_2` as `prompt` (`prompt_2 or prompt`): either way both encoders read one
+    # text, whose words are listed once, with no encoder label, exactly as without `prompt_2`.
+    plain = explain(flux, attribution_method="word_attention")
+    out = explain(flux, prompt_2=prompt_2, attribution_method="word_attention")
+    assert out.word_attributions.encoders is None and out.other_prompts == {}
+    assert out.word_attributions == plain.word_attributions
+    assert out.token_attributions == plain.token_attributions
 
 
 @pytest.mark.parametrize("method", ["word_attention", "attention"])

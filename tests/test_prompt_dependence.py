@@ -208,3 +208,17 @@ def test_inpainting_keeps_what_is_outside_its_mask(one_thread, toy):
         num_inference_steps=2, generator=torch.Generator().manual_seed(0), attribution_method="attention",
     )  # fmt: skip
     assert tiny_output.prompt_dependence is None and tiny_output.prompt_dependence_map is None
+
+
+def test_conditioning_repeated_for_copies_keeps_each_entrys_rows_in_copy_order():
+    # What the families' `encode` returns beside the states (masks, Z-Image's lengths, a mask that is None) is
+    # repeated row for row as the states are, copy after copy, as the texts repeated would have been encoded.
+    from diffusers_interpret.tracing.denoising import _repeated
+
+    states, mask, lengths = torch.randn(2, 5, 3), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]), torch.tensor([2, 3])
+    made = _repeated({"encoder_hidden_states": states, "mask": mask, "lengths": lengths, "none": None}, 2, 3)
+    for copy in range(3):
+        torch.testing.assert_close(made["encoder_hidden_states"][2 * copy : 2 * copy + 2], states)
+        torch.testing.assert_close(made["mask"][2 * copy : 2 * copy + 2], mask)
+    assert made["lengths"].tolist() == [2, 3] * 3 and made["none"] is None
+    assert _repeated({"encoder_hidden_states": states}, 2, 1)["encoder_hidden_states"] is states

@@ -163,6 +163,9 @@ def test_a_run_scores_every_method_and_protocol_with_its_card(tiny_pipe, tmp_pat
     assert "| word_attention_regions | binary |" in results.table()
     with pytest.raises(ValueError, match="methods"):
         segmentation_benchmark(explainer_for(tiny_pipe), samples, methods=["saliency"])
+    # The samples' words are their prompts': a text of its own for another encoder would score other words.
+    with pytest.raises(ValueError, match="prompt_2"):
+        segmentation_benchmark(explainer_for(tiny_pipe), samples, prompt_2="a cat")
 
 
 def test_word_tokens_group_every_tokenizers_pieces_of_each_word():

@@ -178,7 +178,7 @@ def _scores(output) -> Dict[str, Any]:
         row["scores"] = [float(score) for _, score in attributions]
         row["normalized_scores"] = [float(score) for _, score in attributions.normalized]
     if words is not None:
-        row["words"] = [str(word) for word, _ in words]
+        row["words"] = [str(word) for word in words.labels]  # with their encoder where the encoders read two texts
         row["word_scores"] = [float(score) for _, score in words]
     if output.prompt_dependence is not None:
         row["prompt_dependence"] = float(output.prompt_dependence)

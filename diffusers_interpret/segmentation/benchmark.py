@@ -213,6 +213,11 @@ def segmentation_benchmark(
         raise ValueError(
             f"`methods` must be of {MAP_METHODS} and `protocols` of {PROTOCOLS} (neither empty), got {unknown}."
         )
+    other_texts = sorted(name for name in pipeline_kwargs if name in ("prompt_2", "prompt_3"))
+    if other_texts:  # the samples' words are their prompts' words: every encoder must read the sample's prompt
+        raise ValueError(
+            f"The benchmark explains each sample with its own prompt: leave {', '.join(other_texts)} out."
+        )
     levels = tuple(DEFAULT_NOISE_LEVELS if noise_levels is None else noise_levels)
     options = dict(noise_levels=levels, noise_seed=noise_seed, **pipeline_kwargs)
     binary = {m: BinaryScores() for m in methods}

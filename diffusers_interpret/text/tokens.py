@@ -76,8 +76,8 @@ class PromptTokens:
 
     def text_encoders(self) -> List[Tuple[int, ...]]:
         r"""The texts the words are read from, each once, as the encoders that read it: one text where every encoder
-        reads the prompt; where `prompt_2` differs from `prompt` (Flux's T5, SDXL's CLIP-G), each text, in the order
-        their tokens are listed."""
+        reads the prompt; where the call gives other encoders texts of their own (`prompt_2`: Flux's T5, SDXL's and
+        SD3's CLIP-G; `prompt_3`: SD3's T5), each text, in the order their tokens are listed."""
         if not self.texts:
             return []
         listed = [unit.encoders[0] for unit in self.units]
@@ -120,8 +120,8 @@ class PromptTokens:
 
     def word_scores(self, scores: Sequence[float], merge: str = "sum") -> List[Tuple[str, float]]:
         r"""
-        Scores of the prompt's words, from the scores of their units (`word_units`): T5's pieces of a word, and the
-        same word under CLIP's tokenisation, merge into one word.
+        Scores of the words of `words()`, from the scores of their units (`word_units`): T5's pieces of a word, and
+        the same word under CLIP's tokenisation (where both read the same text), merge into one word.
 
         Args:
             scores (`Sequence[float]`): One score per unit.

@@ -63,7 +63,8 @@ def export_maps(
         # One scale for every word (the largest value of any): a word read weakly everywhere looks weak, not as red
         # as the word the region is about.
         top = float(arrays["words"].max()) if arrays["words"].size else 0.0
-        for k, (word, _) in enumerate(output.word_attributions or []):
+        words = output.word_attributions.labels if output.word_attributions else []  # "a (T5)" where texts differ
+        for k, word in enumerate(words):
             name = f"word-{k:02d}-{_slug(word)}.png"
             written[name] = folder / name
             _overlay(base, arrays["words"][k], top, cmap, float(alpha)).save(written[name])
