@@ -215,7 +215,8 @@ def test_conditioning_repeated_for_copies_keeps_each_entrys_rows_in_copy_order()
     # repeated row for row as the states are, copy after copy, as the texts repeated would have been encoded.
     from diffusers_interpret.tracing.denoising import _repeated
 
-    states, mask, lengths = torch.randn(2, 5, 3), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]), torch.tensor([2, 3])
+    states, lengths = torch.randn(2, 5, 3), torch.tensor([2, 3])
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
     made = _repeated({"encoder_hidden_states": states, "mask": mask, "lengths": lengths, "none": None}, 2, 3)
     for copy in range(3):
         torch.testing.assert_close(made["encoder_hidden_states"][2 * copy : 2 * copy + 2], states)
