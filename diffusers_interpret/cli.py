@@ -265,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     explain.add_argument("--negative-prompt", default=None, help="negative prompt (default: none)")
     explain.add_argument(
+        "--prompt-2",
+        default=None,
+        help="SDXL, SD3, Flux: the text the second text encoder reads (Flux's T5, SDXL's and SD3's CLIP-G; default: "
+        "PROMPT); the report lists each text's words, labelled by encoder",
+    )
+    explain.add_argument(
         "--control-image",
         default=None,
         metavar="PATH",
@@ -528,7 +534,8 @@ def _check_call_options(pipe, call: Dict[str, Any]) -> None:
     import inspect
 
     accepted = inspect.signature(type(pipe).__call__).parameters
-    for key in ("true_cfg_scale", "max_sequence_length", "negative_prompt", "use_resolution_binning", "num_frames"):
+    options = ("true_cfg_scale", "max_sequence_length", "negative_prompt", "prompt_2", "use_resolution_binning")
+    for key in (*options, "num_frames"):
         if call.get(key) is not None and key not in accepted:
             option = "no-resolution-binning" if key == "use_resolution_binning" else key.replace("_", "-")
             fail(f"--{option} is not an argument of this model's {type(pipe).__name__}: leave it out")
@@ -625,6 +632,7 @@ def _run_explain(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], s
         "true_cfg_scale": args.true_cfg_scale,
         "max_sequence_length": args.max_sequence_length,
         "negative_prompt": args.negative_prompt,
+        "prompt_2": args.prompt_2,
         "use_resolution_binning": False if args.no_resolution_binning else None,
         "num_frames": args.num_frames,
     }

@@ -129,6 +129,25 @@ def test_the_toy_flux_runs_with_its_own_settings_and_shows_each_word_once(tmp_pa
     settings = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", page))
     assert code == 0 and settings["max sequence length"] == "32" and settings["true CFG scale"] == "1.0"
     assert "are not the prompt's words (padding" in html.unescape(page)  # the attention left out of the maps, in words
+    # A text of its own for T5: the heading names it, the bars list its words and the prompt's, each labelled.
+    argv = ["explain", "a red circle", "--model", "toy-flux", "--steps", "2", "--traced", "1"]
+    argv += ["--prompt-2", PROMPT, "--out", str(tmp_path / "c"), "--quiet"]
+    code, out, _ = run_cli(argv, capsys)
+    page = Path(out.strip()).read_text(encoding="utf-8")
+    assert code == 0 and f"<h2>a red circle; prompt_2: {PROMPT}</h2>" in page
+    whole = page[page.index("<h3>whole image</h3>") :].split("each text encoder's tokens")[0]
+    shown = re.findall(r'<td class="token">([^<]+)</td>', whole)
+    assert shown == [f"{w} (T5)" for w in PROMPT.split()] + ["a (CLIP)", "red (CLIP)", "circle (CLIP)"]
+
+
+@needs_toy
+def test_prompt_2_for_a_model_without_it_is_refused_in_one_line(tmp_path, capsys):
+    argv = ["explain", PROMPT, "--steps", "2", "--prompt-2", "a cat", "--out", str(tmp_path), "--quiet"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--prompt-2 is not an argument of this model's StableDiffusionPipeline" in err and "Traceback" not in err
 
 
 def test_demo_of_the_toy_sd3_shows_each_word_once(tmp_path, capsys):
