@@ -327,3 +327,25 @@ def test_init_image_records_on_an_instruction_editor(tmp_path):
     output = explain_dataset(str(tmp_path / "model"), path, tmp_path / "out", progress=False, steps=2, traced=1)
     row = _rows(output.out_dir).iloc[0]
     assert not isinstance(row.error, str) and row.init_image.endswith("in.png") and len(row.words) == 3
+
+
+def test_prompt_2_records_on_the_toy_flux(tmp_path):
+    # A record's prompt_2 is the text Flux's T5 reads: its row keeps it, and its words are each text's, labelled. The
+    # shipped toy runs with its own call (64x64, T5 length 16, true CFG), not at its pipeline's default 1024x1024.
+    from PIL import Image
+
+    prompt_2 = "a red circle on the left and a blue square on the right"
+    records = [{"id": "f0", "prompt": "a red circle", "prompt_2": prompt_2, "boxes": [[0, 0, 32, 64]]}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    output = explain_dataset("toy-flux", path, tmp_path / "out", progress=False, steps=2, traced=1)
+    row = _rows(output.out_dir).iloc[0]
+    assert not isinstance(row.error, str) and row.prompt_2 == prompt_2
+    assert list(row.words) == [f"{w} (T5)" for w in prompt_2.split()] + ["a (CLIP)", "red (CLIP)", "circle (CLIP)"]
+    assert read_records(path)[0].prompt_2 == prompt_2
+    with Image.open(output.out_dir / row.image_path) as image:
+        assert image.size == (64, 64)
+    from diffusers_interpret.toy import TOY_MODELS
+
+    own = {k: v for k, v in TOY_MODELS["toy-flux"].call.items() if k not in ("num_inference_steps", "guidance_scale")}
+    assert json.loads((output.out_dir / "manifest.json").read_text())["options"]["toy_call"] == own

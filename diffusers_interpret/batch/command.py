@@ -8,8 +8,8 @@ from ..cli_arguments import LEVELS, METHODS, PROG, fail, parse_box, positive_int
 from ..loading import TOY, quiet_libraries, torch_threads
 
 _EPILOG = """\
-PROMPTS is a .jsonl or .csv file with one record per line (prompt; optional id, seed, negative_prompt, boxes as
-[[x0,y0,x1,y1], ...], init_image, control_image for a ControlNet model), or a folder saved with datasets'
+PROMPTS is a .jsonl or .csv file with one record per line (prompt; optional id, prompt_2, seed, negative_prompt,
+boxes as [[x0,y0,x1,y1], ...], init_image, control_image for a ControlNet model), or a folder saved with datasets'
 save_to_disk. Writes DIR/data/*.parquet (one row per record and box), DIR/images/*.png and DIR/manifest.json. Run
 the same command again to finish a stopped run.
 
@@ -33,7 +33,8 @@ def add_batch_parser(commands) -> argparse.ArgumentParser:
         "--model",
         default=TOY,
         metavar="PATH_OR_ID",
-        help="a diffusers folder, a cached id, or 'toy' (default)",
+        help="a diffusers folder, a cached id, or a shipped toy run with its own call: 'toy' (default), 'toy-64', "
+        "'toy-flux', 'toy-sd3'",
     )
     batch.add_argument("--out", required=True, metavar="DIR", help="output folder (Parquet shards, PNGs, manifest)")
     batch.add_argument("--method", choices=METHODS, default=None, help="attribution method (default: the family's)")
@@ -56,9 +57,13 @@ def add_batch_parser(commands) -> argparse.ArgumentParser:
         metavar="N",
         help="last steps traced or 'all' (default: %(default)s)",
     )
-    batch.add_argument("--guidance", type=float, default=None, help="guidance scale (default: 4 for toy, else 7.5)")
-    batch.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's)")
-    batch.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
+    batch.add_argument(
+        "--guidance", type=float, default=None, help="guidance scale (default: a toy's own, else the pipeline's)"
+    )
+    for side in ("height", "width"):
+        batch.add_argument(
+            f"--{side}", type=positive_int, default=None, help=f"image {side} (default: a toy's own, else the model's)"
+        )
     batch.add_argument("--strength", type=float, default=None, help="img2img strength for init_image records")
     batch.add_argument(
         "--maps",

@@ -55,6 +55,8 @@ class RecordExplainer:
         map_size (`int`, *optional*): Store per-token maps averaged down to this size (methods with maps only).
         call_options (`dict`): The explainer call's arguments shared by every record (steps, method, ...).
         explainer_options (`dict`): The explainer's own arguments (`gradient_checkpointing`).
+        generated_call_options (`dict`, *optional*): Call arguments for the records generated from noise only, not
+            those given an `init_image` (a shipped toy's own size: an image-to-image call takes the image's).
     """
 
     def __init__(
@@ -66,12 +68,14 @@ class RecordExplainer:
         map_size: Optional[int],
         call_options: Dict[str, Any],
         explainer_options: Dict[str, Any],
+        generated_call_options: Optional[Dict[str, Any]] = None,
     ):
         from ..explainers import explainer_for
 
         self.pipe, self.out_dir, self.run_seed, self.default_boxes = pipe, out_dir, run_seed, default_boxes
         self.map_size = map_size
         self.call_options = call_options
+        self.generated_call_options = dict(generated_call_options or {})
         self.explainer_options = dict(explainer_options, verbose=False)
         self.text_explainer = explainer_for(pipe, **self.explainer_options)
         self.image_explainer = None
@@ -100,8 +104,12 @@ class RecordExplainer:
         explainer = self._explainer_for(record)
         generator = seeded_generator(seed, self.pipe.device)
         kwargs = dict(self.call_options)
+        if record.init_image is None:
+            kwargs.update(self.generated_call_options)
         if record.negative_prompt:
             kwargs["negative_prompt"] = record.negative_prompt
+        if record.prompt_2:
+            kwargs["prompt_2"] = record.prompt_2
         if record.init_image is not None:
             kwargs["init_image"] = record.init_image
         if record.control_image is not None:
@@ -126,6 +134,7 @@ class RecordExplainer:
         base = {
             "id": record.id,
             "prompt": record.prompt if isinstance(record.prompt, str) else _text(record.prompt),
+            "prompt_2": _text(record.prompt_2),
             "negative_prompt": _text(record.negative_prompt),
             "init_image": record.init_image,
             "control_image": record.control_image,

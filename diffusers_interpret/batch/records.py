@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .dependencies import require
 
-FIELDS = ("id", "prompt", "seed", "negative_prompt", "boxes", "init_image", "control_image")
+FIELDS = ("id", "prompt", "prompt_2", "seed", "negative_prompt", "boxes", "init_image", "control_image")
 
 
 @dataclass
@@ -21,6 +21,8 @@ class Record:
     Args:
         id (`str`): Unique in the set; the line's 0-based index when the file gives none.
         prompt (`Any`): The prompt text.
+        prompt_2 (`str`, *optional*): The text the second text encoder reads (SDXL's and SD3's CLIP-G, Flux's T5);
+            the prompt where not given.
         seed (`int`, *optional*): The record's own seed; otherwise one derived from the run's seed and `id`.
         negative_prompt (`str`, *optional*): The negative prompt.
         boxes (`Any`, *optional*): Regions `[[x0, y0, x1, y1], ...]` in pixels, each explained on its own; `None`
@@ -32,6 +34,7 @@ class Record:
 
     id: str
     prompt: Any
+    prompt_2: Optional[str] = None
     seed: Optional[int] = None
     negative_prompt: Optional[str] = None
     boxes: Any = None
@@ -50,8 +53,9 @@ class Record:
 def read_records(source: Union[str, Path, Iterable[Dict[str, Any]]]) -> List[Record]:
     r"""
     Read a prompt set: a `.jsonl` file, a `.csv` file, a folder holding a `datasets` dataset (`save_to_disk`), or
-    dictionaries. Each record has a `prompt` and optionally `id`, `seed`, `negative_prompt`, `boxes` (a list of
-    `[x0, y0, x1, y1]`; a JSON string in CSV), `init_image` and `control_image` (paths, relative to the file).
+    dictionaries. Each record has a `prompt` and optionally `id`, `prompt_2` (the second text encoder's text),
+    `seed`, `negative_prompt`, `boxes` (a list of `[x0, y0, x1, y1]`; a JSON string in CSV), `init_image` and
+    `control_image` (paths, relative to the file).
 
     Raises:
         `FileNotFoundError`: for a missing file.
@@ -133,6 +137,7 @@ def _record(index: int, row: Any, base: Optional[Path]) -> Record:
     return Record(
         id=str(index) if record_id is None else str(record_id),
         prompt=row.get("prompt"),
+        prompt_2=row.get("prompt_2"),
         seed=seed if isinstance(seed, int) or seed is None else seed,
         negative_prompt=row.get("negative_prompt"),
         boxes=boxes,

@@ -90,7 +90,8 @@ def explain_dataset(
 
     Args:
         pipe_or_path (`DiffusionPipeline`, `str` or `Path`): A loaded pipeline, a diffusers folder, a model id in the
-            local cache, or `"toy"` for the shipped toy model.
+            local cache, or a shipped toy model (`"toy"`, `"toy-64"`, `"toy-flux"`, `"toy-sd3"`: run with its own
+            size, guidance and the rest of its call, e.g. the toy Flux's sequence length and true CFG).
         records (`str`, `Path` or iterable of `dict`): A `.jsonl` or `.csv` file, a folder saved with datasets'
             `save_to_disk`, or dictionaries; see [`~batch.read_records`].
         out_dir (`str` or `Path`): The output folder (created).
@@ -98,9 +99,10 @@ def explain_dataset(
         level (`str`, *optional*, defaults to `"token_embeddings"`): Attribution level.
         steps (`int`, *optional*, defaults to 15): Denoising steps.
         traced (`int`, *optional*, defaults to 5): Last steps back-propagated through; `None` for all.
-        guidance (`float`, *optional*): Guidance scale; 4 for the toy model and the pipeline's default otherwise.
-        height (`int`, *optional*): Image height; the model's default otherwise.
-        width (`int`, *optional*): Image width; the model's default otherwise.
+        guidance (`float`, *optional*): Guidance scale; a shipped toy's own (4) and the pipeline's default
+            otherwise.
+        height (`int`, *optional*): Image height; a shipped toy's own, the model's default otherwise.
+        width (`int`, *optional*): Image width; a shipped toy's own, the model's default otherwise.
         strength (`float`, *optional*): img2img strength for records with an `init_image`; the pipeline's default
             otherwise.
         boxes (`list` of `[x0, y0, x1, y1]`, *optional*): Boxes for the records that give none; the whole image
@@ -162,6 +164,7 @@ def explain_dataset(
         map_size,
         _call_options(options),
         {"gradient_checkpointing": gradient_checkpointing},
+        generated_call_options=_generated_call_options(options),
     )
     # 4. Explain this process's share, a shard every `batch_size` records
     writer = ShardWriter(out_dir, group.index, batch_size)
@@ -185,13 +188,16 @@ def explain_dataset(
 
 
 def _options(pipe_or_path, method, level, steps, traced, guidance, height, width, strength, seed, dtype):
-    from ..loading import TOY
+    from ..toy import TOY_MODELS
 
-    if guidance is None and str(pipe_or_path) == TOY:
-        from ..toy import TOY_GUIDANCE_SCALE
-
-        guidance = TOY_GUIDANCE_SCALE
-    return {
+    # A shipped toy's own call (its size, guidance, sequence length, true CFG), under what the run sets: as the CLI's
+    # explain and demo run it. The toy Flux at its pipeline's default size would draw 1024x1024 noise.
+    toy = TOY_MODELS.get(str(pipe_or_path)) if isinstance(pipe_or_path, (str, Path)) else None
+    own = dict(toy.call) if toy is not None else {}
+    guidance = own.get("guidance_scale") if guidance is None else guidance
+    given = {"guidance_scale", "num_inference_steps"} | {k for k, v in (("height", height), ("width", width)) if v}
+    toy_call = {k: v for k, v in own.items() if k not in given}
+    options = {
         "model": _model_name(pipe_or_path),
         "method": method,
         "level": level,
@@ -204,6 +210,9 @@ def _options(pipe_or_path, method, level, steps, traced, guidance, height, width
         "seed": seed,
         "dtype": dtype if isinstance(pipe_or_path, (str, Path)) else str(getattr(pipe_or_path, "dtype", dtype)),
     }
+    if toy_call:
+        options["toy_call"] = toy_call
+    return options
 
 
 def _model_name(pipe_or_path) -> str:
@@ -226,7 +235,13 @@ def _call_options(options: Dict[str, Any]) -> Dict[str, Any]:
             call[key] = options[name]
     if options["strength"] is not None:
         call["strength"] = options["strength"]
+    call.update({k: v for k, v in (options.get("toy_call") or {}).items() if k not in ("height", "width")})
     return call
+
+
+def _generated_call_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    # A shipped toy's own size, for the records it generates from noise (a record given an image takes its size).
+    return {k: v for k, v in (options.get("toy_call") or {}).items() if k in ("height", "width")}
 
 
 def _prepare(out_dir: Path, options: Dict[str, Any], restart: bool) -> None:

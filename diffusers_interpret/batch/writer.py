@@ -23,6 +23,7 @@ def schema():
             ("id", pa.string()),
             ("box_index", pa.int32()),
             ("prompt", pa.string()),
+            ("prompt_2", pa.string()),
             ("negative_prompt", pa.string()),
             ("init_image", pa.string()),
             ("control_image", pa.string()),
