@@ -331,7 +331,7 @@ def test_init_image_records_on_an_instruction_editor(tmp_path):
 
 def test_prompt_2_records_on_the_toy_flux(tmp_path):
     # A record's prompt_2 is the text Flux's T5 reads: its row keeps it, and its words are each text's, labelled. The
-    # shipped toy runs with its own call (64x64, T5 length 16, true CFG), not at its pipeline's default 1024x1024.
+    # shipped toy runs with its own call (64x64, T5 length 16, true CFG), not at its pipeline's default 512x512.
     from PIL import Image
 
     prompt_2 = "a red circle on the left and a blue square on the right"

@@ -191,7 +191,7 @@ def _options(pipe_or_path, method, level, steps, traced, guidance, height, width
     from ..toy import TOY_MODELS
 
     # A shipped toy's own call (its size, guidance, sequence length, true CFG), under what the run sets: as the CLI's
-    # explain and demo run it. The toy Flux at its pipeline's default size would draw 1024x1024 noise.
+    # explain and demo run it. The toy Flux at its pipeline's default size would draw 512x512 noise.
     toy = TOY_MODELS.get(str(pipe_or_path)) if isinstance(pipe_or_path, (str, Path)) else None
     own = dict(toy.call) if toy is not None else {}
     guidance = own.get("guidance_scale") if guidance is None else guidance
