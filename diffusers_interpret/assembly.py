@@ -117,8 +117,13 @@ def _encoder_labels(trace, units) -> Optional[List[str]]:
     # Each token's encoder(s), where the tokens of several encoders are listed one after the other (a word can then
     # appear twice); `None` where every token is scored over the same encoders.
     slots = trace.family.text_encoders(trace.pipe)
-    labels = ["+".join(slots[k].label for k in unit.encoders) for unit in units]
+    labels = [_label(slots, unit.encoders) for unit in units]
     return labels if len(set(labels)) > 1 else None
+
+
+def _label(slots, encoders) -> str:
+    # Encoders as a view names them: "T5", "CLIP-L+CLIP-G".
+    return "+".join(slots[k].label for k in encoders)
 
 
 def _word_encoder_labels(trace, tokens) -> Optional[List[str]]:
@@ -128,7 +133,7 @@ def _word_encoder_labels(trace, tokens) -> Optional[List[str]]:
     if len(set(of_words)) < 2:  # one text has words: nothing to tell apart
         return None
     slots = trace.family.text_encoders(trace.pipe)
-    return ["+".join(slots[k].label for k in texts[t]) for t in of_words]
+    return [_label(slots, texts[t]) for t in of_words]
 
 
 def _per_encoder(trace, output, index: int) -> Optional[Dict[str, TokenAttributions]]:

@@ -24,6 +24,7 @@ from .families.base import call_argument
 from .image_inputs import ExistingImage, ImageInput, as_input_image, image_size
 from .memory import memory_check_disabled
 from .methods import AttributionMethod, parse_method
+from .text import call_texts
 from .tracing.attention import attention_recording
 from .tracing.run import Recording
 
@@ -130,8 +131,7 @@ class CheckedRequest:
 
     def method_recordings(self) -> List[Recording]:
         r"""What the method needs recorded beside the call (nothing when no step is traced)."""
-        texts = [text for texts in self.prompts.values() for text in texts]  # `prompt_2`'s words are words too
-        return self.method.recordings(texts) if self.wants_scores else []
+        return self.method.recordings(call_texts(self.prompts)) if self.wants_scores else []
 
     def recordings(self) -> List[Recording]:
         r"""Everything the traced run records: the method's recordings, the attention maps the call asks for (over

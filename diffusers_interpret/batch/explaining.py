@@ -106,12 +106,12 @@ class RecordExplainer:
         kwargs = dict(self.call_options)
         if record.init_image is None:
             kwargs.update(self.generated_call_options)
+        else:
+            kwargs["init_image"] = record.init_image
         if record.negative_prompt:
             kwargs["negative_prompt"] = record.negative_prompt
         if record.prompt_2:
             kwargs["prompt_2"] = record.prompt_2
-        if record.init_image is not None:
-            kwargs["init_image"] = record.init_image
         if record.control_image is not None:
             from ..families import InputKind
 

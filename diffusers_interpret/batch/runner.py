@@ -164,7 +164,7 @@ def explain_dataset(
         map_size,
         _call_options(options),
         {"gradient_checkpointing": gradient_checkpointing},
-        generated_call_options=_generated_call_options(options),
+        generated_call_options=_toy_call(options, size=True),
     )
     # 4. Explain this process's share, a shard every `batch_size` records
     writer = ShardWriter(out_dir, group.index, batch_size)
@@ -235,13 +235,14 @@ def _call_options(options: Dict[str, Any]) -> Dict[str, Any]:
             call[key] = options[name]
     if options["strength"] is not None:
         call["strength"] = options["strength"]
-    call.update({k: v for k, v in (options.get("toy_call") or {}).items() if k not in ("height", "width")})
+    call.update(_toy_call(options, size=False))
     return call
 
 
-def _generated_call_options(options: Dict[str, Any]) -> Dict[str, Any]:
-    # A shipped toy's own size, for the records it generates from noise (a record given an image takes its size).
-    return {k: v for k, v in (options.get("toy_call") or {}).items() if k in ("height", "width")}
+def _toy_call(options: Dict[str, Any], size: bool) -> Dict[str, Any]:
+    # A shipped toy's own call arguments: its size (`size=True`: for the records it generates from noise, a record
+    # given an image takes the image's), or the others (for every record).
+    return {k: v for k, v in (options.get("toy_call") or {}).items() if (k in ("height", "width")) == size}
 
 
 def _prepare(out_dir: Path, options: Dict[str, Any], restart: bool) -> None:

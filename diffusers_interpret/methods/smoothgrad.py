@@ -9,6 +9,7 @@ import torch
 from ..attribution import Aggregation
 from ..progress import progress_bar
 from ..target import Target
+from ..text import call_texts
 from ..trace import Trace, TracedGraph
 from ._utils import regenerated_gradients, score_units
 from .base import AttributionMethod, Scores
@@ -92,8 +93,8 @@ class SmoothGrad(AttributionMethod):
         context = trace.regeneration
         leaves = context.leaves(embeddings)
         method = self.method
-        texts = [text for texts in context.prompts.values() for text in texts]
-        decoded, result = context.traced_run(leaves, method.recordings(texts), method.needs_graph)
+        recordings = method.recordings(call_texts(context.prompts))
+        decoded, result = context.traced_run(leaves, recordings, method.needs_graph)
         return Trace(
             trace.family,
             trace.pipe,

@@ -55,6 +55,12 @@ def prompt_words(text: str) -> List[Tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
 
 
+def call_texts(prompts: Dict[str, List[str]]) -> List[str]:
+    r"""Every text of a call's prompts by argument (`prompt`'s, then `prompt_2`'s, ...): the texts whose words are
+    the call's words."""
+    return [text for texts in prompts.values() for text in texts]
+
+
 def concept_name(word: str) -> str:
     r"""A word as a concept: without the punctuation around it ("left," -> "left")."""
     return word.strip(string.punctuation) or word
@@ -100,8 +106,10 @@ class PromptTokens:
         characters overlap it; a unit of spaces only (sentencepiece's bare word-start marker) belongs to the word it
         starts. Units with no characters (start, end, padding) belong to no word.
         """
-        words, texts = self.words(), self.word_texts()
-        of_encoder = {k: t for t, group in enumerate(self.text_encoders()) for k in group}
+        words, texts, text_groups = self.words(), self.word_texts(), self.text_encoders()
+        of_encoder = {k: t for t, group in enumerate(text_groups) for k in group}
+        # Each text's words: a unit is matched against the words of the text its encoder read.
+        own = {t: [w for w, owner in enumerate(texts) if owner == t] for t in range(len(text_groups))}
         groups: List[List[int]] = [[] for _ in words]
         for index, unit in enumerate(self.units):
             k = unit.encoders[0]
@@ -110,10 +118,10 @@ class PromptTokens:
             span = self.spans[k][unit.token_index]
             if span is None:
                 continue
-            own = [w for w in range(len(words)) if texts[w] == of_encoder[k]]
-            hit = next((w for w in own if span[0] < words[w][2] and words[w][1] < span[1]), None)
+            candidates = own[of_encoder[k]]
+            hit = next((w for w in candidates if span[0] < words[w][2] and words[w][1] < span[1]), None)
             if hit is None:
-                hit = next((w for w in own if words[w][1] >= span[0]), None)
+                hit = next((w for w in candidates if words[w][1] >= span[0]), None)
             if hit is not None:
                 groups[hit].append(index)
         return groups
