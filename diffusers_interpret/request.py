@@ -235,6 +235,11 @@ def check_inputs(
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ValueError(f"`prompt` must be a non-empty string or list of non-empty strings, got {prompt!r}.")
+    for name in family.prompt_arguments(pipe)[1:]:  # the other encoders' texts (`prompt_2`), read before any tokenizer
+        texts = pipeline_kwargs.get(name)
+        if texts is not None and not isinstance(texts, str):
+            if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+                raise TypeError(f"`{name}` must be a text or a list of texts, one per prompt, got {texts!r}.")
     _check_special_tokens(pipe, family, prompts)
     _warn_truncated(pipe, family, prompts, pipeline_kwargs)
     height, width = _check_call(request, pipe, family, len(prompts))

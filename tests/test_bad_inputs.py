@@ -335,6 +335,10 @@ def test_output_methods(tiny_pipe, kept, run, error, name, tmp_path, monkeypatch
 
 def _tiny(family):
     # The newer families' tiny pipelines, with the call settings their tests use.
+    if family == "flux":
+        from diffusers_interpret.testing.flux import TINY_T5_LENGTH, make_tiny_flux_pipeline
+
+        return make_tiny_flux_pipeline(), dict(height=16, width=16, max_sequence_length=TINY_T5_LENGTH)
     if family == "kontext":
         from diffusers_interpret.testing.flux_edits import make_tiny_flux_kontext_pipeline
 
@@ -402,6 +406,9 @@ def family_pipes():
 
 
 FAMILIES = [
+    ("flux-prompt-2-int", "flux", dict(prompt_2=5), BAD, "prompt_2"),
+    ("flux-prompt-2-two-for-one-prompt", "flux", dict(prompt_2=["a", "b"]), BAD, "prompt_2"),
+    ("flux-prompt-2-list-of-int", "flux", dict(prompt_2=[5]), BAD, "prompt_2"),
     ("qwen-length-cuts-prompt", "qwenimage", dict(max_sequence_length=4), BAD, "max_sequence_length=12"),
     ("qwen-length-over-1024", "qwenimage", dict(max_sequence_length=2000), BAD, "max_sequence_length"),
     ("qwen-length-0", "qwenimage", dict(max_sequence_length=0), BAD, "max_sequence_length"),
